@@ -1,0 +1,272 @@
+//! `appsignal_data_t`: maps and arrays of scalars, used for tags, sample data and backtraces.
+
+use std::os::raw::{c_double, c_int, c_long, c_void};
+
+use appsignal_agent::data::Data;
+
+use crate::boundary::{appsignal_string_t, return_string, to_str};
+
+/// An opaque data value (a map or an array). Create with `appsignal_data_map_new` or
+/// `appsignal_data_array_new`; free once with `appsignal_free_data`.
+pub struct appsignal_data_t {
+    pub(crate) data: Data,
+}
+
+/// Borrows a handle. NULL gives `None`.
+pub(crate) fn data_ref<'a>(ptr: *const appsignal_data_t) -> Option<&'a Data> {
+    // SAFETY: the interface's contract: `ptr` is NULL or a live handle made by this library and not
+    // yet freed, not used by another thread during this call.
+    unsafe { ptr.as_ref() }.map(|d| &d.data)
+}
+
+fn data_mut<'a>(ptr: *mut appsignal_data_t) -> Option<&'a mut Data> {
+    // SAFETY: as in `data_ref`, and the caller does not use the handle elsewhere during the call.
+    unsafe { ptr.as_mut() }.map(|d| &mut d.data)
+}
+
+fn new_handle(data: Data) -> *mut appsignal_data_t {
+    Box::into_raw(Box::new(appsignal_data_t { data }))
+}
+
+/// A new empty map. The caller owns it and frees it with `appsignal_free_data`.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_new() -> *mut appsignal_data_t {
+    ffi_boundary!("appsignal_data_map_new", std::ptr::null_mut(), {
+        new_handle(Data::new_map())
+    })
+}
+
+/// A new empty array. The caller owns it and frees it with `appsignal_free_data`.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_new() -> *mut appsignal_data_t {
+    ffi_boundary!("appsignal_data_array_new", std::ptr::null_mut(), {
+        new_handle(Data::new_array())
+    })
+}
+
+/// Frees a data handle made by this library. NULL is fine; freeing twice is not. Declared with
+/// `void*` so that it can be registered directly as a `void (*)(void*)` destructor.
+#[no_mangle]
+pub extern "C" fn appsignal_free_data(data: *mut c_void) {
+    ffi_boundary!("appsignal_free_data", (), {
+        if !data.is_null() {
+            // SAFETY: a non-NULL pointer passed here was made by `new_handle` (Box::into_raw) and
+            // is freed once, by the interface's contract.
+            drop(unsafe { Box::from_raw(data.cast::<appsignal_data_t>()) });
+        }
+    })
+}
+
+fn map_set(
+    function: &'static str,
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: Data,
+) {
+    let Some(target) = data_mut(map) else { return };
+    if !target.map_set(to_str(key).into_owned(), value) {
+        tracing::warn!("{function}: the handle is not a map; ignored");
+    }
+}
+
+fn array_append(function: &'static str, array: *mut appsignal_data_t, value: Data) {
+    let Some(target) = data_mut(array) else {
+        return;
+    };
+    if !target.array_append(value) {
+        tracing::warn!("{function}: the handle is not an array; ignored");
+    }
+}
+
+/// Sets `key` to a string in a map (both copied).
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_string(
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: appsignal_string_t,
+) {
+    ffi_boundary!("appsignal_data_map_set_string", (), {
+        map_set(
+            "appsignal_data_map_set_string",
+            map,
+            key,
+            Data::String(to_str(value).into_owned()),
+        )
+    })
+}
+
+/// Sets `key` to an integer in a map.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_integer(
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: c_long,
+) {
+    ffi_boundary!("appsignal_data_map_set_integer", (), {
+        map_set(
+            "appsignal_data_map_set_integer",
+            map,
+            key,
+            Data::Integer(i64::from(value)),
+        )
+    })
+}
+
+/// Sets `key` to a float in a map.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_float(
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: c_double,
+) {
+    ffi_boundary!("appsignal_data_map_set_float", (), {
+        map_set("appsignal_data_map_set_float", map, key, Data::Float(value))
+    })
+}
+
+/// Sets `key` to a boolean (non-zero is true) in a map.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_boolean(
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: c_int,
+) {
+    ffi_boundary!("appsignal_data_map_set_boolean", (), {
+        map_set(
+            "appsignal_data_map_set_boolean",
+            map,
+            key,
+            Data::Bool(value != 0),
+        )
+    })
+}
+
+/// Sets `key` to null in a map.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_null(map: *mut appsignal_data_t, key: appsignal_string_t) {
+    ffi_boundary!("appsignal_data_map_set_null", (), {
+        map_set("appsignal_data_map_set_null", map, key, Data::Null)
+    })
+}
+
+/// Sets `key` to a copy of `value` (a map or array) in a map. The caller still owns `value`.
+#[no_mangle]
+pub extern "C" fn appsignal_data_map_set_data(
+    map: *mut appsignal_data_t,
+    key: appsignal_string_t,
+    value: *const appsignal_data_t,
+) {
+    ffi_boundary!("appsignal_data_map_set_data", (), {
+        if std::ptr::eq(map, value) {
+            tracing::warn!("appsignal_data_map_set_data: a map cannot contain itself; ignored");
+            return;
+        }
+        let Some(value) = data_ref(value).cloned() else {
+            return;
+        };
+        map_set("appsignal_data_map_set_data", map, key, value)
+    })
+}
+
+/// Appends a string (copied) to an array.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_string(
+    array: *mut appsignal_data_t,
+    value: appsignal_string_t,
+) {
+    ffi_boundary!("appsignal_data_array_append_string", (), {
+        array_append(
+            "appsignal_data_array_append_string",
+            array,
+            Data::String(to_str(value).into_owned()),
+        )
+    })
+}
+
+/// Appends an integer to an array.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_integer(array: *mut appsignal_data_t, value: c_long) {
+    ffi_boundary!("appsignal_data_array_append_integer", (), {
+        array_append(
+            "appsignal_data_array_append_integer",
+            array,
+            Data::Integer(i64::from(value)),
+        )
+    })
+}
+
+/// Appends a float to an array.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_float(array: *mut appsignal_data_t, value: c_double) {
+    ffi_boundary!("appsignal_data_array_append_float", (), {
+        array_append(
+            "appsignal_data_array_append_float",
+            array,
+            Data::Float(value),
+        )
+    })
+}
+
+/// Appends a boolean (non-zero is true) to an array.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_boolean(array: *mut appsignal_data_t, value: c_int) {
+    ffi_boundary!("appsignal_data_array_append_boolean", (), {
+        array_append(
+            "appsignal_data_array_append_boolean",
+            array,
+            Data::Bool(value != 0),
+        )
+    })
+}
+
+/// Appends null to an array.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_null(array: *mut appsignal_data_t) {
+    ffi_boundary!("appsignal_data_array_append_null", (), {
+        array_append("appsignal_data_array_append_null", array, Data::Null)
+    })
+}
+
+/// Appends a copy of `value` (a map or array) to an array. The caller still owns `value`.
+#[no_mangle]
+pub extern "C" fn appsignal_data_array_append_data(
+    array: *mut appsignal_data_t,
+    value: *const appsignal_data_t,
+) {
+    ffi_boundary!("appsignal_data_array_append_data", (), {
+        if std::ptr::eq(array, value) {
+            tracing::warn!(
+                "appsignal_data_array_append_data: an array cannot contain itself; ignored"
+            );
+            return;
+        }
+        let Some(value) = data_ref(value).cloned() else {
+            return;
+        };
+        array_append("appsignal_data_array_append_data", array, value)
+    })
+}
+
+/// 1 when both handles hold equal data (maps compare by content, whatever the insertion order),
+/// else 0. Two NULLs are equal; NULL and a handle are not.
+#[no_mangle]
+pub extern "C" fn appsignal_data_equal(
+    a: *const appsignal_data_t,
+    b: *const appsignal_data_t,
+) -> c_int {
+    ffi_boundary!("appsignal_data_equal", 0, {
+        c_int::from(data_ref(a) == data_ref(b))
+    })
+}
+
+/// The data as JSON. Owned by the library (valid until the next `appsignal_data_to_json` on this
+/// thread); `len == 0` for a NULL handle.
+#[no_mangle]
+pub extern "C" fn appsignal_data_to_json(data: *const appsignal_data_t) -> appsignal_string_t {
+    ffi_boundary!("appsignal_data_to_json", appsignal_string_t::EMPTY, {
+        match data_ref(data) {
+            Some(d) => return_string("appsignal_data_to_json", d.to_json()),
+            None => appsignal_string_t::EMPTY,
+        }
+    })
+}

@@ -1,0 +1,215 @@
+//! The process-wide agent: `start()` reads the configuration, prepares the working directory,
+//! opens the log and starts the sender thread (which connects to the leader or becomes it);
+//! `stop()` flushes with a bounded wait. The app-thread calls ([`increment_counter`] and friends)
+//! only touch the in-process pre-aggregate. Nothing here can make the host app fail: every problem
+//! becomes a log line, a diagnose entry and a disabled agent.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use once_cell::sync::Lazy;
+
+use crate::client::Sender;
+use crate::config::Config;
+use crate::data::Data;
+use crate::log;
+use crate::metrics::LocalMetrics;
+use crate::workdir::{self, Probe, WorkDir};
+
+/// What this process is to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    Stopped = 0,
+    Starting = 1,
+    Client = 2,
+    Leader = 3,
+    Disabled = 4,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Stopped => "stopped",
+            Role::Starting => "starting",
+            Role::Client => "client",
+            Role::Leader => "leader",
+            Role::Disabled => "disabled",
+        }
+    }
+}
+
+static ROLE: AtomicU8 = AtomicU8::new(Role::Stopped as u8);
+/// Whether app-thread calls record anything.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+static METRICS: Lazy<LocalMetrics> = Lazy::new(LocalMetrics::default);
+
+pub fn role() -> Role {
+    match ROLE.load(Ordering::Relaxed) {
+        1 => Role::Starting,
+        2 => Role::Client,
+        3 => Role::Leader,
+        4 => Role::Disabled,
+        _ => Role::Stopped,
+    }
+}
+
+pub fn set_role(role: Role) {
+    ROLE.store(role as u8, Ordering::Relaxed);
+}
+
+/// What diagnose reports about the last start.
+#[derive(Default, Clone)]
+pub struct Status {
+    pub config: Option<Config>,
+    pub config_warnings: Vec<String>,
+    pub workdir: Option<WorkDir>,
+    pub workdir_path: Option<std::path::PathBuf>,
+    pub workdir_source: Option<&'static str>,
+    pub log_destination: Option<log::Destination>,
+    pub disabled_reason: Option<String>,
+}
+
+static STATUS: Lazy<Mutex<Status>> = Lazy::new(|| Mutex::new(Status::default()));
+static RUNNING: Lazy<Mutex<Option<Sender>>> = Lazy::new(|| Mutex::new(None));
+
+fn status() -> std::sync::MutexGuard<'static, Status> {
+    STATUS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn status_snapshot() -> Status {
+    status().clone()
+}
+
+/// Marks the agent disabled with a reason (for diagnose) and stops recording.
+pub fn set_disabled(reason: String) {
+    RECORDING.store(false, Ordering::Relaxed);
+    set_role(Role::Disabled);
+    status().disabled_reason = Some(reason);
+}
+
+fn disable(reason: String, config: &Config) {
+    // No working directory means no appsignal.log: use the configured log file if there is one,
+    // and say it once on stderr so that the operator sees it either way.
+    let logged_to = log::open_without_workdir(config);
+    tracing::error!("appsignal-agent disabled: {reason}");
+    if logged_to.is_none() {
+        eprintln!("appsignal: agent disabled: {reason}");
+    }
+    set_disabled(reason);
+}
+
+/// Starts the agent in this process. Returns within milliseconds; never fails the caller.
+pub fn start() {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if running.is_some() {
+        tracing::info!("start() called while running; ignored");
+        return;
+    }
+    set_role(Role::Starting);
+    let loaded = Config::load();
+    let config = loaded.config;
+    *status() = Status {
+        config: Some(config.clone()),
+        config_warnings: loaded.warnings.clone(),
+        ..Status::default()
+    };
+    if let Some(reason) = config.invalid_reason() {
+        if config.active {
+            disable(format!("invalid configuration: {reason}"), &config);
+        } else {
+            set_disabled(format!("not active: {reason}"));
+        }
+        return;
+    }
+    let (path, source) =
+        Probe::system(|probe| workdir::locate(config.working_directory_path.as_deref(), probe));
+    {
+        let mut s = status();
+        s.workdir_path = Some(path.clone());
+        s.workdir_source = Some(source.as_str());
+    }
+    let workdir = match WorkDir::prepare(&path, config.files_world_accessible) {
+        Ok(w) => w,
+        Err(e) => {
+            disable(format!("working directory unusable: {e:#}"), &config);
+            return;
+        }
+    };
+    let (destination, log_fallback) = log::open(&config, &workdir);
+    for warning in &loaded.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+    if let Some(why) = log_fallback {
+        tracing::warn!("{why}");
+    }
+    tracing::info!(
+        "starting appsignal-agent {} for {}/{} (working directory {} [{}], files world-accessible: {})",
+        crate::VERSION,
+        config.push.app_name,
+        config.push.environment,
+        workdir.path().display(),
+        source.as_str(),
+        config.files_world_accessible
+    );
+    {
+        let mut s = status();
+        s.workdir = Some(workdir.clone());
+        s.log_destination = Some(destination);
+    }
+    let client_id = random_u64();
+    match Sender::start(config, workdir, &METRICS, client_id) {
+        Ok(sender) => {
+            RECORDING.store(true, Ordering::Relaxed);
+            *running = Some(sender);
+        }
+        Err(e) => {
+            tracing::error!("appsignal-agent disabled: {e:#}");
+            set_disabled(format!("{e:#}"));
+        }
+    }
+}
+
+/// Flushes this process's data and stops (bounded by `_APPSIGNAL_STOP_TIMEOUT_MS`).
+pub fn stop() {
+    let sender = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    RECORDING.store(false, Ordering::Relaxed);
+    let Some(sender) = sender else {
+        return;
+    };
+    let timeout = status()
+        .config
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(5), |c| c.stop_timeout);
+    sender.stop(Instant::now() + timeout);
+    set_role(Role::Stopped);
+    tracing::info!("stopped");
+}
+
+pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
+    if RECORDING.load(Ordering::Relaxed) {
+        METRICS.increment_counter(name, value, tags);
+    }
+}
+
+pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
+    if RECORDING.load(Ordering::Relaxed) {
+        METRICS.set_gauge(name, value, tags);
+    }
+}
+
+pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
+    if RECORDING.load(Ordering::Relaxed) {
+        METRICS.add_distribution_value(name, value, tags);
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without OS randomness, time and pid still make ids distinct between processes.
+        return crate::now_ms() ^ (u64::from(std::process::id()) << 40);
+    }
+    u64::from_le_bytes(bytes)
+}

@@ -1,0 +1,347 @@
+//! The leader's aggregation: batches from every process are merged into windows of one
+//! transmission interval, kept apart per push configuration. Counters are summed, gauges keep the
+//! value of the latest batch, distributions merge their sketches (count, sum, min, max, quantiles).
+//!
+//! A batch counts in the window its `created_ms` falls in, whenever it arrives: a late batch for a
+//! window that was already pushed opens that window again and goes out in a payload of its own, so
+//! nothing is dropped and the receiver's sums stay exact. Each (client, seq) counts once.
+//!
+//! Bounds: at most [`MAX_KEYS_PER_WINDOW`] keys per window (further keys are dropped and counted);
+//! client sequence records are forgotten after [`CLIENT_MEMORY`] of silence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use sketches_ddsketch::DDSketch;
+
+use crate::config::PushConfig;
+use crate::protocol::{Batch, GaugeValue, MetricKey};
+
+pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
+pub const CLIENT_MEMORY: Duration = Duration::from_secs(3600);
+
+/// The metrics of one window.
+#[derive(Default, Clone)]
+pub struct MetricSet {
+    pub counters: HashMap<MetricKey, f64>,
+    pub gauges: HashMap<MetricKey, GaugeValue>,
+    pub distributions: HashMap<MetricKey, DDSketch>,
+}
+
+impl std::fmt::Debug for MetricSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricSet")
+            .field("counters", &self.counters)
+            .field("gauges", &self.gauges)
+            .field("distributions", &self.distributions.len())
+            .finish()
+    }
+}
+
+impl MetricSet {
+    pub fn len(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.distributions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Merges a batch; returns how many entries did not fit under `max_keys`.
+    fn merge(&mut self, batch: Batch, max_keys: usize) -> u64 {
+        let mut dropped = 0u64;
+        let mut room = max_keys.saturating_sub(self.len());
+        for (key, value) in batch.counters {
+            if let Some(total) = self.counters.get_mut(&key) {
+                *total += value;
+            } else if room > 0 {
+                room -= 1;
+                self.counters.insert(key, value);
+            } else {
+                dropped += 1;
+            }
+        }
+        for (key, value) in batch.gauges {
+            if let Some(last) = self.gauges.get_mut(&key) {
+                if value.at_ms >= last.at_ms {
+                    *last = value;
+                }
+            } else if room > 0 {
+                room -= 1;
+                self.gauges.insert(key, value);
+            } else {
+                dropped += 1;
+            }
+        }
+        for (key, sketch) in batch.distributions {
+            if let Some(total) = self.distributions.get_mut(&key) {
+                if total.merge(&sketch).is_err() {
+                    // Sketches of another configuration (a future version): keep the larger one's
+                    // data rather than mixing incompatible bins.
+                    dropped += 1;
+                }
+            } else if room > 0 {
+                room -= 1;
+                self.distributions.insert(key, sketch);
+            } else {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
+
+/// One closed window of one configuration, ready to become a payload.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub config: PushConfig,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub metrics: MetricSet,
+    /// Updates dropped in clients (too many keys) and here (window full).
+    pub dropped_updates: u64,
+    pub batches: u64,
+}
+
+struct OpenWindow {
+    metrics: MetricSet,
+    dropped_updates: u64,
+    batches: u64,
+}
+
+/// Whether an applied batch was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Counted,
+    Duplicate,
+}
+
+pub struct Aggregator {
+    interval_ms: u64,
+    configs: HashMap<u64, PushConfig>,
+    windows: BTreeMap<(u64, u64), OpenWindow>,
+    /// client id -> (last counted seq, last seen ms)
+    clients: HashMap<u64, (u64, u64)>,
+}
+
+impl Aggregator {
+    pub fn new(interval: Duration) -> Self {
+        Aggregator {
+            interval_ms: (interval.as_millis() as u64).max(1),
+            configs: HashMap::new(),
+            windows: BTreeMap::new(),
+            clients: HashMap::new(),
+        }
+    }
+
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
+    /// Makes a configuration known; returns its id.
+    pub fn register(&mut self, config: &PushConfig) -> u64 {
+        let id = config.id();
+        self.configs.entry(id).or_insert_with(|| config.clone());
+        id
+    }
+
+    /// The configuration with this id, if a process with it has been seen.
+    pub fn config(&self, id: u64) -> Option<&PushConfig> {
+        self.configs.get(&id)
+    }
+
+    /// Counts a batch for configuration `config_id` (registered before), once per (client, seq).
+    pub fn apply(&mut self, config_id: u64, batch: Batch, now_ms: u64) -> Applied {
+        let last = self.clients.entry(batch.client_id).or_insert((0, now_ms));
+        last.1 = now_ms;
+        if batch.seq <= last.0 {
+            return Applied::Duplicate;
+        }
+        last.0 = batch.seq;
+        let start = batch.created_ms - batch.created_ms % self.interval_ms;
+        let window = self
+            .windows
+            .entry((start, config_id))
+            .or_insert_with(|| OpenWindow {
+                metrics: MetricSet::default(),
+                dropped_updates: 0,
+                batches: 0,
+            });
+        window.batches += 1;
+        window.dropped_updates = window.dropped_updates.saturating_add(batch.dropped_updates);
+        let dropped = window.metrics.merge(batch, MAX_KEYS_PER_WINDOW);
+        window.dropped_updates = window.dropped_updates.saturating_add(dropped);
+        Applied::Counted
+    }
+
+    /// Removes and returns the windows that ended at or before `now_ms`.
+    pub fn take_closed(&mut self, now_ms: u64) -> Vec<Window> {
+        let interval = self.interval_ms;
+        self.clients
+            .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < CLIENT_MEMORY.as_millis() as u64);
+        self.take_where(|start| start + interval <= now_ms)
+    }
+
+    /// Removes and returns every window (at stop).
+    pub fn take_all(&mut self) -> Vec<Window> {
+        self.take_where(|_| true)
+    }
+
+    fn take_where(&mut self, closed: impl Fn(u64) -> bool) -> Vec<Window> {
+        let keys: Vec<(u64, u64)> = self
+            .windows
+            .keys()
+            .filter(|(start, _)| closed(*start))
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (start, config_id) = key;
+            let (Some(open), Some(config)) =
+                (self.windows.remove(&key), self.configs.get(&config_id))
+            else {
+                continue;
+            };
+            if open.metrics.is_empty() && open.dropped_updates == 0 {
+                continue;
+            }
+            out.push(Window {
+                config: config.clone(),
+                start_ms: start,
+                end_ms: start + self.interval_ms,
+                metrics: open.metrics,
+                dropped_updates: open.dropped_updates,
+                batches: open.batches,
+            });
+        }
+        out
+    }
+
+    /// Number of open windows (for diagnose and tests).
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(key: &str) -> PushConfig {
+        PushConfig {
+            push_api_key: key.into(),
+            app_name: "app".into(),
+            environment: "test".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            hostname: "h".into(),
+            revision: String::new(),
+        }
+    }
+
+    fn batch(client_id: u64, seq: u64, created_ms: u64, count: f64) -> Batch {
+        Batch {
+            client_id,
+            seq,
+            created_ms,
+            counters: vec![(
+                MetricKey {
+                    name: "c".into(),
+                    tags: vec![],
+                },
+                count,
+            )],
+            gauges: vec![],
+            distributions: vec![],
+            dropped_updates: 0,
+        }
+    }
+
+    #[test]
+    fn batches_count_once_in_the_window_of_their_creation() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let id = agg.register(&config("k"));
+        assert_eq!(agg.apply(id, batch(1, 1, 500, 2.0), 600), Applied::Counted);
+        assert_eq!(
+            agg.apply(id, batch(1, 1, 500, 2.0), 600),
+            Applied::Duplicate
+        );
+        assert_eq!(agg.apply(id, batch(2, 1, 900, 3.0), 950), Applied::Counted);
+        assert_eq!(
+            agg.apply(id, batch(1, 2, 1500, 4.0), 1600),
+            Applied::Counted
+        );
+        assert!(agg.take_closed(999).is_empty());
+        let closed = agg.take_closed(1000);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].metrics.counters.values().sum::<f64>(), 5.0);
+        assert_eq!((closed[0].start_ms, closed[0].end_ms), (0, 1000));
+        // A late batch of a pushed window opens it again rather than being lost.
+        assert_eq!(agg.apply(id, batch(3, 1, 999, 1.0), 1700), Applied::Counted);
+        let rest = agg.take_all();
+        assert_eq!(rest.len(), 2);
+        let total: f64 = rest
+            .iter()
+            .map(|w| w.metrics.counters.values().sum::<f64>())
+            .sum();
+        assert_eq!(total, 5.0);
+    }
+
+    #[test]
+    fn configurations_are_kept_apart() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let a = agg.register(&config("a"));
+        let b = agg.register(&config("b"));
+        agg.apply(a, batch(1, 1, 10, 1.0), 10);
+        agg.apply(b, batch(2, 1, 10, 7.0), 10);
+        let windows = agg.take_all();
+        assert_eq!(windows.len(), 2);
+        for w in windows {
+            let expected = if w.config.push_api_key == "a" {
+                1.0
+            } else {
+                7.0
+            };
+            assert_eq!(w.metrics.counters.values().sum::<f64>(), expected);
+        }
+    }
+
+    #[test]
+    fn gauges_keep_the_latest_and_sketches_merge() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let id = agg.register(&config("k"));
+        let key = MetricKey {
+            name: "g".into(),
+            tags: vec![],
+        };
+        let mut b1 = batch(1, 1, 100, 0.0);
+        b1.gauges.push((
+            key.clone(),
+            GaugeValue {
+                value: 9.0,
+                at_ms: 200,
+            },
+        ));
+        let mut s = DDSketch::default();
+        s.add(1.0);
+        b1.distributions.push((key.clone(), s.clone()));
+        let mut b2 = batch(2, 1, 100, 0.0);
+        b2.gauges.push((
+            key.clone(),
+            GaugeValue {
+                value: 4.0,
+                at_ms: 150,
+            },
+        ));
+        s.add(3.0);
+        b2.distributions.push((key.clone(), s));
+        agg.apply(id, b1, 300);
+        agg.apply(id, b2, 300);
+        let w = agg.take_all().remove(0);
+        assert_eq!(w.metrics.gauges[&key].value, 9.0);
+        let d = &w.metrics.distributions[&key];
+        assert_eq!(
+            (d.count(), d.sum(), d.min(), d.max()),
+            (3, Some(5.0), Some(1.0), Some(3.0))
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! The per-process sender thread: every flush period it takes the app threads' pre-aggregate,
+//! turns it into numbered batches, and hands them to the leader: over `agent.socket` when another
+//! process leads, or directly when this process won the election. A batch leaves the pending queue
+//! only when the leader acknowledged it (it is then counted), so a lost leader costs nothing: the
+//! pending batches go to the next one.
+//!
+//! Connecting or leading: when there is no link, the thread first tries the lock (winning makes this
+//! process the leader), else connects to the socket. Failures back off exponentially from 5 ms to
+//! 1 s with jitter: no busy loop, no thundering herd.
+//!
+//! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
+//! logged and counted. Each batch stays under [`BATCH_BUDGET_BYTES`] (estimated), far below the
+//! protocol's frame limit; a single metric key over [`MAX_ENTRY_BYTES`] is dropped and counted.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+use serde::Serialize;
+
+use crate::agent::{set_role, Role};
+use crate::config::Config;
+use crate::election;
+use crate::leader::Leader;
+use crate::log::{suppressed_note, RateLimit};
+use crate::metrics::{LocalMetrics, Taken};
+use crate::protocol::{self, Batch, GaugeValue, Hello, LeaderMessage, MetricKey, PROTOCOL_VERSION};
+use crate::workdir::WorkDir;
+
+pub const MAX_PENDING_BATCHES: usize = 1_000;
+pub const BATCH_BUDGET_BYTES: usize = 1024 * 1024;
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+/// Longest wait for the leader's answer to one frame.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Serialised size we assume for one distribution sketch (an upper bound for typical data).
+const SKETCH_ESTIMATE_BYTES: usize = 16 * 1024;
+
+static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
+
+/// Borrowed twin of [`protocol::ClientMessage`]: same variant names, same CBOR, no clone to send.
+#[derive(Serialize)]
+enum ClientMessageRef<'a> {
+    Hello(&'a Hello),
+    Batch(&'a Batch),
+}
+
+/// A connection to the leader of another process.
+struct Connection {
+    stream: Stream,
+    buf: Vec<u8>,
+    leader_pid: u32,
+}
+
+/// Why connecting failed.
+enum ConnectError {
+    /// The leader refused us (protocol): retrying will not help.
+    Refused(String),
+    Other(anyhow::Error),
+}
+
+impl Connection {
+    fn open(workdir: &WorkDir, hello: &Hello) -> Result<Connection, ConnectError> {
+        let path = workdir.socket_path();
+        let connect = || -> Result<Stream> {
+            let name = path
+                .as_path()
+                .to_fs_name::<GenericFilePath>()
+                .with_context(|| format!("invalid socket path {}", path.display()))?;
+            let stream = Stream::connect(name)
+                .with_context(|| format!("cannot connect to {}", path.display()))?;
+            stream.set_recv_timeout(Some(IO_TIMEOUT))?;
+            stream.set_send_timeout(Some(IO_TIMEOUT))?;
+            Ok(stream)
+        };
+        let stream = connect().map_err(ConnectError::Other)?;
+        let mut conn = Connection {
+            stream,
+            buf: Vec::new(),
+            leader_pid: 0,
+        };
+        conn.write(&ClientMessageRef::Hello(hello))
+            .map_err(ConnectError::Other)?;
+        match conn.read().map_err(ConnectError::Other)? {
+            LeaderMessage::Welcome { leader_pid, .. } => {
+                conn.leader_pid = leader_pid;
+                Ok(conn)
+            }
+            LeaderMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
+            other => Err(ConnectError::Other(anyhow!(
+                "unexpected answer to the handshake: {other:?}"
+            ))),
+        }
+    }
+
+    fn write(&mut self, message: &ClientMessageRef<'_>) -> Result<()> {
+        let frame = protocol::encode(message)?;
+        self.stream
+            .write_all(&frame)
+            .context("cannot write to the leader")
+    }
+
+    fn read(&mut self) -> Result<LeaderMessage> {
+        loop {
+            if let Some((message, used)) = protocol::decode::<LeaderMessage>(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(message);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .context("cannot read from the leader")?;
+            if n == 0 {
+                bail!("the leader closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a batch and waits for its acknowledgement.
+    fn send(&mut self, batch: &Batch) -> Result<()> {
+        self.write(&ClientMessageRef::Batch(batch))?;
+        loop {
+            match self.read()? {
+                LeaderMessage::Ack { seq } if seq == batch.seq => return Ok(()),
+                LeaderMessage::Ack { .. } => continue,
+                LeaderMessage::Refused { reason } => bail!("the leader refused a batch: {reason}"),
+                LeaderMessage::Welcome { .. } => bail!("unexpected second welcome"),
+            }
+        }
+    }
+}
+
+enum Link {
+    None,
+    Remote(Connection),
+    Local(Leader),
+}
+
+/// Exponential backoff with jitter.
+struct Backoff {
+    delay: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new(seed: u64) -> Self {
+        Backoff {
+            delay: Self::MIN,
+            rng: seed | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.delay = Self::MIN;
+    }
+
+    /// The next wait: the current delay ±25 %, then the delay doubles.
+    fn next(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.delay.as_micros() as u64;
+        let jitter = self.rng % (base / 2 + 1);
+        self.delay = (self.delay * 2).min(Self::MAX);
+        Duration::from_micros(base - base / 4 + jitter)
+    }
+}
+
+/// What the app side asks of the sender thread.
+#[derive(Default)]
+struct Signal {
+    stop_deadline: Option<Instant>,
+}
+
+struct Shared {
+    config: Config,
+    workdir: Mutex<WorkDir>,
+    metrics: &'static LocalMetrics,
+    client_id: u64,
+    signal: Mutex<Signal>,
+    wake: Condvar,
+}
+
+/// Handle of the sender thread, owned by the agent.
+pub struct Sender {
+    shared: Arc<Shared>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Sender {
+    pub fn start(
+        config: Config,
+        workdir: WorkDir,
+        metrics: &'static LocalMetrics,
+        client_id: u64,
+    ) -> Result<Sender> {
+        let shared = Arc::new(Shared {
+            config,
+            workdir: Mutex::new(workdir),
+            metrics,
+            client_id,
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
+        });
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("appsignal-sender".into())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    State::new(&thread_shared).run(&thread_shared)
+                }));
+                if result.is_err() {
+                    tracing::error!("the sender thread panicked; this process stops reporting");
+                }
+                let _ = done_tx.send(());
+            })
+            .context("cannot spawn the sender thread")?;
+        Ok(Sender { shared, done })
+    }
+
+    /// Flushes what the app recorded to the leader (or, as leader, pushes it) and stops, waiting
+    /// until shortly after `deadline` at most.
+    pub fn stop(self, deadline: Instant) {
+        {
+            let mut signal = self.shared.signal.lock().unwrap_or_else(|e| e.into_inner());
+            signal.stop_deadline = Some(deadline);
+        }
+        self.shared.wake.notify_all();
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1500);
+        if self.done.recv_timeout(wait).is_err() {
+            tracing::warn!(
+                "the sender thread did not finish within the stop timeout; leaving it behind"
+            );
+        }
+    }
+}
+
+struct State {
+    pending: VecDeque<Batch>,
+    next_seq: u64,
+    link: Link,
+    backoff: Backoff,
+    next_attempt: Instant,
+    disabled: bool,
+}
+
+impl State {
+    fn new(shared: &Shared) -> Self {
+        State {
+            pending: VecDeque::new(),
+            next_seq: 1,
+            link: Link::None,
+            backoff: Backoff::new(shared.client_id),
+            next_attempt: Instant::now(),
+            disabled: false,
+        }
+    }
+
+    fn run(&mut self, shared: &Shared) {
+        loop {
+            let stop_deadline = {
+                let signal = shared.signal.lock().unwrap_or_else(|e| e.into_inner());
+                let (signal, _) = shared
+                    .wake
+                    .wait_timeout_while(signal, shared.config.flush_interval, |s| {
+                        s.stop_deadline.is_none()
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                signal.stop_deadline
+            };
+            self.collect(shared);
+            self.check_local_leader();
+            if matches!(self.link, Link::None) && Instant::now() >= self.next_attempt {
+                self.establish(shared);
+            }
+            self.deliver();
+            if let Some(deadline) = stop_deadline {
+                self.finish(shared, deadline);
+                return;
+            }
+        }
+    }
+
+    /// Keeps trying to hand over pending batches until the deadline, then shuts down a local leader.
+    fn finish(&mut self, shared: &Shared, deadline: Instant) {
+        while !self.pending.is_empty() && !self.disabled && Instant::now() < deadline {
+            self.check_local_leader();
+            if matches!(self.link, Link::None) {
+                let now = Instant::now();
+                if now >= self.next_attempt {
+                    self.establish(shared);
+                } else {
+                    std::thread::sleep((self.next_attempt - now).min(deadline - now));
+                    continue;
+                }
+            }
+            self.deliver();
+        }
+        if !self.pending.is_empty() {
+            let entries: usize = self.pending.iter().map(Batch::entries).sum();
+            tracing::warn!(
+                "stop: {} batches ({entries} metric entries) could not be handed to a leader before the stop deadline",
+                self.pending.len()
+            );
+        }
+        if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
+            leader.shutdown(deadline);
+        }
+        set_role(Role::Stopped);
+    }
+
+    /// Moves the app's pre-aggregate into pending batches.
+    fn collect(&mut self, shared: &Shared) {
+        let taken = shared.metrics.take();
+        if taken.is_empty() {
+            return;
+        }
+        for batch in split(taken, shared.client_id, &mut self.next_seq, crate::now_ms()) {
+            if self.pending.len() >= MAX_PENDING_BATCHES {
+                if let Some(dropped) = self.pending.pop_front() {
+                    if let Some(n) = PENDING_DROP_LOG.check() {
+                        tracing::warn!(
+                            "no leader took data for a long time: dropped the oldest unacknowledged batch ({} entries){}",
+                            dropped.entries(),
+                            suppressed_note(n)
+                        );
+                    }
+                }
+            }
+            self.pending.push_back(batch);
+        }
+    }
+
+    fn check_local_leader(&mut self) {
+        if let Link::Local(leader) = &self.link {
+            if !leader.is_serving() {
+                if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
+                    leader.shutdown(Instant::now());
+                }
+                self.next_attempt = Instant::now();
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff.next();
+    }
+
+    fn establish(&mut self, shared: &Shared) {
+        if self.disabled {
+            return;
+        }
+        let workdir = shared
+            .workdir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let lock = match election::try_lead(&workdir) {
+            Ok(lock) => lock,
+            Err(first) => {
+                // The directory may have been deleted (tmp cleaner): prepare it again, once.
+                match WorkDir::prepare(workdir.path(), workdir.world_accessible())
+                    .and_then(|_| election::try_lead(&workdir))
+                {
+                    Ok(lock) => lock,
+                    Err(e) => {
+                        tracing::warn!("cannot take part in the election: {first:#}; after recreating the directory: {e:#}");
+                        self.schedule_retry();
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(lock) = lock {
+            match Leader::start(&shared.config, &workdir, lock) {
+                Ok(leader) => {
+                    set_role(Role::Leader);
+                    self.link = Link::Local(leader);
+                    self.backoff.reset();
+                }
+                Err(e) => {
+                    tracing::error!("won the election but cannot lead: {e:#}");
+                    self.schedule_retry();
+                }
+            }
+            return;
+        }
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            library_version: crate::VERSION.to_owned(),
+            client_id: shared.client_id,
+            pid: std::process::id(),
+            config: shared.config.push.clone(),
+        };
+        match Connection::open(&workdir, &hello) {
+            Ok(conn) => {
+                tracing::info!("connected to the leader (pid {})", conn.leader_pid);
+                set_role(Role::Client);
+                self.link = Link::Remote(conn);
+                self.backoff.reset();
+            }
+            Err(ConnectError::Refused(reason)) => {
+                tracing::error!(
+                    "the leader refused this process: {reason}; this process stops reporting"
+                );
+                crate::agent::set_disabled(format!("refused by the leader: {reason}"));
+                self.disabled = true;
+                self.pending.clear();
+            }
+            Err(ConnectError::Other(e)) => {
+                tracing::debug!("no leader reachable yet: {e:#}");
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Hands pending batches over in order until one fails.
+    fn deliver(&mut self) {
+        while let Some(batch) = self.pending.front() {
+            let result = match &mut self.link {
+                Link::None => return,
+                Link::Local(leader) => leader.deliver_local(batch.clone()),
+                Link::Remote(conn) => conn.send(batch),
+            };
+            match result {
+                Ok(()) => {
+                    self.pending.pop_front();
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "lost the leader ({e:#}); {} batches wait for the next one",
+                        self.pending.len()
+                    );
+                    if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
+                        leader.shutdown(Instant::now());
+                    }
+                    self.backoff.reset();
+                    self.schedule_retry();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn key_bytes(key: &MetricKey) -> usize {
+    key.name.len()
+        + key
+            .tags
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+        + 32
+}
+
+/// Splits one flush period's data into batches under [`BATCH_BUDGET_BYTES`] each.
+fn split(taken: Taken, client_id: u64, next_seq: &mut u64, created_ms: u64) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut dropped = taken.dropped_updates;
+    let new_batch = |seq: &mut u64| {
+        let batch = Batch {
+            client_id,
+            seq: *seq,
+            created_ms,
+            counters: Vec::new(),
+            gauges: Vec::new(),
+            distributions: Vec::new(),
+            dropped_updates: 0,
+        };
+        *seq += 1;
+        batch
+    };
+    let mut current = new_batch(next_seq);
+    let mut used = 0usize;
+    let mut room = |cost: usize, current: &mut Batch, batches: &mut Vec<Batch>, seq: &mut u64| {
+        if used + cost > BATCH_BUDGET_BYTES && current.entries() > 0 {
+            batches.push(std::mem::replace(current, new_batch(seq)));
+            used = 0;
+        }
+        used += cost;
+    };
+    for (key, value) in taken.counters {
+        let cost = key_bytes(&key);
+        if cost > MAX_ENTRY_BYTES {
+            dropped += 1;
+            continue;
+        }
+        room(cost, &mut current, &mut batches, next_seq);
+        current.counters.push((key, value));
+    }
+    for (key, value) in taken.gauges {
+        let cost = key_bytes(&key);
+        if cost > MAX_ENTRY_BYTES {
+            dropped += 1;
+            continue;
+        }
+        room(cost, &mut current, &mut batches, next_seq);
+        current.gauges.push((
+            key,
+            GaugeValue {
+                value,
+                at_ms: created_ms,
+            },
+        ));
+    }
+    for (key, sketch) in taken.distributions {
+        let cost = key_bytes(&key);
+        if cost > MAX_ENTRY_BYTES {
+            dropped += 1;
+            continue;
+        }
+        room(
+            cost + SKETCH_ESTIMATE_BYTES,
+            &mut current,
+            &mut batches,
+            next_seq,
+        );
+        current.distributions.push((key, sketch));
+    }
+    current.dropped_updates = dropped;
+    batches.push(current);
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(42);
+        let waits: Vec<Duration> = (0..20).map(|_| b.next()).collect();
+        assert!(
+            waits[0] >= Duration::from_micros(3_750) && waits[0] <= Duration::from_micros(6_250)
+        );
+        assert!(waits.iter().all(|w| *w <= Backoff::MAX + Backoff::MAX / 4));
+        assert!(waits[19] >= Backoff::MAX - Backoff::MAX / 4);
+        b.reset();
+        assert!(b.next() <= Duration::from_micros(6_250));
+    }
+
+    #[test]
+    fn large_flushes_split_into_numbered_batches_that_fit_a_frame() {
+        let mut taken = Taken::default();
+        for i in 0..20_000 {
+            taken.counters.push((
+                MetricKey {
+                    name: format!("counter-with-a-long-name-{i:05}"),
+                    tags: vec![("tag".into(), "v".repeat(40))],
+                },
+                1.0,
+            ));
+        }
+        taken.counters.push((
+            MetricKey {
+                name: "x".repeat(MAX_ENTRY_BYTES + 1),
+                tags: vec![],
+            },
+            1.0,
+        ));
+        let mut seq = 5;
+        let batches = split(taken, 9, &mut seq, 1000);
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(Batch::entries).sum::<usize>(), 20_000);
+        assert_eq!(batches.iter().map(|b| b.dropped_updates).sum::<u64>(), 1);
+        let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
+        assert_eq!(seqs, (5..5 + batches.len() as u64).collect::<Vec<_>>());
+        for b in &batches {
+            let frame = protocol::encode(&ClientMessageRef::Batch(b)).unwrap();
+            assert!(frame.len() < protocol::MAX_FRAME_BYTES);
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Configuration: read once at `start()` from the process environment and from the library's own
+//! environment table (`appsignal_env_put`, for VMs that cannot set real environment variables).
+//! The table wins over the process environment. A malformed value gives a warning (logged once the
+//! log is open) and the default; it never fails the start.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use once_cell::sync::Lazy;
+
+/// The library's own environment table, filled through `appsignal_env_put`.
+static ENV_TABLE: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+fn table() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
+    // A panic while holding this lock cannot leave the map half-updated, so a poisoned lock is usable.
+    ENV_TABLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn env_put(key: &str, value: &str) {
+    table().insert(key.to_owned(), value.to_owned());
+}
+
+pub fn env_get(key: &str) -> Option<String> {
+    table().get(key).cloned()
+}
+
+pub fn env_delete(key: &str) {
+    table().remove(key);
+}
+
+pub fn env_clear() {
+    table().clear();
+}
+
+/// Default Push API endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://push.appsignal.com";
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    File,
+    Stdout,
+}
+
+/// What identifies one app configuration to the leader: data of different configurations sharing a
+/// working directory is kept apart and pushed with its own key.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PushConfig {
+    pub push_api_key: String,
+    pub app_name: String,
+    pub environment: String,
+    pub endpoint: String,
+    pub hostname: String,
+    pub revision: String,
+}
+
+impl PushConfig {
+    /// A stable 64-bit id (FNV-1a over the fields), the same in every process and library build,
+    /// used to name cached payload files without writing the push key to disk.
+    pub fn id(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for field in [
+            &self.push_api_key,
+            &self.app_name,
+            &self.environment,
+            &self.endpoint,
+            &self.hostname,
+            &self.revision,
+        ] {
+            for byte in field.bytes().chain(std::iter::once(0xff)) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
+impl fmt::Debug for PushConfig {
+    // Hand-written so that the push key can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("push_api_key", &"[REDACTED]")
+            .field("app_name", &self.app_name)
+            .field("environment", &self.environment)
+            .field("endpoint", &self.endpoint)
+            .field("hostname", &self.hostname)
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+/// The whole configuration of one process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub active: bool,
+    pub push: PushConfig,
+    pub working_directory_path: Option<PathBuf>,
+    pub log: LogTarget,
+    pub log_level: tracing::Level,
+    pub log_file_path: Option<PathBuf>,
+    pub files_world_accessible: bool,
+    pub enable_host_metrics: bool,
+    pub host_role: Option<String>,
+    pub running_in_container: Option<bool>,
+    pub ca_file_path: Option<PathBuf>,
+    pub http_proxy: Option<String>,
+    pub language_integration_version: Option<String>,
+    pub process_name: Option<String>,
+    pub diagnose: bool,
+    pub ignore_actions: Vec<String>,
+    pub ignore_errors: Vec<String>,
+    pub ignore_namespaces: Vec<String>,
+    pub filter_parameters: Vec<String>,
+    pub filter_session_data: Vec<String>,
+    /// How often the leader closes a window and pushes it (`_APPSIGNAL_TRANSMISSION_INTERVAL_MS`).
+    pub transmission_interval: Duration,
+    /// How often a process hands its pre-aggregated data to the leader (`_APPSIGNAL_FLUSH_INTERVAL_MS`).
+    pub flush_interval: Duration,
+    /// Longest time `stop()` waits for the flush and, in the leader, the last push.
+    pub stop_timeout: Duration,
+    /// Timeout of one HTTP request to the Push API.
+    pub push_timeout: Duration,
+    pub payload_cache_max_files: usize,
+    pub payload_cache_max_bytes: u64,
+}
+
+/// A configuration and the warnings found while reading it.
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads one variable: the library table first, then the process environment. Empty means unset.
+fn lookup(key: &str) -> Option<String> {
+    env_get(key)
+        .or_else(|| std::env::var(key).ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    warnings: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn string(&self, key: &str) -> Option<String> {
+        (self.lookup)(key).map(|v| v.trim().to_owned())
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        self.opt_bool(key).unwrap_or(default)
+    }
+
+    /// `None` when unset or malformed (with a warning).
+    fn opt_bool(&mut self, key: &str) -> Option<bool> {
+        let v = self.string(key)?;
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            _ => {
+                self.warnings.push(format!(
+                    "{key}={v:?} is not a boolean (true/false); using the default"
+                ));
+                None
+            }
+        }
+    }
+
+    fn millis(&mut self, key: &str, default_ms: u64, min_ms: u64, max_ms: u64) -> Duration {
+        let ms = match self.string(key) {
+            None => default_ms,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if (min_ms..=max_ms).contains(&ms) => ms,
+                _ => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not a number of milliseconds in {min_ms}..={max_ms}; using the default {default_ms}"
+                    ));
+                    default_ms
+                }
+            },
+        };
+        Duration::from_millis(ms)
+    }
+
+    fn number(&mut self, key: &str, default: u64, min: u64) -> u64 {
+        match self.string(key) {
+            None => default,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n >= min => n,
+                _ => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not a whole number >= {min}; using the default {default}"
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.string(key)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn level(&mut self, key: &str) -> tracing::Level {
+        match self.string(key).map(|v| v.to_ascii_lowercase()) {
+            None => tracing::Level::INFO,
+            Some(v) => match v.as_str() {
+                "error" => tracing::Level::ERROR,
+                "warn" | "warning" => tracing::Level::WARN,
+                "info" => tracing::Level::INFO,
+                "debug" => tracing::Level::DEBUG,
+                "trace" => tracing::Level::TRACE,
+                _ => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not a log level (error, warn, info, debug, trace); using info"
+                    ));
+                    tracing::Level::INFO
+                }
+            },
+        }
+    }
+}
+
+/// The machine's host name, as `gethostname(2)` gives it.
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Config {
+    /// Reads the configuration from the library table and the process environment.
+    pub fn load() -> Loaded {
+        Self::load_from(&lookup)
+    }
+
+    /// Reads the configuration through `lookup` (tests pass a map).
+    pub fn load_from(lookup: &dyn Fn(&str) -> Option<String>) -> Loaded {
+        let mut r = Reader {
+            lookup,
+            warnings: Vec::new(),
+        };
+        let log = match r.string("_APPSIGNAL_LOG").map(|v| v.to_ascii_lowercase()) {
+            None => LogTarget::File,
+            Some(v) if v == "file" => LogTarget::File,
+            Some(v) if v == "stdout" => LogTarget::Stdout,
+            Some(v) => {
+                r.warnings.push(format!(
+                    "_APPSIGNAL_LOG={v:?} is not file or stdout; using file"
+                ));
+                LogTarget::File
+            }
+        };
+        let config = Config {
+            active: r.bool("_APPSIGNAL_ACTIVE", false),
+            push: PushConfig {
+                push_api_key: r.string("_APPSIGNAL_PUSH_API_KEY").unwrap_or_default(),
+                app_name: r.string("_APPSIGNAL_APP_NAME").unwrap_or_default(),
+                environment: r
+                    .string("_APPSIGNAL_APP_ENV")
+                    .unwrap_or_else(|| "development".to_owned()),
+                endpoint: r
+                    .string("_APPSIGNAL_PUSH_API_ENDPOINT")
+                    .map(|e| e.trim_end_matches('/').to_owned())
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+                hostname: r
+                    .string("_APPSIGNAL_HOSTNAME")
+                    .unwrap_or_else(system_hostname),
+                revision: r.string("_APP_REVISION").unwrap_or_default(),
+            },
+            working_directory_path: r
+                .string("_APPSIGNAL_WORKING_DIRECTORY_PATH")
+                .map(PathBuf::from),
+            log,
+            log_level: r.level("_APPSIGNAL_LOG_LEVEL"),
+            log_file_path: r.string("_APPSIGNAL_LOG_FILE_PATH").map(PathBuf::from),
+            files_world_accessible: r.bool("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", true),
+            enable_host_metrics: r.bool("_APPSIGNAL_ENABLE_HOST_METRICS", true),
+            host_role: r.string("_APPSIGNAL_HOST_ROLE"),
+            running_in_container: r.opt_bool("_APPSIGNAL_RUNNING_IN_CONTAINER"),
+            ca_file_path: r.string("_APPSIGNAL_CA_FILE_PATH").map(PathBuf::from),
+            http_proxy: r.string("_APPSIGNAL_HTTP_PROXY"),
+            language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
+            process_name: r.string("_APPSIGNAL_PROCESS_NAME"),
+            diagnose: r.bool("_APPSIGNAL_DIAGNOSE", false),
+            ignore_actions: r.list("_APPSIGNAL_IGNORE_ACTIONS"),
+            ignore_errors: r.list("_APPSIGNAL_IGNORE_ERRORS"),
+            ignore_namespaces: r.list("_APPSIGNAL_IGNORE_NAMESPACES"),
+            filter_parameters: r.list("_APPSIGNAL_FILTER_PARAMETERS"),
+            filter_session_data: r.list("_APPSIGNAL_FILTER_SESSION_DATA"),
+            transmission_interval: r.millis(
+                "_APPSIGNAL_TRANSMISSION_INTERVAL_MS",
+                30_000,
+                100,
+                3_600_000,
+            ),
+            flush_interval: r.millis("_APPSIGNAL_FLUSH_INTERVAL_MS", 100, 5, 10_000),
+            stop_timeout: r.millis("_APPSIGNAL_STOP_TIMEOUT_MS", 5_000, 0, 60_000),
+            push_timeout: r.millis("_APPSIGNAL_PUSH_TIMEOUT_MS", 10_000, 100, 120_000),
+            payload_cache_max_files: r.number("_APPSIGNAL_PAYLOAD_CACHE_MAX_FILES", 100, 1)
+                as usize,
+            payload_cache_max_bytes: r.number(
+                "_APPSIGNAL_PAYLOAD_CACHE_MAX_BYTES",
+                20 * 1024 * 1024,
+                1024,
+            ),
+        };
+        Loaded {
+            config,
+            warnings: r.warnings,
+        }
+    }
+
+    /// Why this configuration cannot run an agent, if it cannot.
+    pub fn invalid_reason(&self) -> Option<String> {
+        if !self.active {
+            return Some("_APPSIGNAL_ACTIVE is not true".to_owned());
+        }
+        if self.push.push_api_key.is_empty() {
+            return Some("_APPSIGNAL_PUSH_API_KEY is not set".to_owned());
+        }
+        if !(self.push.endpoint.starts_with("http://")
+            || self.push.endpoint.starts_with("https://"))
+        {
+            return Some(format!(
+                "_APPSIGNAL_PUSH_API_ENDPOINT={:?} is not an http(s) URL",
+                self.push.endpoint
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Loaded {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let loaded = load(&[]);
+        let c = loaded.config;
+        assert!(!c.active);
+        assert!(c.files_world_accessible);
+        assert_eq!(c.transmission_interval, Duration::from_secs(30));
+        assert_eq!(c.push.endpoint, DEFAULT_ENDPOINT);
+        assert!(loaded.warnings.is_empty());
+        assert!(c.invalid_reason().is_some());
+    }
+
+    #[test]
+    fn invalid_values_warn_and_fall_back_to_defaults() {
+        let loaded = load(&[
+            ("_APPSIGNAL_ACTIVE", "maybe"),
+            ("_APPSIGNAL_TRANSMISSION_INTERVAL_MS", "fast"),
+            ("_APPSIGNAL_LOG_LEVEL", "loud"),
+            ("_APPSIGNAL_RUNNING_IN_CONTAINER", "perhaps"),
+        ]);
+        assert_eq!(loaded.warnings.len(), 4, "{:?}", loaded.warnings);
+        assert!(!loaded.config.active);
+        assert_eq!(loaded.config.transmission_interval, Duration::from_secs(30));
+        assert_eq!(loaded.config.log_level, tracing::Level::INFO);
+        assert_eq!(loaded.config.running_in_container, None);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let loaded = load(&[
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_PUSH_API_KEY", "secret-key"),
+            ("_APPSIGNAL_PUSH_API_ENDPOINT", "http://127.0.0.1:9/"),
+            ("_APPSIGNAL_TRANSMISSION_INTERVAL_MS", "1000"),
+            ("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false"),
+            ("_APPSIGNAL_IGNORE_ACTIONS", "a, b ,,c"),
+            ("_APPSIGNAL_RUNNING_IN_CONTAINER", "true"),
+        ]);
+        let c = loaded.config;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert!(c.invalid_reason().is_none());
+        assert_eq!(c.push.endpoint, "http://127.0.0.1:9");
+        assert_eq!(c.transmission_interval, Duration::from_secs(1));
+        assert!(!c.files_world_accessible);
+        assert_eq!(c.ignore_actions, vec!["a", "b", "c"]);
+        assert_eq!(c.running_in_container, Some(true));
+        assert!(!format!("{c:?}").contains("secret-key"));
+    }
+
+    #[test]
+    fn config_id_is_stable_and_distinguishes_configs() {
+        let a = load(&[
+            ("_APPSIGNAL_PUSH_API_KEY", "k1"),
+            ("_APPSIGNAL_HOSTNAME", "h"),
+        ])
+        .config
+        .push;
+        let b = load(&[
+            ("_APPSIGNAL_PUSH_API_KEY", "k2"),
+            ("_APPSIGNAL_HOSTNAME", "h"),
+        ])
+        .config
+        .push;
+        assert_eq!(a.id(), a.clone().id());
+        assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn table_wins_over_process_environment() {
+        env_put("_APPSIGNAL_TEST_ONLY_KEY", "from-table");
+        assert_eq!(
+            lookup("_APPSIGNAL_TEST_ONLY_KEY").as_deref(),
+            Some("from-table")
+        );
+        env_delete("_APPSIGNAL_TEST_ONLY_KEY");
+        assert_eq!(lookup("_APPSIGNAL_TEST_ONLY_KEY"), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! Logging: `tracing` events of this library go to `appsignal.log` (the configured
+//! `_APPSIGNAL_LOG_FILE_PATH`, else the working directory) or to stdout, one line each with a UTC
+//! timestamp, the pid and the process's role (leader/client). The push key never appears: configs
+//! print it redacted and push errors drop the URL.
+//!
+//! The subscriber is installed once as the global default of this library's own copy of `tracing`
+//! (the shared library links its own), and its sink is swapped at every `start()`.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use once_cell::sync::Lazy;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::config::{Config, LogTarget};
+use crate::workdir::WorkDir;
+
+enum Sink {
+    None,
+    File(File),
+    Stdout,
+}
+
+static SINK: Lazy<Mutex<Sink>> = Lazy::new(|| Mutex::new(Sink::None));
+/// Most verbose level written: 1 error … 5 trace.
+static LEVEL: AtomicU8 = AtomicU8::new(3);
+static INSTALLED: once_cell::sync::OnceCell<()> = once_cell::sync::OnceCell::new();
+
+fn level_number(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+struct SinkWriter;
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Logging must never fail the caller: errors writing the log are swallowed.
+        let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *sink {
+            Sink::None => {}
+            Sink::File(f) => {
+                let _ = f.write_all(buf);
+            }
+            Sink::Stdout => {
+                let _ = std::io::stdout().write_all(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct MakeSink;
+
+impl<'a> MakeWriter<'a> for MakeSink {
+    type Writer = SinkWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        SinkWriter
+    }
+}
+
+/// `2026-11-24T18:49:48.123Z (pid 4242) leader INFO message key=value`
+struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut stamp = String::with_capacity(32);
+        use tracing_subscriber::fmt::time::FormatTime;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut stamp))?;
+        write!(
+            writer,
+            "{stamp} (pid {}) {} {} ",
+            std::process::id(),
+            crate::agent::role().as_str(),
+            event.metadata().level()
+        )?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+fn install() {
+    INSTALLED.get_or_init(|| {
+        let layer = tracing_subscriber::fmt::layer()
+            .event_format(LineFormat)
+            .with_writer(MakeSink)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                level_number(meta.level()) <= LEVEL.load(Ordering::Relaxed)
+            }));
+        // Fails only if this library's copy of tracing already has a global default: then keep it.
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+    });
+}
+
+fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Where the log goes after [`open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    File(PathBuf),
+    Stdout,
+}
+
+/// Opens the log for this start. Returns where it went and, when the configured file could not be
+/// used, why (the caller logs it once the log is open).
+pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>) {
+    install();
+    LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
+    if config.log == LogTarget::Stdout {
+        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Stdout;
+        return (Destination::Stdout, None);
+    }
+    let mut fallback_reason = None;
+    if let Some(path) = &config.log_file_path {
+        match open_append(path, workdir.file_mode()) {
+            Ok(file) => {
+                *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+                return (Destination::File(path.clone()), None);
+            }
+            Err(e) => {
+                fallback_reason = Some(format!(
+                    "cannot open log file {}: {e}; logging to {} instead",
+                    path.display(),
+                    workdir.log_path().display()
+                ))
+            }
+        }
+    }
+    let path = workdir.log_path();
+    match workdir.open_file(&path, OpenOptions::new().append(true).create(true)) {
+        Ok(file) => {
+            *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+            (Destination::File(path), fallback_reason)
+        }
+        Err(e) => {
+            // No log file at all: say it on stderr once, then stay quiet.
+            eprintln!("appsignal: cannot open {}: {e:#}", path.display());
+            *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::None;
+            (Destination::Stdout, fallback_reason)
+        }
+    }
+}
+
+/// Opens a log for an agent that could not get a working directory: the configured file only.
+pub fn open_without_workdir(config: &Config) -> Option<PathBuf> {
+    install();
+    LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
+    if config.log == LogTarget::Stdout {
+        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Stdout;
+        return None;
+    }
+    let path = config.log_file_path.as_ref()?;
+    let file = open_append(path, 0o666).ok()?;
+    *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+    Some(path.clone())
+}
+
+/// Lets one message through per interval and counts the others, so that a client sending garbage in
+/// a loop cannot fill the disk with log lines.
+pub struct RateLimit {
+    interval_ms: u64,
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub const fn new(interval_ms: u64) -> Self {
+        RateLimit {
+            interval_ms,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now, `n` messages were suppressed since the last one. `None`: stay quiet.
+    pub fn check(&self) -> Option<u64> {
+        let now = crate::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= self.interval_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// `" (N similar messages suppressed)"` or nothing.
+pub fn suppressed_note(n: u64) -> String {
+    let mut s = String::new();
+    if n > 0 {
+        let _ = write!(s, " ({n} similar messages suppressed)");
+    }
+    s
+}

@@ -1,0 +1,238 @@
+//! The Push API payload: one JSON document per window and configuration, documented in
+//! `docs/push-api.md`. Built by the leader from a closed [`Window`]; gzip-compressed for the wire
+//! and for the on-disk cache.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use flate2::{write::GzEncoder, Compression};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Window;
+use crate::protocol::MetricKey;
+
+/// Quantiles reported for every distribution.
+pub const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payload {
+    pub payload_id: String,
+    pub library_version: String,
+    pub protocol_version: u32,
+    pub app_name: String,
+    pub environment: String,
+    pub hostname: String,
+    pub revision: String,
+    pub window: WindowSpan,
+    pub counters: Vec<ValueEntry>,
+    pub gauges: Vec<ValueEntry>,
+    pub distributions: Vec<DistributionEntry>,
+    pub agent: AgentReport,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WindowSpan {
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValueEntry {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistributionEntry {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub quantiles: BTreeMap<String, f64>,
+}
+
+/// What the agent itself has to say about this payload: counts of anything dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub leader_pid: u32,
+    /// Batches merged into this window.
+    pub batches: u64,
+    /// Metric updates dropped because a process or the window had too many distinct keys.
+    pub dropped_updates: u64,
+    /// Cached payloads evicted (oldest first) since the previous payload, because the cache was full.
+    pub payload_cache_evictions: u64,
+    /// Frames from processes that were rejected (malformed or oversized) since the previous payload.
+    pub rejected_frames: u64,
+}
+
+fn tags(key: &MetricKey) -> BTreeMap<String, String> {
+    key.tags.iter().cloned().collect()
+}
+
+impl Payload {
+    /// Builds the payload of a closed window. Entries are sorted by name and tags, so that the same
+    /// window always renders the same document.
+    pub fn from_window(window: &Window, payload_id: String, agent: AgentReport) -> Payload {
+        let mut counters: Vec<ValueEntry> = window
+            .metrics
+            .counters
+            .iter()
+            .map(|(k, v)| ValueEntry {
+                name: k.name.clone(),
+                tags: tags(k),
+                value: *v,
+            })
+            .collect();
+        let mut gauges: Vec<ValueEntry> = window
+            .metrics
+            .gauges
+            .iter()
+            .map(|(k, v)| ValueEntry {
+                name: k.name.clone(),
+                tags: tags(k),
+                value: v.value,
+            })
+            .collect();
+        let mut distributions: Vec<DistributionEntry> = window
+            .metrics
+            .distributions
+            .iter()
+            .map(|(k, sketch)| DistributionEntry {
+                name: k.name.clone(),
+                tags: tags(k),
+                count: sketch.count() as u64,
+                sum: sketch.sum().unwrap_or(0.0),
+                min: sketch.min().unwrap_or(0.0),
+                max: sketch.max().unwrap_or(0.0),
+                quantiles: QUANTILES
+                    .iter()
+                    .filter_map(|(name, q)| {
+                        sketch
+                            .quantile(*q)
+                            .ok()
+                            .flatten()
+                            .map(|v| (name.to_string(), v))
+                    })
+                    .collect(),
+            })
+            .collect();
+        counters.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        gauges.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        distributions.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        Payload {
+            payload_id,
+            library_version: crate::VERSION.to_owned(),
+            protocol_version: crate::protocol::PROTOCOL_VERSION,
+            app_name: window.config.app_name.clone(),
+            environment: window.config.environment.clone(),
+            hostname: window.config.hostname.clone(),
+            revision: window.config.revision.clone(),
+            window: WindowSpan {
+                start_ms: window.start_ms,
+                end_ms: window.end_ms,
+            },
+            counters,
+            gauges,
+            distributions,
+            agent: AgentReport {
+                batches: window.batches,
+                dropped_updates: window.dropped_updates,
+                ..agent
+            },
+        }
+    }
+
+    /// JSON, gzip-compressed: the request body.
+    pub fn to_gzip(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(self).context("cannot serialise payload")?;
+        let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4 + 64), Compression::fast());
+        gz.write_all(&json).context("cannot compress payload")?;
+        gz.finish().context("cannot compress payload")
+    }
+}
+
+/// A random 128-bit payload id in hex: unique, so that a receiver can drop a payload sent twice.
+pub fn new_payload_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness (should not happen on Linux): fall back to time, pid and a counter.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        let tail = u64::from(std::process::id()) << 32 | COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[8..].copy_from_slice(&tail.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::MetricSet;
+    use crate::config::PushConfig;
+    use sketches_ddsketch::DDSketch;
+    use std::io::Read;
+
+    #[test]
+    fn a_window_renders_the_documented_shape() {
+        let mut metrics = MetricSet::default();
+        let key = MetricKey {
+            name: "latency".into(),
+            tags: vec![("route".into(), "/".into())],
+        };
+        let mut sketch = DDSketch::default();
+        for v in 1..=100 {
+            sketch.add(f64::from(v));
+        }
+        metrics.distributions.insert(key.clone(), sketch);
+        metrics.counters.insert(key, 4.0);
+        let window = Window {
+            config: PushConfig {
+                push_api_key: "secret".into(),
+                app_name: "app".into(),
+                environment: "prod".into(),
+                endpoint: "http://x".into(),
+                hostname: "h".into(),
+                revision: "abc".into(),
+            },
+            start_ms: 0,
+            end_ms: 1000,
+            metrics,
+            dropped_updates: 2,
+            batches: 5,
+        };
+        let payload = Payload::from_window(&window, new_payload_id(), AgentReport::default());
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(&payload.to_gzip().unwrap()[..])
+            .read_to_string(&mut json)
+            .unwrap();
+        assert!(
+            !json.contains("secret"),
+            "the push key is not part of the body"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["counters"][0]["value"], 4.0);
+        assert_eq!(v["counters"][0]["tags"]["route"], "/");
+        let d = &v["distributions"][0];
+        assert_eq!(
+            (d["count"].as_u64(), d["sum"].as_f64()),
+            (Some(100), Some(5050.0))
+        );
+        let p50 = d["quantiles"]["p50"].as_f64().unwrap();
+        assert!((p50 - 50.0).abs() <= 1.0, "p50 {p50}");
+        assert_eq!(v["agent"]["dropped_updates"], 2);
+        assert_eq!(v["payload_id"].as_str().unwrap().len(), 32);
+    }
+
+    #[test]
+    fn payload_ids_differ() {
+        assert_ne!(new_payload_id(), new_payload_id());
+    }
+}

@@ -1,0 +1,246 @@
+//! The wire protocol on `agent.socket`: frames of a 4-byte big-endian length and a CBOR body.
+//!
+//! The codec here is pure (byte slices in, messages out, no I/O) so that it can be unit-tested and
+//! fuzzed. An incomplete frame is a normal state (`Ok(None)`); a length over [`MAX_FRAME_BYTES`] is
+//! rejected before anything is allocated for the body; a body that is not a valid message is an error.
+//!
+//! A conversation: the client sends `Hello` (protocol and library version, its id and its push
+//! config); the leader answers `Welcome` or `Refused`; then the client sends numbered `Batch`es and
+//! the leader answers each with `Ack { seq }` once the batch is counted.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sketches_ddsketch::DDSketch;
+
+use crate::config::PushConfig;
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Hard limit of one frame body. A client splits larger batches; a leader closes a connection that sends more.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Length of the frame header.
+pub const HEADER_BYTES: usize = 4;
+
+/// A metric's identity: its name and its tags, sorted by tag name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MetricKey {
+    pub name: String,
+    pub tags: Vec<(String, String)>,
+}
+
+/// A gauge's last value and when it was set (ms since the epoch), so that "last" holds across processes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GaugeValue {
+    pub value: f64,
+    pub at_ms: u64,
+}
+
+/// One flush of one process's pre-aggregated data.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Batch {
+    /// Random id of the process (per start), with `seq` the batch's unique identity.
+    pub client_id: u64,
+    /// 1, 2, 3, … per client; the leader counts a (client, seq) once.
+    pub seq: u64,
+    /// When the data was taken from the app (ms since the epoch); decides the window it counts in.
+    pub created_ms: u64,
+    pub counters: Vec<(MetricKey, f64)>,
+    pub gauges: Vec<(MetricKey, GaugeValue)>,
+    pub distributions: Vec<(MetricKey, DDSketch)>,
+    /// Metric updates the client had to drop (too many distinct keys) since its previous batch.
+    pub dropped_updates: u64,
+}
+
+impl std::fmt::Debug for Batch {
+    // Sketches have no Debug; their counts say what matters.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("client_id", &self.client_id)
+            .field("seq", &self.seq)
+            .field("created_ms", &self.created_ms)
+            .field("counters", &self.counters)
+            .field("gauges", &self.gauges)
+            .field("distributions", &self.distributions.len())
+            .field("dropped_updates", &self.dropped_updates)
+            .finish()
+    }
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+            && self.gauges.is_empty()
+            && self.distributions.is_empty()
+            && self.dropped_updates == 0
+    }
+
+    pub fn entries(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.distributions.len()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub library_version: String,
+    pub client_id: u64,
+    pub pid: u32,
+    pub config: PushConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    Batch(Batch),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeaderMessage {
+    Welcome {
+        protocol_version: u32,
+        library_version: String,
+        leader_pid: u32,
+    },
+    Refused {
+        reason: String,
+    },
+    Ack {
+        seq: u64,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The header announces a body larger than [`MAX_FRAME_BYTES`].
+    TooLarge(usize),
+    /// The body is not a valid message.
+    Malformed(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge(n) => {
+                write!(
+                    f,
+                    "frame of {n} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+                )
+            }
+            FrameError::Malformed(why) => write!(f, "malformed frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Encodes one message as a frame (header + body).
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0u8; HEADER_BYTES];
+    serde_cbor::to_writer(&mut frame, message).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let body_len = frame.len() - HEADER_BYTES;
+    if body_len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(body_len));
+    }
+    // body_len <= MAX_FRAME_BYTES fits in u32.
+    frame[..HEADER_BYTES].copy_from_slice(&(body_len as u32).to_be_bytes());
+    Ok(frame)
+}
+
+/// The body length announced by a header, checked against the limit. `Ok(None)` until 4 bytes are there.
+pub fn body_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut len = [0u8; HEADER_BYTES];
+    len.copy_from_slice(header);
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(Some(len))
+}
+
+/// Decodes the first frame in `buf`. `Ok(None)`: not complete yet. `Ok(Some((message, used)))`:
+/// `used` bytes of `buf` were consumed.
+pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(len) = body_len(buf)? else {
+        return Ok(None);
+    };
+    let Some(body) = buf.get(HEADER_BYTES..HEADER_BYTES + len) else {
+        return Ok(None);
+    };
+    let message = serde_cbor::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(Some((message, HEADER_BYTES + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        let mut sketch = DDSketch::default();
+        sketch.add(1.5);
+        Batch {
+            client_id: 7,
+            seq: 3,
+            created_ms: 1_700_000_000_000,
+            counters: vec![(
+                MetricKey {
+                    name: "jobs".into(),
+                    tags: vec![("queue".into(), "mail".into())],
+                },
+                2.0,
+            )],
+            gauges: vec![],
+            distributions: vec![(
+                MetricKey {
+                    name: "latency".into(),
+                    tags: vec![],
+                },
+                sketch,
+            )],
+            dropped_updates: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_byte_by_byte() {
+        let frame = encode(&ClientMessage::Batch(batch())).unwrap();
+        for cut in 0..frame.len() {
+            assert!(decode::<ClientMessage>(&frame[..cut]).unwrap().is_none());
+        }
+        let (message, used) = decode::<ClientMessage>(&frame).unwrap().unwrap();
+        assert_eq!(used, frame.len());
+        let ClientMessage::Batch(b) = message else {
+            panic!("not a batch")
+        };
+        assert_eq!((b.client_id, b.seq), (7, 3));
+        assert_eq!(b.distributions[0].1.count(), 1);
+    }
+
+    #[test]
+    fn oversized_header_is_rejected_before_the_body_arrives() {
+        let header = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            decode::<ClientMessage>(&header),
+            Err(FrameError::TooLarge(n)) if n == MAX_FRAME_BYTES + 1
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let mut frame = vec![0, 0, 0, 16];
+        frame.extend_from_slice(&[0xff; 16]);
+        assert!(matches!(
+            decode::<ClientMessage>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
+        // Every prefix of every byte pattern decodes to a result, never a panic.
+        for seed in 0u8..=255 {
+            let mut buf = vec![0, 0, 0, 8];
+            buf.extend((0..8).map(|i| seed.wrapping_mul(31).wrapping_add(i)));
+            let _ = decode::<ClientMessage>(&buf);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Getting payloads to the Push API: the HTTP push (reqwest over rustls, never OpenSSL) and the
+//! payload cache in `payloads/` for pushes that failed.
+//!
+//! Cache policy: a failed payload is written atomically (temporary file + rename) as
+//! `{created_ms}-{config_id}-{payload_id}.json.gz`; the push key is not written to disk (the
+//! config id says which configuration it belongs to, and the leader knows that configuration's key
+//! once a process with it is connected). Cached payloads are retried oldest first at the next
+//! transmission. The cache holds at most `max_files` files and `max_bytes` bytes: beyond that the
+//! oldest are evicted, logged and counted (the count goes out in the next payload). Files in
+//! `payloads/` that do not have our name pattern, are not regular files, or are larger than
+//! [`MAX_CACHED_FILE_BYTES`] are ignored.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, PushConfig};
+use crate::workdir::WorkDir;
+
+/// A file in `payloads/` larger than this is not ours and is not read.
+pub const MAX_CACHED_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A payload ready to go: gzip-compressed JSON.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: String,
+    pub config_id: u64,
+    pub created_ms: u64,
+    pub body_gz: Vec<u8>,
+}
+
+/// A payload file in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedEntry {
+    pub path: PathBuf,
+    pub created_ms: u64,
+    pub config_id: u64,
+    pub id: String,
+    pub size: u64,
+}
+
+pub struct PayloadCache {
+    workdir: WorkDir,
+    max_files: usize,
+    max_bytes: u64,
+    evictions: AtomicU64,
+}
+
+impl PayloadCache {
+    pub fn new(workdir: WorkDir, max_files: usize, max_bytes: u64) -> Self {
+        PayloadCache {
+            workdir,
+            max_files: max_files.max(1),
+            max_bytes,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes a payload to the cache, then evicts the oldest entries beyond the bounds.
+    pub fn store(&self, payload: &Outgoing) -> Result<()> {
+        let dir = self.workdir.payloads_dir();
+        let name = format!(
+            "{:013}-{:016x}-{}.json.gz",
+            payload.created_ms, payload.config_id, payload.id
+        );
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), payload.id));
+        let mut file = self
+            .workdir
+            .open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
+        file.write_all(&payload.body_gz)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, dir.join(&name))
+            .with_context(|| format!("cannot rename {} to {name}", tmp.display()))?;
+        self.enforce_bounds();
+        Ok(())
+    }
+
+    /// Cached payloads, oldest first.
+    pub fn list(&self) -> Vec<CachedEntry> {
+        let dir = self.workdir.payloads_dir();
+        let Ok(read_dir) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<CachedEntry> = read_dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let meta = fs::symlink_metadata(e.path()).ok()?;
+                if !meta.is_file() || meta.len() > MAX_CACHED_FILE_BYTES {
+                    return None;
+                }
+                let stem = name.strip_suffix(".json.gz")?;
+                let mut parts = stem.splitn(3, '-');
+                let created_ms = parts.next()?.parse().ok()?;
+                let config_id = u64::from_str_radix(parts.next()?, 16).ok()?;
+                let id = parts.next()?;
+                if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                Some(CachedEntry {
+                    path: e.path(),
+                    created_ms,
+                    config_id,
+                    id: id.to_owned(),
+                    size: meta.len(),
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        entries
+    }
+
+    pub fn load(&self, entry: &CachedEntry) -> Result<Outgoing> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&entry.path)
+            .with_context(|| format!("cannot open {}", entry.path.display()))?;
+        let mut body_gz = Vec::new();
+        Read::by_ref(&mut file)
+            .take(MAX_CACHED_FILE_BYTES)
+            .read_to_end(&mut body_gz)
+            .with_context(|| format!("cannot read {}", entry.path.display()))?;
+        Ok(Outgoing {
+            id: entry.id.clone(),
+            config_id: entry.config_id,
+            created_ms: entry.created_ms,
+            body_gz,
+        })
+    }
+
+    pub fn remove(&self, entry: &CachedEntry) {
+        if let Err(e) = fs::remove_file(&entry.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove cached payload {}: {e}", entry.path.display());
+            }
+        }
+    }
+
+    fn enforce_bounds(&self) {
+        let entries = self.list();
+        let mut files = entries.len();
+        let mut bytes: u64 = entries.iter().map(|e| e.size).sum();
+        for entry in &entries {
+            if files <= self.max_files && bytes <= self.max_bytes {
+                break;
+            }
+            self.remove(entry);
+            files -= 1;
+            bytes -= entry.size;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "payload cache full ({} files / {} bytes allowed): evicted the oldest payload {} of window time {}",
+                self.max_files,
+                self.max_bytes,
+                entry.id,
+                entry.created_ms
+            );
+        }
+    }
+
+    /// Evictions since the last call (reported in the next payload).
+    pub fn take_evictions(&self) -> u64 {
+        self.evictions.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Why a push did not deliver.
+#[derive(Debug)]
+pub enum PushError {
+    /// Can succeed later (connection failure, timeout, 408, 429, 5xx): keep the payload.
+    Retryable(String),
+    /// Will not succeed later (e.g. 401 for a wrong key, 400): drop the payload and say so.
+    Rejected(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Retryable(why) => write!(f, "{why} (will retry)"),
+            PushError::Rejected(why) => write!(f, "{why} (not retryable)"),
+        }
+    }
+}
+
+/// The HTTP client of the Push API.
+pub struct Pusher {
+    http: reqwest::Client,
+}
+
+impl Pusher {
+    pub fn new(config: &Config) -> Result<Pusher> {
+        // Our own copy of rustls needs a process default provider; a second install is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.push_timeout)
+            .connect_timeout(config.push_timeout.min(Duration::from_secs(5)))
+            .user_agent(format!("appsignal-agent/{}", crate::VERSION));
+        builder = match &config.http_proxy {
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.as_str())
+                    .with_context(|| format!("invalid _APPSIGNAL_HTTP_PROXY {proxy:?}"))?,
+            ),
+            None => builder.no_proxy(),
+        };
+        if let Some(ca) = &config.ca_file_path {
+            let pem =
+                fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("invalid CA file {}", ca.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
+        Ok(Pusher { http })
+    }
+
+    /// `POST {endpoint}/1/collect` with the payload. Errors never contain the URL (it holds the key).
+    pub async fn push(&self, config: &PushConfig, payload: &Outgoing) -> Result<(), PushError> {
+        let url = format!("{}/1/collect", config.endpoint);
+        let response = self
+            .http
+            .post(&url)
+            .query(&[
+                ("api_key", config.push_api_key.as_str()),
+                ("name", config.app_name.as_str()),
+                ("environment", config.environment.as_str()),
+                ("hostname", config.hostname.as_str()),
+                ("version", crate::VERSION),
+                ("payload_id", payload.id.as_str()),
+            ])
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(payload.body_gz.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                PushError::Retryable(format!(
+                    "push to {} failed: {}",
+                    config.endpoint,
+                    e.without_url()
+                ))
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let why = format!("push to {} answered {status}", config.endpoint);
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(PushError::Retryable(why))
+        } else {
+            Err(PushError::Rejected(why))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(created_ms: u64, size: usize) -> Outgoing {
+        Outgoing {
+            id: crate::payload::new_payload_id(),
+            config_id: 0xabc,
+            created_ms,
+            body_gz: vec![7u8; size],
+        }
+    }
+
+    #[test]
+    fn stored_payloads_come_back_oldest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let cache = PayloadCache::new(wd, 10, 1 << 20);
+        let (a, b) = (outgoing(2000, 10), outgoing(1000, 20));
+        cache.store(&a).unwrap();
+        cache.store(&b).unwrap();
+        let list = cache.list();
+        assert_eq!(
+            list.iter().map(|e| e.created_ms).collect::<Vec<_>>(),
+            vec![1000, 2000]
+        );
+        let loaded = cache.load(&list[0]).unwrap();
+        assert_eq!(
+            (loaded.id, loaded.config_id, loaded.body_gz),
+            (b.id, 0xabc, b.body_gz)
+        );
+        cache.remove(&list[0]);
+        assert_eq!(cache.list().len(), 1);
+    }
+
+    #[test]
+    fn the_cache_never_exceeds_its_bounds_and_counts_evictions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let cache = PayloadCache::new(wd.clone(), 3, 250);
+        for i in 0..10 {
+            cache.store(&outgoing(1000 + i, 100)).unwrap();
+            let list = cache.list();
+            assert!(list.len() <= 3);
+            assert!(list.iter().map(|e| e.size).sum::<u64>() <= 250);
+        }
+        // 100-byte files under a 250-byte bound: two remain, the newest.
+        let list = cache.list();
+        assert_eq!(
+            list.iter().map(|e| e.created_ms).collect::<Vec<_>>(),
+            vec![1008, 1009]
+        );
+        assert_eq!(cache.take_evictions(), 8);
+        assert_eq!(cache.take_evictions(), 0);
+    }
+
+    #[test]
+    fn foreign_and_hostile_files_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let dir = wd.payloads_dir();
+        fs::write(dir.join("notes.txt"), b"hello").unwrap();
+        fs::write(dir.join("1-zz-nothex.json.gz"), b"x").unwrap();
+        std::os::unix::fs::symlink(
+            "/etc/passwd",
+            dir.join(format!(
+                "0000000000001-0000000000000abc-{}.json.gz",
+                "a".repeat(32)
+            )),
+        )
+        .unwrap();
+        let cache = PayloadCache::new(wd, 10, 1 << 20);
+        assert!(cache.list().is_empty());
+    }
+}
