@@ -355,26 +355,25 @@ async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>)
     // `&Stream` reads and writes; no split needed.
     let (mut reader, mut writer) = (&stream, &stream);
     let mut buf = Vec::new();
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut reader, &mut buf))
-        .await
-    {
-        Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
-        Ok(Ok(None)) => return,
-        Ok(Ok(Some(ClientMessage::Batch(_)))) => {
-            reject(shared, peer_pid, "a batch before the handshake");
-            return;
-        }
-        Ok(Err(e)) => {
-            reject(shared, peer_pid, &e.to_string());
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(
+    let hello =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut reader, &mut buf)).await {
+            Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(ClientMessage::Batch(_)))) => {
+                reject(shared, peer_pid, "a batch before the handshake");
+                return;
+            }
+            Ok(Err(e)) => {
+                reject(shared, peer_pid, &e.to_string());
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
                 "connection from pid {peer_pid:?} sent no handshake within {HANDSHAKE_TIMEOUT:?}"
             );
-            return;
-        }
-    };
+                return;
+            }
+        };
     if hello.protocol_version != PROTOCOL_VERSION {
         let reason = format!(
             "protocol {} is not supported by this leader (library {}, protocol {PROTOCOL_VERSION})",

@@ -1,0 +1,258 @@
+//! A worker process that loads `libappsignal.so` with `dlopen` (as a Ruby or Elixir extension
+//! would) and calls it only through the C interface. It takes commands, one per line, on stdin:
+//!
+//! - `record N`: N counter increments, distribution values and gauge sets with tags; prints
+//!   `{"event":"sent",...}` with the totals this process has handed to the library so far;
+//! - `diagnose`: prints `appsignal_diagnose()`;
+//! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped"}` and exits.
+//!
+//! At start it calls `appsignal_start()`, waits until the process is leader or client, and prints
+//! `{"event":"ready","pid":…,"role":…}`. Configuration comes from the environment.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::io::{BufRead, Write};
+use std::os::raw::c_char;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AppsignalString {
+    len: usize,
+    buf: *const c_char,
+}
+
+impl AppsignalString {
+    fn from(s: &str) -> Self {
+        AppsignalString {
+            len: s.len(),
+            buf: s.as_ptr().cast(),
+        }
+    }
+
+    /// # Safety
+    /// `self` must come from the library and still be valid.
+    unsafe fn to_string(self) -> String {
+        if self.buf.is_null() || self.len == 0 {
+            return String::new();
+        }
+        String::from_utf8_lossy(std::slice::from_raw_parts(self.buf.cast::<u8>(), self.len))
+            .into_owned()
+    }
+}
+
+type VoidFn = unsafe extern "C" fn();
+type StringFn = unsafe extern "C" fn() -> AppsignalString;
+type NewFn = unsafe extern "C" fn() -> *mut c_void;
+type SetStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString, AppsignalString);
+type MetricFn = unsafe extern "C" fn(AppsignalString, f64, *const c_void);
+type FreeFn = unsafe extern "C" fn(*mut c_void);
+
+/// The library's functions, looked up by name.
+pub struct Lib {
+    _lib: libloading::Library,
+    start: VoidFn,
+    stop: VoidFn,
+    diagnose: StringFn,
+    map_new: NewFn,
+    map_set_string: SetStringFn,
+    increment_counter: MetricFn,
+    set_gauge: MetricFn,
+    add_distribution_value: MetricFn,
+    free_data: FreeFn,
+}
+
+/// Where `libappsignal.so` is: `$APPSIGNAL_LIBRARY`, else next to the target directory this
+/// executable was built in (`target/<profile>/libappsignal.so`).
+pub fn library_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("APPSIGNAL_LIBRARY") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        for candidate in [
+            dir.join("libappsignal.so"),
+            dir.join("deps").join("libappsignal.so"),
+        ] {
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "libappsignal.so not found near {}; build it (cargo build) or set APPSIGNAL_LIBRARY",
+        exe.display()
+    );
+}
+
+impl Lib {
+    pub fn load() -> Lib {
+        let path = library_path();
+        // SAFETY: loading our own library runs no foreign initialisers beyond Rust's std.
+        let lib = unsafe { libloading::Library::new(&path) }
+            .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
+        macro_rules! sym {
+            ($name:literal) => {
+                // SAFETY: the symbol has the signature declared in appsignal.h.
+                *unsafe { lib.get($name) }.unwrap_or_else(|e| panic!("missing symbol: {e}"))
+            };
+        }
+        Lib {
+            start: sym!(b"appsignal_start"),
+            stop: sym!(b"appsignal_stop"),
+            diagnose: sym!(b"appsignal_diagnose"),
+            map_new: sym!(b"appsignal_data_map_new"),
+            map_set_string: sym!(b"appsignal_data_map_set_string"),
+            increment_counter: sym!(b"appsignal_increment_counter"),
+            set_gauge: sym!(b"appsignal_set_gauge"),
+            add_distribution_value: sym!(b"appsignal_add_distribution_value"),
+            free_data: sym!(b"appsignal_free_data"),
+            _lib: lib,
+        }
+    }
+
+    pub fn start(&self) {
+        // SAFETY: no arguments; the library tolerates any state.
+        unsafe { (self.start)() }
+    }
+
+    pub fn stop(&self) {
+        // SAFETY: as above.
+        unsafe { (self.stop)() }
+    }
+
+    pub fn diagnose(&self) -> Value {
+        // SAFETY: the returned string is valid until the next diagnose call on this thread.
+        let text = unsafe { (self.diagnose)().to_string() };
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Runs `f` with a tags map built through the C interface, then frees it.
+    fn with_tags(&self, tags: &[(&str, &str)], f: impl FnOnce(*const c_void)) {
+        // SAFETY: map_new returns an owned handle; set_string copies; free_data frees it once.
+        unsafe {
+            let map = (self.map_new)();
+            for (k, v) in tags {
+                (self.map_set_string)(map, AppsignalString::from(k), AppsignalString::from(v));
+            }
+            f(map);
+            (self.free_data)(map);
+        }
+    }
+
+    pub fn increment_counter(&self, name: &str, value: f64, tags: &[(&str, &str)]) {
+        // SAFETY: name is valid for the call; tags is a live handle.
+        self.with_tags(tags, |t| unsafe {
+            (self.increment_counter)(AppsignalString::from(name), value, t)
+        });
+    }
+
+    pub fn set_gauge(&self, name: &str, value: f64, tags: &[(&str, &str)]) {
+        // SAFETY: as above.
+        self.with_tags(tags, |t| unsafe {
+            (self.set_gauge)(AppsignalString::from(name), value, t)
+        });
+    }
+
+    pub fn add_distribution_value(&self, name: &str, value: f64, tags: &[(&str, &str)]) {
+        // SAFETY: as above.
+        self.with_tags(tags, |t| unsafe {
+            (self.add_distribution_value)(AppsignalString::from(name), value, t)
+        });
+    }
+}
+
+/// `name{k=v,…}` with sorted tags, as the receiver names series.
+fn series(name: &str, tags: &[(&str, &str)]) -> String {
+    let mut pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    format!("{name}{{{}}}", pairs.join(","))
+}
+
+/// What this process handed to the library.
+#[derive(Default)]
+pub struct Sent {
+    counters: BTreeMap<String, f64>,
+    gauges: BTreeMap<String, f64>,
+    distributions: BTreeMap<String, (u64, f64)>,
+}
+
+impl Sent {
+    fn to_json(&self) -> Value {
+        json!({
+            "event": "sent",
+            "counters": self.counters,
+            "gauges": self.gauges,
+            "distributions": self.distributions.iter().map(|(k, (c, s))| (k.clone(), json!({"count": c, "sum": s}))).collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
+
+/// Records `n` of each metric kind, tagged with the worker index and a route.
+pub fn record(lib: &Lib, index: u32, n: u64, sent: &mut Sent) {
+    let worker = index.to_string();
+    for i in 0..n {
+        let route = ["/home", "/checkout", "/search"][(i % 3) as usize];
+        let tags = [("worker", worker.as_str()), ("route", route)];
+        lib.increment_counter("requests", 1.0, &tags);
+        *sent.counters.entry(series("requests", &tags)).or_default() += 1.0;
+        let value = (i % 97) as f64 + 0.5;
+        lib.add_distribution_value("response_time", value, &tags[1..]);
+        let d = sent
+            .distributions
+            .entry(series("response_time", &tags[1..]))
+            .or_default();
+        d.0 += 1;
+        d.1 += value;
+        lib.set_gauge("worker_index", f64::from(index), &tags[..1]);
+        sent.gauges
+            .insert(series("worker_index", &tags[..1]), f64::from(index));
+    }
+}
+
+fn emit(value: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// The worker's main loop.
+pub fn run(index: u32) {
+    let lib = Lib::load();
+    lib.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut role = String::new();
+    while Instant::now() < deadline {
+        role = lib.diagnose()["role"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if role == "leader" || role == "client" || role == "disabled" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    emit(json!({"event": "ready", "pid": std::process::id(), "role": role}));
+    let mut sent = Sent::default();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("record") => {
+                let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+                record(&lib, index, n, &mut sent);
+                emit(sent.to_json());
+            }
+            Some("diagnose") => emit(json!({"event": "diagnose", "report": lib.diagnose()})),
+            Some("stop") => break,
+            _ => {}
+        }
+    }
+    lib.stop();
+    emit(json!({"event": "stopped", "pid": std::process::id()}));
+}
