@@ -380,13 +380,16 @@ impl State {
             }
         };
         if let Some(lock) = lock {
+            // The role is set first so that the leader's own log lines carry it.
+            let previous = crate::agent::role();
+            set_role(Role::Leader);
             match Leader::start(&shared.config, &workdir, lock) {
                 Ok(leader) => {
-                    set_role(Role::Leader);
                     self.link = Link::Local(leader);
                     self.backoff.reset();
                 }
                 Err(e) => {
+                    set_role(previous);
                     tracing::error!("won the election but cannot lead: {e:#}");
                     self.schedule_retry();
                 }
@@ -402,8 +405,8 @@ impl State {
         };
         match Connection::open(&workdir, &hello) {
             Ok(conn) => {
-                tracing::info!("connected to the leader (pid {})", conn.leader_pid);
                 set_role(Role::Client);
+                tracing::info!("connected to the leader (pid {})", conn.leader_pid);
                 self.link = Link::Remote(conn);
                 self.backoff.reset();
             }

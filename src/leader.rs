@@ -543,6 +543,10 @@ async fn transmit(
             }
         }
     }
+    if windows.is_empty() {
+        // Keep the counts of dropped things for a round that has a payload to carry them.
+        return;
+    }
     let mut report = AgentReport {
         leader_pid: std::process::id(),
         payload_cache_evictions: shared.cache.take_evictions(),

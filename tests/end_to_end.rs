@@ -1,1 +1,399 @@
-// placeholder
+//! End to end, with real processes: worker processes load libappsignal.so through its C interface,
+//! share a working directory, elect a leader over a real flock and Unix socket, and push to the
+//! reference receiver over real HTTP on 127.0.0.1. Totals received must equal totals sent, exactly.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::fleet::{self, WorkerProcess};
+use common::receiver::Receiver;
+use serde_json::Value;
+
+const KEY: &str = "end-to-end-secret-key";
+
+struct Setup {
+    receiver: Receiver,
+    tmp: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn new(interval_ms: u64) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let receiver = Receiver::start(KEY, Some(tmp.path().join("received"))).unwrap();
+        let mut env = fleet::config_env(&receiver.url, KEY, &tmp.path().join("wd"), interval_ms);
+        // Load exactly the library this test run built.
+        env.push((
+            "APPSIGNAL_LIBRARY".into(),
+            common::library_path().display().to_string(),
+        ));
+        Setup { receiver, tmp, env }
+    }
+
+    fn workdir(&self) -> std::path::PathBuf {
+        self.tmp.path().join("wd")
+    }
+
+    fn with(mut self, key: &str, value: &str) -> Setup {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn spawn(&self, index: u32) -> WorkerProcess {
+        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.workdir().join("appsignal.log")).unwrap_or_default()
+    }
+
+    /// Waits for the receiver's totals to equal `expected`; fails with the differences.
+    fn assert_totals(&self, expected: &Value) {
+        let rows = fleet::await_totals(
+            expected,
+            || self.receiver.summary(),
+            Duration::from_secs(20),
+        );
+        let wrong: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.equal)
+            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
+            .collect();
+        assert!(!rows.is_empty(), "nothing was expected");
+        assert!(
+            wrong.is_empty(),
+            "totals differ:\n{}\n--- log ---\n{}",
+            wrong.join("\n"),
+            self.log()
+        );
+    }
+}
+
+/// Whether another open file description can take the lock (it cannot while a leader holds it).
+fn lock_is_free(path: &Path) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a valid descriptor we own; it is released when `file` closes.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+fn stop_all(workers: &mut [WorkerProcess]) {
+    // Clients first, the leader last, as in a graceful deploy.
+    workers.sort_by_key(|w| w.role == "leader");
+    for w in workers.iter_mut() {
+        let status = w.stop(Duration::from_secs(20)).unwrap();
+        assert!(status.success(), "worker {} exited with {status}", w.pid);
+    }
+}
+
+#[test]
+fn four_processes_one_leader_totals_equal() {
+    let setup = Setup::new(500);
+    let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
+    let leaders: Vec<u32> = workers
+        .iter()
+        .filter(|w| w.role == "leader")
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "roles: {:?}",
+        workers.iter().map(|w| &w.role).collect::<Vec<_>>()
+    );
+    assert_eq!(workers.iter().filter(|w| w.role == "client").count(), 3);
+    let leader = leaders[0];
+
+    // Exactly one process holds agent.lock and listens on agent.socket.
+    let wd = setup.workdir();
+    assert!(!lock_is_free(&wd.join("agent.lock")), "the lock is held");
+    assert!(
+        UnixStream::connect(wd.join("agent.socket")).is_ok(),
+        "the leader listens"
+    );
+    for w in workers.iter_mut() {
+        let report = w.diagnose().unwrap();
+        assert_eq!(report["lock"]["holder_pid"], leader, "{report}");
+        assert_eq!(report["socket"]["exists"], true);
+        assert_eq!(report["working_directory"]["mode"], "777");
+        assert_eq!(report["config"]["push_api_key"], "present");
+    }
+
+    // Two rounds, so that data spans more than one window.
+    let mut expected = Value::Null;
+    let mut last = Vec::new();
+    for _round in 0..2 {
+        for w in workers.iter_mut() {
+            w.send("record 3000").unwrap();
+        }
+        last = workers
+            .iter_mut()
+            .map(|w| w.expect("sent", Duration::from_secs(30)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    for sent in &last {
+        fleet::add_sent(&mut expected, sent);
+    }
+    stop_all(&mut workers);
+    setup.assert_totals(&expected);
+    let summary = setup.receiver.summary();
+    assert_eq!(summary["unauthorized"], 0);
+    assert_eq!(summary["duplicates"], 0);
+    assert_eq!(summary["dropped_updates"], 0);
+    assert!(
+        lock_is_free(&wd.join("agent.lock")),
+        "the lock is released after the last stop"
+    );
+    let log = setup.log();
+    assert!(log.contains("leader INFO leading: listening on"), "{log}");
+    assert!(!log.contains(KEY), "the push key never appears in the log");
+}
+
+#[test]
+fn everyone_stopping_at_once_loses_nothing() {
+    // The leader stops while clients are still flushing: they take over and push the rest.
+    let setup = Setup::new(300);
+    let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        w.send("record 2000").unwrap();
+    }
+    for w in workers.iter_mut() {
+        fleet::add_sent(
+            &mut expected,
+            &w.expect("sent", Duration::from_secs(30)).unwrap(),
+        );
+    }
+    for w in workers.iter_mut() {
+        w.send("stop").unwrap();
+    }
+    for w in workers.iter_mut() {
+        w.expect("stopped", Duration::from_secs(20)).unwrap();
+        assert!(w.wait(Duration::from_secs(20)).unwrap().success());
+    }
+    setup.assert_totals(&expected);
+}
+
+/// Sends `bytes` on a fresh connection and returns whether the leader closed it within the deadline.
+fn leader_closes_after(socket: &Path, bytes: &[u8]) -> bool {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // e.g. a Welcome before the bad frame
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let setup = Setup::new(400);
+    let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
+    let socket = setup.workdir().join("agent.socket");
+
+    // Garbage where a frame header should be, announcing a body of 0xdeadbeef bytes.
+    assert!(leader_closes_after(
+        &socket,
+        &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]
+    ));
+    // A header announcing 8 MiB: over the 4 MiB limit, rejected before any body is read.
+    assert!(leader_closes_after(&socket, &(8u32 << 20).to_be_bytes()));
+    // A well-sized frame whose body is not CBOR.
+    let mut frame = 16u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xff; 16]);
+    assert!(leader_closes_after(&socket, &frame));
+
+    // The leader still serves the real clients, and counts everything exactly.
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        fleet::add_sent(&mut expected, &w.record(1500).unwrap());
+    }
+    stop_all(&mut workers);
+    setup.assert_totals(&expected);
+    assert!(
+        fleet::await_totals(&expected, || setup.receiver.summary(), Duration::ZERO)
+            .iter()
+            .all(|r| r.equal)
+    );
+    let summary = setup.receiver.summary();
+    assert_eq!(summary["rejected_frames"], 3, "{summary}");
+    let log = setup.log();
+    assert!(log.contains("closed the connection of pid"), "{log}");
+}
+
+#[test]
+fn a_push_api_answering_500_gets_the_payload_later() {
+    let setup = Setup::new(300);
+    setup.receiver.fail_next(2, 500);
+    let mut worker = setup.spawn(0);
+    let expected = {
+        let mut e = Value::Null;
+        fleet::add_sent(&mut e, &worker.record(1000).unwrap());
+        e
+    };
+    // The first two pushes fail; the payload waits in payloads/ and goes out on a later interval.
+    assert!(common::poll(Duration::from_secs(20), || setup
+        .receiver
+        .summary()["failed_on_purpose"]
+        == 2));
+    setup.assert_totals(&expected);
+    assert!(
+        setup.log().contains("cached for the next transmission"),
+        "{}",
+        setup.log()
+    );
+    assert!(
+        setup.log().contains("delivered cached payload"),
+        "{}",
+        setup.log()
+    );
+    worker.stop(Duration::from_secs(20)).unwrap();
+    let left: Vec<_> = std::fs::read_dir(setup.workdir().join("payloads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "nothing stays in the cache: {left:?}");
+    assert_eq!(setup.receiver.summary()["duplicates"], 0);
+}
+
+#[test]
+fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
+    let setup = Setup::new(200)
+        .with("_APPSIGNAL_PAYLOAD_CACHE_MAX_FILES", "3")
+        .with("_APPSIGNAL_STOP_TIMEOUT_MS", "1000");
+    setup.receiver.fail_next(u32::MAX, 503);
+    let mut worker = setup.spawn(0);
+    let payloads = setup.workdir().join("payloads");
+    let cached = || {
+        std::fs::read_dir(&payloads)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json.gz"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Data in eight windows: eight payloads, all failing, into a cache of three.
+    for _ in 0..8 {
+        worker.record(10).unwrap();
+        let before = setup.receiver.summary()["failed_on_purpose"]
+            .as_u64()
+            .unwrap();
+        assert!(common::poll(Duration::from_secs(10), || setup
+            .receiver
+            .summary()["failed_on_purpose"]
+            .as_u64()
+            .unwrap()
+            > before));
+        assert!(cached() <= 3, "cache holds {} files", cached());
+    }
+    worker.stop(Duration::from_secs(20)).unwrap();
+    assert!(
+        cached() <= 3 && cached() > 0,
+        "cache holds {} files",
+        cached()
+    );
+    assert!(
+        setup.log().contains("payload cache full"),
+        "{}",
+        setup.log()
+    );
+
+    // The API is back; the next process to start leads and delivers what was cached.
+    let waiting = cached();
+    setup.receiver.fail_next(0, 500);
+    let mut next = setup.spawn(1);
+    assert!(common::poll(Duration::from_secs(20), || setup
+        .receiver
+        .summary()["payloads"]
+        .as_u64()
+        .unwrap()
+        >= waiting as u64));
+    assert!(common::poll(Duration::from_secs(5), || cached() == 0));
+    next.stop(Duration::from_secs(20)).unwrap();
+    let summary = setup.receiver.summary();
+    // Three newest windows were kept: each counted 10 requests per route group of the worker.
+    let total: f64 = summary["counters"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert_eq!(total, 10.0 * waiting as f64, "{summary}");
+}
+
+#[test]
+fn an_unusable_working_directory_disables_the_agent_and_the_app_runs_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain_file = tmp.path().join("file");
+    std::fs::write(&plain_file, b"").unwrap();
+    let setup = Setup::new(500).with(
+        "_APPSIGNAL_WORKING_DIRECTORY_PATH",
+        plain_file.join("appsignal").to_str().unwrap(),
+    );
+    let mut worker = setup.spawn(0);
+    assert_eq!(worker.role, "disabled");
+    let report = worker.diagnose().unwrap();
+    let reason = report["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("working directory unusable"), "{reason}");
+    assert!(
+        reason.contains("file/appsignal"),
+        "the reason names the path: {reason}"
+    );
+    assert_eq!(report["working_directory"]["usable"], false);
+    worker.record(10).unwrap();
+    assert!(worker.stop(Duration::from_secs(10)).unwrap().success());
+    assert_eq!(setup.receiver.summary()["payloads"], 0);
+}
+
+#[test]
+fn a_symlink_planted_at_the_working_directory_is_refused() {
+    let setup = Setup::new(500);
+    let elsewhere = setup.tmp.path().join("attacker-controlled");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, setup.workdir()).unwrap();
+    let mut worker = setup.spawn(0);
+    assert_eq!(worker.role, "disabled");
+    let reason = worker.diagnose().unwrap()["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("symbolic link"), "{reason}");
+    assert!(
+        std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "nothing written through the link"
+    );
+    worker.stop(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn owner_only_mode_makes_the_files_private() {
+    let setup = Setup::new(500).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
+    let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let wd = setup.workdir();
+    assert_eq!(mode(&wd), 0o700);
+    assert_eq!(mode(&wd.join("agent.lock")), 0o600);
+    assert_eq!(mode(&wd.join("agent.socket")), 0o600);
+    assert_eq!(mode(&wd.join("appsignal.log")), 0o600);
+    assert_eq!(mode(&wd.join("payloads")), 0o700);
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        fleet::add_sent(&mut expected, &w.record(500).unwrap());
+    }
+    stop_all(&mut workers);
+    setup.assert_totals(&expected);
+}

@@ -67,8 +67,8 @@ pub struct Lib {
     free_data: FreeFn,
 }
 
-/// Where `libappsignal.so` is: `$APPSIGNAL_LIBRARY`, else next to the target directory this
-/// executable was built in (`target/<profile>/libappsignal.so`).
+/// Where `libappsignal.so` is: `$APPSIGNAL_LIBRARY`, else in the target directory this executable
+/// was built in. `deps/` first: `cargo test` refreshes the library there without copying it up.
 pub fn library_path() -> PathBuf {
     if let Some(p) = std::env::var_os("APPSIGNAL_LIBRARY") {
         return PathBuf::from(p);

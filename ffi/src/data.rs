@@ -6,6 +6,12 @@ use appsignal_agent::data::Data;
 
 use crate::boundary::{appsignal_string_t, return_string, to_str};
 
+/// `long` is 64-bit here but 32-bit on other targets; the conversion is a no-op only here.
+#[allow(clippy::useless_conversion)]
+fn long(value: c_long) -> i64 {
+    i64::from(value)
+}
+
 /// An opaque data value (a map or an array). Create with `appsignal_data_map_new` or
 /// `appsignal_data_array_new`; free once with `appsignal_free_data`.
 pub struct appsignal_data_t {
@@ -107,7 +113,7 @@ pub extern "C" fn appsignal_data_map_set_integer(
             "appsignal_data_map_set_integer",
             map,
             key,
-            Data::Integer(i64::from(value)),
+            Data::Integer(long(value)),
         )
     })
 }
@@ -190,7 +196,7 @@ pub extern "C" fn appsignal_data_array_append_integer(array: *mut appsignal_data
         array_append(
             "appsignal_data_array_append_integer",
             array,
-            Data::Integer(i64::from(value)),
+            Data::Integer(long(value)),
         )
     })
 }

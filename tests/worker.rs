@@ -1,7 +1,7 @@
-//! A worker process for the integration tests: loads libappsignal.so and obeys stdin commands
+//! A worker process for the integration tests (a bin target, so that cargo rebuilds it for them): loads libappsignal.so and obeys stdin commands
 //! (see `common/worker.rs`). Usage: `worker <index>`; configuration through `_APPSIGNAL_*` variables.
 
-#[path = "common/worker.rs"]
+#[path = "../examples/common/worker.rs"]
 mod worker;
 
 fn main() {

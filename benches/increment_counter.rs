@@ -1,0 +1,172 @@
+//! App-thread cost of recording one counter increment with 2 tags (region=eu, route=/checkout),
+//! through libappsignal's real C interface, next to peers measured in the same run.
+//!
+//! Variants (group `increment_counter_2_tags`):
+//! - `libappsignal/tags_prebuilt`: `appsignal_increment_counter` with a tags map built once.
+//! - `libappsignal/tags_built_per_call`: the same call, but the tags map is made, filled with 2
+//!   `appsignal_data_map_set_string` calls and freed per increment (what a Ruby integration does).
+//! - `statsd_udp`: one DogStatsD datagram per increment, `send_to` a bound loopback UDP socket.
+//! - `opentelemetry_sdk`: `Counter<f64>::add` from an SDK `MeterProvider` with a `ManualReader`,
+//!   attributes built once.
+//! - `mutex_hashmap_naive`: `Mutex<HashMap<String, f64>>` keyed by a `format!`ed string per call.
+//!
+//! Run: `cargo bench -p appsignal-ffi --bench increment_counter`
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::net::UdpSocket;
+use std::os::raw::c_char;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use appsignal::appsignal_string_t;
+use criterion::{criterion_group, criterion_main, Criterion};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+
+const NAME: &str = "requests";
+const TAGS: [(&str, &str); 2] = [("region", "eu"), ("route", "/checkout")];
+
+/// A view of a Rust string as the C interface's string (not NUL-terminated; `s` must outlive it).
+fn cstr(s: &str) -> appsignal_string_t {
+    appsignal_string_t {
+        len: s.len(),
+        buf: s.as_ptr().cast::<c_char>(),
+    }
+}
+
+fn returned_to_string(s: appsignal_string_t) -> String {
+    if s.buf.is_null() || s.len == 0 {
+        return String::new();
+    }
+    // SAFETY: a string returned by the library: `len` bytes at `buf`, valid until the next call of
+    // the same function on this thread; copied right away.
+    let bytes = unsafe { std::slice::from_raw_parts(s.buf.cast::<u8>(), s.len) };
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Builds the 2-tag map through the C interface. The caller frees it with `appsignal_free_data`.
+#[inline(always)]
+fn new_tags_map() -> *mut appsignal::appsignal_data_t {
+    let map = appsignal::appsignal_data_map_new();
+    for (k, v) in TAGS {
+        appsignal::appsignal_data_map_set_string(map, cstr(k), cstr(v));
+    }
+    map
+}
+
+/// Configures and starts the agent, and waits (up to 5 s) until it records: role leader or client.
+fn start_agent(workdir: &std::path::Path) {
+    let workdir = workdir.join("appsignal");
+    let workdir = workdir.to_str().expect("temp dir path is UTF-8");
+    for (k, v) in [
+        ("_APPSIGNAL_ACTIVE", "true"),
+        ("_APPSIGNAL_PUSH_API_KEY", "bench"),
+        // Nothing listens there: pushes fail and get cached, off the measured thread.
+        ("_APPSIGNAL_PUSH_API_ENDPOINT", "http://127.0.0.1:9"),
+        ("_APPSIGNAL_WORKING_DIRECTORY_PATH", workdir),
+        ("_APPSIGNAL_ENABLE_HOST_METRICS", "false"),
+    ] {
+        appsignal::appsignal_env_put(cstr(k), cstr(v));
+    }
+    appsignal::appsignal_start();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let report = returned_to_string(appsignal::appsignal_diagnose());
+        let role = serde_json::from_str::<serde_json::Value>(&report)
+            .ok()
+            .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(str::to_owned));
+        if matches!(role.as_deref(), Some("leader" | "client")) {
+            eprintln!("libappsignal recording, role {}", role.unwrap_or_default());
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "libappsignal did not become leader or client within 5 s, so it would not \
+                 record; diagnose: {report}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn bench_increment_counter(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    start_agent(tmp.path());
+
+    let mut group = c.benchmark_group("increment_counter_2_tags");
+
+    // 1a. libappsignal, tags map built once (the cost of the recording call itself).
+    let key = cstr(NAME);
+    let tags = new_tags_map();
+    group.bench_function("libappsignal/tags_prebuilt", |b| {
+        b.iter(|| {
+            appsignal::appsignal_increment_counter(black_box(key), black_box(1.0), black_box(tags))
+        })
+    });
+
+    // 1b. libappsignal, tags map built and freed per call (what a Ruby integration does per call).
+    group.bench_function("libappsignal/tags_built_per_call", |b| {
+        b.iter(|| {
+            let map = new_tags_map();
+            appsignal::appsignal_increment_counter(black_box(key), black_box(1.0), black_box(map));
+            appsignal::appsignal_free_data(map as *mut c_void);
+        })
+    });
+
+    // 2. statsd over UDP: one DogStatsD datagram per increment. Nobody reads the receiver; once its
+    // buffer is full, loopback drops datagrams silently, so the send cost is what we measure.
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+    let target = receiver.local_addr().expect("receiver address");
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let datagram = format!(
+        "{NAME}:1|c|#{}:{},{}:{}",
+        TAGS[0].0, TAGS[0].1, TAGS[1].0, TAGS[1].1
+    );
+    assert_eq!(datagram, "requests:1|c|#region:eu,route:/checkout");
+    group.bench_function("statsd_udp", |b| {
+        b.iter(|| {
+            // Send errors (none expected on loopback) are ignored like a statsd client would.
+            let _ = black_box(sender.send_to(black_box(datagram.as_bytes()), target));
+        })
+    });
+
+    // 3. OpenTelemetry SDK counter, attributes built once.
+    let provider = SdkMeterProvider::builder()
+        .with_reader(ManualReader::builder().build())
+        .build();
+    let meter = provider.meter("bench");
+    let counter = meter.f64_counter(NAME).build();
+    let attributes = [
+        KeyValue::new(TAGS[0].0, TAGS[0].1),
+        KeyValue::new(TAGS[1].0, TAGS[1].1),
+    ];
+    group.bench_function("opentelemetry_sdk", |b| {
+        b.iter(|| counter.add(black_box(1.0), black_box(&attributes[..])))
+    });
+
+    // 4. Naive: a mutex-guarded map keyed by a string formatted per call.
+    let naive: Mutex<HashMap<String, f64>> = Mutex::new(HashMap::new());
+    group.bench_function("mutex_hashmap_naive", |b| {
+        b.iter(|| {
+            let (name, (k1, v1), (k2, v2)) = black_box((NAME, TAGS[0], TAGS[1]));
+            let key = format!("{name}|{k1}={v1}|{k2}={v2}");
+            let mut map = naive.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(key).or_insert(0.0) += black_box(1.0);
+        })
+    });
+
+    group.finish();
+
+    appsignal::appsignal_free_data(tags as *mut c_void);
+    let _ = provider.shutdown();
+    black_box(naive.lock().map(|m| m.len()).unwrap_or(0));
+    appsignal::appsignal_stop();
+    drop(tmp);
+}
+
+criterion_group!(benches, bench_increment_counter);
+criterion_main!(benches);
