@@ -76,8 +76,8 @@ pub fn library_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     for dir in exe.ancestors().skip(1).take(3) {
         for candidate in [
-            dir.join("libappsignal.so"),
             dir.join("deps").join("libappsignal.so"),
+            dir.join("libappsignal.so"),
         ] {
             if candidate.is_file() {
                 return candidate;
