@@ -205,7 +205,8 @@ pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
     }
 }
 
-fn random_u64() -> u64 {
+/// A random id (client ids, the leader's host-metrics source id).
+pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // Without OS randomness, time and pid still make ids distinct between processes.

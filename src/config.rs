@@ -126,6 +126,8 @@ pub struct Config {
     pub push_timeout: Duration,
     pub payload_cache_max_files: usize,
     pub payload_cache_max_bytes: u64,
+    /// How often the leader collects host metrics (`_APPSIGNAL_HOST_METRICS_INTERVAL_MS`).
+    pub host_metrics_interval: Duration,
 }
 
 /// A configuration and the warnings found while reading it.
@@ -320,6 +322,12 @@ impl Config {
                 "_APPSIGNAL_PAYLOAD_CACHE_MAX_BYTES",
                 20 * 1024 * 1024,
                 1024,
+            ),
+            host_metrics_interval: r.millis(
+                "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
+                60_000,
+                100,
+                3_600_000,
             ),
         };
         Loaded {

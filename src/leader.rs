@@ -11,6 +11,9 @@
 //!   before the last windows are taken: an acknowledged batch is always in a payload or the cache.
 //! - The leader watches `agent.lock` and the working directory every [`WATCHDOG_PERIOD`]: if either
 //!   is gone it stops serving (pushing what it counted), so a new election can run.
+//! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
+//!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
+//!   counts them as gauges of its own configuration.
 //! - Shutdown stops accepting, lets connections finish the frame they are in, then pushes what
 //!   remains within the deadline; what cannot be pushed goes to the payload cache.
 
@@ -29,9 +32,12 @@ use tokio::task::JoinSet;
 use crate::aggregate::{Aggregator, Window};
 use crate::config::Config;
 use crate::election::LeaderLock;
+use crate::host_metrics::HostMetricsCollector;
 use crate::log::{suppressed_note, RateLimit};
 use crate::payload::{new_payload_id, AgentReport, Payload};
-use crate::protocol::{self, Batch, ClientMessage, FrameError, LeaderMessage, PROTOCOL_VERSION};
+use crate::protocol::{
+    self, Batch, ClientMessage, FrameError, GaugeValue, LeaderMessage, MetricKey, PROTOCOL_VERSION,
+};
 use crate::transmit::{Outgoing, PayloadCache, PushError, Pusher};
 use crate::workdir::WorkDir;
 
@@ -227,6 +233,10 @@ async fn run(
         Arc::clone(&pusher),
         stop_rx.clone(),
     ));
+    let host_metrics = shared
+        .config
+        .enable_host_metrics
+        .then(|| tokio::spawn(host_metrics_loop(Arc::clone(&shared), stop_rx.clone())));
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
     let deadline = loop {
         while connections.try_join_next().is_some() {}
@@ -275,6 +285,9 @@ async fn run(
     .await;
     connections.abort_all();
     let _ = tokio::time::timeout_at(deadline.into(), transmitter).await;
+    if let Some(task) = host_metrics {
+        let _ = tokio::time::timeout_at(deadline.into(), task).await;
+    }
     let windows = {
         let mut counting = shared.counting();
         counting.open = false;
@@ -284,6 +297,71 @@ async fn run(
     transmit(&shared, &pusher, windows, Some(deadline)).await;
     drop(lock);
     tracing::info!("stopped leading");
+}
+
+/// Collects host metrics every interval and counts them as gauges of the leader's own configuration,
+/// like a batch from a client of its own (so that they follow the same windows and pushes).
+async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let collector = Arc::new(Mutex::new(HostMetricsCollector::new(
+        shared.config.push.hostname.clone(),
+    )));
+    let client_id = crate::agent::random_u64();
+    let mut seq = 0u64;
+    // The first tick fires at once: it takes the baseline readings that interval metrics need.
+    let mut tick = tokio::time::interval(shared.config.host_metrics_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let collector = Arc::clone(&collector);
+        // Reading /proc and statvfs can block: keep it off the runtime thread.
+        let gauges = match tokio::task::spawn_blocking(move || {
+            collector
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .collect()
+        })
+        .await
+        {
+            Ok(gauges) => gauges,
+            Err(e) => {
+                tracing::warn!("host metrics collection failed: {e}");
+                continue;
+            }
+        };
+        if gauges.is_empty() {
+            continue;
+        }
+        seq += 1;
+        let now = crate::now_ms();
+        let batch = Batch {
+            client_id,
+            seq,
+            created_ms: now,
+            counters: Vec::new(),
+            gauges: gauges
+                .into_iter()
+                .map(|g| {
+                    let mut tags = g.tags;
+                    tags.sort();
+                    (
+                        MetricKey { name: g.name, tags },
+                        GaugeValue {
+                            value: g.value,
+                            at_ms: now,
+                        },
+                    )
+                })
+                .collect(),
+            distributions: Vec::new(),
+            dropped_updates: 0,
+        };
+        if !shared.count(shared.own_config_id, batch) {
+            return;
+        }
+    }
 }
 
 /// Why reading a message failed.

@@ -11,6 +11,7 @@
 //! - [`client`]: the per-process sender thread: batches, acks, connecting or leading.
 //! - [`leader`]: the socket server, aggregation windows and the transmission loop.
 //! - [`aggregate`]: merging batches into windows per configuration.
+//! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - [`payload`]: the Push API document.
 //! - [`transmit`]: the HTTP push and the on-disk payload cache.
 //! - [`log`]: `appsignal.log` through `tracing`.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod diagnose;
 pub mod election;
+pub mod host_metrics;
 pub mod leader;
 pub mod log;
 pub mod metrics;

@@ -397,3 +397,49 @@ fn owner_only_mode_makes_the_files_private() {
     stop_all(&mut workers);
     setup.assert_totals(&expected);
 }
+
+#[test]
+fn only_the_leader_collects_host_metrics_and_they_match_proc() {
+    let setup = Setup::new(300)
+        .with("_APPSIGNAL_ENABLE_HOST_METRICS", "true")
+        .with("_APPSIGNAL_HOST_METRICS_INTERVAL_MS", "150")
+        .with("_APPSIGNAL_HOSTNAME", "e2e-host");
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
+    let leader_pid = workers.iter().find(|w| w.role == "leader").unwrap().pid;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_total_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // CPU percentages need two readings, so they appear from the second collection on.
+    let arrived = common::poll(Duration::from_secs(20), || {
+        let s = setup.receiver.summary();
+        let gauges = s["gauges"].as_object().cloned().unwrap_or_default();
+        gauges
+            .get("memory{hostname=e2e-host,state=total}")
+            .and_then(Value::as_f64)
+            == Some(mem_total_kib * 1024.0)
+            && gauges.keys().any(|k| k.starts_with("cpu{"))
+            && gauges.keys().any(|k| k.starts_with("load_average{"))
+    });
+    assert!(arrived, "{}", setup.receiver.summary()["gauges"]);
+    stop_all(&mut workers);
+    // Every payload with host metrics was pushed by the one leader: no second collector.
+    let mut with_host_metrics = 0;
+    for entry in std::fs::read_dir(setup.tmp.path().join("received")).unwrap() {
+        let payload: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        let gauges = payload["gauges"].as_array().unwrap();
+        if gauges.iter().any(|g| g["name"] == "memory") {
+            with_host_metrics += 1;
+            assert_eq!(payload["agent"]["leader_pid"], leader_pid);
+            let totals = gauges
+                .iter()
+                .filter(|g| g["name"] == "memory" && g["tags"]["state"] == "total")
+                .count();
+            assert_eq!(totals, 1, "one memory total per window: {payload}");
+        }
+    }
+    assert!(with_host_metrics > 0);
+}
