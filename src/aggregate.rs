@@ -6,6 +6,10 @@
 //! window that was already pushed opens that window again and goes out in a payload of its own, so
 //! nothing is dropped and the receiver's sums stay exact. Each (client, seq) counts once.
 //!
+//! Windows are keyed by (start, configuration, journal segment): one segment of the journal, one
+//! window here, one payload (whose id is the segment id). The caller (the leader) decides the
+//! segment; this module only merges.
+//!
 //! Bounds: at most [`MAX_KEYS_PER_WINDOW`] keys per window (further keys are dropped and counted);
 //! client sequence records are forgotten after [`CLIENT_MEMORY`] of silence.
 
@@ -91,10 +95,21 @@ impl MetricSet {
     }
 }
 
+/// Identity of a window: its start, its configuration and the journal segment that holds its batches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowKey {
+    pub start_ms: u64,
+    pub config_id: u64,
+    pub segment: String,
+}
+
 /// One closed window of one configuration, ready to become a payload.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub config: PushConfig,
+    pub config_id: u64,
+    /// The journal segment of this window; also the payload id.
+    pub segment: String,
     pub start_ms: u64,
     pub end_ms: u64,
     pub metrics: MetricSet,
@@ -119,7 +134,7 @@ pub enum Applied {
 pub struct Aggregator {
     interval_ms: u64,
     configs: HashMap<u64, PushConfig>,
-    windows: BTreeMap<(u64, u64), OpenWindow>,
+    windows: BTreeMap<WindowKey, OpenWindow>,
     /// client id -> (last counted seq, last seen ms)
     clients: HashMap<u64, (u64, u64)>,
 }
@@ -138,11 +153,52 @@ impl Aggregator {
         self.interval_ms
     }
 
-    /// Makes a configuration known; returns its id.
+    /// Makes a configuration known; returns its id. A configuration known without its push key
+    /// (replayed from the journal, which does not store keys) gets the key when a process has it.
     pub fn register(&mut self, config: &PushConfig) -> u64 {
         let id = config.id();
-        self.configs.entry(id).or_insert_with(|| config.clone());
+        self.register_as(id, config);
         id
+    }
+
+    /// Registers `config` under `id` (replay: the id of the configuration with its key).
+    pub fn register_as(&mut self, id: u64, config: &PushConfig) {
+        match self.configs.get_mut(&id) {
+            Some(known) if known.push_api_key.is_empty() && !config.push_api_key.is_empty() => {
+                *known = config.clone();
+            }
+            Some(_) => {}
+            None => {
+                self.configs.insert(id, config.clone());
+            }
+        }
+    }
+
+    /// Start of the window that `created_ms` falls in.
+    pub fn window_start(&self, created_ms: u64) -> u64 {
+        created_ms - created_ms % self.interval_ms
+    }
+
+    /// Whether (client, seq) was counted already.
+    pub fn is_counted(&self, client_id: u64, seq: u64) -> bool {
+        self.clients
+            .get(&client_id)
+            .is_some_and(|(last, _)| seq <= *last)
+    }
+
+    /// Records that (client, seq) is counted (replay of what an earlier leader counted).
+    pub fn mark_counted(&mut self, client_id: u64, seq: u64, now_ms: u64) {
+        let entry = self.clients.entry(client_id).or_insert((0, now_ms));
+        entry.0 = entry.0.max(seq);
+        entry.1 = now_ms;
+    }
+
+    /// (client, last counted seq) of every client seen recently, for the journal.
+    pub fn counted_snapshot(&self) -> Vec<(u64, u64)> {
+        self.clients
+            .iter()
+            .map(|(c, (seq, _))| (*c, *seq))
+            .collect()
     }
 
     /// The configuration with this id, if a process with it has been seen.
@@ -150,23 +206,30 @@ impl Aggregator {
         self.configs.get(&id)
     }
 
-    /// Counts a batch for configuration `config_id` (registered before), once per (client, seq).
-    pub fn apply(&mut self, config_id: u64, batch: Batch, now_ms: u64) -> Applied {
-        let last = self.clients.entry(batch.client_id).or_insert((0, now_ms));
-        last.1 = now_ms;
-        if batch.seq <= last.0 {
+    /// Counts a batch for configuration `config_id` (registered before) in the window starting at
+    /// `start_ms` (see [`Self::window_start`]) and journal segment `segment`, once per (client, seq).
+    pub fn apply(
+        &mut self,
+        config_id: u64,
+        start_ms: u64,
+        segment: &str,
+        batch: Batch,
+        now_ms: u64,
+    ) -> Applied {
+        if self.is_counted(batch.client_id, batch.seq) {
             return Applied::Duplicate;
         }
-        last.0 = batch.seq;
-        let start = batch.created_ms - batch.created_ms % self.interval_ms;
-        let window = self
-            .windows
-            .entry((start, config_id))
-            .or_insert_with(|| OpenWindow {
-                metrics: MetricSet::default(),
-                dropped_updates: 0,
-                batches: 0,
-            });
+        self.mark_counted(batch.client_id, batch.seq, now_ms);
+        let key = WindowKey {
+            start_ms,
+            config_id,
+            segment: segment.to_owned(),
+        };
+        let window = self.windows.entry(key).or_insert_with(|| OpenWindow {
+            metrics: MetricSet::default(),
+            dropped_updates: 0,
+            batches: 0,
+        });
         window.batches += 1;
         window.dropped_updates = window.dropped_updates.saturating_add(batch.dropped_updates);
         let dropped = window.metrics.merge(batch, MAX_KEYS_PER_WINDOW);
@@ -188,27 +251,26 @@ impl Aggregator {
     }
 
     fn take_where(&mut self, closed: impl Fn(u64) -> bool) -> Vec<Window> {
-        let keys: Vec<(u64, u64)> = self
+        let keys: Vec<WindowKey> = self
             .windows
             .keys()
-            .filter(|(start, _)| closed(*start))
-            .copied()
+            .filter(|k| closed(k.start_ms))
+            .cloned()
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let (start, config_id) = key;
             let (Some(open), Some(config)) =
-                (self.windows.remove(&key), self.configs.get(&config_id))
+                (self.windows.remove(&key), self.configs.get(&key.config_id))
             else {
                 continue;
             };
-            if open.metrics.is_empty() && open.dropped_updates == 0 {
-                continue;
-            }
+            // Even an empty window is returned: its journal segment must be dropped.
             out.push(Window {
                 config: config.clone(),
-                start_ms: start,
-                end_ms: start + self.interval_ms,
+                config_id: key.config_id,
+                segment: key.segment,
+                start_ms: key.start_ms,
+                end_ms: key.start_ms + self.interval_ms,
                 metrics: open.metrics,
                 dropped_updates: open.dropped_updates,
                 batches: open.batches,
@@ -260,14 +322,20 @@ mod tests {
     fn batches_count_once_in_the_window_of_their_creation() {
         let mut agg = Aggregator::new(Duration::from_millis(1000));
         let id = agg.register(&config("k"));
-        assert_eq!(agg.apply(id, batch(1, 1, 500, 2.0), 600), Applied::Counted);
         assert_eq!(
-            agg.apply(id, batch(1, 1, 500, 2.0), 600),
+            agg.apply(id, 0, "s", batch(1, 1, 500, 2.0), 600),
+            Applied::Counted
+        );
+        assert_eq!(
+            agg.apply(id, 0, "s", batch(1, 1, 500, 2.0), 600),
             Applied::Duplicate
         );
-        assert_eq!(agg.apply(id, batch(2, 1, 900, 3.0), 950), Applied::Counted);
         assert_eq!(
-            agg.apply(id, batch(1, 2, 1500, 4.0), 1600),
+            agg.apply(id, 0, "s", batch(2, 1, 900, 3.0), 950),
+            Applied::Counted
+        );
+        assert_eq!(
+            agg.apply(id, 1000, "s", batch(1, 2, 1500, 4.0), 1600),
             Applied::Counted
         );
         assert!(agg.take_closed(999).is_empty());
@@ -276,7 +344,10 @@ mod tests {
         assert_eq!(closed[0].metrics.counters.values().sum::<f64>(), 5.0);
         assert_eq!((closed[0].start_ms, closed[0].end_ms), (0, 1000));
         // A late batch of a pushed window opens it again rather than being lost.
-        assert_eq!(agg.apply(id, batch(3, 1, 999, 1.0), 1700), Applied::Counted);
+        assert_eq!(
+            agg.apply(id, 0, "s", batch(3, 1, 999, 1.0), 1700),
+            Applied::Counted
+        );
         let rest = agg.take_all();
         assert_eq!(rest.len(), 2);
         let total: f64 = rest
@@ -291,8 +362,8 @@ mod tests {
         let mut agg = Aggregator::new(Duration::from_millis(1000));
         let a = agg.register(&config("a"));
         let b = agg.register(&config("b"));
-        agg.apply(a, batch(1, 1, 10, 1.0), 10);
-        agg.apply(b, batch(2, 1, 10, 7.0), 10);
+        agg.apply(a, 0, "s", batch(1, 1, 10, 1.0), 10);
+        agg.apply(b, 0, "s", batch(2, 1, 10, 7.0), 10);
         let windows = agg.take_all();
         assert_eq!(windows.len(), 2);
         for w in windows {
@@ -334,8 +405,8 @@ mod tests {
         ));
         s.add(3.0);
         b2.distributions.push((key.clone(), s));
-        agg.apply(id, b1, 300);
-        agg.apply(id, b2, 300);
+        agg.apply(id, 0, "s", b1, 300);
+        agg.apply(id, 0, "s", b2, 300);
         let w = agg.take_all().remove(0);
         assert_eq!(w.metrics.gauges[&key].value, 9.0);
         let d = &w.metrics.distributions[&key];

@@ -12,6 +12,7 @@
 //! - [`leader`]: the socket server, aggregation windows and the transmission loop.
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
+//! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
 //! - [`transmit`]: the HTTP push and the on-disk payload cache.
 //! - [`log`]: `appsignal.log` through `tracing`.
@@ -32,6 +33,7 @@ pub mod data;
 pub mod diagnose;
 pub mod election;
 pub mod host_metrics;
+pub mod journal;
 pub mod leader;
 pub mod log;
 pub mod metrics;

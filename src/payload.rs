@@ -202,6 +202,8 @@ mod tests {
                 hostname: "h".into(),
                 revision: "abc".into(),
             },
+            config_id: 1,
+            segment: "0".repeat(32),
             start_ms: 0,
             end_ms: 1000,
             metrics,

@@ -1,7 +1,8 @@
 //! The working directory: where it is (configured path, Capistrano `shared/`, Heroku `/app/tmp`,
 //! `/tmp/appsignal`), creating it with the right permissions, and refusing a directory that could
 //! be a trap (a symlink planted in a shared `/tmp`, or a directory owned by another user in
-//! owner-only mode). It holds `agent.lock`, `agent.socket`, `appsignal.log` and `payloads/`.
+//! owner-only mode). It holds `agent.lock`, `agent.socket`, `appsignal.log`, `payloads/` and the
+//! leader's `journal/`.
 //!
 //! Files are opened with `O_NOFOLLOW | O_CLOEXEC`, and modes are set through the open descriptor
 //! (`fchmod`), so a link swapped in between a check and a use is never followed.
@@ -90,6 +91,7 @@ impl WorkDir {
         };
         workdir.prepare_dir(path)?;
         workdir.prepare_dir(&workdir.payloads_dir())?;
+        workdir.prepare_dir(&workdir.journal_dir())?;
         let socket = workdir.socket_path();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             bail!(
@@ -123,6 +125,10 @@ impl WorkDir {
 
     pub fn payloads_dir(&self) -> PathBuf {
         self.path.join("payloads")
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.path.join("journal")
     }
 
     pub fn dir_mode(&self) -> u32 {

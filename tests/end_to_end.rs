@@ -252,15 +252,13 @@ fn a_push_api_answering_500_gets_the_payload_later() {
         == 2));
     setup.assert_totals(&expected);
     assert!(
-        setup.log().contains("cached for the next transmission"),
+        setup
+            .log()
+            .contains("kept in payloads/ for the next transmission"),
         "{}",
         setup.log()
     );
-    assert!(
-        setup.log().contains("delivered cached payload"),
-        "{}",
-        setup.log()
-    );
+    assert!(setup.log().contains("pushed payload"), "{}", setup.log());
     worker.stop(Duration::from_secs(20)).unwrap();
     let left: Vec<_> = std::fs::read_dir(setup.workdir().join("payloads"))
         .unwrap()

@@ -1,0 +1,386 @@
+//! The leader's journal in `{working_dir}/journal/`: every batch is appended to the segment of its
+//! window before the leader acknowledges it, so that a leader killed at any instant leaves behind
+//! everything it acknowledged.
+//!
+//! One segment per (window, configuration) at a time: `{start}-{config_id}-{segment_id}.seg`, a
+//! header frame (the window and the configuration without its push key) followed by batch frames
+//! (the protocol's frames: length + CBOR). The segment id is also the id of the payload the window
+//! becomes. The order that keeps "exactly once":
+//!
+//! 1. append the batch, then acknowledge it;
+//! 2. when the window closes: write `counted` (the last counted seq of every client, atomically),
+//!    write the payload into the payload cache (atomically), then delete the segment;
+//! 3. a new leader loads `counted`, then for each segment: if the payload cache holds a payload with
+//!    the segment's id, the window was already turned into a payload and the segment is only read
+//!    for its (client, seq) pairs and deleted; otherwise its batches are counted again and the segment
+//!    is adopted (appended to) by the new leader.
+//!
+//! A write that a kill cut short leaves a torn last frame: replay stops there and truncates it away
+//! (the batch was not acknowledged, so its client sends it again).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::PushConfig;
+use crate::protocol::{self, Batch};
+use crate::workdir::WorkDir;
+
+/// A segment larger than this is not read back (it cannot be ours: windows are bounded).
+pub const MAX_SEGMENT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// First frame of a segment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentHeader {
+    pub window_start: u64,
+    pub config_id: u64,
+    /// The configuration without its push key (keys are never written to disk).
+    pub config: PushConfig,
+}
+
+/// A segment read back by a new leader.
+pub struct Replayed {
+    pub id: String,
+    pub header: SegmentHeader,
+    pub batches: Vec<Batch>,
+    path: PathBuf,
+    good_len: u64,
+}
+
+struct OpenSegment {
+    id: String,
+    file: File,
+}
+
+pub struct Journal {
+    workdir: WorkDir,
+    current: HashMap<(u64, u64), OpenSegment>,
+}
+
+fn segment_name(start: u64, config_id: u64, id: &str) -> String {
+    format!("{start:013}-{config_id:016x}-{id}.seg")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64, String)> {
+    let stem = name.strip_suffix(".seg")?;
+    let mut parts = stem.splitn(3, '-');
+    let start = parts.next()?.parse().ok()?;
+    let config_id = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let id = parts.next()?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((start, config_id, id.to_owned()))
+}
+
+impl Journal {
+    pub fn new(workdir: WorkDir) -> Journal {
+        Journal {
+            workdir,
+            current: HashMap::new(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.workdir.journal_dir()
+    }
+
+    fn path(&self, start: u64, config_id: u64, id: &str) -> PathBuf {
+        self.dir().join(segment_name(start, config_id, id))
+    }
+
+    /// Appends `batch` to the current segment of (`start`, `config_id`), opening a new segment if
+    /// there is none. Returns the segment id. Once this returns, a kill of this process loses nothing.
+    pub fn append(
+        &mut self,
+        start: u64,
+        config_id: u64,
+        config: &PushConfig,
+        batch: &Batch,
+    ) -> Result<String> {
+        let frame = protocol::encode(batch)?;
+        if !self.current.contains_key(&(start, config_id)) {
+            let id = crate::payload::new_payload_id();
+            let path = self.path(start, config_id, &id);
+            let mut file = self
+                .workdir
+                .open_file(&path, OpenOptions::new().append(true).create_new(true))?;
+            let header = SegmentHeader {
+                window_start: start,
+                config_id,
+                config: PushConfig {
+                    push_api_key: String::new(),
+                    ..config.clone()
+                },
+            };
+            file.write_all(&protocol::encode(&header)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            self.current
+                .insert((start, config_id), OpenSegment { id, file });
+        }
+        let Some(segment) = self.current.get_mut(&(start, config_id)) else {
+            bail!("segment vanished");
+        };
+        if let Err(e) = segment.file.write_all(&frame) {
+            // A partial frame may be on disk: this segment is done, later batches go to a new one.
+            let id = segment.id.clone();
+            self.current.remove(&(start, config_id));
+            return Err(e).with_context(|| format!("cannot append to journal segment {id}"));
+        }
+        Ok(segment.id.clone())
+    }
+
+    /// The window (`start`, `config_id`, segment `id`) is closing: later batches for that window
+    /// open a new segment.
+    pub fn seal(&mut self, start: u64, config_id: u64, id: &str) {
+        if self
+            .current
+            .get(&(start, config_id))
+            .is_some_and(|s| s.id == id)
+        {
+            self.current.remove(&(start, config_id));
+        }
+    }
+
+    /// Deletes a segment once its window is safely a payload in the cache.
+    pub fn remove(&self, start: u64, config_id: u64, id: &str) {
+        let path = self.path(start, config_id, id);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove journal segment {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Reads every segment left in the directory (by a leader that died or stopped), oldest first.
+    pub fn replay(&self) -> Vec<Replayed> {
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some((start, config_id, id)) = parse_name(&name) else {
+                continue;
+            };
+            let path = entry.path();
+            match read_segment(&path) {
+                Ok((header, batches, good_len))
+                    if header.window_start == start && header.config_id == config_id =>
+                {
+                    out.push(Replayed {
+                        id,
+                        header,
+                        batches,
+                        path,
+                        good_len,
+                    })
+                }
+                Ok(_) => tracing::warn!(
+                    "journal segment {} does not match its name; ignored",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "journal segment {} unreadable: {e:#}; ignored",
+                    path.display()
+                ),
+            }
+        }
+        out.sort_by(|a, b| (a.header.window_start, &a.id).cmp(&(b.header.window_start, &b.id)));
+        out
+    }
+
+    /// Continues a replayed segment: cuts a torn tail and appends to it from now on.
+    pub fn adopt(&mut self, replayed: &Replayed) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags_nofollow()
+            .open(&replayed.path)
+            .with_context(|| format!("cannot reopen {}", replayed.path.display()))?;
+        file.set_len(replayed.good_len)
+            .with_context(|| format!("cannot truncate {}", replayed.path.display()))?;
+        drop(file);
+        let file = self
+            .workdir
+            .open_file(&replayed.path, OpenOptions::new().append(true))?;
+        let key = (replayed.header.window_start, replayed.header.config_id);
+        // Two segments of one window (a late one): keep appending to one, the other is only replayed.
+        self.current.entry(key).or_insert(OpenSegment {
+            id: replayed.id.clone(),
+            file,
+        });
+        Ok(())
+    }
+
+    /// Deletes a replayed segment whose window is already a payload.
+    pub fn discard(&self, replayed: &Replayed) {
+        let _ = fs::remove_file(&replayed.path);
+    }
+
+    /// Writes the last counted seq of every client (atomically: temporary file, then rename).
+    pub fn write_counted(&self, counted: &[(u64, u64)]) -> Result<()> {
+        let path = self.dir().join("counted");
+        let tmp = self.dir().join(format!(".counted-{}", std::process::id()));
+        let mut file = self.workdir.open_file(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        file.write_all(&protocol::encode(&counted.to_vec())?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot rename to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The last counted seq of every client, as the previous leader left it.
+    pub fn read_counted(&self) -> Vec<(u64, u64)> {
+        let path = self.dir().join("counted");
+        let Ok(bytes) = read_bounded(&path, protocol::MAX_FRAME_BYTES as u64 + 4) else {
+            return Vec::new();
+        };
+        match protocol::decode::<Vec<(u64, u64)>>(&bytes) {
+            Ok(Some((counted, _))) => counted,
+            _ => {
+                tracing::warn!("{} unreadable; ignored", path.display());
+                Vec::new()
+            }
+        }
+    }
+}
+
+trait NoFollow {
+    fn custom_flags_nofollow(&mut self) -> &mut Self;
+}
+
+impl NoFollow for OpenOptions {
+    fn custom_flags_nofollow(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    }
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags_nofollow()
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut file)
+        .take(max)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Header, batches, and the length of the readable part (a torn or garbled tail is left out).
+fn read_segment(path: &Path) -> Result<(SegmentHeader, Vec<Batch>, u64)> {
+    let bytes = read_bounded(path, MAX_SEGMENT_BYTES)?;
+    let Some((header, mut used)) = protocol::decode::<SegmentHeader>(&bytes)? else {
+        bail!("no complete header");
+    };
+    let mut batches = Vec::new();
+    while let Ok(Some((batch, n))) = protocol::decode::<Batch>(&bytes[used..]) {
+        batches.push(batch);
+        used += n;
+    }
+    Ok((header, batches, used as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MetricKey;
+
+    fn config() -> PushConfig {
+        PushConfig {
+            push_api_key: "secret".into(),
+            app_name: "a".into(),
+            environment: "e".into(),
+            endpoint: "http://x".into(),
+            hostname: "h".into(),
+            revision: String::new(),
+        }
+    }
+
+    fn batch(seq: u64) -> Batch {
+        Batch {
+            client_id: 9,
+            seq,
+            created_ms: 1000,
+            counters: vec![(
+                MetricKey {
+                    name: "c".into(),
+                    tags: vec![],
+                },
+                1.0,
+            )],
+            gauges: vec![],
+            distributions: vec![],
+            dropped_updates: 0,
+        }
+    }
+
+    #[test]
+    fn appended_batches_replay_and_a_torn_tail_is_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let mut journal = Journal::new(wd.clone());
+        let id = journal.append(1000, 7, &config(), &batch(1)).unwrap();
+        assert_eq!(journal.append(1000, 7, &config(), &batch(2)).unwrap(), id);
+        // A kill in the middle of a write: half a frame at the end.
+        let path = wd.journal_dir().join(segment_name(1000, 7, &id));
+        let frame = protocol::encode(&batch(3)).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&frame[..frame.len() / 2])
+            .unwrap();
+        let text = fs::read(&path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("secret"),
+            "no key on disk"
+        );
+
+        let mut next = Journal::new(wd.clone());
+        let replayed = next.replay();
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(replayed[0].id, id);
+        assert_eq!(
+            replayed[0]
+                .batches
+                .iter()
+                .map(|b| b.seq)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        next.adopt(&replayed[0]).unwrap();
+        assert_eq!(next.append(1000, 7, &config(), &batch(4)).unwrap(), id);
+        let again = Journal::new(wd).replay();
+        assert_eq!(
+            again[0].batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+    }
+
+    #[test]
+    fn sealed_windows_get_a_new_segment_and_counted_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let mut journal = Journal::new(wd);
+        let first = journal.append(0, 1, &config(), &batch(1)).unwrap();
+        journal.seal(0, 1, &first);
+        let second = journal.append(0, 1, &config(), &batch(2)).unwrap();
+        assert_ne!(first, second);
+        journal.remove(0, 1, &first);
+        assert_eq!(journal.replay().len(), 1);
+        journal.write_counted(&[(9, 2), (10, 5)]).unwrap();
+        assert_eq!(journal.read_counted(), vec![(9, 2), (10, 5)]);
+    }
+}

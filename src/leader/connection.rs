@@ -1,0 +1,183 @@
+//! The leader's side of `agent.socket`: one task per connection. Handshake (protocol check,
+//! owner-only peer check), then batches: each is journaled and counted before its `Ack`. Every
+//! frame is untrusted; a bad one closes this connection only, with a rate-limited log line.
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use interprocess::local_socket::tokio::{prelude::*, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::{Shared, HANDSHAKE_TIMEOUT};
+use crate::log::{suppressed_note, RateLimit};
+use crate::protocol::{self, ClientMessage, FrameError, LeaderMessage, PROTOCOL_VERSION};
+
+static BAD_FRAME_LOG: RateLimit = RateLimit::new(10_000);
+
+/// Why reading a message failed.
+enum ReadError {
+    Io(std::io::Error),
+    Frame(FrameError),
+    TruncatedFrame,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "read error: {e}"),
+            ReadError::Frame(e) => write!(f, "{e}"),
+            ReadError::TruncatedFrame => write!(f, "connection closed in the middle of a frame"),
+        }
+    }
+}
+
+/// Reads the next message. `Ok(None)`: the peer closed cleanly between frames. Cancel-safe: a
+/// partial frame stays in `buf`.
+async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<ClientMessage>, ReadError> {
+    loop {
+        match protocol::decode::<ClientMessage>(buf) {
+            Ok(Some((message, used))) => {
+                buf.drain(..used);
+                return Ok(Some(message));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Frame(e)),
+        }
+        buf.reserve(16 * 1024);
+        let n = reader.read_buf(buf).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::TruncatedFrame)
+            };
+        }
+    }
+}
+
+async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &LeaderMessage,
+) -> Result<()> {
+    let frame = protocol::encode(message)?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+    let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
+    if !shared.workdir.world_accessible() {
+        // Owner-only mode: only processes of our own user may feed this leader.
+        let uid = stream.peer_creds().ok().and_then(|c| c.euid());
+        let ours = crate::workdir::current_euid();
+        if uid != Some(ours) {
+            tracing::warn!(
+                "refused a connection from uid {uid:?} (pid {peer_pid:?}): owner-only mode accepts uid {ours} only"
+            );
+            return;
+        }
+    }
+    // `&Stream` reads and writes; no split needed.
+    let (mut reader, mut writer) = (&stream, &stream);
+    let mut buf = Vec::new();
+    let hello =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut reader, &mut buf)).await {
+            Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(ClientMessage::Batch(_)))) => {
+                reject(shared, peer_pid, "a batch before the handshake");
+                return;
+            }
+            Ok(Err(e)) => {
+                reject(shared, peer_pid, &e.to_string());
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                "connection from pid {peer_pid:?} sent no handshake within {HANDSHAKE_TIMEOUT:?}"
+            );
+                return;
+            }
+        };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol {} is not supported by this leader (library {}, protocol {PROTOCOL_VERSION})",
+            hello.protocol_version,
+            crate::VERSION
+        );
+        tracing::warn!(
+            "refused pid {} (library {}): {reason}",
+            hello.pid,
+            hello.library_version
+        );
+        let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
+        return;
+    }
+    let config_id = shared.counting().aggregator.register(&hello.config);
+    if write_message(
+        &mut writer,
+        &LeaderMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            library_version: crate::VERSION.to_owned(),
+            leader_pid: std::process::id(),
+        },
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    tracing::debug!(
+        "client pid {} (library {}) connected",
+        hello.pid,
+        hello.library_version
+    );
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let message = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = read_message(&mut reader, &mut buf) => message,
+        };
+        match message {
+            Ok(Some(ClientMessage::Batch(batch))) => {
+                let seq = batch.seq;
+                if !shared.count(config_id, batch) {
+                    break;
+                }
+                if write_message(&mut writer, &LeaderMessage::Ack { seq })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(Some(ClientMessage::Hello(_))) => {
+                reject(shared, peer_pid, "a second handshake");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                reject(shared, peer_pid, &e.to_string());
+                break;
+            }
+        }
+    }
+    tracing::debug!("client pid {} disconnected", hello.pid);
+}
+
+fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {
+    shared.rejected_frames.fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = BAD_FRAME_LOG.check() {
+        tracing::warn!(
+            "closed the connection of pid {peer_pid:?}: {why}{}",
+            suppressed_note(suppressed)
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The leader: on a background thread with its own single-threaded tokio runtime, it serves
+//! `agent.socket`, counts batches into windows ([`crate::aggregate`]), and every transmission
+//! interval pushes the closed windows ([`crate::transmit`]). The leader process's own app data
+//! arrives through [`Leader::deliver_local`], not through the socket.
+//!
+//! Policies:
+//! - At most [`MAX_CONNECTIONS`] connections; a permit is taken before `accept`.
+//! - Every frame is untrusted: size-checked before allocation, decoded without panics. A bad frame
+//!   closes that connection with a rate-limited log line and is counted; the leader keeps serving.
+//! - A batch is acknowledged only after it is in the journal ([`crate::journal`]) and counted;
+//!   counting stops (under the same lock) before the last windows are taken. A new leader replays
+//!   the journal before it serves. So an acknowledged batch is always in the journal, the payload
+//!   cache, or a pushed payload, whenever the leader is killed.
+//! - The leader watches `agent.lock` and the working directory every [`WATCHDOG_PERIOD`]: if either
+//!   is gone it stops serving (pushing what it counted), so a new election can run.
+//! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
+//!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
+//!   counts them as gauges of its own configuration.
+//! - Shutdown stops accepting, lets connections finish the frame they are in, then pushes what
+//!   remains within the deadline; what cannot be pushed goes to the payload cache.
+
+mod connection;
+mod host;
+mod transmission;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use interprocess::local_socket::tokio::prelude::*;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::aggregate::{Aggregator, Window};
+use crate::config::Config;
+use crate::election::LeaderLock;
+use crate::journal::Journal;
+use crate::log::{suppressed_note, RateLimit};
+use crate::protocol::Batch;
+use crate::transmit::{PayloadCache, Pusher};
+use crate::workdir::WorkDir;
+
+pub const MAX_CONNECTIONS: usize = 512;
+pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static JOURNAL_ERROR_LOG: RateLimit = RateLimit::new(10_000);
+
+/// Counting state under one lock: the aggregator, the journal, and whether batches are accepted.
+struct Counting {
+    aggregator: Aggregator,
+    journal: Journal,
+    open: bool,
+}
+
+struct Shared {
+    config: Config,
+    own_config_id: u64,
+    workdir: WorkDir,
+    counting: Mutex<Counting>,
+    cache: PayloadCache,
+    rejected_frames: AtomicU64,
+    /// Set once the leader stopped serving (shutdown or lost lock).
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    fn counting(&self) -> std::sync::MutexGuard<'_, Counting> {
+        // Aggregation code does not panic on data; if it ever did, the state is still usable.
+        self.counting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Journals and counts a batch. `true`: the batch may be acknowledged (it is on disk, or it was
+    /// counted before). `false`: counting has stopped or the journal failed; the client keeps it.
+    fn count(&self, config_id: u64, batch: Batch) -> bool {
+        let mut guard = self.counting();
+        let counting = &mut *guard;
+        if !counting.open {
+            return false;
+        }
+        if counting.aggregator.is_counted(batch.client_id, batch.seq) {
+            return true;
+        }
+        let Some(config) = counting.aggregator.config(config_id).cloned() else {
+            return false;
+        };
+        let start = counting.aggregator.window_start(batch.created_ms);
+        match counting.journal.append(start, config_id, &config, &batch) {
+            Ok(segment) => {
+                counting
+                    .aggregator
+                    .apply(config_id, start, &segment, batch, crate::now_ms());
+                true
+            }
+            Err(e) => {
+                if let Some(n) = JOURNAL_ERROR_LOG.check() {
+                    tracing::error!(
+                        "cannot journal a batch, so it is not acknowledged (its process keeps it): {e:#}{}",
+                        suppressed_note(n)
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes the windows that started before `closed_before` (all with `None`) and seals their
+    /// journal segments, so that late batches open new ones.
+    fn take_windows(&self, closed_before: Option<u64>) -> Vec<Window> {
+        let mut guard = self.counting();
+        let counting = &mut *guard;
+        let windows = match closed_before {
+            Some(now) => counting.aggregator.take_closed(now),
+            None => counting.aggregator.take_all(),
+        };
+        for w in &windows {
+            counting.journal.seal(w.start_ms, w.config_id, &w.segment);
+        }
+        windows
+    }
+}
+
+/// Counts what the previous leader left: the journal's `counted` record, then each segment (or,
+/// when its payload is already cached, only its (client, seq) pairs). Returns (segments, batches).
+fn replay(
+    config: &Config,
+    aggregator: &mut Aggregator,
+    journal: &mut Journal,
+    cache: &PayloadCache,
+) -> (usize, usize) {
+    let now = crate::now_ms();
+    let own_config_id = config.push.id();
+    for (client, seq) in journal.read_counted() {
+        aggregator.mark_counted(client, seq, now);
+    }
+    let cached: HashSet<String> = cache.list().into_iter().map(|e| e.id).collect();
+    let (mut segments, mut batches) = (0, 0);
+    for replayed in journal.replay() {
+        let header = &replayed.header;
+        let config = if header.config_id == own_config_id {
+            config.push.clone()
+        } else {
+            header.config.clone()
+        };
+        aggregator.register_as(header.config_id, &config);
+        if cached.contains(&replayed.id) {
+            for b in &replayed.batches {
+                aggregator.mark_counted(b.client_id, b.seq, now);
+            }
+            journal.discard(&replayed);
+            continue;
+        }
+        segments += 1;
+        for batch in replayed.batches.iter().cloned() {
+            batches += 1;
+            aggregator.apply(
+                header.config_id,
+                header.window_start,
+                &replayed.id,
+                batch,
+                now,
+            );
+        }
+        if let Err(e) = journal.adopt(&replayed) {
+            tracing::warn!("cannot continue journal segment {}: {e:#}", replayed.id);
+        }
+    }
+    (segments, batches)
+}
+
+/// Handle of a running leader, owned by the process's sender thread.
+pub struct Leader {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<Option<Instant>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Leader {
+    /// Replays the journal left by the previous leader, binds `agent.socket` (removing a stale
+    /// one: we hold the lock) and starts serving.
+    pub fn start(config: &Config, workdir: &WorkDir, lock: LeaderLock) -> Result<Leader> {
+        let pusher = Pusher::new(config)?;
+        let mut aggregator = Aggregator::new(config.transmission_interval);
+        let own_config_id = aggregator.register(&config.push);
+        let mut journal = Journal::new(workdir.clone());
+        let cache = PayloadCache::new(
+            workdir.clone(),
+            config.payload_cache_max_files,
+            config.payload_cache_max_bytes,
+        );
+        let (segments, batches) = replay(config, &mut aggregator, &mut journal, &cache);
+        if segments > 0 {
+            tracing::info!("replayed {segments} journal segments ({batches} batches) left by the previous leader");
+        }
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            own_config_id,
+            workdir: workdir.clone(),
+            counting: Mutex::new(Counting {
+                aggregator,
+                journal,
+                open: true,
+            }),
+            cache,
+            rejected_frames: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let socket_path = workdir.socket_path();
+        match std::fs::remove_file(&socket_path) {
+            Ok(()) => tracing::debug!("removed stale {}", socket_path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove stale {}", socket_path.display()))
+            }
+        }
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("appsignal-leader".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(anyhow!("cannot build the leader runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match bind(&thread_shared.workdir) {
+                        Ok(listener) => {
+                            let _ = bound_tx.send(Ok(()));
+                            listener
+                        }
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    run(thread_shared, listener, lock, pusher, shutdown_rx).await;
+                });
+                let _ = done_tx.send(());
+            })
+            .context("cannot spawn the leader thread")?;
+        bound_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| {
+                anyhow!(
+                    "the leader thread did not bind {} in time",
+                    socket_path.display()
+                )
+            })??;
+        tracing::info!(
+            "leading: listening on {}, pushing every {} ms to {}",
+            socket_path.display(),
+            config.transmission_interval.as_millis(),
+            config.push.endpoint
+        );
+        Ok(Leader {
+            shared,
+            shutdown,
+            done,
+        })
+    }
+
+    /// Counts a batch of this process's own data. `Err` when this leader no longer counts.
+    pub fn deliver_local(&self, batch: Batch) -> Result<()> {
+        if self.shared.count(self.shared.own_config_id, batch) {
+            Ok(())
+        } else {
+            Err(anyhow!("the leader has stopped counting"))
+        }
+    }
+
+    /// Whether the leader still serves (false after it lost its lock or directory).
+    pub fn is_serving(&self) -> bool {
+        !self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Stops serving, pushes what remains until `deadline` (the rest goes to the payload cache),
+    /// and releases the lock. Waits at most until shortly after the deadline.
+    pub fn shutdown(self, deadline: Instant) {
+        let _ = self.shutdown.send(Some(deadline));
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        if self.done.recv_timeout(wait).is_err() {
+            tracing::warn!(
+                "the leader thread did not finish within the stop timeout; leaving it behind"
+            );
+        }
+    }
+}
+
+fn bind(workdir: &WorkDir) -> Result<interprocess::local_socket::tokio::Listener> {
+    let path = workdir.socket_path();
+    let name = path
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .with_context(|| format!("invalid socket path {}", path.display()))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .reclaim_name(false)
+        .create_tokio()
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(workdir.file_mode()))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    listener: interprocess::local_socket::tokio::Listener,
+    lock: LeaderLock,
+    pusher: Pusher,
+    mut shutdown: watch::Receiver<Option<Instant>>,
+) {
+    let pusher = Arc::new(pusher);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let transmitter = tokio::spawn(transmission::transmit_loop(
+        Arc::clone(&shared),
+        Arc::clone(&pusher),
+        stop_rx.clone(),
+    ));
+    let host_metrics = shared.config.enable_host_metrics.then(|| {
+        tokio::spawn(host::host_metrics_loop(
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ))
+    });
+    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    let deadline = loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break (*shutdown.borrow()).unwrap_or_else(Instant::now),
+            permit = Arc::clone(&permits).acquire_owned() => permit,
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break (*shutdown.borrow()).unwrap_or_else(Instant::now),
+            _ = watchdog.tick() => {
+                if !lock.still_at_path() || !shared.workdir.still_exists() {
+                    tracing::warn!(
+                        "{} or its directory was deleted or replaced: stopping as leader so that a new election runs",
+                        lock.path().display()
+                    );
+                    break Instant::now() + shared.config.stop_timeout;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => {
+                    let (shared, stop) = (Arc::clone(&shared), stop_rx.clone());
+                    connections.spawn(async move {
+                        connection::serve(stream, &shared, stop).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on {} failed: {e}", shared.workdir.socket_path().display());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    };
+    // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
+    // socket at that path may already belong to the next leader).
+    drop(listener);
+    if lock.still_at_path() {
+        let _ = std::fs::remove_file(shared.workdir.socket_path());
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout_at(deadline.into(), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    let _ = tokio::time::timeout_at(deadline.into(), transmitter).await;
+    if let Some(task) = host_metrics {
+        let _ = tokio::time::timeout_at(deadline.into(), task).await;
+    }
+    shared.counting().open = false;
+    let windows = shared.take_windows(None);
+    shared.stopped.store(true, Ordering::Release);
+    transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
+    drop(lock);
+    tracing::info!("stopped leading");
+}
