@@ -187,6 +187,15 @@ pub fn stop() {
     tracing::info!("stopped");
 }
 
+/// The sender's progress and whether everything recorded so far is acknowledged by a leader.
+pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(Sender::progress)
+}
+
 pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
     if RECORDING.load(Ordering::Relaxed) {
         METRICS.increment_counter(name, value, tags);

@@ -8,13 +8,18 @@
 //! process the leader), else connects to the socket. Failures back off exponentially from 5 ms to
 //! 1 s with jitter: no busy loop, no thundering herd.
 //!
+//! Between flushes the thread sleeps in `poll()` on its connection and a wake-up pipe, so that a
+//! leader's death (its socket closes) wakes it at once: it re-runs the election within
+//! milliseconds instead of at its next flush.
+//!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted. Each batch stays under [`BATCH_BUDGET_BYTES`] (estimated), far below the
 //! protocol's frame limit; a single metric key over [`MAX_ENTRY_BYTES`] is dropped and counted.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -120,6 +125,35 @@ impl Connection {
         }
     }
 
+    fn raw_fd(&self) -> Option<RawFd> {
+        #[allow(unreachable_patterns)]
+        match &self.stream {
+            Stream::UdSocket(s) => Some(s.as_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Whether the leader closed the connection (checked without blocking or consuming data).
+    fn is_closed(&self) -> bool {
+        let Some(fd) = self.raw_fd() else {
+            return false;
+        };
+        let mut byte = 0u8;
+        // SAFETY: fd is our open socket; the buffer is one valid byte; MSG_PEEK consumes nothing.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return true;
+        }
+        n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+
     /// Sends a batch and waits for its acknowledgement.
     fn send(&mut self, batch: &Batch) -> Result<()> {
         self.write(&ClientMessageRef::Batch(batch))?;
@@ -179,13 +213,85 @@ struct Signal {
     stop_deadline: Option<Instant>,
 }
 
+/// How far the sender got; read by diagnose. Updated under the same lock as the take of the
+/// pre-aggregate, so "idle" cannot miss data that was taken but not yet queued.
+#[derive(Default, Clone, Copy)]
+pub struct Progress {
+    pub assigned_seq: u64,
+    pub acked_seq: u64,
+    pub pending_batches: usize,
+    pub dropped_batches: u64,
+}
+
+/// A pipe whose only job is to wake the sender's `poll()`.
+struct WakePipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl WakePipe {
+    fn new() -> Result<WakePipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot create the sender's wake-up pipe");
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
+        Ok(unsafe {
+            WakePipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    fn wake(&self) {
+        // SAFETY: writing one byte from a valid buffer to our pipe; a full pipe (EAGAIN) is fine.
+        unsafe { libc::write(self.write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reading into a valid buffer from our non-blocking pipe until it is empty.
+        while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+        }
+    }
+}
+
+/// Sleeps until `timeout`, a wake-up, or activity (data or hang-up) on `conn`. Returns whether
+/// `conn` showed activity.
+fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: pipe.read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: conn.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: fds is a valid array of 2 pollfd; a negative fd is ignored by poll.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if n > 0 && fds[0].revents != 0 {
+        pipe.drain();
+    }
+    n > 0 && conn.is_some() && fds[1].revents != 0
+}
+
 struct Shared {
     config: Config,
     workdir: Mutex<WorkDir>,
     metrics: &'static LocalMetrics,
     client_id: u64,
     signal: Mutex<Signal>,
-    wake: Condvar,
+    pipe: WakePipe,
+    progress: Mutex<Progress>,
 }
 
 /// Handle of the sender thread, owned by the agent.
@@ -195,6 +301,19 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Where the sender is, and whether everything recorded so far is acknowledged.
+    pub fn progress(&self) -> (Progress, bool) {
+        let progress = *self
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let idle = progress.pending_batches == 0
+            && progress.assigned_seq == progress.acked_seq
+            && self.shared.metrics.is_empty();
+        (progress, idle)
+    }
+
     pub fn start(
         config: Config,
         workdir: WorkDir,
@@ -207,7 +326,8 @@ impl Sender {
             metrics,
             client_id,
             signal: Mutex::new(Signal::default()),
-            wake: Condvar::new(),
+            pipe: WakePipe::new()?,
+            progress: Mutex::new(Progress::default()),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -233,7 +353,7 @@ impl Sender {
             let mut signal = self.shared.signal.lock().unwrap_or_else(|e| e.into_inner());
             signal.stop_deadline = Some(deadline);
         }
-        self.shared.wake.notify_all();
+        self.shared.pipe.wake();
         let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1500);
         if self.done.recv_timeout(wait).is_err() {
             tracing::warn!(
@@ -266,22 +386,30 @@ impl State {
 
     fn run(&mut self, shared: &Shared) {
         loop {
-            let stop_deadline = {
-                let signal = shared.signal.lock().unwrap_or_else(|e| e.into_inner());
-                let (signal, _) = shared
-                    .wake
-                    .wait_timeout_while(signal, shared.config.flush_interval, |s| {
-                        s.stop_deadline.is_none()
-                    })
-                    .unwrap_or_else(|e| e.into_inner());
-                signal.stop_deadline
+            let conn = match &self.link {
+                Link::Remote(conn) => conn.raw_fd(),
+                _ => None,
             };
+            let stop_deadline = shared
+                .signal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop_deadline;
+            if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, shared.config.flush_interval)
+            {
+                self.check_connection();
+            }
+            let stop_deadline = shared
+                .signal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop_deadline;
             self.collect(shared);
             self.check_local_leader();
             if matches!(self.link, Link::None) && Instant::now() >= self.next_attempt {
                 self.establish(shared);
             }
-            self.deliver();
+            self.deliver(shared);
             if let Some(deadline) = stop_deadline {
                 self.finish(shared, deadline);
                 return;
@@ -302,7 +430,7 @@ impl State {
                     continue;
                 }
             }
-            self.deliver();
+            self.deliver(shared);
         }
         if !self.pending.is_empty() {
             let entries: usize = self.pending.iter().map(Batch::entries).sum();
@@ -319,6 +447,7 @@ impl State {
 
     /// Moves the app's pre-aggregate into pending batches.
     fn collect(&mut self, shared: &Shared) {
+        let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
         let taken = shared.metrics.take();
         if taken.is_empty() {
             return;
@@ -326,6 +455,7 @@ impl State {
         for batch in split(taken, shared.client_id, &mut self.next_seq, crate::now_ms()) {
             if self.pending.len() >= MAX_PENDING_BATCHES {
                 if let Some(dropped) = self.pending.pop_front() {
+                    progress.dropped_batches += 1;
                     if let Some(n) = PENDING_DROP_LOG.check() {
                         tracing::warn!(
                             "no leader took data for a long time: dropped the oldest unacknowledged batch ({} entries){}",
@@ -336,6 +466,20 @@ impl State {
                 }
             }
             self.pending.push_back(batch);
+        }
+        progress.assigned_seq = self.next_seq - 1;
+        progress.pending_batches = self.pending.len();
+    }
+
+    /// The connection showed activity while idle: the leader closed it (it died or stopped).
+    fn check_connection(&mut self) {
+        if let Link::Remote(conn) = &self.link {
+            if conn.is_closed() {
+                tracing::info!("the leader (pid {}) went away; electing", conn.leader_pid);
+                self.link = Link::None;
+                self.backoff.reset();
+                self.next_attempt = Instant::now();
+            }
         }
     }
 
@@ -426,7 +570,7 @@ impl State {
     }
 
     /// Hands pending batches over in order until one fails.
-    fn deliver(&mut self) {
+    fn deliver(&mut self, shared: &Shared) {
         while let Some(batch) = self.pending.front() {
             let result = match &mut self.link {
                 Link::None => return,
@@ -435,7 +579,12 @@ impl State {
             };
             match result {
                 Ok(()) => {
-                    self.pending.pop_front();
+                    if let Some(done) = self.pending.pop_front() {
+                        let mut progress =
+                            shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+                        progress.acked_seq = done.seq;
+                        progress.pending_batches = self.pending.len();
+                    }
                 }
                 Err(e) => {
                     tracing::info!(

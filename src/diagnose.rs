@@ -1,6 +1,7 @@
 //! `appsignal_diagnose()`: a JSON report of what the agent in this process sees: configuration
 //! (the push key only as present/absent), working directory (path, owner, mode, writable), lock
-//! (path, holder pid), socket, role, and why the agent is disabled if it is.
+//! (path, holder pid), socket, role, the sender's progress (`sender.idle`: everything recorded so
+//! far is acknowledged by a leader), and why the agent is disabled if it is.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -77,6 +78,15 @@ pub fn report() -> Value {
         }
         None => (Value::Null, Value::Null),
     };
+    let sender = agent::sender_progress().map(|(p, idle)| {
+        json!({
+            "idle": idle,
+            "pending_batches": p.pending_batches,
+            "last_assigned_seq": p.assigned_seq,
+            "last_acked_seq": p.acked_seq,
+            "dropped_batches": p.dropped_batches,
+        })
+    });
     json!({
         "library_version": crate::VERSION,
         "protocol_version": crate::protocol::PROTOCOL_VERSION,
@@ -86,6 +96,7 @@ pub fn report() -> Value {
             "gid": workdir::current_egid(),
         },
         "role": agent::role().as_str(),
+        "sender": sender,
         "disabled_reason": disabled_reason,
         "config": config_report,
         "working_directory": workdir_report,

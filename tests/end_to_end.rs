@@ -67,9 +67,13 @@ impl Setup {
             .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
             .collect();
         assert!(!rows.is_empty(), "nothing was expected");
+        let s = self.receiver.summary();
         assert!(
             wrong.is_empty(),
-            "totals differ:\n{}\n--- log ---\n{}",
+            "totals differ (receiver: {} payloads, {} duplicates, {} evictions):\n{}\n--- log ---\n{}",
+            s["payloads"],
+            s["duplicates"],
+            s["payload_cache_evictions"],
             wrong.join("\n"),
             self.log()
         );
@@ -440,4 +444,107 @@ fn only_the_leader_collects_host_metrics_and_they_match_proc() {
         }
     }
     assert!(with_host_metrics > 0);
+}
+
+/// The pid recorded in `agent.lock`, if it is one of `workers`.
+fn leader_index(setup: &Setup, workers: &[WorkerProcess]) -> Option<usize> {
+    let text = std::fs::read_to_string(setup.workdir().join("agent.lock")).ok()?;
+    let pid: u32 = text.split(';').next()?.parse().ok()?;
+    workers.iter().position(|w| w.pid == pid)
+}
+
+/// Six processes record in rounds for ~20 s while the leader is SIGKILLed about once a second
+/// (right after its own round was acknowledged, while the others are mid-round), and, with
+/// `kill_clients`, every other time also an idle client; killed processes are replaced. Expected
+/// totals: what every process had acknowledged when it was killed or, for survivors, at the end.
+fn chaos(kill_clients: bool) {
+    let setup = Setup::new(400);
+    let mut next_index = 0u32;
+    let mut spawn = |setup: &Setup| {
+        next_index += 1;
+        setup.spawn(next_index)
+    };
+    let mut workers: Vec<WorkerProcess> = (0..6).map(|_| spawn(&setup)).collect();
+    let mut last_acked: Vec<Value> = vec![Value::Null; workers.len()];
+    let mut expected = Value::Null;
+    let started = std::time::Instant::now();
+    let mut next_kill = started + Duration::from_secs(1);
+    let (mut leader_kills, mut client_kills) = (0, 0);
+    while started.elapsed() < Duration::from_secs(20) {
+        for w in workers.iter_mut() {
+            w.send("record 40").unwrap();
+            w.send("sync").unwrap();
+        }
+        let leader = leader_index(&setup, &workers);
+        let mut done = vec![false; workers.len()];
+        if let Some(l) = leader {
+            last_acked[l] = workers[l].expect("acked", Duration::from_secs(90)).unwrap();
+            done[l] = true;
+            if std::time::Instant::now() >= next_kill {
+                // Idle itself, but the others are handing it their rounds right now.
+                workers[l].child.kill().unwrap();
+                workers[l].wait(Duration::from_secs(10)).unwrap();
+                fleet::add_sent(&mut expected, &last_acked[l]);
+                leader_kills += 1;
+                next_kill += Duration::from_secs(1);
+            }
+        }
+        for (i, w) in workers.iter_mut().enumerate() {
+            if !done[i] {
+                let acked = w.expect("acked", Duration::from_secs(90)).unwrap();
+                assert_eq!(
+                    acked["idle"], true,
+                    "worker {} never got its round acknowledged",
+                    w.pid
+                );
+                last_acked[i] = acked;
+            }
+        }
+        if kill_clients && leader_kills % 2 == 1 {
+            if let Some(c) = (0..workers.len())
+                .find(|&i| Some(i) != leader && workers[i].child.try_wait().unwrap().is_none())
+            {
+                workers[c].child.kill().unwrap();
+                workers[c].wait(Duration::from_secs(10)).unwrap();
+                fleet::add_sent(&mut expected, &last_acked[c]);
+                client_kills += 1;
+                workers[c] = spawn(&setup);
+                last_acked[c] = Value::Null;
+            }
+        }
+        // Replace a killed leader.
+        for i in 0..workers.len() {
+            if workers[i].child.try_wait().unwrap().is_some() {
+                workers[i] = spawn(&setup);
+                last_acked[i] = Value::Null;
+            }
+        }
+    }
+    for (w, acked) in workers.iter_mut().zip(last_acked.iter_mut()) {
+        *acked = w.sync().unwrap();
+    }
+    for acked in &last_acked {
+        fleet::add_sent(&mut expected, acked);
+    }
+    stop_all(&mut workers);
+    assert!(leader_kills >= 15, "only {leader_kills} leader kills");
+    if kill_clients {
+        assert!(client_kills >= 5, "only {client_kills} client kills");
+    }
+    setup.assert_totals(&expected);
+    let log = setup.log();
+    assert!(
+        log.contains("replayed"),
+        "new leaders replayed journals: {log}"
+    );
+}
+
+#[test]
+fn chaos_leaders_sigkilled_every_second_lose_nothing_and_count_nothing_twice() {
+    chaos(false);
+}
+
+#[test]
+fn chaos_leaders_and_clients_sigkilled_and_restarted() {
+    chaos(true);
 }

@@ -115,6 +115,16 @@ impl WorkerProcess {
         self.expect("sent", Duration::from_secs(30))
     }
 
+    /// Waits until everything this worker recorded is acknowledged; returns its totals then.
+    pub fn sync(&mut self) -> Result<Value> {
+        self.send("sync")?;
+        let acked = self.expect("acked", Duration::from_secs(90))?;
+        if acked["idle"] != true {
+            bail!("worker pid {} did not get its data acknowledged", self.pid);
+        }
+        Ok(acked)
+    }
+
     pub fn diagnose(&mut self) -> Result<Value> {
         self.send("diagnose")?;
         Ok(self.expect("diagnose", Duration::from_secs(10))?["report"].clone())

@@ -3,6 +3,8 @@
 //!
 //! - `record N`: N counter increments, distribution values and gauge sets with tags; prints
 //!   `{"event":"sent",...}` with the totals this process has handed to the library so far;
+//! - `sync`: waits until everything recorded so far is acknowledged by a leader (diagnose's
+//!   `sender.idle`), then prints `{"event":"acked",...}` with the totals, like `sent`;
 //! - `diagnose`: prints `appsignal_diagnose()`;
 //! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped"}` and exits.
 //!
@@ -247,6 +249,16 @@ pub fn run(index: u32) {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
                 record(&lib, index, n, &mut sent);
                 emit(sent.to_json());
+            }
+            Some("sync") => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < deadline && lib.diagnose()["sender"]["idle"] != true {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                let mut acked = sent.to_json();
+                acked["event"] = json!("acked");
+                acked["idle"] = lib.diagnose()["sender"]["idle"].clone();
+                emit(acked);
             }
             Some("diagnose") => emit(json!({"event": "diagnose", "report": lib.diagnose()})),
             Some("stop") => break,

@@ -123,8 +123,8 @@ impl Shared {
     }
 }
 
-/// Counts what the previous leader left: the journal's `counted` record, then each segment (or,
-/// when its payload is already cached, only its (client, seq) pairs). Returns (segments, batches).
+/// Counts what the previous leader left: each journal segment (or, when its payload is already
+/// cached, only its (client, seq) pairs), then the `counted` record. Returns (segments, batches).
 fn replay(
     config: &Config,
     aggregator: &mut Aggregator,
@@ -133,9 +133,6 @@ fn replay(
 ) -> (usize, usize) {
     let now = crate::now_ms();
     let own_config_id = config.push.id();
-    for (client, seq) in journal.read_counted() {
-        aggregator.mark_counted(client, seq, now);
-    }
     let cached: HashSet<String> = cache.list().into_iter().map(|e| e.id).collect();
     let (mut segments, mut batches) = (0, 0);
     for replayed in journal.replay() {
@@ -167,6 +164,11 @@ fn replay(
         if let Err(e) = journal.adopt(&replayed) {
             tracing::warn!("cannot continue journal segment {}: {e:#}", replayed.id);
         }
+    }
+    // Only now: `counted` also lists batches of the segments just replayed (still open windows),
+    // which must be counted from their segment, not skipped as seen. A batch is in one segment only.
+    for (client, seq) in journal.read_counted() {
+        aggregator.mark_counted(client, seq, now);
     }
     (segments, batches)
 }
