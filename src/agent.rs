@@ -3,8 +3,12 @@
 //! `stop()` flushes with a bounded wait. The app-thread calls ([`increment_counter`] and friends)
 //! only touch the in-process pre-aggregate. Nothing here can make the host app fail: every problem
 //! becomes a log line, a diagnose entry and a disabled agent.
+//!
+//! After a `fork()`, the child's first call notices the new fork generation ([`crate::fork`]) and
+//! starts afresh: a new, empty pre-aggregate (the parent's belongs to the parent, which sends it),
+//! the parent's sender forgotten (its thread does not exist here), and a new start as a client.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -43,7 +47,78 @@ impl Role {
 static ROLE: AtomicU8 = AtomicU8::new(Role::Stopped as u8);
 /// Whether app-thread calls record anything.
 static RECORDING: AtomicBool = AtomicBool::new(false);
-static METRICS: Lazy<LocalMetrics> = Lazy::new(LocalMetrics::default);
+/// The pre-aggregate app threads write into. A pointer, so that a forked child can switch to a
+/// fresh one even if a thread of the parent held the old one's lock at the fork; old ones are
+/// leaked (once per fork), never freed, so a reference to one stays valid.
+static METRICS: AtomicPtr<LocalMetrics> = AtomicPtr::new(std::ptr::null_mut());
+/// The fork generation this process's state belongs to.
+static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn metrics() -> &'static LocalMetrics {
+    let current = METRICS.load(Ordering::Acquire);
+    if !current.is_null() {
+        // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
+        return unsafe { &*current };
+    }
+    let fresh = Box::into_raw(Box::default());
+    match METRICS.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: as above; `fresh` is now the stored pointer.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` lost the race and was never shared; `existing` is never freed.
+            drop(unsafe { Box::from_raw(fresh) });
+            unsafe { &*existing }
+        }
+    }
+}
+
+/// Notices a fork (one relaxed load and a compare on the hot path).
+#[inline]
+fn check_fork() {
+    if crate::fork::generation() != SEEN_GENERATION.load(Ordering::Relaxed) {
+        after_fork();
+    }
+}
+
+#[cold]
+fn after_fork() {
+    let generation = crate::fork::generation();
+    let seen = SEEN_GENERATION.load(Ordering::Acquire);
+    if seen == generation
+        || SEEN_GENERATION
+            .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return; // another thread of this child got here first
+    }
+    RECORDING.store(false, Ordering::Relaxed);
+    METRICS.store(Box::into_raw(Box::default()), Ordering::Release);
+    let was_running = match RUNNING.try_lock() {
+        Ok(mut running) => running.take().map(std::mem::forget).is_some(),
+        Err(std::sync::TryLockError::Poisoned(e)) => {
+            e.into_inner().take().map(std::mem::forget).is_some()
+        }
+        Err(std::sync::TryLockError::WouldBlock) => {
+            // Another thread of the parent was starting or stopping at the fork: its lock stays
+            // held forever here. Stay disabled rather than wait on it.
+            set_disabled("forked while another thread was starting or stopping the agent".into());
+            return;
+        }
+    };
+    set_role(Role::Stopped);
+    if was_running {
+        tracing::info!(
+            "forked: starting afresh in the child (pid {})",
+            std::process::id()
+        );
+        start();
+    }
+}
 
 pub fn role() -> Role {
     match ROLE.load(Ordering::Relaxed) {
@@ -102,6 +177,8 @@ fn disable(reason: String, config: &Config) {
 
 /// Starts the agent in this process. Returns within milliseconds; never fails the caller.
 pub fn start() {
+    crate::fork::install();
+    check_fork();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     if running.is_some() {
         tracing::info!("start() called while running; ignored");
@@ -159,7 +236,7 @@ pub fn start() {
         s.log_destination = Some(destination);
     }
     let client_id = random_u64();
-    match Sender::start(config, workdir, &METRICS, client_id) {
+    match Sender::start(config, workdir, metrics(), client_id) {
         Ok(sender) => {
             RECORDING.store(true, Ordering::Relaxed);
             *running = Some(sender);
@@ -173,6 +250,7 @@ pub fn start() {
 
 /// Flushes this process's data and stops (bounded by `_APPSIGNAL_STOP_TIMEOUT_MS`).
 pub fn stop() {
+    check_fork();
     let sender = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
     RECORDING.store(false, Ordering::Relaxed);
     let Some(sender) = sender else {
@@ -189,6 +267,7 @@ pub fn stop() {
 
 /// The sender's progress and whether everything recorded so far is acknowledged by a leader.
 pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
+    check_fork();
     RUNNING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -197,20 +276,23 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
 }
 
 pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
     if RECORDING.load(Ordering::Relaxed) {
-        METRICS.increment_counter(name, value, tags);
+        metrics().increment_counter(name, value, tags);
     }
 }
 
 pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
     if RECORDING.load(Ordering::Relaxed) {
-        METRICS.set_gauge(name, value, tags);
+        metrics().set_gauge(name, value, tags);
     }
 }
 
 pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
     if RECORDING.load(Ordering::Relaxed) {
-        METRICS.add_distribution_value(name, value, tags);
+        metrics().add_distribution_value(name, value, tags);
     }
 }
 

@@ -54,6 +54,8 @@ enum ClientMessageRef<'a> {
 
 /// A connection to the leader of another process.
 struct Connection {
+    /// Declared first so that it is dropped (unregistered) before `stream` closes.
+    _fork_guard: Option<crate::fork::Registered>,
     stream: Stream,
     buf: Vec<u8>,
     leader_pid: u32,
@@ -82,10 +84,12 @@ impl Connection {
         };
         let stream = connect().map_err(ConnectError::Other)?;
         let mut conn = Connection {
+            _fork_guard: None,
             stream,
             buf: Vec::new(),
             leader_pid: 0,
         };
+        conn._fork_guard = conn.raw_fd().map(crate::fork::Registered::new);
         conn.write(&ClientMessageRef::Hello(hello))
             .map_err(ConnectError::Other)?;
         match conn.read().map_err(ConnectError::Other)? {
@@ -225,6 +229,7 @@ pub struct Progress {
 
 /// A pipe whose only job is to wake the sender's `poll()`.
 struct WakePipe {
+    _fork_guards: [crate::fork::Registered; 2],
     read: OwnedFd,
     write: OwnedFd,
 }
@@ -241,6 +246,10 @@ impl WakePipe {
         // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
         Ok(unsafe {
             WakePipe {
+                _fork_guards: [
+                    crate::fork::Registered::new(fds[0]),
+                    crate::fork::Registered::new(fds[1]),
+                ],
                 read: OwnedFd::from_raw_fd(fds[0]),
                 write: OwnedFd::from_raw_fd(fds[1]),
             }

@@ -33,6 +33,8 @@ fn file_report(path: &Path) -> Value {
 
 /// The report as JSON.
 pub fn report() -> Value {
+    // Notices a fork first, so that a child reports its own state, not the parent's.
+    let sender_state = agent::sender_progress();
     let Status {
         config,
         config_warnings,
@@ -78,7 +80,7 @@ pub fn report() -> Value {
         }
         None => (Value::Null, Value::Null),
     };
-    let sender = agent::sender_progress().map(|(p, idle)| {
+    let sender = sender_state.map(|(p, idle)| {
         json!({
             "idle": idle,
             "pending_batches": p.pending_batches,

@@ -17,8 +17,9 @@ use anyhow::{Context, Result};
 use crate::workdir::WorkDir;
 
 /// The held leadership. Dropping it closes the file, which releases the lock.
-#[derive(Debug)]
 pub struct LeaderLock {
+    /// Declared first so that it is dropped (unregistered) before `file` closes.
+    _fork_guard: crate::fork::Registered,
     file: File,
     path: PathBuf,
     dev: u64,
@@ -35,10 +36,14 @@ impl LeaderLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    /// The raw descriptor, for a forked child that must close it without unlocking.
-    pub fn into_file(self) -> File {
-        self.file
+impl std::fmt::Debug for LeaderLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderLock")
+            .field("path", &self.path)
+            .field("file", &self.file)
+            .finish()
     }
 }
 
@@ -72,10 +77,13 @@ pub fn try_lead(workdir: &WorkDir) -> Result<Option<LeaderLock>> {
         let meta = file
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?;
+        let held = file
+            .try_clone()
+            .with_context(|| format!("cannot dup {}", path.display()))?;
         let lock = LeaderLock {
-            file: file
-                .try_clone()
-                .with_context(|| format!("cannot dup {}", path.display()))?,
+            // A forked child closes its copy, so that the lock ends with this process.
+            _fork_guard: crate::fork::Registered::new(std::os::fd::AsRawFd::as_raw_fd(&held)),
+            file: held,
             path: path.clone(),
             dev: meta.dev(),
             ino: meta.ino(),

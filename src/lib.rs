@@ -7,6 +7,7 @@
 //! - [`workdir`]: where the working directory is, creating it safely, its permissions.
 //! - [`election`]: `flock` on `agent.lock` decides the leader.
 //! - [`protocol`]: frames and messages on `agent.socket` (pure codec).
+//! - [`fork`]: what a forked child must close, and noticing that a fork happened.
 //! - [`metrics`]: the app-thread pre-aggregate of custom metrics (never blocks on I/O).
 //! - [`client`]: the per-process sender thread: batches, acks, connecting or leading.
 //! - [`leader`]: the socket server, aggregation windows and the transmission loop.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod data;
 pub mod diagnose;
 pub mod election;
+pub mod fork;
 pub mod host_metrics;
 pub mod journal;
 pub mod leader;

@@ -5,15 +5,17 @@
 //!
 //! The subscriber is installed once as the global default of this library's own copy of `tracing`
 //! (the shared library links its own), and its sink is swapped at every `start()`.
+//!
+//! The sink is a raw descriptor in an atomic, written with one `write()` per line (O_APPEND), and
+//! swapped with `dup2()`: no mutex, so a child forked while a parent thread was logging can log.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 
-use once_cell::sync::Lazy;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -23,13 +25,8 @@ use tracing_subscriber::Layer;
 use crate::config::{Config, LogTarget};
 use crate::workdir::WorkDir;
 
-enum Sink {
-    None,
-    File(File),
-    Stdout,
-}
-
-static SINK: Lazy<Mutex<Sink>> = Lazy::new(|| Mutex::new(Sink::None));
+/// The log descriptor, -1 for none.
+static SINK_FD: AtomicI32 = AtomicI32::new(-1);
 /// Most verbose level written: 1 error … 5 trace.
 static LEVEL: AtomicU8 = AtomicU8::new(3);
 static INSTALLED: once_cell::sync::OnceCell<()> = once_cell::sync::OnceCell::new();
@@ -49,15 +46,16 @@ struct SinkWriter;
 impl Write for SinkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // Logging must never fail the caller: errors writing the log are swallowed.
-        let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *sink {
-            Sink::None => {}
-            Sink::File(f) => {
-                let _ = f.write_all(buf);
+        let fd = SINK_FD.load(Ordering::Acquire);
+        let mut rest = buf;
+        while fd >= 0 && !rest.is_empty() {
+            // SAFETY: fd is the open log descriptor (never closed, only replaced by dup2); rest is
+            // a valid buffer of rest.len() bytes.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                break;
             }
-            Sink::Stdout => {
-                let _ = std::io::stdout().write_all(buf);
-            }
+            rest = &rest[n as usize..];
         }
         Ok(buf.len())
     }
@@ -105,6 +103,35 @@ where
     }
 }
 
+/// Makes `file` the log. The descriptor number stays the same once there is one (dup2 replaces
+/// what it points to atomically), so a concurrent writer never sees a closed or reused number.
+fn set_sink(file: Option<File>) {
+    let Some(file) = file else {
+        // Keep the old descriptor open (it may be in use) but stop writing to it.
+        SINK_FD.store(-1, Ordering::Release);
+        return;
+    };
+    let new = file.into_raw_fd();
+    let old = SINK_FD.load(Ordering::Acquire);
+    // SAFETY: `new` is a descriptor we own; `old` is ours (or -1). dup2 then close of `new`
+    // leaves `old` pointing at the new file.
+    unsafe {
+        if old >= 0 && libc::dup2(new, old) >= 0 {
+            libc::close(new);
+        } else {
+            SINK_FD.store(new, Ordering::Release);
+        }
+    }
+}
+
+fn stdout_file() -> Option<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup of stdout gives a descriptor we own, or -1.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: a fresh descriptor from fcntl, owned by the File from here on.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
 fn install() {
     INSTALLED.get_or_init(|| {
         let layer = tracing_subscriber::fmt::layer()
@@ -141,14 +168,14 @@ pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>)
     install();
     LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
-        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Stdout;
+        set_sink(stdout_file());
         return (Destination::Stdout, None);
     }
     let mut fallback_reason = None;
     if let Some(path) = &config.log_file_path {
         match open_append(path, workdir.file_mode()) {
             Ok(file) => {
-                *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+                set_sink(Some(file));
                 return (Destination::File(path.clone()), None);
             }
             Err(e) => {
@@ -163,13 +190,13 @@ pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>)
     let path = workdir.log_path();
     match workdir.open_file(&path, OpenOptions::new().append(true).create(true)) {
         Ok(file) => {
-            *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+            set_sink(Some(file));
             (Destination::File(path), fallback_reason)
         }
         Err(e) => {
             // No log file at all: say it on stderr once, then stay quiet.
             eprintln!("appsignal: cannot open {}: {e:#}", path.display());
-            *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::None;
+            set_sink(None);
             (Destination::Stdout, fallback_reason)
         }
     }
@@ -180,12 +207,12 @@ pub fn open_without_workdir(config: &Config) -> Option<PathBuf> {
     install();
     LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
-        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Stdout;
+        set_sink(stdout_file());
         return None;
     }
     let path = config.log_file_path.as_ref()?;
     let file = open_append(path, 0o666).ok()?;
-    *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Sink::File(file);
+    set_sink(Some(file));
     Some(path.clone())
 }
 

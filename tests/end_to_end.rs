@@ -548,3 +548,91 @@ fn chaos_leaders_sigkilled_every_second_lose_nothing_and_count_nothing_twice() {
 fn chaos_leaders_and_clients_sigkilled_and_restarted() {
     chaos(true);
 }
+
+#[test]
+fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
+    let setup = Setup::new(300);
+    let mut master = setup.spawn(0);
+    assert_eq!(master.role, "leader");
+    master.record(100).unwrap();
+    let mut expected = Value::Null;
+    fleet::add_sent(&mut expected, &master.sync().unwrap());
+    let results = setup.tmp.path().join("children");
+    std::fs::create_dir_all(&results).unwrap();
+    master
+        .send(&format!("fork 3 40 {}", results.display()))
+        .unwrap();
+    let forked = master.expect("forked", Duration::from_secs(10)).unwrap();
+    let pids: Vec<u32> = forked["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    // The master leaves without stopping while its children record: they must not keep its lock
+    // (they closed their copies at the fork), and one of them takes over.
+    master.send("exit").unwrap();
+    master.wait(Duration::from_secs(10)).unwrap();
+    let lock = setup.workdir().join("agent.lock");
+    assert!(
+        common::poll(Duration::from_secs(10), || {
+            std::fs::read_to_string(&lock)
+                .ok()
+                .and_then(|t| t.split(';').next().and_then(|p| p.parse::<u32>().ok()))
+                .is_some_and(|p| pids.contains(&p))
+        }),
+        "no child took the lock; log:\n{}",
+        setup.log()
+    );
+    let files = || {
+        std::fs::read_dir(&results)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    };
+    assert!(
+        common::poll(Duration::from_secs(60), || files() == 3),
+        "children reported: {}",
+        files()
+    );
+    for entry in std::fs::read_dir(&results).unwrap().filter_map(Result::ok) {
+        if entry.path().extension().is_some_and(|x| x == "json") {
+            let acked: Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+            assert_eq!(
+                acked["idle"], true,
+                "a child's data was not acknowledged: {acked}"
+            );
+            fleet::add_sent(&mut expected, &acked);
+        }
+    }
+    setup.assert_totals(&expected);
+    assert!(
+        setup.log().contains("forked: starting afresh in the child"),
+        "{}",
+        setup.log()
+    );
+}
+
+#[test]
+fn short_lived_processes_lose_nothing() {
+    // A long-running process leads; short ones (a cron job, a rake task) start, record, stop, exit.
+    let setup = Setup::new(300);
+    let mut long = setup.spawn(0);
+    let mut expected = Value::Null;
+    for i in 1..=5 {
+        let mut short = setup.spawn(i);
+        fleet::add_sent(&mut expected, &short.record(200).unwrap());
+        assert!(short.stop(Duration::from_secs(10)).unwrap().success());
+    }
+    fleet::add_sent(&mut expected, &long.record(10).unwrap());
+    long.stop(Duration::from_secs(10)).unwrap();
+    // And a short process alone: it leads, and pushes at stop.
+    let mut alone = setup.spawn(9);
+    assert_eq!(alone.role, "leader");
+    fleet::add_sent(&mut expected, &alone.record(50).unwrap());
+    alone.stop(Duration::from_secs(10)).unwrap();
+    setup.assert_totals(&expected);
+}

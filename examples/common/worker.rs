@@ -6,6 +6,10 @@
 //! - `sync`: waits until everything recorded so far is acknowledged by a leader (diagnose's
 //!   `sender.idle`), then prints `{"event":"acked",...}` with the totals, like `sent`;
 //! - `diagnose`: prints `appsignal_diagnose()`;
+//! - `fork C R DIR`: forks C children (like a preloading server's workers); each records R rounds,
+//!   waits until its data is acknowledged, writes its acknowledged totals to `DIR/child-<pid>.json`,
+//!   calls `appsignal_stop()` and exits; prints `{"event":"forked","pids":[…]}`;
+//! - `exit`: exits at once without `appsignal_stop()` (a master that goes away after forking);
 //! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped"}` and exits.
 //!
 //! At start it calls `appsignal_start()`, waits until the process is leader or client, and prints
@@ -223,6 +227,39 @@ fn emit(value: Value) {
     let _ = out.flush();
 }
 
+/// Waits until diagnose says everything recorded is acknowledged; returns whether it did.
+fn wait_idle(lib: &Lib, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if lib.diagnose()["sender"]["idle"] == true {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+/// A forked child: records, waits for acknowledgement, reports to a file, stops, exits.
+fn child_main(lib: &Lib, index: u32, rounds: u64, dir: &str) -> ! {
+    let mut sent = Sent::default();
+    for _ in 0..rounds {
+        record(lib, index, 25, &mut sent);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let idle = wait_idle(lib, Duration::from_secs(60));
+    let mut acked = sent.to_json();
+    acked["event"] = json!("acked");
+    acked["idle"] = json!(idle);
+    acked["pid"] = json!(std::process::id());
+    let path = std::path::Path::new(dir).join(format!("child-{}.json", std::process::id()));
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::write(&tmp, acked.to_string());
+    let _ = std::fs::rename(&tmp, &path);
+    lib.stop();
+    // SAFETY: ending the forked child without running the parent's atexit handlers.
+    unsafe { libc::_exit(0) }
+}
+
 /// The worker's main loop.
 pub fn run(index: u32) {
     let lib = Lib::load();
@@ -261,6 +298,24 @@ pub fn run(index: u32) {
                 emit(acked);
             }
             Some("diagnose") => emit(json!({"event": "diagnose", "report": lib.diagnose()})),
+            Some("fork") => {
+                let children: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+                let rounds: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(10);
+                let dir = words.next().unwrap_or(".").to_owned();
+                let mut pids = Vec::new();
+                for c in 0..children {
+                    // SAFETY: fork in a process whose other threads belong to the library, which
+                    // is what is under test; the child only calls the library and exits.
+                    match unsafe { libc::fork() } {
+                        0 => child_main(&lib, index * 100 + c + 1, rounds, &dir),
+                        pid if pid > 0 => pids.push(pid),
+                        _ => break,
+                    }
+                }
+                emit(json!({"event": "forked", "pids": pids}));
+            }
+            // SAFETY: leaving at once, as a master that exits after forking.
+            Some("exit") => unsafe { libc::_exit(0) },
             Some("stop") => break,
             _ => {}
         }

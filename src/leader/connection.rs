@@ -68,7 +68,18 @@ async fn write_message<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+fn stream_fd(stream: &Stream) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    #[allow(unreachable_patterns)]
+    match stream {
+        Stream::UdSocket(s) => Some(s.as_fd().as_raw_fd()),
+        _ => None,
+    }
+}
+
 pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+    // A forked child closes its copy, so that the client sees the hang-up when this process dies.
+    let _fork_guard = stream_fd(&stream).map(crate::fork::Registered::new);
     let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
     if !shared.workdir.world_accessible() {
         // Owner-only mode: only processes of our own user may feed this leader.

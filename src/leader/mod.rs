@@ -317,6 +317,17 @@ fn bind(workdir: &WorkDir) -> Result<interprocess::local_socket::tokio::Listener
     Ok(listener)
 }
 
+fn listener_fd(
+    listener: &interprocess::local_socket::tokio::Listener,
+) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    #[allow(unreachable_patterns)]
+    match listener {
+        interprocess::local_socket::tokio::Listener::UdSocket(l) => Some(l.as_fd().as_raw_fd()),
+        _ => None,
+    }
+}
+
 async fn run(
     shared: Arc<Shared>,
     listener: interprocess::local_socket::tokio::Listener,
@@ -325,6 +336,8 @@ async fn run(
     mut shutdown: watch::Receiver<Option<Instant>>,
 ) {
     let pusher = Arc::new(pusher);
+    // A forked child closes its copy of the listener, so that nobody but us can accept on it.
+    let listener_guard = listener_fd(&listener).map(crate::fork::Registered::new);
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -376,6 +389,7 @@ async fn run(
     };
     // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
     // socket at that path may already belong to the next leader).
+    drop(listener_guard);
     drop(listener);
     if lock.still_at_path() {
         let _ = std::fs::remove_file(shared.workdir.socket_path());
