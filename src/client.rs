@@ -65,6 +65,8 @@ struct Connection {
 enum ConnectError {
     /// The leader refused us (protocol): retrying will not help.
     Refused(String),
+    /// The leader steps down for us (we run a newer library): take the lock.
+    HandingOver(String),
     Other(anyhow::Error),
 }
 
@@ -98,6 +100,7 @@ impl Connection {
                 Ok(conn)
             }
             LeaderMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
+            LeaderMessage::HandingOver { reason } => Err(ConnectError::HandingOver(reason)),
             other => Err(ConnectError::Other(anyhow!(
                 "unexpected answer to the handshake: {other:?}"
             ))),
@@ -167,6 +170,7 @@ impl Connection {
                 LeaderMessage::Ack { .. } => continue,
                 LeaderMessage::Refused { reason } => bail!("the leader refused a batch: {reason}"),
                 LeaderMessage::Welcome { .. } => bail!("unexpected second welcome"),
+                LeaderMessage::HandingOver { reason } => bail!("the leader hands over: {reason}"),
             }
         }
     }
@@ -379,7 +383,12 @@ struct State {
     backoff: Backoff,
     next_attempt: Instant,
     disabled: bool,
+    /// Until then, do not try the lock (this process just handed over to a newer library).
+    yield_until: Option<Instant>,
 }
+
+/// How long a process that handed over leaves the lock to the newer library.
+const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
 
 impl State {
     fn new(shared: &Shared) -> Self {
@@ -390,6 +399,7 @@ impl State {
             backoff: Backoff::new(shared.client_id),
             next_attempt: Instant::now(),
             disabled: false,
+            yield_until: None,
         }
     }
 
@@ -404,8 +414,12 @@ impl State {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .stop_deadline;
-            if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, shared.config.flush_interval)
-            {
+            // Without a link, wake for the next connection attempt rather than the next flush.
+            let mut nap = shared.config.flush_interval;
+            if matches!(self.link, Link::None) && !self.disabled {
+                nap = nap.min(self.next_attempt.saturating_duration_since(Instant::now()));
+            }
+            if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
                 self.check_connection();
             }
             let stop_deadline = shared
@@ -485,6 +499,7 @@ impl State {
         if let Link::Remote(conn) = &self.link {
             if conn.is_closed() {
                 tracing::info!("the leader (pid {}) went away; electing", conn.leader_pid);
+                set_role(Role::Starting);
                 self.link = Link::None;
                 self.backoff.reset();
                 self.next_attempt = Instant::now();
@@ -495,6 +510,11 @@ impl State {
     fn check_local_leader(&mut self) {
         if let Link::Local(leader) = &self.link {
             if !leader.is_serving() {
+                if leader.handed_over() {
+                    // Leave the lock to the newer library for a while: connect to it instead.
+                    self.yield_until = Some(Instant::now() + YIELD_AFTER_HANDOVER);
+                }
+                set_role(Role::Starting);
                 if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                     leader.shutdown(Instant::now());
                 }
@@ -516,7 +536,12 @@ impl State {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let lock = match election::try_lead(&workdir) {
+        let yielding = self.yield_until.is_some_and(|until| Instant::now() < until);
+        let lock = match if yielding {
+            Ok(None)
+        } else {
+            election::try_lead(&workdir)
+        } {
             Ok(lock) => lock,
             Err(first) => {
                 // The directory may have been deleted (tmp cleaner): prepare it again, once.
@@ -533,16 +558,13 @@ impl State {
             }
         };
         if let Some(lock) = lock {
-            // The role is set first so that the leader's own log lines carry it.
-            let previous = crate::agent::role();
-            set_role(Role::Leader);
+            // Leader::start sets the role once it listens.
             match Leader::start(&shared.config, &workdir, lock) {
                 Ok(leader) => {
                     self.link = Link::Local(leader);
                     self.backoff.reset();
                 }
                 Err(e) => {
-                    set_role(previous);
                     tracing::error!("won the election but cannot lead: {e:#}");
                     self.schedule_retry();
                 }
@@ -551,7 +573,7 @@ impl State {
         }
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
-            library_version: crate::VERSION.to_owned(),
+            library_version: shared.config.library_version.clone(),
             client_id: shared.client_id,
             pid: std::process::id(),
             config: shared.config.push.clone(),
@@ -570,6 +592,11 @@ impl State {
                 crate::agent::set_disabled(format!("refused by the leader: {reason}"));
                 self.disabled = true;
                 self.pending.clear();
+            }
+            Err(ConnectError::HandingOver(reason)) => {
+                tracing::info!("{reason}; taking the lock next");
+                self.backoff.reset();
+                self.schedule_retry();
             }
             Err(ConnectError::Other(e)) => {
                 tracing::debug!("no leader reachable yet: {e:#}");
@@ -600,6 +627,7 @@ impl State {
                         "lost the leader ({e:#}); {} batches wait for the next one",
                         self.pending.len()
                     );
+                    set_role(Role::Starting);
                     if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                         leader.shutdown(Instant::now());
                     }

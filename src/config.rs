@@ -128,6 +128,9 @@ pub struct Config {
     pub payload_cache_max_bytes: u64,
     /// How often the leader collects host metrics (`_APPSIGNAL_HOST_METRICS_INTERVAL_MS`).
     pub host_metrics_interval: Duration,
+    /// The library version this process announces (the build's, unless
+    /// `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test upgrades).
+    pub library_version: String,
 }
 
 /// A configuration and the warnings found while reading it.
@@ -323,6 +326,9 @@ impl Config {
                 20 * 1024 * 1024,
                 1024,
             ),
+            library_version: r
+                .string("_APPSIGNAL_TEST_LIBRARY_VERSION")
+                .unwrap_or_else(|| crate::VERSION.to_owned()),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
                 60_000,

@@ -5,8 +5,10 @@
 //! rejected before anything is allocated for the body; a body that is not a valid message is an error.
 //!
 //! A conversation: the client sends `Hello` (protocol and library version, its id and its push
-//! config); the leader answers `Welcome` or `Refused`; then the client sends numbered `Batch`es and
-//! the leader answers each with `Ack { seq }` once the batch is counted.
+//! config); the leader answers `Welcome`, `Refused` (an older protocol: the client disables itself)
+//! or `HandingOver` (the client runs a newer library: the leader steps down so that it leads); then
+//! the client sends numbered `Batch`es and the leader answers each with `Ack { seq }` once the batch
+//! is journaled and counted.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sketches_ddsketch::DDSketch;
@@ -103,6 +105,10 @@ pub enum LeaderMessage {
         leader_pid: u32,
     },
     Refused {
+        reason: String,
+    },
+    /// The client runs a newer library: this leader steps down; the client should take the lock.
+    HandingOver {
         reason: String,
     },
     Ack {

@@ -262,12 +262,28 @@ fn a_push_api_answering_500_gets_the_payload_later() {
         "{}",
         setup.log()
     );
-    assert!(setup.log().contains("pushed payload"), "{}", setup.log());
+    // The receiver may have the payload a moment before the leader logs the answer.
+    assert!(
+        common::poll(Duration::from_secs(10), || setup
+            .log()
+            .contains("pushed payload")),
+        "{}",
+        setup.log()
+    );
     worker.stop(Duration::from_secs(20)).unwrap();
     let left: Vec<_> = std::fs::read_dir(setup.workdir().join("payloads"))
         .unwrap()
         .collect();
     assert!(left.is_empty(), "nothing stays in the cache: {left:?}");
+    let segments: Vec<_> = std::fs::read_dir(setup.workdir().join("journal"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .collect();
+    assert!(
+        segments.is_empty(),
+        "nothing stays in the journal: {segments:?}"
+    );
     assert_eq!(setup.receiver.summary()["duplicates"], 0);
 }
 
@@ -635,4 +651,197 @@ fn short_lived_processes_lose_nothing() {
     fleet::add_sent(&mut expected, &alone.record(50).unwrap());
     alone.stop(Duration::from_secs(10)).unwrap();
     setup.assert_totals(&expected);
+}
+
+#[test]
+fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
+    let setup = Setup::new(300);
+    let mut old = setup.spawn(0);
+    assert_eq!(old.role, "leader");
+    old.record(300).unwrap();
+    let newer_env: Vec<(String, String)> = setup
+        .env
+        .iter()
+        .cloned()
+        .chain([(
+            "_APPSIGNAL_TEST_LIBRARY_VERSION".to_owned(),
+            "99.0.0".to_owned(),
+        )])
+        .collect();
+    let mut newer = WorkerProcess::spawn(&common::worker_exe(), &["1".into()], &newer_env).unwrap();
+    // The old leader steps down; the newer library leads; the old process becomes its client.
+    assert!(
+        common::poll(Duration::from_secs(10), || leader_index(
+            &setup,
+            std::slice::from_ref(&newer)
+        )
+        .is_some()),
+        "the newer library did not take the lock:\n{}",
+        setup.log()
+    );
+    assert!(common::poll(Duration::from_secs(10), || old
+        .diagnose()
+        .unwrap()["role"]
+        == "client"));
+    assert_eq!(newer.diagnose().unwrap()["role"], "leader");
+    assert_eq!(old.diagnose().unwrap()["lock"]["holder_pid"], newer.pid);
+    // `record` answers cumulative totals: the last answer of each process is what it sent.
+    let mut expected = Value::Null;
+    fleet::add_sent(&mut expected, &old.record(200).unwrap());
+    fleet::add_sent(&mut expected, &newer.record(200).unwrap());
+    old.stop(Duration::from_secs(10)).unwrap();
+    newer.stop(Duration::from_secs(10)).unwrap();
+    setup.assert_totals(&expected);
+    assert!(setup.log().contains("handing over"), "{}", setup.log());
+}
+
+#[test]
+fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
+    use appsignal_agent::protocol::{self, ClientMessage, Hello, LeaderMessage};
+    let setup = Setup::new(300);
+    let mut leader = setup.spawn(0);
+    let mut stream = UnixStream::connect(setup.workdir().join("agent.socket")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let hello = ClientMessage::Hello(Hello {
+        protocol_version: 0,
+        library_version: "0.0.1".into(),
+        client_id: 1,
+        pid: std::process::id(),
+        config: appsignal_agent::config::Config::load_from(&|_| None)
+            .config
+            .push,
+    });
+    stream
+        .write_all(&protocol::encode(&hello).unwrap())
+        .unwrap();
+    let mut buf = Vec::new();
+    let answer = loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some((answer, _)) = protocol::decode::<LeaderMessage>(&buf).unwrap() {
+            break answer;
+        }
+    };
+    let LeaderMessage::Refused { reason } = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert!(reason.contains("protocol 0 is not supported"), "{reason}");
+    leader.stop(Duration::from_secs(10)).unwrap();
+    assert!(setup.log().contains("refused pid"), "{}", setup.log());
+}
+
+#[test]
+fn two_configurations_share_a_directory_and_each_receiver_gets_only_its_own() {
+    let setup = Setup::new(300);
+    let other = Receiver::start("other-key", None).unwrap();
+    let other_env: Vec<(String, String)> = setup
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "_APPSIGNAL_PUSH_API_KEY" => (k.clone(), "other-key".to_owned()),
+            "_APPSIGNAL_PUSH_API_ENDPOINT" => (k.clone(), other.url.clone()),
+            "_APPSIGNAL_APP_NAME" => (k.clone(), "other-app".to_owned()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let mut ours: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
+    let mut theirs: Vec<WorkerProcess> = (10..12)
+        .map(|i| WorkerProcess::spawn(&common::worker_exe(), &[i.to_string()], &other_env).unwrap())
+        .collect();
+    let (mut expected_ours, mut expected_theirs) = (Value::Null, Value::Null);
+    for w in ours.iter_mut() {
+        fleet::add_sent(&mut expected_ours, &w.record(400).unwrap());
+    }
+    for w in theirs.iter_mut() {
+        fleet::add_sent(&mut expected_theirs, &w.record(400).unwrap());
+    }
+    let mut all: Vec<WorkerProcess> = ours.into_iter().chain(theirs).collect();
+    stop_all(&mut all);
+    setup.assert_totals(&expected_ours);
+    let rows = fleet::await_totals(
+        &expected_theirs,
+        || other.summary(),
+        Duration::from_secs(20),
+    );
+    assert!(
+        rows.iter().all(|r| r.equal),
+        "the other app's totals differ"
+    );
+    // Nothing crossed over: each receiver saw only its own app and workers.
+    assert_eq!(
+        setup.receiver.summary()["apps"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["demo-app"]
+    );
+    assert_eq!(
+        other.summary()["apps"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["other-app"]
+    );
+    let ours_seen = setup.receiver.summary()["counters"].to_string();
+    assert!(
+        !ours_seen.contains("worker=10") && !ours_seen.contains("worker=11"),
+        "{ours_seen}"
+    );
+    assert_eq!(setup.receiver.summary()["unauthorized"], 0);
+    assert_eq!(other.summary()["unauthorized"], 0);
+}
+
+#[test]
+fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothing() {
+    for delete_directory in [false, true] {
+        let setup = Setup::new(300);
+        let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
+        let mut expected = Value::Null;
+        for w in workers.iter_mut() {
+            w.record(300).unwrap();
+        }
+        let wd = setup.workdir();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&wd.join("agent.lock"));
+        if delete_directory {
+            std::fs::remove_dir_all(&wd).unwrap();
+        } else {
+            std::fs::remove_file(wd.join("agent.lock")).unwrap();
+        }
+        // Within about a second a fresh lock file exists, held by one of the processes, which listens.
+        assert!(
+            common::poll(Duration::from_secs(5), || {
+                wd.join("agent.lock").exists()
+                    && inode(&wd.join("agent.lock")) != before
+                    && leader_index(&setup, &workers).is_some()
+                    && UnixStream::connect(wd.join("agent.socket")).is_ok()
+            }),
+            "no new election (directory deleted: {delete_directory}):\n{}",
+            setup.log()
+        );
+        for w in workers.iter_mut() {
+            fleet::add_sent(&mut expected, &w.record(300).unwrap());
+        }
+        let holder = leader_index(&setup, &workers).unwrap();
+        let roles: Vec<Value> = workers
+            .iter_mut()
+            .map(|w| w.diagnose().unwrap()["role"].clone())
+            .collect();
+        assert_eq!(
+            roles.iter().filter(|r| **r == "leader").count(),
+            1,
+            "never two leaders (directory deleted: {delete_directory}): {roles:?} pids {:?} holder {holder}\n{}",
+            workers.iter().map(|w| w.pid).collect::<Vec<_>>(),
+            setup.log()
+        );
+        assert_eq!(roles[holder], "leader");
+        stop_all(&mut workers);
+        setup.assert_totals(&expected);
+    }
 }

@@ -128,12 +128,22 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
         let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
         return;
     }
+    if super::is_newer(&hello.library_version, &shared.config.library_version) {
+        let reason = format!(
+            "pid {} runs library {}, newer than this leader's {}: handing over",
+            hello.pid, hello.library_version, shared.config.library_version
+        );
+        tracing::info!("{reason}");
+        let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
+        shared.handover.notify_one();
+        return;
+    }
     let config_id = shared.counting().aggregator.register(&hello.config);
     if write_message(
         &mut writer,
         &LeaderMessage::Welcome {
             protocol_version: PROTOCOL_VERSION,
-            library_version: crate::VERSION.to_owned(),
+            library_version: shared.config.library_version.clone(),
             leader_pid: std::process::id(),
         },
     )
@@ -147,6 +157,8 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
         hello.pid,
         hello.library_version
     );
+    shared.clients.fetch_add(1, Ordering::AcqRel);
+    let _connected = ClientCount(&shared.clients);
     loop {
         if *stop.borrow() {
             break;
@@ -181,6 +193,15 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
         }
     }
     tracing::debug!("client pid {} disconnected", hello.pid);
+}
+
+/// Counts a client as connected for as long as it lives.
+struct ClientCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {

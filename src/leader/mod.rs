@@ -65,6 +65,36 @@ struct Shared {
     rejected_frames: AtomicU64,
     /// Set once the leader stopped serving (shutdown or lost lock).
     stopped: AtomicBool,
+    /// Set when it stepped down for a newer library: its process should not retake the lock at once.
+    handed_over: AtomicBool,
+    /// Notified by a connection from a newer library.
+    handover: tokio::sync::Notify,
+    /// Processes connected past the handshake right now.
+    clients: std::sync::atomic::AtomicUsize,
+}
+
+/// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
+pub(crate) fn is_newer(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a > b,
+        _ => false,
+    }
+}
+
+/// Why the serving loop ended.
+enum Exit {
+    /// `stop()`: hand over to connected clients, or push if none is left.
+    Shutdown(Instant),
+    /// The lock file or the directory is gone: push what was counted.
+    LostLock(Instant),
+    /// A newer library connected: leave everything in the journal for it.
+    HandOver(Instant),
 }
 
 impl Shared {
@@ -209,6 +239,9 @@ impl Leader {
             cache,
             rejected_frames: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
+            handover: tokio::sync::Notify::new(),
+            clients: std::sync::atomic::AtomicUsize::new(0),
         });
         let socket_path = workdir.socket_path();
         match std::fs::remove_file(&socket_path) {
@@ -260,6 +293,7 @@ impl Leader {
                     socket_path.display()
                 )
             })??;
+        crate::agent::set_role(crate::agent::Role::Leader);
         tracing::info!(
             "leading: listening on {}, pushing every {} ms to {}",
             socket_path.display(),
@@ -282,9 +316,14 @@ impl Leader {
         }
     }
 
-    /// Whether the leader still serves (false after it lost its lock or directory).
+    /// Whether the leader still serves (false after it lost its lock or directory, or handed over).
     pub fn is_serving(&self) -> bool {
         !self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether it stepped down for a newer library.
+    pub fn handed_over(&self) -> bool {
+        self.shared.handed_over.load(Ordering::Acquire)
     }
 
     /// Stops serving, pushes what remains until `deadline` (the rest goes to the payload cache),
@@ -353,23 +392,24 @@ async fn run(
         ))
     });
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-    let deadline = loop {
+    let exit = loop {
         while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             biased;
-            _ = shutdown.changed() => break (*shutdown.borrow()).unwrap_or_else(Instant::now),
+            _ = shutdown.changed() => break Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
             permit = Arc::clone(&permits).acquire_owned() => permit,
         };
         tokio::select! {
             biased;
-            _ = shutdown.changed() => break (*shutdown.borrow()).unwrap_or_else(Instant::now),
+            _ = shutdown.changed() => break Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
+            _ = shared.handover.notified() => break Exit::HandOver(Instant::now() + shared.config.stop_timeout),
             _ = watchdog.tick() => {
                 if !lock.still_at_path() || !shared.workdir.still_exists() {
                     tracing::warn!(
                         "{} or its directory was deleted or replaced: stopping as leader so that a new election runs",
                         lock.path().display()
                     );
-                    break Instant::now() + shared.config.stop_timeout;
+                    break Exit::LostLock(Instant::now() + shared.config.stop_timeout);
                 }
             }
             accepted = listener.accept() => match accepted {
@@ -387,6 +427,14 @@ async fn run(
             },
         }
     };
+    let deadline = match exit {
+        Exit::Shutdown(d) | Exit::LostLock(d) | Exit::HandOver(d) => d,
+    };
+    // From here on this process is no longer the leader, even while it finishes its last push.
+    shared.stopped.store(true, Ordering::Release);
+    crate::agent::set_role(crate::agent::Role::Starting);
+    // Processes connected right now: on stop(), one of them takes over.
+    let connected = shared.clients.load(Ordering::Acquire);
     // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
     // socket at that path may already belong to the next leader).
     drop(listener_guard);
@@ -405,6 +453,21 @@ async fn run(
         let _ = tokio::time::timeout_at(deadline.into(), task).await;
     }
     shared.counting().open = false;
+    let hand_over = match exit {
+        Exit::HandOver(_) => true,
+        Exit::Shutdown(_) => connected > 0,
+        Exit::LostLock(_) => false,
+    };
+    if hand_over {
+        // Everything counted is in the journal: the next leader replays and pushes it.
+        shared
+            .handed_over
+            .store(matches!(exit, Exit::HandOver(_)), Ordering::Release);
+        shared.stopped.store(true, Ordering::Release);
+        drop(lock);
+        tracing::info!("stopped leading: {connected} processes were connected; the next leader takes over the journal");
+        return;
+    }
     let windows = shared.take_windows(None);
     shared.stopped.store(true, Ordering::Release);
     transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;

@@ -77,7 +77,7 @@ async fn cache_windows(
 ) {
     // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
     // leader knows that a resent batch inside it was counted.
-    {
+    if shared.workdir.journal_dir().is_dir() {
         let counting = shared.counting();
         let counted = counting.aggregator.counted_snapshot();
         if let Err(e) = counting.journal.write_counted(&counted) {
@@ -85,6 +85,8 @@ async fn cache_windows(
             return;
         }
     }
+    // Without a journal directory (the working directory was deleted) the segments are gone too:
+    // the windows in memory are all there is, and go out directly (below, when caching fails).
     let mut report = AgentReport {
         leader_pid: std::process::id(),
         payload_cache_evictions: shared.cache.take_evictions(),
