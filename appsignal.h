@@ -6,10 +6,18 @@
 #define APPSIGNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 // An opaque data value (a map or an array). Create with `appsignal_data_map_new` or
 // `appsignal_data_array_new`; free once with `appsignal_free_data`.
 typedef struct appsignal_data_t appsignal_data_t;
+
+// An opaque span. Create with `appsignal_create_*span*`; free once with `appsignal_free_span`.
+typedef struct appsignal_span_t appsignal_span_t;
+
+// An opaque transaction. Create with `appsignal_start_transaction` (or
+// `appsignal_duplicate_transaction`); free once with `appsignal_free_transaction`.
+typedef struct appsignal_transaction_t appsignal_transaction_t;
 
 // A string passed by value: `len` bytes at `buf`, not NUL-terminated.
 typedef struct appsignal_string_t {
@@ -114,6 +122,16 @@ void appsignal_env_delete(struct appsignal_string_t key);
 // Empties the library's table.
 void appsignal_env_clear(void);
 
+// Records a log line. `severity`: 2 debug, 3 info, 5 warn, 6 error, 7 fatal (others clamped).
+// `format`: 0 plaintext, 1 logfmt, 2 JSON, 3 autodetect (logfmt and JSON messages are parsed into
+// attributes). `attributes` is NULL or a map; it is read, not kept (the caller still owns it).
+// Strings are copied.
+void appsignal_log(struct appsignal_string_t group,
+                   int severity,
+                   int format,
+                   struct appsignal_string_t message,
+                   const struct appsignal_data_t *attributes);
+
 // Sets a gauge: the last value in the window wins.
 void appsignal_set_gauge(struct appsignal_string_t key,
                          double value,
@@ -128,6 +146,243 @@ void appsignal_increment_counter(struct appsignal_string_t key,
 void appsignal_add_distribution_value(struct appsignal_string_t key,
                                       double value,
                                       const struct appsignal_data_t *tags);
+
+// The server state stored under `key`; `len == 0` for a key that is not set. Owned by the
+// library (valid until the next `appsignal_get_server_state` on this thread).
+struct appsignal_string_t appsignal_get_server_state(struct appsignal_string_t key);
+
+// 1 when this process runs in a container (the `_APPSIGNAL_RUNNING_IN_CONTAINER` setting when
+// given, else detection), else 0.
+int appsignal_running_in_container(void);
+
+// Sets `key` to `value` (both copied) in the environment metadata added to every sample.
+void appsignal_set_environment_metadata(struct appsignal_string_t key,
+                                        struct appsignal_string_t value);
+
+// Counts one allocation (an atomic increment); each sample reports the allocations counted
+// between its start and its completion.
+void appsignal_track_allocation(void);
+
+// A new root span (a new trace) in `namespace` (copied), starting now. The caller owns it and
+// frees it with `appsignal_free_span`.
+struct appsignal_span_t *appsignal_create_root_span(struct appsignal_string_t namespace_);
+
+// As `appsignal_create_root_span`, starting at `seconds` + `nanoseconds` since the Unix epoch.
+// The caller owns the returned handle.
+struct appsignal_span_t *appsignal_create_root_span_with_timestamp(struct appsignal_string_t namespace_,
+                                                                   int64_t seconds,
+                                                                   int64_t nanoseconds);
+
+// A child of `parent`, starting now. The caller owns the returned handle (free it with
+// `appsignal_free_span`, before or after the parent) and keeps ownership of `parent`. NULL when
+// `parent` is NULL.
+struct appsignal_span_t *appsignal_create_child_span(struct appsignal_span_t *parent);
+
+// As `appsignal_create_child_span`, starting at `seconds` + `nanoseconds` since the Unix epoch.
+// The caller owns the returned handle and keeps ownership of `parent`.
+struct appsignal_span_t *appsignal_create_child_span_with_timestamp(struct appsignal_span_t *parent,
+                                                                    int64_t seconds,
+                                                                    int64_t nanoseconds);
+
+// A root span continuing the trace of a W3C `traceparent` header
+// (`00-<32 hex>-<16 hex>-<2 hex>`), namespace `web`; an invalid header starts a new trace (log
+// line). The caller owns the returned handle.
+struct appsignal_span_t *appsignal_create_span_from_traceparent(struct appsignal_string_t traceparent);
+
+// The span id (16 hex digits). Owned by the library (valid until the next `appsignal_span_id` on
+// this thread); `len == 0` for a NULL handle. The caller keeps ownership of `span`.
+struct appsignal_string_t appsignal_span_id(struct appsignal_span_t *span);
+
+// Sets the name (the action of a root span), copied. The caller keeps ownership of `span`.
+void appsignal_set_span_name(struct appsignal_span_t *span, struct appsignal_string_t name);
+
+// Sets the name only if none was set yet (copied). The caller keeps ownership of `span`.
+void appsignal_set_span_name_if_nil(struct appsignal_span_t *span, struct appsignal_string_t name);
+
+// Sets the namespace, copied. The caller keeps ownership of `span`.
+void appsignal_set_span_namespace(struct appsignal_span_t *span,
+                                  struct appsignal_string_t namespace_);
+
+// Sets a string attribute (both copied). The caller keeps ownership of `span`.
+void appsignal_set_span_attribute_string(struct appsignal_span_t *span,
+                                         struct appsignal_string_t key,
+                                         struct appsignal_string_t value);
+
+// Sets an integer attribute (key copied). The caller keeps ownership of `span`.
+void appsignal_set_span_attribute_int(struct appsignal_span_t *span,
+                                      struct appsignal_string_t key,
+                                      long value);
+
+// Sets a boolean attribute (non-zero is true; key copied). The caller keeps ownership of `span`.
+void appsignal_set_span_attribute_bool(struct appsignal_span_t *span,
+                                       struct appsignal_string_t key,
+                                       int value);
+
+// Sets a float attribute (key copied). The caller keeps ownership of `span`.
+void appsignal_set_span_attribute_double(struct appsignal_span_t *span,
+                                         struct appsignal_string_t key,
+                                         double value);
+
+// Sets an attribute to a SQL query, sanitised (literals replaced by `?`). Both strings are
+// copied; the caller keeps ownership of `span`.
+void appsignal_set_span_attribute_sql_string(struct appsignal_span_t *span,
+                                             struct appsignal_string_t key,
+                                             struct appsignal_string_t value);
+
+// Sets sample data under `key`; `data` is copied (NULL is ignored). The caller keeps ownership of
+// both handles.
+void appsignal_set_span_sample_data(struct appsignal_span_t *span,
+                                    struct appsignal_string_t key,
+                                    const struct appsignal_data_t *data);
+
+// Sets sample data under `key` only if the key has none yet; `data` is copied. The caller keeps
+// ownership of both handles.
+void appsignal_set_span_sample_data_if_nil(struct appsignal_span_t *span,
+                                           struct appsignal_string_t key,
+                                           const struct appsignal_data_t *data);
+
+// Sets the span's error: name (class), message and backtrace (normally an array of strings;
+// NULL is empty). Everything is copied; the caller keeps ownership of both handles.
+void appsignal_add_span_error(struct appsignal_span_t *span,
+                              struct appsignal_string_t name,
+                              struct appsignal_string_t message,
+                              const struct appsignal_data_t *backtrace);
+
+// Closes the span now: a root span reports its metrics (and its sample when sampled), a child
+// becomes an event of its root. The caller still owns the handle and frees it with
+// `appsignal_free_span`.
+void appsignal_close_span(struct appsignal_span_t *span);
+
+// As `appsignal_close_span`, ending at `seconds` + `nanoseconds` since the Unix epoch (an end
+// before the start is the start). The caller still owns the handle.
+void appsignal_close_span_with_timestamp(struct appsignal_span_t *span,
+                                         int64_t seconds,
+                                         int64_t nanoseconds);
+
+// The span's current state as JSON. Owned by the library (valid until the next
+// `appsignal_span_to_json` on this thread); `len == 0` for a NULL handle. The caller keeps
+// ownership of `span`.
+struct appsignal_string_t appsignal_span_to_json(struct appsignal_span_t *span);
+
+// Frees a span handle made by this library (a span that was not closed is dropped without
+// reporting). NULL is fine; freeing twice is not. Declared with `void*` so that it can be
+// registered directly as a `void (*)(void*)` destructor.
+void appsignal_free_span(void *span);
+
+// Starts a transaction now. `id` is the request id (empty: a random one), `namespace` e.g.
+// `web` or `background`, `gc_duration_ms` the process's total GC time so far. The caller owns
+// the returned handle and frees it with `appsignal_free_transaction` (after
+// `appsignal_complete_transaction`, or instead of it to drop the transaction).
+struct appsignal_transaction_t *appsignal_start_transaction(struct appsignal_string_t id,
+                                                            struct appsignal_string_t namespace_,
+                                                            long gc_duration_ms);
+
+// Starts an event (events nest: the next `appsignal_finish_event` closes the innermost one).
+// The caller keeps ownership of `transaction`.
+void appsignal_start_event(struct appsignal_transaction_t *transaction, long gc_duration_ms);
+
+// Finishes the innermost started event with its name, title and body (all copied). Body format
+// 1 means SQL: the body is sanitised. Without a started event the call is ignored (log line).
+// The caller keeps ownership of `transaction`.
+void appsignal_finish_event(struct appsignal_transaction_t *transaction,
+                            struct appsignal_string_t name,
+                            struct appsignal_string_t title,
+                            struct appsignal_string_t body,
+                            int body_format,
+                            long gc_duration_ms);
+
+// As `appsignal_finish_event`, with a data body (rendered as JSON; with format 1 its strings are
+// sanitised). The caller keeps ownership of `transaction` and `body` (which is copied).
+void appsignal_finish_event_data(struct appsignal_transaction_t *transaction,
+                                 struct appsignal_string_t name,
+                                 struct appsignal_string_t title,
+                                 const struct appsignal_data_t *body,
+                                 int body_format,
+                                 long gc_duration_ms);
+
+// Adds an already finished event that ended now and lasted `duration` **nanoseconds** (negative
+// counts as 0), under the innermost started event. `gc_duration_ms` is accepted for
+// compatibility; the event's GC time is reported as 0. Strings are copied; the caller keeps
+// ownership of `transaction`.
+void appsignal_record_event(struct appsignal_transaction_t *transaction,
+                            struct appsignal_string_t name,
+                            struct appsignal_string_t title,
+                            struct appsignal_string_t body,
+                            int body_format,
+                            long duration,
+                            long gc_duration_ms);
+
+// As `appsignal_record_event`, with a data body (copied). The caller keeps ownership of both
+// handles.
+void appsignal_record_event_data(struct appsignal_transaction_t *transaction,
+                                 struct appsignal_string_t name,
+                                 struct appsignal_string_t title,
+                                 const struct appsignal_data_t *body,
+                                 int body_format,
+                                 long duration,
+                                 long gc_duration_ms);
+
+// Sets the transaction's error: class, message and backtrace (normally an array of strings;
+// NULL is an empty backtrace). A later call replaces it. Everything is copied; the caller keeps
+// ownership of both handles.
+void appsignal_set_transaction_error(struct appsignal_transaction_t *transaction,
+                                     struct appsignal_string_t error_class,
+                                     struct appsignal_string_t error_message,
+                                     const struct appsignal_data_t *backtrace);
+
+// Sets sample data under `key` (`params`, `session_data`, `environment`, `tags`,
+// `custom_data`, …). `data` is copied (NULL is ignored); the caller keeps ownership of both
+// handles. `params` and `session_data` are filtered when they leave the process.
+void appsignal_set_transaction_sample_data(struct appsignal_transaction_t *transaction,
+                                           struct appsignal_string_t key,
+                                           const struct appsignal_data_t *data);
+
+// Sets the action (e.g. `UsersController#show`), copied. The caller keeps ownership of
+// `transaction`.
+void appsignal_set_transaction_action(struct appsignal_transaction_t *transaction,
+                                      struct appsignal_string_t action);
+
+// Sets the namespace, copied. The caller keeps ownership of `transaction`.
+void appsignal_set_transaction_namespace(struct appsignal_transaction_t *transaction,
+                                         struct appsignal_string_t namespace_);
+
+// Sets when the request entered the queue, in milliseconds since the Unix epoch (0 or negative
+// clears it). The caller keeps ownership of `transaction`.
+void appsignal_set_transaction_queue_start(struct appsignal_transaction_t *transaction,
+                                           long queue_start);
+
+// Sets a metadata string (e.g. `path`, `method`), both copied. The caller keeps ownership of
+// `transaction`.
+void appsignal_set_transaction_metadata(struct appsignal_transaction_t *transaction,
+                                        struct appsignal_string_t key,
+                                        struct appsignal_string_t value);
+
+// Ends the transaction now and returns 1 when it will be sampled (it has an error, is slow
+// (≥ 1 s) or the sampling rate picks it; never when ignored), else 0 — the caller then adds sample
+// data before `appsignal_complete_transaction`. The caller keeps ownership of `transaction`.
+int appsignal_finish_transaction(struct appsignal_transaction_t *transaction,
+                                 long gc_duration_ms);
+
+// Completes the transaction: its per-action metrics and, when sampled, its sample go to the
+// agent. Later calls on it are ignored (one log line). The caller still owns the handle and frees
+// it with `appsignal_free_transaction`.
+void appsignal_complete_transaction(struct appsignal_transaction_t *transaction);
+
+// A copy of the transaction under `new_id` (copied), completed separately. The caller owns the
+// returned handle (free it with `appsignal_free_transaction`) and keeps ownership of the
+// original. NULL when `transaction` is NULL or already completed.
+struct appsignal_transaction_t *appsignal_duplicate_transaction(struct appsignal_transaction_t *transaction,
+                                                                struct appsignal_string_t new_id);
+
+// The transaction's current state as JSON (the sample shape, filtered, plus `finished`,
+// `sampled`, `completed`, `open_events`). Owned by the library (valid until the next
+// `appsignal_transaction_to_json` on this thread); `len == 0` for a NULL handle.
+struct appsignal_string_t appsignal_transaction_to_json(struct appsignal_transaction_t *transaction);
+
+// Frees a transaction handle made by this library (a transaction that was not completed is
+// dropped without reporting). NULL is fine; freeing twice is not. Declared with `void*` so that
+// it can be registered directly as a `void (*)(void*)` destructor.
+void appsignal_free_transaction(void *transaction);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -21,7 +21,12 @@ use appsignal_agent::protocol::{self, ClientMessage, Hello, LeaderMessage};
 const KILLS: usize = 60;
 
 fn holder_pid(lock: &Path) -> Option<u32> {
-    std::fs::read_to_string(lock).ok()?.split(';').next()?.parse().ok()
+    std::fs::read_to_string(lock)
+        .ok()?
+        .split(';')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Connects and completes a handshake; returns the leader's pid.
@@ -66,7 +71,9 @@ fn main() {
         library_version: appsignal_agent::VERSION.into(),
         client_id: 1,
         pid: std::process::id(),
-        config: appsignal_agent::config::Config::load_from(&|_| None).config.push,
+        config: appsignal_agent::config::Config::load_from(&|_| None)
+            .config
+            .push,
     });
     let mut samples = Vec::with_capacity(KILLS);
     let mut next_index = 4;
@@ -78,8 +85,12 @@ fn main() {
         for w in workers.iter_mut() {
             w.expect("sent", Duration::from_secs(30)).expect("sent");
         }
-        let Some(old) = holder_pid(&lock) else { continue };
-        let Some(i) = workers.iter().position(|w| w.pid == old) else { continue };
+        let Some(old) = holder_pid(&lock) else {
+            continue;
+        };
+        let Some(i) = workers.iter().position(|w| w.pid == old) else {
+            continue;
+        };
         if handshake(&socket, &hello) != Some(old) {
             continue;
         }
@@ -96,7 +107,9 @@ fn main() {
             std::thread::sleep(Duration::from_micros(200));
         };
         samples.push(took);
-        workers[i].wait(Duration::from_secs(5)).expect("killed worker exits");
+        workers[i]
+            .wait(Duration::from_secs(5))
+            .expect("killed worker exits");
         workers[i] = spawn(next_index);
         next_index += 1;
     }

@@ -235,6 +235,8 @@ pub fn start() {
         s.workdir = Some(workdir.clone());
         s.log_destination = Some(destination);
     }
+    // The APM code reads ignore and filter rules from this start's configuration.
+    crate::apm::start();
     let client_id = random_u64();
     match Sender::start(config, workdir, metrics(), client_id) {
         Ok(sender) => {
@@ -277,6 +279,12 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
 
 pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
     check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Counter {
+        name: name.to_owned(),
+        value,
+        tags: tags.cloned(),
+    });
     if RECORDING.load(Ordering::Relaxed) {
         metrics().increment_counter(name, value, tags);
     }
@@ -291,8 +299,58 @@ pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
 
 pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
     check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Distribution {
+        name: name.to_owned(),
+        value,
+        tags: tags.cloned(),
+    });
     if RECORDING.load(Ordering::Relaxed) {
         metrics().add_distribution_value(name, value, tags);
+    }
+}
+
+/// Hands a finished sample (a transaction's or root span's) to the agent: kept with this
+/// process's pre-aggregate and flushed to the leader, within the per-flush and per-window caps.
+pub fn submit_sample(sample: serde_json::Value) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
+    if RECORDING.load(Ordering::Relaxed) {
+        metrics().submit_sample(sample.to_string());
+    }
+}
+
+/// Hands a log line (from `appsignal_log`) to the agent, like [`submit_sample`].
+pub fn submit_log(line: serde_json::Value) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Log(line.clone()));
+    if RECORDING.load(Ordering::Relaxed) {
+        metrics().submit_log(line.to_string());
+    }
+}
+
+/// The configuration values the APM code needs, from the configuration of the last `start()`.
+pub fn apm_config() -> crate::apm::ApmConfig {
+    #[cfg(test)]
+    return test_recorder::config();
+    #[cfg(not(test))]
+    {
+        let status = status();
+        let Some(c) = status.config.as_ref() else {
+            return crate::apm::ApmConfig::default();
+        };
+        crate::apm::ApmConfig {
+            ignore_actions: c.ignore_actions.clone(),
+            ignore_errors: c.ignore_errors.clone(),
+            ignore_namespaces: c.ignore_namespaces.clone(),
+            filter_parameters: c.filter_parameters.clone(),
+            filter_session_data: c.filter_session_data.clone(),
+            running_in_container: c.running_in_container,
+            revision: c.push.revision.clone(),
+            hostname: c.push.hostname.clone(),
+        }
     }
 }
 
@@ -304,4 +362,56 @@ pub fn random_u64() -> u64 {
         return crate::now_ms() ^ (u64::from(std::process::id()) << 40);
     }
     u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+pub use test_recorder::{recorded, set_apm_config, Recorded};
+
+/// For the APM unit tests: records what is handed to the agent, whether or not it is started.
+#[cfg(test)]
+mod test_recorder {
+    use std::sync::Mutex;
+
+    use once_cell::sync::Lazy;
+
+    use crate::apm::ApmConfig;
+    use crate::data::Data;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Recorded {
+        Counter {
+            name: String,
+            value: f64,
+            tags: Option<Data>,
+        },
+        Distribution {
+            name: String,
+            value: f64,
+            tags: Option<Data>,
+        },
+        Sample(serde_json::Value),
+        Log(serde_json::Value),
+    }
+
+    static RECORDED: Lazy<Mutex<Vec<Recorded>>> = Lazy::new(|| Mutex::new(Vec::new()));
+    static CONFIG: Lazy<Mutex<ApmConfig>> = Lazy::new(|| Mutex::new(ApmConfig::default()));
+
+    pub fn record(call: Recorded) {
+        RECORDED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
+    }
+
+    pub fn recorded() -> Vec<Recorded> {
+        RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_apm_config(config: ApmConfig) {
+        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    pub fn config() -> ApmConfig {
+        CONFIG.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }

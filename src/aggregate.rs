@@ -22,6 +22,10 @@ use crate::config::PushConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
 
 pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
+/// Samples kept per window and configuration; more are dropped and counted in the payload.
+pub const MAX_SAMPLES_PER_WINDOW: usize = 200;
+/// Log lines kept per window and configuration; more are dropped and counted in the payload.
+pub const MAX_LOGS_PER_WINDOW: usize = 50_000;
 pub const CLIENT_MEMORY: Duration = Duration::from_secs(3600);
 
 /// The metrics of one window.
@@ -116,12 +120,45 @@ pub struct Window {
     /// Updates dropped in clients (too many keys) and here (window full).
     pub dropped_updates: u64,
     pub batches: u64,
+    /// Samples (JSON text), at most [`MAX_SAMPLES_PER_WINDOW`].
+    pub samples: Vec<String>,
+    /// Log lines (JSON text), at most [`MAX_LOGS_PER_WINDOW`].
+    pub logs: Vec<String>,
+    pub dropped_samples: u64,
+    pub dropped_logs: u64,
 }
 
+#[derive(Default)]
 struct OpenWindow {
     metrics: MetricSet,
     dropped_updates: u64,
     batches: u64,
+    samples: Vec<String>,
+    logs: Vec<String>,
+    dropped_samples: u64,
+    dropped_logs: u64,
+}
+
+impl OpenWindow {
+    /// Keeps samples and logs within the window's caps, counting the rest.
+    fn keep_records(&mut self, batch: &mut Batch) {
+        self.dropped_samples = self.dropped_samples.saturating_add(batch.dropped_samples);
+        self.dropped_logs = self.dropped_logs.saturating_add(batch.dropped_logs);
+        for sample in batch.samples.drain(..) {
+            if self.samples.len() < MAX_SAMPLES_PER_WINDOW {
+                self.samples.push(sample);
+            } else {
+                self.dropped_samples = self.dropped_samples.saturating_add(1);
+            }
+        }
+        for line in batch.logs.drain(..) {
+            if self.logs.len() < MAX_LOGS_PER_WINDOW {
+                self.logs.push(line);
+            } else {
+                self.dropped_logs = self.dropped_logs.saturating_add(1);
+            }
+        }
+    }
 }
 
 /// Whether an applied batch was counted.
@@ -225,12 +262,10 @@ impl Aggregator {
             config_id,
             segment: segment.to_owned(),
         };
-        let window = self.windows.entry(key).or_insert_with(|| OpenWindow {
-            metrics: MetricSet::default(),
-            dropped_updates: 0,
-            batches: 0,
-        });
+        let window = self.windows.entry(key).or_default();
         window.batches += 1;
+        let mut batch = batch;
+        window.keep_records(&mut batch);
         window.dropped_updates = window.dropped_updates.saturating_add(batch.dropped_updates);
         let dropped = window.metrics.merge(batch, MAX_KEYS_PER_WINDOW);
         window.dropped_updates = window.dropped_updates.saturating_add(dropped);
@@ -274,6 +309,10 @@ impl Aggregator {
                 metrics: open.metrics,
                 dropped_updates: open.dropped_updates,
                 batches: open.batches,
+                samples: open.samples,
+                logs: open.logs,
+                dropped_samples: open.dropped_samples,
+                dropped_logs: open.dropped_logs,
             });
         }
         out
@@ -315,6 +354,7 @@ mod tests {
             gauges: vec![],
             distributions: vec![],
             dropped_updates: 0,
+            ..Batch::default()
         }
     }
 

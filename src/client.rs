@@ -652,71 +652,104 @@ fn key_bytes(key: &MetricKey) -> usize {
 
 /// Splits one flush period's data into batches under [`BATCH_BUDGET_BYTES`] each.
 fn split(taken: Taken, client_id: u64, next_seq: &mut u64, created_ms: u64) -> Vec<Batch> {
-    let mut batches = Vec::new();
+    let mut splitter = Splitter {
+        batches: Vec::new(),
+        current: Batch::default(),
+        used: 0,
+        client_id,
+        created_ms,
+        next_seq,
+    };
+    splitter.start_batch();
     let mut dropped = taken.dropped_updates;
-    let new_batch = |seq: &mut u64| {
-        let batch = Batch {
-            client_id,
-            seq: *seq,
-            created_ms,
-            counters: Vec::new(),
-            gauges: Vec::new(),
-            distributions: Vec::new(),
-            dropped_updates: 0,
-        };
-        *seq += 1;
-        batch
-    };
-    let mut current = new_batch(next_seq);
-    let mut used = 0usize;
-    let mut room = |cost: usize, current: &mut Batch, batches: &mut Vec<Batch>, seq: &mut u64| {
-        if used + cost > BATCH_BUDGET_BYTES && current.entries() > 0 {
-            batches.push(std::mem::replace(current, new_batch(seq)));
-            used = 0;
-        }
-        used += cost;
-    };
     for (key, value) in taken.counters {
-        let cost = key_bytes(&key);
-        if cost > MAX_ENTRY_BYTES {
-            dropped += 1;
-            continue;
+        match splitter.room(key_bytes(&key), MAX_ENTRY_BYTES) {
+            Some(batch) => batch.counters.push((key, value)),
+            None => dropped += 1,
         }
-        room(cost, &mut current, &mut batches, next_seq);
-        current.counters.push((key, value));
     }
     for (key, value) in taken.gauges {
-        let cost = key_bytes(&key);
-        if cost > MAX_ENTRY_BYTES {
-            dropped += 1;
-            continue;
+        match splitter.room(key_bytes(&key), MAX_ENTRY_BYTES) {
+            Some(batch) => batch.gauges.push((
+                key,
+                GaugeValue {
+                    value,
+                    at_ms: created_ms,
+                },
+            )),
+            None => dropped += 1,
         }
-        room(cost, &mut current, &mut batches, next_seq);
-        current.gauges.push((
-            key,
-            GaugeValue {
-                value,
-                at_ms: created_ms,
-            },
-        ));
     }
     for (key, sketch) in taken.distributions {
-        let cost = key_bytes(&key);
-        if cost > MAX_ENTRY_BYTES {
-            dropped += 1;
-            continue;
+        match splitter.room(
+            key_bytes(&key) + SKETCH_ESTIMATE_BYTES,
+            MAX_ENTRY_BYTES + SKETCH_ESTIMATE_BYTES,
+        ) {
+            Some(batch) => batch.distributions.push((key, sketch)),
+            None => dropped += 1,
         }
-        room(
-            cost + SKETCH_ESTIMATE_BYTES,
-            &mut current,
-            &mut batches,
-            next_seq,
-        );
-        current.distributions.push((key, sketch));
     }
-    current.dropped_updates = dropped;
-    batches.push(current);
+    // Samples and logs were size-checked when submitted (metrics::MAX_RECORD_BYTES).
+    for sample in taken.samples {
+        if let Some(batch) = splitter.room(sample.len(), crate::metrics::MAX_RECORD_BYTES) {
+            batch.samples.push(sample);
+        }
+    }
+    for line in taken.logs {
+        if let Some(batch) = splitter.room(line.len(), crate::metrics::MAX_RECORD_BYTES) {
+            batch.logs.push(line);
+        }
+    }
+    let mut batches = splitter.finish();
+    if let Some(first) = batches.first_mut() {
+        first.dropped_updates = dropped;
+        first.dropped_samples = taken.dropped_samples;
+        first.dropped_logs = taken.dropped_logs;
+    }
     batches
+}
+
+/// Fills numbered batches up to the budget.
+struct Splitter<'a> {
+    batches: Vec<Batch>,
+    current: Batch,
+    used: usize,
+    client_id: u64,
+    created_ms: u64,
+    next_seq: &'a mut u64,
+}
+
+impl Splitter<'_> {
+    fn start_batch(&mut self) {
+        self.current = Batch {
+            client_id: self.client_id,
+            seq: *self.next_seq,
+            created_ms: self.created_ms,
+            ..Batch::default()
+        };
+        *self.next_seq += 1;
+        self.used = 0;
+    }
+
+    /// The batch to put an entry of `cost` bytes in; `None` when the entry is over `limit`.
+    fn room(&mut self, cost: usize, limit: usize) -> Option<&mut Batch> {
+        if cost > limit {
+            return None;
+        }
+        if self.used + cost > BATCH_BUDGET_BYTES && self.current.entries() > 0 {
+            let full = std::mem::take(&mut self.current);
+            self.batches.push(full);
+            self.start_batch();
+        }
+        self.used += cost;
+        Some(&mut self.current)
+    }
+
+    fn finish(mut self) -> Vec<Batch> {
+        let last = std::mem::take(&mut self.current);
+        self.batches.push(last);
+        self.batches
+    }
 }
 
 #[cfg(test)]

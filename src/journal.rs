@@ -323,6 +323,7 @@ mod tests {
             gauges: vec![],
             distributions: vec![],
             dropped_updates: 0,
+            ..Batch::default()
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`metrics`]: the app-thread pre-aggregate of custom metrics (never blocks on I/O).
 //! - [`client`]: the per-process sender thread: batches, acks, connecting or leading.
 //! - [`leader`]: the socket server, aggregation windows and the transmission loop.
+//! - [`apm`]: transactions, spans, samples, SQL sanitising, filtering and logs.
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
@@ -28,6 +29,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod apm;
 pub mod client;
 pub mod config;
 pub mod data;

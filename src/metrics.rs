@@ -20,6 +20,12 @@ use crate::protocol::MetricKey;
 
 /// Distinct keys (per kind and name and tags) one process keeps per flush period.
 pub const MAX_KEYS: usize = 10_000;
+/// Samples one process keeps per flush period; more are dropped and counted.
+pub const MAX_SAMPLES: usize = 100;
+/// Log lines one process keeps per flush period; more are dropped and counted.
+pub const MAX_LOGS: usize = 10_000;
+/// A sample or log line whose JSON is larger than this is dropped and counted.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -129,6 +135,10 @@ struct Local {
     index: HashMap<u64, Vec<usize>, BuildHasherDefault<PrehashedHasher>>,
     slots: Vec<Slot>,
     dropped_updates: u64,
+    samples: Vec<String>,
+    logs: Vec<String>,
+    dropped_samples: u64,
+    dropped_logs: u64,
 }
 
 /// What one flush period recorded.
@@ -138,6 +148,12 @@ pub struct Taken {
     pub gauges: Vec<(MetricKey, f64)>,
     pub distributions: Vec<(MetricKey, DDSketch)>,
     pub dropped_updates: u64,
+    /// Finished samples (JSON), from transactions and root spans.
+    pub samples: Vec<String>,
+    /// Log lines (JSON) from `appsignal_log`.
+    pub logs: Vec<String>,
+    pub dropped_samples: u64,
+    pub dropped_logs: u64,
 }
 
 impl Taken {
@@ -146,6 +162,10 @@ impl Taken {
             && self.gauges.is_empty()
             && self.distributions.is_empty()
             && self.dropped_updates == 0
+            && self.samples.is_empty()
+            && self.logs.is_empty()
+            && self.dropped_samples == 0
+            && self.dropped_logs == 0
     }
 }
 
@@ -219,6 +239,7 @@ impl LocalMetrics {
             index,
             slots,
             dropped_updates,
+            ..
         } = &mut *local;
         let bucket = index.entry(hash).or_default();
         for &i in bucket.iter() {
@@ -241,6 +262,26 @@ impl LocalMetrics {
         });
     }
 
+    /// Keeps a finished sample (JSON) for the next flush, within [`MAX_SAMPLES`] per flush period.
+    pub fn submit_sample(&self, json: String) {
+        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if local.samples.len() >= MAX_SAMPLES || json.len() > MAX_RECORD_BYTES {
+            local.dropped_samples = local.dropped_samples.saturating_add(1);
+        } else {
+            local.samples.push(json);
+        }
+    }
+
+    /// Keeps a log line (JSON) for the next flush, within [`MAX_LOGS`] per flush period.
+    pub fn submit_log(&self, json: String) {
+        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if local.logs.len() >= MAX_LOGS || json.len() > MAX_RECORD_BYTES {
+            local.dropped_logs = local.dropped_logs.saturating_add(1);
+        } else {
+            local.logs.push(json);
+        }
+    }
+
     /// Takes everything recorded since the last take.
     pub fn take(&self) -> Taken {
         let local = {
@@ -249,6 +290,10 @@ impl LocalMetrics {
         };
         let mut taken = Taken {
             dropped_updates: local.dropped_updates,
+            samples: local.samples,
+            logs: local.logs,
+            dropped_samples: local.dropped_samples,
+            dropped_logs: local.dropped_logs,
             ..Taken::default()
         };
         for slot in local.slots {
@@ -268,7 +313,12 @@ impl LocalMetrics {
     /// Whether nothing is waiting to be taken.
     pub fn is_empty(&self) -> bool {
         let local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        local.slots.is_empty() && local.dropped_updates == 0
+        local.slots.is_empty()
+            && local.dropped_updates == 0
+            && local.samples.is_empty()
+            && local.logs.is_empty()
+            && local.dropped_samples == 0
+            && local.dropped_logs == 0
     }
 }
 

@@ -28,6 +28,12 @@ pub struct Payload {
     pub counters: Vec<ValueEntry>,
     pub gauges: Vec<ValueEntry>,
     pub distributions: Vec<DistributionEntry>,
+    /// Samples of transactions and root spans (see docs/apm.md for their shape).
+    #[serde(default)]
+    pub samples: Vec<serde_json::Value>,
+    /// Log lines from `appsignal_log`.
+    #[serde(default)]
+    pub logs: Vec<serde_json::Value>,
     pub agent: AgentReport,
 }
 
@@ -67,6 +73,12 @@ pub struct AgentReport {
     pub payload_cache_evictions: u64,
     /// Frames from processes that were rejected (malformed or oversized) since the previous payload.
     pub rejected_frames: u64,
+    /// Samples dropped (per-process or per-window cap, or too large).
+    #[serde(default)]
+    pub dropped_samples: u64,
+    /// Log lines dropped (per-process or per-window cap, or too large).
+    #[serde(default)]
+    pub dropped_logs: u64,
 }
 
 fn tags(key: &MetricKey) -> BTreeMap<String, String> {
@@ -138,9 +150,23 @@ impl Payload {
             counters,
             gauges,
             distributions,
+            // Stored as JSON text by the process that made them; a text that does not parse (it
+            // cannot, unless a file was tampered with) is dropped rather than failing the payload.
+            samples: window
+                .samples
+                .iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect(),
+            logs: window
+                .logs
+                .iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect(),
             agent: AgentReport {
                 batches: window.batches,
                 dropped_updates: window.dropped_updates,
+                dropped_samples: window.dropped_samples,
+                dropped_logs: window.dropped_logs,
                 ..agent
             },
         }
@@ -209,6 +235,10 @@ mod tests {
             metrics,
             dropped_updates: 2,
             batches: 5,
+            samples: vec![r#"{"action":"home"}"#.into()],
+            logs: vec![],
+            dropped_samples: 1,
+            dropped_logs: 0,
         };
         let payload = Payload::from_window(&window, new_payload_id(), AgentReport::default());
         let mut json = String::new();

@@ -39,7 +39,7 @@ pub struct GaugeValue {
 }
 
 /// One flush of one process's pre-aggregated data.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Batch {
     /// Random id of the process (per start), with `seq` the batch's unique identity.
     pub client_id: u64,
@@ -52,6 +52,17 @@ pub struct Batch {
     pub distributions: Vec<(MetricKey, DDSketch)>,
     /// Metric updates the client had to drop (too many distinct keys) since its previous batch.
     pub dropped_updates: u64,
+    /// Finished samples (JSON text) of transactions and root spans.
+    #[serde(default)]
+    pub samples: Vec<String>,
+    /// Log lines (JSON text) from `appsignal_log`.
+    #[serde(default)]
+    pub logs: Vec<String>,
+    /// Samples and log lines the client had to drop since its previous batch.
+    #[serde(default)]
+    pub dropped_samples: u64,
+    #[serde(default)]
+    pub dropped_logs: u64,
 }
 
 impl std::fmt::Debug for Batch {
@@ -65,6 +76,8 @@ impl std::fmt::Debug for Batch {
             .field("gauges", &self.gauges)
             .field("distributions", &self.distributions.len())
             .field("dropped_updates", &self.dropped_updates)
+            .field("samples", &self.samples.len())
+            .field("logs", &self.logs.len())
             .finish()
     }
 }
@@ -75,10 +88,16 @@ impl Batch {
             && self.gauges.is_empty()
             && self.distributions.is_empty()
             && self.dropped_updates == 0
+            && self.samples.is_empty()
+            && self.logs.is_empty()
     }
 
     pub fn entries(&self) -> usize {
-        self.counters.len() + self.gauges.len() + self.distributions.len()
+        self.counters.len()
+            + self.gauges.len()
+            + self.distributions.len()
+            + self.samples.len()
+            + self.logs.len()
     }
 }
 
@@ -207,6 +226,7 @@ mod tests {
                 sketch,
             )],
             dropped_updates: 0,
+            ..Batch::default()
         }
     }
 

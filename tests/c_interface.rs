@@ -92,3 +92,161 @@ fn a_c_program_runs_against_the_static_library() {
     );
     run_smoke(&exe);
 }
+
+/// All payloads the receiver stored.
+fn stored_payloads(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| serde_json::from_str(&t).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
+    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let received = tmp.path().join("received");
+    let receiver = common::receiver::Receiver::start("apm-key", Some(received.clone())).unwrap();
+    let exe = tmp.path().join("apm");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg("-I")
+        .arg(root())
+        .arg(root().join("tests/c/apm.c"))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg("-lappsignal")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling tests/c/apm.c failed");
+    let output = Command::new(&exe)
+        .env_clear()
+        .envs(common::fleet::config_env(
+            &receiver.url,
+            "apm-key",
+            &tmp.path().join("wd"),
+            60_000,
+        ))
+        .env("_APPSIGNAL_FILTER_PARAMETERS", "password")
+        .output()
+        .expect("apm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("apm: all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Per-action metrics, exactly.
+    let counters = receiver.summary()["counters"].clone();
+    assert_eq!(
+        counters["transaction_count{action=UsersController#show,namespace=web}"], 1.0,
+        "{counters}"
+    );
+    assert_eq!(
+        counters["transaction_error_count{action=UsersController#show,namespace=web}"], 1.0,
+        "{counters}"
+    );
+    assert_eq!(
+        counters["transaction_count{action=HomeController#index,namespace=web}"], 3.0,
+        "{counters}"
+    );
+    assert!(counters
+        .get("transaction_error_count{action=HomeController#index,namespace=web}")
+        .is_none());
+    assert_eq!(
+        counters["transaction_count{action=GET /spans,namespace=web}"], 1.0,
+        "{counters}"
+    );
+    let distributions = receiver.summary()["distributions"].clone();
+    assert_eq!(
+        distributions
+            ["event_duration{action=HomeController#index,group=active_record,namespace=web}"]
+            ["count"],
+        3,
+        "{distributions}"
+    );
+
+    // The sample: tree intact, SQL sanitised, parameters filtered, error with its backtrace.
+    let payloads = stored_payloads(&received);
+    let samples: Vec<&serde_json::Value> = payloads
+        .iter()
+        .flat_map(|p| p["samples"].as_array().into_iter().flatten())
+        .collect();
+    let sample = samples
+        .iter()
+        .find(|s| s["action"] == "UsersController#show")
+        .unwrap_or_else(|| panic!("no sample for UsersController#show in {samples:?}"));
+    let text = sample.to_string();
+    let events = sample["events"].as_array().unwrap();
+    let process = events
+        .iter()
+        .find(|e| e["name"] == "process_action.rails")
+        .expect("outer event");
+    let sql = &process["children"][0];
+    assert_eq!(sql["name"], "sql.active_record", "{text}");
+    assert_eq!(
+        sql["body"], "SELECT * FROM users WHERE id = ? AND name = ? AND role IN (?)",
+        "{text}"
+    );
+    assert!(
+        events.iter().any(|e| e["name"] == "render.action_view"),
+        "{text}"
+    );
+    assert_eq!(
+        sample["sample_data"]["params"]["password"], "[FILTERED]",
+        "{text}"
+    );
+    assert_eq!(
+        sample["sample_data"]["params"]["user"]["password"], "[FILTERED]",
+        "{text}"
+    );
+    assert_eq!(
+        sample["sample_data"]["params"]["user"]["email"], "bob@example.com",
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("also-secret"),
+        "{text}"
+    );
+    assert_eq!(sample["error"]["class"], "RuntimeError");
+    assert_eq!(sample["error"]["message"], "boom");
+    assert_eq!(sample["error"]["backtrace"].as_array().unwrap().len(), 2);
+    assert!(
+        !text.contains("Ignored#after_complete"),
+        "a call after complete changed nothing"
+    );
+    // Only the erroneous transaction was sampled.
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s["action"] == "HomeController#index")
+            .count(),
+        0
+    );
+
+    // The log line.
+    let logs: Vec<&serde_json::Value> = payloads
+        .iter()
+        .flat_map(|p| p["logs"].as_array().into_iter().flatten())
+        .collect();
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "hello from C")
+        .unwrap_or_else(|| panic!("no log line in {logs:?}"));
+    assert_eq!(line["severity"], "info");
+    assert_eq!(line["attributes"]["user"], "u1");
+}

@@ -845,3 +845,37 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
         setup.assert_totals(&expected);
     }
 }
+
+#[test]
+fn four_processes_complete_transactions_and_per_action_counts_are_exact() {
+    let setup = Setup::new(300);
+    let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
+    for w in workers.iter_mut() {
+        w.send("txn 600").unwrap();
+    }
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        fleet::add_sent(
+            &mut expected,
+            &w.expect("sent", Duration::from_secs(60)).unwrap(),
+        );
+    }
+    assert_eq!(
+        expected["counters"]["transaction_count{action=Users#show,namespace=web}"],
+        800.0
+    );
+    assert_eq!(
+        expected["counters"]["transaction_error_count{action=Users#show,namespace=web}"],
+        160.0
+    );
+    stop_all(&mut workers);
+    setup.assert_totals(&expected);
+    let summary = setup.receiver.summary();
+    // Errors are always sampled; the per-window cap keeps the samples bounded and counts the rest.
+    let errors = 4 * 120;
+    assert_eq!(
+        summary["samples"].as_u64().unwrap() + summary["dropped_samples"].as_u64().unwrap(),
+        errors,
+        "{summary}"
+    );
+}

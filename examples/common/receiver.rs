@@ -31,6 +31,10 @@ struct Totals {
     dropped_updates: u64,
     payload_cache_evictions: u64,
     rejected_frames: u64,
+    samples: u64,
+    logs: u64,
+    dropped_samples: u64,
+    dropped_logs: u64,
     apps: BTreeMap<String, u64>,
 }
 
@@ -184,6 +188,10 @@ fn summary(s: &State) -> Value {
         "dropped_updates": t.dropped_updates,
         "payload_cache_evictions": t.payload_cache_evictions,
         "rejected_frames": t.rejected_frames,
+        "samples": t.samples,
+        "logs": t.logs,
+        "dropped_samples": t.dropped_samples,
+        "dropped_logs": t.dropped_logs,
         "apps": t.apps,
     })
 }
@@ -323,5 +331,9 @@ fn collect(
         .as_u64()
         .unwrap_or(0);
     t.rejected_frames += payload["agent"]["rejected_frames"].as_u64().unwrap_or(0);
+    t.samples += payload["samples"].as_array().map_or(0, |a| a.len() as u64);
+    t.logs += payload["logs"].as_array().map_or(0, |a| a.len() as u64);
+    t.dropped_samples += payload["agent"]["dropped_samples"].as_u64().unwrap_or(0);
+    t.dropped_logs += payload["agent"]["dropped_logs"].as_u64().unwrap_or(0);
     (200, r#"{"status":"ok"}"#.into())
 }

@@ -3,6 +3,8 @@
 //!
 //! - `record N`: N counter increments, distribution values and gauge sets with tags; prints
 //!   `{"event":"sent",...}` with the totals this process has handed to the library so far;
+//! - `txn N`: completes N transactions across three actions, every fifth with an error, each with
+//!   two events; adds the per-action counts to the totals and prints them like `record`;
 //! - `sync`: waits until everything recorded so far is acknowledged by a leader (diagnose's
 //!   `sender.idle`), then prints `{"event":"acked",...}` with the totals, like `sent`;
 //! - `diagnose`: prints `appsignal_diagnose()`;
@@ -58,6 +60,16 @@ type NewFn = unsafe extern "C" fn() -> *mut c_void;
 type SetStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString, AppsignalString);
 type MetricFn = unsafe extern "C" fn(AppsignalString, f64, *const c_void);
 type FreeFn = unsafe extern "C" fn(*mut c_void);
+type StartTxnFn = unsafe extern "C" fn(AppsignalString, AppsignalString, i64) -> *mut c_void;
+type TxnStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString);
+type TxnErrorFn =
+    unsafe extern "C" fn(*mut c_void, AppsignalString, AppsignalString, *const c_void);
+type StartEventFn = unsafe extern "C" fn(*mut c_void, i64);
+type FinishEventFn =
+    unsafe extern "C" fn(*mut c_void, AppsignalString, AppsignalString, AppsignalString, i32, i64);
+type FinishTxnFn = unsafe extern "C" fn(*mut c_void, i64) -> i32;
+type TxnFn = unsafe extern "C" fn(*mut c_void);
+type AppendStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString);
 
 /// The library's functions, looked up by name.
 pub struct Lib {
@@ -71,6 +83,16 @@ pub struct Lib {
     set_gauge: MetricFn,
     add_distribution_value: MetricFn,
     free_data: FreeFn,
+    array_new: NewFn,
+    array_append_string: AppendStringFn,
+    start_transaction: StartTxnFn,
+    set_transaction_action: TxnStringFn,
+    set_transaction_error: TxnErrorFn,
+    start_event: StartEventFn,
+    finish_event: FinishEventFn,
+    finish_transaction: FinishTxnFn,
+    complete_transaction: TxnFn,
+    free_transaction: FreeFn,
 }
 
 /// Where `libappsignal.so` is: `$APPSIGNAL_LIBRARY`, else in the target directory this executable
@@ -118,6 +140,16 @@ impl Lib {
             set_gauge: sym!(b"appsignal_set_gauge"),
             add_distribution_value: sym!(b"appsignal_add_distribution_value"),
             free_data: sym!(b"appsignal_free_data"),
+            array_new: sym!(b"appsignal_data_array_new"),
+            array_append_string: sym!(b"appsignal_data_array_append_string"),
+            start_transaction: sym!(b"appsignal_start_transaction"),
+            set_transaction_action: sym!(b"appsignal_set_transaction_action"),
+            set_transaction_error: sym!(b"appsignal_set_transaction_error"),
+            start_event: sym!(b"appsignal_start_event"),
+            finish_event: sym!(b"appsignal_finish_event"),
+            finish_transaction: sym!(b"appsignal_finish_transaction"),
+            complete_transaction: sym!(b"appsignal_complete_transaction"),
+            free_transaction: sym!(b"appsignal_free_transaction"),
             _lib: lib,
         }
     }
@@ -170,6 +202,59 @@ impl Lib {
         self.with_tags(tags, |t| unsafe {
             (self.add_distribution_value)(AppsignalString::from(name), value, t)
         });
+    }
+}
+
+impl Lib {
+    /// One transaction with a SQL event inside a controller event; `error` sets an error.
+    pub fn transaction(&self, action: &str, error: bool) {
+        let s = AppsignalString::from;
+        // SAFETY: every handle is made here by the library and freed once at the end; strings are
+        // valid for each call.
+        unsafe {
+            let txn = (self.start_transaction)(s("req"), s("web"), 0);
+            (self.set_transaction_action)(txn, s(action));
+            (self.start_event)(txn, 0);
+            (self.start_event)(txn, 0);
+            (self.finish_event)(
+                txn,
+                s("sql.active_record"),
+                s("q"),
+                s("SELECT * FROM t WHERE id = 1"),
+                1,
+                0,
+            );
+            (self.finish_event)(txn, s("process_action.rails"), s(action), s(""), 0, 0);
+            if error {
+                let backtrace = (self.array_new)();
+                (self.array_append_string)(backtrace, s("worker.rs:1"));
+                (self.set_transaction_error)(txn, s("RuntimeError"), s("boom"), backtrace);
+                (self.free_data)(backtrace);
+            }
+            (self.finish_transaction)(txn, 0);
+            (self.complete_transaction)(txn);
+            (self.free_transaction)(txn);
+        }
+    }
+}
+
+/// Completes `n` transactions across three actions (every fifth erroneous) and counts them.
+pub fn transactions(lib: &Lib, n: u64, sent: &mut Sent) {
+    for i in 0..n {
+        let action = ["Users#show", "Users#index", "Orders#create"][(i % 3) as usize];
+        let error = i % 5 == 0;
+        lib.transaction(action, error);
+        let tags = [("action", action), ("namespace", "web")];
+        *sent
+            .counters
+            .entry(series("transaction_count", &tags))
+            .or_default() += 1.0;
+        if error {
+            *sent
+                .counters
+                .entry(series("transaction_error_count", &tags))
+                .or_default() += 1.0;
+        }
     }
 }
 
@@ -285,6 +370,11 @@ pub fn run(index: u32) {
             Some("record") => {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
                 record(&lib, index, n, &mut sent);
+                emit(sent.to_json());
+            }
+            Some("txn") => {
+                let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+                transactions(&lib, n, &mut sent);
                 emit(sent.to_json());
             }
             Some("sync") => {

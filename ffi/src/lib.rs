@@ -17,6 +17,9 @@
 //! - `lifecycle`: start, stop, diagnose, the environment table.
 //! - `data`: `appsignal_data_t` maps and arrays.
 //! - `metrics`: gauges, counters, distributions.
+//! - `transaction`, `span`: `appsignal_transaction_t*` and `appsignal_span_t*` (APM).
+//! - `log`: `appsignal_log`.
+//! - `misc`: server state, container detection, environment metadata, allocation tracking.
 
 #![allow(non_camel_case_types)]
 #![cfg_attr(
@@ -28,9 +31,17 @@
 mod boundary;
 mod data;
 mod lifecycle;
+mod log;
 mod metrics;
+mod misc;
+mod span;
+mod transaction;
 
 pub use boundary::appsignal_string_t;
 pub use data::*;
 pub use lifecycle::*;
+pub use log::*;
 pub use metrics::*;
+pub use misc::*;
+pub use span::*;
+pub use transaction::*;

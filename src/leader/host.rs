@@ -66,8 +66,7 @@ pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Rece
                     )
                 })
                 .collect(),
-            distributions: Vec::new(),
-            dropped_updates: 0,
+            ..Batch::default()
         };
         if !shared.count(shared.own_config_id, batch) {
             return;

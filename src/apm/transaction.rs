@@ -1,0 +1,921 @@
+//! Transactions: what the Ruby gem and the Elixir package record per request or job. A
+//! transaction owns its event tree, error, sample data and metadata; `complete` turns it into the
+//! per-action metrics and, when sampled, a sample handed to the agent.
+//!
+//! Per-action metrics (all tagged `namespace` and `action`; `action` is `"unknown"` when none was
+//! set): counter `transaction_count` (1 per transaction), counter `transaction_error_count` (1 when
+//! it has a not-ignored error), distribution `transaction_duration` (ms), distribution
+//! `transaction_queue_time` (ms, when a queue start was set), and distribution `event_duration`
+//! (ms, tagged `namespace`, `action`, `group`: the total time of the group's events in this
+//! transaction, one value per group per transaction).
+//!
+//! A `Transaction` is `Sync`: its state is behind a mutex, so calls from several threads are safe
+//! (they are serialised). After `complete` every call is ignored with a (rate-limited) log line.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::agent;
+use crate::apm::sample::{self, ErrorInfo, Event, SampleView};
+use crate::apm::{
+    bounded_insert, config, filter, misc, now_ns, ns_to_ms, sql, tags, truncate, warn_limited,
+    MAX_BODY, MAX_TEXT,
+};
+use crate::data::Data;
+
+/// Most events kept per transaction (nested ones included); further ones are counted in the
+/// sample's `dropped_events`.
+pub const MAX_EVENTS: usize = 2_000;
+
+/// Deepest nesting of started events kept; deeper ones are counted as dropped. It keeps the
+/// sample JSON within the nesting limits of JSON parsers (serde_json's is 128) and the stack.
+pub const MAX_DEPTH: usize = 50;
+
+/// Body format 1: the body is SQL and is sanitised.
+pub const BODY_FORMAT_SQL: i32 = 1;
+
+/// An event body: text, or data (rendered as JSON; with format 1 its strings are sanitised).
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Text(&'a str),
+    Data(Option<&'a Data>),
+}
+
+impl Body<'_> {
+    fn render(self, body_format: i32) -> String {
+        let text = match self {
+            Body::Text(text) if body_format == BODY_FORMAT_SQL => sql::sanitize(text),
+            Body::Text(text) => text.to_string(),
+            Body::Data(None) => String::new(),
+            Body::Data(Some(data)) if body_format == BODY_FORMAT_SQL => {
+                let mut copy = data.clone();
+                sanitize_strings(&mut copy);
+                copy.to_json()
+            }
+            Body::Data(Some(data)) => data.to_json(),
+        };
+        truncate(text, MAX_BODY)
+    }
+}
+
+fn sanitize_strings(data: &mut Data) {
+    match data {
+        Data::String(s) => *s = sql::sanitize(s),
+        Data::Array(items) => items.iter_mut().for_each(sanitize_strings),
+        Data::Map(map) => map.values_mut().for_each(sanitize_strings),
+        _ => {}
+    }
+}
+
+struct OpenEvent {
+    start_ns: i64,
+    gc_ms: i64,
+    children: Vec<Event>,
+}
+
+/// The event tree under construction: `start` pushes, `finish` pops.
+#[derive(Default)]
+pub(crate) struct EventTree {
+    roots: Vec<Event>,
+    open: Vec<OpenEvent>,
+    /// `start` calls beyond the depth bound, each closed by one `finish` that is then dropped.
+    overflow_depth: usize,
+    /// Events kept so far, nested and in open parents included.
+    kept: usize,
+    dropped: u64,
+}
+
+impl Clone for EventTree {
+    fn clone(&self) -> Self {
+        EventTree {
+            roots: self.roots.clone(),
+            open: self
+                .open
+                .iter()
+                .map(|o| OpenEvent {
+                    start_ns: o.start_ns,
+                    gc_ms: o.gc_ms,
+                    children: o.children.clone(),
+                })
+                .collect(),
+            overflow_depth: self.overflow_depth,
+            kept: self.kept,
+            dropped: self.dropped,
+        }
+    }
+}
+
+impl EventTree {
+    pub(crate) fn start(&mut self, now_ns: i64, gc_ms: i64) {
+        if self.open.len() >= MAX_DEPTH || self.overflow_depth > 0 {
+            self.overflow_depth += 1;
+            return;
+        }
+        self.open.push(OpenEvent {
+            start_ns: now_ns,
+            gc_ms,
+            children: Vec::new(),
+        });
+    }
+
+    /// Closes the innermost open event. Returns false when none is open (unbalanced finish).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish(
+        &mut self,
+        now_ns: i64,
+        gc_ms: i64,
+        name: &str,
+        title: &str,
+        body: Body<'_>,
+        body_format: i32,
+    ) -> bool {
+        if self.overflow_depth > 0 {
+            self.overflow_depth -= 1;
+            self.dropped += 1;
+            return true;
+        }
+        let Some(open) = self.open.pop() else {
+            return false;
+        };
+        let event = Event {
+            name: truncate(name.to_string(), MAX_TEXT),
+            title: truncate(title.to_string(), MAX_TEXT),
+            body: body.render(body_format),
+            body_format,
+            start_ns: open.start_ns,
+            duration_ns: now_ns.saturating_sub(open.start_ns).max(0),
+            gc_duration_ms: gc_ms.saturating_sub(open.gc_ms).max(0),
+            attributes: BTreeMap::new(),
+            children: open.children,
+        };
+        self.add(event);
+        true
+    }
+
+    /// Adds a finished event (with its children already counted in `kept`) under the innermost
+    /// open event, or at the top.
+    pub(crate) fn add(&mut self, event: Event) {
+        if self.kept >= MAX_EVENTS {
+            let children = event.count() - 1;
+            self.kept -= children;
+            self.dropped += 1 + children as u64;
+            return;
+        }
+        self.kept += 1;
+        match self.open.last_mut() {
+            Some(parent) => parent.children.push(event),
+            None => self.roots.push(event),
+        }
+    }
+
+    /// An already finished event: it ended at `now_ns` and lasted `duration_ns`.
+    pub(crate) fn record(
+        &mut self,
+        now_ns: i64,
+        duration_ns: i64,
+        name: &str,
+        title: &str,
+        body: Body<'_>,
+        body_format: i32,
+    ) {
+        if self.kept >= MAX_EVENTS {
+            self.dropped += 1;
+            return;
+        }
+        let duration_ns = duration_ns.max(0);
+        self.add(Event {
+            name: truncate(name.to_string(), MAX_TEXT),
+            title: truncate(title.to_string(), MAX_TEXT),
+            body: body.render(body_format),
+            body_format,
+            start_ns: now_ns.saturating_sub(duration_ns).max(0),
+            duration_ns,
+            gc_duration_ms: 0,
+            attributes: BTreeMap::new(),
+            children: Vec::new(),
+        });
+    }
+
+    pub(crate) fn events(&self) -> &[Event] {
+        &self.roots
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.len() + self.overflow_depth
+    }
+}
+
+/// Hands the per-action metrics of one finished transaction or root span to the agent.
+pub(crate) fn report_action(
+    namespace: &str,
+    action: &str,
+    duration_ns: i64,
+    has_error: bool,
+    queue_time_ms: Option<f64>,
+    events: &[Event],
+) {
+    let action_tags = tags(&[("namespace", namespace), ("action", action)]);
+    agent::increment_counter("transaction_count", 1.0, Some(&action_tags));
+    if has_error {
+        agent::increment_counter("transaction_error_count", 1.0, Some(&action_tags));
+    }
+    agent::add_distribution_value(
+        "transaction_duration",
+        ns_to_ms(duration_ns),
+        Some(&action_tags),
+    );
+    if let Some(queue_time) = queue_time_ms {
+        agent::add_distribution_value("transaction_queue_time", queue_time, Some(&action_tags));
+    }
+    for (group, total_ns) in sample::group_durations(events) {
+        let group_tags = tags(&[
+            ("namespace", namespace),
+            ("action", action),
+            ("group", &group),
+        ]);
+        agent::add_distribution_value("event_duration", ns_to_ms(total_ns), Some(&group_tags));
+    }
+}
+
+#[derive(Clone)]
+struct State {
+    id: String,
+    namespace: String,
+    action: Option<String>,
+    start_ns: i64,
+    started: Instant,
+    end_ns: Option<i64>,
+    gc_start_ms: i64,
+    gc_duration_ms: Option<i64>,
+    queue_start_ms: Option<i64>,
+    error: Option<ErrorInfo>,
+    sample_data: BTreeMap<String, Data>,
+    metadata: BTreeMap<String, String>,
+    events: EventTree,
+    allocations_at_start: u64,
+    allocations_at_end: Option<u64>,
+    /// The decision `finish` returned.
+    sampled: bool,
+    completed: bool,
+}
+
+impl State {
+    /// Epoch nanoseconds now, on this transaction's monotonic clock.
+    fn now(&self) -> i64 {
+        let elapsed = i64::try_from(self.started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        self.start_ns.saturating_add(elapsed)
+    }
+
+    /// The error unless its class is ignored.
+    fn reported_error(&self, config: &crate::apm::ApmConfig) -> Option<&ErrorInfo> {
+        self.error
+            .as_ref()
+            .filter(|e| !filter::is_error_ignored(&e.class, config))
+    }
+
+    fn view(&self) -> SampleView<'_> {
+        SampleView {
+            kind: "transaction",
+            id: &self.id,
+            namespace: &self.namespace,
+            action: self.action.as_deref(),
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            queue_start_ms: self.queue_start_ms,
+            gc_duration_ms: self.gc_duration_ms,
+            error: self.error.as_ref(),
+            events: self.events.events(),
+            dropped_events: self.events.dropped(),
+            sample_data: &self.sample_data,
+            metadata: &self.metadata,
+            allocation_count: Some(
+                self.allocations_at_end
+                    .unwrap_or_else(misc::allocation_count)
+                    .saturating_sub(self.allocations_at_start),
+            ),
+        }
+    }
+}
+
+/// One transaction. Create with [`Transaction::start`]; everything else takes `&self`.
+pub struct Transaction {
+    state: Mutex<State>,
+}
+
+static USED_AFTER_COMPLETE: AtomicI64 = AtomicI64::new(0);
+static UNBALANCED: AtomicI64 = AtomicI64::new(0);
+
+impl Transaction {
+    /// Starts a transaction now. `gc_ms` is the process's total GC time so far (ms).
+    pub fn start(id: &str, namespace: &str, gc_ms: i64) -> Transaction {
+        let id = if id.is_empty() {
+            crate::apm::random_hex(16)
+        } else {
+            truncate(id.to_string(), MAX_TEXT)
+        };
+        Transaction {
+            state: Mutex::new(State {
+                id,
+                namespace: truncate(namespace.to_string(), MAX_TEXT),
+                action: None,
+                start_ns: now_ns(),
+                started: Instant::now(),
+                end_ns: None,
+                gc_start_ms: gc_ms,
+                gc_duration_ms: None,
+                queue_start_ms: None,
+                error: None,
+                sample_data: BTreeMap::new(),
+                metadata: BTreeMap::new(),
+                events: EventTree::default(),
+                allocations_at_start: misc::allocation_count(),
+                allocations_at_end: None,
+                sampled: false,
+                completed: false,
+            }),
+        }
+    }
+
+    /// Runs `f` on the state unless the transaction was completed (then logs and returns None).
+    fn with_open<R>(&self, function: &str, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.completed {
+            warn_limited(
+                &USED_AFTER_COMPLETE,
+                &format!("{function}: the transaction was already completed; ignored"),
+            );
+            return None;
+        }
+        Some(f(&mut state))
+    }
+
+    pub fn id(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .id
+            .clone()
+    }
+
+    pub fn start_event(&self, gc_ms: i64) {
+        self.with_open("appsignal_start_event", |s| {
+            let now = s.now() - s.start_ns;
+            s.events.start(now, gc_ms);
+        });
+    }
+
+    /// Finishes the innermost started event. Without one, logs and ignores the call.
+    pub fn finish_event(
+        &self,
+        name: &str,
+        title: &str,
+        body: Body<'_>,
+        body_format: i32,
+        gc_ms: i64,
+    ) {
+        let balanced = self.with_open("appsignal_finish_event", |s| {
+            let now = s.now() - s.start_ns;
+            s.events.finish(now, gc_ms, name, title, body, body_format)
+        });
+        if balanced == Some(false) {
+            warn_limited(
+                &UNBALANCED,
+                "appsignal_finish_event: no event was started; ignored",
+            );
+        }
+    }
+
+    /// Adds a finished event that ended now and lasted `duration_ns` nanoseconds (negative: 0).
+    /// `_gc_ms` is accepted for call compatibility; the event's GC time is reported as 0.
+    pub fn record_event(
+        &self,
+        name: &str,
+        title: &str,
+        body: Body<'_>,
+        body_format: i32,
+        duration_ns: i64,
+        _gc_ms: i64,
+    ) {
+        self.with_open("appsignal_record_event", |s| {
+            let now = s.now() - s.start_ns;
+            s.events
+                .record(now, duration_ns, name, title, body, body_format);
+        });
+    }
+
+    /// Sets the error (a later call replaces it). `backtrace` is normally an array of strings.
+    pub fn set_error(&self, class: &str, message: &str, backtrace: Option<&Data>) {
+        self.with_open("appsignal_set_transaction_error", |s| {
+            s.error = Some(ErrorInfo {
+                class: truncate(class.to_string(), MAX_TEXT),
+                message: truncate(message.to_string(), MAX_BODY),
+                backtrace: backtrace.cloned().unwrap_or_else(Data::new_array),
+            });
+        });
+    }
+
+    /// Sets sample data under `key` (`params`, `session_data`, `environment`, `tags`,
+    /// `custom_data`, …), replacing what was there. NULL data is ignored.
+    pub fn set_sample_data(&self, key: &str, data: Option<&Data>) {
+        let Some(data) = data else { return };
+        self.with_open("appsignal_set_transaction_sample_data", |s| {
+            bounded_insert(
+                &mut s.sample_data,
+                truncate(key.to_string(), MAX_TEXT),
+                data.clone(),
+            );
+        });
+    }
+
+    pub fn set_action(&self, action: &str) {
+        self.with_open("appsignal_set_transaction_action", |s| {
+            s.action = Some(truncate(action.to_string(), MAX_TEXT));
+        });
+    }
+
+    pub fn set_namespace(&self, namespace: &str) {
+        self.with_open("appsignal_set_transaction_namespace", |s| {
+            s.namespace = truncate(namespace.to_string(), MAX_TEXT);
+        });
+    }
+
+    /// When the request entered the queue (ms since the epoch, e.g. from `X-Request-Start`).
+    /// 0 or negative clears it.
+    pub fn set_queue_start(&self, ms_epoch: i64) {
+        self.with_open("appsignal_set_transaction_queue_start", |s| {
+            s.queue_start_ms = (ms_epoch > 0).then_some(ms_epoch);
+        });
+    }
+
+    pub fn set_metadata(&self, key: &str, value: &str) {
+        self.with_open("appsignal_set_transaction_metadata", |s| {
+            bounded_insert(
+                &mut s.metadata,
+                truncate(key.to_string(), MAX_TEXT),
+                truncate(value.to_string(), MAX_BODY),
+            );
+        });
+    }
+
+    /// Ends the transaction now (a second call moves the end) and decides whether to sample it:
+    /// true when it has a not-ignored error, is slow, or the sampling rate picks it — and it is
+    /// not ignored by namespace or action.
+    pub fn finish(&self, gc_ms: i64) -> bool {
+        let config = config();
+        self.with_open("appsignal_finish_transaction", |s| {
+            finish_state(s, gc_ms, &config);
+            s.sampled
+        })
+        .unwrap_or(false)
+    }
+
+    /// Completes the transaction: per-action metrics (unless ignored) and, when `finish` said to
+    /// sample (or it now has an error), the sample. Without a prior `finish`, it is finished now
+    /// with no GC time. Every later call on this transaction is ignored.
+    pub fn complete(&self) {
+        let config = config();
+        let Some(done) = self
+            .with_open("appsignal_complete_transaction", |s| {
+                if s.end_ns.is_none() {
+                    finish_state(s, s.gc_start_ms, &config);
+                }
+                s.completed = true;
+                let open = s.events.open_count();
+                if open > 0 {
+                    tracing::debug!(
+                        "transaction {} completed with {open} unfinished events",
+                        s.id
+                    );
+                }
+                if filter::is_ignored(&s.namespace, s.action.as_deref(), &config) {
+                    return None;
+                }
+                let error = s.reported_error(&config).cloned();
+                let sample = (s.sampled || error.is_some()).then(|| {
+                    let mut view = s.view();
+                    view.error = error.as_ref();
+                    view.render(&config)
+                });
+                let view = s.view();
+                Some((
+                    s.namespace.clone(),
+                    s.action.clone().unwrap_or_else(|| "unknown".to_string()),
+                    view.duration_ns().unwrap_or(0),
+                    error.is_some(),
+                    view.queue_time_ms(),
+                    s.events.events().to_vec(),
+                    sample,
+                ))
+            })
+            .flatten()
+        else {
+            return;
+        };
+        let (namespace, action, duration_ns, has_error, queue_time, events, sample) = done;
+        report_action(
+            &namespace,
+            &action,
+            duration_ns,
+            has_error,
+            queue_time,
+            &events,
+        );
+        if let Some(sample) = sample {
+            agent::submit_sample(sample);
+        }
+    }
+
+    /// A copy of this transaction under `new_id` (events, error, data, times, the sampling
+    /// decision); the copy is completed separately. None when this one is already completed.
+    pub fn duplicate(&self, new_id: &str) -> Option<Transaction> {
+        self.with_open("appsignal_duplicate_transaction", |s| {
+            let mut copy = s.clone();
+            copy.id = if new_id.is_empty() {
+                crate::apm::random_hex(16)
+            } else {
+                truncate(new_id.to_string(), MAX_TEXT)
+            };
+            Transaction {
+                state: Mutex::new(copy),
+            }
+        })
+    }
+
+    /// The current state as JSON: the sample shape (filtered) plus `finished`, `sampled`,
+    /// `completed` and `open_events`.
+    pub fn to_json(&self) -> String {
+        let config = config();
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut json = state.view().render(&config);
+        json["finished"] = state.end_ns.is_some().into();
+        json["sampled"] = state.sampled.into();
+        json["completed"] = state.completed.into();
+        json["open_events"] = state.events.open_count().into();
+        json.to_string()
+    }
+}
+
+fn finish_state(s: &mut State, gc_ms: i64, config: &crate::apm::ApmConfig) {
+    let end = s.now();
+    s.end_ns = Some(end);
+    s.gc_duration_ms = Some(gc_ms.saturating_sub(s.gc_start_ms).max(0));
+    s.allocations_at_end = Some(misc::allocation_count());
+    let ignored = filter::is_ignored(&s.namespace, s.action.as_deref(), config);
+    let has_error = s.reported_error(config).is_some();
+    s.sampled = !ignored
+        && sample::should_sample(
+            has_error,
+            end - s.start_ns,
+            crate::apm::sample_rate(),
+            crate::apm::random_unit(),
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Recorded;
+    use crate::apm::test_support;
+
+    fn json(txn: &Transaction) -> serde_json::Value {
+        serde_json::from_str(&txn.to_json()).unwrap()
+    }
+
+    fn recorded_for(action: &str) -> Vec<Recorded> {
+        agent::recorded()
+            .into_iter()
+            .filter(|r| match r {
+                Recorded::Counter { tags, .. } | Recorded::Distribution { tags, .. } => tags
+                    .as_ref()
+                    .is_some_and(|t| t.to_json().contains(&format!("\"action\":\"{action}\""))),
+                Recorded::Sample(s) => s["action"] == action,
+                Recorded::Log(_) => false,
+            })
+            .collect()
+    }
+
+    fn samples_for(action: &str) -> Vec<serde_json::Value> {
+        recorded_for(action)
+            .into_iter()
+            .filter_map(|r| match r {
+                Recorded::Sample(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn metric_names(action: &str) -> Vec<String> {
+        recorded_for(action)
+            .into_iter()
+            .filter_map(|r| match r {
+                Recorded::Counter { name, .. } | Recorded::Distribution { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nested_events_form_a_tree() {
+        test_support::setup();
+        let txn = Transaction::start("t-tree", "web", 0);
+        txn.start_event(0);
+        txn.start_event(0);
+        txn.finish_event(
+            "sql.active_record",
+            "User Load",
+            Body::Text("SELECT * FROM users WHERE id = 5"),
+            1,
+            2,
+        );
+        txn.record_event("cache.read", "", Body::Text("k"), 0, 1_500_000, 0);
+        txn.finish_event("process_action.action_controller", "", Body::Text(""), 0, 5);
+        txn.record_event("render.action_view", "show", Body::Text("x"), 0, -3, 0);
+        let j = json(&txn);
+        let events = j["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["name"], "process_action.action_controller");
+        assert_eq!(events[0]["gc_duration"], 5);
+        let children = events[0]["children"].as_array().unwrap();
+        assert_eq!(children.len(), 2);
+        assert_eq!(children[0]["body"], "SELECT * FROM users WHERE id = ?");
+        assert_eq!(children[0]["group"], "active_record");
+        assert_eq!(children[0]["gc_duration"], 2);
+        assert_eq!(children[1]["duration"], 1.5);
+        assert_eq!(events[1]["duration"], 0.0);
+        assert_eq!(j["open_events"], 0);
+    }
+
+    #[test]
+    fn unbalanced_finish_is_ignored() {
+        test_support::setup();
+        let txn = Transaction::start("t-unbalanced", "web", 0);
+        txn.finish_event("a.b", "", Body::Text(""), 0, 0);
+        assert_eq!(json(&txn)["events"].as_array().unwrap().len(), 0);
+        txn.start_event(0);
+        assert_eq!(json(&txn)["open_events"], 1);
+    }
+
+    #[test]
+    fn events_are_bounded() {
+        test_support::setup();
+        let txn = Transaction::start("t-bounded", "web", 0);
+        txn.start_event(0);
+        for _ in 0..MAX_EVENTS + 10 {
+            txn.record_event("a.b", "", Body::Text(""), 0, 1, 0);
+        }
+        // The parent no longer fits: it and its children are dropped.
+        txn.finish_event("parent.x", "", Body::Text(""), 0, 0);
+        let j = json(&txn);
+        assert_eq!(j["events"].as_array().unwrap().len(), 0);
+        assert_eq!(j["dropped_events"], (MAX_EVENTS + 10 + 1) as u64);
+
+        let txn = Transaction::start("t-bounded2", "web", 0);
+        for _ in 0..MAX_EVENTS + 5 {
+            txn.record_event("a.b", "", Body::Text(""), 0, 1, 0);
+        }
+        for _ in 0..MAX_DEPTH + 3 {
+            txn.start_event(0);
+        }
+        for _ in 0..MAX_DEPTH + 3 {
+            txn.finish_event("deep.x", "", Body::Text(""), 0, 0);
+        }
+        let j = json(&txn);
+        assert_eq!(j["events"].as_array().unwrap().len(), MAX_EVENTS);
+        assert_eq!(j["dropped_events"], (5 + MAX_DEPTH + 3) as u64);
+        assert_eq!(j["open_events"], 0);
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_the_json_stays_parseable() {
+        test_support::setup();
+        let txn = Transaction::start("t-deep", "web", 0);
+        for _ in 0..MAX_DEPTH + 7 {
+            txn.start_event(0);
+        }
+        for _ in 0..MAX_DEPTH + 7 {
+            txn.finish_event("deep.x", "", Body::Text(""), 0, 0);
+        }
+        let j = json(&txn);
+        assert_eq!(j["dropped_events"], 7);
+        let mut depth = 0;
+        let mut node = &j["events"];
+        while let Some(first) = node.get(0) {
+            depth += 1;
+            node = &first["children"];
+        }
+        assert_eq!(depth, MAX_DEPTH);
+    }
+
+    #[test]
+    fn data_bodies_render_as_json_and_sql_strings_are_sanitised() {
+        test_support::setup();
+        let txn = Transaction::start("t-data-body", "web", 0);
+        let mut body = Data::new_map();
+        body.map_set(
+            "query".into(),
+            Data::String("SELECT 1 WHERE a = 'x'".into()),
+        );
+        txn.start_event(0);
+        txn.finish_event("query.mongo", "", Body::Data(Some(&body)), 1, 0);
+        txn.start_event(0);
+        txn.finish_event("query.mongo", "", Body::Data(Some(&body)), 0, 0);
+        let j = json(&txn);
+        assert_eq!(
+            j["events"][0]["body"],
+            r#"{"query":"SELECT ? WHERE a = ?"}"#
+        );
+        assert_eq!(
+            j["events"][1]["body"],
+            r#"{"query":"SELECT 1 WHERE a = 'x'"}"#
+        );
+    }
+
+    #[test]
+    fn an_error_makes_a_sample_with_metrics() {
+        test_support::setup();
+        let txn = Transaction::start("t-error", "web", 10);
+        txn.set_action("Errors#show");
+        txn.set_queue_start(crate::apm::now_ns() / 1_000_000 - 50);
+        txn.start_event(10);
+        txn.finish_event("sql.active_record", "", Body::Text("SELECT 'a'"), 1, 12);
+        txn.set_error(
+            "RuntimeError",
+            "boom",
+            Some(&Data::Array(vec![Data::String("app.rb:3".into())])),
+        );
+        let mut params = Data::new_map();
+        params.map_set("password".into(), Data::String("hunter2".into()));
+        params.map_set("id".into(), Data::Integer(1));
+        txn.set_sample_data("params", Some(&params));
+        txn.set_metadata("path", "/errors/1");
+        assert!(txn.finish(15));
+        txn.complete();
+        let names = metric_names("Errors#show");
+        assert_eq!(
+            names,
+            vec![
+                "transaction_count",
+                "transaction_error_count",
+                "transaction_duration",
+                "transaction_queue_time",
+                "event_duration"
+            ]
+        );
+        let samples = samples_for("Errors#show");
+        assert_eq!(samples.len(), 1);
+        let s = &samples[0];
+        assert_eq!(s["kind"], "transaction");
+        assert_eq!(s["id"], "t-error");
+        assert_eq!(s["error"]["class"], "RuntimeError");
+        assert_eq!(s["error"]["backtrace"][0], "app.rb:3");
+        assert_eq!(s["sample_data"]["params"]["password"], "[FILTERED]");
+        assert_eq!(s["sample_data"]["params"]["id"], 1);
+        assert_eq!(s["events"][0]["body"], "SELECT ?");
+        assert_eq!(s["metadata"]["path"], "/errors/1");
+        assert_eq!(s["gc_duration"], 5);
+        assert_eq!(s["revision"], "abc123");
+        assert_eq!(s["hostname"], "test-host");
+        assert!(s["queue_time"].as_f64().unwrap() >= 50.0);
+    }
+
+    #[test]
+    fn a_fast_transaction_without_error_counts_but_is_not_sampled() {
+        test_support::setup();
+        let txn = Transaction::start("t-fast", "background", 0);
+        txn.set_action("Fast#job");
+        assert!(!txn.finish(0));
+        txn.complete();
+        assert_eq!(
+            metric_names("Fast#job"),
+            vec!["transaction_count", "transaction_duration"]
+        );
+        assert!(samples_for("Fast#job").is_empty());
+    }
+
+    #[test]
+    fn ignored_actions_and_namespaces_record_nothing() {
+        test_support::setup();
+        let txn = Transaction::start("t-ign", "web", 0);
+        txn.set_action("Ignored#action");
+        txn.set_error("RuntimeError", "x", None);
+        assert!(!txn.finish(0));
+        txn.complete();
+        assert!(recorded_for("Ignored#action").is_empty());
+
+        let txn = Transaction::start("t-ign-ns", "ignored_namespace", 0);
+        txn.set_action("IgnoredNs#action");
+        txn.set_error("RuntimeError", "x", None);
+        assert!(!txn.finish(0));
+        txn.complete();
+        assert!(recorded_for("IgnoredNs#action").is_empty());
+    }
+
+    #[test]
+    fn ignored_errors_count_without_the_error() {
+        test_support::setup();
+        let txn = Transaction::start("t-ign-err", "web", 0);
+        txn.set_action("IgnoredErr#show");
+        txn.set_error("IgnoredError", "x", None);
+        assert!(!txn.finish(0));
+        txn.complete();
+        assert_eq!(
+            metric_names("IgnoredErr#show"),
+            vec!["transaction_count", "transaction_duration"]
+        );
+        assert!(samples_for("IgnoredErr#show").is_empty());
+    }
+
+    #[test]
+    fn calls_after_complete_are_ignored() {
+        test_support::setup();
+        let txn = Transaction::start("t-after", "web", 0);
+        txn.set_action("After#complete");
+        txn.complete();
+        txn.set_action("Changed#action");
+        txn.start_event(0);
+        txn.complete();
+        assert!(!txn.finish(0));
+        assert!(txn.duplicate("x").is_none());
+        let j = json(&txn);
+        assert_eq!(j["action"], "After#complete");
+        assert_eq!(j["completed"], true);
+        assert_eq!(
+            metric_names("After#complete"),
+            vec!["transaction_count", "transaction_duration"]
+        );
+        assert!(metric_names("Changed#action").is_empty());
+    }
+
+    #[test]
+    fn duplicate_copies_everything_but_the_id() {
+        test_support::setup();
+        let txn = Transaction::start("t-orig", "web", 0);
+        txn.set_action("Dup#action");
+        txn.record_event("a.b", "", Body::Text(""), 0, 5, 0);
+        let copy = txn.duplicate("t-copy").unwrap();
+        copy.set_error("E", "m", None);
+        let (a, b) = (json(&txn), json(&copy));
+        assert_eq!(b["id"], "t-copy");
+        assert_eq!(b["action"], "Dup#action");
+        assert_eq!(b["events"], a["events"]);
+        assert!(a["error"].is_null());
+        assert_eq!(b["error"]["class"], "E");
+        copy.complete();
+        txn.complete();
+        assert_eq!(samples_for("Dup#action").len(), 1);
+    }
+
+    #[test]
+    fn environment_metadata_and_allocations_reach_the_sample() {
+        test_support::setup();
+        misc::set_environment_metadata("txn_test_runtime", "ruby 3.3");
+        let txn = Transaction::start("t-env", "web", 0);
+        txn.set_action("Env#show");
+        misc::track_allocation();
+        misc::track_allocation();
+        txn.set_error("E", "m", None);
+        txn.finish(0);
+        txn.complete();
+        let s = &samples_for("Env#show")[0];
+        assert_eq!(s["environment_metadata"]["txn_test_runtime"], "ruby 3.3");
+        assert!(s["allocation_count"].as_u64().unwrap() >= 2);
+    }
+
+    #[test]
+    fn complete_without_finish_still_reports() {
+        test_support::setup();
+        let txn = Transaction::start("", "web", 0);
+        txn.set_action("NoFinish#x");
+        txn.set_error("E", "m", None);
+        txn.complete();
+        let s = &samples_for("NoFinish#x")[0];
+        assert_eq!(s["id"].as_str().unwrap().len(), 32);
+        assert!(s["duration"].as_f64().is_some());
+    }
+
+    #[test]
+    fn concurrent_calls_on_one_transaction_are_safe() {
+        test_support::setup();
+        let txn = std::sync::Arc::new(Transaction::start("t-threads", "web", 0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let txn = std::sync::Arc::clone(&txn);
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        txn.record_event("a.b", "", Body::Text(""), 0, 1, 0);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(json(&txn)["events"].as_array().unwrap().len(), 400);
+    }
+}
