@@ -16,36 +16,18 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::net::UdpSocket;
-use std::os::raw::c_char;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use appsignal::appsignal_string_t;
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
+mod common;
+use common::{cstr, start_agent};
+
 const NAME: &str = "requests";
 const TAGS: [(&str, &str); 2] = [("region", "eu"), ("route", "/checkout")];
-
-/// A view of a Rust string as the C interface's string (not NUL-terminated; `s` must outlive it).
-fn cstr(s: &str) -> appsignal_string_t {
-    appsignal_string_t {
-        len: s.len(),
-        buf: s.as_ptr().cast::<c_char>(),
-    }
-}
-
-fn returned_to_string(s: appsignal_string_t) -> String {
-    if s.buf.is_null() || s.len == 0 {
-        return String::new();
-    }
-    // SAFETY: a string returned by the library: `len` bytes at `buf`, valid until the next call of
-    // the same function on this thread; copied right away.
-    let bytes = unsafe { std::slice::from_raw_parts(s.buf.cast::<u8>(), s.len) };
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Builds the 2-tag map through the C interface. The caller frees it with `appsignal_free_data`.
 #[inline(always)]
@@ -55,42 +37,6 @@ fn new_tags_map() -> *mut appsignal::appsignal_data_t {
         appsignal::appsignal_data_map_set_string(map, cstr(k), cstr(v));
     }
     map
-}
-
-/// Configures and starts the agent, and waits (up to 5 s) until it records: role leader or client.
-fn start_agent(workdir: &std::path::Path) {
-    let workdir = workdir.join("appsignal");
-    let workdir = workdir.to_str().expect("temp dir path is UTF-8");
-    for (k, v) in [
-        ("_APPSIGNAL_ACTIVE", "true"),
-        ("_APPSIGNAL_PUSH_API_KEY", "bench"),
-        // Nothing listens there: pushes fail and get cached, off the measured thread.
-        ("_APPSIGNAL_PUSH_API_ENDPOINT", "http://127.0.0.1:9"),
-        ("_APPSIGNAL_WORKING_DIRECTORY_PATH", workdir),
-        ("_APPSIGNAL_ENABLE_HOST_METRICS", "false"),
-    ] {
-        appsignal::appsignal_env_put(cstr(k), cstr(v));
-    }
-    appsignal::appsignal_start();
-
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let report = returned_to_string(appsignal::appsignal_diagnose());
-        let role = serde_json::from_str::<serde_json::Value>(&report)
-            .ok()
-            .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(str::to_owned));
-        if matches!(role.as_deref(), Some("leader" | "client")) {
-            eprintln!("libappsignal recording, role {}", role.unwrap_or_default());
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "libappsignal did not become leader or client within 5 s, so it would not \
-                 record; diagnose: {report}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn bench_increment_counter(c: &mut Criterion) {

@@ -54,6 +54,31 @@ pub struct Receiver {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The receiver as a program: `[--listen 127.0.0.1:8099] [--key KEY] [--dir DIR]`. Prints its URL,
+/// then serves until killed.
+pub fn run_cli() -> anyhow::Result<()> {
+    let mut listen = "127.0.0.1:8099".to_owned();
+    let mut key = "demo-key".to_owned();
+    let mut dir = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().unwrap_or(listen),
+            "--key" => key = args.next().unwrap_or(key),
+            "--dir" => dir = args.next().map(PathBuf::from),
+            other => anyhow::bail!("unknown argument {other:?}; expected --listen, --key, --dir"),
+        }
+    }
+    let receiver = Receiver::bind(&listen, &key, dir)?;
+    println!(
+        "receiver listening on {} (push key {key:?}); GET {}/summary for totals",
+        receiver.url, receiver.url
+    );
+    loop {
+        std::thread::park();
+    }
+}
+
 /// `name{k=v,k2=v2}`: how the receiver names a metric series.
 pub fn series(name: &str, tags: &Value) -> String {
     let mut pairs: Vec<String> = tags
