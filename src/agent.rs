@@ -237,6 +237,7 @@ pub fn start() {
     }
     // The APM code reads ignore and filter rules from this start's configuration.
     crate::apm::start();
+    crate::apm::set_sample_rate(config.sample_rate);
     let client_id = random_u64();
     match Sender::start(config, workdir, metrics(), client_id) {
         Ok(sender) => {

@@ -128,6 +128,8 @@ pub struct Config {
     pub payload_cache_max_bytes: u64,
     /// How often the leader collects host metrics (`_APPSIGNAL_HOST_METRICS_INTERVAL_MS`).
     pub host_metrics_interval: Duration,
+    /// Share (0.0 … 1.0) of transactions sampled although fast and without error (`_APPSIGNAL_SAMPLE_RATE`).
+    pub sample_rate: f64,
     /// The library version this process announces (the build's, unless
     /// `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test upgrades).
     pub library_version: String,
@@ -199,6 +201,21 @@ impl Reader<'_> {
                 _ => {
                     self.warnings.push(format!(
                         "{key}={v:?} is not a whole number >= {min}; using the default {default}"
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    fn fraction(&mut self, key: &str, default: f64) -> f64 {
+        match self.string(key) {
+            None => default,
+            Some(v) => match v.parse::<f64>() {
+                Ok(f) if (0.0..=1.0).contains(&f) => f,
+                _ => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not a number between 0 and 1; using the default {default}"
                     ));
                     default
                 }
@@ -326,6 +343,7 @@ impl Config {
                 20 * 1024 * 1024,
                 1024,
             ),
+            sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
             library_version: r
                 .string("_APPSIGNAL_TEST_LIBRARY_VERSION")
                 .unwrap_or_else(|| crate::VERSION.to_owned()),
