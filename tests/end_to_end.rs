@@ -879,3 +879,60 @@ fn four_processes_complete_transactions_and_per_action_counts_are_exact() {
         "{summary}"
     );
 }
+
+#[test]
+fn host_metrics_continue_after_the_leader_is_killed() {
+    let setup = Setup::new(300)
+        .with("_APPSIGNAL_ENABLE_HOST_METRICS", "true")
+        .with("_APPSIGNAL_HOST_METRICS_INTERVAL_MS", "150")
+        .with("_APPSIGNAL_HOSTNAME", "failover-host");
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
+    let received = setup.tmp.path().join("received");
+    // Which pids pushed payloads carrying host metrics.
+    let pushers = || -> Vec<u64> {
+        let mut pids: Vec<u64> = std::fs::read_dir(&received)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+                    .filter(|p| {
+                        p["gauges"]
+                            .as_array()
+                            .is_some_and(|g| g.iter().any(|g| g["name"] == "memory"))
+                    })
+                    .filter_map(|p| p["agent"]["leader_pid"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    };
+    let first = leader_index(&setup, &workers).unwrap();
+    let first_pid = u64::from(workers[first].pid);
+    assert!(common::poll(Duration::from_secs(10), || pushers().contains(&first_pid)));
+    workers[first].child.kill().unwrap();
+    workers[first].wait(Duration::from_secs(5)).unwrap();
+    assert!(common::poll(Duration::from_secs(10), || leader_index(
+        &setup, &workers
+    )
+    .is_some_and(|i| i != first)));
+    let second_pid = u64::from(workers[leader_index(&setup, &workers).unwrap()].pid);
+    // The new leader collects and pushes host metrics; the clients never do.
+    assert!(
+        common::poll(Duration::from_secs(10), || pushers().contains(&second_pid)),
+        "no host metrics from the new leader:\n{}",
+        setup.log()
+    );
+    let clients: Vec<u64> = workers
+        .iter()
+        .map(|w| u64::from(w.pid))
+        .filter(|p| *p != first_pid && *p != second_pid)
+        .collect();
+    assert!(
+        pushers().iter().all(|p| !clients.contains(p)),
+        "a client collected host metrics"
+    );
+    workers.remove(first);
+    stop_all(&mut workers);
+}

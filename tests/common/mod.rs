@@ -7,6 +7,8 @@
 pub mod fleet;
 #[path = "../../examples/common/receiver.rs"]
 pub mod receiver;
+#[path = "../../examples/common/worker.rs"]
+pub mod worker;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,21 +22,9 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `libappsignal.so` built with this test.
+/// The `libappsignal.so` built with this test (the worker's search: `deps/` first).
 pub fn library_path() -> PathBuf {
-    let dir = target_dir();
-    for candidate in [
-        dir.join("deps").join("libappsignal.so"),
-        dir.join("libappsignal.so"),
-    ] {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "libappsignal.so not found in {}; run the tests with cargo test --workspace",
-        dir.display()
-    );
+    worker::library_path()
 }
 
 /// The worker binary, built by cargo for these tests.
