@@ -462,6 +462,22 @@ impl State {
                 self.pending.len()
             );
         }
+        if matches!(self.link, Link::None) && !self.disabled && Instant::now() < deadline {
+            // Our leader went away while we were stopping (it may have handed over to us). If
+            // nobody leads now, what it left in the journal would wait for the next start: lead
+            // just long enough to replay and push it.
+            let workdir = shared
+                .workdir
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Ok(Some(lock)) = election::try_lead(&workdir) {
+                match Leader::start(&shared.config, &workdir, lock) {
+                    Ok(leader) => self.link = Link::Local(leader),
+                    Err(e) => tracing::warn!("stop: cannot lead to push what is left: {e:#}"),
+                }
+            }
+        }
         if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
             leader.shutdown(deadline);
         }

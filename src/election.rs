@@ -28,9 +28,12 @@ pub struct LeaderLock {
 
 impl LeaderLock {
     /// Whether the locked file is still the one at the lock path (not deleted, not replaced).
+    /// While we hold it open its inode number cannot be reused, so (dev, ino) identifies it; the
+    /// link count catches a deletion even before the path is looked up.
     pub fn still_at_path(&self) -> bool {
-        std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        self.file.metadata().is_ok_and(|m| m.nlink() > 0)
+            && std::fs::symlink_metadata(&self.path)
+                .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
     }
 
     pub fn path(&self) -> &Path {

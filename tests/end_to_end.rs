@@ -51,7 +51,12 @@ impl Setup {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.workdir().join("appsignal.log")).unwrap_or_default()
+        let path = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "_APPSIGNAL_LOG_FILE_PATH")
+            .map_or_else(|| self.workdir().join("appsignal.log"), |(_, v)| v.into());
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// Waits for the receiver's totals to equal `expected`; fails with the differences.
@@ -330,6 +335,24 @@ fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
         setup.log()
     );
 
+    // What the cache holds now, read from its files: the next start must deliver exactly this.
+    let mut waiting_total = 0.0;
+    for entry in std::fs::read_dir(&payloads).unwrap().filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().ends_with(".json.gz") {
+            let gz = std::fs::read(entry.path()).unwrap();
+            let mut json = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut json)
+                .unwrap();
+            let payload: Value = serde_json::from_str(&json).unwrap();
+            waiting_total += payload["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["value"].as_f64().unwrap())
+                .sum::<f64>();
+        }
+    }
+    assert!(waiting_total > 0.0);
     // The API is back; the next process to start leads and delivers what was cached.
     let waiting = cached();
     setup.receiver.fail_next(0, 500);
@@ -343,14 +366,17 @@ fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
     assert!(common::poll(Duration::from_secs(5), || cached() == 0));
     next.stop(Duration::from_secs(20)).unwrap();
     let summary = setup.receiver.summary();
-    // Three newest windows were kept: each counted 10 requests per route group of the worker.
     let total: f64 = summary["counters"]
         .as_object()
         .unwrap()
         .values()
         .map(|v| v.as_f64().unwrap())
         .sum();
-    assert_eq!(total, 10.0 * waiting as f64, "{summary}");
+    assert_eq!(total, waiting_total, "{summary}");
+    assert!(
+        summary["payload_cache_evictions"].as_u64().unwrap() > 0,
+        "evictions are reported: {summary}"
+    );
 }
 
 #[test]
@@ -800,15 +826,18 @@ fn two_configurations_share_a_directory_and_each_receiver_gets_only_its_own() {
 #[test]
 fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothing() {
     for delete_directory in [false, true] {
-        let setup = Setup::new(300);
+        let outside = tempfile::tempdir().unwrap();
+        let log_path = outside.path().join("appsignal.log");
+        // The log lives outside the directory that gets deleted, so that it tells what happened.
+        let setup = Setup::new(300).with("_APPSIGNAL_LOG_FILE_PATH", log_path.to_str().unwrap());
         let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
         let mut expected = Value::Null;
         for w in workers.iter_mut() {
             w.record(300).unwrap();
         }
         let wd = setup.workdir();
-        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-        let before = inode(&wd.join("agent.lock"));
+        let first = leader_index(&setup, &workers).unwrap();
+        let before = std::fs::read_to_string(wd.join("agent.lock")).unwrap();
         if delete_directory {
             std::fs::remove_dir_all(&wd).unwrap();
         } else {
@@ -817,13 +846,16 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
         // Within about a second a fresh lock file exists, held by one of the processes, which listens.
         assert!(
             common::poll(Duration::from_secs(5), || {
-                wd.join("agent.lock").exists()
-                    && inode(&wd.join("agent.lock")) != before
+                // (Not the inode number: once the old file is closed, a new one may reuse it.)
+                setup.log().contains("stopped leading")
+                    && std::fs::read_to_string(wd.join("agent.lock")).is_ok_and(|now| {
+                        now != before || leader_index(&setup, &workers) != Some(first)
+                    })
                     && leader_index(&setup, &workers).is_some()
                     && UnixStream::connect(wd.join("agent.socket")).is_ok()
             }),
             "no new election (directory deleted: {delete_directory}):\n{}",
-            setup.log()
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         for w in workers.iter_mut() {
             fleet::add_sent(&mut expected, &w.record(300).unwrap());

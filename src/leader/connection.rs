@@ -77,7 +77,33 @@ fn stream_fd(stream: &Stream) -> Option<std::os::fd::RawFd> {
     }
 }
 
-pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+/// How a connection ended, for the stopping leader's handover decision.
+pub(super) enum Peer {
+    /// The process closed the connection, said something invalid, or never completed the handshake.
+    Left,
+    /// The process was still connected when the leader stopped: it will take over.
+    StillThere,
+}
+
+/// After the stop signal: did the peer already leave (its EOF is waiting), or is it still there?
+async fn peer_after_stop<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> Peer {
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(5),
+        read_message(reader, buf),
+    )
+    .await
+    {
+        Ok(Ok(None)) | Ok(Err(_)) => Peer::Left,
+        // A batch in flight (not acknowledged: the process keeps it), or silence: still there.
+        Ok(Ok(Some(_))) | Err(_) => Peer::StillThere,
+    }
+}
+
+pub(super) async fn serve(
+    stream: Stream,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) -> Peer {
     // A forked child closes its copy, so that the client sees the hang-up when this process dies.
     let _fork_guard = stream_fd(&stream).map(crate::fork::Registered::new);
     let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
@@ -89,7 +115,7 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
             tracing::warn!(
                 "refused a connection from uid {uid:?} (pid {peer_pid:?}): owner-only mode accepts uid {ours} only"
             );
-            return;
+            return Peer::Left;
         }
     }
     // `&Stream` reads and writes; no split needed.
@@ -98,20 +124,20 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
     let hello =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut reader, &mut buf)).await {
             Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return Peer::Left,
             Ok(Ok(Some(ClientMessage::Batch(_)))) => {
                 reject(shared, peer_pid, "a batch before the handshake");
-                return;
+                return Peer::Left;
             }
             Ok(Err(e)) => {
                 reject(shared, peer_pid, &e.to_string());
-                return;
+                return Peer::Left;
             }
             Err(_) => {
                 tracing::debug!(
                 "connection from pid {peer_pid:?} sent no handshake within {HANDSHAKE_TIMEOUT:?}"
             );
-                return;
+                return Peer::Left;
             }
         };
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -126,7 +152,7 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
             hello.library_version
         );
         let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
-        return;
+        return Peer::Left;
     }
     if super::is_newer(&hello.library_version, &shared.config.library_version) {
         let reason = format!(
@@ -136,7 +162,7 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
         tracing::info!("{reason}");
         let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
         shared.handover.notify_one();
-        return;
+        return Peer::Left;
     }
     let config_id = shared.counting().aggregator.register(&hello.config);
     if write_message(
@@ -150,29 +176,31 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
     .await
     .is_err()
     {
-        return;
+        return Peer::Left;
     }
     tracing::debug!(
         "client pid {} (library {}) connected",
         hello.pid,
         hello.library_version
     );
-    shared.clients.fetch_add(1, Ordering::AcqRel);
-    let _connected = ClientCount(&shared.clients);
     loop {
         if *stop.borrow() {
-            break;
+            return peer_after_stop(&mut reader, &mut buf).await;
         }
         let message = tokio::select! {
             biased;
-            _ = stop.changed() => break,
-            message = read_message(&mut reader, &mut buf) => message,
+            _ = stop.changed() => None,
+            message = read_message(&mut reader, &mut buf) => Some(message),
+        };
+        let Some(message) = message else {
+            return peer_after_stop(&mut reader, &mut buf).await;
         };
         match message {
             Ok(Some(ClientMessage::Batch(batch))) => {
                 let seq = batch.seq;
                 if !shared.count(config_id, batch) {
-                    break;
+                    // Not acknowledged: the process keeps the batch and is still there.
+                    return Peer::StillThere;
                 }
                 if write_message(&mut writer, &LeaderMessage::Ack { seq })
                     .await
@@ -193,15 +221,7 @@ pub(super) async fn serve(stream: Stream, shared: &Shared, mut stop: watch::Rece
         }
     }
     tracing::debug!("client pid {} disconnected", hello.pid);
-}
-
-/// Counts a client as connected for as long as it lives.
-struct ClientCount<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for ClientCount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    Peer::Left
 }
 
 fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {

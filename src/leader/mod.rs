@@ -69,8 +69,6 @@ struct Shared {
     handed_over: AtomicBool,
     /// Notified by a connection from a newer library.
     handover: tokio::sync::Notify,
-    /// Processes connected past the handshake right now.
-    clients: std::sync::atomic::AtomicUsize,
 }
 
 /// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
@@ -241,7 +239,6 @@ impl Leader {
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
-            clients: std::sync::atomic::AtomicUsize::new(0),
         });
         let socket_path = workdir.socket_path();
         match std::fs::remove_file(&socket_path) {
@@ -416,8 +413,9 @@ async fn run(
                 Ok(stream) => {
                     let (shared, stop) = (Arc::clone(&shared), stop_rx.clone());
                     connections.spawn(async move {
-                        connection::serve(stream, &shared, stop).await;
+                        let peer = connection::serve(stream, &shared, stop).await;
                         drop(permit);
+                        peer
                     });
                 }
                 Err(e) => {
@@ -433,8 +431,6 @@ async fn run(
     // From here on this process is no longer the leader, even while it finishes its last push.
     shared.stopped.store(true, Ordering::Release);
     crate::agent::set_role(crate::agent::Role::Starting);
-    // Processes connected right now: on stop(), one of them takes over.
-    let connected = shared.clients.load(Ordering::Acquire);
     // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
     // socket at that path may already belong to the next leader).
     drop(listener_guard);
@@ -443,21 +439,34 @@ async fn run(
         let _ = std::fs::remove_file(shared.workdir.socket_path());
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout_at(deadline.into(), async {
-        while connections.join_next().await.is_some() {}
+    // Processes still there when we stopped (not those that had just left): one of them takes
+    // over. A connection that does not finish in time counts as still there.
+    let mut connected = 0usize;
+    let joined = tokio::time::timeout_at(deadline.into(), async {
+        while let Some(peer) = connections.join_next().await {
+            if !matches!(peer, Ok(connection::Peer::Left)) {
+                connected += 1;
+            }
+        }
     })
     .await;
+    if joined.is_err() {
+        connected += connections.len();
+    }
     connections.abort_all();
     let _ = tokio::time::timeout_at(deadline.into(), transmitter).await;
     if let Some(task) = host_metrics {
         let _ = tokio::time::timeout_at(deadline.into(), task).await;
     }
     shared.counting().open = false;
-    let hand_over = match exit {
-        Exit::HandOver(_) => true,
-        Exit::Shutdown(_) => connected > 0,
-        Exit::LostLock(_) => false,
-    };
+    // Handing over means leaving the journal to the next leader: only when it is still there.
+    let journal_intact = lock.still_at_path() && shared.workdir.journal_dir().is_dir();
+    let hand_over = journal_intact
+        && match exit {
+            Exit::HandOver(_) => true,
+            Exit::Shutdown(_) => connected > 0,
+            Exit::LostLock(_) => false,
+        };
     if hand_over {
         // Everything counted is in the journal: the next leader replays and pushes it.
         shared
