@@ -47,8 +47,11 @@ fn compile(out: &Path, link: &[String]) {
 
 fn run_smoke(exe: &Path) {
     let tmp = tempfile::tempdir().unwrap();
+    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
     let output = Command::new(exe)
         .env_clear()
+        // Only this build's library (cargo test's LD_LIBRARY_PATH would win over the runpath).
+        .env("LD_LIBRARY_PATH", &lib_dir)
         .env("SMOKE_TMP", tmp.path())
         .output()
         .expect("the smoke program runs");
@@ -134,6 +137,7 @@ fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
     assert!(status.success(), "compiling tests/c/apm.c failed");
     let output = Command::new(&exe)
         .env_clear()
+        .env("LD_LIBRARY_PATH", &lib_dir)
         .envs(common::fleet::config_env(
             &receiver.url,
             "apm-key",

@@ -17,10 +17,17 @@ fn run_script(script: &str) {
     let output = Command::new("bash")
         .arg(root().join(script))
         .env("APPSIGNAL_LIB_DIR", &lib_dir)
+        // cargo test puts target/<profile> (where an older `cargo build` may have left another
+        // libappsignal.so) before deps/ in LD_LIBRARY_PATH, which wins over the runpath.
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        // Data left in the journal after every process stopped is a failure, not a warning.
+        .env("STRICT_JOURNAL", "1")
         .env(
             "RECEIVER_BIN",
             env!("CARGO_BIN_EXE_appsignal-test-receiver"),
         )
+        // Data left in the journal after every process stopped is a failure, not a warning.
+        .env("STRICT_JOURNAL", "1")
         .output()
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -95,7 +95,14 @@ async fn peer_after_stop<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>
     {
         Ok(Ok(None)) | Ok(Err(_)) => Peer::Left,
         // A batch in flight (not acknowledged: the process keeps it), or silence: still there.
-        Ok(Ok(Some(_))) | Err(_) => Peer::StillThere,
+        Ok(Ok(Some(_))) => {
+            tracing::debug!("stopping with a batch in flight from a connected process");
+            Peer::StillThere
+        }
+        Err(_) => {
+            tracing::debug!("stopping while a process is connected");
+            Peer::StillThere
+        }
     }
 }
 

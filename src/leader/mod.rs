@@ -17,7 +17,8 @@
 //!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
 //!   counts them as gauges of its own configuration.
 //! - Shutdown stops accepting, lets connections finish the frame they are in, then pushes what
-//!   remains within the deadline; what cannot be pushed goes to the payload cache.
+//!   remains within the deadline; what cannot be pushed stays in the payload cache. Only for a
+//!   newer library does it leave its journal to the next leader instead (a hand-over).
 
 mod connection;
 mod host;
@@ -442,15 +443,27 @@ async fn run(
     // Processes still there when we stopped (not those that had just left): one of them takes
     // over. A connection that does not finish in time counts as still there.
     let mut connected = 0usize;
-    let joined = tokio::time::timeout_at(deadline.into(), async {
+    // Connections stop between frames, so this is quick; a deadline of "now" (a shutdown that
+    // must not wait) must not make every process count as still there.
+    let join_deadline = deadline.max(Instant::now() + Duration::from_millis(200));
+    let joined = tokio::time::timeout_at(join_deadline.into(), async {
         while let Some(peer) = connections.join_next().await {
-            if !matches!(peer, Ok(connection::Peer::Left)) {
-                connected += 1;
+            match peer {
+                Ok(connection::Peer::Left) => {}
+                Ok(connection::Peer::StillThere) => connected += 1,
+                Err(e) => {
+                    tracing::warn!("a connection task failed: {e}");
+                    connected += 1;
+                }
             }
         }
     })
     .await;
     if joined.is_err() {
+        tracing::warn!(
+            "{} connections did not finish in time; counting them as still connected",
+            connections.len()
+        );
         connected += connections.len();
     }
     connections.abort_all();
@@ -461,12 +474,11 @@ async fn run(
     shared.counting().open = false;
     // Handing over means leaving the journal to the next leader: only when it is still there.
     let journal_intact = lock.still_at_path() && shared.workdir.journal_dir().is_dir();
-    let hand_over = journal_intact
-        && match exit {
-            Exit::HandOver(_) => true,
-            Exit::Shutdown(_) => connected > 0,
-            Exit::LostLock(_) => false,
-        };
+    // On stop() the leader pushes even when other processes are connected: leaving the journal to
+    // them raced with processes that were stopping at the same moment (a SIGTERM to a whole
+    // server), which then left it unpushed until the next start. Pushing costs stop time, bounded
+    // by the stop timeout; the `counted` record makes resends to the next leader count once.
+    let hand_over = journal_intact && matches!(exit, Exit::HandOver(_));
     if hand_over {
         // Everything counted is in the journal: the next leader replays and pushes it.
         shared
@@ -474,12 +486,13 @@ async fn run(
             .store(matches!(exit, Exit::HandOver(_)), Ordering::Release);
         shared.stopped.store(true, Ordering::Release);
         drop(lock);
-        tracing::info!("stopped leading: {connected} processes were connected; the next leader takes over the journal");
+        tracing::info!(
+            "stopped leading: handed over to a newer library, which takes over the journal"
+        );
         return;
     }
     let windows = shared.take_windows(None);
-    shared.stopped.store(true, Ordering::Release);
     transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
     drop(lock);
-    tracing::info!("stopped leading");
+    tracing::info!("stopped leading ({connected} processes were still connected)");
 }

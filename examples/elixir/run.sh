@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The Elixir example end to end: builds libappsignal and the receiver (if missing), then
+# `MIX_ENV=test mix test`, which builds the NIF (the project's own Mix compiler runs make in c_src/)
+# and starts several BEAM OS processes sharing one working directory against the reference receiver
+# (instrumented jobs as root spans; one test SIGKILLs the leader VM between two rounds).
+#
+#   bash examples/elixir/run.sh [mix test arguments…]
+#
+# Environment: CARGO_TARGET_DIR (where the library is built; default <repo>/target),
+# APPSIGNAL_REBUILD=1 (run cargo build even if the library exists), APPSIGNAL_LIB_DIR / RECEIVER_BIN
+# (use these instead), WORKERS (BEAM processes per test, default 3), RECORDS (per worker and round,
+# default 500), KEEP_TMP=1, CI (a missing elixir fails instead of skipping).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Missing tools fail the run when CI is set (never a silent skip there), else skip it.
+unavailable() {
+  local msg="missing: $* (apt-get install -y elixir erlang-dev erlang-nox build-essential)"
+  if [ -n "${CI:-}" ]; then
+    die "$msg; CI is set, so this is a failure, not a skip"
+  fi
+  printf 'run.sh: SKIPPED: %s\n' "$msg" >&2
+  exit 0
+}
+missing=()
+for tool in elixir mix erl make cc; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ ${#missing[@]} -eq 0 ] || unavailable "${missing[*]}"
+erl_include=$(erl -noshell -eval 'io:format("~s", [code:root_dir()])' -s init stop)
+compgen -G "$erl_include/usr/include/erl_nif.h" >/dev/null ||
+  compgen -G "$erl_include/erts-*/include/erl_nif.h" >/dev/null ||
+  unavailable "erl_nif.h (package erlang-dev)"
+
+# ---- the library and the receiver ----------------------------------------------------------------
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# Relative to the current directory, as cargo reads it.
+TARGET_DIR=$(realpath -m -- "$TARGET_DIR")
+find_lib_dir() {
+  # deps/ first: cargo refreshes the library there without always copying it up.
+  for d in "$TARGET_DIR/release/deps" "$TARGET_DIR/release"; do
+    [ -f "$d/libappsignal.so" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+LIB_DIR=${APPSIGNAL_LIB_DIR:-$(find_lib_dir || true)}
+RECEIVER=${RECEIVER_BIN:-$TARGET_DIR/release/examples/receiver}
+if [ "${APPSIGNAL_REBUILD:-0}" = 1 ] || [ -z "$LIB_DIR" ] || [ ! -x "$RECEIVER" ]; then
+  command -v cargo >/dev/null 2>&1 || die "libappsignal is not built and cargo is missing"
+  say "building libappsignal and the receiver (cargo build --release -p appsignal-ffi --examples)"
+  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p appsignal-ffi --examples)
+  LIB_DIR=${APPSIGNAL_LIB_DIR:-$(find_lib_dir)} || die "libappsignal.so not found under $TARGET_DIR/release"
+fi
+[ -f "$LIB_DIR/libappsignal.so" ] || die "no libappsignal.so in $LIB_DIR"
+[ -x "$RECEIVER" ] || die "no receiver at $RECEIVER"
+say "library $LIB_DIR/libappsignal.so, receiver $RECEIVER"
+say "$(elixir --version | tail -n1), $(erl -noshell -eval 'io:format("OTP ~s", [erlang:system_info(otp_release)])' -s init stop)"
+
+# ---- mix test ------------------------------------------------------------------------------------
+cd "$HERE"
+export MIX_ENV=test APPSIGNAL_LIB_DIR="$LIB_DIR" APPSIGNAL_INCLUDE="$ROOT" RECEIVER_BIN="$RECEIVER"
+# No Hex: the project has no dependencies, and nothing may be fetched.
+export MIX_OFFLINE=1 HEX_OFFLINE=1
+started=$(date +%s.%N)
+mix test "$@"
+say "passed in $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
