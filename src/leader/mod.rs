@@ -88,7 +88,7 @@ pub(crate) fn is_newer(a: &str, b: &str) -> bool {
 
 /// Why the serving loop ended.
 enum Exit {
-    /// `stop()`: hand over to connected clients, or push if none is left.
+    /// `stop()`: push what was counted, within the deadline.
     Shutdown(Instant),
     /// The lock file or the directory is gone: push what was counted.
     LostLock(Instant),
