@@ -3,38 +3,10 @@
  * error with a backtrace and sample data with parameters to filter; three plain transactions; a root
  * span with a child and a SQL attribute; a log line. Then it stops (the leader pushes at stop). The
  * Rust test reads what the receiver stored. Exits 1 with a message on any failed check. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-#include "appsignal.h"
-
-static int failures = 0;
-
-#define CHECK(cond, what)                                              \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      fprintf(stderr, "apm: FAILED %s (line %d)\n", what, __LINE__);   \
-      failures++;                                                      \
-    }                                                                  \
-  } while (0)
-
-static appsignal_string_t str(const char *s) {
-  appsignal_string_t out = {strlen(s), s};
-  return out;
-}
-
-static int contains(appsignal_string_t got, const char *needle) {
-  char *copy = malloc(got.len + 1);
-  int found;
-  if (!copy) return 0;
-  memcpy(copy, got.buf, got.len);
-  copy[got.len] = '\0';
-  found = strstr(copy, needle) != NULL;
-  free(copy);
-  return found;
-}
+#define CHECK_NAME "apm"
+#include "check.h"
 
 static void wait_for_role(void) {
   struct timespec nap = {0, 5 * 1000 * 1000};

@@ -1,41 +1,8 @@
 /* Exercises the C interface the way an integration does: data objects, the environment table,
  * diagnose, metrics before and after start, NULL handles, invalid UTF-8, and appsignal_free_data
  * registered as a plain void (*)(void*) destructor. Prints "smoke: all checks passed" or exits 1. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "appsignal.h"
-
-static int failures = 0;
-
-#define CHECK(cond, what)                                                  \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      fprintf(stderr, "smoke: FAILED %s (line %d)\n", what, __LINE__);     \
-      failures++;                                                          \
-    }                                                                      \
-  } while (0)
-
-static appsignal_string_t str(const char *s) {
-  appsignal_string_t out = {strlen(s), s};
-  return out;
-}
-
-static int equals(appsignal_string_t got, const char *expected) {
-  return got.len == strlen(expected) && memcmp(got.buf, expected, got.len) == 0;
-}
-
-static int contains(appsignal_string_t got, const char *needle) {
-  char *copy = malloc(got.len + 1);
-  int found;
-  if (!copy) return 0;
-  memcpy(copy, got.buf, got.len);
-  copy[got.len] = '\0';
-  found = strstr(copy, needle) != NULL;
-  free(copy);
-  return found;
-}
+#define CHECK_NAME "smoke"
+#include "check.h"
 
 /* The shape of Ruby's dfree: the free functions must be usable as this type without a cast. */
 typedef void (*destructor_t)(void *);
