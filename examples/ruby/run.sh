@@ -48,27 +48,9 @@ ruby -rrbconfig -e 'exit File.exist?(File.join(RbConfig::CONFIG["rubyhdrdir"], "
   unavailable "ruby.h (package ruby-dev)"
 
 # ---- the library and the receiver ----------------------------------------------------------------
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# Relative to the current directory, as cargo reads it.
-TARGET_DIR=$(realpath -m -- "$TARGET_DIR")
-find_lib_dir() {
-  # deps/ first: cargo refreshes the library there without always copying it up.
-  for d in "$TARGET_DIR/release/deps" "$TARGET_DIR/release"; do
-    [ -f "$d/libappsignal.so" ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
-LIB_DIR=${APPSIGNAL_LIB_DIR:-$(find_lib_dir || true)}
-RECEIVER=${RECEIVER_BIN:-$TARGET_DIR/release/examples/receiver}
-if [ "${APPSIGNAL_REBUILD:-0}" = 1 ] || [ -z "$LIB_DIR" ] || [ ! -x "$RECEIVER" ]; then
-  command -v cargo >/dev/null 2>&1 || die "libappsignal is not built and cargo is missing"
-  say "building libappsignal and the receiver (cargo build --release -p appsignal-ffi --examples)"
-  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p appsignal-ffi --examples)
-  LIB_DIR=${APPSIGNAL_LIB_DIR:-$(find_lib_dir)} || die "libappsignal.so not found under $TARGET_DIR/release"
-fi
-[ -f "$LIB_DIR/libappsignal.so" ] || die "no libappsignal.so in $LIB_DIR"
-[ -x "$RECEIVER" ] || die "no receiver at $RECEIVER"
-say "library $LIB_DIR/libappsignal.so, receiver $RECEIVER"
+# shellcheck source=../common/library.sh
+. "$ROOT/examples/common/library.sh"
+locate_library
 
 # ---- the extension -------------------------------------------------------------------------------
 EXT_BUILD="$HERE/build/ext"
