@@ -1,7 +1,21 @@
-# Sourced by examples/*/run.sh: finds (or builds) libappsignal.so and the reference receiver.
-# Needs ROOT (the repository), and the functions say and die. Honours APPSIGNAL_LIB_DIR and
+# Sourced by examples/*/run.sh: messages, the missing-tool policy, and finding (or building)
+# libappsignal.so and the reference receiver. Needs ROOT (the repository) and INSTALL_HINT (the apt
+# line for this example's tools). Honours APPSIGNAL_LIB_DIR and
 # RECEIVER_BIN (both given: nothing is built, as when cargo test runs the scripts), CARGO_TARGET_DIR
 # and APPSIGNAL_REBUILD=1. Sets TARGET_DIR, LIB_DIR and RECEIVER.
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Missing tools fail the run when CI is set (never a silent skip there), else skip it.
+unavailable() {
+  local msg="missing: $* ($INSTALL_HINT)"
+  if [ -n "${CI:-}" ]; then
+    die "$msg; CI is set, so this is a failure, not a skip"
+  fi
+  printf 'run.sh: SKIPPED: %s\n' "$msg" >&2
+  exit 0
+}
 
 locate_library() {
   TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
