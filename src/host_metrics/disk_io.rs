@@ -10,7 +10,7 @@ use std::path::Path;
 
 use procfs::DiskStat;
 
-use super::source::{read_text, Failure, Warner};
+use super::source::{counter_deltas, read_text, Failure, Warner};
 use super::Emitter;
 
 const SECTOR_BYTES: u64 = 512;
@@ -49,21 +49,8 @@ impl DiskIoState {
             }
         };
         if let Some(prev) = &self.prev {
-            // Sorted for a stable output order.
-            let mut entries: Vec<_> = current.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (device, now) in entries {
-                let Some(before) = prev.get(device) else {
-                    continue; // new device: no interval yet
-                };
-                // A counter that went backwards means the device was re-created: skip once.
-                let (Some(read), Some(written)) = (
-                    now.read.checked_sub(before.read),
-                    now.written.checked_sub(before.written),
-                ) else {
-                    continue;
-                };
-                let tags = [("device", device.as_str())];
+            for (device, read, written) in counter_deltas(prev, &current, |s| (s.read, s.written)) {
+                let tags = [("device", device)];
                 out.push(
                     "disk_io_read",
                     &tags,

@@ -11,7 +11,7 @@ use std::path::Path;
 use procfs::net::InterfaceDeviceStatus;
 use procfs::FromRead;
 
-use super::source::{read_text, Failure, Warner};
+use super::source::{counter_deltas, read_text, Failure, Warner};
 use super::Emitter;
 
 /// Byte counters of the previous reading, per interface.
@@ -38,20 +38,8 @@ impl NetworkState {
             }
         };
         if let Some(prev) = &self.prev {
-            // Sorted for a stable output order.
-            let mut entries: Vec<_> = current.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (interface, now) in entries {
-                let Some(before) = prev.get(interface) else {
-                    continue; // new interface: no interval yet
-                };
-                // Counters going backwards: interface re-created or 32-bit wrap; skip once.
-                let (Some(rx), Some(tx)) =
-                    (now.rx.checked_sub(before.rx), now.tx.checked_sub(before.tx))
-                else {
-                    continue;
-                };
-                let tags = [("interface", interface.as_str())];
+            for (interface, rx, tx) in counter_deltas(prev, &current, |b| (b.rx, b.tx)) {
+                let tags = [("interface", interface)];
                 out.push("network_rx", &tags, rx as f64);
                 out.push("network_tx", &tags, tx as f64);
             }

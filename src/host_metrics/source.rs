@@ -4,7 +4,7 @@
 //! (missing / permission denied / other I/O / unparsable) and the [`Warner`] that logs one
 //! `tracing::warn!` line per source and failure kind for the lifetime of a collector.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
@@ -69,6 +69,30 @@ impl From<io::Error> for Failure {
 
 /// Reads a whole text file (at most [`MAX_FILE_BYTES`]), replacing invalid UTF-8.
 /// An empty file is a [`FailureKind::Parse`] failure: no source we read is legitimately empty.
+/// Increases of two counters per key since the previous reading, sorted by key (a stable output
+/// order). Keys that are new since the previous reading have no interval yet, and a counter that
+/// went backwards (device or interface re-created, 32-bit wrap) is skipped once: both are left out.
+pub(crate) fn counter_deltas<'a, V>(
+    previous: &HashMap<String, V>,
+    current: &'a HashMap<String, V>,
+    counters: impl Fn(&V) -> (u64, u64),
+) -> Vec<(&'a str, u64, u64)> {
+    let mut deltas: Vec<(&str, u64, u64)> = current
+        .iter()
+        .filter_map(|(key, now)| {
+            let (now_a, now_b) = counters(now);
+            let (before_a, before_b) = counters(previous.get(key)?);
+            Some((
+                key.as_str(),
+                now_a.checked_sub(before_a)?,
+                now_b.checked_sub(before_b)?,
+            ))
+        })
+        .collect();
+    deltas.sort_unstable_by(|x, y| x.0.cmp(y.0));
+    deltas
+}
+
 pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
