@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use sketches_ddsketch::DDSketch;
+use crate::sketch::Sketch;
 
 use crate::config::PushConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
@@ -33,7 +33,7 @@ pub const CLIENT_MEMORY: Duration = Duration::from_secs(3600);
 pub struct MetricSet {
     pub counters: HashMap<MetricKey, f64>,
     pub gauges: HashMap<MetricKey, GaugeValue>,
-    pub distributions: HashMap<MetricKey, DDSketch>,
+    pub distributions: HashMap<MetricKey, Sketch>,
 }
 
 impl std::fmt::Debug for MetricSet {
@@ -83,11 +83,7 @@ impl MetricSet {
         }
         for (key, sketch) in batch.distributions {
             if let Some(total) = self.distributions.get_mut(&key) {
-                if total.merge(&sketch).is_err() {
-                    // Sketches of another configuration (a future version): keep the larger one's
-                    // data rather than mixing incompatible bins.
-                    dropped += 1;
-                }
+                total.merge(&sketch);
             } else if room > 0 {
                 room -= 1;
                 self.distributions.insert(key, sketch);
@@ -201,7 +197,7 @@ impl Aggregator {
     /// Registers `config` under `id` (replay: the id of the configuration with its key).
     pub fn register_as(&mut self, id: u64, config: &PushConfig) {
         match self.configs.get_mut(&id) {
-            Some(known) if known.push_api_key.is_empty() && !config.push_api_key.is_empty() => {
+            Some(known) if known.redacted && !config.redacted => {
                 *known = config.clone();
             }
             Some(_) => {}
@@ -336,6 +332,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             hostname: "h".into(),
             revision: String::new(),
+            ..Default::default()
         }
     }
 
@@ -432,7 +429,7 @@ mod tests {
                 at_ms: 200,
             },
         ));
-        let mut s = DDSketch::default();
+        let mut s = Sketch::new();
         s.add(1.0);
         b1.distributions.push((key.clone(), s.clone()));
         let mut b2 = batch(2, 1, 100, 0.0);
@@ -452,7 +449,7 @@ mod tests {
         let d = &w.metrics.distributions[&key];
         assert_eq!(
             (d.count(), d.sum(), d.min(), d.max()),
-            (3, Some(5.0), Some(1.0), Some(3.0))
+            (3, 5.0, Some(1.0), Some(3.0))
         );
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
-use sketches_ddsketch::DDSketch;
+use crate::sketch::Sketch;
 
 use crate::data::Data;
 use crate::protocol::MetricKey;
@@ -37,7 +37,7 @@ enum Kind {
 enum Value {
     Counter(f64),
     Gauge(f64),
-    Distribution(Box<DDSketch>),
+    Distribution(Box<Sketch>),
 }
 
 struct Slot {
@@ -146,7 +146,7 @@ struct Local {
 pub struct Taken {
     pub counters: Vec<(MetricKey, f64)>,
     pub gauges: Vec<(MetricKey, f64)>,
-    pub distributions: Vec<(MetricKey, DDSketch)>,
+    pub distributions: Vec<(MetricKey, Sketch)>,
     pub dropped_updates: u64,
     /// Finished samples (JSON), from transactions and root spans.
     pub samples: Vec<String>,
@@ -215,7 +215,7 @@ impl LocalMetrics {
                 }
             },
             || {
-                let mut sketch = DDSketch::default();
+                let mut sketch = Sketch::new();
                 sketch.add(value);
                 Value::Distribution(Box::new(sketch))
             },
@@ -375,7 +375,7 @@ mod tests {
         );
         assert_eq!(taken.gauges[0].1, 7.0);
         let sketch = &taken.distributions[0].1;
-        assert_eq!((sketch.count(), sketch.sum()), (3, Some(6.0)));
+        assert_eq!((sketch.count(), sketch.sum()), (3, 6.0));
     }
 
     #[test]

@@ -10,13 +10,13 @@
 //! the client sends numbered `Batch`es and the leader answers each with `Ack { seq }` once the batch
 //! is journaled and counted.
 
+use crate::sketch::Sketch;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sketches_ddsketch::DDSketch;
 
 use crate::config::PushConfig;
 
-/// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the messages below (2: distributions as [`Sketch`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Hard limit of one frame body. A client splits larger batches; a leader closes a connection that sends more.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -49,7 +49,7 @@ pub struct Batch {
     pub created_ms: u64,
     pub counters: Vec<(MetricKey, f64)>,
     pub gauges: Vec<(MetricKey, GaugeValue)>,
-    pub distributions: Vec<(MetricKey, DDSketch)>,
+    pub distributions: Vec<(MetricKey, Sketch)>,
     /// Metric updates the client had to drop (too many distinct keys) since its previous batch.
     pub dropped_updates: u64,
     /// Finished samples (JSON text) of transactions and root spans.
@@ -204,7 +204,7 @@ mod tests {
     use super::*;
 
     fn batch() -> Batch {
-        let mut sketch = DDSketch::default();
+        let mut sketch = Sketch::new();
         sketch.add(1.5);
         Batch {
             client_id: 7,
