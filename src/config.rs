@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
+use crate::otlp::settings::{OtlpSettings, ResourceInputs};
+
 /// The library's own environment table, filled through `appsignal_env_put`.
 static ENV_TABLE: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
@@ -45,9 +47,27 @@ pub enum LogTarget {
     Stdout,
 }
 
+/// Which exporters send a configuration's windows (`_APPSIGNAL_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Exporters {
+    /// The Push API (`docs/push-api.md`).
+    pub push: bool,
+    /// OTLP/HTTP (`docs/otlp.md`).
+    pub otlp: bool,
+}
+
+impl Default for Exporters {
+    fn default() -> Self {
+        Exporters {
+            push: true,
+            otlp: false,
+        }
+    }
+}
+
 /// What identifies one app configuration to the leader: data of different configurations sharing a
-/// working directory is kept apart and pushed with its own key.
-#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// working directory is kept apart and exported with its own key and settings.
+#[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PushConfig {
     pub push_api_key: String,
     pub app_name: String,
@@ -55,6 +75,15 @@ pub struct PushConfig {
     pub endpoint: String,
     pub hostname: String,
     pub revision: String,
+    #[serde(default)]
+    pub exporters: Exporters,
+    /// Set when `exporters.otlp` is.
+    #[serde(default)]
+    pub otlp: Option<OtlpSettings>,
+    /// The secrets (push key, OTLP header values) were removed: this copy came from the journal
+    /// and can export nothing until a process with the whole configuration connects.
+    #[serde(default)]
+    pub redacted: bool,
 }
 
 impl PushConfig {
@@ -62,14 +91,26 @@ impl PushConfig {
     /// used to name cached payload files without writing the push key to disk.
     pub fn id(&self) -> u64 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for field in [
+        let mut fields: Vec<String> = [
             &self.push_api_key,
             &self.app_name,
             &self.environment,
             &self.endpoint,
             &self.hostname,
             &self.revision,
-        ] {
+        ]
+        .into_iter()
+        .cloned()
+        .collect();
+        // A push-only configuration keeps the id it had before exporters existed.
+        if self.exporters != Exporters::default() || self.otlp.is_some() {
+            fields.push(format!(
+                "exporters:{}:{}",
+                self.exporters.push, self.exporters.otlp
+            ));
+            fields.extend(self.otlp.iter().flat_map(OtlpSettings::identity_fields));
+        }
+        for field in &fields {
             for byte in field.bytes().chain(std::iter::once(0xff)) {
                 hash ^= u64::from(byte);
                 hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -89,7 +130,22 @@ impl fmt::Debug for PushConfig {
             .field("endpoint", &self.endpoint)
             .field("hostname", &self.hostname)
             .field("revision", &self.revision)
+            .field("exporters", &self.exporters)
+            .field("otlp", &self.otlp)
+            .field("redacted", &self.redacted)
             .finish()
+    }
+}
+
+impl PushConfig {
+    /// A copy without secrets (push key, OTLP header values), for the journal.
+    pub fn without_secrets(&self) -> PushConfig {
+        PushConfig {
+            push_api_key: String::new(),
+            otlp: self.otlp.as_ref().map(OtlpSettings::redacted),
+            redacted: true,
+            ..self.clone()
+        }
     }
 }
 
@@ -235,6 +291,34 @@ impl Reader<'_> {
             .unwrap_or_default()
     }
 
+    /// `_APPSIGNAL_EXPORTER`: `push`, `otlp` or both, comma-separated.
+    fn exporters(&mut self) -> Exporters {
+        let Some(v) = self.string("_APPSIGNAL_EXPORTER") else {
+            return Exporters::default();
+        };
+        let mut exporters = Exporters {
+            push: false,
+            otlp: false,
+        };
+        for name in v.split(',').map(|n| n.trim().to_ascii_lowercase()) {
+            match name.as_str() {
+                "push" => exporters.push = true,
+                "otlp" => exporters.otlp = true,
+                "" => {}
+                _ => {
+                    self.warnings.push(format!(
+                        "_APPSIGNAL_EXPORTER={v:?}: {name:?} is not push or otlp; using push"
+                    ));
+                    return Exporters::default();
+                }
+            }
+        }
+        if !exporters.push && !exporters.otlp {
+            return Exporters::default();
+        }
+        exporters
+    }
+
     fn level(&mut self, key: &str) -> tracing::Level {
         match self.string(key).map(|v| v.to_ascii_lowercase()) {
             None => tracing::Level::INFO,
@@ -290,7 +374,8 @@ impl Config {
                 LogTarget::File
             }
         };
-        let config = Config {
+        let exporters = r.exporters();
+        let mut config = Config {
             active: r.bool("_APPSIGNAL_ACTIVE", false),
             push: PushConfig {
                 push_api_key: r.string("_APPSIGNAL_PUSH_API_KEY").unwrap_or_default(),
@@ -306,6 +391,9 @@ impl Config {
                     .string("_APPSIGNAL_HOSTNAME")
                     .unwrap_or_else(system_hostname),
                 revision: r.string("_APP_REVISION").unwrap_or_default(),
+                exporters,
+                otlp: None,
+                redacted: false,
             },
             working_directory_path: r
                 .string("_APPSIGNAL_WORKING_DIRECTORY_PATH")
@@ -354,6 +442,18 @@ impl Config {
                 3_600_000,
             ),
         };
+        if exporters.otlp {
+            let inputs = ResourceInputs {
+                language_integration_version: config.language_integration_version.as_deref(),
+                filter_parameters: &config.filter_parameters,
+                filter_session_data: &config.filter_session_data,
+                ignore_actions: &config.ignore_actions,
+                ignore_errors: &config.ignore_errors,
+                ignore_namespaces: &config.ignore_namespaces,
+            };
+            let otlp = OtlpSettings::read(lookup, &inputs, &mut r.warnings);
+            config.push.otlp = Some(otlp);
+        }
         Loaded {
             config,
             warnings: r.warnings,
@@ -365,11 +465,12 @@ impl Config {
         if !self.active {
             return Some("_APPSIGNAL_ACTIVE is not true".to_owned());
         }
-        if self.push.push_api_key.is_empty() {
+        if self.push.exporters.push && self.push.push_api_key.is_empty() {
             return Some("_APPSIGNAL_PUSH_API_KEY is not set".to_owned());
         }
-        if !(self.push.endpoint.starts_with("http://")
-            || self.push.endpoint.starts_with("https://"))
+        if self.push.exporters.push
+            && !(self.push.endpoint.starts_with("http://")
+                || self.push.endpoint.starts_with("https://"))
         {
             return Some(format!(
                 "_APPSIGNAL_PUSH_API_ENDPOINT={:?} is not an http(s) URL",
@@ -468,5 +569,66 @@ mod tests {
         );
         env_delete("_APPSIGNAL_TEST_ONLY_KEY");
         assert_eq!(lookup("_APPSIGNAL_TEST_ONLY_KEY"), None);
+    }
+
+    #[test]
+    fn exporters_are_chosen_and_otlp_alone_needs_no_push_key() {
+        let c = load(&[
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_PUSH_API_KEY", "k"),
+        ])
+        .config;
+        assert_eq!(c.push.exporters, Exporters::default());
+        assert!(c.push.otlp.is_none());
+        let loaded = load(&[
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_EXPORTER", "otlp"),
+        ]);
+        let c = loaded.config;
+        assert_eq!(
+            c.push.exporters,
+            Exporters {
+                push: false,
+                otlp: true
+            }
+        );
+        assert!(c.push.otlp.is_some());
+        assert_eq!(
+            c.invalid_reason(),
+            None,
+            "no push key needed for OTLP alone"
+        );
+        let c = load(&[
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_EXPORTER", "push, otlp"),
+        ])
+        .config;
+        assert!(c.push.exporters.push && c.push.exporters.otlp);
+        assert!(
+            c.invalid_reason().is_some(),
+            "the Push API still needs its key"
+        );
+        let loaded = load(&[("_APPSIGNAL_EXPORTER", "kafka")]);
+        assert_eq!(loaded.config.push.exporters, Exporters::default());
+        assert_eq!(loaded.warnings.len(), 1);
+    }
+
+    #[test]
+    fn otlp_settings_are_part_of_the_identity_and_never_of_the_journal_copy() {
+        let a = load(&[
+            ("_APPSIGNAL_EXPORTER", "otlp"),
+            ("_APPSIGNAL_OTLP_HEADERS", "k=one"),
+        ]);
+        let b = load(&[
+            ("_APPSIGNAL_EXPORTER", "otlp"),
+            ("_APPSIGNAL_OTLP_HEADERS", "k=two"),
+        ]);
+        let plain = load(&[]).config.push;
+        assert_ne!(a.config.push.id(), b.config.push.id());
+        assert_ne!(a.config.push.id(), plain.id());
+        let stripped = a.config.push.without_secrets();
+        assert!(stripped.redacted);
+        assert_eq!(stripped.otlp.as_ref().unwrap().headers[0].1, "");
+        assert!(!format!("{:?}", a.config.push).contains("one"));
     }
 }

@@ -112,10 +112,7 @@ impl Journal {
             let header = SegmentHeader {
                 window_start: start,
                 config_id,
-                config: PushConfig {
-                    push_api_key: String::new(),
-                    ..config.clone()
-                },
+                config: config.without_secrets(),
             };
             file.write_all(&protocol::encode(&header)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -305,6 +302,7 @@ mod tests {
             endpoint: "http://x".into(),
             hostname: "h".into(),
             revision: String::new(),
+            ..Default::default()
         }
     }
 

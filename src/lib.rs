@@ -13,10 +13,12 @@
 //! - [`leader`]: the socket server, aggregation windows and the transmission loop.
 //! - [`apm`]: transactions, spans, samples, SQL sanitising, filtering and logs.
 //! - [`aggregate`]: merging batches into windows per configuration.
+//! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
 //! - [`transmit`]: the HTTP push and the on-disk payload cache.
+//! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests, settings, sending).
 //! - [`log`]: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
@@ -41,8 +43,10 @@ pub mod journal;
 pub mod leader;
 pub mod log;
 pub mod metrics;
+pub mod otlp;
 pub mod payload;
 pub mod protocol;
+pub mod sketch;
 pub mod transmit;
 pub mod workdir;
 

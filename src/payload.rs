@@ -79,6 +79,10 @@ pub struct AgentReport {
     /// Log lines dropped (per-process or per-window cap, or too large).
     #[serde(default)]
     pub dropped_logs: u64,
+    /// Payloads a receiver rejected (not retryable, e.g. HTTP 400) and that were dropped, since
+    /// the previous payload.
+    #[serde(default)]
+    pub rejected_exports: u64,
 }
 
 fn tags(key: &MetricKey) -> BTreeMap<String, String> {
@@ -116,19 +120,13 @@ impl Payload {
             .map(|(k, sketch)| DistributionEntry {
                 name: k.name.clone(),
                 tags: tags(k),
-                count: sketch.count() as u64,
-                sum: sketch.sum().unwrap_or(0.0),
+                count: sketch.count(),
+                sum: sketch.sum(),
                 min: sketch.min().unwrap_or(0.0),
                 max: sketch.max().unwrap_or(0.0),
                 quantiles: QUANTILES
                     .iter()
-                    .filter_map(|(name, q)| {
-                        sketch
-                            .quantile(*q)
-                            .ok()
-                            .flatten()
-                            .map(|v| (name.to_string(), v))
-                    })
+                    .filter_map(|(name, q)| sketch.quantile(*q).map(|v| (name.to_string(), v)))
                     .collect(),
             })
             .collect();
@@ -203,7 +201,7 @@ mod tests {
     use super::*;
     use crate::aggregate::MetricSet;
     use crate::config::PushConfig;
-    use sketches_ddsketch::DDSketch;
+    use crate::sketch::Sketch;
     use std::io::Read;
 
     #[test]
@@ -213,7 +211,7 @@ mod tests {
             name: "latency".into(),
             tags: vec![("route".into(), "/".into())],
         };
-        let mut sketch = DDSketch::default();
+        let mut sketch = Sketch::new();
         for v in 1..=100 {
             sketch.add(f64::from(v));
         }
@@ -227,6 +225,7 @@ mod tests {
                 endpoint: "http://x".into(),
                 hostname: "h".into(),
                 revision: "abc".into(),
+                ..Default::default()
             },
             config_id: 1,
             segment: "0".repeat(32),

@@ -1,8 +1,10 @@
-//! Getting payloads to the Push API: the HTTP push (reqwest over rustls, never OpenSSL) and the
-//! payload cache in `payloads/` for pushes that failed.
+//! Getting payloads out: the HTTP push to the Push API and the OTLP requests (reqwest over rustls,
+//! never OpenSSL), and the payload cache in `payloads/` that every payload goes through.
 //!
-//! Cache policy: a failed payload is written atomically (temporary file + rename) as
-//! `{created_ms}-{config_id}-{payload_id}.json.gz`; the push key is not written to disk (the
+//! Cache policy: a payload is written atomically (temporary file + rename) as
+//! `{created_ms}-{config_id}-{payload_id}{suffix}`, the suffix naming its exporter
+//! ([`ExportKind::suffix`]: one file per exporter and OTLP signal, so that one exporter being down
+//! never holds back another); the push key and OTLP headers are not written to disk (the
 //! config id says which configuration it belongs to, and the leader knows that configuration's key
 //! once a process with it is connected). Cached payloads are retried oldest first at the next
 //! transmission. The cache holds at most `max_files` files and `max_bytes` bytes: beyond that the
@@ -20,17 +22,54 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::{Config, PushConfig};
+use crate::otlp::Signal;
 use crate::workdir::WorkDir;
 
 /// A file in `payloads/` larger than this is not ours and is not read.
 pub const MAX_CACHED_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// A payload ready to go: gzip-compressed JSON.
+/// Which exporter a payload is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExportKind {
+    /// A Push API payload: gzip-compressed JSON.
+    Push,
+    /// An OTLP request of one signal: gzip-compressed protobuf.
+    Otlp(Signal),
+}
+
+impl ExportKind {
+    pub const ALL: [ExportKind; 4] = [
+        ExportKind::Push,
+        ExportKind::Otlp(Signal::Metrics),
+        ExportKind::Otlp(Signal::Traces),
+        ExportKind::Otlp(Signal::Logs),
+    ];
+
+    /// The cache file name's ending.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ExportKind::Push => ".json.gz",
+            ExportKind::Otlp(Signal::Metrics) => ".metrics.otlp.gz",
+            ExportKind::Otlp(Signal::Traces) => ".traces.otlp.gz",
+            ExportKind::Otlp(Signal::Logs) => ".logs.otlp.gz",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportKind::Push => "push",
+            ExportKind::Otlp(signal) => signal.name(),
+        }
+    }
+}
+
+/// A payload ready to go, gzip-compressed.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub id: String,
     pub config_id: u64,
     pub created_ms: u64,
+    pub kind: ExportKind,
     pub body_gz: Vec<u8>,
 }
 
@@ -41,6 +80,7 @@ pub struct CachedEntry {
     pub created_ms: u64,
     pub config_id: u64,
     pub id: String,
+    pub kind: ExportKind,
     pub size: u64,
 }
 
@@ -65,10 +105,18 @@ impl PayloadCache {
     pub fn store(&self, payload: &Outgoing) -> Result<()> {
         let dir = self.workdir.payloads_dir();
         let name = format!(
-            "{:013}-{:016x}-{}.json.gz",
-            payload.created_ms, payload.config_id, payload.id
+            "{:013}-{:016x}-{}{}",
+            payload.created_ms,
+            payload.config_id,
+            payload.id,
+            payload.kind.suffix()
         );
-        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), payload.id));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}-{}",
+            std::process::id(),
+            payload.id,
+            payload.kind.name()
+        ));
         let mut file = self
             .workdir
             .open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
@@ -95,7 +143,9 @@ impl PayloadCache {
                 if !meta.is_file() || meta.len() > MAX_CACHED_FILE_BYTES {
                     return None;
                 }
-                let stem = name.strip_suffix(".json.gz")?;
+                let (stem, kind) = ExportKind::ALL
+                    .iter()
+                    .find_map(|k| Some((name.strip_suffix(k.suffix())?, *k)))?;
                 let mut parts = stem.splitn(3, '-');
                 let created_ms = parts.next()?.parse().ok()?;
                 let config_id = u64::from_str_radix(parts.next()?, 16).ok()?;
@@ -108,11 +158,12 @@ impl PayloadCache {
                     created_ms,
                     config_id,
                     id: id.to_owned(),
+                    kind,
                     size: meta.len(),
                 })
             })
             .collect();
-        entries.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        entries.sort_by(|a, b| (a.created_ms, &a.id, a.kind).cmp(&(b.created_ms, &b.id, b.kind)));
         entries
     }
 
@@ -131,6 +182,7 @@ impl PayloadCache {
             id: entry.id.clone(),
             config_id: entry.config_id,
             created_ms: entry.created_ms,
+            kind: entry.kind,
             body_gz,
         })
     }
@@ -176,6 +228,8 @@ impl PayloadCache {
 pub enum PushError {
     /// Can succeed later (connection failure, timeout, 408, 429, 5xx): keep the payload.
     Retryable(String),
+    /// Can succeed later, but not before the delay the receiver asked for (`Retry-After`).
+    RetryAfter(String, Duration),
     /// Will not succeed later (e.g. 401 for a wrong key, 400): drop the payload and say so.
     Rejected(String),
 }
@@ -184,12 +238,15 @@ impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Retryable(why) => write!(f, "{why} (will retry)"),
+            PushError::RetryAfter(why, after) => {
+                write!(f, "{why} (will retry after {} s)", after.as_secs())
+            }
             PushError::Rejected(why) => write!(f, "{why} (not retryable)"),
         }
     }
 }
 
-/// The HTTP client of the Push API.
+/// The HTTP client of both exporters.
 pub struct Pusher {
     http: reqwest::Client,
 }
@@ -220,6 +277,30 @@ impl Pusher {
         }
         let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Pusher { http })
+    }
+
+    /// Sends a payload with the exporter it was made for.
+    pub async fn send(&self, config: &PushConfig, payload: &Outgoing) -> Result<(), PushError> {
+        match payload.kind {
+            ExportKind::Push => self.push(config, payload).await,
+            ExportKind::Otlp(signal) => match &config.otlp {
+                Some(settings) => {
+                    crate::otlp::send::send(
+                        &self.http,
+                        settings,
+                        signal,
+                        &payload.id,
+                        &payload.body_gz,
+                    )
+                    .await
+                }
+                None => Err(PushError::Rejected(format!(
+                    "no OTLP settings for the {} payload {}",
+                    signal.name(),
+                    payload.id
+                ))),
+            },
+        }
     }
 
     /// `POST {endpoint}/1/collect` with the payload. Errors never contain the URL (it holds the key).
@@ -270,6 +351,7 @@ mod tests {
             id: crate::payload::new_payload_id(),
             config_id: 0xabc,
             created_ms,
+            kind: ExportKind::Push,
             body_gz: vec![7u8; size],
         }
     }

@@ -490,90 +490,37 @@ fn only_the_leader_collects_host_metrics_and_they_match_proc() {
 
 /// The pid recorded in `agent.lock`, if it is one of `workers`.
 fn leader_index(setup: &Setup, workers: &[WorkerProcess]) -> Option<usize> {
-    let text = std::fs::read_to_string(setup.workdir().join("agent.lock")).ok()?;
-    let pid: u32 = text.split(';').next()?.parse().ok()?;
-    workers.iter().position(|w| w.pid == pid)
+    common::leader_index(&setup.workdir(), workers)
 }
 
-/// Six processes record in rounds for ~20 s while the leader is SIGKILLed about once a second
-/// (right after its own round was acknowledged, while the others are mid-round), and, with
-/// `kill_clients`, every other time also an idle client; killed processes are replaced. Expected
-/// totals: what every process had acknowledged when it was killed or, for survivors, at the end.
+/// The chaos run of `common::chaos` against the reference receiver (20 s, at least 15 leader kills).
 fn chaos(kill_clients: bool) {
     let setup = Setup::new(400);
     let mut next_index = 0u32;
-    let mut spawn = |setup: &Setup| {
-        next_index += 1;
-        setup.spawn(next_index)
-    };
-    let mut workers: Vec<WorkerProcess> = (0..6).map(|_| spawn(&setup)).collect();
-    let mut last_acked: Vec<Value> = vec![Value::Null; workers.len()];
-    let mut expected = Value::Null;
-    let started = std::time::Instant::now();
-    let mut next_kill = started + Duration::from_secs(1);
-    let (mut leader_kills, mut client_kills) = (0, 0);
-    while started.elapsed() < Duration::from_secs(20) {
-        for w in workers.iter_mut() {
-            w.send("record 40").unwrap();
-            w.send("sync").unwrap();
-        }
-        let leader = leader_index(&setup, &workers);
-        let mut done = vec![false; workers.len()];
-        if let Some(l) = leader {
-            last_acked[l] = workers[l].expect("acked", Duration::from_secs(90)).unwrap();
-            done[l] = true;
-            if std::time::Instant::now() >= next_kill {
-                // Idle itself, but the others are handing it their rounds right now.
-                workers[l].child.kill().unwrap();
-                workers[l].wait(Duration::from_secs(10)).unwrap();
-                fleet::add_sent(&mut expected, &last_acked[l]);
-                leader_kills += 1;
-                next_kill += Duration::from_secs(1);
-            }
-        }
-        for (i, w) in workers.iter_mut().enumerate() {
-            if !done[i] {
-                let acked = w.expect("acked", Duration::from_secs(90)).unwrap();
-                assert_eq!(
-                    acked["idle"], true,
-                    "worker {} never got its round acknowledged",
-                    w.pid
-                );
-                last_acked[i] = acked;
-            }
-        }
-        if kill_clients && leader_kills % 2 == 1 {
-            if let Some(c) = (0..workers.len())
-                .find(|&i| Some(i) != leader && workers[i].child.try_wait().unwrap().is_none())
-            {
-                workers[c].child.kill().unwrap();
-                workers[c].wait(Duration::from_secs(10)).unwrap();
-                fleet::add_sent(&mut expected, &last_acked[c]);
-                client_kills += 1;
-                workers[c] = spawn(&setup);
-                last_acked[c] = Value::Null;
-            }
-        }
-        // Replace a killed leader.
-        for i in 0..workers.len() {
-            if workers[i].child.try_wait().unwrap().is_some() {
-                workers[i] = spawn(&setup);
-                last_acked[i] = Value::Null;
-            }
-        }
-    }
-    for (w, acked) in workers.iter_mut().zip(last_acked.iter_mut()) {
-        *acked = w.sync().unwrap();
-    }
-    for acked in &last_acked {
-        fleet::add_sent(&mut expected, acked);
-    }
+    let run = common::chaos(
+        &setup.workdir(),
+        || {
+            next_index += 1;
+            setup.spawn(next_index)
+        },
+        kill_clients,
+        Duration::from_secs(20),
+    );
+    let mut workers = run.survivors;
     stop_all(&mut workers);
-    assert!(leader_kills >= 15, "only {leader_kills} leader kills");
+    assert!(
+        run.leader_kills >= 15,
+        "only {} leader kills",
+        run.leader_kills
+    );
     if kill_clients {
-        assert!(client_kills >= 5, "only {client_kills} client kills");
+        assert!(
+            run.client_kills >= 5,
+            "only {} client kills",
+            run.client_kills
+        );
     }
-    setup.assert_totals(&expected);
+    setup.assert_totals(&run.expected);
     let log = setup.log();
     assert!(
         log.contains("replayed"),

@@ -5,6 +5,8 @@
 //!   `{"event":"sent",...}` with the totals this process has handed to the library so far;
 //! - `txn N`: completes N transactions across three actions, every fifth with an error, each with
 //!   two events; adds the per-action counts to the totals and prints them like `record`;
+//! - `showcase ID`: one erroneous `http_request` transaction `ID` with params, a nested SQL event,
+//!   a backtrace, and one log line (see [`Lib::showcase`]); prints the totals like `record`;
 //! - `sync`: waits until everything recorded so far is acknowledged by a leader (diagnose's
 //!   `sender.idle`), then prints `{"event":"acked",...}` with the totals, like `sent`;
 //! - `diagnose`: prints `appsignal_diagnose()`;
@@ -70,6 +72,8 @@ type FinishEventFn =
 type FinishTxnFn = unsafe extern "C" fn(*mut c_void, i64) -> i32;
 type TxnFn = unsafe extern "C" fn(*mut c_void);
 type AppendStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString);
+type SampleDataFn = unsafe extern "C" fn(*mut c_void, AppsignalString, *const c_void);
+type LogFn = unsafe extern "C" fn(AppsignalString, i32, i32, AppsignalString, *const c_void);
 
 /// The library's functions, looked up by name.
 pub struct Lib {
@@ -93,6 +97,8 @@ pub struct Lib {
     finish_transaction: FinishTxnFn,
     complete_transaction: TxnFn,
     free_transaction: FreeFn,
+    set_transaction_sample_data: SampleDataFn,
+    log: LogFn,
 }
 
 /// Where `libappsignal.so` is: `$APPSIGNAL_LIBRARY`, else in the target directory this executable
@@ -150,6 +156,8 @@ impl Lib {
             finish_transaction: sym!(b"appsignal_finish_transaction"),
             complete_transaction: sym!(b"appsignal_complete_transaction"),
             free_transaction: sym!(b"appsignal_free_transaction"),
+            set_transaction_sample_data: sym!(b"appsignal_set_transaction_sample_data"),
+            log: sym!(b"appsignal_log"),
             _lib: lib,
         }
     }
@@ -234,6 +242,49 @@ impl Lib {
             (self.finish_transaction)(txn, 0);
             (self.complete_transaction)(txn);
             (self.free_transaction)(txn);
+        }
+    }
+}
+
+impl Lib {
+    /// One `http_request` transaction that shows every part of the APM mapping: request params
+    /// with a `password` (filtered when `_APPSIGNAL_FILTER_PARAMETERS` names it), a SQL event
+    /// with a literal (sanitised) nested in a controller event, an error with a two-line
+    /// backtrace; then one log line with an attribute.
+    pub fn showcase(&self, id: &str) {
+        let s = AppsignalString::from;
+        // SAFETY: as in `transaction`: handles made here and freed once, strings valid per call.
+        unsafe {
+            let txn = (self.start_transaction)(s(id), s("http_request"), 0);
+            (self.set_transaction_action)(txn, s("Checkout#pay"));
+            let params = (self.map_new)();
+            (self.map_set_string)(params, s("user"), s("alice"));
+            (self.map_set_string)(params, s("password"), s("hunter2"));
+            (self.set_transaction_sample_data)(txn, s("params"), params);
+            (self.free_data)(params);
+            (self.start_event)(txn, 0);
+            (self.start_event)(txn, 0);
+            (self.finish_event)(
+                txn,
+                s("sql.active_record"),
+                s("Card Load"),
+                s("SELECT * FROM cards WHERE number = '4111111111111111'"),
+                1,
+                0,
+            );
+            (self.finish_event)(txn, s("process_action.rails"), s(""), s(""), 0, 0);
+            let backtrace = (self.array_new)();
+            (self.array_append_string)(backtrace, s("app/pay.rb:10"));
+            (self.array_append_string)(backtrace, s("lib/rack.rb:3"));
+            (self.set_transaction_error)(txn, s("PaymentError"), s("card declined"), backtrace);
+            (self.free_data)(backtrace);
+            (self.finish_transaction)(txn, 0);
+            (self.complete_transaction)(txn);
+            (self.free_transaction)(txn);
+            let attributes = (self.map_new)();
+            (self.map_set_string)(attributes, s("order"), s(id));
+            (self.log)(s("checkout"), 5, 0, s("payment declined"), attributes);
+            (self.free_data)(attributes);
         }
     }
 }
@@ -375,6 +426,11 @@ pub fn run(index: u32) {
             Some("txn") => {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
                 transactions(&lib, n, &mut sent);
+                emit(sent.to_json());
+            }
+            Some("showcase") => {
+                let id = words.next().unwrap_or("showcase-1");
+                lib.showcase(id);
                 emit(sent.to_json());
             }
             Some("sync") => {

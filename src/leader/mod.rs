@@ -64,6 +64,8 @@ struct Shared {
     counting: Mutex<Counting>,
     cache: PayloadCache,
     rejected_frames: AtomicU64,
+    /// Throttled endpoints and rejections of the exporters.
+    exports: transmission::ExportState,
     /// Set once the leader stopped serving (shutdown or lost lock).
     stopped: AtomicBool,
     /// Set when it stepped down for a newer library: its process should not retake the lock at once.
@@ -84,6 +86,18 @@ pub(crate) fn is_newer(a: &str, b: &str) -> bool {
         (Some(a), Some(b)) => a > b,
         _ => false,
     }
+}
+
+/// Where a configuration's data goes, for the log (no secrets: endpoints only).
+fn export_targets(config: &crate::config::PushConfig) -> String {
+    let mut targets = Vec::new();
+    if config.exporters.push {
+        targets.push(format!("the Push API at {}", config.endpoint));
+    }
+    if let Some(otlp) = config.otlp.as_ref().filter(|_| config.exporters.otlp) {
+        targets.push(format!("OTLP at {}", otlp.metrics_endpoint));
+    }
+    targets.join(" and ")
 }
 
 /// Why the serving loop ended.
@@ -162,7 +176,9 @@ fn replay(
 ) -> (usize, usize) {
     let now = crate::now_ms();
     let own_config_id = config.push.id();
-    let cached: HashSet<String> = cache.list().into_iter().map(|e| e.id).collect();
+    // A segment is done when its last payload is cached (all the others were cached before it).
+    let cached: HashSet<(String, crate::transmit::ExportKind)> =
+        cache.list().into_iter().map(|e| (e.id, e.kind)).collect();
     let (mut segments, mut batches) = (0, 0);
     for replayed in journal.replay() {
         let header = &replayed.header;
@@ -172,7 +188,8 @@ fn replay(
             header.config.clone()
         };
         aggregator.register_as(header.config_id, &config);
-        if cached.contains(&replayed.id) {
+        let last = transmission::last_kind(header.config.exporters);
+        if cached.contains(&(replayed.id.clone(), last)) {
             for b in &replayed.batches {
                 aggregator.mark_counted(b.client_id, b.seq, now);
             }
@@ -237,6 +254,7 @@ impl Leader {
             }),
             cache,
             rejected_frames: AtomicU64::new(0),
+            exports: transmission::ExportState::default(),
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
@@ -293,10 +311,10 @@ impl Leader {
             })??;
         crate::agent::set_role(crate::agent::Role::Leader);
         tracing::info!(
-            "leading: listening on {}, pushing every {} ms to {}",
+            "leading: listening on {}, exporting every {} ms to {}",
             socket_path.display(),
             config.transmission_interval.as_millis(),
-            config.push.endpoint
+            export_targets(&config.push)
         );
         Ok(Leader {
             shared,

@@ -4,18 +4,19 @@
 //! either the journal segment or the cached payload (with the segment's id), never neither and
 //! never both counted.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::Shared;
 use crate::aggregate::Window;
-use crate::config::{Config, PushConfig};
+use crate::config::{Config, Exporters, PushConfig};
+use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
-use crate::transmit::{Outgoing, PushError, Pusher};
+use crate::transmit::{ExportKind, Outgoing, PushError, Pusher};
 
 /// How long after a window's end the leader waits for the last flushes before pushing it.
 pub(super) fn grace_ms(config: &Config) -> u64 {
@@ -49,8 +50,8 @@ async fn push_until(
     deadline: Option<Instant>,
 ) -> Result<(), PushError> {
     match deadline {
-        None => pusher.push(config, payload).await,
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), pusher.push(config, payload))
+        None => pusher.send(config, payload).await,
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), pusher.send(config, payload))
             .await
             .unwrap_or_else(|_| Err(PushError::Retryable("stop deadline reached".into()))),
     }
@@ -67,6 +68,49 @@ pub(super) async fn transmit(
         cache_windows(shared, pusher, windows, deadline).await;
     }
     push_cached(shared, pusher, deadline).await;
+}
+
+/// The payloads of `window`, one per exporter and OTLP signal, in the order they are cached. The
+/// last one is always there ([`last_kind`]): once it is in the cache, all of them are.
+fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing>> {
+    let mut out = Vec::new();
+    let outgoing = |kind, body_gz| Outgoing {
+        id: window.segment.clone(),
+        config_id: window.config_id,
+        created_ms: window.start_ms,
+        kind,
+        body_gz,
+    };
+    let exporters = window.config.exporters;
+    if exporters.otlp {
+        let mut bodies = crate::otlp::encode(window, &window.segment, report)?;
+        // Metrics last, and always (an empty request if need be): it marks the set complete.
+        if !bodies.iter().any(|(signal, _)| *signal == Signal::Metrics) {
+            let empty = crate::otlp::encode_empty_metrics(window, &window.segment)?;
+            bodies.push((Signal::Metrics, empty));
+        }
+        bodies.sort_by_key(|(signal, _)| *signal != Signal::Metrics);
+        bodies.reverse();
+        out.extend(
+            bodies
+                .into_iter()
+                .map(|(signal, body)| outgoing(ExportKind::Otlp(signal), body)),
+        );
+    }
+    if exporters.push || !exporters.otlp {
+        let payload = Payload::from_window(window, window.segment.clone(), report.clone());
+        out.push(outgoing(ExportKind::Push, payload.to_gzip()?));
+    }
+    Ok(out)
+}
+
+/// The payload cached last for a configuration with `exporters` (see [`exports`]).
+pub(super) fn last_kind(exporters: Exporters) -> ExportKind {
+    if exporters.push || !exporters.otlp {
+        ExportKind::Push
+    } else {
+        ExportKind::Otlp(Signal::Metrics)
+    }
 }
 
 async fn cache_windows(
@@ -91,79 +135,92 @@ async fn cache_windows(
         leader_pid: std::process::id(),
         payload_cache_evictions: shared.cache.take_evictions(),
         rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
+        rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
         ..AgentReport::default()
     };
     for window in windows {
-        if window.metrics.is_empty() && window.dropped_updates == 0 {
+        if window.metrics.is_empty()
+            && window.dropped_updates == 0
+            && window.samples.is_empty()
+            && window.logs.is_empty()
+        {
             shared
                 .counting()
                 .journal
                 .remove(window.start_ms, window.config_id, &window.segment);
             continue;
         }
-        let payload = Payload::from_window(&window, window.segment.clone(), report.clone());
+        let window_report = AgentReport {
+            batches: window.batches,
+            dropped_updates: window.dropped_updates,
+            dropped_samples: window.dropped_samples,
+            dropped_logs: window.dropped_logs,
+            ..report.clone()
+        };
         // Counts of dropped things go out once, in the first payload of the round.
         report.payload_cache_evictions = 0;
         report.rejected_frames = 0;
-        let body_gz = match payload.to_gzip() {
-            Ok(b) => b,
+        report.rejected_exports = 0;
+        let outgoing = match exports(&window, &window_report) {
+            Ok(o) => o,
             Err(e) => {
                 tracing::error!(
                     "cannot encode payload {}: {e:#}; it stays in the journal",
-                    payload.payload_id
+                    window.segment
                 );
                 continue;
             }
         };
-        let outgoing = Outgoing {
-            id: window.segment.clone(),
-            config_id: window.config_id,
-            created_ms: window.start_ms,
-            body_gz,
-        };
         tracing::debug!(
-            "window {} of {}/{} is payload {} ({} counters, {} gauges, {} distributions, {} batches)",
+            "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
             window.start_ms,
             window.config.app_name,
             window.config.environment,
-            outgoing.id,
-            payload.counters.len(),
-            payload.gauges.len(),
-            payload.distributions.len(),
-            window.batches
+            window.segment,
+            window.metrics.len(),
+            window.samples.len(),
+            window.logs.len(),
+            window.batches,
+            outgoing.len()
         );
-        match shared.cache.store(&outgoing) {
-            Ok(()) => {
-                shared.counting().journal.remove(
-                    window.start_ms,
-                    window.config_id,
-                    &window.segment,
-                );
-            }
-            Err(e) => {
-                // No cache (disk full, directory gone): push it directly; if that fails too, the
-                // journal segment stays and the next leader replays it.
+        let mut not_cached = Vec::new();
+        for o in outgoing {
+            if let Err(e) = shared.cache.store(&o) {
+                // No cache (disk full, directory gone): send it directly (below).
                 tracing::error!(
-                    "cannot cache payload {}: {e:#}; pushing it directly",
-                    outgoing.id
+                    "cannot cache {} payload {}: {e:#}; sending it directly",
+                    o.kind.name(),
+                    o.id
                 );
-                match push_until(pusher, &window.config, &outgoing, deadline).await {
-                    Ok(()) => {
-                        shared.counting().journal.remove(window.start_ms, window.config_id, &window.segment);
-                        tracing::info!("pushed payload {}", outgoing.id);
-                    }
-                    Err(e) => tracing::error!(
-                        "payload {} not pushed either ({e}); its journal segment stays for the next leader",
-                        outgoing.id
-                    ),
+                not_cached.push(o);
+            }
+        }
+        let mut all_out = true;
+        for o in &not_cached {
+            match push_until(pusher, &window.config, o, deadline).await {
+                Ok(()) => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
+                Err(e) => {
+                    all_out = false;
+                    tracing::error!(
+                        "{} payload {} not sent either ({e}); its journal segment stays for the next leader",
+                        o.kind.name(),
+                        o.id
+                    );
                 }
             }
+        }
+        if all_out {
+            shared
+                .counting()
+                .journal
+                .remove(window.start_ms, window.config_id, &window.segment);
         }
     }
 }
 
-/// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round.
-/// Payloads of a configuration whose push key no connected process has wait in the cache.
+/// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;
+/// one that asked to wait (`Retry-After`) is not tried before then. Payloads of a configuration
+/// whose secrets no connected process has sent wait in the cache.
 async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>) {
     let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
     let mut down: HashSet<String> = HashSet::new();
@@ -175,12 +232,16 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
             .counting()
             .aggregator
             .config(entry.config_id)
-            .filter(|c| !c.push_api_key.is_empty())
+            .filter(|c| can_export(c, entry.kind))
             .cloned()
         else {
             continue;
         };
-        if down.contains(&config.endpoint) {
+        let endpoint = match (entry.kind, &config.otlp) {
+            (ExportKind::Otlp(signal), Some(settings)) => signal.endpoint(settings).to_owned(),
+            _ => config.endpoint.clone(),
+        };
+        if down.contains(&endpoint) || shared.exports.throttled(&endpoint) {
             continue;
         }
         let payload = match shared.cache.load(&entry) {
@@ -195,7 +256,8 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
             Ok(()) => {
                 shared.cache.remove(&entry);
                 tracing::info!(
-                    "pushed payload {} (window {} of {}/{})",
+                    "sent {} payload {} (window {} of {}/{})",
+                    entry.kind.name(),
                     entry.id,
                     entry.created_ms,
                     config.app_name,
@@ -204,15 +266,77 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
             }
             Err(PushError::Retryable(why)) => {
                 tracing::warn!(
-                    "payload {} not pushed: {why}; kept in payloads/ for the next transmission",
+                    "{} payload {} not sent: {why}; kept in payloads/ for the next transmission",
+                    entry.kind.name(),
                     entry.id
                 );
-                down.insert(config.endpoint);
+                down.insert(endpoint);
+            }
+            Err(PushError::RetryAfter(why, after)) => {
+                tracing::warn!(
+                    "{} payload {} not sent: {why}; kept in payloads/, next try in {} s or later",
+                    entry.kind.name(),
+                    entry.id,
+                    after.as_secs()
+                );
+                shared.exports.throttle(&endpoint, after);
+                down.insert(endpoint);
             }
             Err(e @ PushError::Rejected(_)) => {
-                tracing::error!("payload {} dropped: {e}", entry.id);
+                shared.exports.rejected.fetch_add(1, Ordering::Relaxed);
+                if shared.exports.first_rejection(entry.config_id, entry.kind) {
+                    tracing::error!(
+                        "{} payload {} dropped: {e}; further rejections of this configuration's {} payloads are counted, not logged",
+                        entry.kind.name(),
+                        entry.id,
+                        entry.kind.name()
+                    );
+                }
                 shared.cache.remove(&entry);
             }
         }
+    }
+}
+
+/// Whether `config` has what a payload of `kind` needs: its secrets, and a push key for the Push API.
+fn can_export(config: &PushConfig, kind: ExportKind) -> bool {
+    if config.redacted {
+        return false;
+    }
+    match kind {
+        ExportKind::Push => !config.push_api_key.is_empty(),
+        ExportKind::Otlp(_) => config.otlp.is_some(),
+    }
+}
+
+/// What the exporters remember between rounds: endpoints that asked to wait, rejections.
+#[derive(Default)]
+pub(super) struct ExportState {
+    /// Endpoint → not before this instant (`Retry-After`).
+    throttled: Mutex<HashMap<String, Instant>>,
+    /// (configuration, exporter) pairs whose rejection was logged once.
+    rejections_logged: Mutex<HashSet<(u64, ExportKind)>>,
+    /// Payloads dropped because a receiver rejected them (not retryable), since the last payload.
+    pub(super) rejected: AtomicU64,
+}
+
+impl ExportState {
+    fn throttled(&self, endpoint: &str) -> bool {
+        let map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(endpoint)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn throttle(&self, endpoint: &str, after: Duration) {
+        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(endpoint.to_owned(), Instant::now() + after);
+    }
+
+    fn first_rejection(&self, config_id: u64, kind: ExportKind) -> bool {
+        let mut set = self
+            .rejections_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.insert((config_id, kind))
     }
 }

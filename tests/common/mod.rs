@@ -5,6 +5,8 @@
 
 #[path = "../../examples/common/fleet.rs"]
 pub mod fleet;
+#[path = "../../examples/common/otlp_receiver.rs"]
+pub mod otlp_receiver;
 #[path = "../../examples/common/receiver.rs"]
 pub mod receiver;
 #[path = "../../examples/common/worker.rs"]
@@ -43,5 +45,116 @@ pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The Python that can run the OTLP receiver, or `None` to skip: under `CI` a missing one fails the
+/// test (CI installs it), elsewhere the test says SKIPPED on stderr.
+pub fn otlp_python_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(p) = otlp_receiver::python() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: no Python with opentelemetry-proto (python3 -m venv .venv && .venv/bin/pip install opentelemetry-proto)"
+    );
+    eprintln!("SKIPPED {test}: no Python with opentelemetry-proto (see the README)");
+    None
+}
+
+/// The index in `workers` of the process whose pid `agent.lock` in `workdir` names.
+pub fn leader_index(workdir: &std::path::Path, workers: &[fleet::WorkerProcess]) -> Option<usize> {
+    let text = std::fs::read_to_string(workdir.join("agent.lock")).ok()?;
+    let pid: u32 = text.split(';').next()?.parse().ok()?;
+    workers.iter().position(|w| w.pid == pid)
+}
+
+/// What a chaos run did: the totals the killed and the surviving processes had acknowledged.
+pub struct Chaos {
+    pub survivors: Vec<fleet::WorkerProcess>,
+    pub expected: serde_json::Value,
+    pub leader_kills: u32,
+    pub client_kills: u32,
+}
+
+/// Six processes record in rounds for `duration` while the leader is SIGKILLed about once a second
+/// (right after its own round was acknowledged, while the others are mid-round), and, with
+/// `kill_clients`, every other time also an idle client; killed processes are replaced. Expected
+/// totals: what every process had acknowledged when it was killed or, for survivors, at the end
+/// (the survivors are synced, not stopped).
+pub fn chaos(
+    workdir: &std::path::Path,
+    mut spawn: impl FnMut() -> fleet::WorkerProcess,
+    kill_clients: bool,
+    duration: Duration,
+) -> Chaos {
+    use serde_json::Value;
+    let mut workers: Vec<fleet::WorkerProcess> = (0..6).map(|_| spawn()).collect();
+    let mut last_acked: Vec<Value> = vec![Value::Null; workers.len()];
+    let mut expected = Value::Null;
+    let started = Instant::now();
+    let mut next_kill = started + Duration::from_secs(1);
+    let (mut leader_kills, mut client_kills) = (0, 0);
+    while started.elapsed() < duration {
+        for w in workers.iter_mut() {
+            w.send("record 40").unwrap();
+            w.send("sync").unwrap();
+        }
+        let leader = leader_index(workdir, &workers);
+        let mut done = vec![false; workers.len()];
+        if let Some(l) = leader {
+            last_acked[l] = workers[l].expect("acked", Duration::from_secs(90)).unwrap();
+            done[l] = true;
+            if Instant::now() >= next_kill {
+                // Idle itself, but the others are handing it their rounds right now.
+                workers[l].child.kill().unwrap();
+                workers[l].wait(Duration::from_secs(10)).unwrap();
+                fleet::add_sent(&mut expected, &last_acked[l]);
+                leader_kills += 1;
+                next_kill += Duration::from_secs(1);
+            }
+        }
+        for (i, w) in workers.iter_mut().enumerate() {
+            if !done[i] {
+                let acked = w.expect("acked", Duration::from_secs(90)).unwrap();
+                assert_eq!(
+                    acked["idle"], true,
+                    "worker {} never got its round acknowledged",
+                    w.pid
+                );
+                last_acked[i] = acked;
+            }
+        }
+        if kill_clients && leader_kills % 2 == 1 {
+            if let Some(c) = (0..workers.len())
+                .find(|&i| Some(i) != leader && workers[i].child.try_wait().unwrap().is_none())
+            {
+                workers[c].child.kill().unwrap();
+                workers[c].wait(Duration::from_secs(10)).unwrap();
+                fleet::add_sent(&mut expected, &last_acked[c]);
+                client_kills += 1;
+                workers[c] = spawn();
+                last_acked[c] = Value::Null;
+            }
+        }
+        // Replace a killed leader.
+        for i in 0..workers.len() {
+            if workers[i].child.try_wait().unwrap().is_some() {
+                workers[i] = spawn();
+                last_acked[i] = Value::Null;
+            }
+        }
+    }
+    for (w, acked) in workers.iter_mut().zip(last_acked.iter_mut()) {
+        *acked = w.sync().unwrap();
+    }
+    for acked in &last_acked {
+        fleet::add_sent(&mut expected, acked);
+    }
+    Chaos {
+        survivors: workers,
+        expected,
+        leader_kills,
+        client_kills,
     }
 }

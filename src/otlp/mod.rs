@@ -1,0 +1,92 @@
+//! The OTLP exporter: a closed window becomes up to three OTLP/HTTP protobuf requests (metrics,
+//! traces, logs), which go through the same payload cache, retry and no-loss rules as Push API
+//! payloads (see [`crate::transmit`]). The mapping is in [`mapping`] and `docs/otlp.md`; the
+//! settings (`_APPSIGNAL_OTLP_*`, `OTEL_EXPORTER_OTLP_*`) in [`settings`]; sending in [`send`].
+
+pub mod mapping;
+pub mod send;
+pub mod settings;
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use flate2::{write::GzEncoder, Compression};
+use prost::Message;
+
+use crate::aggregate::Window;
+use crate::payload::AgentReport;
+
+/// One of the three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    Metrics,
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Metrics => "metrics",
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// This signal's endpoint in `settings`.
+    pub fn endpoint(self, settings: &settings::OtlpSettings) -> &str {
+        match self {
+            Signal::Metrics => &settings.metrics_endpoint,
+            Signal::Traces => &settings.traces_endpoint,
+            Signal::Logs => &settings.logs_endpoint,
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        Compression::fast(),
+    );
+    gz.write_all(bytes)
+        .context("cannot compress an OTLP request")?;
+    gz.finish().context("cannot compress an OTLP request")
+}
+
+/// A metrics request with no metrics (resource and scope only): it completes a window's set of
+/// cached requests when the window had no metrics (see `leader::transmission`).
+pub fn encode_empty_metrics(window: &Window, export_id: &str) -> Result<Vec<u8>> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(mapping::resource(&window.config)),
+            scope_metrics: vec![ScopeMetrics {
+                scope: mapping::scope(export_id),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    gzip(&request.encode_to_vec())
+}
+
+/// The requests of `window` as gzip-compressed protobuf bodies, one per signal that has data.
+pub fn encode(
+    window: &Window,
+    export_id: &str,
+    report: &AgentReport,
+) -> Result<Vec<(Signal, Vec<u8>)>> {
+    let requests = mapping::requests(window, export_id, report);
+    let mut bodies = Vec::new();
+    if let Some(r) = requests.metrics {
+        bodies.push((Signal::Metrics, gzip(&r.encode_to_vec())?));
+    }
+    if let Some(r) = requests.traces {
+        bodies.push((Signal::Traces, gzip(&r.encode_to_vec())?));
+    }
+    if let Some(r) = requests.logs {
+        bodies.push((Signal::Logs, gzip(&r.encode_to_vec())?));
+    }
+    Ok(bodies)
+}
