@@ -46,7 +46,7 @@ defmodule AppsignalExample do
 
   @doc ~s{"leader", "client", "starting", "stopped" or "disabled".}
   @spec role() :: String.t()
-  def role, do: diagnose()["role"]
+  def role, do: diagnose()["leader_election"]["role"]
 
   @doc "Waits (at most `timeout_ms`) until the election is decided; returns the role."
   @spec await_role(non_neg_integer) :: String.t()
