@@ -16,7 +16,10 @@
 //! - Every span holds an `Arc` of what its root shares (trace id, start time, collected events),
 //!   so spans can be freed in any order. A span's state is behind a mutex: concurrent calls on
 //!   one span (BEAM schedulers) are safe. After `close`, setters are ignored with a (rate-limited)
-//!   log line; `to_json` and creating children still work.
+//!   log line; creating children still works and `to_json` is the empty string.
+//! - Ids: the full W3C ids are kept (samples, `traceparent`, OTLP); the interface returns their
+//!   short forms ([`short_id`]: the last 16 of the trace id's 32 hex digits, the last 8 of a span
+//!   id's 16).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
