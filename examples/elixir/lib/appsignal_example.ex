@@ -40,7 +40,7 @@ defmodule AppsignalExample do
   @spec stop() :: :ok
   def stop, do: Nif.stop()
 
-  @doc "The agent's report (configuration, working directory, lock holder, role …) as a map."
+  @doc "The agent's report as a map: the gem-shaped `extension`/`agent` checks and our `leader_election` part (role, lock holder …)."
   @spec diagnose() :: map
   def diagnose, do: JSON.decode!(Nif.diagnose())
 
