@@ -22,6 +22,7 @@ defmodule AppsignalExampleTest do
                "leader_election" => %{"role" => "stopped", "library_version" => _},
                "agent" => %{"boot" => %{"started" => %{"result" => false}}}
              } = AppsignalExample.diagnose()
+
       assert AppsignalExample.increment_counter("c", 1, %{a: 1}) == :ok
       assert AppsignalExample.set_gauge("g", 2.5) == :ok
       assert AppsignalExample.add_distribution_value("d", 3, %{"k" => "v"}) == :ok
