@@ -189,7 +189,8 @@ struct appsignal_span_t *appsignal_create_child_span_with_timestamp(struct appsi
 // line). The caller owns the returned handle.
 struct appsignal_span_t *appsignal_create_span_from_traceparent(struct appsignal_string_t traceparent);
 
-// The span id (16 hex digits). Owned by the library (valid until the next `appsignal_span_id` on
+// The span id as the packages see it: 8 hex digits, the last 8 of the W3C span id (which stays
+// whole in samples, `traceparent` and OTLP). Owned by the library (valid until the next `appsignal_span_id` on
 // this thread); `len == 0` for a NULL handle. The caller keeps ownership of `span`.
 struct appsignal_string_t appsignal_span_id(struct appsignal_span_t *span);
 
@@ -259,9 +260,10 @@ void appsignal_close_span_with_timestamp(struct appsignal_span_t *span,
                                          int64_t seconds,
                                          int64_t nanoseconds);
 
-// The span's current state as JSON. Owned by the library (valid until the next
-// `appsignal_span_to_json` on this thread); `len == 0` for a NULL handle. The caller keeps
-// ownership of `span`.
+// The span's current state as JSON, in the shape the Elixir package reads (docs/apm.md); the
+// empty string (`len == 0`) once the span is closed, and for a NULL handle. Owned by the library
+// (valid until the next `appsignal_span_to_json` on this thread). The caller keeps ownership of
+// `span`.
 struct appsignal_string_t appsignal_span_to_json(struct appsignal_span_t *span);
 
 // Frees a span handle made by this library (a span that was not closed is dropped without
@@ -374,8 +376,9 @@ void appsignal_complete_transaction(struct appsignal_transaction_t *transaction)
 struct appsignal_transaction_t *appsignal_duplicate_transaction(struct appsignal_transaction_t *transaction,
                                                                 struct appsignal_string_t new_id);
 
-// The transaction's current state as JSON (the sample shape, filtered, plus `finished`,
-// `sampled`, `completed`, `open_events`). Owned by the library (valid until the next
+// The transaction's current state as JSON, in the shape the Ruby gem reads (docs/apm.md): event
+// bodies as given (not sanitised), `error.name`, the backtrace as a JSON string, filtered sample
+// data, plus `finished`, `sampled`, `completed`, `open_events`. Owned by the library (valid until the next
 // `appsignal_transaction_to_json` on this thread); `len == 0` for a NULL handle.
 struct appsignal_string_t appsignal_transaction_to_json(struct appsignal_transaction_t *transaction);
 

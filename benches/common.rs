@@ -46,7 +46,7 @@ pub fn start_agent(workdir: &std::path::Path) {
         let report = returned_to_string(appsignal::appsignal_diagnose());
         let role = serde_json::from_str::<serde_json::Value>(&report)
             .ok()
-            .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(str::to_owned));
+            .and_then(|v| v["leader_election"]["role"].as_str().map(str::to_owned));
         if matches!(role.as_deref(), Some("leader" | "client")) {
             eprintln!("libappsignal recording, role {}", role.unwrap_or_default());
             return;

@@ -175,6 +175,37 @@ fn disable(reason: String, config: &Config) {
     set_disabled(reason);
 }
 
+/// The process's real user id (what the start-up warning and diagnose's `agent.host` show).
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The process's real group id.
+pub fn real_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// The line the language packages' users know (and their tests look for) when an active
+/// configuration cannot be used: it goes to stderr, the details to the log and to diagnose.
+pub fn config_warning_line() -> String {
+    format!(
+        "WARNING: Error when reading appsignal config, appsignal (as {}/{}) not starting",
+        real_uid(),
+        real_gid()
+    )
+}
+
+/// An active configuration that cannot be used: the warning line on stderr, the reason in the log
+/// (the configured log file; there is no working directory yet) and in diagnose; disabled.
+fn refuse_config(reason: &str, config: &Config) {
+    log::open_without_workdir(config);
+    tracing::error!("appsignal-agent disabled: invalid configuration: {reason}");
+    eprintln!("{}", config_warning_line());
+    set_disabled(format!("invalid configuration: {reason}"));
+}
+
 /// Starts the agent in this process. Returns within milliseconds; never fails the caller.
 pub fn start() {
     crate::fork::install();
@@ -194,7 +225,7 @@ pub fn start() {
     };
     if let Some(reason) = config.invalid_reason() {
         if config.active {
-            disable(format!("invalid configuration: {reason}"), &config);
+            refuse_config(&reason, &config);
         } else {
             set_disabled(format!("not active: {reason}"));
         }

@@ -1,16 +1,25 @@
-//! `appsignal_diagnose()`: a JSON report of what the agent in this process sees: configuration
-//! (the push key only as present/absent), working directory (path, owner, mode, writable), lock
-//! (path, holder pid), socket, role, the sender's progress (`sender.idle`: everything recorded so
-//! far is acknowledged by a leader), and why the agent is disabled if it is.
+//! `appsignal_diagnose()`: a JSON report of what the agent in this process sees, in two parts.
+//!
+//! - `extension` and `agent`: the checks the Ruby gem's `appsignal diagnose` command prints, in the
+//!   shape it reads: every leaf an object `{"result": …}`, with `"error"` / `"output"` when there
+//!   is something to say (see docs/apm.md, "Diagnose").
+//! - `leader_election`: our own report: configuration (the push key only as present/absent),
+//!   working directory (path, owner, mode, writable), lock (path, holder pid), socket, role, the
+//!   sender's progress (`sender.idle`: everything recorded so far is acknowledged by a leader), and
+//!   why the agent is disabled if it is.
+//!
+//! Before any `start()` the configuration is read from the environment for the report (the gem
+//! writes it there and asks for a diagnose without starting); nothing is created on disk.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::agent::{self, Status};
+use crate::agent::{self, Role, Status};
+use crate::config::Config;
 use crate::election;
-use crate::workdir;
+use crate::workdir::{self, Probe};
 
 fn file_report(path: &Path) -> Value {
     match std::fs::symlink_metadata(path) {
@@ -31,10 +40,148 @@ fn file_report(path: &Path) -> Value {
     }
 }
 
-/// The report as JSON.
+/// A check's result, with an error when there is one.
+fn leaf(result: Value, error: Option<String>) -> Value {
+    let mut leaf = json!({ "result": result });
+    if let Some(error) = error {
+        leaf["error"] = json!(error);
+    }
+    leaf
+}
+
+/// The report as JSON: `extension`, `agent` and `leader_election`.
 pub fn report() -> Value {
     // Notices a fork first, so that a child reports its own state, not the parent's.
     let sender_state = agent::sender_progress();
+    let status = agent::status_snapshot();
+    let role = agent::role();
+    let checks = checks(&status, role);
+    json!({
+        "extension": checks.extension,
+        "agent": checks.agent,
+        "leader_election": leader_election(status, role, sender_state),
+    })
+}
+
+struct Checks {
+    extension: Value,
+    agent: Value,
+}
+
+/// The `extension` and `agent` sections, in the shape the gem's diagnose command reads.
+fn checks(status: &Status, role: Role) -> Checks {
+    // Before any start, the configuration the next start would read.
+    let config = status
+        .config
+        .clone()
+        .unwrap_or_else(|| Config::load().config);
+    let config_valid = leaf(
+        json!(config.invalid_reason().is_none()),
+        config.invalid_reason(),
+    );
+
+    let started = matches!(role, Role::Leader | Role::Client);
+    let mut boot = leaf(
+        json!(started),
+        match role {
+            Role::Leader | Role::Client => None,
+            Role::Disabled => Some(
+                status
+                    .disabled_reason
+                    .clone()
+                    .unwrap_or_else(|| "disabled".into()),
+            ),
+            Role::Stopped => Some(
+                "not started: appsignal_start() was not called, or appsignal_stop() was".into(),
+            ),
+            Role::Starting => Some("starting".into()),
+        },
+    );
+    if started {
+        boot["output"] = json!(role.as_str());
+    }
+
+    let mut logger = leaf(
+        json!(status.log_destination.is_some()),
+        status
+            .log_destination
+            .is_none()
+            .then(|| "not started: the log is opened by a start with a valid configuration".into()),
+    );
+    match &status.log_destination {
+        Some(crate::log::Destination::File(path)) => {
+            logger["output"] = json!(path.display().to_string())
+        }
+        Some(crate::log::Destination::Stdout) => logger["output"] = json!("stdout"),
+        None => {}
+    }
+
+    // The working directory of the last start, or where the next one would put it.
+    let workdir_path: PathBuf = match &status.workdir_path {
+        Some(path) => path.clone(),
+        None => {
+            Probe::system(|probe| workdir::locate(config.working_directory_path.as_deref(), probe))
+                .0
+        }
+    };
+    let working_directory_stat = match std::fs::symlink_metadata(&workdir_path) {
+        Ok(meta) => json!({
+            "uid": leaf(json!(meta.uid()), None),
+            "gid": leaf(json!(meta.gid()), None),
+            "mode": leaf(json!(meta.mode()), None),
+        }),
+        Err(e) => {
+            let error = format!("{}: {e}", workdir_path.display());
+            json!({
+                "uid": leaf(Value::Null, Some(error.clone())),
+                "gid": leaf(Value::Null, Some(error.clone())),
+                "mode": leaf(Value::Null, Some(error)),
+            })
+        }
+    };
+
+    let lock_created = match &status.workdir {
+        Some(w) => {
+            let lock = w.lock_path();
+            match std::fs::symlink_metadata(&lock) {
+                Ok(meta) if meta.is_file() => leaf(json!(true), None),
+                Ok(_) => leaf(
+                    json!(false),
+                    Some(format!("{} is not a regular file", lock.display())),
+                ),
+                Err(e) => leaf(json!(false), Some(format!("{}: {e}", lock.display()))),
+            }
+        }
+        None => leaf(
+            json!(false),
+            Some(status.disabled_reason.clone().unwrap_or_else(|| {
+                "not started: the lock file is created by a start with a valid configuration".into()
+            })),
+        ),
+    };
+
+    Checks {
+        extension: json!({ "config": { "valid": config_valid.clone() } }),
+        agent: json!({
+            "boot": { "started": boot },
+            "host": {
+                "uid": leaf(json!(agent::real_uid()), None),
+                "gid": leaf(json!(agent::real_gid()), None),
+            },
+            "config": { "valid": config_valid },
+            "logger": { "started": logger },
+            "working_directory_stat": working_directory_stat,
+            "lock_path": { "created": lock_created },
+        }),
+    }
+}
+
+/// Our own report (what `appsignal_diagnose()` returned before it took the gem's shape).
+fn leader_election(
+    status: Status,
+    role: Role,
+    sender_state: Option<(crate::client::Progress, bool)>,
+) -> Value {
     let Status {
         config,
         config_warnings,
@@ -43,7 +190,7 @@ pub fn report() -> Value {
         workdir_source,
         log_destination,
         disabled_reason,
-    } = agent::status_snapshot();
+    } = status;
     let config_report = config.as_ref().map(|c| {
         json!({
             "valid": c.invalid_reason().is_none(),
@@ -97,7 +244,7 @@ pub fn report() -> Value {
             "uid": workdir::current_euid(),
             "gid": workdir::current_egid(),
         },
-        "role": agent::role().as_str(),
+        "role": role.as_str(),
         "sender": sender,
         "disabled_reason": disabled_reason,
         "config": config_report,

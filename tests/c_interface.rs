@@ -254,3 +254,108 @@ fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
     assert_eq!(line["severity"], "info");
     assert_eq!(line["attributes"]["user"], "u1");
 }
+
+/// Compiles `tests/c/<name>.c` (`-Wall -Wextra -Werror -pedantic`) against `appsignal.h` and the
+/// shared library of this build, into `dir`.
+fn compile_program(name: &str, dir: &Path) -> PathBuf {
+    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let exe = dir.join(name);
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg("-I")
+        .arg(root())
+        .arg(root().join(format!("tests/c/{name}.c")))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg("-lappsignal")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling tests/c/{name}.c failed");
+    exe
+}
+
+/// Runs a compiled test program with only `envs` (and this build's library) in its environment;
+/// asserts that it exited 0 and printed `<name>: all checks passed`. Returns (stdout, stderr).
+fn run_program(name: &str, exe: &Path, envs: &[(&str, &Path)]) -> (String, String) {
+    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let output = Command::new(exe)
+        .env_clear()
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .expect("the test program runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() && stdout.contains(&format!("{name}: all checks passed")),
+        "{name} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn transaction_to_json_has_the_shape_the_ruby_gem_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("transaction_json", tmp.path());
+    run_program("transaction_json", &exe, &[]);
+}
+
+#[test]
+fn span_to_json_has_the_shape_the_elixir_package_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("span_json", tmp.path());
+    run_program("span_json", &exe, &[]);
+}
+
+#[test]
+fn diagnose_has_the_shape_the_gems_diagnose_command_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("diagnose", tmp.path());
+    let (_, stderr) = run_program("diagnose", &exe, &[("DIAGNOSE_TMP", tmp.path())]);
+    assert!(
+        !stderr.contains("WARNING"),
+        "a valid start is quiet: {stderr}"
+    );
+}
+
+#[test]
+fn an_active_start_it_cannot_use_prints_the_packages_warning_line_and_logs_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("startup_warning", tmp.path());
+    let log = tmp.path().join("appsignal.log");
+    let (stdout, stderr) = run_program(
+        "startup_warning",
+        &exe,
+        &[("_APPSIGNAL_LOG_FILE_PATH", log.as_path())],
+    );
+    let ids = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ids "))
+        .expect("the program prints its real uid/gid");
+    let expected =
+        format!("WARNING: Error when reading appsignal config, appsignal (as {ids}) not starting");
+    // One line per start with an active configuration it cannot use (no key; then a bad
+    // endpoint); none for the inactive start; nothing else on stderr (the details go to the log).
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        vec![expected.as_str(), expected.as_str()],
+        "{stderr}"
+    );
+    let logged = std::fs::read_to_string(&log).expect("the configured log file was written");
+    assert!(
+        logged.contains("_APPSIGNAL_PUSH_API_KEY is not set"),
+        "{logged}"
+    );
+    assert!(logged.contains("_APPSIGNAL_PUSH_API_ENDPOINT"), "{logged}");
+    assert!(!logged.contains("warning-secret-key"), "{logged}");
+}

@@ -128,10 +128,19 @@ fn four_processes_one_leader_totals_equal() {
     );
     for w in workers.iter_mut() {
         let report = w.diagnose().unwrap();
-        assert_eq!(report["lock"]["holder_pid"], leader, "{report}");
-        assert_eq!(report["socket"]["exists"], true);
-        assert_eq!(report["working_directory"]["mode"], "777");
-        assert_eq!(report["config"]["push_api_key"], "present");
+        assert_eq!(
+            report["leader_election"]["lock"]["holder_pid"], leader,
+            "{report}"
+        );
+        assert_eq!(report["leader_election"]["socket"]["exists"], true);
+        assert_eq!(
+            report["leader_election"]["working_directory"]["mode"],
+            "777"
+        );
+        assert_eq!(
+            report["leader_election"]["config"]["push_api_key"],
+            "present"
+        );
     }
 
     // Two rounds, so that data spans more than one window.
@@ -391,13 +400,18 @@ fn an_unusable_working_directory_disables_the_agent_and_the_app_runs_on() {
     let mut worker = setup.spawn(0);
     assert_eq!(worker.role, "disabled");
     let report = worker.diagnose().unwrap();
-    let reason = report["disabled_reason"].as_str().unwrap();
+    let reason = report["leader_election"]["disabled_reason"]
+        .as_str()
+        .unwrap();
     assert!(reason.contains("working directory unusable"), "{reason}");
     assert!(
         reason.contains("file/appsignal"),
         "the reason names the path: {reason}"
     );
-    assert_eq!(report["working_directory"]["usable"], false);
+    assert_eq!(
+        report["leader_election"]["working_directory"]["usable"],
+        false
+    );
     worker.record(10).unwrap();
     assert!(worker.stop(Duration::from_secs(10)).unwrap().success());
     assert_eq!(setup.receiver.summary()["payloads"], 0);
@@ -411,7 +425,7 @@ fn a_symlink_planted_at_the_working_directory_is_refused() {
     std::os::unix::fs::symlink(&elsewhere, setup.workdir()).unwrap();
     let mut worker = setup.spawn(0);
     assert_eq!(worker.role, "disabled");
-    let reason = worker.diagnose().unwrap()["disabled_reason"]
+    let reason = worker.diagnose().unwrap()["leader_election"]["disabled_reason"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -654,10 +668,16 @@ fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
     );
     assert!(common::poll(Duration::from_secs(10), || old
         .diagnose()
-        .unwrap()["role"]
+        .unwrap()["leader_election"]["role"]
         == "client"));
-    assert_eq!(newer.diagnose().unwrap()["role"], "leader");
-    assert_eq!(old.diagnose().unwrap()["lock"]["holder_pid"], newer.pid);
+    assert_eq!(
+        newer.diagnose().unwrap()["leader_election"]["role"],
+        "leader"
+    );
+    assert_eq!(
+        old.diagnose().unwrap()["leader_election"]["lock"]["holder_pid"],
+        newer.pid
+    );
     // `record` answers cumulative totals: the last answer of each process is what it sent.
     let mut expected = Value::Null;
     fleet::add_sent(&mut expected, &old.record(200).unwrap());
@@ -810,7 +830,7 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
         let holder = leader_index(&setup, &workers).unwrap();
         let roles: Vec<Value> = workers
             .iter_mut()
-            .map(|w| w.diagnose().unwrap()["role"].clone())
+            .map(|w| w.diagnose().unwrap()["leader_election"]["role"].clone())
             .collect();
         assert_eq!(
             roles.iter().filter(|r| **r == "leader").count(),

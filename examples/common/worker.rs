@@ -367,7 +367,7 @@ fn emit(value: Value) {
 fn wait_idle(lib: &Lib, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if lib.diagnose()["sender"]["idle"] == true {
+        if lib.diagnose()["leader_election"]["sender"]["idle"] == true {
             return true;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -403,7 +403,7 @@ pub fn run(index: u32) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut role = String::new();
     while Instant::now() < deadline {
-        role = lib.diagnose()["role"]
+        role = lib.diagnose()["leader_election"]["role"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
@@ -435,12 +435,14 @@ pub fn run(index: u32) {
             }
             Some("sync") => {
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while Instant::now() < deadline && lib.diagnose()["sender"]["idle"] != true {
+                while Instant::now() < deadline
+                    && lib.diagnose()["leader_election"]["sender"]["idle"] != true
+                {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 let mut acked = sent.to_json();
                 acked["event"] = json!("acked");
-                acked["idle"] = lib.diagnose()["sender"]["idle"].clone();
+                acked["idle"] = lib.diagnose()["leader_election"]["sender"]["idle"].clone();
                 emit(acked);
             }
             Some("diagnose") => emit(json!({"event": "diagnose", "report": lib.diagnose()})),

@@ -5,8 +5,11 @@
 # fork; the master then hands the leadership to a worker), sends a known number of requests,
 # SIGKILLs the leader worker midway (between two batches, once it is idle), sends the second batch,
 # stops the server gracefully, and checks that the receiver's totals equal exactly what was sent.
+# Before the servers, app/shapes.rb reads back transaction_to_json, span_to_json and diagnose the
+# way the AppSignal gem parses them and checks every field the language packages read.
 #
-#   bash examples/ruby/run.sh [puma] [unicorn]      (default: both)
+#   bash examples/ruby/run.sh [puma] [unicorn]      (default: both; the shapes check always runs)
+#   bash examples/ruby/run.sh shapes                (only the shapes check)
 #
 # Environment: CARGO_TARGET_DIR (where the library is built; default <repo>/target),
 # APPSIGNAL_REBUILD=1 (run cargo build even if the library exists), APPSIGNAL_LIB_DIR / RECEIVER_BIN
@@ -17,8 +20,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-SERVERS=("$@")
-[ ${#SERVERS[@]} -gt 0 ] || SERVERS=(puma unicorn)
+SERVERS=()
+for arg in "$@"; do [ "$arg" = shapes ] || SERVERS+=("$arg"); done
+[ $# -gt 0 ] || SERVERS=(puma unicorn)
 KEY="ruby-example-key-$$"
 
 INSTALL_HINT="apt-get install -y ruby ruby-dev puma ruby-rack unicorn build-essential"
@@ -35,7 +39,7 @@ need ruby make cc "${SERVERS[@]}"
 for s in "${SERVERS[@]}"; do
   case "$s" in puma | unicorn) ;; *) die "unknown server '$s' (puma or unicorn)" ;; esac
 done
-ruby -e 'require "rack"' 2>/dev/null || unavailable "the Ruby library rack"
+[ ${#SERVERS[@]} -eq 0 ] || ruby -e 'require "rack"' 2>/dev/null || unavailable "the Ruby library rack"
 ruby -rrbconfig -e 'exit File.exist?(File.join(RbConfig::CONFIG["rubyhdrdir"], "ruby.h"))' ||
   unavailable "ruby.h (package ruby-dev)"
 
@@ -54,6 +58,15 @@ if ! (cd "$EXT_BUILD" &&
   die "building the extension failed"
 fi
 export APPSIGNAL_EXT_DIR="$EXT_BUILD"
+
+# ---- the returned documents, read back as the gem reads them --------------------------------------
+SHAPES_TMP=$(mktemp -d "${TMPDIR:-/tmp}/appsignal-ruby-shapes.XXXXXX")
+say "shapes: transaction_to_json, span_to_json and diagnose, parsed as the gem parses them"
+if ! ruby "$HERE/app/shapes.rb" "$SHAPES_TMP"; then
+  tail -n 20 "$SHAPES_TMP/appsignal.log" >&2 || true
+  die "the returned documents differ from what the language packages read (kept in $SHAPES_TMP)"
+fi
+rm -rf "$SHAPES_TMP"
 
 # ---- processes we start, and their cleanup -------------------------------------------------------
 RECEIVER_PID=""
@@ -215,4 +228,4 @@ run_server() {
 for server in "${SERVERS[@]}"; do
   run_server "$server"
 done
-say "all passed: ${SERVERS[*]}"
+say "all passed: shapes ${SERVERS[*]}"

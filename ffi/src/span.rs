@@ -106,7 +106,8 @@ pub extern "C" fn appsignal_create_span_from_traceparent(
     )
 }
 
-/// The span id (16 hex digits). Owned by the library (valid until the next `appsignal_span_id` on
+/// The span id as the packages see it: 8 hex digits, the last 8 of the W3C span id (which stays
+/// whole in samples, `traceparent` and OTLP). Owned by the library (valid until the next `appsignal_span_id` on
 /// this thread); `len == 0` for a NULL handle. The caller keeps ownership of `span`.
 #[no_mangle]
 pub extern "C" fn appsignal_span_id(span: *mut appsignal_span_t) -> appsignal_string_t {
@@ -298,9 +299,10 @@ pub extern "C" fn appsignal_close_span_with_timestamp(
     })
 }
 
-/// The span's current state as JSON. Owned by the library (valid until the next
-/// `appsignal_span_to_json` on this thread); `len == 0` for a NULL handle. The caller keeps
-/// ownership of `span`.
+/// The span's current state as JSON, in the shape the Elixir package reads (docs/apm.md); the
+/// empty string (`len == 0`) once the span is closed, and for a NULL handle. Owned by the library
+/// (valid until the next `appsignal_span_to_json` on this thread). The caller keeps ownership of
+/// `span`.
 #[no_mangle]
 pub extern "C" fn appsignal_span_to_json(span: *mut appsignal_span_t) -> appsignal_string_t {
     ffi_boundary!("appsignal_span_to_json", appsignal_string_t::EMPTY, {

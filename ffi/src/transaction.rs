@@ -305,8 +305,9 @@ pub extern "C" fn appsignal_duplicate_transaction(
     })
 }
 
-/// The transaction's current state as JSON (the sample shape, filtered, plus `finished`,
-/// `sampled`, `completed`, `open_events`). Owned by the library (valid until the next
+/// The transaction's current state as JSON, in the shape the Ruby gem reads (docs/apm.md): event
+/// bodies as given (not sanitised), `error.name`, the backtrace as a JSON string, filtered sample
+/// data, plus `finished`, `sampled`, `completed`, `open_events`. Owned by the library (valid until the next
 /// `appsignal_transaction_to_json` on this thread); `len == 0` for a NULL handle.
 #[no_mangle]
 pub extern "C" fn appsignal_transaction_to_json(

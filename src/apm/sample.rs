@@ -4,13 +4,45 @@
 //! Sampling rule: a transaction (or root span) is sampled when it has a (not ignored) error, or
 //! took at least [`SLOW_THRESHOLD_NS`] (1 s), or the sampling rate ([`super::set_sample_rate`],
 //! default 0.0) says so.
+//!
+//! One state renders as two documents ([`Shape`]): the **sample** handed to the agent (SQL bodies
+//! sanitised here, where the data is about to leave the process) and the in-process **view**
+//! returned by `appsignal_transaction_to_json` (bodies as the caller gave them, and the field names
+//! the language packages read back).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::apm::{filter, misc, ns_to_ms, ApmConfig};
+use crate::apm::{filter, misc, ns_to_ms, sql, truncate, ApmConfig, MAX_BODY};
 use crate::data::Data;
+
+/// Which document a state is rendered as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The sample handed to `agent::submit_sample` (documented under "Sample JSON" in docs/apm.md).
+    Sample,
+    /// What `appsignal_transaction_to_json` returns: the shape the Ruby gem's and the Elixir
+    /// package's test helpers read.
+    View,
+}
+
+/// Longest tag value kept, in characters; a longer one is cut and ends in `...`.
+pub const MAX_TAG_VALUE_CHARS: usize = 10_000;
+
+/// Cuts every string value of a `tags` map longer than [`MAX_TAG_VALUE_CHARS`] characters to its
+/// first 10,000 characters followed by `...`. Keys are kept whole; other data is left alone.
+pub fn cut_tag_values(tags: &mut Data) {
+    let Data::Map(map) = tags else { return };
+    for value in map.values_mut() {
+        if let Data::String(text) = value {
+            if let Some((cut, _)) = text.char_indices().nth(MAX_TAG_VALUE_CHARS) {
+                text.truncate(cut);
+                text.push_str("...");
+            }
+        }
+    }
+}
 
 /// At or above this duration a transaction is slow and always sampled: 1 s.
 pub const SLOW_THRESHOLD_NS: i64 = 1_000_000_000;
@@ -30,12 +62,69 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
+    /// The sample's error: `class`, `message`, `backtrace` as given (an array).
     pub fn to_json(&self) -> Value {
         json!({
             "class": self.class,
             "message": self.message,
             "backtrace": self.backtrace.to_json_value(),
         })
+    }
+
+    /// The error as the language packages read it back: `name`, `message`, and the backtrace as a
+    /// string holding its JSON under `backtrace_key` (`backtrace` for transactions,
+    /// `backtrace_json` for spans).
+    pub fn view_json(&self, backtrace_key: &str) -> Value {
+        let mut error = json!({"name": self.class, "message": self.message});
+        error[backtrace_key] = Value::String(self.backtrace.to_json());
+        error
+    }
+}
+
+/// An event's body as it was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBody {
+    /// Text as the caller gave it (at most 64 KiB); with body format 1 it is SQL and is sanitised
+    /// only in the sample.
+    Text(String),
+    /// A data body with body format 1, rendered as JSON; in the sample its strings are sanitised.
+    Data(Data),
+    /// Text that is already safe to send (a span's SQL attribute, sanitised when it was set).
+    Sanitized(String),
+}
+
+impl EventBody {
+    /// The body as recorded (data rendered as JSON), at most 64 KiB.
+    pub fn raw(&self) -> String {
+        match self {
+            EventBody::Text(text) | EventBody::Sanitized(text) => text.clone(),
+            EventBody::Data(data) => truncate(data.to_json(), MAX_BODY),
+        }
+    }
+
+    /// The body as it may leave the process: SQL (format 1) sanitised, at most 64 KiB.
+    pub fn sanitized(&self, body_format: i32) -> String {
+        match self {
+            EventBody::Text(text) if body_format == SQL_BODY_FORMAT => sql::sanitize(text),
+            EventBody::Data(data) if body_format == SQL_BODY_FORMAT => {
+                let mut copy = data.clone();
+                sanitize_strings(&mut copy);
+                truncate(copy.to_json(), MAX_BODY)
+            }
+            other => other.raw(),
+        }
+    }
+}
+
+/// Body format 1: the body is SQL.
+const SQL_BODY_FORMAT: i32 = 1;
+
+fn sanitize_strings(data: &mut Data) {
+    match data {
+        Data::String(s) => *s = sql::sanitize(s),
+        Data::Array(items) => items.iter_mut().for_each(sanitize_strings),
+        Data::Map(map) => map.values_mut().for_each(sanitize_strings),
+        _ => {}
     }
 }
 
@@ -44,8 +133,7 @@ impl ErrorInfo {
 pub struct Event {
     pub name: String,
     pub title: String,
-    /// Already sanitised when `body_format` is 1 (SQL).
-    pub body: String,
+    pub body: EventBody,
     pub body_format: i32,
     /// Nanoseconds from the start of the transaction (or root span).
     pub start_ns: i64,
@@ -64,18 +152,27 @@ impl Event {
         event_group(&self.name)
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The event and its children. In the sample the body is sanitised (format 1); in the view it
+    /// is as recorded and every event has `"count": 1`.
+    pub fn to_json(&self, shape: Shape) -> Value {
+        let body = match shape {
+            Shape::Sample => self.body.sanitized(self.body_format),
+            Shape::View => self.body.raw(),
+        };
         let mut event = json!({
             "name": self.name,
             "group": self.group(),
             "title": self.title,
-            "body": self.body,
+            "body": body,
             "body_format": self.body_format,
             "start": ns_to_ms(self.start_ns),
             "duration": ns_to_ms(self.duration_ns),
             "gc_duration": self.gc_duration_ms,
-            "children": self.children.iter().map(Event::to_json).collect::<Vec<_>>(),
+            "children": self.children.iter().map(|c| c.to_json(shape)).collect::<Vec<_>>(),
         });
+        if shape == Shape::View {
+            event["count"] = 1.into();
+        }
         if !self.attributes.is_empty() {
             event["attributes"] = data_map_json(&self.attributes);
         }
@@ -148,9 +245,9 @@ impl SampleView<'_> {
         (queue_start > 0 && queue_start <= start_ms).then(|| (start_ms - queue_start) as f64)
     }
 
-    /// The JSON document: the shape of a sample (documented in docs/apm.md). Sample data is
+    /// The JSON document in the given shape (both documented in docs/apm.md). Sample data is
     /// filtered here, so nothing unfiltered leaves through a sample or a `*_to_json`.
-    pub fn render(&self, config: &ApmConfig) -> Value {
+    pub fn render(&self, config: &ApmConfig, shape: Shape) -> Value {
         let sample_data: Map<String, Value> = self
             .sample_data
             .iter()
@@ -181,8 +278,11 @@ impl SampleView<'_> {
             "queue_start": self.queue_start_ms,
             "queue_time": self.queue_time_ms(),
             "gc_duration": self.gc_duration_ms,
-            "error": self.error.map(ErrorInfo::to_json),
-            "events": self.events.iter().map(Event::to_json).collect::<Vec<_>>(),
+            "error": self.error.map(|e| match shape {
+                Shape::Sample => e.to_json(),
+                Shape::View => e.view_json("backtrace"),
+            }),
+            "events": self.events.iter().map(|e| e.to_json(shape)).collect::<Vec<_>>(),
             "dropped_events": self.dropped_events,
             "sample_data": sample_data,
             "metadata": metadata,
@@ -202,7 +302,7 @@ mod tests {
         Event {
             name: name.into(),
             title: String::new(),
-            body: String::new(),
+            body: EventBody::Text(String::new()),
             body_format: 0,
             start_ns: 0,
             duration_ns,
@@ -293,7 +393,7 @@ mod tests {
             metadata: &metadata,
             allocation_count: Some(7),
         };
-        let json = view.render(&config);
+        let json = view.render(&config, Shape::Sample);
         assert_eq!(json["duration"], 500.0);
         assert_eq!(json["queue_time"], 100.0);
         assert_eq!(json["start"], 10_000);

@@ -16,14 +16,17 @@
 //! - Every span holds an `Arc` of what its root shares (trace id, start time, collected events),
 //!   so spans can be freed in any order. A span's state is behind a mutex: concurrent calls on
 //!   one span (BEAM schedulers) are safe. After `close`, setters are ignored with a (rate-limited)
-//!   log line; `to_json` and creating children still work.
+//!   log line; creating children still works and `to_json` is the empty string.
+//! - Ids: the full W3C ids are kept (samples, `traceparent`, OTLP); the interface returns their
+//!   short forms ([`short_id`]: the last 16 of the trace id's 32 hex digits, the last 8 of a span
+//!   id's 16).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::agent;
-use crate::apm::sample::{self, ErrorInfo, Event, SampleView};
+use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
 use crate::apm::transaction::{report_action, BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{
     bounded_insert, config, filter, misc, now_ns, random_hex, sql, truncate, warn_limited,
@@ -38,6 +41,17 @@ pub const TRACEPARENT_NAMESPACE: &str = "web";
 pub const CATEGORY_ATTRIBUTE: &str = "appsignal:category";
 /// Attribute holding a child span's event body.
 pub const BODY_ATTRIBUTE: &str = "appsignal:body";
+
+/// Hex digits of the trace id as the interface returns it to the packages (`span_to_json`).
+pub const SHORT_TRACE_ID_LEN: usize = 16;
+/// Hex digits of the span id as the interface returns it (`span_id`, `span_to_json`).
+pub const SHORT_SPAN_ID_LEN: usize = 8;
+
+/// The last `len` characters of a hex id: the form the interface returns. Internally, in
+/// `traceparent`, in samples and in OTLP the full W3C ids (32 and 16 hex digits) are kept.
+pub fn short_id(id: &str, len: usize) -> &str {
+    id.get(id.len().saturating_sub(len)..).unwrap_or(id)
+}
 
 /// A parsed W3C `traceparent` header.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,17 +202,15 @@ impl Span {
         Span::new_root(TRACEPARENT_NAMESPACE, now_ns(), trace)
     }
 
-    /// A child of this span starting now (or at `start_ns`), in the same trace and root.
+    /// A child of this span starting now (or at `start_ns`), in the same trace and root. Only the
+    /// root carries the namespace: a child's is empty until `set_namespace`.
     pub fn child(&self, start_ns: Option<i64>) -> Span {
-        let (parent_id, namespace) = {
-            let s = self.lock();
-            (s.span_id.clone(), s.namespace.clone())
-        };
+        let parent_id = self.lock().span_id.clone();
         Span::new(
             Arc::clone(&self.root),
             Some(parent_id),
             false,
-            namespace,
+            String::new(),
             start_ns.unwrap_or_else(now_ns),
         )
     }
@@ -220,11 +232,17 @@ impl Span {
         f(&mut state);
     }
 
-    /// The span id: 16 lowercase hex digits.
+    /// The span id as the interface returns it: the last 8 of its 16 hex digits.
     pub fn id(&self) -> String {
+        short_id(&self.lock().span_id, SHORT_SPAN_ID_LEN).to_owned()
+    }
+
+    /// The full W3C span id (16 hex digits), as in samples, `traceparent` and OTLP.
+    pub fn full_id(&self) -> String {
         self.lock().span_id.clone()
     }
 
+    /// The full W3C trace id (32 hex digits).
     pub fn trace_id(&self) -> String {
         self.root.trace_id.clone()
     }
@@ -276,25 +294,30 @@ impl Span {
         });
     }
 
-    /// Sets sample data under `key` (filtered like a transaction's when rendered).
+    /// Sets sample data under `key` (filtered like a transaction's when rendered; `tags` values
+    /// cut like a transaction's).
     pub fn set_sample_data(&self, key: &str, data: Option<&Data>) {
-        let Some(data) = data else { return };
+        let Some(data) = sample_data_value(key, data) else {
+            return;
+        };
         self.with_open("appsignal_set_span_sample_data", |s| {
             bounded_insert(
                 &mut s.sample_data,
                 truncate(key.to_string(), MAX_TEXT),
-                data.clone(),
+                data,
             );
         });
     }
 
     /// Sets sample data under `key` only if that key has none yet.
     pub fn set_sample_data_if_nil(&self, key: &str, data: Option<&Data>) {
-        let Some(data) = data else { return };
+        let Some(data) = sample_data_value(key, data) else {
+            return;
+        };
         self.with_open("appsignal_set_span_sample_data_if_nil", |s| {
             let key = truncate(key.to_string(), MAX_TEXT);
             if !s.sample_data.contains_key(&key) {
-                bounded_insert(&mut s.sample_data, key, data.clone());
+                bounded_insert(&mut s.sample_data, key, data);
             }
         });
     }
@@ -383,7 +406,7 @@ impl Span {
             let mut view = self.view(s, &collected.events, collected.dropped);
             view.error = error;
             view.action = Some(&action);
-            let mut json = view.render(&config);
+            let mut json = view.render(&config, Shape::Sample);
             add_span_fields(&mut json, s, &self.root.trace_id);
             json
         });
@@ -420,24 +443,71 @@ impl Span {
         }
     }
 
-    /// The span's current state as JSON: the sample shape plus `trace_id`, `parent_span_id`,
-    /// `name`, `root`, `closed` and `attributes`. For an open root span, `events` holds the
-    /// children closed so far.
+    /// The span's current state as JSON, in the shape the Elixir package reads back (documented
+    /// in docs/apm.md): short ids, `""` for what is unset, `start_time_seconds` /
+    /// `start_time_nanoseconds`, typed attributes, sample data values as JSON strings (filtered),
+    /// the error as `{name, message, backtrace_json}`. For an open root, `events` holds the
+    /// children closed so far. A closed span gives the empty string: it is done, and a package
+    /// asking "closed?" through `to_json` sees that.
     pub fn to_json(&self) -> String {
         let config = config();
         let s = self.lock();
-        let mut json = if s.is_root && s.end_ns.is_none() {
+        if s.end_ns.is_some() {
+            return String::new();
+        }
+        let (events, dropped) = if s.is_root {
             let events = self.root.events.lock().unwrap_or_else(|e| e.into_inner());
-            self.view(&s, &events.events, events.dropped)
-                .render(&config)
+            let rendered: Vec<serde_json::Value> = events
+                .events
+                .iter()
+                .map(|e| e.to_json(Shape::View))
+                .collect();
+            (rendered, events.dropped)
         } else {
-            self.view(&s, &[], 0).render(&config)
+            (Vec::new(), 0)
         };
-        add_span_fields(&mut json, &s, &self.root.trace_id);
-        json["root"] = s.is_root.into();
-        json["closed"] = s.end_ns.is_some().into();
-        json.to_string()
+        let sample_data: serde_json::Map<String, serde_json::Value> = s
+            .sample_data
+            .iter()
+            .map(|(k, v)| {
+                let filtered = filter::filter_sample_data(k, v, &config);
+                (k.clone(), serde_json::Value::String(filtered.to_json()))
+            })
+            .collect();
+        let start_seconds = s.start_ns.div_euclid(1_000_000_000);
+        let start_nanoseconds = s.start_ns.rem_euclid(1_000_000_000);
+        let allocation_count = misc::allocation_count().saturating_sub(s.allocations_at_start);
+        serde_json::json!({
+            "trace_id": short_id(&self.root.trace_id, SHORT_TRACE_ID_LEN),
+            "span_id": short_id(&s.span_id, SHORT_SPAN_ID_LEN),
+            "parent_span_id": s
+                .parent_span_id
+                .as_deref()
+                .map_or("", |p| short_id(p, SHORT_SPAN_ID_LEN)),
+            "name": s.name.as_deref().unwrap_or(""),
+            "namespace": s.namespace,
+            "root": s.is_root,
+            "closed": false,
+            "start_time_seconds": start_seconds,
+            "start_time_nanoseconds": start_nanoseconds,
+            "attributes": sample::data_map_json(&s.attributes),
+            "sample_data": sample_data,
+            "error": s.error.as_ref().map(|e| e.view_json("backtrace_json")),
+            "events": events,
+            "dropped_events": dropped,
+            "allocation_count": allocation_count,
+        })
+        .to_string()
     }
+}
+
+/// The value to store as sample data under `key` (a copy; `tags` values cut).
+fn sample_data_value(key: &str, data: Option<&Data>) -> Option<Data> {
+    let mut data = data?.clone();
+    if key == "tags" {
+        sample::cut_tag_values(&mut data);
+    }
+    Some(data)
 }
 
 static EMPTY_METADATA: BTreeMap<String, String> = BTreeMap::new();
@@ -458,9 +528,11 @@ fn child_event(s: &State, root_start_ns: i64) -> Event {
     };
     let body_is_sql = s.sql_attributes.iter().any(|k| k == BODY_ATTRIBUTE);
     let body = match attributes.remove(BODY_ATTRIBUTE) {
-        Some(Data::String(b)) => b,
-        Some(other) => other.to_json(),
-        None => String::new(),
+        // Set with set_sql_attribute: sanitised then.
+        Some(Data::String(b)) if body_is_sql => EventBody::Sanitized(b),
+        Some(Data::String(b)) => EventBody::Text(b),
+        Some(other) => EventBody::Text(truncate(other.to_json(), MAX_BODY)),
+        None => EventBody::Text(String::new()),
     };
     if let Some(error) = &s.error {
         let mut e = Data::new_map();
@@ -557,15 +629,21 @@ mod tests {
         test_support::setup();
         let span = Span::from_traceparent(TP);
         let j = json(&span);
-        assert_eq!(j["trace_id"], "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(j["parent_span_id"], "b7ad6b7169203331");
+        // The view's ids are the short forms; the full ones stay inside.
+        assert_eq!(j["trace_id"], "8448eb211c80319c");
+        assert_eq!(span.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(j["parent_span_id"], "69203331");
         assert_eq!(j["namespace"], "web");
         assert_eq!(j["root"], true);
         let bad = Span::from_traceparent("nonsense");
         let j = json(&bad);
-        assert_eq!(j["trace_id"].as_str().unwrap().len(), 32);
-        assert!(j["parent_span_id"].is_null());
-        assert_eq!(bad.id().len(), 16);
+        assert_eq!(j["trace_id"].as_str().unwrap().len(), 16);
+        assert_eq!(j["parent_span_id"], "");
+        assert_eq!(j["name"], "");
+        assert_eq!(bad.id().len(), 8);
+        assert_eq!(bad.full_id().len(), 16);
+        assert!(bad.full_id().ends_with(&bad.id()));
+        assert_eq!(j["span_id"], bad.id());
     }
 
     #[test]
@@ -584,6 +662,11 @@ mod tests {
         grandchild.close(Some(1_300_000_000));
         child.close(Some(1_400_000_000));
         assert_eq!(json(&root)["events"].as_array().unwrap().len(), 2);
+        // Only the root carries the namespace (an unclosed child is not recorded).
+        let probe = root.child(None);
+        assert_eq!(json(&probe)["namespace"], "");
+        assert_eq!(json(&probe)["parent_span_id"], root.id());
+        drop(probe);
         root.add_error(
             "RuntimeError",
             "boom",
@@ -598,6 +681,9 @@ mod tests {
         assert_eq!(samples.len(), 1);
         let s = &samples[0];
         assert_eq!(s["kind"], "span");
+        assert_eq!(s["id"].as_str().unwrap().len(), 16);
+        assert_eq!(s["trace_id"].as_str().unwrap().len(), 32);
+        assert!(s["parent_span_id"].is_null());
         assert_eq!(s["duration"], 1500.0);
         assert_eq!(s["error"]["class"], "RuntimeError");
         assert_eq!(s["sample_data"]["params"]["password"], "[FILTERED]");
@@ -621,6 +707,49 @@ mod tests {
     }
 
     #[test]
+    fn the_view_has_the_shape_the_elixir_package_reads() {
+        test_support::setup();
+        let root = Span::root("web", Some(1_588_930_137_508_176_000));
+        let j = json(&root);
+        assert_eq!(j["start_time_seconds"], 1_588_930_137i64);
+        assert_eq!(j["start_time_nanoseconds"], 508_176_000);
+        assert_eq!(j["name"], "");
+        assert_eq!(j["parent_span_id"], "");
+        assert_eq!(j["closed"], false);
+        assert!(j["error"].is_null());
+        let mut params = Data::new_map();
+        params.map_set("key".into(), Data::String("value".into()));
+        params.map_set("password".into(), Data::String("secret".into()));
+        root.set_sample_data("params", Some(&params));
+        root.add_error(
+            "RuntimeError",
+            "boom",
+            Some(&Data::Array(vec![Data::String("lib/a.ex:1".into())])),
+        );
+        root.set_attribute("s", Data::String("text".into()));
+        root.set_attribute("i", Data::Integer(i64::MAX));
+        root.set_attribute(
+            "big",
+            Data::String("bigint:123456789012345678901234567890".into()),
+        );
+        let j = json(&root);
+        assert_eq!(
+            j["sample_data"]["params"],
+            r#"{"key":"value","password":"[FILTERED]"}"#
+        );
+        assert_eq!(j["error"]["name"], "RuntimeError");
+        assert_eq!(j["error"]["message"], "boom");
+        assert_eq!(j["error"]["backtrace_json"], r#"["lib/a.ex:1"]"#);
+        assert_eq!(j["attributes"]["s"], "text");
+        assert_eq!(j["attributes"]["i"], i64::MAX);
+        assert_eq!(
+            j["attributes"]["big"],
+            "bigint:123456789012345678901234567890"
+        );
+        assert_eq!(j["span_id"], root.id());
+    }
+
+    #[test]
     fn if_nil_setters_keep_the_first_value() {
         test_support::setup();
         let span = Span::root("background", None);
@@ -632,7 +761,7 @@ mod tests {
         span.set_attribute("d", Data::Float(1.5));
         let j = json(&span);
         assert_eq!(j["name"], "First");
-        assert_eq!(j["sample_data"]["custom_data"], 1);
+        assert_eq!(j["sample_data"]["custom_data"], "1");
         assert_eq!(j["attributes"]["b"], true);
         assert_eq!(j["attributes"]["d"], 1.5);
     }
@@ -644,8 +773,7 @@ mod tests {
         span.set_name("SpanFast#job");
         span.close(None);
         span.set_name("Changed");
-        assert_eq!(json(&span)["name"], "SpanFast#job");
-        assert_eq!(json(&span)["closed"], true);
+        assert_eq!(span.to_json(), "", "a closed span's JSON is empty");
         assert_eq!(counters_named("SpanFast#job"), 1);
         assert!(samples_named("SpanFast#job").is_empty());
     }
@@ -674,8 +802,10 @@ mod tests {
         let child = root.child(None);
         drop(root);
         child.set_name("still fine");
+        assert_eq!(json(&child)["name"], "still fine");
+        assert_eq!(json(&child)["closed"], false);
         child.close(None);
-        assert_eq!(json(&child)["closed"], true);
+        assert_eq!(child.to_json(), "");
 
         let root = Arc::new(Span::root("web", None));
         let threads: Vec<_> = (0..4)

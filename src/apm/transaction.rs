@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::agent;
-use crate::apm::sample::{self, ErrorInfo, Event, SampleView};
+use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
 use crate::apm::{
-    bounded_insert, config, filter, misc, now_ns, ns_to_ms, sql, tags, truncate, warn_limited,
-    MAX_BODY, MAX_TEXT,
+    bounded_insert, config, filter, misc, now_ns, ns_to_ms, tags, truncate, warn_limited, MAX_BODY,
+    MAX_TEXT,
 };
 use crate::data::Data;
 
@@ -33,7 +33,8 @@ pub const MAX_EVENTS: usize = 2_000;
 /// sample JSON within the nesting limits of JSON parsers (serde_json's is 128) and the stack.
 pub const MAX_DEPTH: usize = 50;
 
-/// Body format 1: the body is SQL and is sanitised.
+/// Body format 1: the body is SQL; it is sanitised in the sample (where it leaves the process),
+/// never in `to_json`.
 pub const BODY_FORMAT_SQL: i32 = 1;
 
 /// An event body: text, or data (rendered as JSON; with format 1 its strings are sanitised).
@@ -44,28 +45,18 @@ pub enum Body<'a> {
 }
 
 impl Body<'_> {
-    fn render(self, body_format: i32) -> String {
-        let text = match self {
-            Body::Text(text) if body_format == BODY_FORMAT_SQL => sql::sanitize(text),
-            Body::Text(text) => text.to_string(),
-            Body::Data(None) => String::new(),
+    /// The body as recorded: text as given (cut at 64 KiB); data rendered as JSON, or kept as data
+    /// when it is SQL (format 1), so that the sample can sanitise its strings. Nothing is
+    /// sanitised here: the in-process view shows what the caller gave.
+    fn record(self, body_format: i32) -> EventBody {
+        match self {
+            Body::Text(text) => EventBody::Text(truncate(text.to_string(), MAX_BODY)),
+            Body::Data(None) => EventBody::Text(String::new()),
             Body::Data(Some(data)) if body_format == BODY_FORMAT_SQL => {
-                let mut copy = data.clone();
-                sanitize_strings(&mut copy);
-                copy.to_json()
+                EventBody::Data(data.clone())
             }
-            Body::Data(Some(data)) => data.to_json(),
-        };
-        truncate(text, MAX_BODY)
-    }
-}
-
-fn sanitize_strings(data: &mut Data) {
-    match data {
-        Data::String(s) => *s = sql::sanitize(s),
-        Data::Array(items) => items.iter_mut().for_each(sanitize_strings),
-        Data::Map(map) => map.values_mut().for_each(sanitize_strings),
-        _ => {}
+            Body::Data(Some(data)) => EventBody::Text(truncate(data.to_json(), MAX_BODY)),
+        }
     }
 }
 
@@ -142,7 +133,7 @@ impl EventTree {
         let event = Event {
             name: truncate(name.to_string(), MAX_TEXT),
             title: truncate(title.to_string(), MAX_TEXT),
-            body: body.render(body_format),
+            body: body.record(body_format),
             body_format,
             start_ns: open.start_ns,
             duration_ns: now_ns.saturating_sub(open.start_ns).max(0),
@@ -188,7 +179,7 @@ impl EventTree {
         self.add(Event {
             name: truncate(name.to_string(), MAX_TEXT),
             title: truncate(title.to_string(), MAX_TEXT),
-            body: body.render(body_format),
+            body: body.record(body_format),
             body_format,
             start_ns: now_ns.saturating_sub(duration_ns).max(0),
             duration_ns,
@@ -421,14 +412,19 @@ impl Transaction {
     }
 
     /// Sets sample data under `key` (`params`, `session_data`, `environment`, `tags`,
-    /// `custom_data`, …), replacing what was there. NULL data is ignored.
+    /// `custom_data`, `error_causes`, …), replacing what was there. NULL data is ignored. String
+    /// values of `tags` are cut at 10,000 characters (see [`sample::cut_tag_values`]).
     pub fn set_sample_data(&self, key: &str, data: Option<&Data>) {
         let Some(data) = data else { return };
+        let mut data = data.clone();
+        if key == "tags" {
+            sample::cut_tag_values(&mut data);
+        }
         self.with_open("appsignal_set_transaction_sample_data", |s| {
             bounded_insert(
                 &mut s.sample_data,
                 truncate(key.to_string(), MAX_TEXT),
-                data.clone(),
+                data,
             );
         });
     }
@@ -500,7 +496,8 @@ impl Transaction {
                 let sample = (s.sampled || error.is_some()).then(|| {
                     let mut view = s.view();
                     view.error = error.as_ref();
-                    view.render(&config)
+                    // The SQL sanitiser runs here, on the app thread, as the sample is built.
+                    view.render(&config, Shape::Sample)
                 });
                 let view = s.view();
                 Some((
@@ -547,12 +544,13 @@ impl Transaction {
         })
     }
 
-    /// The current state as JSON: the sample shape (filtered) plus `finished`, `sampled`,
-    /// `completed` and `open_events`.
+    /// The current state as JSON, in the view shape (bodies as given, `error.name`, the backtrace
+    /// as a JSON string, `count` per event; filtered) plus `finished`, `sampled`, `completed` and
+    /// `open_events`.
     pub fn to_json(&self) -> String {
         let config = config();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut json = state.view().render(&config);
+        let mut json = state.view().render(&config, Shape::View);
         json["finished"] = state.end_ns.is_some().into();
         json["sampled"] = state.sampled.into();
         json["completed"] = state.completed.into();
@@ -643,7 +641,9 @@ mod tests {
         assert_eq!(events[0]["gc_duration"], 5);
         let children = events[0]["children"].as_array().unwrap();
         assert_eq!(children.len(), 2);
-        assert_eq!(children[0]["body"], "SELECT * FROM users WHERE id = ?");
+        // The in-process view shows the body as given; the sample sanitises it.
+        assert_eq!(children[0]["body"], "SELECT * FROM users WHERE id = 5");
+        assert_eq!(children[0]["count"], 1);
         assert_eq!(children[0]["group"], "active_record");
         assert_eq!(children[0]["gc_duration"], 2);
         assert_eq!(children[1]["duration"], 1.5);
@@ -713,7 +713,7 @@ mod tests {
     }
 
     #[test]
-    fn data_bodies_render_as_json_and_sql_strings_are_sanitised() {
+    fn data_bodies_render_as_json_and_sql_strings_are_sanitised_in_the_sample_only() {
         test_support::setup();
         let txn = Transaction::start("t-data-body", "web", 0);
         let mut body = Data::new_map();
@@ -728,12 +728,70 @@ mod tests {
         let j = json(&txn);
         assert_eq!(
             j["events"][0]["body"],
-            r#"{"query":"SELECT ? WHERE a = ?"}"#
+            r#"{"query":"SELECT 1 WHERE a = 'x'"}"#
         );
         assert_eq!(
             j["events"][1]["body"],
             r#"{"query":"SELECT 1 WHERE a = 'x'"}"#
         );
+        txn.set_action("DataBody#sample");
+        txn.set_error("E", "m", None);
+        txn.complete();
+        let s = &samples_for("DataBody#sample")[0];
+        assert_eq!(
+            s["events"][0]["body"],
+            r#"{"query":"SELECT ? WHERE a = ?"}"#
+        );
+        assert_eq!(
+            s["events"][1]["body"],
+            r#"{"query":"SELECT 1 WHERE a = 'x'"}"#
+        );
+        assert!(s["events"][0].get("count").is_none());
+    }
+
+    #[test]
+    fn the_view_has_the_shape_the_packages_read_and_the_sample_keeps_its_own() {
+        test_support::setup();
+        let txn = Transaction::start("t-shapes", "web", 0);
+        txn.set_action("Shapes#show");
+        txn.record_event("sql.active_record", "", Body::Text("SELECT 1"), 1, 5, 0);
+        txn.set_error(
+            "RuntimeError",
+            "boom",
+            Some(&Data::Array(vec![
+                Data::String("a.rb:1".into()),
+                Data::String("b.rb:2".into()),
+            ])),
+        );
+        let mut tags = Data::new_map();
+        let long_key = "k".repeat(10_050);
+        tags.map_set(long_key.clone(), Data::String("é".repeat(10_001)));
+        tags.map_set("short".into(), Data::String("x".repeat(10_000)));
+        tags.map_set("n".into(), Data::Integer(3));
+        txn.set_sample_data("tags", Some(&tags));
+        let j = json(&txn);
+        assert_eq!(j["error"]["name"], "RuntimeError");
+        assert_eq!(j["error"]["message"], "boom");
+        assert_eq!(j["error"]["backtrace"], r#"["a.rb:1","b.rb:2"]"#);
+        assert!(j["error"].get("class").is_none());
+        let event = &j["events"][0];
+        assert_eq!(event["body"], "SELECT 1");
+        assert_eq!(event["title"], "");
+        assert_eq!(event["body_format"], 1);
+        assert_eq!(event["count"], 1);
+        let cut = j["sample_data"]["tags"][&long_key].as_str().unwrap();
+        assert_eq!(cut, format!("{}...", "é".repeat(10_000)));
+        assert_eq!(
+            j["sample_data"]["tags"]["short"].as_str().unwrap().len(),
+            10_000
+        );
+        assert_eq!(j["sample_data"]["tags"]["n"], 3);
+        txn.complete();
+        let s = &samples_for("Shapes#show")[0];
+        assert_eq!(s["error"]["class"], "RuntimeError");
+        assert_eq!(s["error"]["backtrace"][1], "b.rb:2");
+        assert_eq!(s["events"][0]["body"], "SELECT ?");
+        assert_eq!(s["sample_data"]["tags"][&long_key], cut);
     }
 
     #[test]
@@ -865,7 +923,7 @@ mod tests {
         assert_eq!(b["action"], "Dup#action");
         assert_eq!(b["events"], a["events"]);
         assert!(a["error"].is_null());
-        assert_eq!(b["error"]["class"], "E");
+        assert_eq!(b["error"]["name"], "E");
         copy.complete();
         txn.complete();
         assert_eq!(samples_for("Dup#action").len(), 1);

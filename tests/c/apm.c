@@ -76,8 +76,9 @@ int main(void) {
   appsignal_set_span_attribute_sql_string(child, str("appsignal:body"), str("SELECT * FROM t WHERE a = 'x'"));
   CHECK(appsignal_span_id(child).len > 0, "a span has an id");
   appsignal_close_span(child);
-  appsignal_close_span(root);
   CHECK(contains(appsignal_span_to_json(root), "GET /spans"), "span_to_json");
+  appsignal_close_span(root);
+  CHECK(appsignal_span_to_json(root).len == 0, "a closed span's JSON is empty");
   appsignal_free_span(root);
   appsignal_free_span(child);
 

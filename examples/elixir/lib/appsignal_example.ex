@@ -40,13 +40,13 @@ defmodule AppsignalExample do
   @spec stop() :: :ok
   def stop, do: Nif.stop()
 
-  @doc "The agent's report (configuration, working directory, lock holder, role …) as a map."
+  @doc "The agent's report as a map: the gem-shaped `extension`/`agent` checks and our `leader_election` part (role, lock holder …)."
   @spec diagnose() :: map
   def diagnose, do: JSON.decode!(Nif.diagnose())
 
   @doc ~s{"leader", "client", "starting", "stopped" or "disabled".}
   @spec role() :: String.t()
-  def role, do: diagnose()["role"]
+  def role, do: diagnose()["leader_election"]["role"]
 
   @doc "Waits (at most `timeout_ms`) until the election is decided; returns the role."
   @spec await_role(non_neg_integer) :: String.t()

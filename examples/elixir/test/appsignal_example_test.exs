@@ -18,7 +18,11 @@ defmodule AppsignalExampleTest do
     end
 
     test "diagnose is JSON and says stopped; metric calls before start are no-ops" do
-      assert %{"role" => "stopped", "library_version" => _} = AppsignalExample.diagnose()
+      assert %{
+               "leader_election" => %{"role" => "stopped", "library_version" => _},
+               "agent" => %{"boot" => %{"started" => %{"result" => false}}}
+             } = AppsignalExample.diagnose()
+
       assert AppsignalExample.increment_counter("c", 1, %{a: 1}) == :ok
       assert AppsignalExample.set_gauge("g", 2.5) == :ok
       assert AppsignalExample.add_distribution_value("d", 3, %{"k" => "v"}) == :ok
@@ -52,16 +56,19 @@ defmodule AppsignalExampleTest do
       root = Nif.create_root_span("background")
       assert Nif.set_span_name(root, "job/x") == :ok
       child = Nif.create_child_span(root)
-      assert Nif.span_id(child) =~ ~r/^[0-9a-f]{16}$/
+      assert Nif.span_id(child) =~ ~r/^[0-9a-f]{8}$/
       assert Nif.add_span_error(root, "RuntimeError", "boom", ["a.ex:1", "b.ex:2"]) == :ok
       assert Nif.close_span(child) == :ok
-      assert Nif.close_span(root) == :ok
 
       json = JSON.decode!(Nif.span_to_json(root))
       assert json["name"] == "job/x"
       assert json["namespace"] == "background"
-      assert json["closed"] == true
-      assert json["error"]["backtrace"] == ["a.ex:1", "b.ex:2"]
+      assert json["closed"] == false
+      assert json["error"]["name"] == "RuntimeError"
+      assert JSON.decode!(json["error"]["backtrace_json"]) == ["a.ex:1", "b.ex:2"]
+      # A closed span's JSON is empty: the package sees it closed.
+      assert Nif.close_span(root) == :ok
+      assert Nif.span_to_json(root) == nil
 
       assert_raise ArgumentError, fn -> Nif.close_span(:not_a_span) end
       assert_raise ArgumentError, fn -> Nif.add_span_error(root, "E", "m", [:not_a_binary]) end
@@ -187,7 +194,7 @@ defmodule AppsignalExampleTest do
   defp await_idle!(worker, deadline, polls) do
     TestWorker.send!(worker, "diagnose")
     "diagnose " <> json = TestWorker.expect!(worker, "diagnose ", 10_000)
-    d = JSON.decode!(json)
+    d = JSON.decode!(json)["leader_election"]
     assert d["role"] == "leader"
 
     cond do
@@ -247,10 +254,15 @@ defmodule AppsignalExampleTest do
     {leader, _} = split_leader(workers)
 
     for w <- workers do
-      assert w.diagnose["lock"]["holder_pid"] == TestWorker.pid(leader)
-      assert w.diagnose["config"]["push_api_key"] == "present"
-      assert w.diagnose["config"]["app_name"] == "elixir-example"
-      assert w.diagnose["working_directory"]["path"] == ctx.workdir
+      election = w.diagnose["leader_election"]
+      assert election["lock"]["holder_pid"] == TestWorker.pid(leader)
+      assert election["config"]["push_api_key"] == "present"
+      assert election["config"]["app_name"] == "elixir-example"
+      assert election["working_directory"]["path"] == ctx.workdir
+      # The gem-shaped checks of a started agent.
+      assert w.diagnose["agent"]["boot"]["started"]["result"] == true
+      assert w.diagnose["agent"]["lock_path"]["created"]["result"] == true
+      assert w.diagnose["extension"]["config"]["valid"]["result"] == true
     end
 
     workers

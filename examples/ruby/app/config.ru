@@ -45,7 +45,7 @@ class ExampleApp
   def role(params)
     want = params["pid"]
     return respond(409, "not pid #{want}") if want && Integer(want) != Process.pid
-    d = AppsignalExample.diagnose
+    d = AppsignalExample.election
     body = JSON.generate(pid: Process.pid, role: d["role"], idle: d.dig("sender", "idle"),
                          lock_holder: d.dig("lock", "holder_pid"))
     [200, { "Content-Type" => "application/json", "X-Worker-Pid" => Process.pid.to_s }, [body]]

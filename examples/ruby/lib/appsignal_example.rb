@@ -37,14 +37,20 @@ module AppsignalExample
       AppsignalExt.stop
     end
 
-    # The agent's report (configuration, working directory, lock holder, role …) as a Hash.
+    # The agent's report as a Hash, parsed the way the gem's `appsignal diagnose` does: the gem's
+    # checks under "extension" and "agent", ours under "leader_election".
     def diagnose
       JSON.parse(AppsignalExt.diagnose)
     end
 
+    # Our part of the report: role, sender progress, lock holder, configuration, paths.
+    def election
+      diagnose["leader_election"]
+    end
+
     # "leader", "client", "starting", "stopped" or "disabled".
     def role
-      diagnose["role"]
+      election["role"]
     end
 
     # Waits (at most `timeout` seconds) until the election is decided; returns the role.

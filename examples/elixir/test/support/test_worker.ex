@@ -35,8 +35,8 @@ defmodule AppsignalExample.TestWorker do
     %{worker | diagnose: JSON.decode!(json)}
   end
 
-  def role(%__MODULE__{diagnose: d}), do: d["role"]
-  def pid(%__MODULE__{diagnose: d}), do: d["process"]["pid"]
+  def role(%__MODULE__{diagnose: d}), do: d["leader_election"]["role"]
+  def pid(%__MODULE__{diagnose: d}), do: d["leader_election"]["process"]["pid"]
 
   def send!(%__MODULE__{port: port}, command) do
     Port.command(port, command <> "\n")

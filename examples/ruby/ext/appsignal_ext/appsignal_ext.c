@@ -23,6 +23,15 @@
  * as `dfree` directly, the same way. `free` releases it early (the request is over; no need to wait
  * for the GC): it frees the handle and clears the pointer, so the GC's later dfree gets NULL (a
  * no-op for the library) and any later call raises instead of touching freed memory.
+ *
+ *   AppsignalExt.create_root_span(namespace) / create_root_span_with_timestamp(ns, sec, nsec)
+ *     -> AppsignalExt::Span
+ *   AppsignalExt::Span#create_child / span_id / set_name(name) / set_namespace(ns) /
+ *     set_attribute_string / set_attribute_int / set_attribute_bool / set_attribute_double(key, v) /
+ *     set_sample_data(key, data) / add_error(name, message, backtrace = nil) / close / to_json / free
+ *
+ * An AppsignalExt::Span owns one appsignal_span_t* the same way (`dfree` = appsignal_free_span;
+ * spans may be freed in any order). `to_json` is nil once the span is closed.
  */
 #include <ruby.h>
 #include <ruby/thread.h>
@@ -32,6 +41,7 @@
 static VALUE mAppsignalExt;
 static VALUE cData;
 static VALUE cTransaction;
+static VALUE cSpan;
 
 /* ---- strings -------------------------------------------------------------------------------- */
 
@@ -444,6 +454,153 @@ static VALUE txn_freed_p(VALUE self)
     return RTYPEDDATA_DATA(self) == NULL ? Qtrue : Qfalse;
 }
 
+/* ---- AppsignalExt::Span ------------------------------------------------------------------- */
+
+static const rb_data_type_t span_type = {
+    .wrap_struct_name = "AppsignalExt::Span",
+    .function = {
+        .dmark = NULL,                /* the handle holds no Ruby objects */
+        .dfree = appsignal_free_span, /* the library's own free, directly (NULL is fine) */
+        .dsize = NULL,
+    },
+    .flags = RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static appsignal_span_t *get_span(VALUE self)
+{
+    appsignal_span_t *span;
+    TypedData_Get_Struct(self, appsignal_span_t, &span_type, span);
+    if (span == NULL) {
+        rb_raise(rb_eRuntimeError, "appsignal: span already freed");
+    }
+    return span;
+}
+
+static VALUE wrap_span(appsignal_span_t *span)
+{
+    if (span == NULL) {
+        rb_raise(rb_eNoMemError, "appsignal: cannot create a span");
+    }
+    return TypedData_Wrap_Struct(cSpan, &span_type, span);
+}
+
+static VALUE ext_create_root_span(VALUE self, VALUE namespace_)
+{
+    appsignal_span_t *span;
+    (void)self;
+    span = appsignal_create_root_span(to_appsignal_string(&namespace_));
+    RB_GC_GUARD(namespace_);
+    return wrap_span(span);
+}
+
+static VALUE ext_create_root_span_with_timestamp(VALUE self, VALUE namespace_, VALUE sec, VALUE nsec)
+{
+    int64_t s = NUM2LL(sec), ns = NUM2LL(nsec);
+    appsignal_span_t *span;
+    (void)self;
+    span = appsignal_create_root_span_with_timestamp(to_appsignal_string(&namespace_), s, ns);
+    RB_GC_GUARD(namespace_);
+    return wrap_span(span);
+}
+
+static VALUE span_create_child(VALUE self)
+{
+    return wrap_span(appsignal_create_child_span(get_span(self)));
+}
+
+static VALUE span_span_id(VALUE self)
+{
+    return from_appsignal_string(appsignal_span_id(get_span(self)));
+}
+
+static VALUE span_set_name(VALUE self, VALUE name)
+{
+    appsignal_set_span_name(get_span(self), to_appsignal_string(&name));
+    RB_GC_GUARD(name);
+    return self;
+}
+
+static VALUE span_set_namespace(VALUE self, VALUE namespace_)
+{
+    appsignal_set_span_namespace(get_span(self), to_appsignal_string(&namespace_));
+    RB_GC_GUARD(namespace_);
+    return self;
+}
+
+static VALUE span_set_attribute_string(VALUE self, VALUE key, VALUE value)
+{
+    appsignal_set_span_attribute_string(get_span(self), to_appsignal_string(&key),
+                                        to_appsignal_string(&value));
+    RB_GC_GUARD(key);
+    RB_GC_GUARD(value);
+    return self;
+}
+
+static VALUE span_set_attribute_int(VALUE self, VALUE key, VALUE value)
+{
+    long v = NUM2LONG(value);
+    appsignal_set_span_attribute_int(get_span(self), to_appsignal_string(&key), v);
+    RB_GC_GUARD(key);
+    return self;
+}
+
+static VALUE span_set_attribute_bool(VALUE self, VALUE key, VALUE value)
+{
+    appsignal_set_span_attribute_bool(get_span(self), to_appsignal_string(&key), RTEST(value) ? 1 : 0);
+    RB_GC_GUARD(key);
+    return self;
+}
+
+static VALUE span_set_attribute_double(VALUE self, VALUE key, VALUE value)
+{
+    double v = NUM2DBL(value);
+    appsignal_set_span_attribute_double(get_span(self), to_appsignal_string(&key), v);
+    RB_GC_GUARD(key);
+    return self;
+}
+
+static VALUE span_set_sample_data(VALUE self, VALUE key, VALUE data)
+{
+    appsignal_set_span_sample_data(get_span(self), to_appsignal_string(&key), get_data(data));
+    RB_GC_GUARD(key);
+    RB_GC_GUARD(data);
+    return self;
+}
+
+/* (name, message, backtrace = nil): backtrace an AppsignalExt::Data array or nil. */
+static VALUE span_add_error(int argc, VALUE *argv, VALUE self)
+{
+    VALUE name, message, backtrace;
+    const appsignal_data_t *bt;
+    rb_scan_args(argc, argv, "21", &name, &message, &backtrace);
+    bt = optional_data(backtrace);
+    appsignal_add_span_error(get_span(self), to_appsignal_string(&name), to_appsignal_string(&message), bt);
+    RB_GC_GUARD(name);
+    RB_GC_GUARD(message);
+    RB_GC_GUARD(backtrace);
+    return self;
+}
+
+static VALUE span_close(VALUE self)
+{
+    appsignal_close_span(get_span(self));
+    return self;
+}
+
+static VALUE span_to_json(VALUE self)
+{
+    return from_appsignal_string(appsignal_span_to_json(get_span(self)));
+}
+
+/* Frees the handle now (idempotent); the GC's dfree later sees NULL. */
+static VALUE span_free(VALUE self)
+{
+    void *span = rb_check_typeddata(self, &span_type);
+    RTYPEDDATA_DATA(self) = NULL;
+    appsignal_free_span(span);
+    return Qnil;
+}
+
 void Init_appsignal_ext(void)
 {
     mAppsignalExt = rb_define_module("AppsignalExt");
@@ -493,4 +650,23 @@ void Init_appsignal_ext(void)
     rb_define_method(cTransaction, "to_json", txn_to_json, 0);
     rb_define_method(cTransaction, "free", txn_free, 0);
     rb_define_method(cTransaction, "freed?", txn_freed_p, 0);
+
+    rb_define_module_function(mAppsignalExt, "create_root_span", ext_create_root_span, 1);
+    rb_define_module_function(mAppsignalExt, "create_root_span_with_timestamp",
+                              ext_create_root_span_with_timestamp, 3);
+    cSpan = rb_define_class_under(mAppsignalExt, "Span", rb_cObject);
+    rb_undef_alloc_func(cSpan); /* only through AppsignalExt.create_root_span / Span#create_child */
+    rb_define_method(cSpan, "create_child", span_create_child, 0);
+    rb_define_method(cSpan, "span_id", span_span_id, 0);
+    rb_define_method(cSpan, "set_name", span_set_name, 1);
+    rb_define_method(cSpan, "set_namespace", span_set_namespace, 1);
+    rb_define_method(cSpan, "set_attribute_string", span_set_attribute_string, 2);
+    rb_define_method(cSpan, "set_attribute_int", span_set_attribute_int, 2);
+    rb_define_method(cSpan, "set_attribute_bool", span_set_attribute_bool, 2);
+    rb_define_method(cSpan, "set_attribute_double", span_set_attribute_double, 2);
+    rb_define_method(cSpan, "set_sample_data", span_set_sample_data, 2);
+    rb_define_method(cSpan, "add_error", span_add_error, -1);
+    rb_define_method(cSpan, "close", span_close, 0);
+    rb_define_method(cSpan, "to_json", span_to_json, 0);
+    rb_define_method(cSpan, "free", span_free, 0);
 }
