@@ -355,13 +355,12 @@ fn an_otlp_endpoint_that_is_down_gets_the_data_once_it_is_up() {
     worker.sync().unwrap();
     // Nothing listens: the exports are refused and wait in payloads/, named as OTLP requests.
     assert!(
-        common::poll(Duration::from_secs(20), || cached_otlp_files(
-            &setup.workdir()
-        ) >= 1),
+        common::poll(Duration::from_secs(20), || {
+            cached_otlp_files(&setup.workdir()) >= 1 && setup.log().contains("kept in payloads/")
+        }),
         "no OTLP request cached while the endpoint is down:\n{}",
         setup.log()
     );
-    assert!(setup.log().contains("kept in payloads/"), "{}", setup.log());
     setup.otlp = Some(OtlpReceiver::start_on(&python, port).unwrap());
     let mut expected = Value::Null;
     fleet::add_sent(&mut expected, &sent);
