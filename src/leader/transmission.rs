@@ -37,6 +37,14 @@ pub(super) async fn transmit_loop(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))) => {}
         }
+        // Batches that stopping processes could not hand over count before the windows close.
+        let spools = Arc::clone(&shared);
+        if tokio::task::spawn_blocking(move || spools.ingest_spools())
+            .await
+            .is_err()
+        {
+            tracing::error!("counting spool files panicked (a bug in libappsignal)");
+        }
         let windows = shared.take_windows(Some(crate::now_ms().saturating_sub(grace)));
         transmit(&shared, &pusher, windows, None).await;
     }
@@ -58,7 +66,7 @@ async fn push_until(
 
 /// Turns `windows` into cached payloads, then pushes the cache oldest first until `deadline`.
 pub(super) async fn transmit(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pusher: &Pusher,
     windows: Vec<Window>,
     deadline: Option<Instant>,
@@ -70,7 +78,7 @@ pub(super) async fn transmit(
 }
 
 async fn cache_windows(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pusher: &Pusher,
     windows: Vec<Window>,
     deadline: Option<Instant>,
@@ -78,9 +86,15 @@ async fn cache_windows(
     // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
     // leader knows that a resent batch inside it was counted.
     if shared.workdir.journal_dir().is_dir() {
-        let counting = shared.counting();
-        let counted = counting.aggregator.counted_snapshot();
-        if let Err(e) = counting.journal.write_counted(&counted) {
+        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
+        let counted = shared.counting().aggregator.counted_snapshot();
+        let workdir = shared.workdir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::journal::Journal::write_counted(&workdir, &counted)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        if let Err(e) = written {
             tracing::error!("cannot record counted batches: {e:#}; keeping the journal segments");
             return;
         }
@@ -91,10 +105,19 @@ async fn cache_windows(
         leader_pid: std::process::id(),
         payload_cache_evictions: shared.cache.take_evictions(),
         rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
+        refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
+        poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
         ..AgentReport::default()
     };
     for window in windows {
-        if window.metrics.is_empty() && window.dropped_updates == 0 {
+        if window.metrics.is_empty()
+            && window.dropped_updates == 0
+            && window.samples.is_empty()
+            && window.logs.is_empty()
+            && window.dropped_samples == 0
+            && window.dropped_logs == 0
+            && window.dropped_batches == 0
+        {
             shared
                 .counting()
                 .journal
@@ -105,6 +128,8 @@ async fn cache_windows(
         // Counts of dropped things go out once, in the first payload of the round.
         report.payload_cache_evictions = 0;
         report.rejected_frames = 0;
+        report.refused_connections = 0;
+        report.poisoned_batches = 0;
         let body_gz = match payload.to_gzip() {
             Ok(b) => b,
             Err(e) => {
@@ -132,7 +157,12 @@ async fn cache_windows(
             payload.distributions.len(),
             window.batches
         );
-        match shared.cache.store(&outgoing) {
+        // The cache writes with fsync: on the blocking pool, not on the thread that serves sockets.
+        let storing = (Arc::clone(shared), outgoing.clone());
+        let stored = tokio::task::spawn_blocking(move || storing.0.cache.store(&storing.1))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        match stored {
             Ok(()) => {
                 shared.counting().journal.remove(
                     window.start_ms,
@@ -160,6 +190,16 @@ async fn cache_windows(
             }
         }
     }
+    // Counts that no payload of this round carried (every window was empty) wait for the next one.
+    shared
+        .rejected_frames
+        .fetch_add(report.rejected_frames, Ordering::Relaxed);
+    shared
+        .refused_connections
+        .fetch_add(report.refused_connections, Ordering::Relaxed);
+    shared
+        .poisoned_batches
+        .fetch_add(report.poisoned_batches, Ordering::Relaxed);
 }
 
 /// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round.
