@@ -80,9 +80,13 @@ enum ConnectError {
 }
 
 impl Connection {
-    fn open(workdir: &WorkDir, hello: &Hello) -> Result<Connection, ConnectError> {
+    fn open(
+        workdir: &WorkDir,
+        hello: &Hello,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectError> {
         let path = workdir.socket_path();
-        let stream = connect(&path, IO_TIMEOUT)
+        let stream = connect(&path, timeout)
             .with_context(|| format!("cannot connect to {}", path.display()))
             .map_err(ConnectError::Other)?;
         let mut conn = Connection {
@@ -424,7 +428,12 @@ struct State {
     disabled: bool,
     /// Until then, do not try the lock (this process just handed over to a newer library).
     yield_until: Option<Instant>,
+    /// Bound of each connect, read and write: [`IO_TIMEOUT`], less when stopping.
+    io_timeout: Duration,
 }
+
+/// Time a stopping sender keeps for writing a spool file after its last handover attempt.
+const SPOOL_RESERVE: Duration = Duration::from_millis(300);
 
 /// How long a process that handed over leaves the lock to the newer library.
 const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
@@ -439,6 +448,7 @@ impl State {
             next_attempt: Instant::now(),
             disabled: false,
             yield_until: None,
+            io_timeout: IO_TIMEOUT,
         }
     }
 
@@ -481,14 +491,26 @@ impl State {
 
     /// Keeps trying to hand over pending batches until the deadline, then shuts down a local leader.
     fn finish(&mut self, shared: &Shared, deadline: Instant) {
-        while !self.pending.is_empty() && !self.disabled && Instant::now() < deadline {
+        // Every attempt ends in time to leave what is left in a spool file before the deadline.
+        let handover_until = deadline
+            .checked_sub(SPOOL_RESERVE)
+            .unwrap_or(deadline)
+            .max(Instant::now());
+        while !self.pending.is_empty() && !self.disabled && Instant::now() < handover_until {
+            self.io_timeout = handover_until
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(10), IO_TIMEOUT);
+            if let Link::Remote(conn) = &self.link {
+                let _ = conn.stream.set_read_timeout(Some(self.io_timeout));
+                let _ = conn.stream.set_write_timeout(Some(self.io_timeout));
+            }
             self.check_local_leader();
             if matches!(self.link, Link::None) {
                 let now = Instant::now();
                 if now >= self.next_attempt {
                     self.establish(shared);
                 } else {
-                    std::thread::sleep((self.next_attempt - now).min(deadline - now));
+                    std::thread::sleep((self.next_attempt - now).min(handover_until - now));
                     continue;
                 }
             }
@@ -672,7 +694,7 @@ impl State {
             pid: std::process::id(),
             config: shared.config.push.clone(),
         };
-        match Connection::open(&workdir, &hello) {
+        match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
                 set_role(Role::Client);
                 tracing::info!("connected to the leader (pid {})", conn.leader_pid);
