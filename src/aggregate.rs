@@ -20,7 +20,8 @@
 //!   which only chooses among the current window and the [`MAX_LATE_WINDOWS`] before it (a
 //!   `created_ms` in the future counts now, an older one in the oldest of those), so a configuration
 //!   has at most `MAX_LATE_WINDOWS + 2` open windows (one more while a closed one is pushed);
-//! - client sequence records are forgotten after [`CLIENT_MEMORY`] of silence.
+//! - client sequence records are forgotten after [`CLIENT_MEMORY`] of silence, and beyond
+//!   [`MAX_CLIENTS`] the least recently seen first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -43,7 +44,10 @@ pub const MAX_SAMPLES_PER_WINDOW: usize = 200;
 pub const MAX_LOGS_PER_WINDOW: usize = 50_000;
 pub const CLIENT_MEMORY: Duration = Duration::from_secs(3600);
 /// Configurations known at once (a working directory is shared by a few apps at most).
-pub const MAX_CONFIGS: usize = 16;
+pub const MAX_CONFIGS: usize = 8;
+/// Client sequence records kept; beyond that the least recently seen are forgotten (at the next
+/// window close).
+pub const MAX_CLIENTS: usize = 100_000;
 /// Estimated bytes of keys, samples and log lines one configuration may hold in its open windows.
 pub const MAX_CONFIG_BYTES: usize = 32 * 1024 * 1024;
 /// How many windows before the current one a batch may still count in. Processes on one host
@@ -398,6 +402,12 @@ impl Aggregator {
         let interval = self.interval_ms;
         self.clients
             .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < CLIENT_MEMORY.as_millis() as u64);
+        if self.clients.len() > MAX_CLIENTS {
+            let mut seen: Vec<u64> = self.clients.values().map(|(_, seen)| *seen).collect();
+            seen.sort_unstable_by(|a, b| b.cmp(a));
+            let cutoff = seen[MAX_CLIENTS - 1];
+            self.clients.retain(|_, (_, seen)| *seen >= cutoff);
+        }
         self.take_where(|start| start + interval <= now_ms)
     }
 
@@ -579,5 +589,59 @@ mod tests {
             (d.count(), d.sum(), d.min(), d.max()),
             (3, Some(5.0), Some(1.0), Some(3.0))
         );
+    }
+
+    #[test]
+    fn created_ms_only_picks_the_current_or_a_recent_window() {
+        let agg = Aggregator::new(Duration::from_millis(1000));
+        let now = 1_000_000_500;
+        assert_eq!(agg.window_for(now - 2_000, now), 999_998_000);
+        assert_eq!(agg.window_for(u64::MAX, now), 1_000_000_000, "future: now");
+        assert_eq!(
+            agg.window_for(0, now),
+            1_000_000_500 - MAX_LATE_WINDOWS * 1000 - 500,
+            "long ago: the oldest recent window"
+        );
+    }
+
+    #[test]
+    fn configurations_are_capped_and_unused_ones_make_room() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let ids: Vec<u64> = (0..MAX_CONFIGS)
+            .map(|i| agg.register(&config(&format!("k{i}"))).unwrap())
+            .collect();
+        assert_eq!(agg.register(&config("one-too-many")), None);
+        // Known configurations still register.
+        assert_eq!(agg.register(&config("k0")), Some(ids[0]));
+        // One without users and without windows is forgotten for a new one.
+        agg.release(ids[1]);
+        assert!(agg.register(&config("new")).is_some());
+        assert_eq!(agg.configs(), MAX_CONFIGS);
+        // One with an open window is kept even without users.
+        agg.apply(ids[2], 0, "s", batch(1, 1, 10, 1.0), 10);
+        agg.release(ids[2]);
+        assert_eq!(agg.register(&config("newer")), None);
+    }
+
+    #[test]
+    fn a_configuration_holds_its_byte_budget_at_most() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let id = agg.register(&config("k")).unwrap();
+        let mut b = batch(1, 1, 10, 0.0);
+        b.counters = (0..2_000)
+            .map(|i| {
+                (
+                    MetricKey {
+                        name: format!("{i}-{}", "x".repeat(32 * 1024)),
+                        tags: vec![],
+                    },
+                    1.0,
+                )
+            })
+            .collect();
+        agg.apply(id, 0, "s", b, 10);
+        let w = agg.take_all().remove(0);
+        assert!(w.metrics.len() < 1_100, "{} keys kept", w.metrics.len());
+        assert_eq!(w.metrics.len() as u64 + w.dropped_updates, 2_000);
     }
 }

@@ -947,4 +947,24 @@ mod tests {
             assert!(frame.len() < protocol::MAX_FRAME_BYTES);
         }
     }
+
+    #[test]
+    fn connecting_to_a_full_backlog_gives_up_in_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s");
+        // A listener that never accepts (a wedged leader): fill its backlog.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let refused = (0..10_000).find_map(|_| match connect(&path, Duration::from_millis(50)) {
+            Ok(s) => {
+                held.push(s);
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert!(
+            refused.is_some(),
+            "connect kept succeeding into a full backlog"
+        );
+    }
 }

@@ -604,4 +604,48 @@ mod tests {
         Journal::write_counted(&journal.workdir, &[(9, 2), (10, 5)]).unwrap();
         assert_eq!(journal.read_counted(), vec![(9, 2), (10, 5)]);
     }
+
+    #[test]
+    fn many_windows_keep_at_most_the_cap_of_files_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let mut journal = Journal::new(wd.clone());
+        let mut ids = Vec::new();
+        for start in 0..40u64 {
+            ids.push(
+                journal
+                    .append(start * 1000, 1, &config(), &batch(start))
+                    .unwrap(),
+            );
+            assert!(journal.open_files() <= MAX_OPEN_FILES);
+        }
+        // A closed segment is reopened for its next batch; nothing is lost.
+        assert_eq!(
+            journal.append(0, 1, &config(), &batch(100)).unwrap(),
+            ids[0]
+        );
+        let replayed = journal.replay();
+        assert_eq!(replayed.len(), 40);
+        assert_eq!(replayed.iter().map(|r| r.batches.len()).sum::<usize>(), 41);
+    }
+
+    #[test]
+    fn spool_files_round_trip_and_hold_no_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), false).unwrap();
+        let batches: Vec<Batch> = (1..=3).map(batch).collect();
+        assert_eq!(
+            Journal::write_spool(&wd, 7, &config(), &batches).unwrap(),
+            1
+        );
+        let spooled = Journal::read_spools(&wd);
+        assert_eq!(spooled.len(), 1);
+        assert_eq!(spooled[0].header.config_id, 7);
+        assert_eq!(spooled[0].batches.len(), 3);
+        let bytes = fs::read(&spooled[0].path).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("secret"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&spooled[0].path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only");
+    }
 }
