@@ -209,6 +209,7 @@ fn refuse_config(reason: &str, config: &Config) {
 /// Starts the agent in this process. Returns within milliseconds; never fails the caller.
 pub fn start() {
     crate::fork::install();
+    log::install_panic_hook();
     check_fork();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     if running.is_some() {

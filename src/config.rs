@@ -351,6 +351,19 @@ pub fn system_hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// `_APPSIGNAL_TEST_LIBRARY_VERSION` (pretend to be another library version, to test takeovers)
+/// is honoured only in builds with the `test-knobs` feature: in a shipped library it would let any
+/// environment make every leader hand over.
+#[cfg(any(test, feature = "test-knobs"))]
+fn test_library_version(r: &Reader<'_>) -> Option<String> {
+    r.string("_APPSIGNAL_TEST_LIBRARY_VERSION")
+}
+
+#[cfg(not(any(test, feature = "test-knobs")))]
+fn test_library_version(_: &Reader<'_>) -> Option<String> {
+    None
+}
+
 impl Config {
     /// Reads the configuration from the library table and the process environment.
     pub fn load() -> Loaded {
@@ -432,9 +445,7 @@ impl Config {
                 1024,
             ),
             sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
-            library_version: r
-                .string("_APPSIGNAL_TEST_LIBRARY_VERSION")
-                .unwrap_or_else(|| crate::VERSION.to_owned()),
+            library_version: test_library_version(&r).unwrap_or_else(|| crate::VERSION.to_owned()),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
                 60_000,
