@@ -28,6 +28,7 @@ pub fn config(endpoint: &str, key: &str, app: &str) -> PushConfig {
         endpoint: endpoint.into(),
         hostname: "rogue-host".into(),
         revision: String::new(),
+        ..PushConfig::default()
     }
 }
 
