@@ -34,7 +34,6 @@ use std::os::unix::net::UnixStream;
 
 use serde::Serialize;
 
-use crate::agent::{set_role, Role};
 use crate::config::Config;
 use crate::election;
 use crate::journal::Journal;
@@ -42,6 +41,7 @@ use crate::leader::Leader;
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Taken};
 use crate::protocol::{self, Batch, GaugeValue, Hello, LeaderMessage, MetricKey, PROTOCOL_VERSION};
+use crate::role::{Role, RoleCell};
 use crate::workdir::WorkDir;
 
 pub const MAX_PENDING_BATCHES: usize = 1_000;
@@ -345,6 +345,8 @@ struct Shared {
     workdir: Mutex<WorkDir>,
     metrics: &'static LocalMetrics,
     client_id: u64,
+    /// This start's role: the sender is its only writer.
+    role: &'static RoleCell,
     signal: Mutex<Signal>,
     pipe: WakePipe,
     progress: Mutex<Progress>,
@@ -375,12 +377,14 @@ impl Sender {
         workdir: WorkDir,
         metrics: &'static LocalMetrics,
         client_id: u64,
+        role: &'static RoleCell,
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
             workdir: Mutex::new(workdir),
             metrics,
             client_id,
+            role,
             signal: Mutex::new(Signal::default()),
             pipe: WakePipe::new()?,
             progress: Mutex::new(Progress::default()),
@@ -469,7 +473,7 @@ impl State {
                 nap = nap.min(self.next_attempt.saturating_duration_since(Instant::now()));
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
-                self.check_connection();
+                self.check_connection(shared);
             }
             let stop_deadline = shared
                 .signal
@@ -477,7 +481,7 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .stop_deadline;
             self.collect(shared);
-            self.check_local_leader();
+            self.check_local_leader(shared);
             if matches!(self.link, Link::None) && Instant::now() >= self.next_attempt {
                 self.establish(shared);
             }
@@ -504,7 +508,7 @@ impl State {
                 let _ = conn.stream.set_read_timeout(Some(self.io_timeout));
                 let _ = conn.stream.set_write_timeout(Some(self.io_timeout));
             }
-            self.check_local_leader();
+            self.check_local_leader(shared);
             if matches!(self.link, Link::None) {
                 let now = Instant::now();
                 if now >= self.next_attempt {
@@ -530,7 +534,10 @@ impl State {
                 .clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
                 match Leader::start(&shared.config, &workdir, lock) {
-                    Ok(leader) => self.link = Link::Local(leader),
+                    Ok(leader) => {
+                        shared.role.set(Role::Leader);
+                        self.link = Link::Local(leader);
+                    }
                     Err(e) => tracing::warn!("stop: cannot lead to push what is left: {e:#}"),
                 }
             }
@@ -538,7 +545,7 @@ impl State {
         if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
             leader.shutdown(deadline);
         }
-        set_role(Role::Stopped);
+        shared.role.set(Role::Stopped);
     }
 
     /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
@@ -611,11 +618,11 @@ impl State {
     }
 
     /// The connection showed activity while idle: the leader closed it (it died or stopped).
-    fn check_connection(&mut self) {
+    fn check_connection(&mut self, shared: &Shared) {
         if let Link::Remote(conn) = &self.link {
             if conn.is_closed() {
                 tracing::info!("the leader (pid {}) went away; electing", conn.leader_pid);
-                set_role(Role::Starting);
+                shared.role.set(Role::Starting);
                 self.link = Link::None;
                 self.backoff.reset();
                 self.next_attempt = Instant::now();
@@ -623,14 +630,14 @@ impl State {
         }
     }
 
-    fn check_local_leader(&mut self) {
+    fn check_local_leader(&mut self, shared: &Shared) {
         if let Link::Local(leader) = &self.link {
             if !leader.is_serving() {
                 if leader.handed_over() {
                     // Leave the lock to the newer library for a while: connect to it instead.
                     self.yield_until = Some(Instant::now() + YIELD_AFTER_HANDOVER);
                 }
-                set_role(Role::Starting);
+                shared.role.set(Role::Starting);
                 if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                     leader.shutdown(Instant::now());
                 }
@@ -674,9 +681,9 @@ impl State {
             }
         };
         if let Some(lock) = lock {
-            // Leader::start sets the role once it listens.
             match Leader::start(&shared.config, &workdir, lock) {
                 Ok(leader) => {
+                    shared.role.set(Role::Leader);
                     self.link = Link::Local(leader);
                     self.backoff.reset();
                 }
@@ -696,7 +703,7 @@ impl State {
         };
         match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
-                set_role(Role::Client);
+                shared.role.set(Role::Client);
                 tracing::info!("connected to the leader (pid {})", conn.leader_pid);
                 self.link = Link::Remote(conn);
                 self.backoff.reset();
@@ -705,7 +712,10 @@ impl State {
                 tracing::error!(
                     "the leader refused this process: {reason}; this process stops reporting"
                 );
-                crate::agent::set_disabled(format!("refused by the leader: {reason}"));
+                shared
+                    .role
+                    .disable(format!("refused by the leader: {reason}"));
+                crate::recorder::set_recording(false);
                 self.disabled = true;
                 if !self.pending.is_empty() {
                     let entries: usize = self.pending.iter().map(Batch::entries).sum();
@@ -753,7 +763,7 @@ impl State {
                         "lost the leader ({e:#}); {} batches wait for the next one",
                         self.pending.len()
                     );
-                    set_role(Role::Starting);
+                    shared.role.set(Role::Starting);
                     if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                         leader.shutdown(Instant::now());
                     }

@@ -160,9 +160,6 @@ impl Drop for StopCounting {
     fn drop(&mut self) {
         self.0.counting().open = false;
         self.0.stopped.store(true, Ordering::Release);
-        if std::thread::panicking() {
-            crate::agent::set_role(crate::agent::Role::Starting);
-        }
     }
 }
 
@@ -516,7 +513,6 @@ impl Leader {
                     socket_path.display()
                 )
             })??;
-        crate::agent::set_role(crate::agent::Role::Leader);
         tracing::info!(
             "leading: listening on {}, exporting every {} ms to {}",
             socket_path.display(),
@@ -735,7 +731,6 @@ async fn run(
     }
     // From here on this process is no longer the leader, even while it finishes its last push.
     shared.stopped.store(true, Ordering::Release);
-    crate::agent::set_role(crate::agent::Role::Starting);
     // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
     // socket at that path may already belong to the next leader).
     drop(listener_guard);
