@@ -74,6 +74,10 @@ impl Connection {
     fn open(workdir: &WorkDir, hello: &Hello) -> Result<Connection, ConnectError> {
         let path = workdir.socket_path();
         let connect = || -> Result<Stream> {
+            // connect() follows links: never connect through one planted at agent.socket.
+            if !crate::workdir::is_socket_not_link(&path) {
+                anyhow::bail!("{} is not a socket (missing, or a link)", path.display());
+            }
             let name = path
                 .as_path()
                 .to_fs_name::<GenericFilePath>()
@@ -547,7 +551,7 @@ impl State {
         if self.disabled {
             return;
         }
-        let workdir = shared
+        let mut workdir = shared
             .workdir
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -560,11 +564,17 @@ impl State {
         } {
             Ok(lock) => lock,
             Err(first) => {
-                // The directory may have been deleted (tmp cleaner): prepare it again, once.
-                match WorkDir::prepare(workdir.path(), workdir.world_accessible())
-                    .and_then(|_| election::try_lead(&workdir))
-                {
-                    Ok(lock) => lock,
+                // The directory may have been deleted (tmp cleaner): prepare it again, once. If
+                // something was planted in it meanwhile, move to the per-user fallback directory.
+                match crate::agent::prepare_again(&workdir).and_then(|fresh| {
+                    let lock = election::try_lead(&fresh);
+                    *shared.workdir.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                    lock.map(|lock| (lock, fresh))
+                }) {
+                    Ok((lock, fresh)) => {
+                        workdir = fresh;
+                        lock
+                    }
                     Err(e) => {
                         tracing::warn!("cannot take part in the election: {first:#}; after recreating the directory: {e:#}");
                         self.schedule_retry();

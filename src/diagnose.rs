@@ -1,7 +1,8 @@
 //! `appsignal_diagnose()`: a JSON report of what the agent in this process sees: configuration
 //! (the push key only as present/absent), working directory (path, owner, mode, writable), lock
 //! (path, holder pid), socket, role, the sender's progress (`sender.idle`: everything recorded so
-//! far is acknowledged by a leader), and why the agent is disabled if it is.
+//! far is acknowledged by a leader), why the agent is disabled if it is, and
+//! (`working_directory.fallback`) why the per-user working directory is used instead of the located one.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -43,6 +44,7 @@ pub fn report() -> Value {
         workdir_source,
         log_destination,
         disabled_reason,
+        workdir_fallback,
     } = agent::status_snapshot();
     let config_report = config.as_ref().map(|c| {
         json!({
@@ -68,6 +70,11 @@ pub fn report() -> Value {
         let mut r = file_report(p);
         r["source"] = json!(workdir_source);
         r["usable"] = json!(workdir.is_some());
+        // The located directory was refused (something planted in it): this is the per-user one.
+        r["fallback"] = json!(workdir_fallback.as_ref().map(|f| json!({
+            "from": f.from.display().to_string(),
+            "reason": f.reason,
+        })));
         r
     });
     let (lock, socket) = match &workdir {
