@@ -5,6 +5,7 @@
 #   fuzz/run.sh --ci                    every target for FUZZ_SECONDS (default 15) s; exit 1 on a crash or hang
 #   fuzz/run.sh --execs 10000000 sql    one target until ~10 million executions
 #   fuzz/run.sh --execs 10000000 --seconds 1800 frame   … or 30 minutes, whichever comes first
+#   fuzz/run.sh --resume --execs 10000000 sql   go on from target/fuzz/sql (executions add up)
 #   fuzz/run.sh --seconds 600 frame data
 #
 # Installs cargo-afl (and builds its AFL++) when missing. Output: target/fuzz/<target>/ (AFL's
@@ -19,6 +20,7 @@ mode=seconds
 seconds=${FUZZ_SECONDS:-15}
 execs=
 cap=
+resume=
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --seconds) [ "$mode" = execs ] || mode=seconds; seconds=$2; cap=1; shift ;;
     --execs) mode=execs; execs=$2; shift ;;
     --repro) mode=repro ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --resume) resume=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) targets+=("$1") ;;
   esac
   shift
@@ -65,8 +68,13 @@ passed=0
 failed=0
 for target in "${targets[@]}"; do
   out=target/fuzz/$target
-  rm -rf "$out"
-  mkdir -p "$out"
+  input=(-i "fuzz/corpus/$target")
+  if [ -n "$resume" ] && [ -f "$out/default/fuzzer_stats" ]; then
+    input=(-i -)
+  else
+    rm -rf "$out"
+    mkdir -p "$out"
+  fi
   limit=(-V "$seconds")
   if [ "$mode" = execs ]; then
     limit=(-E "$execs")
@@ -74,7 +82,7 @@ for target in "${targets[@]}"; do
   fi
   started=$(date +%s)
   # -t: a run that takes over 2 s is a hang (AFL retries it with a longer timeout before saving it).
-  if ! cargo afl fuzz -i "fuzz/corpus/$target" -o "$out" -t 2000 "${limit[@]}" \
+  if ! cargo afl fuzz "${input[@]}" -o "$out" -t 2000 "${limit[@]}" \
       "$bin_dir/fuzz_$target" >"$out/afl.log" 2>&1; then
     echo "fuzz: afl-fuzz failed for $target (see $out/afl.log):" >&2
     tail -20 "$out/afl.log" >&2
