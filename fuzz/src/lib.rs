@@ -192,7 +192,8 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
             (Some(x), Some(y)) if x.is_finite() && y.is_finite() => {
-                x == y || (x - y).abs() <= 1e-14 * x.abs().max(y.abs())
+                // Subnormals (below ~2.2e-308) have fewer significant bits: compare them absolutely.
+                x == y || (x - y).abs() <= 1e-14 * x.abs().max(y.abs()) || (x - y).abs() < 1e-300
             }
             _ => x == y,
         },
