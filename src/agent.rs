@@ -77,6 +77,8 @@ pub struct Status {
     pub workdir_source: Option<&'static str>,
     pub log_destination: Option<log::Destination>,
     pub disabled_reason: Option<String>,
+    /// Set when the located working directory was refused and the per-user one is used.
+    pub workdir_fallback: Option<workdir::Fallback>,
 }
 
 static STATUS: Lazy<Mutex<Status>> = Lazy::new(|| Mutex::new(Status::default()));
@@ -182,13 +184,14 @@ pub fn start() {
         s.workdir_path = Some(path.clone());
         s.workdir_source = Some(source.as_str());
     }
-    let workdir = match WorkDir::prepare(&path, config.files_world_accessible) {
-        Ok(w) => w,
-        Err(e) => {
-            disable(format!("working directory unusable: {e:#}"), &config);
-            return;
-        }
-    };
+    let (workdir, fallback) =
+        match workdir::prepare_or_fallback(&path, config.files_world_accessible) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                disable(format!("working directory unusable: {e:#}"), &config);
+                return;
+            }
+        };
     let (destination, log_fallback) = log::open(&config, &workdir);
     for warning in &loaded.warnings {
         tracing::warn!("configuration: {warning}");
@@ -196,6 +199,10 @@ pub fn start() {
     if let Some(why) = log_fallback {
         tracing::warn!("{why}");
     }
+    if let Some(fallback) = &fallback {
+        log_fallback_line(fallback, &workdir);
+    }
+    status().workdir_fallback = fallback;
     tracing::info!(
         "starting appsignal-agent {} for {}/{} (working directory {} [{}], files world-accessible: {})",
         crate::VERSION,
@@ -207,6 +214,8 @@ pub fn start() {
     );
     {
         let mut s = status();
+        // The directory in use (the per-user one after a fallback).
+        s.workdir_path = Some(workdir.path().to_path_buf());
         s.workdir = Some(workdir.clone());
         s.log_destination = Some(destination);
     }
@@ -214,7 +223,14 @@ pub fn start() {
     crate::apm::configure(apm_config(&config));
     crate::apm::set_sample_rate(config.sample_rate);
     let client_id = crate::ids::random_u64();
-    match Sender::start(config, workdir, recorder::metrics(), client_id, role) {
+    match Sender::start(
+        config,
+        workdir,
+        recorder::metrics(),
+        client_id,
+        role,
+        workdir_fell_back,
+    ) {
         Ok(sender) => {
             recorder::set_recording(true);
             *running = Some(sender);
@@ -224,6 +240,33 @@ pub fn start() {
             set_disabled(format!("{e:#}"));
         }
     }
+}
+
+fn log_fallback_line(fallback: &workdir::Fallback, workdir: &WorkDir) {
+    tracing::warn!(
+        "working directory {} refused: {}; using the per-user directory {} instead (owner-only)",
+        fallback.from.display(),
+        fallback.reason,
+        workdir.path().display()
+    );
+}
+
+/// Handed to the sender: it prepared the working directory again (it was deleted, or something
+/// was planted in it since the start) and had to use the per-user fallback, which is then logged,
+/// shown in diagnose and gets the log file.
+fn workdir_fell_back(current: &WorkDir, fresh: &WorkDir, fallback: &workdir::Fallback) {
+    log_fallback_line(fallback, fresh);
+    let config = status().config.clone();
+    let mut s = status();
+    if let Some(config) = config {
+        if s.log_destination == Some(log::Destination::File(current.log_path())) {
+            s.log_destination = Some(log::open(&config, fresh).0);
+            log_fallback_line(fallback, fresh);
+        }
+    }
+    s.workdir = Some(fresh.clone());
+    s.workdir_path = Some(fresh.path().to_path_buf());
+    s.workdir_fallback = Some(fallback.clone());
 }
 
 /// Flushes this process's data and stops (bounded by `_APPSIGNAL_STOP_TIMEOUT_MS`).

@@ -10,6 +10,9 @@
 //!
 //! Before any `start()` the configuration is read from the environment for the report (the gem
 //! writes it there and asks for a diagnose without starting); nothing is created on disk.
+//!
+//! `leader_election.working_directory.fallback` says why the per-user working directory is used
+//! instead of the located one, when it is.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -190,6 +193,7 @@ fn leader_election(
         workdir_source,
         log_destination,
         disabled_reason,
+        workdir_fallback,
     } = status;
     let config_report = config.as_ref().map(|c| {
         json!({
@@ -228,6 +232,11 @@ fn leader_election(
         let mut r = file_report(p);
         r["source"] = json!(workdir_source);
         r["usable"] = json!(workdir.is_some());
+        // The located directory was refused (something planted in it): this is the per-user one.
+        r["fallback"] = json!(workdir_fallback.as_ref().map(|f| json!({
+            "from": f.from.display().to_string(),
+            "reason": f.reason,
+        })));
         r
     });
     let (lock, socket) = match &workdir {

@@ -4,8 +4,17 @@
 //! owner-only mode). It holds `agent.lock`, `agent.socket`, `appsignal.log`, `payloads/` and the
 //! leader's `journal/`.
 //!
-//! Files are opened with `O_NOFOLLOW | O_CLOEXEC`, and modes are set through the open descriptor
-//! (`fchmod`), so a link swapped in between a check and a use is never followed.
+//! Files are opened with `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK` (a FIFO planted at `appsignal.log`
+//! cannot block `start()`), and modes are set through the open descriptor (`fchmod`, or `O_PATH`
+//! for the socket), so a link swapped in between a check and a use is never followed or chmodded.
+//!
+//! **Fallback.** When the located directory is refused because of something another user could have
+//! put there (a symbolic link at the directory, `agent.lock`, `agent.socket`, `appsignal.log`,
+//! `journal/` or `payloads/`; a file of the wrong type there; a directory of another owner in
+//! owner-only mode or one we cannot write), [`prepare_or_fallback`] uses the per-user directory
+//! `$TMPDIR/appsignal-<euid>` (`/tmp/appsignal-<euid>`), owner-only, instead: one file planted in a
+//! shared `/tmp` must not silence monitoring for every app on the host. Processes of one user still
+//! meet there; the reason is logged and shown in diagnose.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -13,6 +22,75 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+/// A refusal because of something another user could have planted (see the module doc): the
+/// per-user fallback directory avoids it. Found with `anyhow::Error::downcast_ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planted(pub String);
+
+impl std::fmt::Display for Planted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Planted {}
+
+/// Whether `error` (or anything in its chain) is a [`Planted`] refusal.
+pub fn is_planted(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.downcast_ref::<Planted>().is_some())
+}
+
+/// Why the located directory was not used, when [`prepare_or_fallback`] fell back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The directory that was refused.
+    pub from: PathBuf,
+    pub reason: String,
+}
+
+/// The per-user fallback directory: `<temp dir>/appsignal-<euid>` (`$TMPDIR`, else `/tmp`).
+pub fn fallback_path() -> PathBuf {
+    std::env::temp_dir().join(format!("appsignal-{}", current_euid()))
+}
+
+/// Prepares `path`; when it is refused because of something planted ([`Planted`]), prepares the
+/// per-user [`fallback_path`] instead, owner-only. `Some(Fallback)` says that it fell back and why.
+pub fn prepare_or_fallback(
+    path: &Path,
+    world_accessible: bool,
+) -> Result<(WorkDir, Option<Fallback>)> {
+    prepare_or_fallback_to(path, world_accessible, &fallback_path())
+}
+
+/// [`prepare_or_fallback`] with the fallback directory given (tests).
+pub fn prepare_or_fallback_to(
+    path: &Path,
+    world_accessible: bool,
+    fallback: &Path,
+) -> Result<(WorkDir, Option<Fallback>)> {
+    let refused = match WorkDir::prepare(path, world_accessible) {
+        Ok(workdir) => return Ok((workdir, None)),
+        Err(e) if is_planted(&e) && path != fallback => e,
+        Err(e) => return Err(e),
+    };
+    let reason = format!("{refused:#}");
+    // Owner-only whatever the configuration says: nobody else has a reason to be in it.
+    let workdir = WorkDir::prepare(fallback, false).with_context(|| {
+        format!(
+            "{} was refused ({reason}), and so was the per-user fallback {}",
+            path.display(),
+            fallback.display()
+        )
+    })?;
+    Ok((
+        workdir,
+        Some(Fallback {
+            from: path.to_path_buf(),
+            reason,
+        }),
+    ))
+}
 
 /// Longest path a Unix socket address can hold (`sun_path` is 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -92,6 +170,7 @@ impl WorkDir {
         workdir.prepare_dir(path)?;
         workdir.prepare_dir(&workdir.payloads_dir())?;
         workdir.prepare_dir(&workdir.journal_dir())?;
+        workdir.check_entries()?;
         let socket = workdir.socket_path();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             bail!(
@@ -152,15 +231,57 @@ impl WorkDir {
         fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
     }
 
+    /// Refuses `agent.lock`, `appsignal.log` and `agent.socket` when something other than what we
+    /// would put there is at their path (a link, a FIFO, a directory): looked at, never followed.
+    fn check_entries(&self) -> Result<()> {
+        use std::os::unix::fs::FileTypeExt;
+        for (path, socket) in [
+            (self.lock_path(), false),
+            (self.log_path(), false),
+            (self.socket_path(), true),
+        ] {
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot inspect {}", path.display()))
+                }
+            };
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                bail!(Planted(format!(
+                    "{} is a symbolic link; refusing to follow it (a link planted in a shared directory could redirect the agent's files)",
+                    path.display()
+                )));
+            }
+            let expected = if socket {
+                kind.is_socket() || kind.is_file()
+            } else {
+                kind.is_file()
+            };
+            if !expected {
+                bail!(Planted(format!(
+                    "{} is not a {}; refusing to use it",
+                    path.display(),
+                    if socket { "socket" } else { "regular file" }
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn prepare_dir(&self, path: &Path) -> Result<()> {
         for _ in 0..3 {
             match fs::symlink_metadata(path) {
-                Ok(meta) if meta.file_type().is_symlink() => bail!(
+                Ok(meta) if meta.file_type().is_symlink() => bail!(Planted(format!(
                     "{} is a symbolic link; refusing to use it (a link planted in a shared directory could redirect the agent's files)",
                     path.display()
-                ),
+                ))),
                 Ok(meta) if !meta.is_dir() => {
-                    bail!("{} exists and is not a directory", path.display())
+                    bail!(Planted(format!(
+                        "{} exists and is not a directory",
+                        path.display()
+                    )))
                 }
                 Ok(_) => return self.check_dir(path),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -199,43 +320,109 @@ impl WorkDir {
                     .with_context(|| format!("cannot chmod {}", path.display()))?;
             }
         } else if !self.world_accessible {
-            bail!(
+            bail!(Planted(format!(
                 "{} is owned by uid {}, not by this process (uid {euid}); refusing it in owner-only mode (files_world_accessible=false)",
                 path.display(),
                 meta.uid()
-            );
+            )));
         }
         if !is_writable(path) {
-            bail!(
+            let why = format!(
                 "{} is not writable for this process (uid {euid}; directory owner uid {}, mode {:o})",
                 path.display(),
                 meta.uid(),
                 meta.mode() & 0o7777
             );
+            // Another user's directory we cannot write to (it made it first): go elsewhere. Our own
+            // that we cannot write to (a read-only filesystem) is a plain error.
+            if meta.uid() != euid {
+                bail!(Planted(why));
+            }
+            bail!(why);
         }
         Ok(())
     }
 
     /// Opens (creating if needed) a file in the working directory without following links, with
     /// the configured permissions.
+    /// `O_NONBLOCK` makes opening a planted FIFO fail or return at once instead of blocking the
+    /// caller (an app thread in `start()`); it is cleared again once the file is known to be regular.
     pub fn open_file(&self, path: &Path, options: &mut OpenOptions) -> Result<File> {
-        let file = options
+        let file = match options
             .mode(self.file_mode())
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                bail!(Planted(format!(
+                    "{} is a symbolic link; refusing to follow it",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
         let meta = file
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         if !meta.is_file() {
-            bail!("{} is not a regular file", path.display());
+            bail!(Planted(format!("{} is not a regular file", path.display())));
         }
+        set_blocking(&file).with_context(|| format!("cannot use {}", path.display()))?;
         if meta.uid() == current_euid() && meta.mode() & 0o777 != self.file_mode() {
             file.set_permissions(fs::Permissions::from_mode(self.file_mode()))
                 .with_context(|| format!("cannot chmod {}", path.display()))?;
         }
         Ok(file)
     }
+}
+
+fn set_blocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the mode of the socket the leader just bound at `path` without following a link swapped in
+/// since: the path is opened `O_PATH | O_NOFOLLOW`, must be a socket, and its mode is changed
+/// through `/proc/self/fd` (the inode opened, whatever is at the path by then).
+pub fn chmod_socket(path: &Path, mode: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let handle = match handle {
+        Ok(handle) => handle,
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let meta = handle
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.file_type().is_socket() {
+        bail!(Planted(format!(
+            "{} is not a socket (replaced after bind?); not changing its mode",
+            path.display()
+        )));
+    }
+    let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    fs::set_permissions(&proc_path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Whether the thing at `path` is a socket (not a link to one): checked before connecting, so that a
+/// client never follows a link planted at `agent.socket`.
+pub fn is_socket_not_link(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 pub fn current_euid() -> u32 {
@@ -386,6 +573,205 @@ mod tests {
         let long = tmp.path().join("x".repeat(120));
         let err = WorkDir::prepare(&long, true).unwrap_err().to_string();
         assert!(err.contains("longer than"), "{err}");
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// A victim file and directory with modes we would never set, to see that nothing touched them.
+    fn victims(tmp: &Path) -> (PathBuf, PathBuf) {
+        let file = tmp.join("victim-file");
+        fs::write(&file, b"keep").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+        let dir = tmp.join("victim-dir");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        (file, dir)
+    }
+
+    fn assert_untouched(file: &Path, dir: &Path) {
+        assert_eq!(fs::read(file).unwrap(), b"keep");
+        assert_eq!(mode(file), 0o640, "the victim file was chmodded");
+        assert_eq!(mode(dir), 0o750, "the victim directory was chmodded");
+        assert!(
+            fs::read_dir(dir).unwrap().next().is_none(),
+            "something was created through the link"
+        );
+    }
+
+    #[test]
+    fn symlinks_planted_at_every_entry_are_never_followed_nor_chmodded_and_fall_back() {
+        for entry in [
+            "",
+            "agent.lock",
+            "agent.socket",
+            "appsignal.log",
+            "journal",
+            "payloads",
+        ] {
+            for world_accessible in [true, false] {
+                let tmp = tempfile::tempdir().unwrap();
+                let (file, dir) = victims(tmp.path());
+                let wd = tmp.path().join("wd");
+                if entry.is_empty() {
+                    std::os::unix::fs::symlink(&dir, &wd).unwrap();
+                } else {
+                    WorkDir::prepare(&wd, world_accessible).unwrap();
+                    let at = wd.join(entry);
+                    let _ = fs::remove_dir(&at);
+                    let target = if matches!(entry, "journal" | "payloads") {
+                        &dir
+                    } else {
+                        &file
+                    };
+                    std::os::unix::fs::symlink(target, &at).unwrap();
+                }
+                let err = WorkDir::prepare(&wd, world_accessible).unwrap_err();
+                assert!(is_planted(&err), "{entry}: {err:#}");
+                assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+                assert_untouched(&file, &dir);
+
+                let fallback = tmp.path().join("per-user");
+                let (used, why) = prepare_or_fallback_to(&wd, world_accessible, &fallback).unwrap();
+                assert_eq!(used.path(), fallback);
+                let why = why.expect("fell back");
+                assert_eq!(why.from, wd);
+                assert!(why.reason.contains(entry), "{entry}: {}", why.reason);
+                assert_eq!(mode(&fallback), 0o700, "the fallback is owner-only");
+                assert_eq!(mode(&used.journal_dir()), 0o700);
+                assert_eq!(mode(&used.payloads_dir()), 0o700);
+                assert!(!used.world_accessible());
+                // The election works there.
+                assert!(crate::election::try_lead(&used).unwrap().is_some());
+                assert_eq!(mode(&used.lock_path()), 0o600);
+                assert_untouched(&file, &dir);
+            }
+        }
+    }
+
+    #[test]
+    fn a_link_planted_after_prepare_is_not_followed_by_open_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, dir) = victims(tmp.path());
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        for path in [
+            wd.lock_path(),
+            wd.log_path(),
+            wd.journal_dir().join("1-2-x.seg"),
+        ] {
+            std::os::unix::fs::symlink(&file, &path).unwrap();
+            let err = wd
+                .open_file(&path, OpenOptions::new().append(true).create(true))
+                .unwrap_err();
+            assert!(is_planted(&err), "{err:#}");
+        }
+        assert_untouched(&file, &dir);
+    }
+
+    #[test]
+    fn a_fifo_planted_at_the_log_neither_blocks_nor_is_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let c_path = std::ffi::CString::new(wd.log_path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0);
+        let err = WorkDir::prepare(wd.path(), true).unwrap_err();
+        assert!(is_planted(&err), "{err:#}");
+        // Without O_NONBLOCK this open (write-only, no reader) would block the caller for good.
+        let (done, opened) = std::sync::mpsc::channel();
+        let log = wd.log_path();
+        let wd2 = wd.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(
+                wd2.open_file(&log, OpenOptions::new().append(true).create(true))
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}")),
+            );
+        });
+        let result = opened
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("open_file blocked on a FIFO");
+        assert!(result.is_err(), "a FIFO was accepted as the log");
+    }
+
+    #[test]
+    fn the_socket_is_chmodded_only_through_what_was_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, dir) = victims(tmp.path());
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), false).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(wd.socket_path()).unwrap();
+        chmod_socket(&wd.socket_path(), 0o600).unwrap();
+        assert_eq!(mode(&wd.socket_path()), 0o600);
+        chmod_socket(&wd.socket_path(), 0o666).unwrap();
+        assert_eq!(mode(&wd.socket_path()), 0o666);
+        assert!(is_socket_not_link(&wd.socket_path()));
+        // Swapped for a link between bind and chmod: refused, the target keeps its mode.
+        fs::remove_file(wd.socket_path()).unwrap();
+        std::os::unix::fs::symlink(&file, wd.socket_path()).unwrap();
+        let err = chmod_socket(&wd.socket_path(), 0o666).unwrap_err();
+        assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
+        assert!(!is_socket_not_link(&wd.socket_path()));
+        // A link to a real socket is not a socket either: clients do not connect through it.
+        let real = tmp.path().join("real.socket");
+        let _other = std::os::unix::net::UnixListener::bind(&real).unwrap();
+        fs::remove_file(wd.socket_path()).unwrap();
+        std::os::unix::fs::symlink(&real, wd.socket_path()).unwrap();
+        assert!(!is_socket_not_link(&wd.socket_path()));
+        assert!(chmod_socket(&wd.socket_path(), 0o666).is_err());
+        drop(listener);
+        assert_untouched(&file, &dir);
+    }
+
+    #[test]
+    fn a_planted_fallback_directory_is_refused_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, dir) = victims(tmp.path());
+        let wd = tmp.path().join("wd");
+        std::os::unix::fs::symlink(&dir, &wd).unwrap();
+        let fallback = tmp.path().join("per-user");
+        std::os::unix::fs::symlink(&dir, &fallback).unwrap();
+        let err = prepare_or_fallback_to(&wd, true, &fallback).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("wd") && text.contains("per-user"), "{text}");
+        assert_untouched(&file, &dir);
+        // A directory that is simply unusable (a file in the way) does not fall back.
+        let blocked = tmp.path().join("victim-file").join("appsignal");
+        let err = prepare_or_fallback_to(&blocked, true, &tmp.path().join("other")).unwrap_err();
+        assert!(!is_planted(&err), "{err:#}");
+        assert!(!tmp.path().join("other").exists());
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_shared_in_world_accessible_mode_untouched() {
+        if current_euid() != 0 {
+            return; // needs root to make a directory of another user
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("theirs");
+        fs::create_dir_all(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o775)).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let shared = WorkDir::prepare(&path, true).unwrap();
+        assert_eq!(
+            mode(&path),
+            0o775,
+            "another user's directory is not chmodded"
+        );
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 65534);
+        shared
+            .open_file(
+                &shared.lock_path(),
+                OpenOptions::new().read(true).write(true).create(true),
+            )
+            .unwrap();
+        assert_eq!(mode(&shared.lock_path()), 0o666);
+        // Owner-only: refused as planted, and the fallback is used.
+        let fallback = tmp.path().join("per-user");
+        let (used, why) = prepare_or_fallback_to(&path, false, &fallback).unwrap();
+        assert_eq!(used.path(), fallback);
+        assert!(why.unwrap().reason.contains("owned by uid 65534"));
+        assert_eq!(mode(&path), 0o775);
     }
 
     #[test]

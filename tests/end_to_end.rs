@@ -419,13 +419,16 @@ fn an_unusable_working_directory_disables_the_agent_and_the_app_runs_on() {
 
 #[test]
 fn a_symlink_planted_at_the_working_directory_is_refused() {
-    let setup = Setup::new(500);
+    // The per-user fallback goes under this test's own $TMPDIR (tests/filesystem.rs has the rest).
+    let tmpdir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(500).with("TMPDIR", tmpdir.path().to_str().unwrap());
     let elsewhere = setup.tmp.path().join("attacker-controlled");
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, setup.workdir()).unwrap();
     let mut worker = setup.spawn(0);
-    assert_eq!(worker.role, "disabled");
-    let reason = worker.diagnose().unwrap()["leader_election"]["disabled_reason"]
+    assert_eq!(worker.role, "leader");
+    let report = worker.diagnose().unwrap();
+    let reason = report["leader_election"]["working_directory"]["fallback"]["reason"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -53,12 +53,22 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Spawns `exe args…` with `env`, and waits for its `ready` event.
     pub fn spawn(exe: &Path, args: &[String], env: &[(String, String)]) -> Result<WorkerProcess> {
+        Self::spawn_with_stderr(exe, args, env, Stdio::inherit())
+    }
+
+    /// [`Self::spawn`] with the worker's stderr sent to `stderr` (e.g. a file a test reads).
+    pub fn spawn_with_stderr(
+        exe: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        stderr: Stdio,
+    ) -> Result<WorkerProcess> {
         let mut child = Command::new(exe)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot spawn {}", exe.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;

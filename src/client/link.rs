@@ -146,6 +146,13 @@ impl Connection {
 /// read and write.
 pub(super) fn connect(path: &std::path::Path, timeout: Duration) -> std::io::Result<UnixStream> {
     use std::os::fd::FromRawFd;
+    // connect() follows links: never connect through one planted at agent.socket.
+    if !crate::workdir::is_socket_not_link(path) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a socket (missing, or a link)", path.display()),
+        ));
+    }
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };

@@ -54,6 +54,21 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 
+/// What the owner of the sender (the agent) does when the working directory moves to the per-user
+/// fallback: (the directory in use, the fallback, why).
+pub type FallbackHook = fn(&WorkDir, &WorkDir, &crate::workdir::Fallback);
+
+/// The working directory again (deleted by a tmp cleaner, or something planted in it since): the
+/// same one, or the per-user fallback, which `on_fallback` is told about.
+fn prepare_again(current: &WorkDir, on_fallback: FallbackHook) -> Result<WorkDir> {
+    let (fresh, fallback) =
+        crate::workdir::prepare_or_fallback(current.path(), current.world_accessible())?;
+    if let Some(fallback) = &fallback {
+        on_fallback(current, &fresh, fallback);
+    }
+    Ok(fresh)
+}
+
 enum Link {
     None,
     Remote(Connection),
@@ -83,6 +98,8 @@ struct Shared {
     client_id: u64,
     /// This start's role: the sender is its only writer.
     role: &'static RoleCell,
+    /// Told when the working directory had to move to the per-user fallback.
+    on_fallback: FallbackHook,
     signal: Mutex<Signal>,
     pipe: WakePipe,
     progress: Mutex<Progress>,
@@ -114,6 +131,7 @@ impl Sender {
         metrics: &'static LocalMetrics,
         client_id: u64,
         role: &'static RoleCell,
+        on_fallback: FallbackHook,
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
@@ -121,6 +139,7 @@ impl Sender {
             metrics,
             client_id,
             role,
+            on_fallback,
             signal: Mutex::new(Signal::default()),
             pipe: WakePipe::new()?,
             progress: Mutex::new(Progress::default()),
@@ -390,7 +409,7 @@ impl State {
         if self.disabled {
             return;
         }
-        let workdir = shared
+        let mut workdir = shared
             .workdir
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -403,11 +422,17 @@ impl State {
         } {
             Ok(lock) => lock,
             Err(first) => {
-                // The directory may have been deleted (tmp cleaner): prepare it again, once.
-                match WorkDir::prepare(workdir.path(), workdir.world_accessible())
-                    .and_then(|_| election::try_lead(&workdir))
-                {
-                    Ok(lock) => lock,
+                // The directory may have been deleted (tmp cleaner): prepare it again, once. If
+                // something was planted in it meanwhile, move to the per-user fallback directory.
+                match prepare_again(&workdir, shared.on_fallback).and_then(|fresh| {
+                    let lock = election::try_lead(&fresh);
+                    *shared.workdir.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                    lock.map(|lock| (lock, fresh))
+                }) {
+                    Ok((lock, fresh)) => {
+                        workdir = fresh;
+                        lock
+                    }
                     Err(e) => {
                         tracing::warn!("cannot take part in the election: {first:#}; after recreating the directory: {e:#}");
                         self.schedule_retry();

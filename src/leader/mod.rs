@@ -378,9 +378,8 @@ fn bind(workdir: &WorkDir) -> Result<interprocess::local_socket::tokio::Listener
         .reclaim_name(false)
         .create_tokio()
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(workdir.file_mode()))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    // Not by path: a link swapped in since the bind is never followed (workdir::chmod_socket).
+    crate::workdir::chmod_socket(&path, workdir.file_mode())?;
     Ok(listener)
 }
 
