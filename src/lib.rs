@@ -15,6 +15,7 @@
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
+//! - [`intake`]: the StatsD and OTLP/HTTP listeners the leader hosts for other local processes.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
 //! - [`transmit`]: the HTTP push and the on-disk payload cache.
@@ -39,6 +40,7 @@ pub mod diagnose;
 pub mod election;
 pub mod fork;
 pub mod host_metrics;
+pub mod intake;
 pub mod journal;
 pub mod leader;
 pub mod log;

@@ -1,0 +1,267 @@
+//! The leader's listeners end to end: worker processes load libappsignal.so with the StatsD and
+//! OTLP/HTTP listeners on; this test sends StatsD datagrams from a real UDP socket (and OTLP
+//! requests built with the official Python `opentelemetry-proto` classes), and the leader exports
+//! OTLP to the Python receiver (`examples/otlp_receiver.py`). Totals received equal totals sent.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::fleet::{self, WorkerProcess};
+use common::otlp_receiver::OtlpReceiver;
+use serde_json::{json, Value};
+
+struct Setup {
+    otlp: OtlpReceiver,
+    python: PathBuf,
+    tmp: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    statsd_port: u16,
+    otlp_port: u16,
+}
+
+/// A port that was free a moment ago (UDP and TCP both).
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Setup {
+    fn new(test: &str) -> Option<Setup> {
+        let python = common::otlp_python_or_skip(test)?;
+        let otlp = OtlpReceiver::start(&python).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut env = fleet::config_env("http://127.0.0.1:9", "k", &tmp.path().join("wd"), 300);
+        env.retain(|(k, _)| k != "_APPSIGNAL_PUSH_API_KEY");
+        let statsd_port = free_port();
+        let otlp_port = free_port();
+        env.extend(
+            [
+                ("_APPSIGNAL_EXPORTER", "otlp".to_owned()),
+                ("_APPSIGNAL_OTLP_ENDPOINT", otlp.url.clone()),
+                ("_APPSIGNAL_ENABLE_STATSD", "true".to_owned()),
+                ("_APPSIGNAL_STATSD_PORT", statsd_port.to_string()),
+                ("_APPSIGNAL_OTLP_HTTP_PORT", otlp_port.to_string()),
+                (
+                    "APPSIGNAL_LIBRARY",
+                    common::library_path().display().to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        Some(Setup {
+            otlp,
+            python,
+            tmp,
+            env,
+            statsd_port,
+            otlp_port,
+        })
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.tmp.path().join("wd")
+    }
+
+    fn spawn(&self, index: u32) -> WorkerProcess {
+        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.workdir().join("appsignal.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log says `needle` `times` times (a listener bound, for instance).
+    fn await_log(&self, needle: &str, times: usize) {
+        assert!(
+            common::poll(Duration::from_secs(20), || self
+                .log()
+                .matches(needle)
+                .count()
+                >= times),
+            "no {needle:?} (x{times}) in the log:\n{}",
+            self.log()
+        );
+    }
+
+    fn assert_totals(&self, expected: &Value) {
+        let rows = fleet::await_totals(expected, || self.otlp.summary(), Duration::from_secs(30));
+        let wrong: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.equal)
+            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "totals differ (UDP drops in /proc/net/udp for port {}: {:?}):\n{}\n--- log ---\n{}",
+            self.statsd_port,
+            udp_drops(self.statsd_port),
+            wrong.join("\n"),
+            self.log()
+        );
+    }
+}
+
+/// The kernel's drop counts of UDP sockets bound to `port` (the last column of /proc/net/udp).
+fn udp_drops(port: u16) -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let hex = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&hex))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect()
+}
+
+/// Sends `lines` packed into datagrams of at most ~1400 bytes, pausing 1 ms every 16 datagrams
+/// (UDP has no flow control: the pause keeps a busy shared machine from overflowing the socket's
+/// receive buffer). Returns how many datagrams went out.
+fn send_lines(socket: &UdpSocket, port: u16, lines: &[String]) -> usize {
+    let mut datagram = String::new();
+    let mut sent = 0;
+    let mut flush = |datagram: &mut String| {
+        if datagram.is_empty() {
+            return;
+        }
+        socket
+            .send_to(datagram.as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+        datagram.clear();
+        sent += 1;
+        if sent % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    for line in lines {
+        if datagram.len() + line.len() + 1 > 1400 {
+            flush(&mut datagram);
+        }
+        datagram.push_str(line);
+        datagram.push('\n');
+    }
+    flush(&mut datagram);
+    sent
+}
+
+#[test]
+fn statsd_counters_with_sample_rates_gauges_and_timers_arrive_exactly() {
+    let Some(setup) = Setup::new("statsd exact totals") else {
+        return;
+    };
+    let mut workers = [setup.spawn(1), setup.spawn(2)];
+    assert_eq!(workers.iter().filter(|w| w.role == "leader").count(), 1);
+    setup.await_log("StatsD: listening on", 1);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    // 100,000 counter increments over three tag sets and three sample rates whose scaling is exact.
+    let mut lines = Vec::new();
+    let mut expected = json!({"counters": {}, "gauges": {}, "distributions": {}});
+    let mut add = |series: &str, by: f64| {
+        let t = expected["counters"][series].as_f64().unwrap_or(0.0) + by;
+        expected["counters"][series] = json!(t);
+    };
+    for i in 0..100_000u32 {
+        let (route, rate, weight) = match i % 3 {
+            0 => ("home", "", 1.0),
+            1 => ("search", "|@0.5", 2.0),
+            _ => ("checkout", "|@0.25", 4.0),
+        };
+        let value = 1 + i % 5;
+        lines.push(format!(
+            "statsd.requests:{value}|c{rate}|#route:{route},region:eu"
+        ));
+        add(
+            &format!("statsd.requests{{region=eu,route={route}}}"),
+            f64::from(value) * weight,
+        );
+    }
+    let mut sum = 0.0;
+    for i in 0..1000u32 {
+        let v = f64::from(i % 50) + 0.5;
+        sum += v;
+        lines.push(format!("statsd.latency:{v}|ms|#route:home"));
+    }
+    let datagrams = send_lines(&socket, setup.statsd_port, &lines);
+    // Gauges: a set, then relative changes, in order (one datagram, so their order holds).
+    socket
+        .send_to(
+            b"statsd.queue:40|g|#queue:mail\nstatsd.queue:+5|g|#queue:mail\nstatsd.queue:-3|g|#queue:mail\nstatsd.temp:21.25|g\n",
+            ("127.0.0.1", setup.statsd_port),
+        )
+        .unwrap();
+    // Garbage: counted, nothing else affected.
+    let garbage: [&[u8]; 5] = [
+        b"\xff\xfe\x00garbage",
+        b"no value here",
+        b"statsd.requests:x|c|#route:home",
+        b"statsd.requests:1|s",
+        b"statsd.requests:1|c|@7",
+    ];
+    for g in garbage {
+        socket.send_to(g, ("127.0.0.1", setup.statsd_port)).unwrap();
+    }
+    expected["gauges"]["statsd.queue{queue=mail}"] = json!(42.0);
+    expected["gauges"]["statsd.temp{}"] = json!(21.25);
+    expected["distributions"]["statsd.latency{route=home}"] = json!({"count": 1000, "sum": sum});
+    expected["counters"]["appsignal.agent.statsd_malformed_lines{}"] = json!(garbage.len() as f64);
+    setup.assert_totals(&expected);
+    eprintln!("sent {} lines in {datagrams} datagrams", lines.len());
+    for w in workers.iter_mut() {
+        w.sync().unwrap();
+    }
+    workers.sort_by_key(|w| w.role == "leader");
+    for w in workers.iter_mut() {
+        assert!(w.stop(Duration::from_secs(20)).unwrap().success());
+    }
+    let log = setup.log();
+    assert_eq!(
+        log.matches("StatsD: malformed line").count(),
+        1,
+        "one rate-limited log line for the garbage:\n{log}"
+    );
+    // Nothing more arrived after the stop (no double counting on the way out).
+    setup.assert_totals(&expected);
+}
+
+#[test]
+fn a_client_never_binds_and_a_taken_port_is_logged_once() {
+    let Some(setup) = Setup::new("statsd taken port") else {
+        return;
+    };
+    // Another program holds the port (without SO_REUSEADDR, so nobody can share it).
+    let squatter = UdpSocket::bind(("127.0.0.1", setup.statsd_port)).unwrap();
+    let mut workers = [setup.spawn(1), setup.spawn(2)];
+    setup.await_log("StatsD: cannot bind", 1);
+    // Everything else works: app data still arrives.
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        let sent = w.record(50).unwrap();
+        fleet::add_sent(&mut expected, &sent);
+        w.sync().unwrap();
+    }
+    setup.assert_totals(&expected);
+    let log = setup.log();
+    assert_eq!(log.matches("StatsD: cannot bind").count(), 1, "{log}");
+    // Only the leader tried: the client never binds.
+    assert_eq!(log.matches("StatsD: listening on").count(), 0, "{log}");
+    // Once the port is free, the leader binds it.
+    drop(squatter);
+    setup.await_log("StatsD: bound", 1);
+    workers.sort_by_key(|w| w.role == "leader");
+    for w in workers.iter_mut() {
+        assert!(w.stop(Duration::from_secs(20)).unwrap().success());
+    }
+    let _ = (setup.otlp_port, &setup.python, Instant::now());
+}
