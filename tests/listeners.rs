@@ -7,7 +7,7 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fleet::{self, WorkerProcess};
 use common::otlp_receiver::OtlpReceiver;
@@ -212,6 +212,11 @@ fn statsd_counters_with_sample_rates_gauges_and_timers_arrive_exactly() {
     for g in garbage {
         socket.send_to(g, ("127.0.0.1", setup.statsd_port)).unwrap();
     }
+    // Counts of rejected input go out with the next payload that has data: send some.
+    socket
+        .send_to(b"statsd.after:1|c", ("127.0.0.1", setup.statsd_port))
+        .unwrap();
+    expected["counters"]["statsd.after{}"] = json!(1.0);
     expected["gauges"]["statsd.queue{queue=mail}"] = json!(42.0);
     expected["gauges"]["statsd.temp{}"] = json!(21.25);
     expected["distributions"]["statsd.latency{route=home}"] = json!({"count": 1000, "sum": sum});
@@ -263,5 +268,106 @@ fn a_client_never_binds_and_a_taken_port_is_logged_once() {
     for w in workers.iter_mut() {
         assert!(w.stop(Duration::from_secs(20)).unwrap().success());
     }
-    let _ = (setup.otlp_port, &setup.python, Instant::now());
+}
+
+#[test]
+fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attributes() {
+    let Some(setup) = Setup::new("otlp intake") else {
+        return;
+    };
+    let mut workers = [setup.spawn(1), setup.spawn(2)];
+    setup.await_log("OTLP/HTTP intake: listening on", 1);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join("otlp_post.py");
+    let output = std::process::Command::new(&setup.python)
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{}", setup.otlp_port))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let steps: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let step = |name: &str| -> &Value {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
+    };
+    for ok in [
+        "jobs-1",
+        "jobs-2",
+        "bytes-1",
+        "bytes-2",
+        "gauge-1",
+        "gauge-2",
+        "histogram",
+        "gzip",
+    ] {
+        assert_eq!(step(ok)["status"], 200, "{:?}", step(ok));
+        assert_eq!(step(ok)["rejected"], 0, "{:?}", step(ok));
+    }
+    assert_eq!(step("mixed")["status"], 200);
+    assert_eq!(
+        step("mixed")["rejected"],
+        1,
+        "partial success: {:?}",
+        step("mixed")
+    );
+    assert!(step("mixed")["message"]
+        .as_str()
+        .unwrap()
+        .contains("exponential"));
+    assert_eq!(step("truncated")["status"], 400);
+    assert_eq!(step("gzip-bomb")["status"], 413);
+    let oversized = &step("oversized")["status"];
+    assert!(*oversized == 413 || *oversized == "reset", "{oversized}");
+    assert_eq!(step("json")["status"], 415);
+    assert_eq!(step("get")["status"], 405);
+    assert_eq!(step("traces")["status"], 404);
+
+    // Counts of rejected input go out with the next payload that has data: send some.
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"after:1|c", ("127.0.0.1", setup.statsd_port))
+        .unwrap();
+    let service = "service.name=cron-job";
+    let expected = json!({
+        "counters": {
+            format!("intake.jobs{{ok=true,queue=mail,{service}}}"): 10.0,
+            format!("intake.bytes{{disk=sda,{service}}}"): 250.0,
+            format!("intake.gzipped{{{service}}}"): 3.0,
+            format!("intake.mixed{{{service}}}"): 1.0,
+            // One rejected point and six rejected requests.
+            "appsignal.agent.otlp_intake_rejected{}": 7.0,
+            "after{}": 1.0,
+        },
+        "gauges": {format!("intake.temperature{{room=a,{service}}}"): 22.0},
+        "distributions": {
+            format!("intake.latency{{route=/,{service}}}"): {"count": 4, "sum": 150.0}
+        },
+    });
+    setup.assert_totals(&expected);
+    for w in workers.iter_mut() {
+        w.sync().unwrap();
+    }
+    workers.sort_by_key(|w| w.role == "leader");
+    for w in workers.iter_mut() {
+        assert!(w.stop(Duration::from_secs(20)).unwrap().success());
+    }
+    let log = setup.log();
+    assert_eq!(
+        log.matches("OTLP/HTTP intake: request answered").count()
+            + log.matches("data points rejected").count(),
+        1,
+        "one rate-limited log line for the rejections:\n{log}"
+    );
+    setup.assert_totals(&expected);
 }

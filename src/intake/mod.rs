@@ -9,6 +9,7 @@
 //! input is counted, reported in the next payload (`AgentReport`) and logged at most once a minute.
 
 pub mod otlp_http;
+pub mod otlp_metrics;
 pub mod pending;
 pub mod statsd;
 pub mod udp;
