@@ -371,3 +371,101 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
     );
     setup.assert_totals(&expected);
 }
+
+/// The leader is SIGKILLed while a sender writes one StatsD datagram per millisecond: the next
+/// leader binds the port again, and only datagrams of the gap are lost. Each datagram counts 1 in
+/// a slot of 10 consecutive datagrams (tag `slot`), so the export shows where the gap was. Exact
+/// checks: every slot sent completely after the new leader was seen listening arrives whole, and so
+/// does every slot sent more than a second before the kill (the old leader had journaled them; the
+/// new one replays them). The measured gap is printed (see docs/listeners.md).
+#[test]
+fn statsd_listener_moves_to_the_next_leader_after_a_sigkill() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let Some(setup) = Setup::new("statsd failover") else {
+        return;
+    };
+    let mut workers = vec![setup.spawn(1), setup.spawn(2)];
+    setup.await_log("StatsD: listening on", 1);
+    let leader = common::leader_index(&setup.workdir(), &workers).unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let port = setup.statsd_port;
+    let sender = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut sent_at = Vec::new();
+            while running.load(Ordering::Relaxed) {
+                let i = sent_at.len();
+                let line = format!("failover.ticks:1|c|#slot:{:05}", i / 10);
+                let _ = socket.send_to(line.as_bytes(), ("127.0.0.1", port));
+                sent_at.push(Instant::now());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent_at
+        })
+    };
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed_at = Instant::now();
+    workers[leader].child.kill().unwrap();
+    workers[leader].wait(Duration::from_secs(5)).unwrap();
+    assert!(
+        common::poll(Duration::from_secs(10), || setup
+            .log()
+            .matches("StatsD: listening on")
+            .count()
+            >= 2),
+        "the next leader does not listen:\n{}",
+        setup.log()
+    );
+    let listening_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    running.store(false, Ordering::Relaxed);
+    let sent_at = sender.join().unwrap();
+    // Let the new leader flush the last datagrams, then stop it: it pushes everything.
+    std::thread::sleep(Duration::from_millis(300));
+    workers.remove(leader);
+    for w in workers.iter_mut() {
+        assert!(w.stop(Duration::from_secs(20)).unwrap().success());
+    }
+    let summary = setup.otlp.summary();
+    let slots = sent_at.len().div_ceil(10);
+    let mut lost = 0u64;
+    let mut gap: Vec<usize> = Vec::new();
+    let mut whole_missing = Vec::new();
+    for slot in 0..slots {
+        let sent = (sent_at.len() - slot * 10).min(10);
+        let got = summary["counters"][format!("failover.ticks{{slot={slot:05}}}")]
+            .as_f64()
+            .unwrap_or(0.0) as usize;
+        assert!(got <= sent, "slot {slot}: {got} of {sent}: counted twice");
+        if got < sent {
+            lost += (sent - got) as u64;
+            gap.push(slot);
+            let first = sent_at[slot * 10];
+            let last = sent_at[slot * 10 + sent - 1];
+            if first > listening_at || last + Duration::from_secs(1) < killed_at {
+                whole_missing.push(format!("slot {slot}: {got} of {sent}"));
+            }
+        }
+    }
+    assert!(
+        whole_missing.is_empty(),
+        "datagrams lost outside the gap: {whole_missing:?}\n{}",
+        setup.log()
+    );
+    let first_lost = gap.first().map(|&s| sent_at[s * 10]);
+    let last_lost = gap
+        .last()
+        .map(|&s| sent_at[(s * 10 + 9).min(sent_at.len() - 1)]);
+    eprintln!(
+        "failover: sent {} datagrams, lost {lost} (slots {:?}..{:?}); kill -> new leader seen listening {:?}; lost span from {:?} before the kill to {:?} after it",
+        sent_at.len(),
+        gap.first(),
+        gap.last(),
+        listening_at - killed_at,
+        first_lost.map(|t| killed_at.saturating_duration_since(t)),
+        last_lost.map(|t| t.saturating_duration_since(killed_at)),
+    );
+}
