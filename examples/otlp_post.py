@@ -13,8 +13,9 @@ It sends a fixed scenario and prints one JSON line per request: {"step", "status
 - delta histogram `intake.latency` bounds [10, 100] counts [1, 2, 1] sum 150 min 5 max 120
 - gzip: delta sum `intake.gzipped` 3
 - mixed: delta sum `intake.mixed` 1 and one exponential-histogram point (rejected: partial success)
+- json: OTLP/JSON (`json_format`, integer enums) delta sum `intake.json` {format=json} 2
 - then bad requests: truncated body (400), gzip bomb (413), oversized body (413 or reset),
-  JSON content type (415), GET (405), /v1/traces (404)
+  JSON that is not a request (400), XML content type (415), GET (405), /v1/traces (404)
 
 Stdlib only, besides the protobuf classes.
 """
@@ -26,6 +27,7 @@ import sys
 import time
 from urllib.parse import urlparse
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
 from opentelemetry.proto.common.v1 import common_pb2 as common
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
@@ -82,7 +84,10 @@ def post(url, step, body, content_type="application/x-protobuf", encoding=None, 
         result["status"] = response.status
         if response.status == 200:
             answer = ms.ExportMetricsServiceResponse()
-            answer.ParseFromString(data)
+            if content_type == "application/json":
+                json_format.Parse(data, answer)
+            else:
+                answer.ParseFromString(data)
             result["rejected"] = answer.partial_success.rejected_data_points
             result["message"] = answer.partial_success.error_message
     except (ConnectionError, http.client.HTTPException, OSError) as e:
@@ -120,11 +125,15 @@ def main():
         aggregation_temporality=DELTA,
         data_points=[m.ExponentialHistogramDataPoint(count=1, sum=1.0, scale=0, zero_count=1)]))
     post(url, "mixed", request(sum_metric("intake.mixed", 1), exponential).SerializeToString())
+    post(url, "json", json_format.MessageToJson(
+        request(sum_metric("intake.json", 2, format="json")), use_integers_for_enums=True).encode(),
+         content_type="application/json")
     whole = request(sum_metric("intake.truncated", 1)).SerializeToString()
     post(url, "truncated", whole[:-3])
     post(url, "gzip-bomb", gzip.compress(b"\0" * (17 * 1024 * 1024)), encoding="gzip")
     post(url, "oversized", b"\0" * (5 * 1024 * 1024))
-    post(url, "json", b"{}", content_type="application/json")
+    post(url, "json-bad", b'{"resourceMetrics": 5}', content_type="application/json")
+    post(url, "xml", b"<metrics/>", content_type="application/xml")
     post(url, "get", None, method="GET")
     post(url, "traces", b"", path="/v1/traces")
     return 0

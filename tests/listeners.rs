@@ -302,6 +302,7 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
             .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
     };
     for ok in [
+        "json",
         "jobs-1",
         "jobs-2",
         "bytes-1",
@@ -329,7 +330,8 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
     assert_eq!(step("gzip-bomb")["status"], 413);
     let oversized = &step("oversized")["status"];
     assert!(*oversized == 413 || *oversized == "reset", "{oversized}");
-    assert_eq!(step("json")["status"], 415);
+    assert_eq!(step("json-bad")["status"], 400);
+    assert_eq!(step("xml")["status"], 415);
     assert_eq!(step("get")["status"], 405);
     assert_eq!(step("traces")["status"], 404);
 
@@ -345,8 +347,9 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
             format!("intake.bytes{{disk=sda,{service}}}"): 250.0,
             format!("intake.gzipped{{{service}}}"): 3.0,
             format!("intake.mixed{{{service}}}"): 1.0,
-            // One rejected point and six rejected requests.
-            "appsignal.agent.otlp_intake_rejected{}": 7.0,
+            format!("intake.json{{format=json,{service}}}"): 2.0,
+            // One rejected point and seven rejected requests.
+            "appsignal.agent.otlp_intake_rejected{}": 8.0,
             "after{}": 1.0,
         },
         "gauges": {format!("intake.temperature{{room=a,{service}}}"): 22.0},

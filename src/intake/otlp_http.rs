@@ -1,4 +1,5 @@
-//! The OTLP/HTTP intake task of the leader: `POST /v1/metrics` with a protobuf body, gzip or not,
+//! The OTLP/HTTP intake task of the leader: `POST /v1/metrics` with a protobuf or JSON body
+//! (OTLP/JSON: camelCase keys, integer enums, 64-bit integers as strings), gzip or not,
 //! served by hyper's HTTP/1.1 connection code on the leader's runtime. Points are converted by
 //! [`super::otlp_metrics`] and handed to the leader every [`FLUSH_PERIOD`], like the StatsD
 //! listener's.
@@ -180,16 +181,44 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
 /// An answer: status, content type, body.
 type Answer = (StatusCode, &'static str, Vec<u8>);
 
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
 async fn handle(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match answer(request, state).await {
+    let encoding = if request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        }) {
+        Encoding::Json
+    } else {
+        Encoding::Protobuf
+    };
+    let (status, content_type, body) = match answer(request, encoding, state).await {
         Ok(a) => a,
         Err((status, message)) => {
             state.stats.otlp_rejected.fetch_add(1, Ordering::Relaxed);
             log_rejection(&format!("request answered {status}: {message}"));
             (
                 status,
-                "application/x-protobuf",
-                rpc_status(status, &message),
+                encoding.content_type(),
+                rpc_status(status, &message, encoding),
             )
         }
     };
@@ -212,7 +241,11 @@ fn log_rejection(what: &str) {
     }
 }
 
-async fn answer(request: Request<Incoming>, state: &State) -> Result<Answer, (StatusCode, String)> {
+async fn answer(
+    request: Request<Incoming>,
+    encoding: Encoding,
+    state: &State,
+) -> Result<Answer, (StatusCode, String)> {
     if request.uri().path() != "/v1/metrics" {
         return Err((
             StatusCode::NOT_FOUND,
@@ -234,10 +267,12 @@ async fn answer(request: Request<Incoming>, state: &State) -> Result<Answer, (St
             .unwrap_or_default()
     };
     let content_type = header(hyper::header::CONTENT_TYPE);
-    if !content_type.starts_with("application/x-protobuf") {
+    if encoding == Encoding::Protobuf && !content_type.starts_with("application/x-protobuf") {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {content_type:?} is not application/x-protobuf"),
+            format!(
+                "content type {content_type:?} is not application/x-protobuf or application/json"
+            ),
         ));
     }
     let gzip = match header(hyper::header::CONTENT_ENCODING).as_str() {
@@ -291,12 +326,20 @@ async fn answer(request: Request<Incoming>, state: &State) -> Result<Answer, (St
     } else {
         bytes
     };
-    let request = ExportMetricsServiceRequest::decode(decoded).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("not an ExportMetricsServiceRequest: {e}"),
-        )
-    })?;
+    let request = match encoding {
+        Encoding::Protobuf => ExportMetricsServiceRequest::decode(decoded).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("not an ExportMetricsServiceRequest: {e}"),
+            )
+        })?,
+        Encoding::Json => serde_json::from_slice(&decoded).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("not an ExportMetricsServiceRequest in OTLP/JSON: {e}"),
+            )
+        })?,
+    };
     let outcome = state.converter().export(request, crate::now_ms());
     let partial_success = (outcome.rejected > 0).then(|| {
         state
@@ -314,11 +357,11 @@ async fn answer(request: Request<Incoming>, state: &State) -> Result<Answer, (St
         }
     });
     let response = ExportMetricsServiceResponse { partial_success };
-    Ok((
-        StatusCode::OK,
-        "application/x-protobuf",
-        response.encode_to_vec(),
-    ))
+    let body = match encoding {
+        Encoding::Protobuf => response.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+    };
+    Ok((StatusCode::OK, encoding.content_type(), body))
 }
 
 fn too_large(limit: usize) -> (StatusCode, String) {
@@ -330,7 +373,7 @@ fn too_large(limit: usize) -> (StatusCode, String) {
 
 /// A `google.rpc.Status` message (code 3 INVALID_ARGUMENT or 8 RESOURCE_EXHAUSTED, and the
 /// message), encoded by hand: it is two fields, and the generated type is not in our features.
-fn rpc_status(status: StatusCode, message: &str) -> Vec<u8> {
+fn rpc_status(status: StatusCode, message: &str, encoding: Encoding) -> Vec<u8> {
     let code: i32 = match status {
         StatusCode::PAYLOAD_TOO_LARGE => 8,
         StatusCode::NOT_FOUND => 5,
@@ -338,6 +381,11 @@ fn rpc_status(status: StatusCode, message: &str) -> Vec<u8> {
         StatusCode::REQUEST_TIMEOUT => 4,
         _ => 3,
     };
+    if encoding == Encoding::Json {
+        return serde_json::json!({"code": code, "message": message})
+            .to_string()
+            .into_bytes();
+    }
     let mut buf = Vec::new();
     prost::encoding::int32::encode(1, &code, &mut buf);
     prost::encoding::string::encode(2, &message.to_owned(), &mut buf);
