@@ -569,6 +569,32 @@ mod tests {
     }
 
     #[test]
+    fn listeners_are_off_by_default_and_bind_loopback() {
+        assert_eq!(
+            load(&[]).config.listeners,
+            crate::intake::Listeners::default()
+        );
+        let loaded = load(&[
+            ("_APPSIGNAL_ENABLE_STATSD", "true"),
+            ("_APPSIGNAL_OTLP_HTTP_PORT", "8099"),
+        ]);
+        let l = loaded.config.listeners;
+        assert_eq!(l.statsd, Some("127.0.0.1:8125".parse().unwrap()));
+        assert_eq!(l.otlp_http, Some("127.0.0.1:8099".parse().unwrap()));
+        let loaded = load(&[
+            ("_APPSIGNAL_ENABLE_STATSD", "true"),
+            ("_APPSIGNAL_STATSD_PORT", "70000"),
+            ("_APPSIGNAL_STATSD_BIND", "::"),
+            ("_APPSIGNAL_OTLP_HTTP_PORT", "4318"),
+            ("_APPSIGNAL_OTLP_HTTP_BIND", "localhost"),
+        ]);
+        let l = loaded.config.listeners;
+        assert_eq!(l.statsd, Some("[::]:8125".parse().unwrap()));
+        assert_eq!(l.otlp_http, None, "a host name is not guessed at");
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+    }
+
+    #[test]
     fn invalid_values_warn_and_fall_back_to_defaults() {
         let loaded = load(&[
             ("_APPSIGNAL_ACTIVE", "maybe"),

@@ -11,8 +11,9 @@
 //! type; 404 for other paths; 405 for other methods. Every rejected request and point is counted in
 //! `appsignal.agent.otlp_intake_rejected` and logged at most once a minute.
 //!
-//! Bounds: at most [`MAX_CONNECTIONS`] connections (a permit is taken before `accept`); headers
-//! within [`HEADER_TIMEOUT`], a body within [`BODY_TIMEOUT`]; converted points go into the bounded
+//! Bounds: at most [`MAX_CONNECTIONS`] connections (a permit is taken before `accept`), each
+//! closed between requests after [`MAX_CONNECTION_AGE`]; headers within [`HEADER_TIMEOUT`], a body
+//! within [`BODY_TIMEOUT`]; converted points go into the bounded
 //! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's, over bytes
 //! whose size was checked first.
 
@@ -46,6 +47,8 @@ pub const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest life of one connection (then it closes between requests).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 static REJECT_LOG: RateLimit = RateLimit::new(60_000);
 static COUNT_LOG: RateLimit = RateLimit::new(60_000);
@@ -167,12 +170,21 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(handle(request, &state).await) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
-        .serve_connection(io, service)
-        .await;
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    // An idle keep-alive connection holds a permit: after MAX_CONNECTION_AGE it is closed once
+    // the request in progress (if any) is answered; the sender reconnects.
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!("OTLP/HTTP intake: connection ended: {e}");
     }
