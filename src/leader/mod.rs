@@ -23,6 +23,8 @@
 //! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
 //!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
 //!   counts them as gauges of its own configuration.
+//! - With `_APPSIGNAL_ENABLE_STATSD` or `_APPSIGNAL_OTLP_HTTP_PORT`, the leader (and only the
+//!   leader) runs the listeners of [`crate::intake`]; their data counts as its own configuration's.
 //! - Shutdown (`stop()`) pushes what was counted within the deadline while it keeps accepting and
 //!   counting the last batches of its clients, which may be stopping at the same moment; then it
 //!   stops accepting, lets connections finish the frame they are in, and turns what arrived
