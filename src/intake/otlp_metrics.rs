@@ -281,7 +281,10 @@ impl Converter {
         let bounds_ok = p.explicit_bounds.iter().all(|b| b.is_finite())
             && p.explicit_bounds.windows(2).all(|w| w[0] < w[1])
             && (p.bucket_counts.is_empty() || p.bucket_counts.len() == p.explicit_bounds.len() + 1)
-            && p.bucket_counts.iter().sum::<u64>() == p.count;
+            && p.bucket_counts
+                .iter()
+                .try_fold(0u64, |total, &n| total.checked_add(n))
+                .is_some_and(|total| total == p.count || p.bucket_counts.is_empty());
         if !bounds_ok {
             return outcome.reject(1, || {
                 format!("histogram {name:?}: bounds, bucket counts and count do not agree")
@@ -291,16 +294,22 @@ impl Converter {
             Ok(k) => k,
             Err(why) => return outcome.reject(1, || format!("{name:?}: {why}")),
         };
+        // A point with a count and no buckets is one bucket holding everything.
+        let (bounds, bucket_counts) = if p.bucket_counts.is_empty() {
+            (Vec::new(), vec![p.count])
+        } else {
+            (p.explicit_bounds.clone(), p.bucket_counts.clone())
+        };
         let sum = p.sum.unwrap_or(0.0);
         let (counts, sum, min, max) = match temporality {
-            AggregationTemporality::Delta => (p.bucket_counts.clone(), sum, p.min, p.max),
+            AggregationTemporality::Delta => (bucket_counts.clone(), sum, p.min, p.max),
             AggregationTemporality::Cumulative => {
                 let stream_key = (StreamKind::Histogram, key.clone());
                 let now = Stream {
                     start_ns: p.start_time_unix_nano,
                     previous: Previous::Histogram {
-                        bounds: p.explicit_bounds.clone(),
-                        counts: p.bucket_counts.clone(),
+                        bounds: bounds.clone(),
+                        counts: bucket_counts.clone(),
                         sum,
                     },
                     seen_ms: now_ms,
@@ -310,25 +319,24 @@ impl Converter {
                         start_ns,
                         previous:
                             Previous::Histogram {
-                                bounds,
+                                bounds: previous_bounds,
                                 counts,
                                 sum: previous_sum,
                             },
                         ..
                     }) if *start_ns == p.start_time_unix_nano
-                        && *bounds == p.explicit_bounds
-                        && counts.len() == p.bucket_counts.len()
-                        && counts.iter().zip(&p.bucket_counts).all(|(a, b)| a <= b) =>
+                        && *previous_bounds == bounds
+                        && counts.len() == bucket_counts.len()
+                        && counts.iter().zip(&bucket_counts).all(|(a, b)| a <= b) =>
                     {
-                        let d: Vec<u64> = p
-                            .bucket_counts
+                        let d: Vec<u64> = bucket_counts
                             .iter()
                             .zip(counts)
                             .map(|(now, before)| now - before)
                             .collect();
                         Some((d, sum - previous_sum))
                     }
-                    Some(_) => Some((p.bucket_counts.clone(), sum)),
+                    Some(_) => Some((bucket_counts.clone(), sum)),
                     None => {
                         if !self.room(now_ms) {
                             return outcome.reject(1, || {
@@ -337,7 +345,7 @@ impl Converter {
                         }
                         let new = p.start_time_unix_nano != 0
                             && p.start_time_unix_nano >= self.created_ns;
-                        new.then(|| (p.bucket_counts.clone(), sum))
+                        new.then(|| (bucket_counts.clone(), sum))
                     }
                 };
                 self.streams.insert(stream_key, now);
@@ -355,7 +363,7 @@ impl Converter {
                 })
             }
         };
-        if let Some(sketch) = sketch(&p.explicit_bounds, &counts, sum, min, max) {
+        if let Some(sketch) = sketch(&bounds, &counts, sum, min, max) {
             self.pending.merge(key, &sketch);
         }
         outcome.accepted += 1;
@@ -609,6 +617,97 @@ mod tests {
         );
         assert_eq!((out.accepted, out.rejected), (1, 3));
         assert!(out.reason.unwrap().contains("unspecified"));
+    }
+
+    #[test]
+    fn flipped_bytes_of_a_request_never_panic_the_conversion() {
+        use prost::Message;
+        let valid = request(vec![
+            sum("s", AggregationTemporality::Cumulative, vec![point(3, 2.0)]),
+            Metric {
+                name: "h".into(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        count: 3,
+                        sum: Some(6.0),
+                        bucket_counts: vec![1, 2],
+                        explicit_bounds: vec![1.0],
+                        start_time_unix_nano: 3,
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: 2,
+                })),
+                ..Default::default()
+            },
+        ])
+        .encode_to_vec();
+        let mut c = Converter::new(0);
+        for i in 0..valid.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bytes = valid.clone();
+                bytes[i] ^= flip;
+                if let Ok(r) = ExportMetricsServiceRequest::decode(&bytes[..]) {
+                    c.export(r, i as u64);
+                }
+                if let Ok(r) = ExportMetricsServiceRequest::decode(&bytes[..i]) {
+                    c.export(r, i as u64);
+                }
+            }
+        }
+        c.pending.take_batch(1, 1, 0);
+    }
+
+    #[test]
+    fn bucket_counts_that_overflow_are_rejected_not_a_panic() {
+        let mut c = Converter::new(0);
+        let out = c.export(
+            request(vec![Metric {
+                name: "h".into(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        count: 1,
+                        bucket_counts: vec![u64::MAX, 2],
+                        explicit_bounds: vec![1.0],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: 1,
+                })),
+                ..Default::default()
+            }]),
+            0,
+        );
+        assert_eq!(out.rejected, 1);
+    }
+
+    #[test]
+    fn cumulative_histograms_become_deltas_and_bucketless_points_count() {
+        let hist = |counts: Vec<u64>, bounds: Vec<f64>, count: u64, sum: f64| Metric {
+            name: "h".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count,
+                    sum: Some(sum),
+                    bucket_counts: counts,
+                    explicit_bounds: bounds,
+                    start_time_unix_nano: 2_000_000_000,
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        };
+        let mut c = Converter::new(1_000);
+        c.export(request(vec![hist(vec![1, 1], vec![5.0], 2, 8.0)]), 2_000);
+        c.export(request(vec![hist(vec![1, 4], vec![5.0], 5, 29.0)]), 3_000);
+        let b = c.pending.take_batch(1, 1, 0).unwrap();
+        assert_eq!(b.distributions[0].1.count(), 5);
+        assert_eq!(b.distributions[0].1.sum(), 29.0);
+        let mut c = Converter::new(1_000);
+        let out = c.export(request(vec![hist(vec![], vec![], 4, 10.0)]), 2_000);
+        assert_eq!(out.accepted, 1);
+        let b = c.pending.take_batch(1, 1, 0).unwrap();
+        assert_eq!(b.distributions[0].1.count(), 4);
+        assert_eq!(b.distributions[0].1.sum(), 10.0);
     }
 
     #[test]
