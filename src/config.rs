@@ -186,6 +186,8 @@ pub struct Config {
     pub host_metrics_interval: Duration,
     /// Share (0.0 … 1.0) of transactions sampled although fast and without error (`_APPSIGNAL_SAMPLE_RATE`).
     pub sample_rate: f64,
+    /// Listeners the leader hosts for other processes (StatsD, OTLP/HTTP); off by default.
+    pub listeners: crate::intake::Listeners,
     /// The library version this process announces (the build's, unless
     /// `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test upgrades).
     pub library_version: String,
@@ -319,6 +321,54 @@ impl Reader<'_> {
         exporters
     }
 
+    /// `_APPSIGNAL_ENABLE_STATSD`, `_APPSIGNAL_STATSD_PORT`, `_APPSIGNAL_STATSD_BIND`,
+    /// `_APPSIGNAL_OTLP_HTTP_PORT`, `_APPSIGNAL_OTLP_HTTP_BIND`.
+    fn listeners(&mut self) -> crate::intake::Listeners {
+        let mut listeners = crate::intake::Listeners::default();
+        if self.bool("_APPSIGNAL_ENABLE_STATSD", false) {
+            let port = self.port("_APPSIGNAL_STATSD_PORT", 8125);
+            listeners.statsd = self.listen_addr("_APPSIGNAL_STATSD_BIND", port);
+        }
+        if self.string("_APPSIGNAL_OTLP_HTTP_PORT").is_some() {
+            let port = self.port("_APPSIGNAL_OTLP_HTTP_PORT", 8099);
+            listeners.otlp_http = self.listen_addr("_APPSIGNAL_OTLP_HTTP_BIND", port);
+        }
+        listeners
+    }
+
+    fn port(&mut self, key: &str, default: u16) -> u16 {
+        match self.string(key) {
+            None => default,
+            Some(v) => match v.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not a port number (1..=65535); using {default}"
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    /// The bind address `key` names (an IP address; 127.0.0.1 when unset) with `port`; `None`
+    /// (with a warning) when it is not an IP address: a listener must not open on a guess.
+    fn listen_addr(&mut self, key: &str, port: u16) -> Option<std::net::SocketAddr> {
+        let ip = match self.string(key) {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(v) => match v.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    self.warnings.push(format!(
+                        "{key}={v:?} is not an IP address; that listener stays off"
+                    ));
+                    return None;
+                }
+            },
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
     fn level(&mut self, key: &str) -> tracing::Level {
         match self.string(key).map(|v| v.to_ascii_lowercase()) {
             None => tracing::Level::INFO,
@@ -445,6 +495,7 @@ impl Config {
                 1024,
             ),
             sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
+            listeners: crate::intake::Listeners::default(),
             library_version: test_library_version(&r).unwrap_or_else(|| crate::VERSION.to_owned()),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
@@ -453,6 +504,7 @@ impl Config {
                 3_600_000,
             ),
         };
+        config.listeners = r.listeners();
         if exporters.otlp {
             let inputs = ResourceInputs {
                 language_integration_version: config.language_integration_version.as_deref(),
@@ -514,6 +566,32 @@ mod tests {
         assert_eq!(c.push.endpoint, DEFAULT_ENDPOINT);
         assert!(loaded.warnings.is_empty());
         assert!(c.invalid_reason().is_some());
+    }
+
+    #[test]
+    fn listeners_are_off_by_default_and_bind_loopback() {
+        assert_eq!(
+            load(&[]).config.listeners,
+            crate::intake::Listeners::default()
+        );
+        let loaded = load(&[
+            ("_APPSIGNAL_ENABLE_STATSD", "true"),
+            ("_APPSIGNAL_OTLP_HTTP_PORT", "8099"),
+        ]);
+        let l = loaded.config.listeners;
+        assert_eq!(l.statsd, Some("127.0.0.1:8125".parse().unwrap()));
+        assert_eq!(l.otlp_http, Some("127.0.0.1:8099".parse().unwrap()));
+        let loaded = load(&[
+            ("_APPSIGNAL_ENABLE_STATSD", "true"),
+            ("_APPSIGNAL_STATSD_PORT", "70000"),
+            ("_APPSIGNAL_STATSD_BIND", "::"),
+            ("_APPSIGNAL_OTLP_HTTP_PORT", "4318"),
+            ("_APPSIGNAL_OTLP_HTTP_BIND", "localhost"),
+        ]);
+        let l = loaded.config.listeners;
+        assert_eq!(l.statsd, Some("[::]:8125".parse().unwrap()));
+        assert_eq!(l.otlp_http, None, "a host name is not guessed at");
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
     }
 
     #[test]

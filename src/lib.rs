@@ -28,6 +28,7 @@
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
+//! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
 //! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests, settings, sending).
@@ -54,6 +55,8 @@ pub mod recorder;
 pub mod aggregate;
 #[doc(hidden)]
 pub mod host_metrics;
+#[doc(hidden)]
+pub mod intake;
 #[doc(hidden)]
 pub mod journal;
 #[doc(hidden)]

@@ -97,6 +97,13 @@ pub struct AgentReport {
     /// `journal/quarantine/`.
     #[serde(default)]
     pub poisoned_batches: u64,
+    /// StatsD lines the leader's listener could not parse since the previous payload.
+    #[serde(default)]
+    pub statsd_malformed_lines: u64,
+    /// OTLP/HTTP intake: data points rejected and requests that could not be read since the
+    /// previous payload.
+    #[serde(default)]
+    pub otlp_intake_rejected: u64,
 }
 
 fn tags(key: &MetricKey) -> BTreeMap<String, String> {

@@ -158,16 +158,21 @@ impl Sketch {
 
     /// Records one value. NaN and infinities are ignored (see the module doc).
     pub fn add(&mut self, value: f64) {
-        if !value.is_finite() {
+        self.add_n(value, 1);
+    }
+
+    /// Records `value` `n` times (a histogram bucket of another format, a sampled timer).
+    pub fn add_n(&mut self, value: f64, n: u64) {
+        if !value.is_finite() || n == 0 {
             return;
         }
-        self.count += 1;
-        self.sum += value;
+        self.count = self.count.saturating_add(n);
+        self.sum += value * n as f64;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
         let magnitude = value.abs();
         if magnitude < f64::MIN_POSITIVE {
-            self.zero_count += 1;
+            self.zero_count = self.zero_count.saturating_add(n);
             return;
         }
         let index = bucket_index(magnitude, self.scale);
@@ -182,9 +187,26 @@ impl Sketch {
         }
         let index = bucket_index(magnitude, self.scale);
         if value > 0.0 {
-            self.positive.add(index, 1);
+            self.positive.add(index, n);
         } else {
-            self.negative.add(index, 1);
+            self.negative.add(index, n);
+        }
+    }
+
+    /// Replaces sum, min and max with exact values known from elsewhere (a histogram of another
+    /// format whose values were recorded at bucket representatives). Non-finite values are ignored.
+    pub fn set_exact(&mut self, sum: f64, min: Option<f64>, max: Option<f64>) {
+        if self.count == 0 {
+            return;
+        }
+        if sum.is_finite() {
+            self.sum = sum;
+        }
+        if let Some(min) = min.filter(|m| m.is_finite()) {
+            self.min = min;
+        }
+        if let Some(max) = max.filter(|m| m.is_finite()) {
+            self.max = max;
         }
     }
 

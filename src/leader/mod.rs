@@ -23,6 +23,8 @@
 //! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
 //!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
 //!   counts them as gauges of its own configuration.
+//! - With `_APPSIGNAL_ENABLE_STATSD` or `_APPSIGNAL_OTLP_HTTP_PORT`, the leader (and only the
+//!   leader) runs the listeners of [`crate::intake`]; their data counts as its own configuration's.
 //! - Shutdown (`stop()`) pushes what was counted within the deadline while it keeps accepting and
 //!   counting the last batches of its clients, which may be stopping at the same moment; then it
 //!   stops accepting, lets connections finish the frame they are in, and turns what arrived
@@ -101,6 +103,8 @@ struct Shared {
     handed_over: AtomicBool,
     /// Notified by a connection from a newer library.
     handover: tokio::sync::Notify,
+    /// Input the StatsD and OTLP listeners rejected (reported in the next payload).
+    intake: Arc<crate::intake::IntakeStats>,
 }
 
 /// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
@@ -257,6 +261,7 @@ impl Leader {
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
+            intake: Arc::default(),
         });
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
             .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
@@ -406,6 +411,36 @@ async fn accept_one(
     (permit, listener.accept().await)
 }
 
+/// Starts the StatsD and OTLP/HTTP listeners that are configured ([`crate::intake`]); their data
+/// counts as the leader's own configuration's. They end when `background` fires.
+fn spawn_listeners(
+    shared: &Arc<Shared>,
+    background: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let listeners = &shared.config.listeners;
+    let counting = Arc::clone(shared);
+    let sink: crate::intake::Sink =
+        Arc::new(move |batch| counting.count(counting.own_config_id, batch));
+    let mut tasks = Vec::new();
+    if let Some(addr) = listeners.statsd {
+        tasks.push(tokio::spawn(crate::intake::udp::run(
+            addr,
+            Arc::clone(&sink),
+            Arc::clone(&shared.intake),
+            background.clone(),
+        )));
+    }
+    if let Some(addr) = listeners.otlp_http {
+        tasks.push(tokio::spawn(crate::intake::otlp_http::run(
+            addr,
+            Arc::clone(&sink),
+            Arc::clone(&shared.intake),
+            background.clone(),
+        )));
+    }
+    tasks
+}
+
 async fn run(
     shared: Arc<Shared>,
     listener: interprocess::local_socket::tokio::Listener,
@@ -435,6 +470,7 @@ async fn run(
             background_rx.clone(),
         ))
     });
+    let listeners = spawn_listeners(&shared, &background_rx);
     let spawn_connection = |connections: &mut JoinSet<connection::Peer>,
                             permit: Option<tokio::sync::OwnedSemaphorePermit>,
                             accepted: std::io::Result<
@@ -573,6 +609,9 @@ async fn run(
         let _ = tokio::time::timeout_at(deadline.into(), task).await;
     }
     if let Some(task) = host_metrics {
+        let _ = tokio::time::timeout_at(deadline.into(), task).await;
+    }
+    for task in listeners {
         let _ = tokio::time::timeout_at(deadline.into(), task).await;
     }
     shared.counting().open = false;

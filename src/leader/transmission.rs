@@ -152,6 +152,8 @@ async fn cache_windows(
         rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
         refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
         poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
+        statsd_malformed_lines: shared.intake.take_statsd_malformed(),
+        otlp_intake_rejected: shared.intake.take_otlp_rejected(),
         ..AgentReport::default()
     };
     for window in windows {
@@ -183,6 +185,8 @@ async fn cache_windows(
         report.rejected_exports = 0;
         report.refused_connections = 0;
         report.poisoned_batches = 0;
+        report.statsd_malformed_lines = 0;
+        report.otlp_intake_rejected = 0;
         // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
         // the thread that serves the sockets.
         let (start_ms, config_id, segment, config) = (
@@ -267,6 +271,14 @@ async fn cache_windows(
     shared
         .poisoned_batches
         .fetch_add(report.poisoned_batches, Ordering::Relaxed);
+    shared
+        .intake
+        .statsd_malformed_lines
+        .fetch_add(report.statsd_malformed_lines, Ordering::Relaxed);
+    shared
+        .intake
+        .otlp_rejected
+        .fetch_add(report.otlp_intake_rejected, Ordering::Relaxed);
 }
 
 /// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;

@@ -499,6 +499,14 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
             report.refused_connections,
         ),
         ("appsignal.agent.poisoned_batches", report.poisoned_batches),
+        (
+            "appsignal.agent.statsd_malformed_lines",
+            report.statsd_malformed_lines,
+        ),
+        (
+            "appsignal.agent.otlp_intake_rejected",
+            report.otlp_intake_rejected,
+        ),
     ] {
         if value > 0 {
             builder.sum(

@@ -1,0 +1,120 @@
+//! Listeners the leader hosts for every other process on the host: StatsD/DogStatsD over UDP
+//! ([`statsd`] parses, [`udp`] serves) and OTLP/HTTP `POST /v1/metrics` ([`otlp_http`]). Both are
+//! off by default, run only in the leader (the listener moves with leadership), and hand what they
+//! parse to the leader as batches of a client of their own (own client id, own sequence), so that
+//! the data follows the same journal, windows and exporters as the processes' own data. The data
+//! belongs to the leader's own configuration.
+//!
+//! Policies: every queue and map is bounded ([`pending`]); what does not fit is counted; malformed
+//! input is counted, reported in the next payload (`AgentReport`) and logged at most once a minute.
+
+pub mod otlp_http;
+pub mod otlp_metrics;
+pub mod pending;
+pub mod statsd;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::protocol::Batch;
+
+/// How often a listener hands what it parsed to the leader.
+pub const FLUSH_PERIOD: Duration = Duration::from_millis(100);
+
+/// Journals and counts a batch (the leader's `count` for its own configuration); `false` when the
+/// leader no longer counts.
+pub type Sink = Arc<dyn Fn(Batch) -> bool + Send + Sync>;
+
+/// Counts of rejected input since the last payload.
+#[derive(Debug, Default)]
+pub struct IntakeStats {
+    /// StatsD lines that did not parse.
+    pub statsd_malformed_lines: AtomicU64,
+    /// OTLP data points rejected (reported back as `partial_success` too) and OTLP requests that
+    /// could not be read at all (oversized, truncated, not decodable).
+    pub otlp_rejected: AtomicU64,
+}
+
+impl IntakeStats {
+    pub fn take_statsd_malformed(&self) -> u64 {
+        self.statsd_malformed_lines.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn take_otlp_rejected(&self) -> u64 {
+        self.otlp_rejected.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Which listeners to run, from the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    pub statsd: Option<SocketAddr>,
+    pub otlp_http: Option<SocketAddr>,
+}
+
+/// Binds `addr` (UDP or TCP) with `SO_REUSEADDR`, so that a new leader can bind while the socket of
+/// the one before is still being released. Retries with a backoff (50 ms doubling to 5 s) until it
+/// binds or `stop` fires; the first failure that outlives the quick retries (about 1.5 s: the
+/// previous leader's socket is gone by then) is logged once, as the port being taken by another
+/// program. `None` when stopped first.
+pub async fn bind_with_retry(
+    what: &str,
+    addr: SocketAddr,
+    udp: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<socket2::Socket> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let mut logged = false;
+    loop {
+        match bind(addr, udp) {
+            Ok(socket) => {
+                if logged {
+                    tracing::info!("{what}: bound {addr} at last; listening");
+                } else {
+                    tracing::info!("{what}: listening on {addr}");
+                }
+                return Some(socket);
+            }
+            Err(e) => {
+                if !logged && started.elapsed() >= Duration::from_millis(1500) {
+                    logged = true;
+                    tracing::warn!(
+                        "{what}: cannot bind {addr} ({e}); another program holds it? Everything else works; retrying every 5 s"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn bind(addr: SocketAddr, udp: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (ty, proto) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    if udp {
+        // Room for bursts while the leader thread counts a batch (the kernel caps it at rmem_max).
+        let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
+    }
+    socket.bind(&addr.into())?;
+    if !udp {
+        socket.listen(128)?;
+    }
+    Ok(socket)
+}
