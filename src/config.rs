@@ -186,8 +186,8 @@ pub struct Config {
     pub host_metrics_interval: Duration,
     /// Share (0.0 … 1.0) of transactions sampled although fast and without error (`_APPSIGNAL_SAMPLE_RATE`).
     pub sample_rate: f64,
-    /// The library version this process announces (the build's, unless
-    /// `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test upgrades).
+    /// The library version this process announces (the build's, unless a test build overrides
+    /// it: [`library_version`]).
     pub library_version: String,
 }
 
@@ -339,6 +339,18 @@ impl Reader<'_> {
     }
 }
 
+/// The library version this process announces: the build's; with the `test-knobs` feature (test
+/// builds only, never the shipped library) `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test
+/// upgrades.
+fn library_version(r: &Reader<'_>) -> String {
+    #[cfg(feature = "test-knobs")]
+    if let Some(version) = r.string("_APPSIGNAL_TEST_LIBRARY_VERSION") {
+        return version;
+    }
+    let _ = r;
+    crate::VERSION.to_owned()
+}
+
 /// The machine's host name, as `gethostname(2)` gives it.
 pub fn system_hostname() -> String {
     let mut buf = [0u8; 256];
@@ -432,9 +444,7 @@ impl Config {
                 1024,
             ),
             sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
-            library_version: r
-                .string("_APPSIGNAL_TEST_LIBRARY_VERSION")
-                .unwrap_or_else(|| crate::VERSION.to_owned()),
+            library_version: library_version(&r),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
                 60_000,
@@ -558,6 +568,18 @@ mod tests {
         .push;
         assert_eq!(a.id(), a.clone().id());
         assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn the_library_version_override_exists_in_test_builds_only() {
+        let c = load(&[("_APPSIGNAL_TEST_LIBRARY_VERSION", "99.0.0")]).config;
+        // `cargo test -p appsignal-agent` checks the shipped behaviour, `--workspace` the other.
+        let expected = if cfg!(feature = "test-knobs") {
+            "99.0.0"
+        } else {
+            crate::VERSION
+        };
+        assert_eq!(c.library_version, expected);
     }
 
     #[test]

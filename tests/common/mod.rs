@@ -29,6 +29,31 @@ pub fn library_path() -> PathBuf {
     worker::library_path()
 }
 
+/// The directory of [`library_path`], ready for `-L… -lappsignal` programs: the library's soname is
+/// `libappsignal.so.0` (ffi/build.rs), which such a program looks for at run time, so this makes
+/// sure the directory has that name too (a relative symlink to `libappsignal.so`, as an installed
+/// library has; cargo does not make it).
+pub fn lib_dir() -> PathBuf {
+    let dir = library_path()
+        .parent()
+        .expect("the library is in a directory")
+        .to_path_buf();
+    let soname = dir.join(format!(
+        "libappsignal.so.{}",
+        env!("CARGO_PKG_VERSION_MAJOR")
+    ));
+    if let Err(e) = std::os::unix::fs::symlink("libappsignal.so", &soname) {
+        // Another test may have made it at the same moment.
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "cannot link {}: {e}",
+            soname.display()
+        );
+    }
+    dir
+}
+
 /// The worker binary, built by cargo for these tests.
 pub fn worker_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_appsignal-test-worker"))
