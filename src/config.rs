@@ -75,6 +75,13 @@ pub struct PushConfig {
     pub endpoint: String,
     pub hostname: String,
     pub revision: String,
+    /// `_APPSIGNAL_HOST_ROLE`: what this host does (e.g. `web`, `worker`), sent with every payload.
+    #[serde(default)]
+    pub host_role: Option<String>,
+    /// `_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION`: the language package that loaded the library
+    /// (e.g. `ruby-4.0.0`), sent with every payload.
+    #[serde(default)]
+    pub language_integration_version: Option<String>,
     #[serde(default)]
     pub exporters: Exporters,
     /// Set when `exporters.otlp` is.
@@ -102,6 +109,13 @@ impl PushConfig {
         .into_iter()
         .cloned()
         .collect();
+        // Set only: a configuration without them keeps the id it had before they were sent.
+        if let Some(role) = &self.host_role {
+            fields.push(format!("host_role:{role}"));
+        }
+        if let Some(version) = &self.language_integration_version {
+            fields.push(format!("language_integration_version:{version}"));
+        }
         // A push-only configuration keeps the id it had before exporters existed.
         if self.exporters != Exporters::default() || self.otlp.is_some() {
             fields.push(format!(
@@ -130,6 +144,11 @@ impl fmt::Debug for PushConfig {
             .field("endpoint", &self.endpoint)
             .field("hostname", &self.hostname)
             .field("revision", &self.revision)
+            .field("host_role", &self.host_role)
+            .field(
+                "language_integration_version",
+                &self.language_integration_version,
+            )
             .field("exporters", &self.exporters)
             .field("otlp", &self.otlp)
             .field("redacted", &self.redacted)
@@ -160,13 +179,11 @@ pub struct Config {
     pub log_file_path: Option<PathBuf>,
     pub files_world_accessible: bool,
     pub enable_host_metrics: bool,
-    pub host_role: Option<String>,
     pub running_in_container: Option<bool>,
     pub ca_file_path: Option<PathBuf>,
     pub http_proxy: Option<String>,
-    pub language_integration_version: Option<String>,
+    /// `_APPSIGNAL_PROCESS_NAME`: shown in every line this process writes to the log.
     pub process_name: Option<String>,
-    pub diagnose: bool,
     pub ignore_actions: Vec<String>,
     pub ignore_errors: Vec<String>,
     pub ignore_namespaces: Vec<String>,
@@ -403,6 +420,8 @@ impl Config {
                     .string("_APPSIGNAL_HOSTNAME")
                     .unwrap_or_else(system_hostname),
                 revision: r.string("_APP_REVISION").unwrap_or_default(),
+                host_role: r.string("_APPSIGNAL_HOST_ROLE"),
+                language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
                 exporters,
                 otlp: None,
                 redacted: false,
@@ -415,13 +434,10 @@ impl Config {
             log_file_path: r.string("_APPSIGNAL_LOG_FILE_PATH").map(PathBuf::from),
             files_world_accessible: r.bool("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", true),
             enable_host_metrics: r.bool("_APPSIGNAL_ENABLE_HOST_METRICS", true),
-            host_role: r.string("_APPSIGNAL_HOST_ROLE"),
             running_in_container: r.opt_bool("_APPSIGNAL_RUNNING_IN_CONTAINER"),
             ca_file_path: r.string("_APPSIGNAL_CA_FILE_PATH").map(PathBuf::from),
             http_proxy: r.string("_APPSIGNAL_HTTP_PROXY"),
-            language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
             process_name: r.string("_APPSIGNAL_PROCESS_NAME"),
-            diagnose: r.bool("_APPSIGNAL_DIAGNOSE", false),
             ignore_actions: r.list("_APPSIGNAL_IGNORE_ACTIONS"),
             ignore_errors: r.list("_APPSIGNAL_IGNORE_ERRORS"),
             ignore_namespaces: r.list("_APPSIGNAL_IGNORE_NAMESPACES"),
@@ -454,7 +470,7 @@ impl Config {
         };
         if exporters.otlp {
             let inputs = ResourceInputs {
-                language_integration_version: config.language_integration_version.as_deref(),
+                language_integration_version: config.push.language_integration_version.as_deref(),
                 filter_parameters: &config.filter_parameters,
                 filter_session_data: &config.filter_session_data,
                 ignore_actions: &config.ignore_actions,
@@ -571,6 +587,39 @@ mod tests {
     }
 
     #[test]
+    fn host_role_and_integration_version_are_part_of_the_configuration_when_set() {
+        let plain = load(&[("_APPSIGNAL_PUSH_API_KEY", "k")]).config.push;
+        assert_eq!(plain.host_role, None);
+        assert_eq!(plain.language_integration_version, None);
+        let set = load(&[
+            ("_APPSIGNAL_PUSH_API_KEY", "k"),
+            ("_APPSIGNAL_HOST_ROLE", " worker "),
+            ("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION", "ruby-4.1.0"),
+            ("_APPSIGNAL_PROCESS_NAME", "sidekiq"),
+        ])
+        .config;
+        assert_eq!(set.push.host_role.as_deref(), Some("worker"));
+        assert_eq!(
+            set.push.language_integration_version.as_deref(),
+            Some("ruby-4.1.0")
+        );
+        assert_eq!(set.process_name.as_deref(), Some("sidekiq"));
+        // Kept apart from processes of another role or package version; unset ones keep their id.
+        assert_ne!(set.push.id(), plain.id());
+        let role_only = PushConfig {
+            host_role: Some("worker".into()),
+            ..plain.clone()
+        };
+        assert_ne!(role_only.id(), plain.id());
+        assert_ne!(role_only.id(), set.push.id());
+        // The journal's copy keeps them (they are not secrets).
+        assert_eq!(
+            set.push.without_secrets().host_role.as_deref(),
+            Some("worker")
+        );
+    }
+
+    #[test]
     fn the_library_version_override_exists_in_test_builds_only() {
         let c = load(&[("_APPSIGNAL_TEST_LIBRARY_VERSION", "99.0.0")]).config;
         // `cargo test -p appsignal-agent` checks the shipped behaviour, `--workspace` the other.
@@ -639,7 +688,7 @@ mod tests {
     fn otlp_settings_are_part_of_the_identity_and_never_of_the_journal_copy() {
         let a = load(&[
             ("_APPSIGNAL_EXPORTER", "otlp"),
-            ("_APPSIGNAL_OTLP_HEADERS", "k=one"),
+            ("_APPSIGNAL_OTLP_HEADERS", "k=secret-one"),
         ]);
         let b = load(&[
             ("_APPSIGNAL_EXPORTER", "otlp"),
@@ -651,6 +700,6 @@ mod tests {
         let stripped = a.config.push.without_secrets();
         assert!(stripped.redacted);
         assert_eq!(stripped.otlp.as_ref().unwrap().headers[0].1, "");
-        assert!(!format!("{:?}", a.config.push).contains("one"));
+        assert!(!format!("{:?}", a.config.push).contains("secret-one"));
     }
 }
