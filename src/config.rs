@@ -16,13 +16,16 @@ use crate::otlp::settings::{OtlpSettings, ResourceInputs};
 /// The library's own environment table, filled through `appsignal_env_put`.
 static ENV_TABLE: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
-fn table() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
+/// The table's lock (also taken by the agent around a `fork()`, see `agent::install_fork_handlers`).
+pub(crate) fn table() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
     // A panic while holding this lock cannot leave the map half-updated, so a poisoned lock is usable.
     ENV_TABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn env_put(key: &str, value: &str) {
-    table().insert(key.to_owned(), value.to_owned());
+    let mut table = table();
+    crate::test_knobs::hold("env_put");
+    table.insert(key.to_owned(), value.to_owned());
 }
 
 pub fn env_get(key: &str) -> Option<String> {

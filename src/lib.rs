@@ -23,6 +23,7 @@
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
 //! - [`agent`]: the process-wide lifecycle (`start`, `stop`) and the calls the C interface makes.
+//! - `test_knobs`: hooks for tests, compiled in only with the `test-knobs` feature.
 
 #![cfg_attr(
     not(test),
@@ -47,6 +48,7 @@ pub mod otlp;
 pub mod payload;
 pub mod protocol;
 pub mod sketch;
+mod test_knobs;
 pub mod transmit;
 pub mod workdir;
 

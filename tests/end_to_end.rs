@@ -682,6 +682,37 @@ fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
 }
 
 #[test]
+fn a_fork_while_another_thread_is_inside_start_stop_or_env_put_leaves_the_child_working() {
+    for point in ["start", "stop", "env_put"] {
+        let setup = Setup::new(300);
+        let hold_dir = setup.tmp.path().join("hold");
+        let setup = setup.with("_APPSIGNAL_TEST_HOLD_DIR", hold_dir.to_str().unwrap());
+        let mut worker = setup.spawn(0);
+        assert_eq!(worker.role, "leader");
+        worker.send(&format!("fork-during {point}")).unwrap();
+        let r = worker
+            .expect("forked-during", Duration::from_secs(90))
+            .unwrap();
+        assert_eq!(r["held_before"], true, "{point}: never caught inside: {r}");
+        // fork() waited until the other thread had left (its lock was taken for the fork)...
+        assert_eq!(r["held_after"], false, "{point}: forked while held: {r}");
+        // ... so the child could start and join the election.
+        assert_eq!(
+            r["child_exit"],
+            0,
+            "{point}: the child did not start: {r}\n{}",
+            setup.log()
+        );
+        stop_all(std::slice::from_mut(&mut worker));
+        let child = r["child_pid"].as_u64().unwrap();
+        assert!(
+            setup.log().contains(&format!("(pid {child}) ")),
+            "{point}: the child logged nothing"
+        );
+    }
+}
+
+#[test]
 fn short_lived_processes_lose_nothing() {
     // A long-running process leads; short ones (a cron job, a rake task) start, record, stop, exit.
     let setup = Setup::new(300);
