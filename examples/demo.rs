@@ -4,9 +4,16 @@
 //! what the receiver got next to what was sent.
 //!
 //! `cargo run --release --example demo [-- --workers 4 --records 20000]`
+//!
+//! With `--otlp`, the workers export OTLP instead (`_APPSIGNAL_EXPORTER=otlp`, no push key) to the
+//! Python receiver `examples/otlp_receiver.py`, which decodes every request with the official
+//! `opentelemetry-proto` classes; one worker also records an erroneous transaction and a log line,
+//! and the demo prints the spans and log records that arrived.
 
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/otlp_receiver.rs"]
+mod otlp_receiver;
 #[path = "common/receiver.rs"]
 mod receiver;
 #[path = "common/worker.rs"]
@@ -18,7 +25,7 @@ use anyhow::{bail, Result};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut workers, mut records) = (4u32, 20_000u64);
+    let (mut workers, mut records, mut otlp) = (4u32, 20_000u64, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--worker" => {
@@ -28,23 +35,47 @@ fn main() -> Result<()> {
             }
             "--workers" => workers = args.next().and_then(|a| a.parse().ok()).unwrap_or(workers),
             "--records" => records = args.next().and_then(|a| a.parse().ok()).unwrap_or(records),
-            other => bail!("unknown argument {other:?}; expected --workers N, --records N"),
+            "--otlp" => otlp = true,
+            other => bail!("unknown argument {other:?}; expected --workers N, --records N, --otlp"),
         }
     }
     let started = Instant::now();
     let key = "demo-push-key";
     let base = std::env::temp_dir().join(format!("appsignal-demo-{}", std::process::id()));
     let receiver = receiver::Receiver::start(key, Some(base.join("received")))?;
+    let otlp_receiver = if otlp {
+        let Some(python) = otlp_receiver::python() else {
+            bail!(
+                "--otlp needs a Python with opentelemetry-proto: \
+                 python3 -m venv .venv && .venv/bin/pip install opentelemetry-proto"
+            );
+        };
+        Some(otlp_receiver::OtlpReceiver::start(&python)?)
+    } else {
+        None
+    };
     let workdir = base.join("wd");
     println!("library:           {}", worker::library_path().display());
-    println!(
-        "receiver:          {} (payloads stored in {})",
-        receiver.url,
-        base.join("received").display()
-    );
+    match &otlp_receiver {
+        Some(r) => println!(
+            "OTLP receiver:     {} (examples/otlp_receiver.py, official opentelemetry-proto classes)",
+            r.url
+        ),
+        None => println!(
+            "receiver:          {} (payloads stored in {})",
+            receiver.url,
+            base.join("received").display()
+        ),
+    }
     println!("working directory: {}", workdir.display());
 
-    let env = fleet::config_env(&receiver.url, key, &workdir, 1000);
+    let mut env = fleet::config_env(&receiver.url, key, &workdir, 1000);
+    if let Some(r) = &otlp_receiver {
+        env.retain(|(k, _)| k != "_APPSIGNAL_PUSH_API_KEY");
+        env.push(("_APPSIGNAL_EXPORTER".into(), "otlp".into()));
+        env.push(("_APPSIGNAL_OTLP_ENDPOINT".into(), r.url.clone()));
+        env.push(("_APPSIGNAL_FILTER_PARAMETERS".into(), "password".into()));
+    }
     let exe = std::env::current_exe()?;
     let mut procs = Vec::new();
     for i in 0..workers {
@@ -71,13 +102,21 @@ fn main() -> Result<()> {
         let sent = p.expect("sent", Duration::from_secs(60))?;
         fleet::add_sent(&mut expected, &sent);
     }
+    if otlp {
+        procs[0].send("showcase order-42")?;
+        procs[0].expect("sent", Duration::from_secs(60))?;
+    }
     // Clients first, the leader last: the leader pushes what remains when it stops.
     procs.sort_by_key(|p| p.role == "leader");
     for p in &mut procs {
         p.stop(Duration::from_secs(15))?;
     }
-    let rows = fleet::await_totals(&expected, || receiver.summary(), Duration::from_secs(10));
-    let summary = receiver.summary();
+    let summary_of = || match &otlp_receiver {
+        Some(r) => r.summary(),
+        None => receiver.summary(),
+    };
+    let rows = fleet::await_totals(&expected, summary_of, Duration::from_secs(10));
+    let summary = summary_of();
     println!();
     println!("{:<48} {:>26} {:>26}  ", "series", "sent", "received");
     for r in &rows {
@@ -90,10 +129,20 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!(
-        "payloads received: {}, duplicates dropped: {}, dropped updates reported: {}; {:.1} s in all",
-        summary["payloads"], summary["duplicates"], summary["dropped_updates"], started.elapsed().as_secs_f64()
-    );
+    if otlp {
+        print_otlp(&summary);
+        println!(
+            "OTLP requests received: {}, duplicates dropped: {}; {:.1} s in all",
+            summary["requests"],
+            summary["duplicates"],
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "payloads received: {}, duplicates dropped: {}, dropped updates reported: {}; {:.1} s in all",
+            summary["payloads"], summary["duplicates"], summary["dropped_updates"], started.elapsed().as_secs_f64()
+        );
+    }
     if rows.iter().all(|r| r.equal) {
         println!("every total received equals what was sent.");
         let _ = std::fs::remove_dir_all(&base);
@@ -103,5 +152,63 @@ fn main() -> Result<()> {
             "totals differ; the agent's log is in {}",
             workdir.join("appsignal.log").display()
         )
+    }
+}
+
+/// The spans, log records and resource the OTLP receiver decoded.
+fn print_otlp(summary: &serde_json::Value) {
+    let empty = Vec::new();
+    let spans = summary["spans"].as_array().unwrap_or(&empty);
+    println!("spans ({}), as the receiver decoded them:", spans.len());
+    for span in spans.iter().take(12) {
+        let indent = if span["parent_span_id"] == "" {
+            ""
+        } else {
+            "  "
+        };
+        let mut extra = String::new();
+        if let Some(q) = span["attributes"]["db.query.text"].as_str() {
+            extra = format!(" db.query.text={q:?}");
+        }
+        if let Some(e) = span["events"].as_array().and_then(|e| e.first()) {
+            extra.push_str(&format!(
+                " exception={} {:?}",
+                e["attributes"]["exception.type"]
+                    .as_str()
+                    .unwrap_or_default(),
+                e["attributes"]["exception.message"]
+                    .as_str()
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(p) = span["attributes"]["appsignal.request.payload"].as_str() {
+            extra.push_str(&format!(" params={p}"));
+        }
+        println!(
+            "  {indent}{} [trace {}… span {}]{extra}",
+            span["name"].as_str().unwrap_or_default(),
+            &span["trace_id"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..8)
+                .unwrap_or_default(),
+            span["span_id"].as_str().unwrap_or_default()
+        );
+    }
+    for log in summary["logs"].as_array().unwrap_or(&empty) {
+        println!(
+            "log record: {} {:?} {}",
+            log["severity_text"].as_str().unwrap_or_default(),
+            log["body"].as_str().unwrap_or_default(),
+            log["attributes"]
+        );
+    }
+    if let Some(resource) = summary["resources"].get(0) {
+        println!(
+            "resource: service.name={} host.name={} appsignal.config.environment={}",
+            resource["service.name"],
+            resource["host.name"],
+            resource["appsignal.config.environment"]
+        );
     }
 }

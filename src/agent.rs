@@ -267,6 +267,7 @@ fn refuse_config(reason: &str, config: &Config) {
 /// Starts the agent in this process. Returns within milliseconds; never fails the caller.
 pub fn start() {
     install_fork_handlers();
+    log::install_panic_hook();
     check_fork();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     crate::test_knobs::hold("start");

@@ -10,8 +10,18 @@
 //! window here, one payload (whose id is the segment id). The caller (the leader) decides the
 //! segment; this module only merges.
 //!
-//! Bounds: at most [`MAX_KEYS_PER_WINDOW`] keys per window (further keys are dropped and counted);
-//! client sequence records are forgotten after [`CLIENT_MEMORY`] of silence.
+//! Bounds (everything a client sends is untrusted):
+//! - at most [`MAX_CONFIGS`] configurations; a configuration that no connection uses and that has no
+//!   open window is forgotten to make room, else a new one is refused (its connection is closed);
+//! - at most [`MAX_KEYS_PER_WINDOW`] keys per window, and per configuration at most
+//!   [`MAX_CONFIG_BYTES`] (estimated) of keys, samples and log lines across its open windows;
+//!   further entries are dropped and counted in the payload;
+//! - windows per configuration: the leader picks a batch's window with [`Aggregator::window_for`],
+//!   which only chooses among the current window and the [`MAX_LATE_WINDOWS`] before it (a
+//!   `created_ms` in the future counts now, an older one in the oldest of those), so a configuration
+//!   has at most `MAX_LATE_WINDOWS + 2` open windows (one more while a closed one is pushed);
+//! - client sequence records are forgotten after [`CLIENT_MEMORY`] of silence, and beyond
+//!   [`MAX_CLIENTS`] the least recently seen first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -22,11 +32,42 @@ use crate::config::PushConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
 
 pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
+/// Test knob (`test-knobs` builds only): a counter of this name makes counting panic.
+#[cfg(any(test, feature = "test-knobs"))]
+pub const TEST_PANIC_APPLY: &str = "_appsignal_test_panic_apply";
+/// Test knob (`test-knobs` builds only): a counter of this name makes the leader thread panic.
+#[cfg(any(test, feature = "test-knobs"))]
+pub const TEST_PANIC_LEADER: &str = "_appsignal_test_panic_leader";
 /// Samples kept per window and configuration; more are dropped and counted in the payload.
 pub const MAX_SAMPLES_PER_WINDOW: usize = 200;
 /// Log lines kept per window and configuration; more are dropped and counted in the payload.
 pub const MAX_LOGS_PER_WINDOW: usize = 50_000;
 pub const CLIENT_MEMORY: Duration = Duration::from_secs(3600);
+/// Configurations known at once (a working directory is shared by a few apps at most).
+pub const MAX_CONFIGS: usize = 8;
+/// Client sequence records kept; beyond that the least recently seen are forgotten (at the next
+/// window close).
+pub const MAX_CLIENTS: usize = 100_000;
+/// Estimated bytes of keys, samples and log lines one configuration may hold in its open windows.
+pub const MAX_CONFIG_BYTES: usize = 32 * 1024 * 1024;
+/// How many windows before the current one a batch may still count in. Processes on one host
+/// share one clock, so the only skew is a batch's delay: a batch created in the future (beyond
+/// the current window) counts in the current window; one older than this many windows (a client
+/// that held it through a long leader outage) counts in the oldest of them. Either way it is
+/// counted exactly once; only its timestamp moves.
+pub const MAX_LATE_WINDOWS: u64 = 10;
+/// Estimated memory of one map entry beside its text.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+fn key_cost(key: &MetricKey) -> usize {
+    key.name.len()
+        + key
+            .tags
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + ENTRY_OVERHEAD_BYTES
+}
 
 /// The metrics of one window.
 #[derive(Default, Clone)]
@@ -55,15 +96,25 @@ impl MetricSet {
         self.len() == 0
     }
 
-    /// Merges a batch; returns how many entries did not fit under `max_keys`.
-    fn merge(&mut self, batch: Batch, max_keys: usize) -> u64 {
+    /// Merges a batch; returns how many entries did not fit under `max_keys` or the byte `budget`
+    /// (estimated bytes still free for this window's configuration, reduced by what new keys use).
+    fn merge(&mut self, batch: Batch, max_keys: usize, budget: &mut usize) -> u64 {
         let mut dropped = 0u64;
         let mut room = max_keys.saturating_sub(self.len());
+        let mut fits = |key: &MetricKey| {
+            let cost = key_cost(key);
+            if room > 0 && cost <= *budget {
+                room -= 1;
+                *budget -= cost;
+                true
+            } else {
+                false
+            }
+        };
         for (key, value) in batch.counters {
             if let Some(total) = self.counters.get_mut(&key) {
                 *total += value;
-            } else if room > 0 {
-                room -= 1;
+            } else if fits(&key) {
                 self.counters.insert(key, value);
             } else {
                 dropped += 1;
@@ -74,8 +125,7 @@ impl MetricSet {
                 if value.at_ms >= last.at_ms {
                     *last = value;
                 }
-            } else if room > 0 {
-                room -= 1;
+            } else if fits(&key) {
                 self.gauges.insert(key, value);
             } else {
                 dropped += 1;
@@ -84,8 +134,7 @@ impl MetricSet {
         for (key, sketch) in batch.distributions {
             if let Some(total) = self.distributions.get_mut(&key) {
                 total.merge(&sketch);
-            } else if room > 0 {
-                room -= 1;
+            } else if fits(&key) {
                 self.distributions.insert(key, sketch);
             } else {
                 dropped += 1;
@@ -122,6 +171,8 @@ pub struct Window {
     pub logs: Vec<String>,
     pub dropped_samples: u64,
     pub dropped_logs: u64,
+    /// Unacknowledged batches that processes dropped (their queue was full).
+    pub dropped_batches: u64,
 }
 
 #[derive(Default)]
@@ -133,22 +184,30 @@ struct OpenWindow {
     logs: Vec<String>,
     dropped_samples: u64,
     dropped_logs: u64,
+    dropped_batches: u64,
+    /// Estimated bytes this window holds (charged to its configuration's budget).
+    bytes: usize,
 }
 
 impl OpenWindow {
-    /// Keeps samples and logs within the window's caps, counting the rest.
-    fn keep_records(&mut self, batch: &mut Batch) {
+    /// Keeps samples and logs within the window's caps and the byte `budget`, counting the rest.
+    fn keep_records(&mut self, batch: &mut Batch, budget: &mut usize) {
         self.dropped_samples = self.dropped_samples.saturating_add(batch.dropped_samples);
         self.dropped_logs = self.dropped_logs.saturating_add(batch.dropped_logs);
+        self.dropped_batches = self.dropped_batches.saturating_add(batch.dropped_batches);
         for sample in batch.samples.drain(..) {
-            if self.samples.len() < MAX_SAMPLES_PER_WINDOW {
+            let cost = sample.len() + ENTRY_OVERHEAD_BYTES;
+            if self.samples.len() < MAX_SAMPLES_PER_WINDOW && cost <= *budget {
+                *budget -= cost;
                 self.samples.push(sample);
             } else {
                 self.dropped_samples = self.dropped_samples.saturating_add(1);
             }
         }
         for line in batch.logs.drain(..) {
-            if self.logs.len() < MAX_LOGS_PER_WINDOW {
+            let cost = line.len() + ENTRY_OVERHEAD_BYTES;
+            if self.logs.len() < MAX_LOGS_PER_WINDOW && cost <= *budget {
+                *budget -= cost;
                 self.logs.push(line);
             } else {
                 self.dropped_logs = self.dropped_logs.saturating_add(1);
@@ -167,6 +226,10 @@ pub enum Applied {
 pub struct Aggregator {
     interval_ms: u64,
     configs: HashMap<u64, PushConfig>,
+    /// Connections (and the leader itself) using each configuration; unused ones may be forgotten.
+    users: HashMap<u64, usize>,
+    /// Estimated bytes held in open windows, per configuration.
+    bytes: HashMap<u64, usize>,
     windows: BTreeMap<WindowKey, OpenWindow>,
     /// client id -> (last counted seq, last seen ms)
     clients: HashMap<u64, (u64, u64)>,
@@ -177,6 +240,8 @@ impl Aggregator {
         Aggregator {
             interval_ms: (interval.as_millis() as u64).max(1),
             configs: HashMap::new(),
+            users: HashMap::new(),
+            bytes: HashMap::new(),
             windows: BTreeMap::new(),
             clients: HashMap::new(),
         }
@@ -186,12 +251,41 @@ impl Aggregator {
         self.interval_ms
     }
 
-    /// Makes a configuration known; returns its id. A configuration known without its push key
-    /// (replayed from the journal, which does not store keys) gets the key when a process has it.
-    pub fn register(&mut self, config: &PushConfig) -> u64 {
+    /// Makes a configuration known for one more user (a connection; see [`Self::release`]);
+    /// returns its id, or `None` when [`MAX_CONFIGS`] configurations are in use. A configuration
+    /// known without its push key (replayed from the journal, which does not store keys) gets the
+    /// key when a process has it.
+    pub fn register(&mut self, config: &PushConfig) -> Option<u64> {
         let id = config.id();
+        if !self.configs.contains_key(&id) && self.configs.len() >= MAX_CONFIGS {
+            // Forget configurations that nobody uses and that hold no window.
+            let in_windows: std::collections::HashSet<u64> =
+                self.windows.keys().map(|k| k.config_id).collect();
+            let users = &self.users;
+            self.configs
+                .retain(|id, _| users.get(id).is_some_and(|n| *n > 0) || in_windows.contains(id));
+            if self.configs.len() >= MAX_CONFIGS {
+                return None;
+            }
+        }
         self.register_as(id, config);
-        id
+        *self.users.entry(id).or_insert(0) += 1;
+        Some(id)
+    }
+
+    /// One user of configuration `id` is gone.
+    pub fn release(&mut self, id: u64) {
+        if let Some(n) = self.users.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.users.remove(&id);
+            }
+        }
+    }
+
+    /// Number of configurations known (for tests and diagnose).
+    pub fn configs(&self) -> usize {
+        self.configs.len()
     }
 
     /// Registers `config` under `id` (replay: the id of the configuration with its key).
@@ -210,6 +304,19 @@ impl Aggregator {
     /// Start of the window that `created_ms` falls in.
     pub fn window_start(&self, created_ms: u64) -> u64 {
         created_ms - created_ms % self.interval_ms
+    }
+
+    /// The window a batch created at `created_ms` counts in when it arrives at `now_ms`: its own
+    /// window if that is the current one or one of the [`MAX_LATE_WINDOWS`] before it; the current
+    /// one for a time in the future; the oldest of those for an older time.
+    pub fn window_for(&self, created_ms: u64, now_ms: u64) -> u64 {
+        let oldest = now_ms.saturating_sub(MAX_LATE_WINDOWS * self.interval_ms);
+        self.window_start(created_ms.clamp(oldest, now_ms))
+    }
+
+    /// The last seq counted for a client, if it was seen recently.
+    pub fn last_counted(&self, client_id: u64) -> Option<u64> {
+        self.clients.get(&client_id).map(|(last, _)| *last)
     }
 
     /// Whether (client, seq) was counted already.
@@ -258,13 +365,31 @@ impl Aggregator {
             config_id,
             segment: segment.to_owned(),
         };
+        #[cfg(any(test, feature = "test-knobs"))]
+        if batch
+            .counters
+            .iter()
+            .any(|(k, _)| k.name == TEST_PANIC_APPLY)
+        {
+            #[allow(clippy::panic)]
+            {
+                panic!("test knob: a batch that makes counting panic");
+            }
+        }
+        let used = self.bytes.entry(config_id).or_insert(0);
+        let mut budget = MAX_CONFIG_BYTES.saturating_sub(*used);
+        let before = budget;
         let window = self.windows.entry(key).or_default();
         window.batches += 1;
         let mut batch = batch;
-        window.keep_records(&mut batch);
+        window.keep_records(&mut batch, &mut budget);
         window.dropped_updates = window.dropped_updates.saturating_add(batch.dropped_updates);
-        let dropped = window.metrics.merge(batch, MAX_KEYS_PER_WINDOW);
+        let dropped = window
+            .metrics
+            .merge(batch, MAX_KEYS_PER_WINDOW, &mut budget);
         window.dropped_updates = window.dropped_updates.saturating_add(dropped);
+        window.bytes += before - budget;
+        *used += before - budget;
         Applied::Counted
     }
 
@@ -273,6 +398,12 @@ impl Aggregator {
         let interval = self.interval_ms;
         self.clients
             .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < CLIENT_MEMORY.as_millis() as u64);
+        if self.clients.len() > MAX_CLIENTS {
+            let mut seen: Vec<u64> = self.clients.values().map(|(_, seen)| *seen).collect();
+            seen.sort_unstable_by(|a, b| b.cmp(a));
+            let cutoff = seen[MAX_CLIENTS - 1];
+            self.clients.retain(|_, (_, seen)| *seen >= cutoff);
+        }
         self.take_where(|start| start + interval <= now_ms)
     }
 
@@ -295,6 +426,9 @@ impl Aggregator {
             else {
                 continue;
             };
+            if let Some(used) = self.bytes.get_mut(&key.config_id) {
+                *used = used.saturating_sub(open.bytes);
+            }
             // Even an empty window is returned: its journal segment must be dropped.
             out.push(Window {
                 config: config.clone(),
@@ -309,6 +443,7 @@ impl Aggregator {
                 logs: open.logs,
                 dropped_samples: open.dropped_samples,
                 dropped_logs: open.dropped_logs,
+                dropped_batches: open.dropped_batches,
             });
         }
         out
@@ -358,7 +493,7 @@ mod tests {
     #[test]
     fn batches_count_once_in_the_window_of_their_creation() {
         let mut agg = Aggregator::new(Duration::from_millis(1000));
-        let id = agg.register(&config("k"));
+        let id = agg.register(&config("k")).unwrap();
         assert_eq!(
             agg.apply(id, 0, "s", batch(1, 1, 500, 2.0), 600),
             Applied::Counted
@@ -397,8 +532,8 @@ mod tests {
     #[test]
     fn configurations_are_kept_apart() {
         let mut agg = Aggregator::new(Duration::from_millis(1000));
-        let a = agg.register(&config("a"));
-        let b = agg.register(&config("b"));
+        let a = agg.register(&config("a")).unwrap();
+        let b = agg.register(&config("b")).unwrap();
         agg.apply(a, 0, "s", batch(1, 1, 10, 1.0), 10);
         agg.apply(b, 0, "s", batch(2, 1, 10, 7.0), 10);
         let windows = agg.take_all();
@@ -416,7 +551,7 @@ mod tests {
     #[test]
     fn gauges_keep_the_latest_and_sketches_merge() {
         let mut agg = Aggregator::new(Duration::from_millis(1000));
-        let id = agg.register(&config("k"));
+        let id = agg.register(&config("k")).unwrap();
         let key = MetricKey {
             name: "g".into(),
             tags: vec![],
@@ -451,5 +586,59 @@ mod tests {
             (d.count(), d.sum(), d.min(), d.max()),
             (3, 5.0, Some(1.0), Some(3.0))
         );
+    }
+
+    #[test]
+    fn created_ms_only_picks_the_current_or_a_recent_window() {
+        let agg = Aggregator::new(Duration::from_millis(1000));
+        let now = 1_000_000_500;
+        assert_eq!(agg.window_for(now - 2_000, now), 999_998_000);
+        assert_eq!(agg.window_for(u64::MAX, now), 1_000_000_000, "future: now");
+        assert_eq!(
+            agg.window_for(0, now),
+            1_000_000_500 - MAX_LATE_WINDOWS * 1000 - 500,
+            "long ago: the oldest recent window"
+        );
+    }
+
+    #[test]
+    fn configurations_are_capped_and_unused_ones_make_room() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let ids: Vec<u64> = (0..MAX_CONFIGS)
+            .map(|i| agg.register(&config(&format!("k{i}"))).unwrap())
+            .collect();
+        assert_eq!(agg.register(&config("one-too-many")), None);
+        // Known configurations still register.
+        assert_eq!(agg.register(&config("k0")), Some(ids[0]));
+        // One without users and without windows is forgotten for a new one.
+        agg.release(ids[1]);
+        assert!(agg.register(&config("new")).is_some());
+        assert_eq!(agg.configs(), MAX_CONFIGS);
+        // One with an open window is kept even without users.
+        agg.apply(ids[2], 0, "s", batch(1, 1, 10, 1.0), 10);
+        agg.release(ids[2]);
+        assert_eq!(agg.register(&config("newer")), None);
+    }
+
+    #[test]
+    fn a_configuration_holds_its_byte_budget_at_most() {
+        let mut agg = Aggregator::new(Duration::from_millis(1000));
+        let id = agg.register(&config("k")).unwrap();
+        let mut b = batch(1, 1, 10, 0.0);
+        b.counters = (0..2_000)
+            .map(|i| {
+                (
+                    MetricKey {
+                        name: format!("{i}-{}", "x".repeat(32 * 1024)),
+                        tags: vec![],
+                    },
+                    1.0,
+                )
+            })
+            .collect();
+        agg.apply(id, 0, "s", b, 10);
+        let w = agg.take_all().remove(0);
+        assert!(w.metrics.len() < 1_100, "{} keys kept", w.metrics.len());
+        assert_eq!(w.metrics.len() as u64 + w.dropped_updates, 2_000);
     }
 }

@@ -13,8 +13,15 @@
 //! milliseconds instead of at its next flush.
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
-//! logged and counted. Each batch stays under [`BATCH_BUDGET_BYTES`] (estimated), far below the
-//! protocol's frame limit; a single metric key over [`MAX_ENTRY_BYTES`] is dropped and counted.
+//! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
+//! carried, so that the payload reports them). Each batch stays under [`BATCH_BUDGET_BYTES`]
+//! (estimated), far below the protocol's frame limit; a single metric key over [`MAX_ENTRY_BYTES`]
+//! is dropped and counted. Connecting to the leader, each write and each read wait at most
+//! [`IO_TIMEOUT`] (a wedged leader whose backlog is full does not hold the thread).
+//!
+//! Stopping: the thread keeps handing batches over until the stop deadline. What it still holds
+//! then (its leader is frozen, or stuck) is written to a spool file in `journal/`, where the next
+//! leader (or the current one, at its next transmission) counts it.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -23,12 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+use std::os::unix::net::UnixStream;
+
 use serde::Serialize;
 
 use crate::agent::{set_role, Role};
 use crate::config::Config;
 use crate::election;
+use crate::journal::Journal;
 use crate::leader::Leader;
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Taken};
@@ -56,7 +65,7 @@ enum ClientMessageRef<'a> {
 struct Connection {
     /// Declared first so that it is dropped (unregistered) before `stream` closes.
     _fork_guard: Option<crate::fork::Registered>,
-    stream: Stream,
+    stream: UnixStream,
     buf: Vec<u8>,
     leader_pid: u32,
 }
@@ -71,20 +80,15 @@ enum ConnectError {
 }
 
 impl Connection {
-    fn open(workdir: &WorkDir, hello: &Hello) -> Result<Connection, ConnectError> {
+    fn open(
+        workdir: &WorkDir,
+        hello: &Hello,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectError> {
         let path = workdir.socket_path();
-        let connect = || -> Result<Stream> {
-            let name = path
-                .as_path()
-                .to_fs_name::<GenericFilePath>()
-                .with_context(|| format!("invalid socket path {}", path.display()))?;
-            let stream = Stream::connect(name)
-                .with_context(|| format!("cannot connect to {}", path.display()))?;
-            stream.set_recv_timeout(Some(IO_TIMEOUT))?;
-            stream.set_send_timeout(Some(IO_TIMEOUT))?;
-            Ok(stream)
-        };
-        let stream = connect().map_err(ConnectError::Other)?;
+        let stream = connect(&path, timeout)
+            .with_context(|| format!("cannot connect to {}", path.display()))
+            .map_err(ConnectError::Other)?;
         let mut conn = Connection {
             _fork_guard: None,
             stream,
@@ -133,11 +137,7 @@ impl Connection {
     }
 
     fn raw_fd(&self) -> Option<RawFd> {
-        #[allow(unreachable_patterns)]
-        match &self.stream {
-            Stream::UdSocket(s) => Some(s.as_fd().as_raw_fd()),
-            _ => None,
-        }
+        Some(self.stream.as_fd().as_raw_fd())
     }
 
     /// Whether the leader closed the connection (checked without blocking or consuming data).
@@ -174,6 +174,49 @@ impl Connection {
             }
         }
     }
+}
+
+/// Connects to the Unix socket at `path`, waiting at most `timeout` (also for room in a full
+/// backlog: a Unix socket's `connect` waits for the send timeout), which then also bounds every
+/// read and write.
+fn connect(path: &std::path::Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: creating a socket has no preconditions.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that we alone own; the stream closes it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: addr is a valid sockaddr_un of which `len` bytes are used; fd is our socket.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 enum Link {
@@ -385,7 +428,12 @@ struct State {
     disabled: bool,
     /// Until then, do not try the lock (this process just handed over to a newer library).
     yield_until: Option<Instant>,
+    /// Bound of each connect, read and write: [`IO_TIMEOUT`], less when stopping.
+    io_timeout: Duration,
 }
+
+/// Time a stopping sender keeps for writing a spool file after its last handover attempt.
+const SPOOL_RESERVE: Duration = Duration::from_millis(300);
 
 /// How long a process that handed over leaves the lock to the newer library.
 const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
@@ -400,6 +448,7 @@ impl State {
             next_attempt: Instant::now(),
             disabled: false,
             yield_until: None,
+            io_timeout: IO_TIMEOUT,
         }
     }
 
@@ -442,25 +491,33 @@ impl State {
 
     /// Keeps trying to hand over pending batches until the deadline, then shuts down a local leader.
     fn finish(&mut self, shared: &Shared, deadline: Instant) {
-        while !self.pending.is_empty() && !self.disabled && Instant::now() < deadline {
+        // Every attempt ends in time to leave what is left in a spool file before the deadline.
+        let handover_until = deadline
+            .checked_sub(SPOOL_RESERVE)
+            .unwrap_or(deadline)
+            .max(Instant::now());
+        while !self.pending.is_empty() && !self.disabled && Instant::now() < handover_until {
+            self.io_timeout = handover_until
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(10), IO_TIMEOUT);
+            if let Link::Remote(conn) = &self.link {
+                let _ = conn.stream.set_read_timeout(Some(self.io_timeout));
+                let _ = conn.stream.set_write_timeout(Some(self.io_timeout));
+            }
             self.check_local_leader();
             if matches!(self.link, Link::None) {
                 let now = Instant::now();
                 if now >= self.next_attempt {
                     self.establish(shared);
                 } else {
-                    std::thread::sleep((self.next_attempt - now).min(deadline - now));
+                    std::thread::sleep((self.next_attempt - now).min(handover_until - now));
                     continue;
                 }
             }
             self.deliver(shared);
         }
-        if !self.pending.is_empty() {
-            let entries: usize = self.pending.iter().map(Batch::entries).sum();
-            tracing::warn!(
-                "stop: {} batches ({entries} metric entries) could not be handed to a leader before the stop deadline",
-                self.pending.len()
-            );
+        if !self.pending.is_empty() && !self.disabled {
+            self.spool(shared);
         }
         if matches!(self.link, Link::None) && !self.disabled && Instant::now() < deadline {
             // Our leader went away while we were stopping (it may have handed over to us). If
@@ -484,6 +541,40 @@ impl State {
         set_role(Role::Stopped);
     }
 
+    /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
+    fn spool(&mut self, shared: &Shared) {
+        let entries: usize = self.pending.iter().map(Batch::entries).sum();
+        let count = self.pending.len();
+        let workdir = shared
+            .workdir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let batches: Vec<Batch> = self
+            .pending
+            .iter()
+            .map(|b| Batch {
+                client_id: protocol::journal_id(b.client_id),
+                ..b.clone()
+            })
+            .collect();
+        let push = &shared.config.push;
+        match Journal::write_spool(&workdir, push.id(), push, &batches) {
+            Ok(_) => {
+                tracing::warn!(
+                    "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
+                    workdir.journal_dir().display()
+                );
+                self.pending.clear();
+                let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+                progress.pending_batches = 0;
+            }
+            Err(e) => tracing::error!(
+                "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline, nor written to a spool file: {e:#}"
+            ),
+        }
+    }
+
     /// Moves the app's pre-aggregate into pending batches.
     fn collect(&mut self, shared: &Shared) {
         let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -491,10 +582,12 @@ impl State {
         if taken.is_empty() {
             return;
         }
+        let mut lost = Batch::default();
         for batch in split(taken, shared.client_id, &mut self.next_seq, crate::now_ms()) {
             if self.pending.len() >= MAX_PENDING_BATCHES {
                 if let Some(dropped) = self.pending.pop_front() {
                     progress.dropped_batches += 1;
+                    add_drops(&mut lost, &dropped);
                     if let Some(n) = PENDING_DROP_LOG.check() {
                         tracing::warn!(
                             "no leader took data for a long time: dropped the oldest unacknowledged batch ({} entries){}",
@@ -505,6 +598,13 @@ impl State {
                 }
             }
             self.pending.push_back(batch);
+        }
+        // The newest batch reports what was dropped (it is the last to be dropped in turn).
+        if let Some(newest) = self.pending.back_mut() {
+            newest.dropped_batches = newest.dropped_batches.saturating_add(lost.dropped_batches);
+            newest.dropped_updates = newest.dropped_updates.saturating_add(lost.dropped_updates);
+            newest.dropped_samples = newest.dropped_samples.saturating_add(lost.dropped_samples);
+            newest.dropped_logs = newest.dropped_logs.saturating_add(lost.dropped_logs);
         }
         progress.assigned_seq = self.next_seq - 1;
         progress.pending_batches = self.pending.len();
@@ -594,7 +694,7 @@ impl State {
             pid: std::process::id(),
             config: shared.config.push.clone(),
         };
-        match Connection::open(&workdir, &hello) {
+        match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
                 set_role(Role::Client);
                 tracing::info!("connected to the leader (pid {})", conn.leader_pid);
@@ -607,6 +707,16 @@ impl State {
                 );
                 crate::agent::set_disabled(format!("refused by the leader: {reason}"));
                 self.disabled = true;
+                if !self.pending.is_empty() {
+                    let entries: usize = self.pending.iter().map(Batch::entries).sum();
+                    tracing::warn!(
+                        "dropped {} unacknowledged batches ({entries} entries): no leader takes them",
+                        self.pending.len()
+                    );
+                    let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    progress.dropped_batches += self.pending.len() as u64;
+                    progress.pending_batches = 0;
+                }
                 self.pending.clear();
             }
             Err(ConnectError::HandingOver(reason)) => {
@@ -654,6 +764,27 @@ impl State {
             }
         }
     }
+}
+
+/// Adds what `dropped` held (and the drops it reported) to the drop counts of `lost`.
+fn add_drops(lost: &mut Batch, dropped: &Batch) {
+    let entries = dropped.counters.len() + dropped.gauges.len() + dropped.distributions.len();
+    lost.dropped_batches = lost
+        .dropped_batches
+        .saturating_add(1)
+        .saturating_add(dropped.dropped_batches);
+    lost.dropped_updates = lost
+        .dropped_updates
+        .saturating_add(dropped.dropped_updates)
+        .saturating_add(entries as u64);
+    lost.dropped_samples = lost
+        .dropped_samples
+        .saturating_add(dropped.dropped_samples)
+        .saturating_add(dropped.samples.len() as u64);
+    lost.dropped_logs = lost
+        .dropped_logs
+        .saturating_add(dropped.dropped_logs)
+        .saturating_add(dropped.logs.len() as u64);
 }
 
 fn key_bytes(key: &MetricKey) -> usize {
@@ -815,5 +946,25 @@ mod tests {
             let frame = protocol::encode(&ClientMessageRef::Batch(b)).unwrap();
             assert!(frame.len() < protocol::MAX_FRAME_BYTES);
         }
+    }
+
+    #[test]
+    fn connecting_to_a_full_backlog_gives_up_in_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s");
+        // A listener that never accepts (a wedged leader): fill its backlog.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let refused = (0..10_000).find_map(|_| match connect(&path, Duration::from_millis(50)) {
+            Ok(s) => {
+                held.push(s);
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert!(
+            refused.is_some(),
+            "connect kept succeeding into a full backlog"
+        );
     }
 }

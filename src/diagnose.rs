@@ -201,6 +201,19 @@ fn leader_election(
             "app_name": c.push.app_name,
             "environment": c.push.environment,
             "endpoint": c.push.endpoint,
+            "exporters": {
+                "push": c.push.exporters.push,
+                "otlp": c.push.exporters.otlp,
+            },
+            // Endpoints and header names only: header values are secrets.
+            "otlp": c.push.otlp.as_ref().map(|o| json!({
+                "metrics_endpoint": o.metrics_endpoint,
+                "traces_endpoint": o.traces_endpoint,
+                "logs_endpoint": o.logs_endpoint,
+                "headers": o.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "timeout_ms": o.timeout_ms,
+                "compression": if o.gzip { "gzip" } else { "none" },
+            })),
             "hostname": c.push.hostname,
             "revision": c.push.revision,
             "host_role": c.push.host_role,

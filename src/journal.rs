@@ -17,6 +17,20 @@
 //!
 //! A write that a kill cut short leaves a torn last frame: replay stops there and truncates it away
 //! (the batch was not acknowledged, so its client sends it again).
+//!
+//! Client ids appear here only as [`crate::protocol::journal_id`] hashes: the directory may be
+//! readable by every local user, and nothing in it may serve to impersonate a process.
+//!
+//! Bounds: at most [`MAX_OPEN_FILES`] segment files are open at once; the least recently used one
+//! is closed (and reopened when its window gets another batch), so windows never cost the host app
+//! file descriptors beyond that.
+//!
+//! Spool files (`spool-*.spool`, same format as a segment): a stopping process that could not hand
+//! its last batches to a leader before its deadline (a frozen leader, a leader stuck in its push)
+//! leaves them here, written atomically. The leader picks spool files up when it starts and at every
+//! transmission, journals their batches (skipping (client, seq) pairs already counted) and deletes
+//! them. A batch whose counting panics on replay is quarantined: written aside as
+//! `quarantine-*.bad` (at most [`MAX_QUARANTINE_FILES`]) and removed from its segment, logged once.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +46,14 @@ use crate::workdir::WorkDir;
 
 /// A segment larger than this is not read back (it cannot be ours: windows are bounded).
 pub const MAX_SEGMENT_BYTES: u64 = 512 * 1024 * 1024;
+/// Journal segment files open at once.
+pub const MAX_OPEN_FILES: usize = 16;
+/// One spool file holds at most this much; a process writes several if it must.
+pub const MAX_SPOOL_BYTES: usize = 32 * 1024 * 1024;
+/// Spool files a leader picks up per round (the rest wait for the next round).
+pub const MAX_SPOOLS_PER_ROUND: usize = 64;
+/// Quarantined batches kept on disk; beyond that they are only logged and counted.
+pub const MAX_QUARANTINE_FILES: usize = 16;
 
 /// First frame of a segment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,12 +75,22 @@ pub struct Replayed {
 
 struct OpenSegment {
     id: String,
-    file: File,
+    /// `None` while closed to stay under [`MAX_OPEN_FILES`].
+    file: Option<File>,
+    last_used: u64,
 }
 
 pub struct Journal {
     workdir: WorkDir,
     current: HashMap<(u64, u64), OpenSegment>,
+    uses: u64,
+}
+
+/// A spool file read back by a leader.
+pub struct Spooled {
+    pub path: PathBuf,
+    pub header: SegmentHeader,
+    pub batches: Vec<Batch>,
 }
 
 fn segment_name(start: u64, config_id: u64, id: &str) -> String {
@@ -82,6 +114,27 @@ impl Journal {
         Journal {
             workdir,
             current: HashMap::new(),
+            uses: 0,
+        }
+    }
+
+    /// Segment files currently open (for tests and diagnose).
+    pub fn open_files(&self) -> usize {
+        self.current.values().filter(|s| s.file.is_some()).count()
+    }
+
+    /// Closes the least recently used open segment file while `MAX_OPEN_FILES` are open.
+    fn make_room(&mut self) {
+        while self.open_files() >= MAX_OPEN_FILES {
+            let Some(lru) = self
+                .current
+                .values_mut()
+                .filter(|s| s.file.is_some())
+                .min_by_key(|s| s.last_used)
+            else {
+                return;
+            };
+            lru.file = None;
         }
     }
 
@@ -103,7 +156,32 @@ impl Journal {
         batch: &Batch,
     ) -> Result<String> {
         let frame = protocol::encode(batch)?;
+        self.uses += 1;
+        let uses = self.uses;
+        let reopen = match self.current.get(&(start, config_id)) {
+            Some(segment) if segment.file.is_none() => Some(segment.id.clone()),
+            _ => None,
+        };
+        if let Some(id) = reopen {
+            self.make_room();
+            let path = self.path(start, config_id, &id);
+            match self
+                .workdir
+                .open_file(&path, OpenOptions::new().append(true))
+            {
+                Ok(file) => {
+                    if let Some(segment) = self.current.get_mut(&(start, config_id)) {
+                        segment.file = Some(file);
+                    }
+                }
+                // Gone (or unusable): this window continues in a new segment.
+                Err(_) => {
+                    self.current.remove(&(start, config_id));
+                }
+            }
+        }
         if !self.current.contains_key(&(start, config_id)) {
+            self.make_room();
             let id = crate::payload::new_payload_id();
             let path = self.path(start, config_id, &id);
             let mut file = self
@@ -116,13 +194,23 @@ impl Journal {
             };
             file.write_all(&protocol::encode(&header)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            self.current
-                .insert((start, config_id), OpenSegment { id, file });
+            self.current.insert(
+                (start, config_id),
+                OpenSegment {
+                    id,
+                    file: Some(file),
+                    last_used: uses,
+                },
+            );
         }
         let Some(segment) = self.current.get_mut(&(start, config_id)) else {
             bail!("segment vanished");
         };
-        if let Err(e) = segment.file.write_all(&frame) {
+        segment.last_used = uses;
+        let Some(file) = segment.file.as_mut() else {
+            bail!("segment {} is not open", segment.id);
+        };
+        if let Err(e) = file.write_all(&frame) {
             // A partial frame may be on disk: this segment is done, later batches go to a new one.
             let id = segment.id.clone();
             self.current.remove(&(start, config_id));
@@ -167,7 +255,7 @@ impl Journal {
                 continue;
             };
             let path = entry.path();
-            match read_segment(&path) {
+            match read_segment(&path, MAX_SEGMENT_BYTES) {
                 Ok((header, batches, good_len))
                     if header.window_start == start && header.config_id == config_id =>
                 {
@@ -203,16 +291,146 @@ impl Journal {
         file.set_len(replayed.good_len)
             .with_context(|| format!("cannot truncate {}", replayed.path.display()))?;
         drop(file);
-        let file = self
-            .workdir
-            .open_file(&replayed.path, OpenOptions::new().append(true))?;
         let key = (replayed.header.window_start, replayed.header.config_id);
         // Two segments of one window (a late one): keep appending to one, the other is only replayed.
-        self.current.entry(key).or_insert(OpenSegment {
-            id: replayed.id.clone(),
-            file,
-        });
+        if self.current.contains_key(&key) {
+            return Ok(());
+        }
+        // Opened again on its next batch (see `append`), so that replay opens no file.
+        self.current.insert(
+            key,
+            OpenSegment {
+                id: replayed.id.clone(),
+                file: None,
+                last_used: 0,
+            },
+        );
         Ok(())
+    }
+
+    /// Takes the batch at `index` out of a replayed segment (its counting panicked): writes it
+    /// aside as a `quarantine-*.bad` file and rewrites the segment without it (atomically).
+    pub fn quarantine(&self, replayed: &mut Replayed, index: usize) -> Result<()> {
+        if index >= replayed.batches.len() {
+            return Ok(());
+        }
+        let bad = replayed.batches.remove(index);
+        let kept = fs::read_dir(self.dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".bad"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if kept < MAX_QUARANTINE_FILES {
+            let path = self.dir().join(format!(
+                "quarantine-{}-{:016x}-{}.bad",
+                replayed.id, bad.client_id, bad.seq
+            ));
+            let mut file = self.workdir.open_file(
+                &path,
+                OpenOptions::new().write(true).create(true).truncate(true),
+            )?;
+            file.write_all(&protocol::encode(&bad)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        let mut bytes = protocol::encode(&replayed.header)?;
+        for batch in &replayed.batches {
+            bytes.extend_from_slice(&protocol::encode(batch)?);
+        }
+        let tmp = self.dir().join(format!(".rewrite-{}", replayed.id));
+        let mut file = self.workdir.open_file(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        file.write_all(&bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &replayed.path)
+            .with_context(|| format!("cannot rename to {}", replayed.path.display()))?;
+        replayed.good_len = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `batches` (client ids already hashed) of configuration `config_id` as spool files
+    /// for the next leader, atomically (temporary file, then rename). Returns how many files.
+    pub fn write_spool(
+        workdir: &WorkDir,
+        config_id: u64,
+        config: &PushConfig,
+        batches: &[Batch],
+    ) -> Result<usize> {
+        let dir = workdir.journal_dir();
+        let header = protocol::encode(&SegmentHeader {
+            window_start: 0,
+            config_id,
+            config: PushConfig {
+                push_api_key: String::new(),
+                ..config.clone()
+            },
+        })?;
+        let mut files = 0;
+        let mut rest = batches;
+        while !rest.is_empty() {
+            let mut bytes = header.clone();
+            let mut taken = 0;
+            for batch in rest {
+                let frame = protocol::encode(batch)?;
+                if taken > 0 && bytes.len() + frame.len() > MAX_SPOOL_BYTES {
+                    break;
+                }
+                bytes.extend_from_slice(&frame);
+                taken += 1;
+            }
+            rest = &rest[taken..];
+            let id = crate::payload::new_payload_id();
+            let tmp = dir.join(format!(".spool-tmp-{id}"));
+            let path = dir.join(format!("spool-{}-{id}.spool", std::process::id()));
+            let mut file =
+                workdir.open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_data())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            fs::rename(&tmp, &path).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), path.display())
+            })?;
+            files += 1;
+        }
+        Ok(files)
+    }
+
+    /// Reads up to [`MAX_SPOOLS_PER_ROUND`] spool files. An unreadable one is moved aside.
+    pub fn read_spools(workdir: &WorkDir) -> Vec<Spooled> {
+        let Ok(entries) = fs::read_dir(workdir.journal_dir()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            if out.len() >= MAX_SPOOLS_PER_ROUND {
+                break;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with("spool-") || !name.ends_with(".spool") {
+                continue;
+            }
+            let path = entry.path();
+            match read_segment(&path, MAX_SPOOL_BYTES as u64 + 1) {
+                Ok((header, batches, _)) => out.push(Spooled {
+                    path,
+                    header,
+                    batches,
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        "spool file {} unreadable: {e:#}; moved aside",
+                        path.display()
+                    );
+                    let _ = fs::rename(&path, path.with_extension("bad"));
+                }
+            }
+        }
+        out
     }
 
     /// Deletes a replayed segment whose window is already a payload.
@@ -221,10 +439,12 @@ impl Journal {
     }
 
     /// Writes the last counted seq of every client (atomically: temporary file, then rename).
-    pub fn write_counted(&self, counted: &[(u64, u64)]) -> Result<()> {
-        let path = self.dir().join("counted");
-        let tmp = self.dir().join(format!(".counted-{}", std::process::id()));
-        let mut file = self.workdir.open_file(
+    /// An associated function, so that the leader writes it without holding the counting lock.
+    pub fn write_counted(workdir: &WorkDir, counted: &[(u64, u64)]) -> Result<()> {
+        let dir = workdir.journal_dir();
+        let path = dir.join("counted");
+        let tmp = dir.join(format!(".counted-{}", std::process::id()));
+        let mut file = workdir.open_file(
             &tmp,
             OpenOptions::new().write(true).create(true).truncate(true),
         )?;
@@ -276,8 +496,8 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
 }
 
 /// Header, batches, and the length of the readable part (a torn or garbled tail is left out).
-fn read_segment(path: &Path) -> Result<(SegmentHeader, Vec<Batch>, u64)> {
-    let bytes = read_bounded(path, MAX_SEGMENT_BYTES)?;
+fn read_segment(path: &Path, max: u64) -> Result<(SegmentHeader, Vec<Batch>, u64)> {
+    let bytes = read_bounded(path, max)?;
     let Some((header, mut used)) = protocol::decode::<SegmentHeader>(&bytes)? else {
         bail!("no complete header");
     };
@@ -379,7 +599,51 @@ mod tests {
         assert_ne!(first, second);
         journal.remove(0, 1, &first);
         assert_eq!(journal.replay().len(), 1);
-        journal.write_counted(&[(9, 2), (10, 5)]).unwrap();
+        Journal::write_counted(&journal.workdir, &[(9, 2), (10, 5)]).unwrap();
         assert_eq!(journal.read_counted(), vec![(9, 2), (10, 5)]);
+    }
+
+    #[test]
+    fn many_windows_keep_at_most_the_cap_of_files_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let mut journal = Journal::new(wd.clone());
+        let mut ids = Vec::new();
+        for start in 0..40u64 {
+            ids.push(
+                journal
+                    .append(start * 1000, 1, &config(), &batch(start))
+                    .unwrap(),
+            );
+            assert!(journal.open_files() <= MAX_OPEN_FILES);
+        }
+        // A closed segment is reopened for its next batch; nothing is lost.
+        assert_eq!(
+            journal.append(0, 1, &config(), &batch(100)).unwrap(),
+            ids[0]
+        );
+        let replayed = journal.replay();
+        assert_eq!(replayed.len(), 40);
+        assert_eq!(replayed.iter().map(|r| r.batches.len()).sum::<usize>(), 41);
+    }
+
+    #[test]
+    fn spool_files_round_trip_and_hold_no_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), false).unwrap();
+        let batches: Vec<Batch> = (1..=3).map(batch).collect();
+        assert_eq!(
+            Journal::write_spool(&wd, 7, &config(), &batches).unwrap(),
+            1
+        );
+        let spooled = Journal::read_spools(&wd);
+        assert_eq!(spooled.len(), 1);
+        assert_eq!(spooled[0].header.config_id, 7);
+        assert_eq!(spooled[0].batches.len(), 3);
+        let bytes = fs::read(&spooled[0].path).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("secret"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&spooled[0].path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only");
     }
 }

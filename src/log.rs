@@ -255,6 +255,25 @@ pub fn open_without_workdir(config: &Config) -> Option<PathBuf> {
     Some(path.clone())
 }
 
+/// Panics on this library's own threads (`appsignal-*`) go to the log, never to the host's
+/// stderr: the panic hook is process-wide, so it passes every other thread's panic to the hook
+/// that was there before. Installed once.
+pub fn install_panic_hook() {
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            match thread.name() {
+                Some(name) if name.starts_with("appsignal-") => {
+                    tracing::error!("panic on thread {name}: {info}");
+                }
+                _ => previous(info),
+            }
+        }));
+    });
+}
+
 /// Lets one message through per interval and counts the others, so that a client sending garbage in
 /// a loop cannot fill the disk with log lines.
 pub struct RateLimit {

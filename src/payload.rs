@@ -89,6 +89,20 @@ pub struct AgentReport {
     /// the previous payload.
     #[serde(default)]
     pub rejected_exports: u64,
+    /// Unacknowledged batches processes dropped because their queue was full (no leader took
+    /// them for a long time); their contents are in the drop counts above.
+    #[serde(default)]
+    pub dropped_batches: u64,
+    /// Connections the leader closed since the previous payload because they broke the protocol's
+    /// rules (a batch for another client, a sequence number out of order, an id in use by
+    /// another process, too many configurations or connections, a frame too slow or over the
+    /// memory budget).
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Batches whose counting panicked (a bug): skipped and, on replay, moved aside into
+    /// `journal/quarantine/`.
+    #[serde(default)]
+    pub poisoned_batches: u64,
 }
 
 fn tags(key: &MetricKey) -> BTreeMap<String, String> {
@@ -173,6 +187,7 @@ impl Payload {
                 dropped_updates: window.dropped_updates,
                 dropped_samples: window.dropped_samples,
                 dropped_logs: window.dropped_logs,
+                dropped_batches: window.dropped_batches,
                 ..agent
             },
         }
@@ -247,6 +262,7 @@ mod tests {
             logs: vec![],
             dropped_samples: 1,
             dropped_logs: 0,
+            dropped_batches: 0,
         };
         let payload = Payload::from_window(&window, new_payload_id(), AgentReport::default());
         let mut json = String::new();

@@ -63,6 +63,10 @@ pub struct Batch {
     pub dropped_samples: u64,
     #[serde(default)]
     pub dropped_logs: u64,
+    /// Unacknowledged batches the client dropped (its queue was full) since its previous batch;
+    /// their entries, samples and logs are in the drop counts above.
+    #[serde(default)]
+    pub dropped_batches: u64,
 }
 
 impl std::fmt::Debug for Batch {
@@ -88,6 +92,7 @@ impl Batch {
             && self.gauges.is_empty()
             && self.distributions.is_empty()
             && self.dropped_updates == 0
+            && self.dropped_batches == 0
             && self.samples.is_empty()
             && self.logs.is_empty()
     }
@@ -99,6 +104,24 @@ impl Batch {
             + self.samples.len()
             + self.logs.len()
     }
+}
+
+/// The identity under which the leader records a client's batches (in memory, in the journal, in
+/// `counted` and in spool files): a one-way hash of the client id. The journal may be readable by
+/// every local user; it must not tell anyone an id to handshake with. Only the process itself
+/// knows its id, and a connection may only send batches for the id it handshook with.
+pub fn journal_id(client_id: u64) -> u64 {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[
+            b"appsignal-client-id-v1:".as_slice(),
+            &client_id.to_le_bytes(),
+        ]
+        .concat(),
+    );
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(id)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

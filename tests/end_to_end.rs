@@ -350,7 +350,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
     assert!(
         common::poll(Duration::from_secs(10), || setup
             .log()
-            .contains("pushed payload")),
+            .contains("sent push payload")),
         "{}",
         setup.log()
     );

@@ -139,6 +139,21 @@ fn three_processes_export_metrics_traces_and_logs_over_otlp_exactly() {
     for w in workers.iter_mut() {
         w.sync().unwrap();
     }
+    // Diagnose names the exporters and endpoints, and the header's name but never its value.
+    let report = workers[0].diagnose().unwrap();
+    let config = &report["leader_election"]["config"];
+    assert_eq!(config["exporters"]["otlp"], true, "{report}");
+    assert_eq!(config["exporters"]["push"], false, "{report}");
+    assert_eq!(
+        config["otlp"]["headers"],
+        serde_json::json!(["x-api-key"]),
+        "{report}"
+    );
+    assert_eq!(
+        config["otlp"]["metrics_endpoint"],
+        format!("{}/v1/metrics", setup.otlp().url)
+    );
+    assert!(!report.to_string().contains(HEADER_SECRET), "{report}");
     stop_all(&mut workers);
     setup.assert_otlp_totals(&expected);
 

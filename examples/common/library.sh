@@ -2,7 +2,7 @@
 # libappsignal.so and the reference receiver. Needs ROOT (the repository) and INSTALL_HINT (the apt
 # line for this example's tools). Honours APPSIGNAL_LIB_DIR and
 # RECEIVER_BIN (both given: nothing is built, as when cargo test runs the scripts), CARGO_TARGET_DIR
-# and APPSIGNAL_REBUILD=1. Sets TARGET_DIR, LIB_DIR and RECEIVER.
+# and APPSIGNAL_REBUILD=1. Sets TARGET_DIR, LIB_DIR and RECEIVER; locate_otlp_python sets OTLP_PYTHON.
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -49,4 +49,20 @@ link_soname() {
   local soname
   soname=$(readelf -d "$LIB_DIR/libappsignal.so" 2>/dev/null | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
   [ -z "$soname" ] || [ -e "$LIB_DIR/$soname" ] || ln -s libappsignal.so "$LIB_DIR/$soname" 2>/dev/null || true
+}
+
+# The Python that runs examples/otlp_receiver.py, found as examples/common/otlp_receiver.rs finds it:
+# $APPSIGNAL_OTLP_PYTHON, else <repo>/.venv/bin/python, else python3, the first that imports the
+# official opentelemetry-proto classes. None: `unavailable` (fails under CI, skips elsewhere).
+locate_otlp_python() {
+  local candidate
+  for candidate in "${APPSIGNAL_OTLP_PYTHON:-}" "$ROOT/.venv/bin/python" python3; do
+    [ -n "$candidate" ] || continue
+    if "$candidate" -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then
+      OTLP_PYTHON=$candidate
+      return 0
+    fi
+  done
+  INSTALL_HINT="python3 -m venv $ROOT/.venv && $ROOT/.venv/bin/pip install opentelemetry-proto; or set APPSIGNAL_OTLP_PYTHON"
+  unavailable "a Python with opentelemetry-proto for examples/otlp_receiver.py"
 }

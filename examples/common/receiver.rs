@@ -35,6 +35,9 @@ struct Totals {
     logs: u64,
     dropped_samples: u64,
     dropped_logs: u64,
+    dropped_batches: u64,
+    refused_connections: u64,
+    poisoned_batches: u64,
     apps: BTreeMap<String, u64>,
 }
 
@@ -217,6 +220,9 @@ fn summary(s: &State) -> Value {
         "logs": t.logs,
         "dropped_samples": t.dropped_samples,
         "dropped_logs": t.dropped_logs,
+        "dropped_batches": t.dropped_batches,
+        "refused_connections": t.refused_connections,
+        "poisoned_batches": t.poisoned_batches,
         "apps": t.apps,
     })
 }
@@ -360,5 +366,10 @@ fn collect(
     t.logs += payload["logs"].as_array().map_or(0, |a| a.len() as u64);
     t.dropped_samples += payload["agent"]["dropped_samples"].as_u64().unwrap_or(0);
     t.dropped_logs += payload["agent"]["dropped_logs"].as_u64().unwrap_or(0);
+    t.dropped_batches += payload["agent"]["dropped_batches"].as_u64().unwrap_or(0);
+    t.refused_connections += payload["agent"]["refused_connections"]
+        .as_u64()
+        .unwrap_or(0);
+    t.poisoned_batches += payload["agent"]["poisoned_batches"].as_u64().unwrap_or(0);
     (200, r#"{"status":"ok"}"#.into())
 }

@@ -10,20 +10,43 @@
 #
 #   bash examples/ruby/run.sh [puma] [unicorn]      (default: both; the shapes check always runs)
 #   bash examples/ruby/run.sh shapes                (only the shapes check)
+#   bash examples/ruby/run.sh otlp [puma|unicorn]   (the OTLP exporter: _APPSIGNAL_EXPORTER=otlp and no
+#                                                   push key, against examples/otlp_receiver.py, which
+#                                                   parses every request with the official
+#                                                   opentelemetry-proto classes; default: one Puma
+#                                                   pass; no shapes check)
 #
 # Environment: CARGO_TARGET_DIR (where the library is built; default <repo>/target),
 # APPSIGNAL_REBUILD=1 (run cargo build even if the library exists), APPSIGNAL_LIB_DIR / RECEIVER_BIN
 # (use these instead), OK_REQUESTS / ERROR_REQUESTS / WORK_REQUESTS / WORK_N / CLIENT_THREADS
 # (see app/drive.rb), KEEP_TMP=1 (keep the temporary directory), CI (missing tools fail instead
-# of skipping), KILL_LEADER=0 (do not SIGKILL the leader worker midway; it is on by default).
+# of skipping), KILL_LEADER=0 (do not SIGKILL the leader worker midway; it is on by default),
+# EXPORTER=otlp (the same as the `otlp` argument), APPSIGNAL_OTLP_PYTHON (the Python with
+# opentelemetry-proto; else <repo>/.venv/bin/python, else python3).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 SERVERS=()
-for arg in "$@"; do [ "$arg" = shapes ] || SERVERS+=("$arg"); done
-[ $# -gt 0 ] || SERVERS=(puma unicorn)
+EXPORTER=${EXPORTER:-push}
+SHAPES=1
+for arg in "$@"; do
+  case "$arg" in
+    shapes) ;;
+    otlp) EXPORTER=otlp ;;
+    *) SERVERS+=("$arg") ;;
+  esac
+done
+case "$EXPORTER" in
+  push) [ $# -gt 0 ] || SERVERS=(puma unicorn) ;;
+  # One Puma pass is the OTLP check (the exporter sits behind the same windows and journal as the
+  # push API, so the fork patterns are the push passes' concern); the shapes do not depend on it.
+  otlp) SHAPES=0; [ ${#SERVERS[@]} -gt 0 ] || SERVERS=(puma) ;;
+  *) printf 'run.sh: error: EXPORTER=%s: push or otlp\n' "$EXPORTER" >&2; exit 1 ;;
+esac
 KEY="ruby-example-key-$$"
+# OTLP mode: a header the exporter sends with every request; its value must never reach the log.
+OTLP_SECRET="ruby-example-otlp-secret-$$"
 
 INSTALL_HINT="apt-get install -y ruby ruby-dev puma ruby-rack unicorn build-essential"
 # shellcheck source=../common/library.sh
@@ -45,6 +68,7 @@ ruby -rrbconfig -e 'exit File.exist?(File.join(RbConfig::CONFIG["rubyhdrdir"], "
 
 # ---- the library and the receiver ----------------------------------------------------------------
 locate_library
+[ "$EXPORTER" != otlp ] || locate_otlp_python
 
 # ---- the extension -------------------------------------------------------------------------------
 EXT_BUILD="$HERE/build/ext"
@@ -60,13 +84,15 @@ fi
 export APPSIGNAL_EXT_DIR="$EXT_BUILD"
 
 # ---- the returned documents, read back as the gem reads them --------------------------------------
-SHAPES_TMP=$(mktemp -d "${TMPDIR:-/tmp}/appsignal-ruby-shapes.XXXXXX")
-say "shapes: transaction_to_json, span_to_json and diagnose, parsed as the gem parses them"
-if ! ruby "$HERE/app/shapes.rb" "$SHAPES_TMP"; then
-  tail -n 20 "$SHAPES_TMP/appsignal.log" >&2 || true
-  die "the returned documents differ from what the language packages read (kept in $SHAPES_TMP)"
+if [ "$SHAPES" = 1 ]; then
+  SHAPES_TMP=$(mktemp -d "${TMPDIR:-/tmp}/appsignal-ruby-shapes.XXXXXX")
+  say "shapes: transaction_to_json, span_to_json and diagnose, parsed as the gem parses them"
+  if ! ruby "$HERE/app/shapes.rb" "$SHAPES_TMP"; then
+    tail -n 20 "$SHAPES_TMP/appsignal.log" >&2 || true
+    die "the returned documents differ from what the language packages read (kept in $SHAPES_TMP)"
+  fi
+  rm -rf "$SHAPES_TMP"
 fi
-rm -rf "$SHAPES_TMP"
 
 # ---- processes we start, and their cleanup -------------------------------------------------------
 RECEIVER_PID=""
@@ -111,8 +137,14 @@ free_port() {
   ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); print s.addr[1]; s.close'
 }
 
+# The reference Push API receiver, or with EXPORTER=otlp examples/otlp_receiver.py (its first line
+# is {"listening": "http://127.0.0.1:PORT"}). Sets RECEIVER_URL.
 start_receiver() {
-  "$RECEIVER" --listen 127.0.0.1:0 --key "$KEY" --dir "$TMP/received" >"$TMP/receiver.log" 2>&1 &
+  if [ "$EXPORTER" = otlp ]; then
+    "$OTLP_PYTHON" "$ROOT/examples/otlp_receiver.py" --port 0 >"$TMP/receiver.log" 2>&1 &
+  else
+    "$RECEIVER" --listen 127.0.0.1:0 --key "$KEY" --dir "$TMP/received" >"$TMP/receiver.log" 2>&1 &
+  fi
   RECEIVER_PID=$!
   local deadline=$((SECONDS + 20))
   RECEIVER_URL=""
@@ -133,9 +165,15 @@ run_server() {
   start_receiver
   local port
   port=$(free_port)
-  say "$server: receiver $RECEIVER_URL, app on 127.0.0.1:$port, working directory $TMP/wd"
-
-  export EXAMPLE_PUSH_API_KEY="$KEY" EXAMPLE_PUSH_API_ENDPOINT="$RECEIVER_URL"
+  if [ "$EXPORTER" = otlp ]; then
+    say "$server: OTLP receiver $RECEIVER_URL ($OTLP_PYTHON), _APPSIGNAL_EXPORTER=otlp, no push key; app on 127.0.0.1:$port, working directory $TMP/wd"
+    export EXAMPLE_EXPORTER=otlp EXAMPLE_OTLP_ENDPOINT="$RECEIVER_URL"
+    export EXAMPLE_OTLP_HEADERS="x-example-api-key=$OTLP_SECRET"
+    unset EXAMPLE_PUSH_API_KEY EXAMPLE_PUSH_API_ENDPOINT
+  else
+    say "$server: receiver $RECEIVER_URL, app on 127.0.0.1:$port, working directory $TMP/wd"
+    export EXAMPLE_EXPORTER=push EXAMPLE_PUSH_API_KEY="$KEY" EXAMPLE_PUSH_API_ENDPOINT="$RECEIVER_URL"
+  fi
   export EXAMPLE_WORKING_DIRECTORY="$TMP/wd" EXAMPLE_STATE_DIR="$TMP/state" PORT="$port"
   local stop_signal
   case "$server" in
@@ -216,6 +254,15 @@ run_server() {
   say "$server: polling $RECEIVER_URL/summary until the totals equal what was sent"
   ruby "$HERE/app/drive.rb" check "$RECEIVER_URL" "$TMP/expected.json" 20 ||
     { tail -n 30 "$TMP/wd/appsignal.log" >&2 || true; die "$server: totals differ"; }
+  if [ "$EXPORTER" = otlp ]; then
+    # The leaders exported with the OTLP exporter only, and the header value stayed out of the log.
+    grep -q 'exporting every .* to OTLP at' "$TMP/wd/appsignal.log" ||
+      die "$server: no leader said it exports to OTLP (see $TMP/wd/appsignal.log)"
+    ! grep -q 'sent push payload' "$TMP/wd/appsignal.log" ||
+      die "$server: a leader pushed to the Push API with _APPSIGNAL_EXPORTER=otlp"
+    ! grep -q -F "$OTLP_SECRET" "$TMP/wd/appsignal.log" ||
+      die "$server: appsignal.log contains the value of an OTLP header"
+  fi
 
   kill -TERM "$RECEIVER_PID" 2>/dev/null || true
   wait_exit "$RECEIVER_PID" 10 >/dev/null 2>&1 || true
@@ -228,4 +275,8 @@ run_server() {
 for server in "${SERVERS[@]}"; do
   run_server "$server"
 done
-say "all passed: shapes ${SERVERS[*]}"
+if [ "$EXPORTER" = otlp ]; then
+  say "all passed: ${SERVERS[*]} with the OTLP exporter"
+else
+  say "all passed: shapes ${SERVERS[*]}"
+fi

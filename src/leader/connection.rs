@@ -1,25 +1,64 @@
 //! The leader's side of `agent.socket`: one task per connection. Handshake (protocol check,
-//! owner-only peer check), then batches: each is journaled and counted before its `Ack`. Every
-//! frame is untrusted; a bad one closes this connection only, with a rate-limited log line.
+//! owner-only peer check, the client id bound to the connection's process), then batches: each is
+//! journaled and counted (on the blocking pool, so that a slow disk does not stall the other
+//! connections) before its `Ack`. Every frame is untrusted; a bad one closes this connection only,
+//! with a rate-limited log line, and is counted in the next payload.
+//!
+//! The rules a connection must follow (anything else closes it):
+//! - it sends batches only for the client id it handshook with;
+//! - that id is not bound to another live process (the peer-credential pid of the connection that
+//!   first used it; see [`super::Shared::bind`]);
+//! - sequence numbers follow on: the first new batch of a connection may start anywhere above the
+//!   last one counted for that client (a client may have dropped batches it could not hand over,
+//!   which it counts in its drop counts), after that each new batch is exactly the next number;
+//!   an already-counted one is acknowledged again without counting (a resend);
+//! - a frame completes within [`FRAME_DEADLINE`] of its first byte, and frames larger than
+//!   [`SMALL_FRAME_BYTES`] are buffered only within [`FRAME_BUDGET_BYTES`] across all connections;
+//! - at most [`MAX_CONNECTIONS_PER_PROCESS`] connections per process, acks are read (a write that
+//!   blocks for [`WRITE_TIMEOUT`] closes the connection).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::log::{suppressed_note, RateLimit};
-use crate::protocol::{self, ClientMessage, FrameError, LeaderMessage, PROTOCOL_VERSION};
+use crate::protocol::{
+    self, ClientMessage, FrameError, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
+};
+
+/// Bytes buffered for incomplete frames larger than [`SMALL_FRAME_BYTES`], across all connections.
+pub const FRAME_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// A frame up to this size is buffered without taking from the budget (connections are capped,
+/// so these cost at most `MAX_CONNECTIONS` times this).
+pub const SMALL_FRAME_BYTES: usize = 64 * 1024;
+/// Longest time from a frame's first byte to its last.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest time one answer may take to write (a peer that does not read its acks).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one process may hold at once (a process needs one).
+pub const MAX_CONNECTIONS_PER_PROCESS: usize = 8;
 
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(10_000);
+static RULE_LOG: RateLimit = RateLimit::new(10_000);
+static BUDGET_LOG: RateLimit = RateLimit::new(10_000);
+static SLOW_LOG: RateLimit = RateLimit::new(10_000);
+static CAP_LOG: RateLimit = RateLimit::new(10_000);
 
 /// Why reading a message failed.
 enum ReadError {
     Io(std::io::Error),
     Frame(FrameError),
     TruncatedFrame,
+    /// The frame did not complete within [`FRAME_DEADLINE`].
+    TooSlow,
+    /// Buffering the frame would exceed [`FRAME_BUDGET_BYTES`].
+    OverBudget(usize),
 }
 
 impl std::fmt::Display for ReadError {
@@ -28,33 +67,109 @@ impl std::fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "read error: {e}"),
             ReadError::Frame(e) => write!(f, "{e}"),
             ReadError::TruncatedFrame => write!(f, "connection closed in the middle of a frame"),
+            ReadError::TooSlow => write!(
+                f,
+                "a frame did not complete within {FRAME_DEADLINE:?} of its first byte"
+            ),
+            ReadError::OverBudget(n) => write!(
+                f,
+                "a frame of {n} bytes does not fit the {FRAME_BUDGET_BYTES}-byte budget for incomplete frames"
+            ),
         }
     }
 }
 
-/// Reads the next message. `Ok(None)`: the peer closed cleanly between frames. Cancel-safe: a
-/// partial frame stays in `buf`.
-async fn read_message<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-) -> Result<Option<ClientMessage>, ReadError> {
-    loop {
-        match protocol::decode::<ClientMessage>(buf) {
-            Ok(Some((message, used))) => {
-                buf.drain(..used);
-                return Ok(Some(message));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Frame(e)),
+/// A connection's read buffer, charged to the leader-wide budget for incomplete frames.
+struct FrameReader<'a> {
+    buf: Vec<u8>,
+    /// When the first byte of the frame in progress arrived.
+    started: Option<Instant>,
+    /// Bytes of the budget this connection holds.
+    held: usize,
+    budget: &'a AtomicUsize,
+}
+
+impl Drop for FrameReader<'_> {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+impl<'a> FrameReader<'a> {
+    fn new(budget: &'a AtomicUsize) -> Self {
+        FrameReader {
+            buf: Vec::new(),
+            started: None,
+            held: 0,
+            budget,
         }
-        buf.reserve(16 * 1024);
-        let n = reader.read_buf(buf).await.map_err(ReadError::Io)?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(ReadError::TruncatedFrame)
-            };
+    }
+
+    /// Makes room for a frame of `need` bytes (header included), from the budget if it is large.
+    fn make_room(&mut self, need: usize) -> Result<(), ReadError> {
+        if need > SMALL_FRAME_BYTES && need > self.held {
+            let extra = need - self.held;
+            let before = self.budget.fetch_add(extra, Ordering::AcqRel);
+            if before + extra > FRAME_BUDGET_BYTES {
+                self.budget.fetch_sub(extra, Ordering::AcqRel);
+                return Err(ReadError::OverBudget(need));
+            }
+            self.held = need;
+        }
+        self.buf.reserve_exact(need.saturating_sub(self.buf.len()));
+        Ok(())
+    }
+
+    /// A frame was taken out of the buffer: give back the budget and large buffers.
+    fn frame_done(&mut self) {
+        self.budget.fetch_sub(self.held, Ordering::AcqRel);
+        self.held = 0;
+        if self.buf.capacity() > SMALL_FRAME_BYTES {
+            self.buf.shrink_to(self.buf.len().max(4096));
+        }
+        // Bytes of the next frame may be there already: its clock starts now.
+        self.started = (!self.buf.is_empty()).then(Instant::now);
+    }
+
+    /// Reads the next message. `Ok(None)`: the peer closed cleanly between frames. Cancel-safe: a
+    /// partial frame stays in the buffer.
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<Option<ClientMessage>, ReadError> {
+        loop {
+            match protocol::decode::<ClientMessage>(&self.buf) {
+                Ok(Some((message, used))) => {
+                    self.buf.drain(..used);
+                    self.frame_done();
+                    return Ok(Some(message));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Frame(e)),
+            }
+            match protocol::body_len(&self.buf) {
+                Ok(Some(len)) => self.make_room(HEADER_BYTES + len)?,
+                Ok(None) => self.buf.reserve(HEADER_BYTES),
+                Err(e) => return Err(ReadError::Frame(e)),
+            }
+            let read = reader.read_buf(&mut self.buf);
+            let n = match self.started {
+                Some(started) => tokio::time::timeout_at((started + FRAME_DEADLINE).into(), read)
+                    .await
+                    .map_err(|_| ReadError::TooSlow)?,
+                None => read.await,
+            }
+            .map_err(ReadError::Io)?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::TruncatedFrame)
+                };
+            }
+            if self.started.is_none() {
+                self.started = Some(Instant::now());
+            }
         }
     }
 }
@@ -64,7 +179,9 @@ async fn write_message<W: AsyncWrite + Unpin>(
     message: &LeaderMessage,
 ) -> Result<()> {
     let frame = protocol::encode(message)?;
-    writer.write_all(&frame).await?;
+    tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&frame))
+        .await
+        .map_err(|_| anyhow!("the peer did not read for {WRITE_TIMEOUT:?}"))??;
     Ok(())
 }
 
@@ -86,13 +203,11 @@ pub(super) enum Peer {
 }
 
 /// After the stop signal: did the peer already leave (its EOF is waiting), or is it still there?
-async fn peer_after_stop<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> Peer {
-    match tokio::time::timeout(
-        std::time::Duration::from_millis(5),
-        read_message(reader, buf),
-    )
-    .await
-    {
+async fn peer_after_stop<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frames: &mut FrameReader<'_>,
+) -> Peer {
+    match tokio::time::timeout(Duration::from_millis(5), frames.read(reader)).await {
         Ok(Ok(None)) | Ok(Err(_)) => Peer::Left,
         // A batch in flight (not acknowledged: the process keeps it), or silence: still there.
         Ok(Ok(Some(_))) => {
@@ -106,17 +221,42 @@ async fn peer_after_stop<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>
     }
 }
 
+/// One connection slot of a process; given back on drop.
+struct ProcessSlot<'a> {
+    shared: &'a Shared,
+    pid: i32,
+}
+
+impl Drop for ProcessSlot<'_> {
+    fn drop(&mut self) {
+        self.shared.leave_process(self.pid);
+    }
+}
+
+/// One use of a configuration by this connection; given back on drop.
+struct ConfigUse<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for ConfigUse<'_> {
+    fn drop(&mut self) {
+        self.shared.counting().aggregator.release(self.id);
+    }
+}
+
 pub(super) async fn serve(
     stream: Stream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Peer {
     // A forked child closes its copy, so that the client sees the hang-up when this process dies.
     let _fork_guard = stream_fd(&stream).map(crate::fork::Registered::new);
-    let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
+    let creds = stream.peer_creds().ok();
+    let peer_pid = creds.as_ref().and_then(|c| c.pid()).filter(|p| *p > 0);
     if !shared.workdir.world_accessible() {
         // Owner-only mode: only processes of our own user may feed this leader.
-        let uid = stream.peer_creds().ok().and_then(|c| c.euid());
+        let uid = creds.as_ref().and_then(|c| c.euid());
         let ours = crate::workdir::current_euid();
         if uid != Some(ours) {
             tracing::warn!(
@@ -125,28 +265,43 @@ pub(super) async fn serve(
             return Peer::Left;
         }
     }
+    let _slot = match peer_pid {
+        Some(pid) => {
+            if !shared.enter_process(pid) {
+                shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = CAP_LOG.check() {
+                    tracing::warn!(
+                        "closed a connection of pid {pid}: it already holds {MAX_CONNECTIONS_PER_PROCESS} connections{}",
+                        suppressed_note(n)
+                    );
+                }
+                return Peer::Left;
+            }
+            Some(ProcessSlot { shared, pid })
+        }
+        None => None,
+    };
     // `&Stream` reads and writes; no split needed.
     let (mut reader, mut writer) = (&stream, &stream);
-    let mut buf = Vec::new();
-    let hello =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut reader, &mut buf)).await {
-            Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
-            Ok(Ok(None)) => return Peer::Left,
-            Ok(Ok(Some(ClientMessage::Batch(_)))) => {
-                reject(shared, peer_pid, "a batch before the handshake");
-                return Peer::Left;
-            }
-            Ok(Err(e)) => {
-                reject(shared, peer_pid, &e.to_string());
-                return Peer::Left;
-            }
-            Err(_) => {
-                tracing::debug!(
+    let mut frames = FrameReader::new(&shared.frame_bytes);
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.read(&mut reader)).await {
+        Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+        Ok(Ok(None)) => return Peer::Left,
+        Ok(Ok(Some(ClientMessage::Batch(_)))) => {
+            reject(shared, peer_pid, "a batch before the handshake");
+            return Peer::Left;
+        }
+        Ok(Err(e)) => {
+            read_failed(shared, peer_pid, &e);
+            return Peer::Left;
+        }
+        Err(_) => {
+            tracing::debug!(
                 "connection from pid {peer_pid:?} sent no handshake within {HANDSHAKE_TIMEOUT:?}"
             );
-                return Peer::Left;
-            }
-        };
+            return Peer::Left;
+        }
+    };
     if hello.protocol_version != PROTOCOL_VERSION {
         let reason = format!(
             "protocol {} is not supported by this leader (library {}, protocol {PROTOCOL_VERSION})",
@@ -171,7 +326,30 @@ pub(super) async fn serve(
         shared.handover.notify_one();
         return Peer::Left;
     }
-    let config_id = shared.counting().aggregator.register(&hello.config);
+    let client = protocol::journal_id(hello.client_id);
+    if let Err(holder) = shared.bind(client, peer_pid) {
+        refuse(
+            shared,
+            peer_pid,
+            &format!("its client id is in use by live pid {holder}"),
+        );
+        return Peer::Left;
+    }
+    let Some(config_id) = shared.counting().aggregator.register(&hello.config) else {
+        refuse(
+            shared,
+            peer_pid,
+            &format!(
+                "{} configurations are in use already",
+                crate::aggregate::MAX_CONFIGS
+            ),
+        );
+        return Peer::Left;
+    };
+    let _config_use = ConfigUse {
+        shared,
+        id: config_id,
+    };
     if write_message(
         &mut writer,
         &LeaderMessage::Welcome {
@@ -190,29 +368,55 @@ pub(super) async fn serve(
         hello.pid,
         hello.library_version
     );
+    // The seq the next new batch must have; `None` until the first new batch of this connection.
+    let mut expected: Option<u64> = None;
     loop {
         if *stop.borrow() {
-            return peer_after_stop(&mut reader, &mut buf).await;
+            return peer_after_stop(&mut reader, &mut frames).await;
         }
         let message = tokio::select! {
             biased;
             _ = stop.changed() => None,
-            message = read_message(&mut reader, &mut buf) => Some(message),
+            message = frames.read(&mut reader) => Some(message),
         };
         let Some(message) = message else {
-            return peer_after_stop(&mut reader, &mut buf).await;
+            return peer_after_stop(&mut reader, &mut frames).await;
         };
         match message {
-            Ok(Some(ClientMessage::Batch(batch))) => {
+            Ok(Some(ClientMessage::Batch(mut batch))) => {
+                if batch.client_id != hello.client_id {
+                    refuse(shared, peer_pid, "a batch for another client id");
+                    break;
+                }
+                batch.client_id = client;
                 let seq = batch.seq;
-                if !shared.count(config_id, batch) {
+                let last = shared.counting().aggregator.last_counted(client);
+                let resend = last.is_some_and(|last| seq <= last);
+                if !resend {
+                    if let Some(next) = expected.filter(|next| seq != *next) {
+                        refuse(
+                            shared,
+                            peer_pid,
+                            &format!("batch seq {seq} where {next} was expected"),
+                        );
+                        break;
+                    }
+                }
+                let counter = Arc::clone(shared);
+                let counted =
+                    tokio::task::spawn_blocking(move || counter.count(config_id, batch)).await;
+                if !matches!(counted, Ok(true)) {
                     // Not acknowledged: the process keeps the batch and is still there.
                     return Peer::StillThere;
+                }
+                if !resend {
+                    expected = Some(seq.saturating_add(1));
                 }
                 if write_message(&mut writer, &LeaderMessage::Ack { seq })
                     .await
                     .is_err()
                 {
+                    refuse(shared, peer_pid, "it does not read its acknowledgements");
                     break;
                 }
             }
@@ -222,7 +426,7 @@ pub(super) async fn serve(
             }
             Ok(None) => break,
             Err(e) => {
-                reject(shared, peer_pid, &e.to_string());
+                read_failed(shared, peer_pid, &e);
                 break;
             }
         }
@@ -231,9 +435,45 @@ pub(super) async fn serve(
     Peer::Left
 }
 
+fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
+    match e {
+        ReadError::TooSlow => {
+            shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = SLOW_LOG.check() {
+                tracing::warn!(
+                    "closed the connection of pid {peer_pid:?}: {e}{}",
+                    suppressed_note(n)
+                );
+            }
+        }
+        ReadError::OverBudget(_) => {
+            shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = BUDGET_LOG.check() {
+                tracing::warn!(
+                    "closed the connection of pid {peer_pid:?}: {e}{}",
+                    suppressed_note(n)
+                );
+            }
+        }
+        _ => reject(shared, peer_pid, &e.to_string()),
+    }
+}
+
+/// A frame that is not a valid message.
 fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {
     shared.rejected_frames.fetch_add(1, Ordering::Relaxed);
     if let Some(suppressed) = BAD_FRAME_LOG.check() {
+        tracing::warn!(
+            "closed the connection of pid {peer_pid:?}: {why}{}",
+            suppressed_note(suppressed)
+        );
+    }
+}
+
+/// A valid message that breaks the protocol's rules.
+fn refuse(shared: &Shared, peer_pid: Option<i32>, why: &str) {
+    shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = RULE_LOG.check() {
         tracing::warn!(
             "closed the connection of pid {peer_pid:?}: {why}{}",
             suppressed_note(suppressed)

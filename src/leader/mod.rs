@@ -7,6 +7,13 @@
 //! - At most [`MAX_CONNECTIONS`] connections; a permit is taken before `accept`.
 //! - Every frame is untrusted: size-checked before allocation, decoded without panics. A bad frame
 //!   closes that connection with a rate-limited log line and is counted; the leader keeps serving.
+//!   The rules a connection follows are in [`connection`]'s documentation.
+//! - Panic boundaries: counting a batch catches a panic (the batch is counted as poisoned and
+//!   acknowledged, so that its process does not resend it forever; on replay it is quarantined);
+//!   connection tasks and the transmission task are tokio tasks (a panic ends that task only; the
+//!   end of the transmission task ends leadership); a panic of the leader thread itself is caught
+//!   and, before the lock is released, the leader stops counting, so that `deliver_local` never
+//!   journals beside the next leader.
 //! - A batch is acknowledged only after it is in the journal ([`crate::journal`]) and counted;
 //!   counting stops (under the same lock) before the last windows are taken. A new leader replays
 //!   the journal before it serves. So an acknowledged batch is always in the journal, the payload
@@ -16,16 +23,21 @@
 //! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
 //!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
 //!   counts them as gauges of its own configuration.
-//! - Shutdown stops accepting, lets connections finish the frame they are in, then pushes what
-//!   remains within the deadline; what cannot be pushed stays in the payload cache. Only for a
-//!   newer library does it leave its journal to the next leader instead (a hand-over).
+//! - Shutdown (`stop()`) pushes what was counted within the deadline while it keeps accepting and
+//!   counting the last batches of its clients, which may be stopping at the same moment; then it
+//!   stops accepting, lets connections finish the frame they are in, and turns what arrived
+//!   meanwhile into payloads in the cache (pushed by the next leader). A lost lock or directory
+//!   stops accepting at once. Only for a newer library (or after a failure of its own) does it
+//!   leave its journal to the next leader instead (a hand-over).
+//! - Spool files that stopping processes left in `journal/` (see [`crate::journal`]) are counted
+//!   when the leader starts and at every transmission.
 
 mod connection;
 mod host;
 mod transmission;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,15 +52,24 @@ use crate::config::Config;
 use crate::election::LeaderLock;
 use crate::journal::Journal;
 use crate::log::{suppressed_note, RateLimit};
-use crate::protocol::Batch;
+use crate::protocol::{self, Batch};
 use crate::transmit::{PayloadCache, Pusher};
 use crate::workdir::WorkDir;
 
 pub const MAX_CONNECTIONS: usize = 512;
 pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client ids bound to processes at once; dead processes' bindings are forgotten beyond that.
+pub const MAX_BINDINGS: usize = 4096;
+/// Threads that journal and count batches (off the runtime thread, so a slow disk stalls no read).
+const COUNTING_THREADS: usize = 2;
+
+pub use connection::{
+    FRAME_BUDGET_BYTES, FRAME_DEADLINE, MAX_CONNECTIONS_PER_PROCESS, SMALL_FRAME_BYTES,
+};
 
 static JOURNAL_ERROR_LOG: RateLimit = RateLimit::new(10_000);
+static POISON_LOG: RateLimit = RateLimit::new(10_000);
 
 /// Counting state under one lock: the aggregator, the journal, and whether batches are accepted.
 struct Counting {
@@ -66,6 +87,18 @@ struct Shared {
     rejected_frames: AtomicU64,
     /// Throttled endpoints and rejections of the exporters.
     exports: transmission::ExportState,
+    /// Connections closed for breaking the rules (reported in the next payload).
+    refused_connections: AtomicU64,
+    /// Batches whose counting panicked (reported in the next payload).
+    poisoned_batches: AtomicU64,
+    /// Bytes of incomplete large frames buffered across all connections.
+    frame_bytes: AtomicUsize,
+    /// Client (journal id) -> the pid of the process that handshook with it.
+    bindings: Mutex<HashMap<u64, i32>>,
+    /// pid -> connections it holds.
+    processes: Mutex<HashMap<i32, usize>>,
+    /// Test knob: the leader thread panics at its next watchdog tick.
+    panic_requested: AtomicBool,
     /// Set once the leader stopped serving (shutdown or lost lock).
     stopped: AtomicBool,
     /// Set when it stepped down for a newer library: its process should not retake the lock at once.
@@ -108,6 +141,29 @@ enum Exit {
     LostLock(Instant),
     /// A newer library connected: leave everything in the journal for it.
     HandOver(Instant),
+    /// The transmission task ended (it panicked): leave everything in the journal to the next leader.
+    Failed(Instant),
+}
+
+/// Whether process `pid` exists (a zombie counts: its pid is not reused yet).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let alive = unsafe { libc::kill(pid, 0) == 0 };
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Ends leadership when dropped, also while unwinding from a panic: counting stops before the lock
+/// (dropped after this guard) is released, so that this process never journals beside the next leader.
+struct StopCounting(Arc<Shared>);
+
+impl Drop for StopCounting {
+    fn drop(&mut self) {
+        self.0.counting().open = false;
+        self.0.stopped.store(true, Ordering::Release);
+        if std::thread::panicking() {
+            crate::agent::set_role(crate::agent::Role::Starting);
+        }
+    }
 }
 
 impl Shared {
@@ -130,12 +186,29 @@ impl Shared {
         let Some(config) = counting.aggregator.config(config_id).cloned() else {
             return false;
         };
-        let start = counting.aggregator.window_start(batch.created_ms);
+        #[cfg(any(test, feature = "test-knobs"))]
+        if batch
+            .counters
+            .iter()
+            .any(|(k, _)| k.name == crate::aggregate::TEST_PANIC_LEADER)
+        {
+            self.panic_requested.store(true, Ordering::Release);
+        }
+        let now = crate::now_ms();
+        let start = counting.aggregator.window_for(batch.created_ms, now);
         match counting.journal.append(start, config_id, &config, &batch) {
             Ok(segment) => {
-                counting
-                    .aggregator
-                    .apply(config_id, start, &segment, batch, crate::now_ms());
+                let (client, seq) = (batch.client_id, batch.seq);
+                let aggregator = &mut counting.aggregator;
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    aggregator.apply(config_id, start, &segment, batch, now)
+                }));
+                if applied.is_err() {
+                    // Acknowledged all the same (it is journaled), so that its process does not
+                    // resend it forever; the next leader quarantines it on replay.
+                    counting.aggregator.mark_counted(client, seq, now);
+                    self.poisoned(client, seq);
+                }
                 true
             }
             Err(e) => {
@@ -146,6 +219,93 @@ impl Shared {
                     );
                 }
                 false
+            }
+        }
+    }
+
+    fn poisoned(&self, client: u64, seq: u64) {
+        self.poisoned_batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = POISON_LOG.check() {
+            tracing::error!(
+                "counting batch {seq} of client {client:016x} panicked (a bug in libappsignal); the batch is skipped{}",
+                suppressed_note(n)
+            );
+        }
+    }
+
+    /// Binds a client (its journal id) to the process of the connection that handshook with it.
+    /// `Err(pid)`: the id is bound to another live process. A connection without a pid (another
+    /// pid namespace) binds nothing.
+    fn bind(&self, client: u64, pid: Option<i32>) -> Result<(), i32> {
+        let Some(pid) = pid else {
+            return Ok(());
+        };
+        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&holder) = bindings.get(&client) {
+            if holder != pid && process_alive(holder) {
+                return Err(holder);
+            }
+        }
+        if bindings.len() >= MAX_BINDINGS && !bindings.contains_key(&client) {
+            bindings.retain(|_, p| process_alive(*p));
+            if bindings.len() >= MAX_BINDINGS {
+                return Err(0);
+            }
+        }
+        bindings.insert(client, pid);
+        Ok(())
+    }
+
+    /// Takes a connection slot of process `pid`; `false` when it holds too many.
+    fn enter_process(&self, pid: i32) -> bool {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        let held = processes.entry(pid).or_insert(0);
+        if *held >= MAX_CONNECTIONS_PER_PROCESS {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    fn leave_process(&self, pid: i32) {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = processes.get_mut(&pid) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                processes.remove(&pid);
+            }
+        }
+    }
+
+    /// Counts the batches of spool files that stopping processes left, then deletes them. A spool
+    /// whose batches cannot all be journaled stays for the next round.
+    fn ingest_spools(&self) {
+        for spooled in Journal::read_spools(&self.workdir) {
+            let header = &spooled.header;
+            let config = if header.config_id == self.own_config_id {
+                self.config.push.clone()
+            } else {
+                header.config.clone()
+            };
+            self.counting()
+                .aggregator
+                .register_as(header.config_id, &config);
+            let total = spooled.batches.len();
+            let mut ok = true;
+            for batch in spooled.batches {
+                if !self.count(header.config_id, batch) {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                if let Err(e) = std::fs::remove_file(&spooled.path) {
+                    tracing::warn!("cannot remove {}: {e}", spooled.path.display());
+                }
+                tracing::info!(
+                    "counted {total} batches that a stopping process left in {}",
+                    spooled.path.display()
+                );
             }
         }
     }
@@ -167,20 +327,21 @@ impl Shared {
 }
 
 /// Counts what the previous leader left: each journal segment (or, when its payload is already
-/// cached, only its (client, seq) pairs), then the `counted` record. Returns (segments, batches).
+/// cached, only its (client, seq) pairs), then the `counted` record. A batch whose counting panics
+/// is quarantined. Returns (segments, batches, poisoned batches).
 fn replay(
     config: &Config,
     aggregator: &mut Aggregator,
     journal: &mut Journal,
     cache: &PayloadCache,
-) -> (usize, usize) {
+) -> (usize, usize, u64) {
     let now = crate::now_ms();
     let own_config_id = config.push.id();
     // A segment is done when its last payload is cached (all the others were cached before it).
     let cached: HashSet<(String, crate::transmit::ExportKind)> =
         cache.list().into_iter().map(|e| (e.id, e.kind)).collect();
-    let (mut segments, mut batches) = (0, 0);
-    for replayed in journal.replay() {
+    let (mut segments, mut batches, mut poisoned) = (0, 0, 0);
+    for mut replayed in journal.replay() {
         let header = &replayed.header;
         let config = if header.config_id == own_config_id {
             config.push.clone()
@@ -197,15 +358,33 @@ fn replay(
             continue;
         }
         segments += 1;
-        for batch in replayed.batches.iter().cloned() {
+        let (config_id, window_start) = (header.config_id, header.window_start);
+        let mut index = 0;
+        while let Some(batch) = replayed.batches.get(index).cloned() {
             batches += 1;
-            aggregator.apply(
-                header.config_id,
-                header.window_start,
-                &replayed.id,
-                batch,
-                now,
-            );
+            let (client, seq) = (batch.client_id, batch.seq);
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                aggregator.apply(config_id, window_start, &replayed.id, batch, now)
+            }));
+            if applied.is_ok() {
+                index += 1;
+                continue;
+            }
+            poisoned += 1;
+            aggregator.mark_counted(client, seq, now);
+            match journal.quarantine(&mut replayed, index) {
+                Ok(()) => tracing::error!(
+                    "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal): moved aside into a quarantine file",
+                    replayed.id
+                ),
+                Err(e) => {
+                    tracing::error!(
+                        "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal), and it cannot be moved aside: {e:#}",
+                        replayed.id
+                    );
+                    index += 1;
+                }
+            }
         }
         if let Err(e) = journal.adopt(&replayed) {
             tracing::warn!("cannot continue journal segment {}: {e:#}", replayed.id);
@@ -216,7 +395,7 @@ fn replay(
     for (client, seq) in journal.read_counted() {
         aggregator.mark_counted(client, seq, now);
     }
-    (segments, batches)
+    (segments, batches, poisoned)
 }
 
 /// Handle of a running leader, owned by the process's sender thread.
@@ -232,14 +411,21 @@ impl Leader {
     pub fn start(config: &Config, workdir: &WorkDir, lock: LeaderLock) -> Result<Leader> {
         let pusher = Pusher::new(config)?;
         let mut aggregator = Aggregator::new(config.transmission_interval);
-        let own_config_id = aggregator.register(&config.push);
+        // The first configuration always fits.
+        let own_config_id = aggregator
+            .register(&config.push)
+            .unwrap_or_else(|| config.push.id());
         let mut journal = Journal::new(workdir.clone());
         let cache = PayloadCache::new(
             workdir.clone(),
             config.payload_cache_max_files,
             config.payload_cache_max_bytes,
         );
-        let (segments, batches) = replay(config, &mut aggregator, &mut journal, &cache);
+        let (segments, batches, poisoned) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                replay(config, &mut aggregator, &mut journal, &cache)
+            }))
+            .map_err(|_| anyhow!("replaying the journal panicked (a bug in libappsignal)"))?;
         if segments > 0 {
             tracing::info!("replayed {segments} journal segments ({batches} batches) left by the previous leader");
         }
@@ -255,10 +441,18 @@ impl Leader {
             cache,
             rejected_frames: AtomicU64::new(0),
             exports: transmission::ExportState::default(),
+            refused_connections: AtomicU64::new(0),
+            poisoned_batches: AtomicU64::new(poisoned),
+            frame_bytes: AtomicUsize::new(0),
+            bindings: Mutex::new(HashMap::new()),
+            processes: Mutex::new(HashMap::new()),
+            panic_requested: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
         });
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
+            .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
         let socket_path = workdir.socket_path();
         match std::fs::remove_file(&socket_path) {
             Ok(()) => tracing::debug!("removed stale {}", socket_path.display()),
@@ -277,6 +471,8 @@ impl Leader {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .max_blocking_threads(COUNTING_THREADS)
+                    .thread_name("appsignal-leader-io")
                     .build()
                 {
                     Ok(rt) => rt,
@@ -285,19 +481,30 @@ impl Leader {
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    let listener = match bind(&thread_shared.workdir) {
-                        Ok(listener) => {
-                            let _ = bound_tx.send(Ok(()));
-                            listener
-                        }
-                        Err(e) => {
-                            let _ = bound_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    run(thread_shared, listener, lock, pusher, shutdown_rx).await;
-                });
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(async move {
+                        let listener = match bind(&thread_shared.workdir) {
+                            Ok(listener) => {
+                                let _ = bound_tx.send(Ok(()));
+                                listener
+                            }
+                            Err(e) => {
+                                let _ = bound_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        run(thread_shared, listener, lock, pusher, shutdown_rx).await;
+                    })
+                }));
+                if served.is_err() {
+                    tracing::error!(
+                        "the leader thread panicked (a bug in libappsignal): stopped leading; what it counted stays in the journal for the next leader"
+                    );
+                }
+                // Dropping the runtime ends the connection tasks (off the unwinding path).
+                drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    move || drop(runtime),
+                )));
                 let _ = done_tx.send(());
             })
             .context("cannot spawn the leader thread")?;
@@ -324,7 +531,12 @@ impl Leader {
     }
 
     /// Counts a batch of this process's own data. `Err` when this leader no longer counts.
-    pub fn deliver_local(&self, batch: Batch) -> Result<()> {
+    pub fn deliver_local(&self, mut batch: Batch) -> Result<()> {
+        batch.client_id = protocol::journal_id(batch.client_id);
+        // This process's id is taken: nobody else may handshake with it.
+        let _ = self
+            .shared
+            .bind(batch.client_id, Some(std::process::id() as i32));
         if self.shared.count(self.shared.own_config_id, batch) {
             Ok(())
         } else {
@@ -383,6 +595,18 @@ fn listener_fd(
     }
 }
 
+/// Waits for a connection slot, then for a connection. Cancel-safe.
+async fn accept_one(
+    listener: &interprocess::local_socket::tokio::Listener,
+    permits: &Arc<Semaphore>,
+) -> (
+    Option<tokio::sync::OwnedSemaphorePermit>,
+    std::io::Result<interprocess::local_socket::tokio::Stream>,
+) {
+    let permit = Arc::clone(permits).acquire_owned().await.ok();
+    (permit, listener.accept().await)
+}
+
 async fn run(
     shared: Arc<Shared>,
     listener: interprocess::local_socket::tokio::Listener,
@@ -390,36 +614,75 @@ async fn run(
     pusher: Pusher,
     mut shutdown: watch::Receiver<Option<Instant>>,
 ) {
+    // Declared after `lock` (a parameter, dropped last): counting stops before the lock is released,
+    // on every way out of here, a panic included.
+    let _stop_counting = StopCounting(Arc::clone(&shared));
     let pusher = Arc::new(pusher);
     // A forked child closes its copy of the listener, so that nobody but us can accept on it.
     let listener_guard = listener_fd(&listener).map(crate::fork::Registered::new);
+    // `stop` ends the connections; `background` the transmission and host-metrics tasks.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (background_tx, background_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
-    let transmitter = tokio::spawn(transmission::transmit_loop(
+    let mut transmitter = Some(tokio::spawn(transmission::transmit_loop(
         Arc::clone(&shared),
         Arc::clone(&pusher),
-        stop_rx.clone(),
-    ));
+        background_rx.clone(),
+    )));
     let host_metrics = shared.config.enable_host_metrics.then(|| {
         tokio::spawn(host::host_metrics_loop(
             Arc::clone(&shared),
-            stop_rx.clone(),
+            background_rx.clone(),
         ))
     });
+    let spawn_connection = |connections: &mut JoinSet<connection::Peer>,
+                            permit: Option<tokio::sync::OwnedSemaphorePermit>,
+                            accepted: std::io::Result<
+        interprocess::local_socket::tokio::Stream,
+    >| match accepted {
+        Ok(stream) => {
+            let (shared, stop) = (Arc::clone(&shared), stop_rx.clone());
+            connections.spawn(async move {
+                let peer = connection::serve(stream, &shared, stop).await;
+                drop(permit);
+                peer
+            });
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                "accept on {} failed: {e}",
+                shared.workdir.socket_path().display()
+            );
+            true
+        }
+    };
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
     let exit = loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
-            permit = Arc::clone(&permits).acquire_owned() => permit,
+        let Some(running) = transmitter.as_mut() else {
+            break Exit::Failed(Instant::now() + shared.config.stop_timeout);
         };
         tokio::select! {
             biased;
             _ = shutdown.changed() => break Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
             _ = shared.handover.notified() => break Exit::HandOver(Instant::now() + shared.config.stop_timeout),
+            ended = running => {
+                transmitter = None;
+                tracing::error!(
+                    "the transmission task ended ({}); stopping as leader, the journal stays for the next leader",
+                    ended.err().map_or_else(|| "without an error".to_owned(), |e| e.to_string())
+                );
+                break Exit::Failed(Instant::now() + shared.config.stop_timeout);
+            }
             _ = watchdog.tick() => {
+                if shared.panic_requested.load(Ordering::Acquire) {
+                    #[allow(clippy::panic)]
+                    {
+                        panic!("test knob: the leader thread panics");
+                    }
+                }
                 if !lock.still_at_path() || !shared.workdir.still_exists() {
                     tracing::warn!(
                         "{} or its directory was deleted or replaced: stopping as leader so that a new election runs",
@@ -428,25 +691,48 @@ async fn run(
                     break Exit::LostLock(Instant::now() + shared.config.stop_timeout);
                 }
             }
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    let (shared, stop) = (Arc::clone(&shared), stop_rx.clone());
-                    connections.spawn(async move {
-                        let peer = connection::serve(stream, &shared, stop).await;
-                        drop(permit);
-                        peer
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("accept on {} failed: {e}", shared.workdir.socket_path().display());
+            (permit, accepted) = accept_one(&listener, &permits) => {
+                if spawn_connection(&mut connections, permit, accepted) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-            },
+            }
         }
     };
     let deadline = match exit {
-        Exit::Shutdown(d) | Exit::LostLock(d) | Exit::HandOver(d) => d,
+        Exit::Shutdown(d) | Exit::LostLock(d) | Exit::HandOver(d) | Exit::Failed(d) => d,
     };
+    let _ = background_tx.send(true);
+    if matches!(exit, Exit::Shutdown(_)) {
+        // Push what was counted while still accepting and counting: the clients may be stopping
+        // too (a deploy stops every process at once), and their last batches must find a leader
+        // even when the push waits for a slow or hung endpoint until the deadline.
+        let background = transmitter.take();
+        let push = async {
+            if let Some(task) = background {
+                let _ = tokio::time::timeout_at(deadline.into(), task).await;
+            }
+            let windows = shared.take_windows(None);
+            transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
+        };
+        tokio::pin!(push);
+        loop {
+            while connections.try_join_next().is_some() {}
+            tokio::select! {
+                biased;
+                () = &mut push => break,
+                _ = watchdog.tick() => {
+                    if !lock.still_at_path() || !shared.workdir.still_exists() {
+                        break;
+                    }
+                }
+                (permit, accepted) = accept_one(&listener, &permits) => {
+                    if spawn_connection(&mut connections, permit, accepted) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    }
     // From here on this process is no longer the leader, even while it finishes its last push.
     shared.stopped.store(true, Ordering::Release);
     crate::agent::set_role(crate::agent::Role::Starting);
@@ -485,7 +771,9 @@ async fn run(
         connected += connections.len();
     }
     connections.abort_all();
-    let _ = tokio::time::timeout_at(deadline.into(), transmitter).await;
+    if let Some(task) = transmitter {
+        let _ = tokio::time::timeout_at(deadline.into(), task).await;
+    }
     if let Some(task) = host_metrics {
         let _ = tokio::time::timeout_at(deadline.into(), task).await;
     }
@@ -496,7 +784,7 @@ async fn run(
     // them raced with processes that were stopping at the same moment (a SIGTERM to a whole
     // server), which then left it unpushed until the next start. Pushing costs stop time, bounded
     // by the stop timeout; the `counted` record makes resends to the next leader count once.
-    let hand_over = journal_intact && matches!(exit, Exit::HandOver(_));
+    let hand_over = journal_intact && matches!(exit, Exit::HandOver(_) | Exit::Failed(_));
     if hand_over {
         // Everything counted is in the journal: the next leader replays and pushes it.
         shared
@@ -504,11 +792,10 @@ async fn run(
             .store(matches!(exit, Exit::HandOver(_)), Ordering::Release);
         shared.stopped.store(true, Ordering::Release);
         drop(lock);
-        tracing::info!(
-            "stopped leading: handed over to a newer library, which takes over the journal"
-        );
+        tracing::info!("stopped leading: the next leader takes over the journal");
         return;
     }
+    // After a stop: what arrived while the push waited (cached now, pushed if time is left).
     let windows = shared.take_windows(None);
     transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
     drop(lock);
@@ -546,7 +833,7 @@ mod tests {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
-        let own_config_id = aggregator.register(&config.push);
+        let own_config_id = aggregator.register(&config.push).unwrap();
         Shared {
             own_config_id,
             counting: Mutex::new(Counting {
@@ -559,6 +846,12 @@ mod tests {
             config,
             rejected_frames: AtomicU64::new(0),
             exports: transmission::ExportState::default(),
+            refused_connections: AtomicU64::new(0),
+            poisoned_batches: AtomicU64::new(0),
+            frame_bytes: AtomicUsize::new(0),
+            bindings: Mutex::new(HashMap::new()),
+            processes: Mutex::new(HashMap::new()),
+            panic_requested: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
@@ -566,7 +859,7 @@ mod tests {
     }
 
     /// A new leader on the same directory: replays what is there. Returns it and what replay said.
-    fn next_leader(dir: &std::path::Path) -> (Aggregator, Journal, (usize, usize)) {
+    fn next_leader(dir: &std::path::Path) -> (Aggregator, Journal, (usize, usize, u64)) {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
@@ -613,8 +906,9 @@ mod tests {
     }
 
     fn base() -> u64 {
-        // A window boundary in the past, so that both windows are closed.
-        (crate::now_ms() / INTERVAL_MS - 10) * INTERVAL_MS
+        // A window boundary in the past, so that both windows are closed (and recent enough to be
+        // counted in their own windows).
+        (crate::now_ms() / INTERVAL_MS - 3) * INTERVAL_MS
     }
 
     #[test]
@@ -655,7 +949,7 @@ mod tests {
             count_two_windows(&killed, base);
             // Killed here: windows in memory are gone, the journal stays.
         }
-        let (mut aggregator, _journal, (segments, batches)) = next_leader(tmp.path());
+        let (mut aggregator, _journal, (segments, batches, _)) = next_leader(tmp.path());
         assert_eq!((segments, batches), (2, 3));
         // Clients resend what they had not seen acknowledged: each counts once.
         assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
@@ -683,12 +977,12 @@ mod tests {
                 journal,
                 ..
             } = &mut *counting;
-            assert_eq!(replay(&s.config, aggregator, journal, &s.cache), (1, 1));
+            assert_eq!(replay(&s.config, aggregator, journal, &s.cache), (1, 1, 0));
             drop(counting);
             assert!(s.count(s.own_config_id, batch(1, 2, base + 30, 4.0)));
         }
         let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
-        assert_eq!(replayed, (1, 2), "one segment, continued");
+        assert_eq!(replayed, (1, 2, 0), "one segment, continued");
         assert_eq!(totals(&aggregator.take_all()), [(base, 6.0)].into());
     }
 
@@ -713,7 +1007,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (mut aggregator, journal, (segments, batches)) = next_leader(tmp.path());
+        let (mut aggregator, journal, (segments, batches, _)) = next_leader(tmp.path());
         assert_eq!((segments, batches), (1, 1), "only the uncached window");
         assert!(
             aggregator.is_counted(1, 1) && aggregator.is_counted(1, 2),
@@ -738,12 +1032,8 @@ mod tests {
             // A window pushed and its segment deleted: only the counted record remembers it.
             let killed = shared(tmp.path());
             count_two_windows(&killed, base);
-            let counting = killed.counting();
-            counting
-                .journal
-                .write_counted(&counting.aggregator.counted_snapshot())
-                .unwrap();
-            drop(counting);
+            let counted = killed.counting().aggregator.counted_snapshot();
+            Journal::write_counted(&killed.workdir, &counted).unwrap();
             for w in killed.take_windows(None) {
                 killed
                     .counting()
@@ -752,7 +1042,7 @@ mod tests {
             }
         }
         let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
-        assert_eq!(replayed, (0, 0));
+        assert_eq!(replayed, (0, 0, 0));
         assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
         assert!(!aggregator.is_counted(1, 3));
         assert!(aggregator.take_all().is_empty());

@@ -38,6 +38,14 @@ pub(super) async fn transmit_loop(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))) => {}
         }
+        // Batches that stopping processes could not hand over count before the windows close.
+        let spools = Arc::clone(&shared);
+        if tokio::task::spawn_blocking(move || spools.ingest_spools())
+            .await
+            .is_err()
+        {
+            tracing::error!("counting spool files panicked (a bug in libappsignal)");
+        }
         let windows = shared.take_windows(Some(crate::now_ms().saturating_sub(grace)));
         transmit(&shared, &pusher, windows, None).await;
     }
@@ -59,7 +67,7 @@ async fn push_until(
 
 /// Turns `windows` into cached payloads, then pushes the cache oldest first until `deadline`.
 pub(super) async fn transmit(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pusher: &Pusher,
     windows: Vec<Window>,
     deadline: Option<Instant>,
@@ -114,7 +122,7 @@ pub(super) fn last_kind(exporters: Exporters) -> ExportKind {
 }
 
 async fn cache_windows(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pusher: &Pusher,
     windows: Vec<Window>,
     deadline: Option<Instant>,
@@ -122,9 +130,15 @@ async fn cache_windows(
     // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
     // leader knows that a resent batch inside it was counted.
     if shared.workdir.journal_dir().is_dir() {
-        let counting = shared.counting();
-        let counted = counting.aggregator.counted_snapshot();
-        if let Err(e) = counting.journal.write_counted(&counted) {
+        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
+        let counted = shared.counting().aggregator.counted_snapshot();
+        let workdir = shared.workdir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::journal::Journal::write_counted(&workdir, &counted)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        if let Err(e) = written {
             tracing::error!("cannot record counted batches: {e:#}; keeping the journal segments");
             return;
         }
@@ -136,6 +150,8 @@ async fn cache_windows(
         payload_cache_evictions: shared.cache.take_evictions(),
         rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
         rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
+        refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
+        poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
         ..AgentReport::default()
     };
     for window in windows {
@@ -143,6 +159,9 @@ async fn cache_windows(
             && window.dropped_updates == 0
             && window.samples.is_empty()
             && window.logs.is_empty()
+            && window.dropped_samples == 0
+            && window.dropped_logs == 0
+            && window.dropped_batches == 0
         {
             shared
                 .counting()
@@ -155,12 +174,15 @@ async fn cache_windows(
             dropped_updates: window.dropped_updates,
             dropped_samples: window.dropped_samples,
             dropped_logs: window.dropped_logs,
+            dropped_batches: window.dropped_batches,
             ..report.clone()
         };
         // Counts of dropped things go out once, in the first payload of the round.
         report.payload_cache_evictions = 0;
         report.rejected_frames = 0;
         report.rejected_exports = 0;
+        report.refused_connections = 0;
+        report.poisoned_batches = 0;
         let outgoing = match exports(&window, &window_report) {
             Ok(o) => o,
             Err(e) => {
@@ -183,18 +205,35 @@ async fn cache_windows(
             window.batches,
             outgoing.len()
         );
-        let mut not_cached = Vec::new();
-        for o in outgoing {
-            if let Err(e) = shared.cache.store(&o) {
-                // No cache (disk full, directory gone): send it directly (below).
-                tracing::error!(
-                    "cannot cache {} payload {}: {e:#}; sending it directly",
-                    o.kind.name(),
-                    o.id
-                );
-                not_cached.push(o);
+        // The cache writes with fsync: on the blocking pool, not on the thread that serves sockets.
+        let storing = Arc::clone(shared);
+        let not_cached = tokio::task::spawn_blocking(move || {
+            let mut not_cached = Vec::new();
+            for o in outgoing {
+                if let Err(e) = storing.cache.store(&o) {
+                    // No cache (disk full, directory gone): sent directly (below).
+                    tracing::error!(
+                        "cannot cache {} payload {}: {e:#}; sending it directly",
+                        o.kind.name(),
+                        o.id
+                    );
+                    not_cached.push(o);
+                }
             }
-        }
+            not_cached
+        })
+        .await;
+        let not_cached = match not_cached {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(
+                    "caching payload {} failed ({e}); its journal segment stays",
+                    window.segment
+                );
+                continue;
+            }
+        };
+        // If a payload can be neither cached nor sent, the journal segment stays for the next leader.
         let mut all_out = true;
         for o in &not_cached {
             match push_until(pusher, &window.config, o, deadline).await {
@@ -216,6 +255,20 @@ async fn cache_windows(
                 .remove(window.start_ms, window.config_id, &window.segment);
         }
     }
+    // Counts that no payload of this round carried (every window was empty) wait for the next one.
+    shared
+        .rejected_frames
+        .fetch_add(report.rejected_frames, Ordering::Relaxed);
+    shared
+        .exports
+        .rejected
+        .fetch_add(report.rejected_exports, Ordering::Relaxed);
+    shared
+        .refused_connections
+        .fetch_add(report.refused_connections, Ordering::Relaxed);
+    shared
+        .poisoned_batches
+        .fetch_add(report.poisoned_batches, Ordering::Relaxed);
 }
 
 /// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;

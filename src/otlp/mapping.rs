@@ -476,6 +476,12 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
         ),
         ("appsignal.agent.rejected_frames", report.rejected_frames),
         ("appsignal.agent.rejected_exports", report.rejected_exports),
+        ("appsignal.agent.dropped_batches", report.dropped_batches),
+        (
+            "appsignal.agent.refused_connections",
+            report.refused_connections,
+        ),
+        ("appsignal.agent.poisoned_batches", report.poisoned_batches),
     ] {
         if value > 0 {
             builder.sum(
@@ -937,6 +943,7 @@ mod tests {
             .to_string()],
             dropped_samples: 0,
             dropped_logs: 0,
+            dropped_batches: 0,
         }
     }
 

@@ -2,7 +2,7 @@ defmodule AppsignalExampleTest do
   # Real OS processes, a real flock, a real Unix socket and real HTTP on 127.0.0.1: serial.
   use ExUnit.Case, async: false
 
-  alias AppsignalExample.{JSON, Nif, TestReceiver, TestWorker, Workload}
+  alias AppsignalExample.{JSON, Nif, TestOtlpReceiver, TestReceiver, TestWorker, Workload}
 
   @workers String.to_integer(System.get_env("WORKERS", "3"))
   @records String.to_integer(System.get_env("RECORDS", "500"))
@@ -89,22 +89,9 @@ defmodule AppsignalExampleTest do
   describe "#{@workers} BEAM processes sharing one working directory" do
     setup do
       key = "elixir-example-key-#{System.unique_integer([:positive])}"
-      # Unique across runs too (unique_integer alone repeats in the next VM, and a directory kept by
-      # KEEP_TMP=1 would hand its journal to the next run).
-      tmp =
-        Path.join(
-          System.tmp_dir!(),
-          "appsignal-elixir-#{System.pid()}-#{System.unique_integer([:positive])}"
-        )
-
-      File.rm_rf!(tmp)
-      File.mkdir_p!(tmp)
+      tmp = tmp_dir!()
       receiver = TestReceiver.start!(key, Path.join(tmp, "received"))
-
-      on_exit(fn ->
-        TestReceiver.stop(receiver)
-        if System.get_env("KEEP_TMP") != "1", do: File.rm_rf(tmp)
-      end)
+      on_exit(fn -> cleanup(receiver, tmp) end)
 
       env = [
         {"EXAMPLE_PUSH_API_KEY", key},
@@ -113,7 +100,13 @@ defmodule AppsignalExampleTest do
         {"EXAMPLE_TRANSMISSION_INTERVAL_MS", "500"}
       ]
 
-      %{receiver: receiver, env: env, workdir: Path.join(tmp, "wd")}
+      %{
+        receiver: receiver,
+        env: env,
+        workdir: Path.join(tmp, "wd"),
+        secret: key,
+        push_key: "present"
+      }
     end
 
     test "elect exactly one leader; clients stop first, then the leader; totals equal", ctx do
@@ -146,50 +139,118 @@ defmodule AppsignalExampleTest do
 
     test "SIGKILL of the leader VM between two rounds loses nothing (journal replay, resends)",
          ctx do
-      workers = start_workers(ctx)
-      expected = record_round(workers, Workload.empty())
-      {leader, survivors} = split_leader(workers)
-      victim = TestWorker.pid(leader)
+      leader_sigkill_between_rounds(ctx)
+    end
+  end
 
-      # No job is running (the round is over); what the leader recorded itself must also have left
-      # its unflushed pre-aggregate (flushed every 100 ms): wait until its sender is idle.
-      polls = await_idle!(leader, System.monotonic_time(:millisecond) + 10_000, 1)
-      killed = System.monotonic_time(:millisecond)
-      {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(victim)])
-      assert TestWorker.await_exit!(leader, 10_000) == 128 + 9
-      new_leader = await_new_leader!(ctx.workdir, victim, killed + 10_000)
+  # `run.sh otlp` (mix test --only otlp): the OTLP exporter alone, no push API key, against the
+  # Python OTLP receiver; the same exact totals from what it parsed with the official classes.
+  describe "#{@workers} BEAM processes exporting OTLP (_APPSIGNAL_EXPORTER=otlp, no push key)" do
+    @describetag :otlp
 
-      IO.puts(
-        "SIGKILL leader os pid #{victim} (idle after #{polls} diagnose poll(s)); new leader os pid " <>
-          "#{new_leader} after #{System.monotonic_time(:millisecond) - killed} ms"
-      )
+    setup do
+      # The value of an OTLP header: sent with every export, never to be seen in the log.
+      secret = "elixir-example-otlp-secret-#{System.unique_integer([:positive])}"
+      tmp = tmp_dir!()
+      receiver = TestOtlpReceiver.start!()
+      on_exit(fn -> cleanup(receiver, tmp) end)
+      IO.puts("\nOTLP receiver #{receiver.url} (#{TestOtlpReceiver.python()})")
 
-      assert new_leader in Enum.map(survivors, &TestWorker.pid/1)
-      # The second round in a later window than the first (a window keeps at most 200 samples, and
-      # each round has 150 errors).
-      await_payload(ctx.receiver, System.monotonic_time(:millisecond) + 20_000)
-      expected = record_round(survivors, expected)
+      env = [
+        {"EXAMPLE_EXPORTER", "otlp"},
+        {"EXAMPLE_OTLP_ENDPOINT", receiver.url},
+        {"EXAMPLE_OTLP_HEADERS", "x-example-api-key=#{secret}"},
+        {"EXAMPLE_WORKING_DIRECTORY", Path.join(tmp, "wd")},
+        {"EXAMPLE_TRANSMISSION_INTERVAL_MS", "500"}
+      ]
 
-      # The new leader stops last (see the README on stopping everyone at once).
-      {[last], others} = Enum.split_with(survivors, &(TestWorker.pid(&1) == new_leader))
+      %{
+        receiver: receiver,
+        env: env,
+        workdir: Path.join(tmp, "wd"),
+        secret: secret,
+        push_key: "absent"
+      }
+    end
 
-      for w <- others ++ [last] do
-        assert TestWorker.stop!(w) == 0, "worker #{w.index} exit status"
-      end
+    test "SIGKILL of the leader VM between two rounds loses nothing; every export is OTLP", ctx do
+      leader_sigkill_between_rounds(ctx)
 
-      assert_totals(ctx, expected)
+      log = File.read!(Path.join(ctx.workdir, "appsignal.log"))
+      assert log =~ ~r/exporting every .* to OTLP at/
+      refute log =~ "sent push payload"
 
-      replays =
-        File.read!(Path.join(ctx.workdir, "appsignal.log"))
-        |> String.split("\n")
-        |> Enum.filter(&String.contains?(&1, "replayed"))
-
-      IO.puts("journal replays after the kill: #{length(replays)}")
-      for line <- replays, do: IO.puts("  " <> line)
+      # One resource: the app, without a push key attribute (none was given).
+      assert [resource] = TestOtlpReceiver.raw_summary(ctx.receiver)["resources"]
+      assert resource["service.name"] == "elixir-example"
+      assert resource["appsignal.config.environment"] == "test"
+      refute Map.has_key?(resource, "appsignal.config.push_api_key")
     end
   end
 
   # ---- helpers ------------------------------------------------------------------------------------
+
+  # Unique across runs too (unique_integer alone repeats in the next VM, and a directory kept by
+  # KEEP_TMP=1 would hand its journal to the next run).
+  defp tmp_dir! do
+    tmp =
+      Path.join(
+        System.tmp_dir!(),
+        "appsignal-elixir-#{System.pid()}-#{System.unique_integer([:positive])}"
+      )
+
+    File.rm_rf!(tmp)
+    File.mkdir_p!(tmp)
+    tmp
+  end
+
+  defp cleanup(receiver, tmp) do
+    TestReceiver.stop(receiver)
+    if System.get_env("KEEP_TMP") != "1", do: File.rm_rf(tmp)
+  end
+
+  defp leader_sigkill_between_rounds(ctx) do
+    workers = start_workers(ctx)
+    expected = record_round(workers, Workload.empty())
+    {leader, survivors} = split_leader(workers)
+    victim = TestWorker.pid(leader)
+
+    # No job is running (the round is over); what the leader recorded itself must also have left
+    # its unflushed pre-aggregate (flushed every 100 ms): wait until its sender is idle.
+    polls = await_idle!(leader, System.monotonic_time(:millisecond) + 10_000, 1)
+    killed = System.monotonic_time(:millisecond)
+    {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(victim)])
+    assert TestWorker.await_exit!(leader, 10_000) == 128 + 9
+    new_leader = await_new_leader!(ctx.workdir, victim, killed + 10_000)
+
+    IO.puts(
+      "SIGKILL leader os pid #{victim} (idle after #{polls} diagnose poll(s)); new leader os pid " <>
+        "#{new_leader} after #{System.monotonic_time(:millisecond) - killed} ms"
+    )
+
+    assert new_leader in Enum.map(survivors, &TestWorker.pid/1)
+    # The second round in a later window than the first (a window keeps at most 200 samples, and
+    # each round has 150 errors).
+    await_payload(ctx.receiver, System.monotonic_time(:millisecond) + 20_000)
+    expected = record_round(survivors, expected)
+
+    # The new leader stops last (see the README on stopping everyone at once).
+    {[last], others} = Enum.split_with(survivors, &(TestWorker.pid(&1) == new_leader))
+
+    for w <- others ++ [last] do
+      assert TestWorker.stop!(w) == 0, "worker #{w.index} exit status"
+    end
+
+    assert_totals(ctx, expected)
+
+    replays =
+      File.read!(Path.join(ctx.workdir, "appsignal.log"))
+      |> String.split("\n")
+      |> Enum.filter(&String.contains?(&1, "replayed"))
+
+    IO.puts("journal replays after the kill: #{length(replays)}")
+    for line <- replays, do: IO.puts("  " <> line)
+  end
 
   defp await_idle!(worker, deadline, polls) do
     TestWorker.send!(worker, "diagnose")
@@ -256,7 +317,8 @@ defmodule AppsignalExampleTest do
     for w <- workers do
       election = w.diagnose["leader_election"]
       assert election["lock"]["holder_pid"] == TestWorker.pid(leader)
-      assert election["config"]["push_api_key"] == "present"
+      assert election["config"]["push_api_key"] == ctx.push_key
+      assert election["config"]["valid"] == true
       assert election["config"]["app_name"] == "elixir-example"
       assert election["working_directory"]["path"] == ctx.workdir
       # The gem-shaped checks of a started agent.
@@ -310,6 +372,13 @@ defmodule AppsignalExampleTest do
         "#{System.monotonic_time(:millisecond) - started} ms after the last stop"
     )
 
+    with %{"requests" => r} <- summary["otlp"] do
+      IO.puts(
+        "OTLP requests (parsed with the official protobuf classes): #{r["metrics"]} metrics, " <>
+          "#{r["traces"]} traces, #{r["logs"]} logs"
+      )
+    end
+
     log = File.read(Path.join(ctx.workdir, "appsignal.log")) |> elem(1) |> to_string()
 
     assert ok,
@@ -318,6 +387,6 @@ defmodule AppsignalExampleTest do
     assert summary["unauthorized"] == 0
     assert summary["dropped_updates"] == 0
     assert summary["bad_requests"] == 0
-    refute String.contains?(log, ctx.env |> List.keyfind("EXAMPLE_PUSH_API_KEY", 0) |> elem(1))
+    refute String.contains?(log, ctx.secret)
   end
 end

@@ -1,8 +1,9 @@
 # What the server configurations (puma.rb, unicorn.rb) call in each worker process.
 #
 # Configuration comes from the environment that run.sh sets:
-#   EXAMPLE_PUSH_API_KEY, EXAMPLE_PUSH_API_ENDPOINT, EXAMPLE_WORKING_DIRECTORY, EXAMPLE_STATE_DIR,
-#   EXAMPLE_TRANSMISSION_INTERVAL_MS (default 500)
+#   EXAMPLE_EXPORTER (push, otlp or push,otlp; default push), EXAMPLE_PUSH_API_KEY and
+#   EXAMPLE_PUSH_API_ENDPOINT (push), EXAMPLE_OTLP_ENDPOINT and optional EXAMPLE_OTLP_HEADERS (otlp),
+#   EXAMPLE_WORKING_DIRECTORY, EXAMPLE_STATE_DIR, EXAMPLE_TRANSMISSION_INTERVAL_MS (default 500)
 require "json"
 require File.expand_path("../lib/appsignal_example", __dir__)
 
@@ -10,16 +11,24 @@ module ExampleBoot
   module_function
 
   def config
+    exporter = ENV.fetch("EXAMPLE_EXPORTER", "push")
+    exporters = exporter.split(",").map(&:strip)
+    push = exporters.include?("push")
+    otlp = exporters.include?("otlp")
     {
-      push_api_key: ENV.fetch("EXAMPLE_PUSH_API_KEY"),
-      push_api_endpoint: ENV.fetch("EXAMPLE_PUSH_API_ENDPOINT"),
+      exporter: exporter,
+      # With the OTLP exporter alone no push API key is needed: none is given.
+      push_api_key: push ? ENV.fetch("EXAMPLE_PUSH_API_KEY") : nil,
+      push_api_endpoint: push ? ENV.fetch("EXAMPLE_PUSH_API_ENDPOINT") : nil,
+      otlp_endpoint: otlp ? ENV.fetch("EXAMPLE_OTLP_ENDPOINT") : nil,
+      otlp_headers: otlp ? ENV["EXAMPLE_OTLP_HEADERS"] : nil,
       working_directory_path: ENV.fetch("EXAMPLE_WORKING_DIRECTORY"),
       transmission_interval_ms: ENV.fetch("EXAMPLE_TRANSMISSION_INTERVAL_MS", "500"),
       app_name: "ruby-example",
       app_env: "example",
       enable_host_metrics: "false",
       log_level: "debug",
-    }
+    }.compact
   end
 
   # In a worker, right after fork. With `start: true` (Puma): start the agent here. With

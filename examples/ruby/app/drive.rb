@@ -16,7 +16,10 @@
 #                                                      recorded to EXPECTED_FILE (JSON)
 #   ruby drive.rb check RECEIVER_URL EXPECTED_FILE TIMEOUT_S
 #                                                      polls GET /summary until it equals EXPECTED_FILE;
-#                                                      prints the comparison; exit 1 on any difference
+#                                                      prints the comparison; exit 1 on any difference.
+#                                                      RECEIVER_URL is the reference Push API receiver or
+#                                                      examples/otlp_receiver.py (told apart by its
+#                                                      summary; see from_otlp)
 #
 # Request counts: OK_REQUESTS (200), ERROR_REQUESTS (40), WORK_REQUESTS (20), WORK_N (1000),
 # CLIENT_THREADS (8). Every request uses a new connection so that the server's workers share them.
@@ -294,6 +297,50 @@ def compare(expected, summary)
   rows
 end
 
+# The OTLP receiver's summary (examples/otlp_receiver.py, every request parsed with the official
+# protobuf classes) in the reference receiver's terms. Its counters, gauges and distributions are
+# keyed name{k=v,...} the same way. The agent's own counters appsignal.agent.dropped_updates and
+# .dropped_samples become the reference receiver's fields (any other appsignal.agent.* counter stays
+# a series nobody sent: a difference). A sample is a root span (a transaction; its events are child
+# spans); "otlp" keeps what only this receiver tells: root spans without the `exception` event
+# (every sampled transaction here has an error) and the child spans whose parent is a root span.
+def from_otlp(summary)
+  counters = summary.fetch("counters", {}).dup
+  dropped_updates = counters.delete("appsignal.agent.dropped_updates{}").to_i
+  dropped_samples = counters.delete("appsignal.agent.dropped_samples{}").to_i
+  spans = summary.fetch("spans", [])
+  roots = spans.select { |s| s["parent_span_id"].to_s.empty? }
+  root_ids = roots.map { |s| s["span_id"] }
+  {
+    "counters" => counters,
+    "gauges" => summary.fetch("gauges", {}),
+    "distributions" => summary.fetch("distributions", {}),
+    "samples" => roots.size,
+    "dropped_samples" => dropped_samples,
+    "dropped_updates" => dropped_updates,
+    "payloads" => summary.fetch("requests", {}).values.sum,
+    "duplicates" => summary["duplicates"],
+    "unauthorized" => 0, # OTLP has no key check here
+    "bad_requests" => summary["bad_requests"],
+    "otlp" => {
+      "requests" => summary["requests"],
+      "roots_without_exception" => roots.count { |s| s["events"].none? { |e| e["name"] == "exception" } },
+      "event_spans" => spans.count { |s| root_ids.include?(s["parent_span_id"]) },
+    },
+  }
+end
+
+def otlp_rows(summary)
+  otlp = summary["otlp"] or return []
+  [
+    ["root spans without an exception event", "0", otlp["roots_without_exception"].to_s,
+     otlp["roots_without_exception"].zero?],
+    # One event (process_action.rack) per transaction: one child span per root span.
+    ["event spans (children of the root spans)", summary["samples"].to_s, otlp["event_spans"].to_s,
+     otlp["event_spans"] == summary["samples"]],
+  ]
+end
+
 def cmd_check(receiver, expected_file, timeout)
   expected = JSON.parse(File.read(expected_file))
   deadline = monotonic + timeout
@@ -301,7 +348,8 @@ def cmd_check(receiver, expected_file, timeout)
   rows = summary = nil
   loop do
     summary = JSON.parse(get("#{receiver}/summary").body)
-    rows = compare(expected, summary)
+    summary = from_otlp(summary) if summary.key?("requests") && summary.key?("spans")
+    rows = compare(expected, summary) + otlp_rows(summary)
     break if rows.all? { |r| r[3] } || monotonic > deadline
     sleep 0.05
   end
@@ -315,6 +363,10 @@ def cmd_check(receiver, expected_file, timeout)
   puts format("receiver: %d payloads, %d duplicates, %d unauthorized, %d bad requests, %d dropped updates, " \
               "%d dropped samples", summary["payloads"], summary["duplicates"], summary["unauthorized"],
               summary["bad_requests"], summary["dropped_updates"], summary["dropped_samples"])
+  if summary["otlp"]
+    puts format("OTLP requests (parsed with the official protobuf classes): %d metrics, %d traces, %d logs",
+                *summary["otlp"]["requests"].values_at("metrics", "traces", "logs"))
+  end
   bad = rows.reject { |r| r[3] }
   problems = []
   problems << "#{bad.size} series differ" unless bad.empty?

@@ -1,7 +1,8 @@
 defmodule AppsignalExample.TestReceiver do
   @moduledoc """
   The reference Push API receiver (the Rust `receiver` example) as an OS process, and its
-  `GET /summary` through `:httpc`.
+  `GET /summary` through `:httpc`; `summary/1`, `await_totals/3` and `stop/1` also take an
+  `AppsignalExample.TestOtlpReceiver`.
 
   The binary: `$RECEIVER_BIN`, else `$CARGO_TARGET_DIR/release/examples/receiver` (with
   `CARGO_TARGET_DIR` defaulting to `<repository>/target`).
@@ -65,6 +66,8 @@ defmodule AppsignalExample.TestReceiver do
     end
   end
 
+  def stop(%AppsignalExample.TestOtlpReceiver{} = r), do: AppsignalExample.TestOtlpReceiver.stop(r)
+
   def stop(%__MODULE__{port: port, os_pid: os_pid}) do
     System.cmd("kill", ["-TERM", Integer.to_string(os_pid)], stderr_to_stdout: true)
 
@@ -74,6 +77,10 @@ defmodule AppsignalExample.TestReceiver do
 
     :ok
   end
+
+  @doc "The summary; of the OTLP receiver, in this receiver's terms (see `AppsignalExample.TestOtlpReceiver`)."
+  def summary(%AppsignalExample.TestOtlpReceiver{} = r),
+    do: AppsignalExample.TestOtlpReceiver.summary(r)
 
   def summary(%__MODULE__{url: url}) do
     {:ok, {{_, 200, _}, _headers, body}} =
@@ -157,7 +164,17 @@ defmodule AppsignalExample.TestReceiver do
           ]
       end
 
-    counters ++ distributions ++ gauges ++ samples ++ unexpected
+    # OTLP: every sampled span here has an error, so every root span carries the exception event.
+    otlp =
+      case summary["otlp"] do
+        %{"roots_without_exception" => n} ->
+          [{"root spans without an exception event", "0", fmt(n), n == 0}]
+
+        _ ->
+          []
+      end
+
+    counters ++ distributions ++ gauges ++ samples ++ otlp ++ unexpected
   end
 
   def format_rows(rows) do
