@@ -1,15 +1,16 @@
 //! The process-wide agent: `start()` reads the configuration, prepares the working directory,
-//! opens the log and starts the sender thread (which connects to the leader or becomes it);
-//! `stop()` flushes with a bounded wait. The app-thread calls ([`increment_counter`] and friends)
-//! only touch the in-process pre-aggregate. Nothing here can make the host app fail: every problem
-//! becomes a log line, a diagnose entry and a disabled agent.
+//! opens the log, hands the APM code its configuration and starts the sender thread (which
+//! connects to the leader or becomes it); `stop()` flushes with a bounded wait. Nothing here can
+//! make the host app fail: every problem becomes a log line, a diagnose entry and a disabled agent.
+//! The app-thread calls are in [`crate::recorder`].
 //!
-//! After a `fork()`, the child's first call notices the new fork generation ([`crate::fork`]) and
-//! starts afresh: a new, empty pre-aggregate (the parent's belongs to the parent, which sends it),
-//! the parent's sender forgotten (its thread does not exist here), and a new start as a client.
+//! After a `fork()`, the child's first call notices it ([`crate::recorder::check_fork`]); the
+//! recorder resets itself and runs [`after_fork`], registered here: the parent's sender is
+//! forgotten (its thread does not exist here) and, if the parent was running, the child starts
+//! afresh as a client.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Instant;
 
@@ -17,88 +18,30 @@ use once_cell::sync::Lazy;
 
 use crate::client::Sender;
 use crate::config::Config;
-use crate::data::Data;
 use crate::log;
-use crate::metrics::LocalMetrics;
+use crate::recorder;
+pub use crate::role::Role;
+use crate::role::RoleCell;
 use crate::workdir::{self, Probe, WorkDir};
 
-/// What this process is to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    Stopped = 0,
-    Starting = 1,
-    Client = 2,
-    Leader = 3,
-    Disabled = 4,
+/// The role cell of the current start (null before the first).
+static CURRENT_ROLE: AtomicPtr<RoleCell> = AtomicPtr::new(std::ptr::null_mut());
+
+fn current_role() -> Option<&'static RoleCell> {
+    let cell = CURRENT_ROLE.load(Ordering::Acquire);
+    // SAFETY: only `&'static RoleCell`s (leaked on purpose) are stored.
+    (!cell.is_null()).then(|| unsafe { &*cell })
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Stopped => "stopped",
-            Role::Starting => "starting",
-            Role::Client => "client",
-            Role::Leader => "leader",
-            Role::Disabled => "disabled",
-        }
-    }
+/// A new role cell for this start (or this stop), made current.
+fn new_role(role: Role) -> &'static RoleCell {
+    let cell = RoleCell::leak_new(role);
+    CURRENT_ROLE.store((cell as *const RoleCell).cast_mut(), Ordering::Release);
+    cell
 }
 
-static ROLE: AtomicU8 = AtomicU8::new(Role::Stopped as u8);
-/// Whether app-thread calls record anything.
-static RECORDING: AtomicBool = AtomicBool::new(false);
-/// The pre-aggregate app threads write into. A pointer, so that a forked child can switch to a
-/// fresh one even if a thread of the parent held the old one's lock at the fork; old ones are
-/// leaked (once per fork), never freed, so a reference to one stays valid.
-static METRICS: AtomicPtr<LocalMetrics> = AtomicPtr::new(std::ptr::null_mut());
-/// The fork generation this process's state belongs to.
-static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-fn metrics() -> &'static LocalMetrics {
-    let current = METRICS.load(Ordering::Acquire);
-    if !current.is_null() {
-        // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
-        return unsafe { &*current };
-    }
-    let fresh = Box::into_raw(Box::default());
-    match METRICS.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: as above; `fresh` is now the stored pointer.
-        Ok(_) => unsafe { &*fresh },
-        Err(existing) => {
-            // SAFETY: `fresh` lost the race and was never shared; `existing` is never freed.
-            drop(unsafe { Box::from_raw(fresh) });
-            unsafe { &*existing }
-        }
-    }
-}
-
-/// Notices a fork (one relaxed load and a compare on the hot path).
-#[inline]
-fn check_fork() {
-    if crate::fork::generation() != SEEN_GENERATION.load(Ordering::Relaxed) {
-        after_fork();
-    }
-}
-
-#[cold]
+/// The fork handler (see the module doc).
 fn after_fork() {
-    let generation = crate::fork::generation();
-    let seen = SEEN_GENERATION.load(Ordering::Acquire);
-    if seen == generation
-        || SEEN_GENERATION
-            .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-    {
-        return; // another thread of this child got here first
-    }
-    RECORDING.store(false, Ordering::Relaxed);
-    METRICS.store(Box::into_raw(Box::default()), Ordering::Release);
     let was_running = match RUNNING.try_lock() {
         Ok(mut running) => running.take().map(std::mem::forget).is_some(),
         Err(std::sync::TryLockError::Poisoned(e)) => {
@@ -111,7 +54,7 @@ fn after_fork() {
             return;
         }
     };
-    set_role(Role::Stopped);
+    new_role(Role::Stopped);
     if was_running {
         tracing::info!(
             "forked: starting afresh in the child (pid {})",
@@ -122,17 +65,7 @@ fn after_fork() {
 }
 
 pub fn role() -> Role {
-    match ROLE.load(Ordering::Relaxed) {
-        1 => Role::Starting,
-        2 => Role::Client,
-        3 => Role::Leader,
-        4 => Role::Disabled,
-        _ => Role::Stopped,
-    }
-}
-
-pub fn set_role(role: Role) {
-    ROLE.store(role as u8, Ordering::Relaxed);
+    current_role().map_or(Role::Stopped, RoleCell::get)
 }
 
 /// The library's own locks, held by the thread that calls `fork()` from just before the fork until
@@ -212,13 +145,21 @@ fn status() -> std::sync::MutexGuard<'static, Status> {
 }
 
 pub fn status_snapshot() -> Status {
-    status().clone()
+    let mut snapshot = status().clone();
+    // The sender disables its start itself (a leader refused it): the reason is in the cell.
+    if snapshot.disabled_reason.is_none() {
+        snapshot.disabled_reason = current_role().and_then(RoleCell::disabled_reason);
+    }
+    snapshot
 }
 
 /// Marks the agent disabled with a reason (for diagnose) and stops recording.
-pub fn set_disabled(reason: String) {
-    RECORDING.store(false, Ordering::Relaxed);
-    set_role(Role::Disabled);
+fn set_disabled(reason: String) {
+    recorder::set_recording(false);
+    match current_role() {
+        Some(cell) => cell.disable(reason.clone()),
+        None => new_role(Role::Stopped).disable(reason.clone()),
+    }
     status().disabled_reason = Some(reason);
 }
 
@@ -268,14 +209,16 @@ fn refuse_config(reason: &str, config: &Config) {
 pub fn start() {
     install_fork_handlers();
     log::install_panic_hook();
-    check_fork();
+    recorder::set_fork_handler(after_fork);
+    recorder::check_fork();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     crate::test_knobs::hold("start");
     if running.is_some() {
         tracing::info!("start() called while running; ignored");
         return;
     }
-    set_role(Role::Starting);
+    let role = new_role(Role::Starting);
+    log::set_role_source(role);
     let loaded = Config::load();
     let config = loaded.config;
     *status() = Status {
@@ -326,13 +269,13 @@ pub fn start() {
         s.workdir = Some(workdir.clone());
         s.log_destination = Some(destination);
     }
-    // The APM code reads ignore and filter rules from this start's configuration.
-    crate::apm::start();
+    // The APM code uses this start's ignore and filter rules.
+    crate::apm::configure(apm_config(&config));
     crate::apm::set_sample_rate(config.sample_rate);
-    let client_id = random_u64();
-    match Sender::start(config, workdir, metrics(), client_id) {
+    let client_id = crate::ids::random_u64();
+    match Sender::start(config, workdir, recorder::metrics(), client_id, role) {
         Ok(sender) => {
-            RECORDING.store(true, Ordering::Relaxed);
+            recorder::set_recording(true);
             *running = Some(sender);
         }
         Err(e) => {
@@ -345,13 +288,13 @@ pub fn start() {
 /// Flushes this process's data and stops (bounded by `_APPSIGNAL_STOP_TIMEOUT_MS`).
 pub fn stop() {
     install_fork_handlers();
-    check_fork();
+    recorder::check_fork();
     let sender = {
         let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         crate::test_knobs::hold("stop");
         running.take()
     };
-    RECORDING.store(false, Ordering::Relaxed);
+    recorder::set_recording(false);
     let Some(sender) = sender else {
         return;
     };
@@ -360,13 +303,15 @@ pub fn stop() {
         .as_ref()
         .map_or(std::time::Duration::from_secs(5), |c| c.stop_timeout);
     sender.stop(Instant::now() + timeout);
-    set_role(Role::Stopped);
+    if let Some(cell) = current_role() {
+        cell.set(Role::Stopped);
+    }
     tracing::info!("stopped");
 }
 
 /// The sender's progress and whether everything recorded so far is acknowledged by a leader.
 pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
-    check_fork();
+    recorder::check_fork();
     RUNNING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -374,70 +319,9 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
         .map(Sender::progress)
 }
 
-pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
-    check_fork();
-    #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Counter {
-        name: name.to_owned(),
-        value,
-        tags: tags.cloned(),
-    });
-    if RECORDING.load(Ordering::Relaxed) {
-        metrics().increment_counter(name, value, tags);
-    }
-}
-
-pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
-    check_fork();
-    if RECORDING.load(Ordering::Relaxed) {
-        metrics().set_gauge(name, value, tags);
-    }
-}
-
-pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
-    check_fork();
-    #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Distribution {
-        name: name.to_owned(),
-        value,
-        tags: tags.cloned(),
-    });
-    if RECORDING.load(Ordering::Relaxed) {
-        metrics().add_distribution_value(name, value, tags);
-    }
-}
-
-/// Hands a finished sample (a transaction's or root span's) to the agent: kept with this
-/// process's pre-aggregate and flushed to the leader, within the per-flush and per-window caps.
-pub fn submit_sample(sample: serde_json::Value) {
-    check_fork();
-    #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
-    if RECORDING.load(Ordering::Relaxed) {
-        metrics().submit_sample(sample.to_string());
-    }
-}
-
-/// Hands a log line (from `appsignal_log`) to the agent, like [`submit_sample`].
-pub fn submit_log(line: serde_json::Value) {
-    check_fork();
-    #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Log(line.clone()));
-    if RECORDING.load(Ordering::Relaxed) {
-        metrics().submit_log(line.to_string());
-    }
-}
-
-/// The configuration values the APM code needs, from the configuration of the last `start()`.
-pub fn apm_config() -> crate::apm::ApmConfig {
-    #[cfg(test)]
-    return test_recorder::config();
-    #[cfg(not(test))]
+/// The configuration values the APM code needs, from this start's configuration.
+fn apm_config(c: &Config) -> crate::apm::ApmConfig {
     {
-        let status = status();
-        let Some(c) = status.config.as_ref() else {
-            return crate::apm::ApmConfig::default();
-        };
         crate::apm::ApmConfig {
             ignore_actions: c.ignore_actions.clone(),
             ignore_errors: c.ignore_errors.clone(),
@@ -448,67 +332,5 @@ pub fn apm_config() -> crate::apm::ApmConfig {
             revision: c.push.revision.clone(),
             hostname: c.push.hostname.clone(),
         }
-    }
-}
-
-/// A random id (client ids, the leader's host-metrics source id).
-pub fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Without OS randomness, time and pid still make ids distinct between processes.
-        return crate::now_ms() ^ (u64::from(std::process::id()) << 40);
-    }
-    u64::from_le_bytes(bytes)
-}
-
-#[cfg(test)]
-pub use test_recorder::{recorded, set_apm_config, Recorded};
-
-/// For the APM unit tests: records what is handed to the agent, whether or not it is started.
-#[cfg(test)]
-mod test_recorder {
-    use std::sync::Mutex;
-
-    use once_cell::sync::Lazy;
-
-    use crate::apm::ApmConfig;
-    use crate::data::Data;
-
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Recorded {
-        Counter {
-            name: String,
-            value: f64,
-            tags: Option<Data>,
-        },
-        Distribution {
-            name: String,
-            value: f64,
-            tags: Option<Data>,
-        },
-        Sample(serde_json::Value),
-        Log(serde_json::Value),
-    }
-
-    static RECORDED: Lazy<Mutex<Vec<Recorded>>> = Lazy::new(|| Mutex::new(Vec::new()));
-    static CONFIG: Lazy<Mutex<ApmConfig>> = Lazy::new(|| Mutex::new(ApmConfig::default()));
-
-    pub fn record(call: Recorded) {
-        RECORDED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(call);
-    }
-
-    pub fn recorded() -> Vec<Recorded> {
-        RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set_apm_config(config: ApmConfig) {
-        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = config;
-    }
-
-    pub fn config() -> ApmConfig {
-        CONFIG.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

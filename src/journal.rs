@@ -182,7 +182,7 @@ impl Journal {
         }
         if !self.current.contains_key(&(start, config_id)) {
             self.make_room();
-            let id = crate::payload::new_payload_id();
+            let id = crate::ids::new_payload_id();
             let path = self.path(start, config_id, &id);
             let mut file = self
                 .workdir
@@ -383,7 +383,7 @@ impl Journal {
                 taken += 1;
             }
             rest = &rest[taken..];
-            let id = crate::payload::new_payload_id();
+            let id = crate::ids::new_payload_id();
             let tmp = dir.join(format!(".spool-tmp-{id}"));
             let path = dir.join(format!("spool-{}-{id}.spool", std::process::id()));
             let mut file =

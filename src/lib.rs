@@ -2,27 +2,41 @@
 //! processes. Every process loads the library; whichever wins the lock on `agent.lock` leads. This
 //! crate knows nothing about C: the `ffi/` crate converts types and calls in here.
 //!
+//! # Interface
+//! What the C layer calls: [`agent`] (`start`, `stop`, the role), [`recorder`] (the app-thread
+//! calls), [`apm`] (transactions, spans, logs), [`data`] (the value behind `appsignal_data_t`),
+//! [`config`] (the environment table), [`diagnose`]. Modules marked hidden in the docs are public
+//! only so that the test kit, the benches and the fuzz targets can drive them; they are not a
+//! stable interface. Everything else is private to the crate.
+//!
 //! # Layout
-//! - [`config`]: configuration from the environment and the library's own table.
-//! - [`workdir`]: where the working directory is, creating it safely, its permissions.
-//! - [`election`]: `flock` on `agent.lock` decides the leader.
-//! - [`protocol`]: frames and messages on `agent.socket` (pure codec).
-//! - [`fork`]: what a forked child must close, and noticing that a fork happened.
-//! - [`metrics`]: the app-thread pre-aggregate of custom metrics (never blocks on I/O).
-//! - [`client`]: the per-process sender thread: batches, acks, connecting or leading.
-//! - [`leader`]: the socket server, aggregation windows and the transmission loop.
+//! Dependencies point one way: `agent` → {`client`, `leader`} → the rest; nothing below the agent
+//! imports it (see `docs/architecture.md`, one line per module).
+//! - [`agent`]: the process-wide lifecycle (`start`, `stop`, fork restart); owns the current role cell.
+//! - [`recorder`]: the app-thread calls (metrics, samples, logs) into the pre-aggregate; fork reset.
+//! - `client`: the per-process sender thread: batches, acks, connecting or leading (`client::link`,
+//!   `client::batching`).
+//! - `leader`: the socket server (`connection`), counting (`counting`), journal replay (`replay`),
+//!   host metrics (`host`) and the transmission loop (`transmission`).
 //! - [`apm`]: transactions, spans, samples, SQL sanitising, filtering and logs.
+//! - [`config`]: configuration from the environment and the library's own table.
+//! - `workdir`: where the working directory is, creating it safely, its permissions.
+//! - `election`: `flock` on `agent.lock` decides the leader.
+//! - [`protocol`]: frames and messages on `agent.socket` (pure codec).
+//! - `fork`: what a forked child must close, and noticing that a fork happened.
+//! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
-//! - [`transmit`]: the HTTP push and the on-disk payload cache.
 //! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests, settings, sending).
-//! - [`log`]: `appsignal.log` through `tracing`.
+//! - `transmit`: the HTTP sends of both exporters and the on-disk payload cache.
+//! - `role`: what this process is (a cell per start, one writer).
+//! - `ids`: random ids.
+//! - `log`: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
-//! - [`agent`]: the process-wide lifecycle (`start`, `stop`) and the calls the C interface makes.
 //! - `test_knobs`: hooks for tests, compiled in only with the `test-knobs` feature.
 
 #![cfg_attr(
@@ -31,26 +45,39 @@
 )]
 
 pub mod agent;
-pub mod aggregate;
 pub mod apm;
-pub mod client;
 pub mod config;
 pub mod data;
 pub mod diagnose;
-pub mod election;
-pub mod fork;
+pub mod recorder;
+
+#[doc(hidden)]
+pub mod aggregate;
+#[doc(hidden)]
 pub mod host_metrics;
+#[doc(hidden)]
 pub mod journal;
-pub mod leader;
-pub mod log;
+#[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
 pub mod otlp;
+#[doc(hidden)]
 pub mod payload;
+#[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
 pub mod sketch;
+
+pub(crate) mod client;
+pub(crate) mod election;
+pub(crate) mod fork;
+pub(crate) mod ids;
+pub(crate) mod leader;
+pub(crate) mod log;
+pub(crate) mod role;
 mod test_knobs;
-pub mod transmit;
-pub mod workdir;
+pub(crate) mod transmit;
+pub(crate) mod workdir;
 
 /// This library's version, as written into the lock file, the handshake and every payload.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,6 +10,7 @@
 //! The sink is a raw descriptor in an atomic, written with one `write()` per line (O_APPEND), and
 //! swapped with `dup2()`: no mutex, so a child forked while a parent thread was logging can log.
 
+use crate::role::{Role, RoleCell};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -132,12 +133,29 @@ where
             "{stamp} (pid {}{}) {} {} ",
             std::process::id(),
             process_name(),
-            crate::agent::role().as_str(),
+            role().as_str(),
             event.metadata().level()
         )?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
+}
+
+/// The role cell of the current start, whose role prefixes each line (null: "stopped").
+static ROLE_SOURCE: AtomicPtr<RoleCell> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Lines written from now on name the role in `cell` (the agent hands each start's cell here).
+pub fn set_role_source(cell: &'static RoleCell) {
+    ROLE_SOURCE.store((cell as *const RoleCell).cast_mut(), Ordering::Release);
+}
+
+fn role() -> Role {
+    let cell = ROLE_SOURCE.load(Ordering::Acquire);
+    if cell.is_null() {
+        return Role::Stopped;
+    }
+    // SAFETY: only `&'static RoleCell`s (leaked on purpose) are stored.
+    unsafe { &*cell }.get()
 }
 
 /// Makes `file` the log. The descriptor number stays the same once there is one (dup2 replaces

@@ -202,22 +202,7 @@ impl Payload {
     }
 }
 
-/// A random 128-bit payload id in hex: unique, so that a receiver can drop a payload sent twice.
-pub fn new_payload_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness (should not happen on Linux): fall back to time, pid and a counter.
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
-        let tail = u64::from(std::process::id()) << 32 | COUNTER.fetch_add(1, Ordering::Relaxed);
-        bytes[8..].copy_from_slice(&tail.to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::ids::new_payload_id;
 
 #[cfg(test)]
 mod tests {

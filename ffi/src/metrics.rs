@@ -14,7 +14,7 @@ pub extern "C" fn appsignal_set_gauge(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_set_gauge", (), {
-        appsignal_agent::agent::set_gauge(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::set_gauge(&to_str(key), value, data_ref(tags))
     })
 }
 
@@ -26,7 +26,7 @@ pub extern "C" fn appsignal_increment_counter(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_increment_counter", (), {
-        appsignal_agent::agent::increment_counter(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::increment_counter(&to_str(key), value, data_ref(tags))
     })
 }
 
@@ -38,6 +38,6 @@ pub extern "C" fn appsignal_add_distribution_value(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_add_distribution_value", (), {
-        appsignal_agent::agent::add_distribution_value(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::add_distribution_value(&to_str(key), value, data_ref(tags))
     })
 }

@@ -190,7 +190,7 @@ pub fn build_line(
 
 /// Builds the line and hands it to the agent.
 pub fn log(group: &str, severity: i32, format: i32, message: &str, attributes: Option<&Data>) {
-    crate::agent::submit_log(build_line(group, severity, format, message, attributes));
+    crate::recorder::submit_log(build_line(group, severity, format, message, attributes));
 }
 
 #[cfg(test)]
@@ -288,10 +288,10 @@ mod tests {
         attrs.map_set("user".into(), Data::String("alice".into()));
         attrs.map_set("request_id".into(), Data::Integer(5));
         log("log-test-group", 9, FORMAT_LOGFMT, "user=bob", Some(&attrs));
-        let lines: Vec<_> = crate::agent::recorded()
+        let lines: Vec<_> = crate::recorder::recorded()
             .into_iter()
             .filter_map(|r| match r {
-                crate::agent::Recorded::Log(l) if l["group"] == "log-test-group" => Some(l),
+                crate::recorder::Recorded::Log(l) if l["group"] == "log-test-group" => Some(l),
                 _ => None,
             })
             .collect();

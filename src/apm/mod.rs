@@ -2,11 +2,10 @@
 //! (SQL sanitising, parameter filtering, samples and the sampling decision, server state,
 //! container detection, environment metadata, the allocation counter).
 //!
-//! This module owns the *content* of what is recorded; it hands finished results to the agent
-//! through four calls only ([`crate::agent::increment_counter`],
-//! [`crate::agent::add_distribution_value`], [`crate::agent::submit_sample`],
-//! [`crate::agent::submit_log`]) and reads its configuration through
-//! [`crate::agent::apm_config`] when [`start`] runs (or lazily at first use).
+//! This module owns the *content* of what is recorded; it hands finished results on through four
+//! calls of [`crate::recorder`] only (`increment_counter`, `add_distribution_value`,
+//! `submit_sample`, `submit_log`). Its configuration is handed down by the agent's `start()`
+//! through [`configure`]; before that it is the default (nothing ignored, nothing filtered).
 //!
 //! # Layout
 //! - [`transaction`]: transactions, their event tree and the per-action metrics.
@@ -61,12 +60,6 @@ static CONFIG: Lazy<RwLock<Option<Arc<ApmConfig>>>> = Lazy::new(|| RwLock::new(N
 /// The sampling rate as `f64` bits; 0.0 (only errors and slow transactions are sampled).
 static SAMPLE_RATE: AtomicU64 = AtomicU64::new(0);
 
-/// (Re)reads the configuration from the agent. The agent's `start()` calls this after it has
-/// loaded its `Config`; until then the first APM call reads it lazily.
-pub fn start() {
-    configure(crate::agent::apm_config());
-}
-
 /// Replaces the configuration used from now on (transactions already started see the new one
 /// when they complete).
 pub fn configure(config: ApmConfig) {
@@ -93,9 +86,8 @@ pub fn config() -> Arc<ApmConfig> {
     if let Some(c) = CONFIG.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Arc::clone(c);
     }
-    let loaded = Arc::new(crate::agent::apm_config());
     let mut slot = CONFIG.write().unwrap_or_else(|e| e.into_inner());
-    Arc::clone(slot.get_or_insert(loaded))
+    Arc::clone(slot.get_or_insert_with(|| Arc::new(ApmConfig::default())))
 }
 
 /// Sets the share (0.0 … 1.0) of transactions and root spans sampled although they are neither
@@ -184,32 +176,7 @@ pub(crate) fn warn_limited(last: &AtomicI64, message: &str) {
     }
 }
 
-/// `n` random bytes as lowercase hex (ids). Without OS randomness, time and a counter keep ids
-/// distinct.
-pub(crate) fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    if getrandom::fill(&mut bytes).is_err() {
-        static COUNTER: AtomicU64 = AtomicU64::new(1);
-        let seed = (now_ns() as u64) ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed.rotate_left((i as u32 * 8) % 64) & 0xff) as u8;
-        }
-    }
-    let mut out = String::with_capacity(n * 2);
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-/// A uniformly random number in [0, 1).
-pub(crate) fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 1.0 - f64::EPSILON;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
+pub(crate) use crate::ids::{random_hex, random_unit};
 
 #[cfg(test)]
 pub(crate) mod test_support {

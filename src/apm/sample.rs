@@ -20,7 +20,7 @@ use crate::data::Data;
 /// Which document a state is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// The sample handed to `agent::submit_sample` (documented under "Sample JSON" in docs/apm.md).
+    /// The sample handed to `recorder::submit_sample` (documented under "Sample JSON" in docs/apm.md).
     Sample,
     /// What `appsignal_transaction_to_json` returns: the shape the Ruby gem's and the Elixir
     /// package's test helpers read.

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::agent;
 use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
 use crate::apm::transaction::{report_action, BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{
@@ -33,6 +32,7 @@ use crate::apm::{
     MAX_BODY, MAX_TEXT,
 };
 use crate::data::Data;
+use crate::recorder;
 
 /// Namespace of a span made from a `traceparent` until `set_namespace`: such spans come from
 /// incoming HTTP requests.
@@ -358,7 +358,7 @@ impl Span {
             if let Some((namespace, action, duration_ns, has_error, events, sample)) = report {
                 report_action(&namespace, &action, duration_ns, has_error, None, &events);
                 if let Some(sample) = sample {
-                    agent::submit_sample(sample);
+                    recorder::submit_sample(sample);
                 }
             }
         } else if !self.root.closed.load(Ordering::SeqCst) {
@@ -567,15 +567,15 @@ fn child_event(s: &State, root_start_ns: i64) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::Recorded;
     use crate::apm::test_support;
+    use crate::recorder::Recorded;
 
     fn json(span: &Span) -> serde_json::Value {
         serde_json::from_str(&span.to_json()).unwrap()
     }
 
     fn samples_named(action: &str) -> Vec<serde_json::Value> {
-        agent::recorded()
+        recorder::recorded()
             .into_iter()
             .filter_map(|r| match r {
                 Recorded::Sample(s) if s["action"] == action => Some(s),
@@ -585,7 +585,7 @@ mod tests {
     }
 
     fn counters_named(action: &str) -> usize {
-        agent::recorded()
+        recorder::recorded()
             .into_iter()
             .filter(|r| matches!(r, Recorded::Counter { name, tags: Some(t), .. }
                 if name == "transaction_count" && t.to_json().contains(&format!("\"action\":\"{action}\""))))

@@ -17,13 +17,13 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::agent;
 use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
 use crate::apm::{
     bounded_insert, config, filter, misc, now_ns, ns_to_ms, tags, truncate, warn_limited, MAX_BODY,
     MAX_TEXT,
 };
 use crate::data::Data;
+use crate::recorder;
 
 /// Most events kept per transaction (nested ones included); further ones are counted in the
 /// sample's `dropped_events`.
@@ -212,17 +212,17 @@ pub(crate) fn report_action(
     events: &[Event],
 ) {
     let action_tags = tags(&[("namespace", namespace), ("action", action)]);
-    agent::increment_counter("transaction_count", 1.0, Some(&action_tags));
+    recorder::increment_counter("transaction_count", 1.0, Some(&action_tags));
     if has_error {
-        agent::increment_counter("transaction_error_count", 1.0, Some(&action_tags));
+        recorder::increment_counter("transaction_error_count", 1.0, Some(&action_tags));
     }
-    agent::add_distribution_value(
+    recorder::add_distribution_value(
         "transaction_duration",
         ns_to_ms(duration_ns),
         Some(&action_tags),
     );
     if let Some(queue_time) = queue_time_ms {
-        agent::add_distribution_value("transaction_queue_time", queue_time, Some(&action_tags));
+        recorder::add_distribution_value("transaction_queue_time", queue_time, Some(&action_tags));
     }
     for (group, total_ns) in sample::group_durations(events) {
         let group_tags = tags(&[
@@ -230,7 +230,7 @@ pub(crate) fn report_action(
             ("action", action),
             ("group", &group),
         ]);
-        agent::add_distribution_value("event_duration", ns_to_ms(total_ns), Some(&group_tags));
+        recorder::add_distribution_value("event_duration", ns_to_ms(total_ns), Some(&group_tags));
     }
 }
 
@@ -524,7 +524,7 @@ impl Transaction {
             &events,
         );
         if let Some(sample) = sample {
-            agent::submit_sample(sample);
+            recorder::submit_sample(sample);
         }
     }
 
@@ -578,15 +578,15 @@ fn finish_state(s: &mut State, gc_ms: i64, config: &crate::apm::ApmConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::Recorded;
     use crate::apm::test_support;
+    use crate::recorder::Recorded;
 
     fn json(txn: &Transaction) -> serde_json::Value {
         serde_json::from_str(&txn.to_json()).unwrap()
     }
 
     fn recorded_for(action: &str) -> Vec<Recorded> {
-        agent::recorded()
+        recorder::recorded()
             .into_iter()
             .filter(|r| match r {
                 Recorded::Counter { tags, .. } | Recorded::Distribution { tags, .. } => tags

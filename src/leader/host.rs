@@ -16,7 +16,7 @@ pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Rece
     let collector = Arc::new(Mutex::new(HostMetricsCollector::new(
         shared.config.push.hostname.clone(),
     )));
-    let client_id = crate::agent::random_u64();
+    let client_id = crate::ids::random_u64();
     let mut seq = 0u64;
     // The first tick fires at once: it takes the baseline readings that interval metrics need.
     let mut tick = tokio::time::interval(shared.config.host_metrics_interval);

@@ -33,10 +33,15 @@
 //!   when the leader starts and at every transmission.
 
 mod connection;
+mod counting;
 mod host;
+mod replay;
 mod transmission;
 
-use std::collections::{HashMap, HashSet};
+use counting::{Counting, StopCounting};
+use replay::replay;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,11 +52,11 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::aggregate::{Aggregator, Window};
+use crate::aggregate::Aggregator;
 use crate::config::Config;
 use crate::election::LeaderLock;
 use crate::journal::Journal;
-use crate::log::{suppressed_note, RateLimit};
+use crate::log::RateLimit;
 use crate::protocol::{self, Batch};
 use crate::transmit::{PayloadCache, Pusher};
 use crate::workdir::WorkDir;
@@ -64,19 +69,10 @@ pub const MAX_BINDINGS: usize = 4096;
 /// Threads that journal and count batches (off the runtime thread, so a slow disk stalls no read).
 const COUNTING_THREADS: usize = 2;
 
-pub use connection::{
-    FRAME_BUDGET_BYTES, FRAME_DEADLINE, MAX_CONNECTIONS_PER_PROCESS, SMALL_FRAME_BYTES,
-};
+use connection::MAX_CONNECTIONS_PER_PROCESS;
 
 static JOURNAL_ERROR_LOG: RateLimit = RateLimit::new(10_000);
 static POISON_LOG: RateLimit = RateLimit::new(10_000);
-
-/// Counting state under one lock: the aggregator, the journal, and whether batches are accepted.
-struct Counting {
-    aggregator: Aggregator,
-    journal: Journal,
-    open: bool,
-}
 
 struct Shared {
     config: Config,
@@ -152,87 +148,7 @@ fn process_alive(pid: i32) -> bool {
     alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Ends leadership when dropped, also while unwinding from a panic: counting stops before the lock
-/// (dropped after this guard) is released, so that this process never journals beside the next leader.
-struct StopCounting(Arc<Shared>);
-
-impl Drop for StopCounting {
-    fn drop(&mut self) {
-        self.0.counting().open = false;
-        self.0.stopped.store(true, Ordering::Release);
-        if std::thread::panicking() {
-            crate::agent::set_role(crate::agent::Role::Starting);
-        }
-    }
-}
-
 impl Shared {
-    fn counting(&self) -> std::sync::MutexGuard<'_, Counting> {
-        // Aggregation code does not panic on data; if it ever did, the state is still usable.
-        self.counting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Journals and counts a batch. `true`: the batch may be acknowledged (it is on disk, or it was
-    /// counted before). `false`: counting has stopped or the journal failed; the client keeps it.
-    fn count(&self, config_id: u64, batch: Batch) -> bool {
-        let mut guard = self.counting();
-        let counting = &mut *guard;
-        if !counting.open {
-            return false;
-        }
-        if counting.aggregator.is_counted(batch.client_id, batch.seq) {
-            return true;
-        }
-        let Some(config) = counting.aggregator.config(config_id).cloned() else {
-            return false;
-        };
-        #[cfg(any(test, feature = "test-knobs"))]
-        if batch
-            .counters
-            .iter()
-            .any(|(k, _)| k.name == crate::aggregate::TEST_PANIC_LEADER)
-        {
-            self.panic_requested.store(true, Ordering::Release);
-        }
-        let now = crate::now_ms();
-        let start = counting.aggregator.window_for(batch.created_ms, now);
-        match counting.journal.append(start, config_id, &config, &batch) {
-            Ok(segment) => {
-                let (client, seq) = (batch.client_id, batch.seq);
-                let aggregator = &mut counting.aggregator;
-                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    aggregator.apply(config_id, start, &segment, batch, now)
-                }));
-                if applied.is_err() {
-                    // Acknowledged all the same (it is journaled), so that its process does not
-                    // resend it forever; the next leader quarantines it on replay.
-                    counting.aggregator.mark_counted(client, seq, now);
-                    self.poisoned(client, seq);
-                }
-                true
-            }
-            Err(e) => {
-                if let Some(n) = JOURNAL_ERROR_LOG.check() {
-                    tracing::error!(
-                        "cannot journal a batch, so it is not acknowledged (its process keeps it): {e:#}{}",
-                        suppressed_note(n)
-                    );
-                }
-                false
-            }
-        }
-    }
-
-    fn poisoned(&self, client: u64, seq: u64) {
-        self.poisoned_batches.fetch_add(1, Ordering::Relaxed);
-        if let Some(n) = POISON_LOG.check() {
-            tracing::error!(
-                "counting batch {seq} of client {client:016x} panicked (a bug in libappsignal); the batch is skipped{}",
-                suppressed_note(n)
-            );
-        }
-    }
-
     /// Binds a client (its journal id) to the process of the connection that handshook with it.
     /// `Err(pid)`: the id is bound to another live process. A connection without a pid (another
     /// pid namespace) binds nothing.
@@ -276,126 +192,6 @@ impl Shared {
             }
         }
     }
-
-    /// Counts the batches of spool files that stopping processes left, then deletes them. A spool
-    /// whose batches cannot all be journaled stays for the next round.
-    fn ingest_spools(&self) {
-        for spooled in Journal::read_spools(&self.workdir) {
-            let header = &spooled.header;
-            let config = if header.config_id == self.own_config_id {
-                self.config.push.clone()
-            } else {
-                header.config.clone()
-            };
-            self.counting()
-                .aggregator
-                .register_as(header.config_id, &config);
-            let total = spooled.batches.len();
-            let mut ok = true;
-            for batch in spooled.batches {
-                if !self.count(header.config_id, batch) {
-                    ok = false;
-                    break;
-                }
-            }
-            if ok {
-                if let Err(e) = std::fs::remove_file(&spooled.path) {
-                    tracing::warn!("cannot remove {}: {e}", spooled.path.display());
-                }
-                tracing::info!(
-                    "counted {total} batches that a stopping process left in {}",
-                    spooled.path.display()
-                );
-            }
-        }
-    }
-
-    /// Takes the windows that started before `closed_before` (all with `None`) and seals their
-    /// journal segments, so that late batches open new ones.
-    fn take_windows(&self, closed_before: Option<u64>) -> Vec<Window> {
-        let mut guard = self.counting();
-        let counting = &mut *guard;
-        let windows = match closed_before {
-            Some(now) => counting.aggregator.take_closed(now),
-            None => counting.aggregator.take_all(),
-        };
-        for w in &windows {
-            counting.journal.seal(w.start_ms, w.config_id, &w.segment);
-        }
-        windows
-    }
-}
-
-/// Counts what the previous leader left: each journal segment (or, when its payload is already
-/// cached, only its (client, seq) pairs), then the `counted` record. A batch whose counting panics
-/// is quarantined. Returns (segments, batches, poisoned batches).
-fn replay(
-    config: &Config,
-    aggregator: &mut Aggregator,
-    journal: &mut Journal,
-    cache: &PayloadCache,
-) -> (usize, usize, u64) {
-    let now = crate::now_ms();
-    let own_config_id = config.push.id();
-    // A segment is done when its last payload is cached (all the others were cached before it).
-    let cached: HashSet<(String, crate::transmit::ExportKind)> =
-        cache.list().into_iter().map(|e| (e.id, e.kind)).collect();
-    let (mut segments, mut batches, mut poisoned) = (0, 0, 0);
-    for mut replayed in journal.replay() {
-        let header = &replayed.header;
-        let config = if header.config_id == own_config_id {
-            config.push.clone()
-        } else {
-            header.config.clone()
-        };
-        aggregator.register_as(header.config_id, &config);
-        let last = transmission::last_kind(header.config.exporters);
-        if cached.contains(&(replayed.id.clone(), last)) {
-            for b in &replayed.batches {
-                aggregator.mark_counted(b.client_id, b.seq, now);
-            }
-            journal.discard(&replayed);
-            continue;
-        }
-        segments += 1;
-        let (config_id, window_start) = (header.config_id, header.window_start);
-        let mut index = 0;
-        while let Some(batch) = replayed.batches.get(index).cloned() {
-            batches += 1;
-            let (client, seq) = (batch.client_id, batch.seq);
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                aggregator.apply(config_id, window_start, &replayed.id, batch, now)
-            }));
-            if applied.is_ok() {
-                index += 1;
-                continue;
-            }
-            poisoned += 1;
-            aggregator.mark_counted(client, seq, now);
-            match journal.quarantine(&mut replayed, index) {
-                Ok(()) => tracing::error!(
-                    "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal): moved aside into a quarantine file",
-                    replayed.id
-                ),
-                Err(e) => {
-                    tracing::error!(
-                        "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal), and it cannot be moved aside: {e:#}",
-                        replayed.id
-                    );
-                    index += 1;
-                }
-            }
-        }
-        if let Err(e) = journal.adopt(&replayed) {
-            tracing::warn!("cannot continue journal segment {}: {e:#}", replayed.id);
-        }
-    }
-    // Only now: `counted` also lists batches of the segments just replayed (still open windows),
-    // which must be counted from their segment, not skipped as seen. A batch is in one segment only.
-    for (client, seq) in journal.read_counted() {
-        aggregator.mark_counted(client, seq, now);
-    }
-    (segments, batches, poisoned)
 }
 
 /// Handle of a running leader, owned by the process's sender thread.
@@ -406,6 +202,17 @@ pub struct Leader {
 }
 
 impl Leader {
+    /// What this leader does, for the log line its owner writes once it has taken the role.
+    pub fn description(&self) -> String {
+        let config = &self.shared.config;
+        format!(
+            "listening on {}, exporting every {} ms to {}",
+            self.shared.workdir.socket_path().display(),
+            config.transmission_interval.as_millis(),
+            export_targets(&config.push)
+        )
+    }
+
     /// Replays the journal left by the previous leader, binds `agent.socket` (removing a stale
     /// one: we hold the lock) and starts serving.
     pub fn start(config: &Config, workdir: &WorkDir, lock: LeaderLock) -> Result<Leader> {
@@ -516,13 +323,6 @@ impl Leader {
                     socket_path.display()
                 )
             })??;
-        crate::agent::set_role(crate::agent::Role::Leader);
-        tracing::info!(
-            "leading: listening on {}, exporting every {} ms to {}",
-            socket_path.display(),
-            config.transmission_interval.as_millis(),
-            export_targets(&config.push)
-        );
         Ok(Leader {
             shared,
             shutdown,
@@ -735,7 +535,6 @@ async fn run(
     }
     // From here on this process is no longer the leader, even while it finishes its last push.
     shared.stopped.store(true, Ordering::Release);
-    crate::agent::set_role(crate::agent::Role::Starting);
     // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
     // socket at that path may already belong to the next leader).
     drop(listener_guard);
@@ -807,6 +606,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::Window;
     use crate::protocol::MetricKey;
     use crate::transmit::{ExportKind, Outgoing};
 

@@ -1,10 +1,9 @@
-//! The OTLP exporter: a closed window becomes up to three OTLP/HTTP protobuf requests (metrics,
-//! traces, logs), which go through the same payload cache, retry and no-loss rules as Push API
-//! payloads (see [`crate::transmit`]). The mapping is in [`mapping`] and `docs/otlp.md`; the
-//! settings (`_APPSIGNAL_OTLP_*`, `OTEL_EXPORTER_OTLP_*`) in [`settings`]; sending in [`send`].
+//! The OTLP exporter's content: a closed window becomes up to three OTLP/HTTP protobuf requests
+//! (metrics, traces, logs), which go through the same payload cache, retry and no-loss rules as
+//! Push API payloads (sent by `transmit`). The mapping is in [`mapping`] and `docs/otlp.md`; the
+//! settings (`_APPSIGNAL_OTLP_*`, `OTEL_EXPORTER_OTLP_*`) in [`settings`]. Pure: no I/O here.
 
 pub mod mapping;
-pub mod send;
 pub mod settings;
 
 use std::io::Write;

@@ -22,240 +22,42 @@
 //! Stopping: the thread keeps handing batches over until the stop deadline. What it still holds
 //! then (its leader is frozen, or stuck) is written to a spool file in `journal/`, where the next
 //! leader (or the current one, at its next transmission) counts it.
+//!
+//! Layout: [`link`] (connection to another process's leader, backoff, wake-up pipe),
+//! [`batching`] (flushes into numbered batches), and here the sender thread's state machine.
+
+mod batching;
+mod link;
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use std::os::unix::net::UnixStream;
+use anyhow::{Context, Result};
 
-use serde::Serialize;
-
-use crate::agent::{set_role, Role};
 use crate::config::Config;
 use crate::election;
 use crate::journal::Journal;
 use crate::leader::Leader;
 use crate::log::{suppressed_note, RateLimit};
-use crate::metrics::{LocalMetrics, Taken};
-use crate::protocol::{self, Batch, GaugeValue, Hello, LeaderMessage, MetricKey, PROTOCOL_VERSION};
+use crate::metrics::LocalMetrics;
+use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
+use crate::role::{Role, RoleCell};
 use crate::workdir::WorkDir;
 
+use batching::{add_drops, split};
+use link::{sleep_on, Backoff, ConnectError, Connection, WakePipe};
+
 pub const MAX_PENDING_BATCHES: usize = 1_000;
-pub const BATCH_BUDGET_BYTES: usize = 1024 * 1024;
-pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Serialised size we assume for one distribution sketch (an upper bound for typical data).
-const SKETCH_ESTIMATE_BYTES: usize = 16 * 1024;
 
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
-
-/// Borrowed twin of [`protocol::ClientMessage`]: same variant names, same CBOR, no clone to send.
-#[derive(Serialize)]
-enum ClientMessageRef<'a> {
-    Hello(&'a Hello),
-    Batch(&'a Batch),
-}
-
-/// A connection to the leader of another process.
-struct Connection {
-    /// Declared first so that it is dropped (unregistered) before `stream` closes.
-    _fork_guard: Option<crate::fork::Registered>,
-    stream: UnixStream,
-    buf: Vec<u8>,
-    leader_pid: u32,
-}
-
-/// Why connecting failed.
-enum ConnectError {
-    /// The leader refused us (protocol): retrying will not help.
-    Refused(String),
-    /// The leader steps down for us (we run a newer library): take the lock.
-    HandingOver(String),
-    Other(anyhow::Error),
-}
-
-impl Connection {
-    fn open(
-        workdir: &WorkDir,
-        hello: &Hello,
-        timeout: Duration,
-    ) -> Result<Connection, ConnectError> {
-        let path = workdir.socket_path();
-        let stream = connect(&path, timeout)
-            .with_context(|| format!("cannot connect to {}", path.display()))
-            .map_err(ConnectError::Other)?;
-        let mut conn = Connection {
-            _fork_guard: None,
-            stream,
-            buf: Vec::new(),
-            leader_pid: 0,
-        };
-        conn._fork_guard = conn.raw_fd().map(crate::fork::Registered::new);
-        conn.write(&ClientMessageRef::Hello(hello))
-            .map_err(ConnectError::Other)?;
-        match conn.read().map_err(ConnectError::Other)? {
-            LeaderMessage::Welcome { leader_pid, .. } => {
-                conn.leader_pid = leader_pid;
-                Ok(conn)
-            }
-            LeaderMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
-            LeaderMessage::HandingOver { reason } => Err(ConnectError::HandingOver(reason)),
-            other => Err(ConnectError::Other(anyhow!(
-                "unexpected answer to the handshake: {other:?}"
-            ))),
-        }
-    }
-
-    fn write(&mut self, message: &ClientMessageRef<'_>) -> Result<()> {
-        let frame = protocol::encode(message)?;
-        self.stream
-            .write_all(&frame)
-            .context("cannot write to the leader")
-    }
-
-    fn read(&mut self) -> Result<LeaderMessage> {
-        loop {
-            if let Some((message, used)) = protocol::decode::<LeaderMessage>(&self.buf)? {
-                self.buf.drain(..used);
-                return Ok(message);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .context("cannot read from the leader")?;
-            if n == 0 {
-                bail!("the leader closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn raw_fd(&self) -> Option<RawFd> {
-        Some(self.stream.as_fd().as_raw_fd())
-    }
-
-    /// Whether the leader closed the connection (checked without blocking or consuming data).
-    fn is_closed(&self) -> bool {
-        let Some(fd) = self.raw_fd() else {
-            return false;
-        };
-        let mut byte = 0u8;
-        // SAFETY: fd is our open socket; the buffer is one valid byte; MSG_PEEK consumes nothing.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 0 {
-            return true;
-        }
-        n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
-    }
-
-    /// Sends a batch and waits for its acknowledgement.
-    fn send(&mut self, batch: &Batch) -> Result<()> {
-        self.write(&ClientMessageRef::Batch(batch))?;
-        loop {
-            match self.read()? {
-                LeaderMessage::Ack { seq } if seq == batch.seq => return Ok(()),
-                LeaderMessage::Ack { .. } => continue,
-                LeaderMessage::Refused { reason } => bail!("the leader refused a batch: {reason}"),
-                LeaderMessage::Welcome { .. } => bail!("unexpected second welcome"),
-                LeaderMessage::HandingOver { reason } => bail!("the leader hands over: {reason}"),
-            }
-        }
-    }
-}
-
-/// Connects to the Unix socket at `path`, waiting at most `timeout` (also for room in a full
-/// backlog: a Unix socket's `connect` waits for the send timeout), which then also bounds every
-/// read and write.
-fn connect(path: &std::path::Path, timeout: Duration) -> std::io::Result<UnixStream> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: creating a socket has no preconditions.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that we alone own; the stream closes it.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: addr is a valid sockaddr_un of which `len` bytes are used; fd is our socket.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
-}
 
 enum Link {
     None,
     Remote(Connection),
     Local(Leader),
-}
-
-/// Exponential backoff with jitter.
-struct Backoff {
-    delay: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_secs(1);
-
-    fn new(seed: u64) -> Self {
-        Backoff {
-            delay: Self::MIN,
-            rng: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.delay = Self::MIN;
-    }
-
-    /// The next wait: the current delay ±25 %, then the delay doubles.
-    fn next(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let base = self.delay.as_micros() as u64;
-        let jitter = self.rng % (base / 2 + 1);
-        self.delay = (self.delay * 2).min(Self::MAX);
-        Duration::from_micros(base - base / 4 + jitter)
-    }
 }
 
 /// What the app side asks of the sender thread.
@@ -274,77 +76,13 @@ pub struct Progress {
     pub dropped_batches: u64,
 }
 
-/// A pipe whose only job is to wake the sender's `poll()`.
-struct WakePipe {
-    _fork_guards: [crate::fork::Registered; 2],
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl WakePipe {
-    fn new() -> Result<WakePipe> {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: fds has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("cannot create the sender's wake-up pipe");
-        }
-        // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
-        Ok(unsafe {
-            WakePipe {
-                _fork_guards: [
-                    crate::fork::Registered::new(fds[0]),
-                    crate::fork::Registered::new(fds[1]),
-                ],
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
-    }
-
-    fn wake(&self) {
-        // SAFETY: writing one byte from a valid buffer to our pipe; a full pipe (EAGAIN) is fine.
-        unsafe { libc::write(self.write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-    }
-
-    fn drain(&self) {
-        let mut buf = [0u8; 64];
-        // SAFETY: reading into a valid buffer from our non-blocking pipe until it is empty.
-        while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
-        }
-    }
-}
-
-/// Sleeps until `timeout`, a wake-up, or activity (data or hang-up) on `conn`. Returns whether
-/// `conn` showed activity.
-fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: pipe.read.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: conn.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: fds is a valid array of 2 pollfd; a negative fd is ignored by poll.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-    if n > 0 && fds[0].revents != 0 {
-        pipe.drain();
-    }
-    n > 0 && conn.is_some() && fds[1].revents != 0
-}
-
 struct Shared {
     config: Config,
     workdir: Mutex<WorkDir>,
     metrics: &'static LocalMetrics,
     client_id: u64,
+    /// This start's role: the sender is its only writer.
+    role: &'static RoleCell,
     signal: Mutex<Signal>,
     pipe: WakePipe,
     progress: Mutex<Progress>,
@@ -359,15 +97,17 @@ pub struct Sender {
 impl Sender {
     /// Where the sender is, and whether everything recorded so far is acknowledged.
     pub fn progress(&self) -> (Progress, bool) {
-        let progress = *self
+        let guard = self
             .shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let idle = progress.pending_batches == 0
-            && progress.assigned_seq == progress.acked_seq
+        // The pre-aggregate is checked under the same lock that `collect` holds while it moves it
+        // into batches: otherwise data taken but not yet numbered reads as idle.
+        let idle = guard.pending_batches == 0
+            && guard.assigned_seq == guard.acked_seq
             && self.shared.metrics.is_empty();
-        (progress, idle)
+        (*guard, idle)
     }
 
     pub fn start(
@@ -375,12 +115,14 @@ impl Sender {
         workdir: WorkDir,
         metrics: &'static LocalMetrics,
         client_id: u64,
+        role: &'static RoleCell,
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
             workdir: Mutex::new(workdir),
             metrics,
             client_id,
+            role,
             signal: Mutex::new(Signal::default()),
             pipe: WakePipe::new()?,
             progress: Mutex::new(Progress::default()),
@@ -469,7 +211,7 @@ impl State {
                 nap = nap.min(self.next_attempt.saturating_duration_since(Instant::now()));
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
-                self.check_connection();
+                self.check_connection(shared);
             }
             let stop_deadline = shared
                 .signal
@@ -477,7 +219,7 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .stop_deadline;
             self.collect(shared);
-            self.check_local_leader();
+            self.check_local_leader(shared);
             if matches!(self.link, Link::None) && Instant::now() >= self.next_attempt {
                 self.establish(shared);
             }
@@ -501,10 +243,9 @@ impl State {
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(10), IO_TIMEOUT);
             if let Link::Remote(conn) = &self.link {
-                let _ = conn.stream.set_read_timeout(Some(self.io_timeout));
-                let _ = conn.stream.set_write_timeout(Some(self.io_timeout));
+                conn.set_io_timeout(self.io_timeout);
             }
-            self.check_local_leader();
+            self.check_local_leader(shared);
             if matches!(self.link, Link::None) {
                 let now = Instant::now();
                 if now >= self.next_attempt {
@@ -530,7 +271,11 @@ impl State {
                 .clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
                 match Leader::start(&shared.config, &workdir, lock) {
-                    Ok(leader) => self.link = Link::Local(leader),
+                    Ok(leader) => {
+                        shared.role.set(Role::Leader);
+                        tracing::info!("leading: {}", leader.description());
+                        self.link = Link::Local(leader);
+                    }
                     Err(e) => tracing::warn!("stop: cannot lead to push what is left: {e:#}"),
                 }
             }
@@ -538,7 +283,7 @@ impl State {
         if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
             leader.shutdown(deadline);
         }
-        set_role(Role::Stopped);
+        shared.role.set(Role::Stopped);
     }
 
     /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
@@ -611,11 +356,11 @@ impl State {
     }
 
     /// The connection showed activity while idle: the leader closed it (it died or stopped).
-    fn check_connection(&mut self) {
+    fn check_connection(&mut self, shared: &Shared) {
         if let Link::Remote(conn) = &self.link {
             if conn.is_closed() {
                 tracing::info!("the leader (pid {}) went away; electing", conn.leader_pid);
-                set_role(Role::Starting);
+                shared.role.set(Role::Starting);
                 self.link = Link::None;
                 self.backoff.reset();
                 self.next_attempt = Instant::now();
@@ -623,14 +368,14 @@ impl State {
         }
     }
 
-    fn check_local_leader(&mut self) {
+    fn check_local_leader(&mut self, shared: &Shared) {
         if let Link::Local(leader) = &self.link {
             if !leader.is_serving() {
                 if leader.handed_over() {
                     // Leave the lock to the newer library for a while: connect to it instead.
                     self.yield_until = Some(Instant::now() + YIELD_AFTER_HANDOVER);
                 }
-                set_role(Role::Starting);
+                shared.role.set(Role::Starting);
                 if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                     leader.shutdown(Instant::now());
                 }
@@ -674,9 +419,10 @@ impl State {
             }
         };
         if let Some(lock) = lock {
-            // Leader::start sets the role once it listens.
             match Leader::start(&shared.config, &workdir, lock) {
                 Ok(leader) => {
+                    shared.role.set(Role::Leader);
+                    tracing::info!("leading: {}", leader.description());
                     self.link = Link::Local(leader);
                     self.backoff.reset();
                 }
@@ -696,7 +442,7 @@ impl State {
         };
         match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
-                set_role(Role::Client);
+                shared.role.set(Role::Client);
                 tracing::info!("connected to the leader (pid {})", conn.leader_pid);
                 self.link = Link::Remote(conn);
                 self.backoff.reset();
@@ -705,7 +451,10 @@ impl State {
                 tracing::error!(
                     "the leader refused this process: {reason}; this process stops reporting"
                 );
-                crate::agent::set_disabled(format!("refused by the leader: {reason}"));
+                shared
+                    .role
+                    .disable(format!("refused by the leader: {reason}"));
+                crate::recorder::set_recording(false);
                 self.disabled = true;
                 if !self.pending.is_empty() {
                     let entries: usize = self.pending.iter().map(Batch::entries).sum();
@@ -753,7 +502,7 @@ impl State {
                         "lost the leader ({e:#}); {} batches wait for the next one",
                         self.pending.len()
                     );
-                    set_role(Role::Starting);
+                    shared.role.set(Role::Starting);
                     if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                         leader.shutdown(Instant::now());
                     }
@@ -766,142 +515,13 @@ impl State {
     }
 }
 
-/// Adds what `dropped` held (and the drops it reported) to the drop counts of `lost`.
-fn add_drops(lost: &mut Batch, dropped: &Batch) {
-    let entries = dropped.counters.len() + dropped.gauges.len() + dropped.distributions.len();
-    lost.dropped_batches = lost
-        .dropped_batches
-        .saturating_add(1)
-        .saturating_add(dropped.dropped_batches);
-    lost.dropped_updates = lost
-        .dropped_updates
-        .saturating_add(dropped.dropped_updates)
-        .saturating_add(entries as u64);
-    lost.dropped_samples = lost
-        .dropped_samples
-        .saturating_add(dropped.dropped_samples)
-        .saturating_add(dropped.samples.len() as u64);
-    lost.dropped_logs = lost
-        .dropped_logs
-        .saturating_add(dropped.dropped_logs)
-        .saturating_add(dropped.logs.len() as u64);
-}
-
-fn key_bytes(key: &MetricKey) -> usize {
-    key.name.len()
-        + key
-            .tags
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>()
-        + 32
-}
-
-/// Splits one flush period's data into batches under [`BATCH_BUDGET_BYTES`] each.
-fn split(taken: Taken, client_id: u64, next_seq: &mut u64, created_ms: u64) -> Vec<Batch> {
-    let mut splitter = Splitter {
-        batches: Vec::new(),
-        current: Batch::default(),
-        used: 0,
-        client_id,
-        created_ms,
-        next_seq,
-    };
-    splitter.start_batch();
-    let mut dropped = taken.dropped_updates;
-    for (key, value) in taken.counters {
-        match splitter.room(key_bytes(&key), MAX_ENTRY_BYTES) {
-            Some(batch) => batch.counters.push((key, value)),
-            None => dropped += 1,
-        }
-    }
-    for (key, value) in taken.gauges {
-        match splitter.room(key_bytes(&key), MAX_ENTRY_BYTES) {
-            Some(batch) => batch.gauges.push((
-                key,
-                GaugeValue {
-                    value,
-                    at_ms: created_ms,
-                },
-            )),
-            None => dropped += 1,
-        }
-    }
-    for (key, sketch) in taken.distributions {
-        match splitter.room(
-            key_bytes(&key) + SKETCH_ESTIMATE_BYTES,
-            MAX_ENTRY_BYTES + SKETCH_ESTIMATE_BYTES,
-        ) {
-            Some(batch) => batch.distributions.push((key, sketch)),
-            None => dropped += 1,
-        }
-    }
-    // Samples and logs were size-checked when submitted (metrics::MAX_RECORD_BYTES).
-    for sample in taken.samples {
-        if let Some(batch) = splitter.room(sample.len(), crate::metrics::MAX_RECORD_BYTES) {
-            batch.samples.push(sample);
-        }
-    }
-    for line in taken.logs {
-        if let Some(batch) = splitter.room(line.len(), crate::metrics::MAX_RECORD_BYTES) {
-            batch.logs.push(line);
-        }
-    }
-    let mut batches = splitter.finish();
-    if let Some(first) = batches.first_mut() {
-        first.dropped_updates = dropped;
-        first.dropped_samples = taken.dropped_samples;
-        first.dropped_logs = taken.dropped_logs;
-    }
-    batches
-}
-
-/// Fills numbered batches up to the budget.
-struct Splitter<'a> {
-    batches: Vec<Batch>,
-    current: Batch,
-    used: usize,
-    client_id: u64,
-    created_ms: u64,
-    next_seq: &'a mut u64,
-}
-
-impl Splitter<'_> {
-    fn start_batch(&mut self) {
-        self.current = Batch {
-            client_id: self.client_id,
-            seq: *self.next_seq,
-            created_ms: self.created_ms,
-            ..Batch::default()
-        };
-        *self.next_seq += 1;
-        self.used = 0;
-    }
-
-    /// The batch to put an entry of `cost` bytes in; `None` when the entry is over `limit`.
-    fn room(&mut self, cost: usize, limit: usize) -> Option<&mut Batch> {
-        if cost > limit {
-            return None;
-        }
-        if self.used + cost > BATCH_BUDGET_BYTES && self.current.entries() > 0 {
-            let full = std::mem::take(&mut self.current);
-            self.batches.push(full);
-            self.start_batch();
-        }
-        self.used += cost;
-        Some(&mut self.current)
-    }
-
-    fn finish(mut self) -> Vec<Batch> {
-        let last = std::mem::take(&mut self.current);
-        self.batches.push(last);
-        self.batches
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::batching::MAX_ENTRY_BYTES;
+    use super::link::{connect, ClientMessageRef};
     use super::*;
+    use crate::metrics::Taken;
+    use crate::protocol::MetricKey;
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

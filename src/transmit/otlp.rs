@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::settings::OtlpSettings;
-use super::Signal;
-use crate::transmit::PushError;
+use super::PushError;
+use crate::otlp::settings::OtlpSettings;
+use crate::otlp::Signal;
 
 /// The HTTP header that carries a request's stable id (also a scope attribute, see
-/// [`super::mapping::EXPORT_ID_ATTRIBUTE`]): a receiver can drop a request it has seen.
+/// [`crate::otlp::mapping::EXPORT_ID_ATTRIBUTE`]): a receiver can drop a request it has seen.
 pub const EXPORT_ID_HEADER: &str = "x-appsignal-export-id";
 /// Longest answer body read (a `partial_success` is a few bytes).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -1,0 +1,187 @@
+//! What app threads call: custom metrics, finished samples and log lines go into this process's
+//! pre-aggregate ([`crate::metrics::LocalMetrics`]) when recording is on, and nowhere else. No
+//! I/O, no waiting on the leader, no lock but the pre-aggregate's short one.
+//!
+//! Fork: the first call in a forked child notices the new fork generation ([`crate::fork`]),
+//! switches to a fresh, empty pre-aggregate (the parent's belongs to the parent, which sends it),
+//! stops recording, and runs the handler the agent registered ([`set_fork_handler`]), which starts
+//! the child afresh. This module knows nothing of the agent beyond that function pointer.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use crate::data::Data;
+use crate::metrics::LocalMetrics;
+
+/// Whether app-thread calls record anything.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+/// The pre-aggregate app threads write into. A pointer, so that a forked child can switch to a
+/// fresh one even if a thread of the parent held the old one's lock at the fork; old ones are
+/// leaked (once per fork), never freed, so a reference to one stays valid.
+static METRICS: AtomicPtr<LocalMetrics> = AtomicPtr::new(std::ptr::null_mut());
+/// The fork generation this process's state belongs to.
+static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// What to run (once) in a forked child after the recorder reset itself: the agent's restart.
+static FORK_HANDLER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The pre-aggregate of this process (of this fork generation).
+pub fn metrics() -> &'static LocalMetrics {
+    let current = METRICS.load(Ordering::Acquire);
+    if !current.is_null() {
+        // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
+        return unsafe { &*current };
+    }
+    let fresh = Box::into_raw(Box::default());
+    match METRICS.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: as above; `fresh` is now the stored pointer.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` lost the race and was never shared; `existing` is never freed.
+            drop(unsafe { Box::from_raw(fresh) });
+            unsafe { &*existing }
+        }
+    }
+}
+
+/// Turns recording on (a start succeeded) or off (stop, disabled).
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+pub fn is_recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Registers what a forked child runs after the recorder reset itself (the agent's restart).
+pub fn set_fork_handler(handler: fn()) {
+    FORK_HANDLER.store(handler as *mut (), Ordering::Release);
+}
+
+/// Notices a fork (one relaxed load and a compare on the hot path).
+#[inline]
+pub fn check_fork() {
+    if crate::fork::generation() != SEEN_GENERATION.load(Ordering::Relaxed) {
+        after_fork();
+    }
+}
+
+#[cold]
+fn after_fork() {
+    let generation = crate::fork::generation();
+    let seen = SEEN_GENERATION.load(Ordering::Acquire);
+    if seen == generation
+        || SEEN_GENERATION
+            .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return; // another thread of this child got here first
+    }
+    RECORDING.store(false, Ordering::Relaxed);
+    METRICS.store(Box::into_raw(Box::default()), Ordering::Release);
+    let handler = FORK_HANDLER.load(Ordering::Acquire);
+    if !handler.is_null() {
+        // SAFETY: the only value stored is a `fn()` cast to a pointer in `set_fork_handler`.
+        let handler: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(handler) };
+        handler();
+    }
+}
+
+pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Counter {
+        name: name.to_owned(),
+        value,
+        tags: tags.cloned(),
+    });
+    if is_recording() {
+        metrics().increment_counter(name, value, tags);
+    }
+}
+
+pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
+    if is_recording() {
+        metrics().set_gauge(name, value, tags);
+    }
+}
+
+pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Distribution {
+        name: name.to_owned(),
+        value,
+        tags: tags.cloned(),
+    });
+    if is_recording() {
+        metrics().add_distribution_value(name, value, tags);
+    }
+}
+
+/// Hands a finished sample (a transaction's or root span's) to the agent: kept with this
+/// process's pre-aggregate and flushed to the leader, within the per-flush and per-window caps.
+pub fn submit_sample(sample: serde_json::Value) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
+    if is_recording() {
+        metrics().submit_sample(sample.to_string());
+    }
+}
+
+/// Hands a log line (from `appsignal_log`) to the agent, like [`submit_sample`].
+pub fn submit_log(line: serde_json::Value) {
+    check_fork();
+    #[cfg(test)]
+    test_recorder::record(test_recorder::Recorded::Log(line.clone()));
+    if is_recording() {
+        metrics().submit_log(line.to_string());
+    }
+}
+
+#[cfg(test)]
+pub use test_recorder::{recorded, Recorded};
+
+/// For the APM unit tests: records what is handed to the recorder, whether or not it records.
+#[cfg(test)]
+mod test_recorder {
+    use std::sync::Mutex;
+
+    use once_cell::sync::Lazy;
+
+    use crate::data::Data;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Recorded {
+        Counter {
+            name: String,
+            value: f64,
+            tags: Option<Data>,
+        },
+        Distribution {
+            name: String,
+            value: f64,
+            tags: Option<Data>,
+        },
+        Sample(serde_json::Value),
+        Log(serde_json::Value),
+    }
+
+    static RECORDED: Lazy<Mutex<Vec<Recorded>>> = Lazy::new(|| Mutex::new(Vec::new()));
+
+    pub fn record(call: Recorded) {
+        RECORDED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
+    }
+
+    pub fn recorded() -> Vec<Recorded> {
+        RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
