@@ -183,31 +183,29 @@ async fn cache_windows(
         report.rejected_exports = 0;
         report.refused_connections = 0;
         report.poisoned_batches = 0;
-        let outgoing = match exports(&window, &window_report) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(
-                    "cannot encode payload {}: {e:#}; it stays in the journal",
-                    window.segment
-                );
-                continue;
-            }
-        };
-        tracing::debug!(
-            "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
+        // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
+        // the thread that serves the sockets.
+        let (start_ms, config_id, segment, config) = (
             window.start_ms,
-            window.config.app_name,
-            window.config.environment,
-            window.segment,
-            window.metrics.len(),
-            window.samples.len(),
-            window.logs.len(),
-            window.batches,
-            outgoing.len()
+            window.config_id,
+            window.segment.clone(),
+            window.config.clone(),
         );
-        // The cache writes with fsync: on the blocking pool, not on the thread that serves sockets.
         let storing = Arc::clone(shared);
         let not_cached = tokio::task::spawn_blocking(move || {
+            let outgoing = exports(&window, &window_report)?;
+            tracing::debug!(
+                "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
+                window.start_ms,
+                window.config.app_name,
+                window.config.environment,
+                window.segment,
+                window.metrics.len(),
+                window.samples.len(),
+                window.logs.len(),
+                window.batches,
+                outgoing.len()
+            );
             let mut not_cached = Vec::new();
             for o in outgoing {
                 if let Err(e) = storing.cache.store(&o) {
@@ -220,15 +218,15 @@ async fn cache_windows(
                     not_cached.push(o);
                 }
             }
-            not_cached
+            anyhow::Ok(not_cached)
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
         let not_cached = match not_cached {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(
-                    "caching payload {} failed ({e}); its journal segment stays",
-                    window.segment
+                    "cannot encode or cache payload {segment}: {e:#}; it stays in the journal"
                 );
                 continue;
             }
@@ -236,7 +234,7 @@ async fn cache_windows(
         // If a payload can be neither cached nor sent, the journal segment stays for the next leader.
         let mut all_out = true;
         for o in &not_cached {
-            match push_until(pusher, &window.config, o, deadline).await {
+            match push_until(pusher, &config, o, deadline).await {
                 Ok(()) => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
                 Err(e) => {
                     all_out = false;
@@ -252,7 +250,7 @@ async fn cache_windows(
             shared
                 .counting()
                 .journal
-                .remove(window.start_ms, window.config_id, &window.segment);
+                .remove(start_ms, config_id, &segment);
         }
     }
     // Counts that no payload of this round carried (every window was empty) wait for the next one.

@@ -435,17 +435,30 @@ pub fn histogram_point(
     }
 }
 
+fn sorted<'a>(keys: impl Iterator<Item = &'a MetricKey>) -> Vec<&'a MetricKey> {
+    let mut keys: Vec<&MetricKey> = keys.collect();
+    keys.sort_unstable();
+    keys
+}
+
 fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
     let start_ns = window.start_ms.saturating_mul(1_000_000);
     let end_ns = window.end_ms.saturating_mul(1_000_000);
     let mut builder = MetricBuilder::default();
-    for (key, value) in &window.metrics.counters {
+    // Keys in order, so that points come out in a stable order: the same window always gives the
+    // same bytes (a replayed window is the same request).
+    let counters = sorted(window.metrics.counters.keys());
+    for (key, value) in counters
+        .into_iter()
+        .map(|k| (k, &window.metrics.counters[k]))
+    {
         builder.sum(
             &key.name,
             number_point(tag_attributes(&key.tags), start_ns, end_ns, *value),
         );
     }
-    for (key, gauge) in &window.metrics.gauges {
+    let gauges = sorted(window.metrics.gauges.keys());
+    for (key, gauge) in gauges.into_iter().map(|k| (k, &window.metrics.gauges[k])) {
         let at_ns = gauge.at_ms.saturating_mul(1_000_000);
         match host_metric(key) {
             Some((name, attributes, scale)) => builder.gauge(
@@ -460,7 +473,11 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
             ),
         }
     }
-    for (key, sketch) in &window.metrics.distributions {
+    let distributions = sorted(window.metrics.distributions.keys());
+    for (key, sketch) in distributions
+        .into_iter()
+        .map(|k| (k, &window.metrics.distributions[k]))
+    {
         builder.histogram(
             &key.name,
             histogram_point(tag_attributes(&key.tags), start_ns, end_ns, sketch),
@@ -490,24 +507,7 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
             );
         }
     }
-    let mut metrics: Vec<Metric> = builder.metrics.into_values().collect();
-    // Points in a stable order, so that the same window always gives the same bytes.
-    for m in &mut metrics {
-        let by_attributes = |a: &Vec<KeyValue>| format!("{a:?}");
-        match &mut m.data {
-            Some(metric::Data::Sum(s)) => {
-                s.data_points.sort_by_key(|p| by_attributes(&p.attributes))
-            }
-            Some(metric::Data::Gauge(g)) => {
-                g.data_points.sort_by_key(|p| by_attributes(&p.attributes))
-            }
-            Some(metric::Data::ExponentialHistogram(h)) => {
-                h.data_points.sort_by_key(|p| by_attributes(&p.attributes))
-            }
-            _ => {}
-        }
-    }
-    metrics
+    builder.metrics.into_values().collect()
 }
 
 // ---------------------------------------------------------------------------------------------
