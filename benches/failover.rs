@@ -1,7 +1,7 @@
 //! Failover time: SIGKILL of the leader → a new leader answering a handshake on `agent.socket`.
 //! Four worker processes (the test worker, which dlopens libappsignal.so) share a working
 //! directory; the leader is killed 60 times, each time replaced so that four processes remain.
-//! Prints the median, 90th percentile and maximum. `cargo bench -p appsignal-ffi --bench failover`
+//! Prints the median, 90th percentile and maximum. `cargo bench -p appsignal-testkit --bench failover`
 //!
 //! Not a criterion bench: each sample needs a process to die, and the quantity is wall time
 //! across processes, not the cost of a call.

@@ -10,7 +10,7 @@
 //!   attributes built once.
 //! - `mutex_hashmap_naive`: `Mutex<HashMap<String, f64>>` keyed by a `format!`ed string per call.
 //!
-//! Run: `cargo bench -p appsignal-ffi --bench increment_counter`
+//! Run: `cargo bench -p appsignal-testkit --bench increment_counter`
 
 use std::collections::HashMap;
 use std::ffi::c_void;

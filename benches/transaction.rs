@@ -3,7 +3,7 @@
 //! complete, free. Peer in the same run: an OpenTelemetry SDK trace of a root span with 10 child
 //! spans (no exporter, so the SDK's own recording cost only).
 //!
-//! `cargo bench -p appsignal-ffi --bench transaction`
+//! `cargo bench -p appsignal-testkit --bench transaction`
 
 use std::hint::black_box;
 

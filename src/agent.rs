@@ -9,8 +9,9 @@
 //! forgotten (its thread does not exist here) and, if the parent was running, the child starts
 //! afresh as a client.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Instant;
 
 use once_cell::sync::Lazy;
@@ -65,6 +66,63 @@ fn after_fork() {
 
 pub fn role() -> Role {
     current_role().map_or(Role::Stopped, RoleCell::get)
+}
+
+/// The library's own locks, held by the thread that calls `fork()` from just before the fork until
+/// just after it, in parent and child: another thread of the parent inside `start()`, `stop()`,
+/// `env_put` or an APM call when the fork happens makes the fork wait until it left, instead of
+/// leaving the child a lock that no thread of the child will ever release. Taken in the order the
+/// locks nest (`start()` holds RUNNING while it takes STATUS, reads the environment table and
+/// configures APM; nothing takes them the other way round), so the prepare handler cannot deadlock
+/// with them. A fork waits at most as long as the longest of those sections (a `start()` that
+/// becomes leader: milliseconds, bounded by the 5 s bind timeout).
+struct ForkLocks {
+    _running: MutexGuard<'static, Option<Sender>>,
+    _status: MutexGuard<'static, Status>,
+    _env_table: MutexGuard<'static, std::collections::HashMap<String, String>>,
+    _apm: crate::apm::ForkGuard,
+}
+
+thread_local! {
+    /// The locks the forking thread took in `fork_prepare` (the handlers run on that thread, and in
+    /// the child on its only thread).
+    static FORK_LOCKS: RefCell<Option<ForkLocks>> = const { RefCell::new(None) };
+}
+
+extern "C" fn fork_prepare() {
+    let locks = ForkLocks {
+        _running: RUNNING.lock().unwrap_or_else(|e| e.into_inner()),
+        _status: status(),
+        _env_table: crate::config::table(),
+        _apm: crate::apm::hold_for_fork(),
+    };
+    FORK_LOCKS.with(|held| *held.borrow_mut() = Some(locks));
+}
+
+/// Runs in the parent and in the child: releases what `fork_prepare` took.
+extern "C" fn fork_release() {
+    drop(FORK_LOCKS.with(|held| held.borrow_mut().take()));
+}
+
+/// Registers the fork handlers: [`crate::fork`]'s (descriptors, fork generation) and the lock
+/// handlers above. Called by every entry point of the C interface (one atomic load once done), so
+/// that they are in place before any call can take one of these locks.
+pub fn install_fork_handlers() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        crate::fork::install();
+        // SAFETY: registering handlers with no preconditions. They only lock and unlock this
+        // library's locks on the forking thread (std's futex locks can be unlocked in the child,
+        // whose only thread is the one that locked them).
+        let rc = unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release))
+        };
+        if rc != 0 {
+            tracing::warn!(
+                "pthread_atfork failed ({rc}): a fork while another thread starts or stops the agent may disable it in the child"
+            );
+        }
+    });
 }
 
 /// What diagnose reports about the last start.
@@ -151,11 +209,12 @@ fn refuse_config(reason: &str, config: &Config) {
 
 /// Starts the agent in this process. Returns within milliseconds; never fails the caller.
 pub fn start() {
-    crate::fork::install();
+    install_fork_handlers();
     log::install_panic_hook();
     recorder::set_fork_handler(after_fork);
     recorder::check_fork();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    crate::test_knobs::hold("start");
     if running.is_some() {
         tracing::info!("start() called while running; ignored");
         return;
@@ -271,8 +330,13 @@ fn workdir_fell_back(current: &WorkDir, fresh: &WorkDir, fallback: &workdir::Fal
 
 /// Flushes this process's data and stops (bounded by `_APPSIGNAL_STOP_TIMEOUT_MS`).
 pub fn stop() {
+    install_fork_handlers();
     recorder::check_fork();
-    let sender = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let sender = {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        crate::test_knobs::hold("stop");
+        running.take()
+    };
     recorder::set_recording(false);
     let Some(sender) = sender else {
         return;

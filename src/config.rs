@@ -16,13 +16,16 @@ use crate::otlp::settings::{OtlpSettings, ResourceInputs};
 /// The library's own environment table, filled through `appsignal_env_put`.
 static ENV_TABLE: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
-fn table() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
+/// The table's lock (also taken by the agent around a `fork()`, see `agent::install_fork_handlers`).
+pub(crate) fn table() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
     // A panic while holding this lock cannot leave the map half-updated, so a poisoned lock is usable.
     ENV_TABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn env_put(key: &str, value: &str) {
-    table().insert(key.to_owned(), value.to_owned());
+    let mut table = table();
+    crate::test_knobs::hold("env_put");
+    table.insert(key.to_owned(), value.to_owned());
 }
 
 pub fn env_get(key: &str) -> Option<String> {
@@ -75,6 +78,13 @@ pub struct PushConfig {
     pub endpoint: String,
     pub hostname: String,
     pub revision: String,
+    /// `_APPSIGNAL_HOST_ROLE`: what this host does (e.g. `web`, `worker`), sent with every payload.
+    #[serde(default)]
+    pub host_role: Option<String>,
+    /// `_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION`: the language package that loaded the library
+    /// (e.g. `ruby-4.0.0`), sent with every payload.
+    #[serde(default)]
+    pub language_integration_version: Option<String>,
     #[serde(default)]
     pub exporters: Exporters,
     /// Set when `exporters.otlp` is.
@@ -102,6 +112,13 @@ impl PushConfig {
         .into_iter()
         .cloned()
         .collect();
+        // Set only: a configuration without them keeps the id it had before they were sent.
+        if let Some(role) = &self.host_role {
+            fields.push(format!("host_role:{role}"));
+        }
+        if let Some(version) = &self.language_integration_version {
+            fields.push(format!("language_integration_version:{version}"));
+        }
         // A push-only configuration keeps the id it had before exporters existed.
         if self.exporters != Exporters::default() || self.otlp.is_some() {
             fields.push(format!(
@@ -130,6 +147,11 @@ impl fmt::Debug for PushConfig {
             .field("endpoint", &self.endpoint)
             .field("hostname", &self.hostname)
             .field("revision", &self.revision)
+            .field("host_role", &self.host_role)
+            .field(
+                "language_integration_version",
+                &self.language_integration_version,
+            )
             .field("exporters", &self.exporters)
             .field("otlp", &self.otlp)
             .field("redacted", &self.redacted)
@@ -160,13 +182,11 @@ pub struct Config {
     pub log_file_path: Option<PathBuf>,
     pub files_world_accessible: bool,
     pub enable_host_metrics: bool,
-    pub host_role: Option<String>,
     pub running_in_container: Option<bool>,
     pub ca_file_path: Option<PathBuf>,
     pub http_proxy: Option<String>,
-    pub language_integration_version: Option<String>,
+    /// `_APPSIGNAL_PROCESS_NAME`: shown in every line this process writes to the log.
     pub process_name: Option<String>,
-    pub diagnose: bool,
     pub ignore_actions: Vec<String>,
     pub ignore_errors: Vec<String>,
     pub ignore_namespaces: Vec<String>,
@@ -188,8 +208,8 @@ pub struct Config {
     pub sample_rate: f64,
     /// Listeners the leader hosts for other processes (StatsD, OTLP/HTTP); off by default.
     pub listeners: crate::intake::Listeners,
-    /// The library version this process announces (the build's, unless
-    /// `_APPSIGNAL_TEST_LIBRARY_VERSION` overrides it to test upgrades).
+    /// The library version this process announces (the build's, unless a test build overrides
+    /// it: `test_library_version`).
     pub library_version: String,
 }
 
@@ -454,6 +474,8 @@ impl Config {
                     .string("_APPSIGNAL_HOSTNAME")
                     .unwrap_or_else(system_hostname),
                 revision: r.string("_APP_REVISION").unwrap_or_default(),
+                host_role: r.string("_APPSIGNAL_HOST_ROLE"),
+                language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
                 exporters,
                 otlp: None,
                 redacted: false,
@@ -466,13 +488,10 @@ impl Config {
             log_file_path: r.string("_APPSIGNAL_LOG_FILE_PATH").map(PathBuf::from),
             files_world_accessible: r.bool("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", true),
             enable_host_metrics: r.bool("_APPSIGNAL_ENABLE_HOST_METRICS", true),
-            host_role: r.string("_APPSIGNAL_HOST_ROLE"),
             running_in_container: r.opt_bool("_APPSIGNAL_RUNNING_IN_CONTAINER"),
             ca_file_path: r.string("_APPSIGNAL_CA_FILE_PATH").map(PathBuf::from),
             http_proxy: r.string("_APPSIGNAL_HTTP_PROXY"),
-            language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
             process_name: r.string("_APPSIGNAL_PROCESS_NAME"),
-            diagnose: r.bool("_APPSIGNAL_DIAGNOSE", false),
             ignore_actions: r.list("_APPSIGNAL_IGNORE_ACTIONS"),
             ignore_errors: r.list("_APPSIGNAL_IGNORE_ERRORS"),
             ignore_namespaces: r.list("_APPSIGNAL_IGNORE_NAMESPACES"),
@@ -507,7 +526,7 @@ impl Config {
         config.listeners = r.listeners();
         if exporters.otlp {
             let inputs = ResourceInputs {
-                language_integration_version: config.language_integration_version.as_deref(),
+                language_integration_version: config.push.language_integration_version.as_deref(),
                 filter_parameters: &config.filter_parameters,
                 filter_session_data: &config.filter_session_data,
                 ignore_actions: &config.ignore_actions,
@@ -650,6 +669,39 @@ mod tests {
     }
 
     #[test]
+    fn host_role_and_integration_version_are_part_of_the_configuration_when_set() {
+        let plain = load(&[("_APPSIGNAL_PUSH_API_KEY", "k")]).config.push;
+        assert_eq!(plain.host_role, None);
+        assert_eq!(plain.language_integration_version, None);
+        let set = load(&[
+            ("_APPSIGNAL_PUSH_API_KEY", "k"),
+            ("_APPSIGNAL_HOST_ROLE", " worker "),
+            ("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION", "ruby-4.1.0"),
+            ("_APPSIGNAL_PROCESS_NAME", "sidekiq"),
+        ])
+        .config;
+        assert_eq!(set.push.host_role.as_deref(), Some("worker"));
+        assert_eq!(
+            set.push.language_integration_version.as_deref(),
+            Some("ruby-4.1.0")
+        );
+        assert_eq!(set.process_name.as_deref(), Some("sidekiq"));
+        // Kept apart from processes of another role or package version; unset ones keep their id.
+        assert_ne!(set.push.id(), plain.id());
+        let role_only = PushConfig {
+            host_role: Some("worker".into()),
+            ..plain.clone()
+        };
+        assert_ne!(role_only.id(), plain.id());
+        assert_ne!(role_only.id(), set.push.id());
+        // The journal's copy keeps them (they are not secrets).
+        assert_eq!(
+            set.push.without_secrets().host_role.as_deref(),
+            Some("worker")
+        );
+    }
+
+    #[test]
     fn table_wins_over_process_environment() {
         env_put("_APPSIGNAL_TEST_ONLY_KEY", "from-table");
         assert_eq!(
@@ -706,7 +758,7 @@ mod tests {
     fn otlp_settings_are_part_of_the_identity_and_never_of_the_journal_copy() {
         let a = load(&[
             ("_APPSIGNAL_EXPORTER", "otlp"),
-            ("_APPSIGNAL_OTLP_HEADERS", "k=one"),
+            ("_APPSIGNAL_OTLP_HEADERS", "k=secret-one"),
         ]);
         let b = load(&[
             ("_APPSIGNAL_EXPORTER", "otlp"),
@@ -718,6 +770,6 @@ mod tests {
         let stripped = a.config.push.without_secrets();
         assert!(stripped.redacted);
         assert_eq!(stripped.otlp.as_ref().unwrap().headers[0].1, "");
-        assert!(!format!("{:?}", a.config.push).contains("one"));
+        assert!(!format!("{:?}", a.config.push).contains("secret-one"));
     }
 }

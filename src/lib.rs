@@ -38,6 +38,7 @@
 //! - `log`: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
+//! - `test_knobs`: hooks for tests, compiled in only with the `test-knobs` feature.
 
 #![cfg_attr(
     not(test),
@@ -77,6 +78,7 @@ pub(crate) mod ids;
 pub(crate) mod leader;
 pub(crate) mod log;
 pub(crate) mod role;
+mod test_knobs;
 pub(crate) mod transmit;
 pub(crate) mod workdir;
 

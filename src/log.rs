@@ -1,6 +1,7 @@
 //! Logging: `tracing` events of this library go to `appsignal.log` (the configured
 //! `_APPSIGNAL_LOG_FILE_PATH`, else the working directory) or to stdout, one line each with a UTC
-//! timestamp, the pid and the process's role (leader/client). The push key never appears: configs
+//! timestamp, the pid, the process name (`_APPSIGNAL_PROCESS_NAME`, when set) and the process's
+//! role (leader/client). The push key never appears: configs
 //! print it redacted and push errors drop the URL.
 //!
 //! The subscriber is installed once as the global default of this library's own copy of `tracing`
@@ -31,6 +32,40 @@ static SINK_FD: AtomicI32 = AtomicI32::new(-1);
 /// Most verbose level written: 1 error … 5 trace.
 static LEVEL: AtomicU8 = AtomicU8::new(3);
 static INSTALLED: once_cell::sync::OnceCell<()> = once_cell::sync::OnceCell::new();
+/// `" name"` from `_APPSIGNAL_PROCESS_NAME`, or null. A pointer, not a lock, for the same reason as
+/// the sink (a child forked while a thread logged must log); a replaced name is leaked, which
+/// happens only when a start brings another name.
+static PROCESS_NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
+/// The longest process name shown, in characters.
+const MAX_PROCESS_NAME: usize = 64;
+
+/// Makes `name` the process name of every line from now on.
+fn set_process_name(name: Option<&str>) {
+    let shown = name.map(|n| {
+        // One line per event: no control characters, bounded length.
+        let clean: String = n
+            .chars()
+            .take(MAX_PROCESS_NAME)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        format!(" {clean}")
+    });
+    if shown.as_deref().unwrap_or_default() == process_name() {
+        return;
+    }
+    let new = shown.map_or(std::ptr::null_mut(), |s| Box::into_raw(Box::new(s)));
+    PROCESS_NAME.store(new, Ordering::Release);
+}
+
+fn process_name() -> &'static str {
+    let current = PROCESS_NAME.load(Ordering::Acquire);
+    if current.is_null() {
+        return "";
+    }
+    // SAFETY: a non-null pointer in PROCESS_NAME comes from Box::into_raw (set_process_name) and
+    // is never freed, so it is valid for 'static.
+    unsafe { &*current }
+}
 
 fn level_number(level: &Level) -> u8 {
     match *level {
@@ -75,7 +110,8 @@ impl<'a> MakeWriter<'a> for MakeSink {
     }
 }
 
-/// `2026-11-24T18:49:48.123Z (pid 4242) leader INFO message key=value`
+/// `2026-11-24T18:49:48.123Z (pid 4242) leader INFO message key=value`, or with
+/// `_APPSIGNAL_PROCESS_NAME=sidekiq`: `… (pid 4242 sidekiq) leader INFO …`
 struct LineFormat;
 
 impl<S, N> FormatEvent<S, N> for LineFormat
@@ -94,8 +130,9 @@ where
         tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut stamp))?;
         write!(
             writer,
-            "{stamp} (pid {}) {} {} ",
+            "{stamp} (pid {}{}) {} {} ",
             std::process::id(),
+            process_name(),
             role().as_str(),
             event.metadata().level()
         )?;
@@ -184,6 +221,7 @@ pub enum Destination {
 /// used, why (the caller logs it once the log is open).
 pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>) {
     install();
+    set_process_name(config.process_name.as_deref());
     LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
         set_sink(stdout_file());
@@ -223,6 +261,7 @@ pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>)
 /// Opens a log for an agent that could not get a working directory: the configured file only.
 pub fn open_without_workdir(config: &Config) -> Option<PathBuf> {
     install();
+    set_process_name(config.process_name.as_deref());
     LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
         set_sink(stdout_file());

@@ -24,6 +24,12 @@ pub struct Payload {
     pub environment: String,
     pub hostname: String,
     pub revision: String,
+    /// `_APPSIGNAL_HOST_ROLE` of the configuration, if set.
+    #[serde(default)]
+    pub host_role: Option<String>,
+    /// `_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION` of the configuration, if set.
+    #[serde(default)]
+    pub language_integration_version: Option<String>,
     pub window: WindowSpan,
     pub counters: Vec<ValueEntry>,
     pub gauges: Vec<ValueEntry>,
@@ -162,6 +168,8 @@ impl Payload {
             environment: window.config.environment.clone(),
             hostname: window.config.hostname.clone(),
             revision: window.config.revision.clone(),
+            host_role: window.config.host_role.clone(),
+            language_integration_version: window.config.language_integration_version.clone(),
             window: WindowSpan {
                 start_ms: window.start_ms,
                 end_ms: window.end_ms,
@@ -232,6 +240,7 @@ mod tests {
                 endpoint: "http://x".into(),
                 hostname: "h".into(),
                 revision: "abc".into(),
+                host_role: Some("web".into()),
                 ..Default::default()
             },
             config_id: 1,
@@ -268,6 +277,8 @@ mod tests {
         assert!((p50 - 50.0).abs() <= 1.0, "p50 {p50}");
         assert_eq!(v["agent"]["dropped_updates"], 2);
         assert_eq!(v["payload_id"].as_str().unwrap().len(), 32);
+        assert_eq!(v["host_role"], "web");
+        assert_eq!(v["language_integration_version"], serde_json::Value::Null);
     }
 
     #[test]

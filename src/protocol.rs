@@ -133,6 +133,8 @@ pub struct Hello {
     pub config: PushConfig,
 }
 
+// A Hello is sent once per connection and moved rarely: boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientMessage {
     Hello(Hello),

@@ -11,14 +11,25 @@ use appsignal::*;
 use appsignal_agent::apm::ApmConfig;
 use serde_json::Value;
 
-fn setup() {
+/// Held by every test while it runs: the APM configuration is process-wide, and `misc_functions`
+/// changes it for a moment.
+static CONFIG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Sets the tests' configuration; the configuration is this test's until the guard is dropped.
+fn setup() -> std::sync::MutexGuard<'static, ()> {
+    let guard = CONFIG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    configure(None);
+    guard
+}
+
+fn configure(running_in_container: Option<bool>) {
     appsignal_agent::apm::configure(ApmConfig {
         ignore_actions: vec!["Ffi#ignored".into()],
         ignore_errors: vec!["FfiIgnoredError".into()],
         ignore_namespaces: vec![],
         filter_parameters: vec!["password".into()],
         filter_session_data: vec!["csrf".into()],
-        running_in_container: None,
+        running_in_container,
         revision: "rev-1".into(),
         hostname: "ffi-host".into(),
     });
@@ -56,7 +67,7 @@ fn span_json(span: *mut appsignal_span_t) -> Value {
 
 #[test]
 fn event_data_bodies_and_queue_start() {
-    setup();
+    let _config = setup();
     let txn = appsignal_start_transaction(s("req-data"), s("background"), 0);
     appsignal_set_transaction_action(txn, s("FfiJob#perform"));
     appsignal_set_transaction_namespace(txn, s("jobs"));
@@ -84,7 +95,7 @@ fn event_data_bodies_and_queue_start() {
 
 #[test]
 fn duplicate_and_use_after_complete() {
-    setup();
+    let _config = setup();
     let txn = appsignal_start_transaction(s("orig"), s("web"), 0);
     appsignal_set_transaction_action(txn, s("FfiDup#x"));
     appsignal_record_event(txn, s("a.b"), s(""), s(""), 0, 10, 0);
@@ -114,7 +125,7 @@ fn duplicate_and_use_after_complete() {
 
 #[test]
 fn null_handles_are_tolerated_everywhere() {
-    setup();
+    let _config = setup();
     let t: *mut appsignal_transaction_t = null_mut();
     let sp: *mut appsignal_span_t = null_mut();
     appsignal_start_event(t, 0);
@@ -164,7 +175,7 @@ fn null_handles_are_tolerated_everywhere() {
 
 #[test]
 fn empty_strings_and_invalid_utf8() {
-    setup();
+    let _config = setup();
     let empty = appsignal_string_t {
         len: 0,
         buf: null(),
@@ -197,7 +208,7 @@ fn empty_strings_and_invalid_utf8() {
 
 #[test]
 fn spans_are_safe_to_share_between_threads() {
-    setup();
+    let _config = setup();
     struct Shared(*mut appsignal_span_t);
     unsafe impl Send for Shared {}
     unsafe impl Sync for Shared {}
@@ -228,9 +239,16 @@ fn spans_are_safe_to_share_between_threads() {
 
 #[test]
 fn misc_functions() {
-    setup();
-    let answer = appsignal_running_in_container();
-    assert!(answer == 0 || answer == 1);
+    let _config = setup();
+    // Unconfigured: what detection on this machine's root says.
+    let detected = appsignal_agent::apm::misc::detect_container(std::path::Path::new("/"));
+    assert_eq!(appsignal_running_in_container(), i32::from(detected));
+    // Configured (`_APPSIGNAL_RUNNING_IN_CONTAINER`): the configuration wins, either way.
+    configure(Some(!detected));
+    assert_eq!(appsignal_running_in_container(), i32::from(!detected));
+    configure(Some(detected));
+    assert_eq!(appsignal_running_in_container(), i32::from(detected));
+    configure(None);
     assert_eq!(appsignal_get_server_state(s("nothing-here")).len, 0);
     appsignal_agent::apm::misc::set_server_state("ffi-state", "on");
     assert_eq!(read(appsignal_get_server_state(s("ffi-state"))), "on");

@@ -15,7 +15,7 @@ fn root() -> PathBuf {
 fn header_is_up_to_date() {
     let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
     let bindings = cbindgen::Builder::new()
-        .with_crate(env!("CARGO_MANIFEST_DIR"))
+        .with_crate(root().join("ffi"))
         .with_config(config)
         .generate()
         .expect("cbindgen generates the header");
@@ -47,7 +47,7 @@ fn compile(out: &Path, link: &[String]) {
 
 fn run_smoke(exe: &Path) {
     let tmp = tempfile::tempdir().unwrap();
-    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let lib_dir = common::lib_dir();
     let output = Command::new(exe)
         .env_clear()
         // Only this build's library (cargo test's LD_LIBRARY_PATH would win over the runpath).
@@ -63,7 +63,7 @@ fn run_smoke(exe: &Path) {
 
 #[test]
 fn a_c_program_runs_against_the_shared_library() {
-    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let lib_dir = common::lib_dir();
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("smoke-shared");
     compile(
@@ -110,7 +110,7 @@ fn stored_payloads(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
-    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let lib_dir = common::lib_dir();
     let tmp = tempfile::tempdir().unwrap();
     let received = tmp.path().join("received");
     let receiver = common::receiver::Receiver::start("apm-key", Some(received.clone())).unwrap();
@@ -258,7 +258,7 @@ fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
 /// Compiles `tests/c/<name>.c` (`-Wall -Wextra -Werror -pedantic`) against `appsignal.h` and the
 /// shared library of this build, into `dir`.
 fn compile_program(name: &str, dir: &Path) -> PathBuf {
-    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let lib_dir = common::lib_dir();
     let exe = dir.join(name);
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -286,7 +286,7 @@ fn compile_program(name: &str, dir: &Path) -> PathBuf {
 /// Runs a compiled test program with only `envs` (and this build's library) in its environment;
 /// asserts that it exited 0 and printed `<name>: all checks passed`. Returns (stdout, stderr).
 fn run_program(name: &str, exe: &Path, envs: &[(&str, &Path)]) -> (String, String) {
-    let lib_dir = common::library_path().parent().unwrap().to_path_buf();
+    let lib_dir = common::lib_dir();
     let output = Command::new(exe)
         .env_clear()
         .env("LD_LIBRARY_PATH", &lib_dir)

@@ -143,10 +143,11 @@ fn four_processes_one_leader_totals_equal() {
         );
     }
 
-    // Two rounds, so that data spans more than one window.
+    // Two rounds in different windows: the second starts once the first round's window was
+    // pushed (so it is closed), and the payloads received are checked to span both.
     let mut expected = Value::Null;
     let mut last = Vec::new();
-    for _round in 0..2 {
+    for round in 0..2 {
         for w in workers.iter_mut() {
             w.send("record 3000").unwrap();
         }
@@ -154,7 +155,17 @@ fn four_processes_one_leader_totals_equal() {
             .iter_mut()
             .map(|w| w.expect("sent", Duration::from_secs(30)).unwrap())
             .collect();
-        std::thread::sleep(Duration::from_millis(600));
+        if round == 0 {
+            for w in workers.iter_mut() {
+                w.sync().unwrap();
+            }
+            assert!(
+                common::poll(Duration::from_secs(20), || {
+                    setup.receiver.summary()["payloads"].as_u64() >= Some(1)
+                }),
+                "the first round's window was never pushed"
+            );
+        }
     }
     for sent in &last {
         fleet::add_sent(&mut expected, sent);
@@ -169,9 +180,68 @@ fn four_processes_one_leader_totals_equal() {
         lock_is_free(&wd.join("agent.lock")),
         "the lock is released after the last stop"
     );
+    assert!(
+        received_windows(&setup).len() >= 2,
+        "the two rounds did not land in two windows: {:?}",
+        received_windows(&setup)
+    );
     let log = setup.log();
     assert!(log.contains("leader INFO leading: listening on"), "{log}");
     assert!(!log.contains(KEY), "the push key never appears in the log");
+}
+
+/// Every payload the receiver stored, as JSON.
+fn received_payloads(setup: &Setup) -> Vec<Value> {
+    std::fs::read_dir(setup.tmp.path().join("received"))
+        .map(|dir| {
+            dir.map(|e| {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                serde_json::from_str(&text).unwrap()
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The distinct window starts of the payloads received.
+fn received_windows(setup: &Setup) -> std::collections::BTreeSet<u64> {
+    received_payloads(setup)
+        .iter()
+        .filter_map(|p| p["window"]["start_ms"].as_u64())
+        .collect()
+}
+
+#[test]
+fn host_role_integration_version_and_process_name_reach_payload_diagnose_and_log() {
+    let setup = Setup::new(300)
+        .with("_APPSIGNAL_HOST_ROLE", "queue-worker")
+        .with("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION", "ruby-4.1.0")
+        .with("_APPSIGNAL_PROCESS_NAME", "sidekiq 7 [busy]");
+    let mut worker = setup.spawn(0);
+    let config = &worker.diagnose().unwrap()["leader_election"]["config"];
+    assert_eq!(config["host_role"], "queue-worker", "{config}");
+    assert_eq!(config["language_integration_version"], "ruby-4.1.0");
+    assert_eq!(config["process_name"], "sidekiq 7 [busy]");
+    let sent = worker.record(100).unwrap();
+    let mut expected = Value::Null;
+    fleet::add_sent(&mut expected, &sent);
+    let pid = worker.pid;
+    stop_all(std::slice::from_mut(&mut worker));
+    setup.assert_totals(&expected);
+    let payloads = received_payloads(&setup);
+    assert!(!payloads.is_empty());
+    for p in &payloads {
+        assert_eq!(p["host_role"], "queue-worker", "{p}");
+        assert_eq!(p["language_integration_version"], "ruby-4.1.0", "{p}");
+    }
+    let log = setup.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    let tag = format!("(pid {pid} sidekiq 7 [busy]) ");
+    assert!(
+        lines.iter().all(|l| l.contains(&tag)),
+        "a line without {tag:?}:\n{log}"
+    );
 }
 
 #[test]
@@ -521,22 +591,14 @@ fn chaos(kill_clients: bool) {
             setup.spawn(next_index)
         },
         kill_clients,
-        Duration::from_secs(20),
+        15,
+        Duration::from_secs(300),
     );
     let mut workers = run.survivors;
     stop_all(&mut workers);
-    assert!(
-        run.leader_kills >= 15,
-        "only {} leader kills",
-        run.leader_kills
-    );
-    if kill_clients {
-        assert!(
-            run.client_kills >= 5,
-            "only {} client kills",
-            run.client_kills
-        );
-    }
+    assert_eq!(run.leader_kills, 15);
+    // One after every odd-numbered leader kill.
+    assert_eq!(run.client_kills, if kill_clients { 8 } else { 0 });
     setup.assert_totals(&run.expected);
     let log = setup.log();
     assert!(
@@ -620,6 +682,37 @@ fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
         "{}",
         setup.log()
     );
+}
+
+#[test]
+fn a_fork_while_another_thread_is_inside_start_stop_or_env_put_leaves_the_child_working() {
+    for point in ["start", "stop", "env_put"] {
+        let setup = Setup::new(300);
+        let hold_dir = setup.tmp.path().join("hold");
+        let setup = setup.with("_APPSIGNAL_TEST_HOLD_DIR", hold_dir.to_str().unwrap());
+        let mut worker = setup.spawn(0);
+        assert_eq!(worker.role, "leader");
+        worker.send(&format!("fork-during {point}")).unwrap();
+        let r = worker
+            .expect("forked-during", Duration::from_secs(90))
+            .unwrap();
+        assert_eq!(r["held_before"], true, "{point}: never caught inside: {r}");
+        // fork() waited until the other thread had left (its lock was taken for the fork)...
+        assert_eq!(r["held_after"], false, "{point}: forked while held: {r}");
+        // ... so the child could start and join the election.
+        assert_eq!(
+            r["child_exit"],
+            0,
+            "{point}: the child did not start: {r}\n{}",
+            setup.log()
+        );
+        stop_all(std::slice::from_mut(&mut worker));
+        let child = r["child_pid"].as_u64().unwrap();
+        assert!(
+            setup.log().contains(&format!("(pid {child}) ")),
+            "{point}: the child logged nothing"
+        );
+    }
 }
 
 #[test]

@@ -25,12 +25,13 @@ locate_library() {
   RECEIVER=${RECEIVER_BIN:-$TARGET_DIR/release/examples/receiver}
   if [ "${APPSIGNAL_REBUILD:-0}" = 1 ] || [ -z "$LIB_DIR" ] || [ ! -x "$RECEIVER" ]; then
     command -v cargo >/dev/null 2>&1 || die "libappsignal is not built and cargo is missing"
-    say "building libappsignal and the receiver (cargo build --release -p appsignal-ffi --examples)"
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p appsignal-ffi --examples)
+    say "building libappsignal and the receiver (cargo build --release -p appsignal-testkit --example receiver)"
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p appsignal-testkit --example receiver)
     LIB_DIR=${APPSIGNAL_LIB_DIR:-$(find_lib_dir)} || die "libappsignal.so not found under $TARGET_DIR/release"
   fi
   [ -f "$LIB_DIR/libappsignal.so" ] || die "no libappsignal.so in $LIB_DIR"
   [ -x "$RECEIVER" ] || die "no receiver at $RECEIVER"
+  link_soname
   say "library $LIB_DIR/libappsignal.so, receiver $RECEIVER"
 }
 
@@ -40,6 +41,14 @@ find_lib_dir() {
     [ -f "$d/libappsignal.so" ] && { echo "$d"; return 0; }
   done
   return 1
+}
+
+# A program linked with -lappsignal asks for the library's soname (libappsignal.so.0) at run time:
+# an installed library has that link (make install); a build directory gets it here.
+link_soname() {
+  local soname
+  soname=$(readelf -d "$LIB_DIR/libappsignal.so" 2>/dev/null | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
+  [ -z "$soname" ] || [ -e "$LIB_DIR/$soname" ] || ln -s libappsignal.so "$LIB_DIR/$soname" 2>/dev/null || true
 }
 
 # The Python that runs examples/otlp_receiver.py, found as examples/common/otlp_receiver.rs finds it:

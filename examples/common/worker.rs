@@ -13,6 +13,12 @@
 //! - `fork C R DIR`: forks C children (like a preloading server's workers); each records R rounds,
 //!   waits until its data is acknowledged, writes its acknowledged totals to `DIR/child-<pid>.json`,
 //!   calls `appsignal_stop()` and exits; prints `{"event":"forked","pids":[…]}`;
+//! - `fork-during POINT`: another thread enters `POINT` (`start`, `stop` or `env_put`: for `start`
+//!   the agent is stopped first) held there by the test hook (`_APPSIGNAL_TEST_HOLD_DIR`, test
+//!   builds only); once it is inside, this thread forks. The child calls `appsignal_start()` and
+//!   waits until it is leader or client, then stops and exits; prints `{"event":"forked-during",
+//!   "held_before":…, "held_after":…, "child_exit":…}` (`held_after`: the other thread was still
+//!   inside when `fork()` returned in the parent, `child_exit`: 0 ok, 1 not elected, null hung);
 //! - `exit`: exits at once without `appsignal_stop()` (a master that goes away after forking);
 //! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped"}` and exits.
 //!
@@ -74,6 +80,7 @@ type TxnFn = unsafe extern "C" fn(*mut c_void);
 type AppendStringFn = unsafe extern "C" fn(*mut c_void, AppsignalString);
 type SampleDataFn = unsafe extern "C" fn(*mut c_void, AppsignalString, *const c_void);
 type LogFn = unsafe extern "C" fn(AppsignalString, i32, i32, AppsignalString, *const c_void);
+type EnvPutFn = unsafe extern "C" fn(AppsignalString, AppsignalString);
 
 /// The library's functions, looked up by name.
 pub struct Lib {
@@ -81,6 +88,7 @@ pub struct Lib {
     start: VoidFn,
     stop: VoidFn,
     diagnose: StringFn,
+    env_put: EnvPutFn,
     map_new: NewFn,
     map_set_string: SetStringFn,
     increment_counter: MetricFn,
@@ -140,6 +148,7 @@ impl Lib {
             start: sym!(b"appsignal_start"),
             stop: sym!(b"appsignal_stop"),
             diagnose: sym!(b"appsignal_diagnose"),
+            env_put: sym!(b"appsignal_env_put"),
             map_new: sym!(b"appsignal_data_map_new"),
             map_set_string: sym!(b"appsignal_data_map_set_string"),
             increment_counter: sym!(b"appsignal_increment_counter"),
@@ -170,6 +179,11 @@ impl Lib {
     pub fn stop(&self) {
         // SAFETY: as above.
         unsafe { (self.stop)() }
+    }
+
+    pub fn env_put(&self, key: &str, value: &str) {
+        // SAFETY: both views are valid for the call; the library copies them.
+        unsafe { (self.env_put)(AppsignalString::from(key), AppsignalString::from(value)) }
     }
 
     pub fn diagnose(&self) -> Value {
@@ -396,9 +410,92 @@ fn child_main(lib: &Lib, index: u32, rounds: u64, dir: &str) -> ! {
     unsafe { libc::_exit(0) }
 }
 
+/// Waits until diagnose says this process is leader or client; returns the last role seen.
+fn wait_elected(lib: &Lib, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let role = lib.diagnose()["leader_election"]["role"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if role == "leader" || role == "client" || role == "disabled" || Instant::now() >= deadline
+        {
+            return role;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `fork-during POINT`: see the module doc.
+fn fork_during(lib: &'static Lib, point: &str) -> Value {
+    let Some(dir) = std::env::var_os("_APPSIGNAL_TEST_HOLD_DIR").map(PathBuf::from) else {
+        return json!({"event": "forked-during", "error": "_APPSIGNAL_TEST_HOLD_DIR is not set"});
+    };
+    let held = dir.join(format!("{point}.held"));
+    if point == "start" {
+        lib.stop();
+    }
+    std::fs::create_dir_all(&dir).expect("hold directory");
+    std::fs::write(dir.join(format!("{point}.hold")), b"").expect("arm the hold");
+    let inside = point.to_owned();
+    let other = std::thread::spawn(move || match inside.as_str() {
+        "start" => lib.start(),
+        "stop" => lib.stop(),
+        _ => lib.env_put("_APPSIGNAL_FORK_TEST", "1"),
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let held_before = held.exists();
+    // SAFETY: the point of the test: fork while another thread is inside the library. The child
+    // calls only the library and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        lib.start();
+        let role = wait_elected(lib, Duration::from_secs(10));
+        lib.stop();
+        let code = i32::from(role != "leader" && role != "client");
+        // SAFETY: ending the forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) }
+    }
+    let held_after = held.exists();
+    let _ = other.join();
+    let mut child_exit = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    if pid > 0 {
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child without blocking.
+            match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                0 => {
+                    // SAFETY: our own child, hung: end it.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    // SAFETY: reaping it.
+                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                    break;
+                }
+                _ => {
+                    if libc::WIFEXITED(status) {
+                        child_exit = json!(libc::WEXITSTATUS(status));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    if point == "stop" {
+        lib.start();
+    }
+    json!({"event": "forked-during", "point": point, "held_before": held_before,
+           "held_after": held_after, "child_exit": child_exit, "child_pid": pid})
+}
+
 /// The worker's main loop.
 pub fn run(index: u32) {
-    let lib = Lib::load();
+    // 'static, for the thread of `fork-during`; the process ends with this function.
+    let lib: &'static Lib = Box::leak(Box::new(Lib::load()));
     lib.start();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut role = String::new();
@@ -420,12 +517,12 @@ pub fn run(index: u32) {
         match words.next() {
             Some("record") => {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
-                record(&lib, index, n, &mut sent);
+                record(lib, index, n, &mut sent);
                 emit(sent.to_json());
             }
             Some("txn") => {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
-                transactions(&lib, n, &mut sent);
+                transactions(lib, n, &mut sent);
                 emit(sent.to_json());
             }
             Some("showcase") => {
@@ -446,6 +543,7 @@ pub fn run(index: u32) {
                 emit(acked);
             }
             Some("diagnose") => emit(json!({"event": "diagnose", "report": lib.diagnose()})),
+            Some("fork-during") => emit(fork_during(lib, words.next().unwrap_or("start"))),
             Some("fork") => {
                 let children: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
                 let rounds: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(10);
@@ -455,7 +553,7 @@ pub fn run(index: u32) {
                     // SAFETY: fork in a process whose other threads belong to the library, which
                     // is what is under test; the child only calls the library and exits.
                     match unsafe { libc::fork() } {
-                        0 => child_main(&lib, index * 100 + c + 1, rounds, &dir),
+                        0 => child_main(lib, index * 100 + c + 1, rounds, &dir),
                         pid if pid > 0 => pids.push(pid),
                         _ => break,
                     }

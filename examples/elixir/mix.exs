@@ -73,7 +73,7 @@ defmodule Mix.Tasks.Compile.AppsignalNif do
           nil ->
             {:error,
              "libappsignal.so not found in #{Enum.join(candidates, " or ")}; build it " <>
-               "(cargo build --release -p appsignal-ffi --examples) or set APPSIGNAL_LIB_DIR"}
+               "(cargo build --release -p appsignal-testkit --example receiver) or set APPSIGNAL_LIB_DIR"}
 
           dir ->
             {:ok, dir}

@@ -20,9 +20,12 @@ impl appsignal_string_t {
     };
 }
 
-/// Runs `$body`, catching a panic: the panic is logged and `$default` returned instead.
+/// Runs `$body`, catching a panic: the panic is logged and `$default` returned instead. First makes
+/// sure the fork handlers are registered (one atomic load once they are), so that no call can take
+/// one of the library's locks before they are.
 macro_rules! ffi_boundary {
     ($name:literal, $default:expr, $body:block) => {{
+        appsignal_agent::agent::install_fork_handlers();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)) {
             Ok(value) => value,
             Err(_) => {

@@ -19,6 +19,22 @@ static ENVIRONMENT_METADATA: Lazy<Mutex<BTreeMap<String, String>>> =
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static DETECTED_CONTAINER: OnceCell<bool> = OnceCell::new();
 
+/// The server state and environment metadata locks, held across a `fork()` (see
+/// `apm::hold_for_fork`); neither is ever taken while the other is held.
+pub(crate) struct ForkGuard {
+    _server_state: std::sync::MutexGuard<'static, BTreeMap<String, String>>,
+    _environment_metadata: std::sync::MutexGuard<'static, BTreeMap<String, String>>,
+}
+
+pub(crate) fn hold_for_fork() -> ForkGuard {
+    ForkGuard {
+        _server_state: SERVER_STATE.lock().unwrap_or_else(|e| e.into_inner()),
+        _environment_metadata: ENVIRONMENT_METADATA
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
 /// The value the agent stored for `key` (see [`set_server_state`]); an empty string for a key
 /// that is not set (the C interface's "none").
 pub fn get_server_state(key: &str) -> String {

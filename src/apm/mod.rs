@@ -67,6 +67,20 @@ pub fn configure(config: ApmConfig) {
     *slot = Some(Arc::new(config));
 }
 
+/// The APM code's locks, held by the thread that forks across the `fork()` (see
+/// `agent::install_fork_handlers`), in the order: configuration, then the misc tables.
+pub(crate) struct ForkGuard {
+    _config: std::sync::RwLockWriteGuard<'static, Option<Arc<ApmConfig>>>,
+    _misc: misc::ForkGuard,
+}
+
+pub(crate) fn hold_for_fork() -> ForkGuard {
+    ForkGuard {
+        _config: CONFIG.write().unwrap_or_else(|e| e.into_inner()),
+        _misc: misc::hold_for_fork(),
+    }
+}
+
 /// The current configuration.
 pub fn config() -> Arc<ApmConfig> {
     if let Some(c) = CONFIG.read().unwrap_or_else(|e| e.into_inner()).as_ref() {

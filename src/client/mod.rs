@@ -114,15 +114,17 @@ pub struct Sender {
 impl Sender {
     /// Where the sender is, and whether everything recorded so far is acknowledged.
     pub fn progress(&self) -> (Progress, bool) {
-        let progress = *self
+        let guard = self
             .shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let idle = progress.pending_batches == 0
-            && progress.assigned_seq == progress.acked_seq
+        // The pre-aggregate is checked under the same lock that `collect` holds while it moves it
+        // into batches: otherwise data taken but not yet numbered reads as idle.
+        let idle = guard.pending_batches == 0
+            && guard.assigned_seq == guard.acked_seq
             && self.shared.metrics.is_empty();
-        (progress, idle)
+        (*guard, idle)
     }
 
     pub fn start(

@@ -638,3 +638,252 @@ async fn run(
     drop(lock);
     tracing::info!("stopped leading ({connected} processes were still connected)");
 }
+
+/// The leader's counting ([`Shared::count`]) and replay ([`replay`]) in-process, on a real journal
+/// and payload cache in a temporary directory; the socket side is covered by `tests/end_to_end.rs`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Window;
+    use crate::protocol::MetricKey;
+    use crate::transmit::{ExportKind, Outgoing};
+
+    const INTERVAL_MS: u64 = 1000;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let dir = dir.display().to_string();
+        Config::load_from(&move |key| {
+            match key {
+                "_APPSIGNAL_ACTIVE" => Some("true"),
+                "_APPSIGNAL_PUSH_API_KEY" => Some("leader-test-key"),
+                "_APPSIGNAL_HOSTNAME" => Some("h"),
+                "_APPSIGNAL_TRANSMISSION_INTERVAL_MS" => Some("1000"),
+                "_APPSIGNAL_WORKING_DIRECTORY_PATH" => Some(dir.as_str()),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .config
+    }
+
+    /// What `Leader::start` builds, without the thread and the socket.
+    fn shared(dir: &std::path::Path) -> Shared {
+        let config = config(dir);
+        let workdir = WorkDir::prepare(dir, false).unwrap();
+        let mut aggregator = Aggregator::new(config.transmission_interval);
+        let own_config_id = aggregator.register(&config.push).unwrap();
+        Shared {
+            own_config_id,
+            counting: Mutex::new(Counting {
+                aggregator,
+                journal: Journal::new(workdir.clone()),
+                open: true,
+            }),
+            cache: PayloadCache::new(workdir.clone(), 100, 1 << 20),
+            workdir,
+            config,
+            rejected_frames: AtomicU64::new(0),
+            exports: transmission::ExportState::default(),
+            refused_connections: AtomicU64::new(0),
+            poisoned_batches: AtomicU64::new(0),
+            frame_bytes: AtomicUsize::new(0),
+            bindings: Mutex::new(HashMap::new()),
+            processes: Mutex::new(HashMap::new()),
+            panic_requested: AtomicBool::new(false),
+            intake: Arc::default(),
+            stopped: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
+            handover: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A new leader on the same directory: replays what is there. Returns it and what replay said.
+    fn next_leader(dir: &std::path::Path) -> (Aggregator, Journal, (usize, usize, u64)) {
+        let config = config(dir);
+        let workdir = WorkDir::prepare(dir, false).unwrap();
+        let mut aggregator = Aggregator::new(config.transmission_interval);
+        aggregator.register(&config.push);
+        let mut journal = Journal::new(workdir.clone());
+        let cache = PayloadCache::new(workdir, 100, 1 << 20);
+        let replayed = replay(&config, &mut aggregator, &mut journal, &cache);
+        (aggregator, journal, replayed)
+    }
+
+    fn batch(client_id: u64, seq: u64, created_ms: u64, value: f64) -> Batch {
+        Batch {
+            client_id,
+            seq,
+            created_ms,
+            counters: vec![(
+                MetricKey {
+                    name: "requests".into(),
+                    tags: vec![],
+                },
+                value,
+            )],
+            ..Batch::default()
+        }
+    }
+
+    /// The `requests` total of every window, by window start.
+    fn totals(windows: &[Window]) -> std::collections::BTreeMap<u64, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        for w in windows {
+            for (key, value) in &w.metrics.counters {
+                assert_eq!(key.name, "requests");
+                *out.entry(w.start_ms).or_insert(0.0) += value;
+            }
+        }
+        out
+    }
+
+    /// Two windows' worth: (client 1, seq 1..=2) in the first, (client 2, seq 1) in the second.
+    fn count_two_windows(s: &Shared, base: u64) {
+        assert!(s.count(s.own_config_id, batch(1, 1, base + 10, 2.0)));
+        assert!(s.count(s.own_config_id, batch(1, 2, base + 20, 3.0)));
+        assert!(s.count(s.own_config_id, batch(2, 1, base + INTERVAL_MS + 5, 7.0)));
+    }
+
+    fn base() -> u64 {
+        // A window boundary in the past, so that both windows are closed (and recent enough to be
+        // counted in their own windows).
+        (crate::now_ms() / INTERVAL_MS - 3) * INTERVAL_MS
+    }
+
+    #[test]
+    fn a_batch_counts_once_and_is_acknowledged_again_when_resent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shared(tmp.path());
+        let base = base();
+        count_two_windows(&s, base);
+        // A resend (its Ack was lost) is acknowledged again, and not counted again.
+        assert!(s.count(s.own_config_id, batch(1, 2, base + 20, 3.0)));
+        let windows = s.take_windows(None);
+        assert_eq!(
+            totals(&windows),
+            [(base, 5.0), (base + INTERVAL_MS, 7.0)].into()
+        );
+        assert_eq!(windows.iter().map(|w| w.batches).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn a_batch_of_an_unknown_configuration_or_after_counting_stopped_is_not_acknowledged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shared(tmp.path());
+        let base = base();
+        assert!(!s.count(s.own_config_id ^ 1, batch(1, 1, base, 1.0)));
+        s.counting().open = false;
+        assert!(!s.count(s.own_config_id, batch(1, 1, base, 1.0)));
+        // Neither is counted nor journaled: the client keeps both.
+        assert!(s.take_windows(None).is_empty());
+        assert!(s.counting().journal.replay().is_empty());
+    }
+
+    #[test]
+    fn the_next_leader_counts_what_a_killed_leader_acknowledged_exactly_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            let killed = shared(tmp.path());
+            count_two_windows(&killed, base);
+            // Killed here: windows in memory are gone, the journal stays.
+        }
+        let (mut aggregator, _journal, (segments, batches, _)) = next_leader(tmp.path());
+        assert_eq!((segments, batches), (2, 3));
+        // Clients resend what they had not seen acknowledged: each counts once.
+        assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
+        assert!(!aggregator.is_counted(1, 3) && !aggregator.is_counted(3, 1));
+        assert_eq!(
+            totals(&aggregator.take_all()),
+            [(base, 5.0), (base + INTERVAL_MS, 7.0)].into()
+        );
+    }
+
+    #[test]
+    fn the_next_leader_continues_a_replayed_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            let killed = shared(tmp.path());
+            assert!(killed.count(killed.own_config_id, batch(1, 1, base + 10, 2.0)));
+        }
+        // Replayed into a serving leader, then a new batch of the same window, then killed again.
+        {
+            let s = shared(tmp.path());
+            let mut counting = s.counting();
+            let Counting {
+                aggregator,
+                journal,
+                ..
+            } = &mut *counting;
+            assert_eq!(replay(&s.config, aggregator, journal, &s.cache), (1, 1, 0));
+            drop(counting);
+            assert!(s.count(s.own_config_id, batch(1, 2, base + 30, 4.0)));
+        }
+        let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
+        assert_eq!(replayed, (1, 2, 0), "one segment, continued");
+        assert_eq!(totals(&aggregator.take_all()), [(base, 6.0)].into());
+    }
+
+    #[test]
+    fn a_segment_whose_payload_is_cached_is_not_counted_again_but_its_batches_are_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            // Killed after caching the first window's payload, before deleting its segment.
+            let killed = shared(tmp.path());
+            count_two_windows(&killed, base);
+            let windows = killed.take_windows(None);
+            let first = windows.iter().find(|w| w.start_ms == base).unwrap();
+            killed
+                .cache
+                .store(&Outgoing {
+                    id: first.segment.clone(),
+                    config_id: first.config_id,
+                    created_ms: first.start_ms,
+                    kind: ExportKind::Push,
+                    body_gz: vec![0x1f, 0x8b],
+                })
+                .unwrap();
+        }
+        let (mut aggregator, journal, (segments, batches, _)) = next_leader(tmp.path());
+        assert_eq!((segments, batches), (1, 1), "only the uncached window");
+        assert!(
+            aggregator.is_counted(1, 1) && aggregator.is_counted(1, 2),
+            "a resend of a cached window's batch is dropped"
+        );
+        assert_eq!(
+            totals(&aggregator.take_all()),
+            [(base + INTERVAL_MS, 7.0)].into()
+        );
+        assert_eq!(
+            journal.replay().len(),
+            1,
+            "the cached window's segment is gone"
+        );
+    }
+
+    #[test]
+    fn the_counted_record_outlives_the_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            // A window pushed and its segment deleted: only the counted record remembers it.
+            let killed = shared(tmp.path());
+            count_two_windows(&killed, base);
+            let counted = killed.counting().aggregator.counted_snapshot();
+            Journal::write_counted(&killed.workdir, &counted).unwrap();
+            for w in killed.take_windows(None) {
+                killed
+                    .counting()
+                    .journal
+                    .remove(w.start_ms, w.config_id, &w.segment);
+            }
+        }
+        let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
+        assert_eq!(replayed, (0, 0, 0));
+        assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
+        assert!(!aggregator.is_counted(1, 3));
+        assert!(aggregator.take_all().is_empty());
+    }
+}

@@ -29,6 +29,31 @@ pub fn library_path() -> PathBuf {
     worker::library_path()
 }
 
+/// The directory of [`library_path`], ready for `-L… -lappsignal` programs: the library's soname is
+/// `libappsignal.so.0` (ffi/build.rs), which such a program looks for at run time, so this makes
+/// sure the directory has that name too (a relative symlink to `libappsignal.so`, as an installed
+/// library has; cargo does not make it).
+pub fn lib_dir() -> PathBuf {
+    let dir = library_path()
+        .parent()
+        .expect("the library is in a directory")
+        .to_path_buf();
+    let soname = dir.join(format!(
+        "libappsignal.so.{}",
+        env!("CARGO_PKG_VERSION_MAJOR")
+    ));
+    if let Err(e) = std::os::unix::fs::symlink("libappsignal.so", &soname) {
+        // Another test may have made it at the same moment.
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "cannot link {}: {e}",
+            soname.display()
+        );
+    }
+    dir
+}
+
 /// The worker binary, built by cargo for these tests.
 pub fn worker_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_appsignal-test-worker"))
@@ -77,31 +102,42 @@ pub struct Chaos {
     pub client_kills: u32,
 }
 
-/// Six processes record in rounds for `duration` while the leader is SIGKILLed about once a second
-/// (right after its own round was acknowledged, while the others are mid-round), and, with
-/// `kill_clients`, every other time also an idle client; killed processes are replaced. Expected
-/// totals: what every process had acknowledged when it was killed or, for survivors, at the end
-/// (the survivors are synced, not stopped).
+/// Six processes record in rounds while the leader is SIGKILLed, at most once a second (right
+/// after its own round was acknowledged, while the others are mid-round), until it was killed
+/// `leader_kills` times; with `kill_clients`, after every odd-numbered leader kill an idle client
+/// is killed too. Killed processes are replaced. The run is bounded by `deadline`: not reaching
+/// the kills by then fails the test. Expected totals: what every process had acknowledged when it
+/// was killed or, for survivors, at the end (the survivors are synced, not stopped).
 pub fn chaos(
     workdir: &std::path::Path,
     mut spawn: impl FnMut() -> fleet::WorkerProcess,
     kill_clients: bool,
-    duration: Duration,
+    leader_kills: u32,
+    deadline: Duration,
 ) -> Chaos {
     use serde_json::Value;
     let mut workers: Vec<fleet::WorkerProcess> = (0..6).map(|_| spawn()).collect();
     let mut last_acked: Vec<Value> = vec![Value::Null; workers.len()];
     let mut expected = Value::Null;
     let started = Instant::now();
+    // Pacing only (a leader gets time to serve, push and be connected to); what the run does is
+    // counted in kills, not in time.
     let mut next_kill = started + Duration::from_secs(1);
-    let (mut leader_kills, mut client_kills) = (0, 0);
-    while started.elapsed() < duration {
+    let (mut leaders_killed, mut client_kills) = (0, 0);
+    let mut rounds = 0u32;
+    while leaders_killed < leader_kills {
+        assert!(
+            started.elapsed() < deadline,
+            "chaos: only {leaders_killed} of {leader_kills} leader kills in {deadline:?} ({rounds} rounds)"
+        );
+        rounds += 1;
         for w in workers.iter_mut() {
             w.send("record 40").unwrap();
             w.send("sync").unwrap();
         }
         let leader = leader_index(workdir, &workers);
         let mut done = vec![false; workers.len()];
+        let mut killed_leader = false;
         if let Some(l) = leader {
             last_acked[l] = workers[l].expect("acked", Duration::from_secs(90)).unwrap();
             done[l] = true;
@@ -110,8 +146,9 @@ pub fn chaos(
                 workers[l].child.kill().unwrap();
                 workers[l].wait(Duration::from_secs(10)).unwrap();
                 fleet::add_sent(&mut expected, &last_acked[l]);
-                leader_kills += 1;
-                next_kill += Duration::from_secs(1);
+                leaders_killed += 1;
+                killed_leader = true;
+                next_kill = Instant::now() + Duration::from_secs(1);
             }
         }
         for (i, w) in workers.iter_mut().enumerate() {
@@ -125,17 +162,16 @@ pub fn chaos(
                 last_acked[i] = acked;
             }
         }
-        if kill_clients && leader_kills % 2 == 1 {
-            if let Some(c) = (0..workers.len())
+        if kill_clients && killed_leader && leaders_killed % 2 == 1 {
+            let client = (0..workers.len())
                 .find(|&i| Some(i) != leader && workers[i].child.try_wait().unwrap().is_none())
-            {
-                workers[c].child.kill().unwrap();
-                workers[c].wait(Duration::from_secs(10)).unwrap();
-                fleet::add_sent(&mut expected, &last_acked[c]);
-                client_kills += 1;
-                workers[c] = spawn();
-                last_acked[c] = Value::Null;
-            }
+                .expect("a live client to kill");
+            workers[client].child.kill().unwrap();
+            workers[client].wait(Duration::from_secs(10)).unwrap();
+            fleet::add_sent(&mut expected, &last_acked[client]);
+            client_kills += 1;
+            workers[client] = spawn();
+            last_acked[client] = Value::Null;
         }
         // Replace a killed leader.
         for i in 0..workers.len() {
@@ -154,7 +190,7 @@ pub fn chaos(
     Chaos {
         survivors: workers,
         expected,
-        leader_kills,
+        leader_kills: leaders_killed,
         client_kills,
     }
 }

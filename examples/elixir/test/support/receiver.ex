@@ -33,7 +33,7 @@ defmodule AppsignalExample.TestReceiver do
     bin = binary()
 
     File.regular?(bin) ||
-      raise "no receiver at #{bin}: build it (cargo build --release -p appsignal-ffi --examples) or set RECEIVER_BIN"
+      raise "no receiver at #{bin}: build it (cargo build --release -p appsignal-testkit --example receiver) or set RECEIVER_BIN"
 
     port =
       Port.open({:spawn_executable, bin}, [

@@ -1,0 +1,45 @@
+/* Built against an installed libappsignal with `pkg-config --cflags --libs appsignal` (see
+ * tests/install.rs): starts the agent with the configuration in the environment, counts `installed`
+ * three times, waits (at most 10 s) until diagnose reports it elected, prints that role, stops.
+ * Prints "installed: role <role>" and "installed: all checks passed", or exits 1. */
+#define _POSIX_C_SOURCE 200809L
+#define CHECK_NAME "installed"
+#include <appsignal.h>
+#include <time.h>
+
+#include "check.h"
+
+/* The value of leader_election.role in a diagnose report ("" if absent), into `out`. */
+static void role_of(appsignal_string_t report, char *out, size_t size) {
+  const char *key = "\"role\":\"";
+  out[0] = '\0';
+  for (size_t i = 0; i + strlen(key) <= report.len; i++) {
+    if (memcmp(report.buf + i, key, strlen(key)) != 0) continue;
+    size_t start = i + strlen(key), n = 0;
+    while (start + n < report.len && report.buf[start + n] != '"' && n + 1 < size) {
+      out[n] = report.buf[start + n];
+      n++;
+    }
+    out[n] = '\0';
+    return;
+  }
+}
+
+int main(void) {
+  char role[32] = "";
+  struct timespec pause = {0, 10 * 1000 * 1000};
+  appsignal_start();
+  for (int i = 0; i < 3; i++) appsignal_increment_counter(str("installed"), 1.0, NULL);
+  for (int tries = 0; tries < 1000; tries++) {
+    appsignal_string_t report = appsignal_diagnose();
+    CHECK(contains(report, "\"leader_election\""), "diagnose returns the report");
+    role_of(report, role, sizeof role);
+    if (strcmp(role, "leader") == 0 || strcmp(role, "client") == 0) break;
+    nanosleep(&pause, NULL);
+  }
+  printf("installed: role %s\n", role);
+  appsignal_stop();
+  if (failures) return 1;
+  printf("installed: all checks passed\n");
+  return 0;
+}
