@@ -164,7 +164,7 @@ fn links_planted_at_every_path_are_not_followed_and_the_agent_falls_back() {
         assert_eq!(roles, ["client", "leader"], "planted {entry:?}");
         for w in workers.iter_mut() {
             let report = w.diagnose().unwrap();
-            let wdr = &report["working_directory"];
+            let wdr = &report["leader_election"]["working_directory"];
             assert_eq!(
                 wdr["path"].as_str().unwrap(),
                 setup.fallback().to_str().unwrap(),
@@ -218,8 +218,11 @@ fn a_link_planted_at_the_lock_while_running_moves_the_processes_to_the_fallback(
         common::poll(Duration::from_secs(30), || {
             workers.iter_mut().all(|w| {
                 let report = w.diagnose().unwrap();
-                report["working_directory"]["fallback"]["from"].is_string()
-                    && matches!(report["role"].as_str(), Some("leader" | "client"))
+                report["leader_election"]["working_directory"]["fallback"]["from"].is_string()
+                    && matches!(
+                        report["leader_election"]["role"].as_str(),
+                        Some("leader" | "client")
+                    )
             })
         }),
         "the processes did not move to the fallback directory"
@@ -231,7 +234,10 @@ fn a_link_planted_at_the_lock_while_running_moves_the_processes_to_the_fallback(
         fleet::add_sent(&mut expected, s);
     }
     for w in workers.iter_mut() {
-        w.role = w.diagnose().unwrap()["role"].as_str().unwrap().to_owned();
+        w.role = w.diagnose().unwrap()["leader_election"]["role"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
     stop_all(&mut workers);
     setup.assert_totals(&expected);
@@ -321,7 +327,7 @@ fn a_working_directory_of_another_user() {
         std::os::unix::fs::chown(&wd, Some(65534), Some(65534)).unwrap();
         let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
         let report = workers[0].diagnose().unwrap();
-        let used = report["working_directory"]["path"]
+        let used = report["leader_election"]["working_directory"]["path"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -330,13 +336,13 @@ fn a_working_directory_of_another_user() {
             // neither chowned nor chmodded.
             assert_eq!(used, wd.to_str().unwrap(), "{report}");
             assert!(
-                report["working_directory"]["fallback"].is_null(),
+                report["leader_election"]["working_directory"]["fallback"].is_null(),
                 "{report}"
             );
             assert_eq!(mode(&wd.join("agent.lock")), 0o666);
         } else {
             assert_eq!(used, setup.fallback().to_str().unwrap(), "{report}");
-            let reason = report["working_directory"]["fallback"]["reason"]
+            let reason = report["leader_election"]["working_directory"]["fallback"]["reason"]
                 .as_str()
                 .unwrap();
             assert!(reason.contains("owned by uid 65534"), "{reason}");
@@ -501,7 +507,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
             common::poll(Duration::from_secs(30), || {
                 let log = std::fs::read_to_string(setup.workdir().join("appsignal.log"))
                     .unwrap_or_default();
-                ["pushed payload", "not pushed", "dropped:"]
+                ["sent push payload", "not sent", "dropped:"]
                     .iter()
                     .any(|m| log.contains(m))
             }),
