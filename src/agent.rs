@@ -16,7 +16,7 @@ use once_cell::sync::Lazy;
 
 use crate::client::Sender;
 use crate::config::Config;
-use crate::data::Data;
+use crate::data::DataBuf;
 use crate::log;
 use crate::metrics::LocalMetrics;
 use crate::workdir::{self, Probe, WorkDir};
@@ -54,12 +54,18 @@ static METRICS: AtomicPtr<LocalMetrics> = AtomicPtr::new(std::ptr::null_mut());
 /// The fork generation this process's state belongs to.
 static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
 
+#[inline]
 fn metrics() -> &'static LocalMetrics {
     let current = METRICS.load(Ordering::Acquire);
     if !current.is_null() {
         // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
         return unsafe { &*current };
     }
+    first_metrics()
+}
+
+#[cold]
+fn first_metrics() -> &'static LocalMetrics {
     let fresh = Box::into_raw(Box::default());
     match METRICS.compare_exchange(
         std::ptr::null_mut(),
@@ -310,33 +316,33 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
         .map(Sender::progress)
 }
 
-pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
+pub fn increment_counter(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Counter {
-        name: name.to_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
         value,
-        tags: tags.cloned(),
+        tags: tags.map(DataBuf::to_data),
     });
     if RECORDING.load(Ordering::Relaxed) {
         metrics().increment_counter(name, value, tags);
     }
 }
 
-pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
+pub fn set_gauge(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     if RECORDING.load(Ordering::Relaxed) {
         metrics().set_gauge(name, value, tags);
     }
 }
 
-pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
+pub fn add_distribution_value(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Distribution {
-        name: name.to_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
         value,
-        tags: tags.cloned(),
+        tags: tags.map(DataBuf::to_data),
     });
     if RECORDING.load(Ordering::Relaxed) {
         metrics().add_distribution_value(name, value, tags);

@@ -212,17 +212,17 @@ pub(crate) fn report_action(
     events: &[Event],
 ) {
     let action_tags = tags(&[("namespace", namespace), ("action", action)]);
-    agent::increment_counter("transaction_count", 1.0, Some(&action_tags));
+    agent::increment_counter(b"transaction_count", 1.0, Some(&action_tags));
     if has_error {
-        agent::increment_counter("transaction_error_count", 1.0, Some(&action_tags));
+        agent::increment_counter(b"transaction_error_count", 1.0, Some(&action_tags));
     }
     agent::add_distribution_value(
-        "transaction_duration",
+        b"transaction_duration",
         ns_to_ms(duration_ns),
         Some(&action_tags),
     );
     if let Some(queue_time) = queue_time_ms {
-        agent::add_distribution_value("transaction_queue_time", queue_time, Some(&action_tags));
+        agent::add_distribution_value(b"transaction_queue_time", queue_time, Some(&action_tags));
     }
     for (group, total_ns) in sample::group_durations(events) {
         let group_tags = tags(&[
@@ -230,7 +230,7 @@ pub(crate) fn report_action(
             ("action", action),
             ("group", &group),
         ]);
-        agent::add_distribution_value("event_duration", ns_to_ms(total_ns), Some(&group_tags));
+        agent::add_distribution_value(b"event_duration", ns_to_ms(total_ns), Some(&group_tags));
     }
 }
 
