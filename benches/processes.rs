@@ -7,7 +7,7 @@
 //!   signal to the last acknowledgement), then stops the processes and checks that the reference
 //!   receiver counted exactly P × CALLS (the run fails otherwise).
 //! - `processes idle [P] [SECONDS]`: P processes started with the default configuration record
-//!   nothing; prints their CPU time (utime + stime from /proc/<pid>/stat) over SECONDS as a share
+//!   nothing; prints their CPU time (from /proc/<pid>/task/*/schedstat) over SECONDS as a share
 //!   of one core, and the context switches per second of each (how often its threads wake).
 //!
 //! `cargo bench -p appsignal-ffi --bench processes -- throughput 8`
@@ -182,20 +182,23 @@ fn throughput(processes: usize, calls: u64) {
     );
 }
 
-/// utime + stime of `pid` in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+/// CPU time of all threads of `pid` in nanoseconds (the first field of each thread's
+/// `/proc/<pid>/task/<tid>/schedstat`: ns resolution, where utime + stime count 10 ms ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
     };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
-    field(11) + field(12)
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Context switches of all threads of `pid` (voluntary and not).
@@ -226,16 +229,14 @@ fn idle(processes: usize, seconds: u64) {
     }
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
-    let before: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ticks(p), switches(p))).collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ns(p), switches(p))).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let secs = t0.elapsed().as_secs_f64();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut total = 0.0;
     let mut wakes = Vec::new();
-    for (pid, (ticks, sw)) in pids.iter().zip(before) {
-        total += (cpu_ticks(*pid) - ticks) as f64 / hz;
+    for (pid, (ns, sw)) in pids.iter().zip(before) {
+        total += cpu_ns(*pid).saturating_sub(ns) as f64 / 1e9;
         wakes.push(format!("{:.1}", (switches(*pid) - sw) as f64 / secs));
     }
     println!(

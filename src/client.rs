@@ -10,7 +10,10 @@
 //!
 //! Between flushes the thread sleeps in `poll()` on its connection and a wake-up pipe, so that a
 //! leader's death (its socket closes) wakes it at once: it re-runs the election within
-//! milliseconds instead of at its next flush.
+//! milliseconds instead of at its next flush. When everything is handed over and the app records
+//! nothing, it sleeps without a timeout until the first record (which writes to the pipe, once per
+//! flush period) or its connection's hang-up: an idle client does not wake at all. A leader
+//! process's sender checks its leader every [`LEADER_IDLE_CHECK`] instead.
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
@@ -40,7 +43,7 @@ use crate::election;
 use crate::journal::Journal;
 use crate::leader::Leader;
 use crate::log::{suppressed_note, RateLimit};
-use crate::metrics::{LocalMetrics, Taken};
+use crate::metrics::{LocalMetrics, Taken, Wake};
 use crate::protocol::{self, Batch, GaugeValue, Hello, LeaderMessage, MetricKey, PROTOCOL_VERSION};
 use crate::workdir::WorkDir;
 
@@ -49,6 +52,8 @@ pub const BATCH_BUDGET_BYTES: usize = 1024 * 1024;
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle leader process's sender checks that its leader still serves.
+pub const LEADER_IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Serialised size we assume for one distribution sketch (an upper bound for typical data).
 const SKETCH_ESTIMATE_BYTES: usize = 16 * 1024;
 
@@ -316,9 +321,15 @@ impl WakePipe {
     }
 }
 
-/// Sleeps until `timeout`, a wake-up, or activity (data or hang-up) on `conn`. Returns whether
-/// `conn` showed activity.
-fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) -> bool {
+impl Wake for WakePipe {
+    fn wake(&self) {
+        WakePipe::wake(self);
+    }
+}
+
+/// Sleeps until `timeout` (none: no timeout), a wake-up, or activity (data or hang-up) on `conn`.
+/// Returns whether `conn` showed activity.
+fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Option<Duration>) -> bool {
     let mut fds = [
         libc::pollfd {
             fd: pipe.read.as_raw_fd(),
@@ -331,7 +342,7 @@ fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) -> bool {
             revents: 0,
         },
     ];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     // SAFETY: fds is a valid array of 2 pollfd; a negative fd is ignored by poll.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
     if n > 0 && fds[0].revents != 0 {
@@ -346,7 +357,7 @@ struct Shared {
     metrics: &'static LocalMetrics,
     client_id: u64,
     signal: Mutex<Signal>,
-    pipe: WakePipe,
+    pipe: Arc<WakePipe>,
     progress: Mutex<Progress>,
 }
 
@@ -382,10 +393,11 @@ impl Sender {
             metrics,
             client_id,
             signal: Mutex::new(Signal::default()),
-            pipe: WakePipe::new()?,
+            pipe: Arc::new(WakePipe::new()?),
             progress: Mutex::new(Progress::default()),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
+        metrics.set_waker(Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>));
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("appsignal-sender".into())
@@ -396,6 +408,7 @@ impl Sender {
                 if result.is_err() {
                     tracing::error!("the sender thread panicked; this process stops reporting");
                 }
+                thread_shared.metrics.set_waker(None);
                 let _ = done_tx.send(());
             })
             .context("cannot spawn the sender thread")?;
@@ -464,12 +477,28 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .stop_deadline;
             // Without a link, wake for the next connection attempt rather than the next flush.
-            let mut nap = shared.config.flush_interval;
+            let mut nap = Some(shared.config.flush_interval);
             if matches!(self.link, Link::None) && !self.disabled {
-                nap = nap.min(self.next_attempt.saturating_duration_since(Instant::now()));
+                nap =
+                    nap.map(|n| n.min(self.next_attempt.saturating_duration_since(Instant::now())));
+            }
+            // Nothing to hand over and nothing recorded: sleep until the first record. Once it
+            // wakes us, the next turn waits a flush period for more before collecting.
+            let idle = stop_deadline.is_none()
+                && self.pending.is_empty()
+                && !matches!(self.link, Link::None)
+                && shared.metrics.sleep_if_empty();
+            if idle {
+                nap = match self.link {
+                    Link::Local(_) => Some(LEADER_IDLE_CHECK),
+                    _ => None,
+                };
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
                 self.check_connection();
+            }
+            if idle && !shared.metrics.is_empty() {
+                continue;
             }
             let stop_deadline = shared
                 .signal
@@ -577,6 +606,8 @@ impl State {
 
     /// Moves the app's pre-aggregate into pending batches.
     fn collect(&mut self, shared: &Shared) {
+        // Finished transactions and spans become metrics and samples here, off the app threads.
+        shared.metrics.process_records();
         let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
         let taken = shared.metrics.take();
         if taken.is_empty() {

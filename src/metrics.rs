@@ -461,4 +461,38 @@ mod tests {
             .iter()
             .any(|(k, v)| k.name == "c0" && *v == 2.0));
     }
+
+    #[test]
+    fn a_sleeping_sender_is_woken_once_by_the_first_record() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Default)]
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let m = LocalMetrics::default();
+        assert!(
+            !m.sleep_if_empty(),
+            "without a waker the sender must not sleep"
+        );
+        let count = Arc::new(Count::default());
+        m.set_waker(Some(Arc::clone(&count) as Arc<dyn Wake>));
+        assert!(m.sleep_if_empty());
+        m.increment_counter(b"a", 1.0, None);
+        m.increment_counter(b"a", 1.0, None);
+        m.increment_counter(b"b", 1.0, None);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!m.sleep_if_empty(), "something waits: no sleep");
+        m.take();
+        assert!(m.sleep_if_empty());
+        m.submit_log("{}".into());
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        m.take();
+        assert!(m.sleep_if_empty());
+        m.set_waker(None);
+        m.increment_counter(b"a", 1.0, None);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
 }
