@@ -316,6 +316,13 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
         .map(Sender::progress)
 }
 
+/// Whether app-thread calls record, or this is the sender thread processing what was finished
+/// before the app stopped recording.
+#[inline]
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed) || crate::metrics::processing_records()
+}
+
 pub fn increment_counter(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     #[cfg(test)]
@@ -324,14 +331,14 @@ pub fn increment_counter(name: &[u8], value: f64, tags: Option<&DataBuf>) {
         value,
         tags: tags.map(DataBuf::to_data),
     });
-    if RECORDING.load(Ordering::Relaxed) {
+    if recording() {
         metrics().increment_counter(name, value, tags);
     }
 }
 
 pub fn set_gauge(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
-    if RECORDING.load(Ordering::Relaxed) {
+    if recording() {
         metrics().set_gauge(name, value, tags);
     }
 }
@@ -344,7 +351,7 @@ pub fn add_distribution_value(name: &[u8], value: f64, tags: Option<&DataBuf>) {
         value,
         tags: tags.map(DataBuf::to_data),
     });
-    if RECORDING.load(Ordering::Relaxed) {
+    if recording() {
         metrics().add_distribution_value(name, value, tags);
     }
 }
@@ -355,8 +362,20 @@ pub fn submit_sample(sample: serde_json::Value) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
-    if RECORDING.load(Ordering::Relaxed) {
+    if recording() {
         metrics().submit_sample(sample.to_string());
+    }
+}
+
+/// Hands a finished transaction or span to the agent: the sender thread turns it into metrics
+/// and a sample (see [`crate::metrics::Record`]). In the unit tests it is processed at once.
+pub fn submit_record(record: Box<dyn crate::metrics::Record>) {
+    check_fork();
+    #[cfg(test)]
+    return record.process();
+    #[cfg(not(test))]
+    if RECORDING.load(Ordering::Relaxed) {
+        metrics().submit_record(record);
     }
 }
 

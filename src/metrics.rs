@@ -82,6 +82,17 @@ pub trait Record: Send {
     fn process(self: Box<Self>);
 }
 
+thread_local! {
+    /// Set while this thread processes finished records: what they record is kept even when the
+    /// app has stopped recording (they were finished before it stopped).
+    static PROCESSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is processing finished records (see [`LocalMetrics::process_records`]).
+pub fn processing_records() -> bool {
+    PROCESSING.with(std::cell::Cell::get)
+}
+
 /// Wakes the sender thread.
 pub trait Wake: Send + Sync {
     fn wake(&self);
@@ -338,9 +349,11 @@ impl LocalMetrics {
             let mut local = self.lock();
             local.period.dropped_samples = local.period.dropped_samples.saturating_add(dropped);
         }
+        PROCESSING.with(|p| p.set(true));
         for record in records {
             record.process();
         }
+        PROCESSING.with(|p| p.set(false));
     }
 
     /// Sets what wakes the sender thread when it sleeps until the next record.
