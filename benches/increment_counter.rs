@@ -175,7 +175,9 @@ fn bench_increment_counter(c: &mut Criterion) {
     });
     group.bench_function("opentelemetry_sdk", |b| {
         b.iter_custom(|iters| {
-            two_threads(iters, || counter.add(black_box(1.0), black_box(&attributes[..])))
+            two_threads(iters, || {
+                counter.add(black_box(1.0), black_box(&attributes[..]))
+            })
         })
     });
     group.finish();
