@@ -60,3 +60,59 @@ pub fn start_agent(workdir: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The `metrics` crate's peer: a recorder over `metrics_util`'s atomic registry, which is what its
+/// exporters (Prometheus and others) build on. Every `counter!` / `histogram!` call with labels
+/// looks its key up in the registry and updates an atomic (counter) or an atomic bucket (histogram).
+pub struct RegistryRecorder(
+    pub metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
+);
+
+impl RegistryRecorder {
+    pub fn new() -> Self {
+        RegistryRecorder(metrics_util::registry::Registry::atomic())
+    }
+}
+
+impl metrics::Recorder for RegistryRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0
+            .get_or_create_counter(key, |c| metrics::Counter::from_arc(c.clone()))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0
+            .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(g.clone()))
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0
+            .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
+    }
+}

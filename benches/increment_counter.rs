@@ -9,6 +9,15 @@
 //! - `opentelemetry_sdk`: `Counter<f64>::add` from an SDK `MeterProvider` with a `ManualReader`,
 //!   attributes built once.
 //! - `mutex_hashmap_naive`: `Mutex<HashMap<String, f64>>` keyed by a `format!`ed string per call.
+//! - `metrics_crate`: `metrics::counter!` with the two labels, recorded into `metrics_util`'s atomic
+//!   registry (what the crate's exporters build on).
+//!
+//! Group `add_distribution_value_2_tags`: `appsignal_add_distribution_value` (map built once) next to
+//! `opentelemetry_sdk` `Histogram<f64>::record` and `metrics::histogram!` with the same labels.
+//!
+//! Group `increment_counter_2_threads`: two threads increment the same counter with the same tags
+//! at once (the time per increment of one thread, so contention shows as a longer time), for
+//! libappsignal and `opentelemetry_sdk`.
 //!
 //! Run: `cargo bench -p appsignal-testkit --bench increment_counter`
 
@@ -16,7 +25,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::net::UdpSocket;
-use std::sync::Mutex;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry::metrics::MeterProvider as _;
@@ -105,6 +115,71 @@ fn bench_increment_counter(c: &mut Criterion) {
         })
     });
 
+    // 5. The metrics crate: the macro looks the labelled key up in the recorder's registry.
+    let recorder = common::RegistryRecorder::new();
+    metrics::with_local_recorder(&recorder, || {
+        group.bench_function("metrics_crate", |b| {
+            b.iter(|| {
+                metrics::counter!(NAME, "region" => "eu", "route" => "/checkout")
+                    .increment(black_box(1))
+            })
+        });
+    });
+    group.finish();
+
+    // Distributions: the same two tags, values spread over three decades.
+    let mut group = c.benchmark_group("add_distribution_value_2_tags");
+    let dist_key = cstr("latency");
+    let mut i = 0u64;
+    group.bench_function("libappsignal/tags_prebuilt", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            appsignal::appsignal_add_distribution_value(
+                black_box(dist_key),
+                (i % 1000) as f64 * 0.37,
+                black_box(tags),
+            )
+        })
+    });
+    let histogram = meter.f64_histogram("latency").build();
+    group.bench_function("opentelemetry_sdk", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            histogram.record((i % 1000) as f64 * 0.37, black_box(&attributes[..]))
+        })
+    });
+    metrics::with_local_recorder(&recorder, || {
+        group.bench_function("metrics_crate", |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                metrics::histogram!("latency", "region" => "eu", "route" => "/checkout")
+                    .record((i % 1000) as f64 * 0.37)
+            })
+        });
+    });
+    group.finish();
+
+    // Contention: two threads on the same key at once.
+    let mut group = c.benchmark_group("increment_counter_2_threads");
+    let tags_addr = tags as usize;
+    group.bench_function("libappsignal/tags_prebuilt", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, move || {
+                appsignal::appsignal_increment_counter(
+                    black_box(cstr(NAME)),
+                    black_box(1.0),
+                    black_box(tags_addr as *mut appsignal::appsignal_data_t),
+                )
+            })
+        })
+    });
+    group.bench_function("opentelemetry_sdk", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                counter.add(black_box(1.0), black_box(&attributes[..]))
+            })
+        })
+    });
     group.finish();
 
     appsignal::appsignal_free_data(tags as *mut c_void);
@@ -112,6 +187,24 @@ fn bench_increment_counter(c: &mut Criterion) {
     black_box(naive.lock().map(|m| m.len()).unwrap_or(0));
     appsignal::appsignal_stop();
     drop(tmp);
+}
+
+/// Runs `f` `iters` times on each of two threads started together; the wall time of the slower.
+fn two_threads(iters: u64, f: impl Fn() + Sync) -> Duration {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let run = || {
+            barrier.wait();
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed()
+        };
+        let other = s.spawn(run);
+        let mine = run();
+        mine.max(other.join().unwrap_or(mine))
+    })
 }
 
 criterion_group!(benches, bench_increment_counter);

@@ -6,16 +6,22 @@
 //! Policy when full: at most [`MAX_KEYS`] distinct metric keys per flush period; updates of further
 //! new keys are dropped and counted, and the count travels in the next batch (reported in the payload).
 //!
-//! A hit costs one hash over the name and tags, one lookup and one comparison; the key is allocated
-//! only the first time it is seen in a flush period.
+//! A hit costs one hash over the caller's name bytes (the tags map's hash is computed once per
+//! map and kept with it), one probe of an index keyed by that hash, and one byte comparison of name
+//! and tags; no UTF-8 validation, no allocation. The key is allocated only the first time it is seen
+//! in a flush period; names are turned into text (invalid UTF-8 replaced) and tags rendered when the
+//! sender thread takes the pre-aggregate.
+//!
+//! Idle: the sender thread may go to sleep until the next record ([`LocalMetrics::sleep_if_empty`]);
+//! the first record into an empty pre-aggregate then wakes it, once per flush period.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::sketch::Sketch;
 
-use crate::data::Data;
+use crate::data::{bytes_eq, hash_bytes, hash_word, DataBuf, TagsRef};
 use crate::protocol::MetricKey;
 
 /// Distinct keys (per kind and name and tags) one process keeps per flush period.
@@ -26,6 +32,8 @@ pub const MAX_SAMPLES: usize = 100;
 pub const MAX_LOGS: usize = 10_000;
 /// A sample or log line whose JSON is larger than this is dropped and counted.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Finished transactions and spans waiting for the sender thread; more are dropped and counted.
+pub const MAX_RECORDS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -42,37 +50,14 @@ enum Value {
 
 struct Slot {
     kind: Kind,
-    name: String,
-    tags: Option<Data>,
+    /// The name's bytes followed by the tags' flat body, as the caller gave them.
+    key: Box<[u8]>,
+    name_len: usize,
     value: Value,
-}
-
-/// FxHash: a multiply-rotate hash, fast on short keys. Keys come from this process only, so
-/// collision flooding is not a concern here.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        let mut tail = [0u8; 8];
-        let rest = chunks.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        self.write_u64(u64::from_le_bytes(tail) ^ (rest.len() as u64) << 56);
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
+    /// The previous slot whose key has the same hash.
+    next: Option<u32>,
+    /// The identity of the last tags map whose bytes matched `key` (see [`DataBuf::tags`]).
+    tags_identity: u64,
 }
 
 /// The index is keyed by an already computed hash: hashing it again would be wasted work.
@@ -91,54 +76,71 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-fn hash_data(h: &mut FxHasher, data: &Data) {
-    match data {
-        Data::Null => h.write_u64(0),
-        Data::Bool(b) => h.write_u64(1 + u64::from(*b)),
-        Data::Integer(i) => {
-            h.write_u64(3);
-            h.write_u64(*i as u64);
-        }
-        Data::Float(f) => {
-            h.write_u64(4);
-            h.write_u64(f.to_bits());
-        }
-        Data::String(s) => {
-            h.write_u64(5);
-            h.write(s.as_bytes());
-        }
-        Data::Array(items) => {
-            h.write_u64(6);
-            items.iter().for_each(|d| hash_data(h, d));
-        }
-        Data::Map(map) => {
-            h.write_u64(7);
-            for (k, v) in map {
-                h.write(k.as_bytes());
-                hash_data(h, v);
-            }
-        }
-    }
+/// Something finished on an app thread (a transaction or root span) that the sender thread turns
+/// into metrics and a sample: building them is not the app's time.
+pub trait Record: Send {
+    fn process(self: Box<Self>);
 }
 
-fn key_hash(kind: Kind, name: &str, tags: Option<&Data>) -> u64 {
-    let mut h = FxHasher(kind as u64);
-    h.write(name.as_bytes());
-    if let Some(tags) = tags {
-        hash_data(&mut h, tags);
-    }
-    h.finish()
+thread_local! {
+    /// Set while this thread processes finished records: what they record is kept even when the
+    /// app has stopped recording (they were finished before it stopped).
+    static PROCESSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is processing finished records (see [`LocalMetrics::process_records`]).
+pub fn processing_records() -> bool {
+    PROCESSING.with(std::cell::Cell::get)
+}
+
+/// Wakes the sender thread.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
 }
 
 #[derive(Default)]
-struct Local {
-    index: HashMap<u64, Vec<usize>, BuildHasherDefault<PrehashedHasher>>,
+struct Period {
+    /// Head slot per key hash.
+    index: HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
     slots: Vec<Slot>,
     dropped_updates: u64,
     samples: Vec<String>,
     logs: Vec<String>,
     dropped_samples: u64,
     dropped_logs: u64,
+}
+
+impl Period {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+            && self.dropped_updates == 0
+            && self.samples.is_empty()
+            && self.logs.is_empty()
+            && self.dropped_samples == 0
+            && self.dropped_logs == 0
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    period: Period,
+    records: Vec<Box<dyn Record>>,
+    dropped_records: u64,
+    /// The sender sleeps until the next record (see [`LocalMetrics::sleep_if_empty`]).
+    sender_asleep: bool,
+    waker: Option<Arc<dyn Wake>>,
+}
+
+impl Local {
+    /// The waker to call (after unlocking) when this record is the first one the sleeping sender
+    /// waits for.
+    fn first_record(&mut self) -> Option<Arc<dyn Wake>> {
+        if !self.sender_asleep {
+            return None;
+        }
+        self.sender_asleep = false;
+        self.waker.clone()
+    }
 }
 
 /// What one flush period recorded.
@@ -176,7 +178,12 @@ pub struct LocalMetrics {
 }
 
 impl LocalMetrics {
-    pub fn increment_counter(&self, name: &str, value: f64, tags: Option<&Data>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        // A panic cannot happen between lock and unlock here (no user code runs), so poison is harmless.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn increment_counter(&self, name: &[u8], value: f64, tags: Option<&DataBuf>) {
         self.update(
             Kind::Counter,
             name,
@@ -190,7 +197,7 @@ impl LocalMetrics {
         );
     }
 
-    pub fn set_gauge(&self, name: &str, value: f64, tags: Option<&Data>) {
+    pub fn set_gauge(&self, name: &[u8], value: f64, tags: Option<&DataBuf>) {
         self.update(
             Kind::Gauge,
             name,
@@ -204,7 +211,7 @@ impl LocalMetrics {
         );
     }
 
-    pub fn add_distribution_value(&self, name: &str, value: f64, tags: Option<&Data>) {
+    pub fn add_distribution_value(&self, name: &[u8], value: f64, tags: Option<&DataBuf>) {
         self.update(
             Kind::Distribution,
             name,
@@ -222,72 +229,152 @@ impl LocalMetrics {
         );
     }
 
+    #[inline]
     fn update(
         &self,
         kind: Kind,
-        name: &str,
-        tags: Option<&Data>,
+        name: &[u8],
+        tags: Option<&DataBuf>,
         hit: impl FnOnce(&mut Value),
         miss: impl FnOnce() -> Value,
     ) {
-        // An empty tag map is the same metric as no tags.
-        let tags = tags.filter(|t| !matches!(t, Data::Map(m) if m.is_empty()));
-        let hash = key_hash(kind, name, tags);
-        // A panic cannot happen between lock and unlock here (no user code runs), so poison is harmless.
-        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Local {
-            index,
-            slots,
-            dropped_updates,
-            ..
-        } = &mut *local;
-        let bucket = index.entry(hash).or_default();
-        for &i in bucket.iter() {
-            let slot = &mut slots[i];
-            if slot.kind == kind && slot.name == name && slot.tags.as_ref() == tags {
+        // An empty tag map (or tags that are not a map) is the same metric as no tags.
+        let tags = tags.and_then(DataBuf::tags);
+        let (tags, tags_hash, identity) = match &tags {
+            Some(t) => (&t.body[..], t.hash, t.identity),
+            None => (&[][..], 0, 0),
+        };
+        let hash = hash_word(hash_bytes(kind as u64, name), tags_hash);
+        let mut local = self.lock();
+        let period = &mut local.period;
+        let head = period.index.get(&hash).copied();
+        let mut at = head;
+        while let Some(i) = at {
+            let slot = &mut period.slots[i as usize];
+            if slot.kind == kind
+                && slot.name_len == name.len()
+                && slot.key.len() == name.len() + tags.len()
+                && bytes_eq(&slot.key[..name.len()], name)
+                && ((identity != 0 && slot.tags_identity == identity)
+                    || bytes_eq(&slot.key[name.len()..], tags))
+            {
+                slot.tags_identity = identity;
                 hit(&mut slot.value);
                 return;
             }
+            at = slot.next;
         }
-        if slots.len() >= MAX_KEYS {
-            *dropped_updates = dropped_updates.saturating_add(1);
+        if period.slots.len() >= MAX_KEYS {
+            period.dropped_updates = period.dropped_updates.saturating_add(1);
             return;
         }
-        bucket.push(slots.len());
-        slots.push(Slot {
+        let mut key = Vec::with_capacity(name.len() + tags.len());
+        key.extend_from_slice(name);
+        key.extend_from_slice(tags);
+        period.index.insert(hash, period.slots.len() as u32);
+        period.slots.push(Slot {
             kind,
-            name: name.to_owned(),
-            tags: tags.cloned(),
+            key: key.into_boxed_slice(),
+            name_len: name.len(),
             value: miss(),
+            next: head,
+            tags_identity: identity,
         });
+        let waker = local.first_record();
+        drop(local);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Keeps a finished sample (JSON) for the next flush, within [`MAX_SAMPLES`] per flush period.
     pub fn submit_sample(&self, json: String) {
-        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if local.samples.len() >= MAX_SAMPLES || json.len() > MAX_RECORD_BYTES {
-            local.dropped_samples = local.dropped_samples.saturating_add(1);
+        let mut local = self.lock();
+        let period = &mut local.period;
+        if period.samples.len() >= MAX_SAMPLES || json.len() > MAX_RECORD_BYTES {
+            period.dropped_samples = period.dropped_samples.saturating_add(1);
         } else {
-            local.samples.push(json);
+            period.samples.push(json);
+        }
+        let waker = local.first_record();
+        drop(local);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
     /// Keeps a log line (JSON) for the next flush, within [`MAX_LOGS`] per flush period.
     pub fn submit_log(&self, json: String) {
-        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if local.logs.len() >= MAX_LOGS || json.len() > MAX_RECORD_BYTES {
-            local.dropped_logs = local.dropped_logs.saturating_add(1);
+        let mut local = self.lock();
+        let period = &mut local.period;
+        if period.logs.len() >= MAX_LOGS || json.len() > MAX_RECORD_BYTES {
+            period.dropped_logs = period.dropped_logs.saturating_add(1);
         } else {
-            local.logs.push(json);
+            period.logs.push(json);
         }
+        let waker = local.first_record();
+        drop(local);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Hands a finished transaction or span to the sender thread, which processes it before its
+    /// next take. Beyond [`MAX_RECORDS`] waiting, it is dropped and counted as a dropped sample.
+    pub fn submit_record(&self, record: Box<dyn Record>) {
+        let mut local = self.lock();
+        if local.records.len() >= MAX_RECORDS {
+            local.dropped_records = local.dropped_records.saturating_add(1);
+            return;
+        }
+        local.records.push(record);
+        let waker = local.first_record();
+        drop(local);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Processes the finished records (on the sender thread): their metrics and samples land in
+    /// the current period.
+    pub fn process_records(&self) {
+        let (records, dropped) = {
+            let mut local = self.lock();
+            (
+                std::mem::take(&mut local.records),
+                std::mem::take(&mut local.dropped_records),
+            )
+        };
+        if dropped > 0 {
+            let mut local = self.lock();
+            local.period.dropped_samples = local.period.dropped_samples.saturating_add(dropped);
+        }
+        PROCESSING.with(|p| p.set(true));
+        for record in records {
+            record.process();
+        }
+        PROCESSING.with(|p| p.set(false));
+    }
+
+    /// Sets what wakes the sender thread when it sleeps until the next record.
+    pub fn set_waker(&self, waker: Option<Arc<dyn Wake>>) {
+        let mut local = self.lock();
+        local.waker = waker;
+        local.sender_asleep = false;
+    }
+
+    /// Called by the sender thread before it sleeps with no timeout: true (and the next record
+    /// wakes it) when nothing is waiting; false when something is, so it must not sleep.
+    pub fn sleep_if_empty(&self) -> bool {
+        let mut local = self.lock();
+        let empty = local.period.is_empty() && local.records.is_empty() && local.waker.is_some();
+        local.sender_asleep = empty;
+        empty
     }
 
     /// Takes everything recorded since the last take.
     pub fn take(&self) -> Taken {
-        let local = {
-            let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *guard)
-        };
+        let local = std::mem::take(&mut self.lock().period);
         let mut taken = Taken {
             dropped_updates: local.dropped_updates,
             samples: local.samples,
@@ -297,9 +384,10 @@ impl LocalMetrics {
             ..Taken::default()
         };
         for slot in local.slots {
+            let (name, tags) = slot.key.split_at(slot.name_len);
             let key = MetricKey {
-                name: slot.name,
-                tags: render_tags(slot.tags.as_ref()),
+                name: String::from_utf8_lossy(name).into_owned(),
+                tags: TagsRef::render(tags),
             };
             match slot.value {
                 Value::Counter(v) => taken.counters.push((key, v)),
@@ -312,25 +400,8 @@ impl LocalMetrics {
 
     /// Whether nothing is waiting to be taken.
     pub fn is_empty(&self) -> bool {
-        let local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        local.slots.is_empty()
-            && local.dropped_updates == 0
-            && local.samples.is_empty()
-            && local.logs.is_empty()
-            && local.dropped_samples == 0
-            && local.dropped_logs == 0
-    }
-}
-
-/// Tags as sorted `(name, value)` strings. A tag map is sorted already; a tag whose value is a map
-/// or an array is rendered as JSON. Tags that are not a map at all are ignored.
-pub fn render_tags(tags: Option<&Data>) -> Vec<(String, String)> {
-    match tags {
-        Some(Data::Map(map)) => map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.tag_value().unwrap_or_else(|| v.to_json())))
-            .collect(),
-        _ => Vec::new(),
+        let local = self.lock();
+        local.period.is_empty() && local.records.is_empty()
     }
 }
 
@@ -338,10 +409,10 @@ pub fn render_tags(tags: Option<&Data>) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
-    fn tags(pairs: &[(&str, &str)]) -> Data {
-        let mut map = Data::new_map();
+    fn tags(pairs: &[(&str, &str)]) -> DataBuf {
+        let mut map = DataBuf::new_map();
         for (k, v) in pairs {
-            map.map_set(k.to_string(), Data::String(v.to_string()));
+            map.map_set(k, crate::data::Value::Str(v));
         }
         map
     }
@@ -351,13 +422,13 @@ mod tests {
         let m = LocalMetrics::default();
         let t = tags(&[("region", "eu"), ("host", "a")]);
         for _ in 0..10 {
-            m.increment_counter("requests", 1.5, Some(&t));
+            m.increment_counter(b"requests", 1.5, Some(&t));
         }
-        m.increment_counter("requests", 1.0, None);
-        m.set_gauge("queue", 3.0, Some(&t));
-        m.set_gauge("queue", 7.0, Some(&t));
+        m.increment_counter(b"requests", 1.0, None);
+        m.set_gauge(b"queue", 3.0, Some(&t));
+        m.set_gauge(b"queue", 7.0, Some(&t));
         for v in [1.0, 2.0, 3.0] {
-            m.add_distribution_value("latency", v, None);
+            m.add_distribution_value(b"latency", v, None);
         }
         let taken = m.take();
         assert!(m.take().is_empty(), "a take empties the pre-aggregate");
@@ -381,8 +452,8 @@ mod tests {
     #[test]
     fn the_same_name_in_two_kinds_is_two_metrics() {
         let m = LocalMetrics::default();
-        m.increment_counter("x", 1.0, None);
-        m.set_gauge("x", 5.0, None);
+        m.increment_counter(b"x", 1.0, None);
+        m.set_gauge(b"x", 5.0, None);
         let taken = m.take();
         assert_eq!((taken.counters.len(), taken.gauges.len()), (1, 1));
     }
@@ -391,10 +462,10 @@ mod tests {
     fn new_keys_beyond_the_cap_are_dropped_and_counted() {
         let m = LocalMetrics::default();
         for i in 0..MAX_KEYS + 5 {
-            m.increment_counter(&format!("c{i}"), 1.0, None);
+            m.increment_counter(format!("c{i}").as_bytes(), 1.0, None);
         }
         // Existing keys still update when the cap is reached.
-        m.increment_counter("c0", 1.0, None);
+        m.increment_counter(b"c0", 1.0, None);
         let taken = m.take();
         assert_eq!(taken.counters.len(), MAX_KEYS);
         assert_eq!(taken.dropped_updates, 5);
@@ -402,5 +473,39 @@ mod tests {
             .counters
             .iter()
             .any(|(k, v)| k.name == "c0" && *v == 2.0));
+    }
+
+    #[test]
+    fn a_sleeping_sender_is_woken_once_by_the_first_record() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Default)]
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let m = LocalMetrics::default();
+        assert!(
+            !m.sleep_if_empty(),
+            "without a waker the sender must not sleep"
+        );
+        let count = Arc::new(Count::default());
+        m.set_waker(Some(Arc::clone(&count) as Arc<dyn Wake>));
+        assert!(m.sleep_if_empty());
+        m.increment_counter(b"a", 1.0, None);
+        m.increment_counter(b"a", 1.0, None);
+        m.increment_counter(b"b", 1.0, None);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!m.sleep_if_empty(), "something waits: no sleep");
+        m.take();
+        assert!(m.sleep_if_empty());
+        m.submit_log("{}".into());
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        m.take();
+        assert!(m.sleep_if_empty());
+        m.set_waker(None);
+        m.increment_counter(b"a", 1.0, None);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 }

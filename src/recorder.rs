@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use crate::data::Data;
+use crate::data::DataBuf;
 use crate::metrics::LocalMetrics;
 
 /// Whether app-thread calls record anything.
@@ -24,12 +24,18 @@ static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
 static FORK_HANDLER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The pre-aggregate of this process (of this fork generation).
+#[inline]
 pub fn metrics() -> &'static LocalMetrics {
     let current = METRICS.load(Ordering::Acquire);
     if !current.is_null() {
         // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
         return unsafe { &*current };
     }
+    first_metrics()
+}
+
+#[cold]
+fn first_metrics() -> &'static LocalMetrics {
     let fresh = Box::into_raw(Box::default());
     match METRICS.compare_exchange(
         std::ptr::null_mut(),
@@ -90,35 +96,42 @@ fn after_fork() {
     }
 }
 
-pub fn increment_counter(name: &str, value: f64, tags: Option<&Data>) {
+/// Whether app-thread calls record, or this is the sender thread processing what was finished
+/// before the app stopped recording.
+#[inline]
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed) || crate::metrics::processing_records()
+}
+
+pub fn increment_counter(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Counter {
-        name: name.to_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
         value,
-        tags: tags.cloned(),
+        tags: tags.map(DataBuf::to_data),
     });
-    if is_recording() {
+    if recording() {
         metrics().increment_counter(name, value, tags);
     }
 }
 
-pub fn set_gauge(name: &str, value: f64, tags: Option<&Data>) {
+pub fn set_gauge(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
-    if is_recording() {
+    if recording() {
         metrics().set_gauge(name, value, tags);
     }
 }
 
-pub fn add_distribution_value(name: &str, value: f64, tags: Option<&Data>) {
+pub fn add_distribution_value(name: &[u8], value: f64, tags: Option<&DataBuf>) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Distribution {
-        name: name.to_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
         value,
-        tags: tags.cloned(),
+        tags: tags.map(DataBuf::to_data),
     });
-    if is_recording() {
+    if recording() {
         metrics().add_distribution_value(name, value, tags);
     }
 }
@@ -129,8 +142,20 @@ pub fn submit_sample(sample: serde_json::Value) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
-    if is_recording() {
+    if recording() {
         metrics().submit_sample(sample.to_string());
+    }
+}
+
+/// Hands a finished transaction or span to the agent: the sender thread turns it into metrics
+/// and a sample (see [`crate::metrics::Record`]). In the unit tests it is processed at once.
+pub fn submit_record(record: Box<dyn crate::metrics::Record>) {
+    check_fork();
+    #[cfg(test)]
+    return record.process();
+    #[cfg(not(test))]
+    if RECORDING.load(Ordering::Relaxed) {
+        metrics().submit_record(record);
     }
 }
 
@@ -139,7 +164,7 @@ pub fn submit_log(line: serde_json::Value) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Log(line.clone()));
-    if is_recording() {
+    if RECORDING.load(Ordering::Relaxed) {
         metrics().submit_log(line.to_string());
     }
 }

@@ -1,8 +1,10 @@
 //! `appsignal_data_t`: maps and arrays of scalars, used for tags, sample data and backtraces.
+//! A handle holds a [`DataBuf`]: its entries in one buffer inside the handle while small, so that
+//! a tags map built per call is one allocation and one deallocation.
 
 use std::os::raw::{c_double, c_int, c_long, c_void};
 
-use appsignal_agent::data::Data;
+use appsignal_agent::data::{Data, DataBuf, Value};
 
 use crate::boundary::{appsignal_string_t, return_string, to_str};
 
@@ -15,22 +17,27 @@ fn long(value: c_long) -> i64 {
 /// An opaque data value (a map or an array). Create with `appsignal_data_map_new` or
 /// `appsignal_data_array_new`; free once with `appsignal_free_data`.
 pub struct appsignal_data_t {
-    pub(crate) data: Data,
+    pub(crate) data: DataBuf,
 }
 
 /// Borrows a handle. NULL gives `None`.
-pub(crate) fn data_ref<'a>(ptr: *const appsignal_data_t) -> Option<&'a Data> {
+pub(crate) fn data_buf<'a>(ptr: *const appsignal_data_t) -> Option<&'a DataBuf> {
     // SAFETY: the interface's contract: `ptr` is NULL or a live handle made by this library and not
-    // yet freed, not used by another thread during this call.
+    // yet freed, not changed by another thread during this call.
     unsafe { ptr.as_ref() }.map(|d| &d.data)
 }
 
-fn data_mut<'a>(ptr: *mut appsignal_data_t) -> Option<&'a mut Data> {
+/// The handle's value as a [`Data`] (a copy), for the APM calls that keep or render it.
+pub(crate) fn data_ref(ptr: *const appsignal_data_t) -> Option<Data> {
+    data_buf(ptr).map(DataBuf::to_data)
+}
+
+fn data_mut<'a>(ptr: *mut appsignal_data_t) -> Option<&'a mut DataBuf> {
     // SAFETY: as in `data_ref`, and the caller does not use the handle elsewhere during the call.
     unsafe { ptr.as_mut() }.map(|d| &mut d.data)
 }
 
-fn new_handle(data: Data) -> *mut appsignal_data_t {
+fn new_handle(data: DataBuf) -> *mut appsignal_data_t {
     Box::into_raw(Box::new(appsignal_data_t { data }))
 }
 
@@ -38,7 +45,7 @@ fn new_handle(data: Data) -> *mut appsignal_data_t {
 #[no_mangle]
 pub extern "C" fn appsignal_data_map_new() -> *mut appsignal_data_t {
     ffi_boundary!("appsignal_data_map_new", std::ptr::null_mut(), {
-        new_handle(Data::new_map())
+        new_handle(DataBuf::new_map())
     })
 }
 
@@ -46,7 +53,7 @@ pub extern "C" fn appsignal_data_map_new() -> *mut appsignal_data_t {
 #[no_mangle]
 pub extern "C" fn appsignal_data_array_new() -> *mut appsignal_data_t {
     ffi_boundary!("appsignal_data_array_new", std::ptr::null_mut(), {
-        new_handle(Data::new_array())
+        new_handle(DataBuf::new_array())
     })
 }
 
@@ -67,15 +74,15 @@ fn map_set(
     function: &'static str,
     map: *mut appsignal_data_t,
     key: appsignal_string_t,
-    value: Data,
+    value: Value<'_>,
 ) {
     let Some(target) = data_mut(map) else { return };
-    if !target.map_set(to_str(key).into_owned(), value) {
+    if !target.map_set(&to_str(key), value) {
         tracing::warn!("{function}: the handle is not a map; ignored");
     }
 }
 
-fn array_append(function: &'static str, array: *mut appsignal_data_t, value: Data) {
+fn array_append(function: &'static str, array: *mut appsignal_data_t, value: Value<'_>) {
     let Some(target) = data_mut(array) else {
         return;
     };
@@ -96,7 +103,7 @@ pub extern "C" fn appsignal_data_map_set_string(
             "appsignal_data_map_set_string",
             map,
             key,
-            Data::String(to_str(value).into_owned()),
+            Value::Str(&to_str(value)),
         )
     })
 }
@@ -113,7 +120,7 @@ pub extern "C" fn appsignal_data_map_set_integer(
             "appsignal_data_map_set_integer",
             map,
             key,
-            Data::Integer(long(value)),
+            Value::Integer(long(value)),
         )
     })
 }
@@ -126,7 +133,12 @@ pub extern "C" fn appsignal_data_map_set_float(
     value: c_double,
 ) {
     ffi_boundary!("appsignal_data_map_set_float", (), {
-        map_set("appsignal_data_map_set_float", map, key, Data::Float(value))
+        map_set(
+            "appsignal_data_map_set_float",
+            map,
+            key,
+            Value::Float(value),
+        )
     })
 }
 
@@ -142,7 +154,7 @@ pub extern "C" fn appsignal_data_map_set_boolean(
             "appsignal_data_map_set_boolean",
             map,
             key,
-            Data::Bool(value != 0),
+            Value::Bool(value != 0),
         )
     })
 }
@@ -151,7 +163,7 @@ pub extern "C" fn appsignal_data_map_set_boolean(
 #[no_mangle]
 pub extern "C" fn appsignal_data_map_set_null(map: *mut appsignal_data_t, key: appsignal_string_t) {
     ffi_boundary!("appsignal_data_map_set_null", (), {
-        map_set("appsignal_data_map_set_null", map, key, Data::Null)
+        map_set("appsignal_data_map_set_null", map, key, Value::Null)
     })
 }
 
@@ -167,10 +179,10 @@ pub extern "C" fn appsignal_data_map_set_data(
             tracing::warn!("appsignal_data_map_set_data: a map cannot contain itself; ignored");
             return;
         }
-        let Some(value) = data_ref(value).cloned() else {
+        let Some(value) = data_buf(value) else {
             return;
         };
-        map_set("appsignal_data_map_set_data", map, key, value)
+        map_set("appsignal_data_map_set_data", map, key, Value::Data(value))
     })
 }
 
@@ -184,7 +196,7 @@ pub extern "C" fn appsignal_data_array_append_string(
         array_append(
             "appsignal_data_array_append_string",
             array,
-            Data::String(to_str(value).into_owned()),
+            Value::Str(&to_str(value)),
         )
     })
 }
@@ -196,7 +208,7 @@ pub extern "C" fn appsignal_data_array_append_integer(array: *mut appsignal_data
         array_append(
             "appsignal_data_array_append_integer",
             array,
-            Data::Integer(long(value)),
+            Value::Integer(long(value)),
         )
     })
 }
@@ -208,7 +220,7 @@ pub extern "C" fn appsignal_data_array_append_float(array: *mut appsignal_data_t
         array_append(
             "appsignal_data_array_append_float",
             array,
-            Data::Float(value),
+            Value::Float(value),
         )
     })
 }
@@ -220,7 +232,7 @@ pub extern "C" fn appsignal_data_array_append_boolean(array: *mut appsignal_data
         array_append(
             "appsignal_data_array_append_boolean",
             array,
-            Data::Bool(value != 0),
+            Value::Bool(value != 0),
         )
     })
 }
@@ -229,7 +241,7 @@ pub extern "C" fn appsignal_data_array_append_boolean(array: *mut appsignal_data
 #[no_mangle]
 pub extern "C" fn appsignal_data_array_append_null(array: *mut appsignal_data_t) {
     ffi_boundary!("appsignal_data_array_append_null", (), {
-        array_append("appsignal_data_array_append_null", array, Data::Null)
+        array_append("appsignal_data_array_append_null", array, Value::Null)
     })
 }
 
@@ -246,10 +258,14 @@ pub extern "C" fn appsignal_data_array_append_data(
             );
             return;
         }
-        let Some(value) = data_ref(value).cloned() else {
+        let Some(value) = data_buf(value) else {
             return;
         };
-        array_append("appsignal_data_array_append_data", array, value)
+        array_append(
+            "appsignal_data_array_append_data",
+            array,
+            Value::Data(value),
+        )
     })
 }
 

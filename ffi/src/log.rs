@@ -24,7 +24,7 @@ pub extern "C" fn appsignal_log(
             severity,
             format,
             &to_str(message),
-            data_ref(attributes),
+            data_ref(attributes).as_ref(),
         )
     })
 }

@@ -3,8 +3,8 @@
 
 use std::os::raw::c_double;
 
-use crate::boundary::{appsignal_string_t, to_str};
-use crate::data::{appsignal_data_t, data_ref};
+use crate::boundary::{appsignal_string_t, to_bytes};
+use crate::data::{appsignal_data_t, data_buf};
 
 /// Sets a gauge: the last value in the window wins.
 #[no_mangle]
@@ -14,7 +14,7 @@ pub extern "C" fn appsignal_set_gauge(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_set_gauge", (), {
-        appsignal_agent::recorder::set_gauge(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::set_gauge(to_bytes(key), value, data_buf(tags))
     })
 }
 
@@ -26,7 +26,7 @@ pub extern "C" fn appsignal_increment_counter(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_increment_counter", (), {
-        appsignal_agent::recorder::increment_counter(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::increment_counter(to_bytes(key), value, data_buf(tags))
     })
 }
 
@@ -38,6 +38,6 @@ pub extern "C" fn appsignal_add_distribution_value(
     tags: *const appsignal_data_t,
 ) {
     ffi_boundary!("appsignal_add_distribution_value", (), {
-        appsignal_agent::recorder::add_distribution_value(&to_str(key), value, data_ref(tags))
+        appsignal_agent::recorder::add_distribution_value(to_bytes(key), value, data_buf(tags))
     })
 }

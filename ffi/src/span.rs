@@ -236,7 +236,7 @@ pub extern "C" fn appsignal_set_span_sample_data(
 ) {
     ffi_boundary!("appsignal_set_span_sample_data", (), {
         if let Some(s) = span_ref(span) {
-            s.set_sample_data(&to_str(key), data_ref(data))
+            s.set_sample_data(&to_str(key), data_ref(data).as_ref())
         }
     })
 }
@@ -251,7 +251,7 @@ pub extern "C" fn appsignal_set_span_sample_data_if_nil(
 ) {
     ffi_boundary!("appsignal_set_span_sample_data_if_nil", (), {
         if let Some(s) = span_ref(span) {
-            s.set_sample_data_if_nil(&to_str(key), data_ref(data))
+            s.set_sample_data_if_nil(&to_str(key), data_ref(data).as_ref())
         }
     })
 }
@@ -267,7 +267,11 @@ pub extern "C" fn appsignal_add_span_error(
 ) {
     ffi_boundary!("appsignal_add_span_error", (), {
         if let Some(s) = span_ref(span) {
-            s.add_error(&to_str(name), &to_str(message), data_ref(backtrace))
+            s.add_error(
+                &to_str(name),
+                &to_str(message),
+                data_ref(backtrace).as_ref(),
+            )
         }
     })
 }

@@ -110,7 +110,7 @@ pub extern "C" fn appsignal_finish_event_data(
             txn.finish_event(
                 &to_str(name),
                 &to_str(title),
-                Body::Data(data_ref(body)),
+                Body::Data(data_ref(body).as_ref()),
                 body_format,
                 long(gc_duration_ms),
             )
@@ -163,7 +163,7 @@ pub extern "C" fn appsignal_record_event_data(
             txn.record_event(
                 &to_str(name),
                 &to_str(title),
-                Body::Data(data_ref(body)),
+                Body::Data(data_ref(body).as_ref()),
                 body_format,
                 long(duration),
                 long(gc_duration_ms),
@@ -187,7 +187,7 @@ pub extern "C" fn appsignal_set_transaction_error(
             txn.set_error(
                 &to_str(error_class),
                 &to_str(error_message),
-                data_ref(backtrace),
+                data_ref(backtrace).as_ref(),
             )
         }
     })
@@ -204,7 +204,7 @@ pub extern "C" fn appsignal_set_transaction_sample_data(
 ) {
     ffi_boundary!("appsignal_set_transaction_sample_data", (), {
         if let Some(txn) = txn_ref(transaction) {
-            txn.set_sample_data(&to_str(key), data_ref(data))
+            txn.set_sample_data(&to_str(key), data_ref(data).as_ref())
         }
     })
 }

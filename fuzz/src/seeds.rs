@@ -44,11 +44,11 @@ fn batch(client_id: u64, seq: u64, scale: usize) -> ClientMessage {
     let metrics = LocalMetrics::default();
     for i in 0..scale {
         let route = format!("/route/{}", i % 3);
-        let t = tags(&[("route", &route), ("worker", "0")]);
-        metrics.increment_counter("requests", 1.0, Some(&t));
-        metrics.set_gauge("queue_length", i as f64, None);
-        metrics.add_distribution_value("response_time", 0.5 + i as f64 * 3.25, Some(&t));
-        metrics.add_distribution_value("payload_bytes", 1e6 / (i as f64 + 1.0), None);
+        let t = appsignal_agent::data::DataBuf::from(&tags(&[("route", &route), ("worker", "0")]));
+        metrics.increment_counter(b"requests", 1.0, Some(&t));
+        metrics.set_gauge(b"queue_length", i as f64, None);
+        metrics.add_distribution_value(b"response_time", 0.5 + i as f64 * 3.25, Some(&t));
+        metrics.add_distribution_value(b"payload_bytes", 1e6 / (i as f64 + 1.0), None);
     }
     if scale > 0 {
         let mut attributes = Data::new_map();

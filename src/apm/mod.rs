@@ -30,8 +30,6 @@ use std::sync::{Arc, RwLock};
 
 use once_cell::sync::Lazy;
 
-use crate::data::Data;
-
 pub use span::Span;
 pub use transaction::Transaction;
 
@@ -154,10 +152,10 @@ pub(crate) fn bounded_insert<V>(map: &mut BTreeMap<String, V>, key: String, valu
 }
 
 /// A map of string tags for the agent's metric calls.
-pub(crate) fn tags(pairs: &[(&str, &str)]) -> Data {
-    let mut map = Data::new_map();
+pub(crate) fn tags(pairs: &[(&str, &str)]) -> crate::data::DataBuf {
+    let mut map = crate::data::DataBuf::new_map();
     for (k, v) in pairs {
-        map.map_set((*k).to_string(), Data::String((*v).to_string()));
+        map.map_set(k, crate::data::Value::Str(v));
     }
     map
 }

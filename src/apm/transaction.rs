@@ -11,10 +11,14 @@
 //!
 //! A `Transaction` is `Sync`: its state is behind a mutex, so calls from several threads are safe
 //! (they are serialised). After `complete` every call is ignored with a (rate-limited) log line.
+//!
+//! The app thread only records: `complete` marks the state completed and hands a reference to it to
+//! the agent; the sender thread applies the ignore rules, builds the per-action metrics and the
+//! sample (filtering, SQL sanitising, JSON) before anything leaves the process, and usually frees it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
@@ -212,17 +216,17 @@ pub(crate) fn report_action(
     events: &[Event],
 ) {
     let action_tags = tags(&[("namespace", namespace), ("action", action)]);
-    recorder::increment_counter("transaction_count", 1.0, Some(&action_tags));
+    recorder::increment_counter(b"transaction_count", 1.0, Some(&action_tags));
     if has_error {
-        recorder::increment_counter("transaction_error_count", 1.0, Some(&action_tags));
+        recorder::increment_counter(b"transaction_error_count", 1.0, Some(&action_tags));
     }
     recorder::add_distribution_value(
-        "transaction_duration",
+        b"transaction_duration",
         ns_to_ms(duration_ns),
         Some(&action_tags),
     );
     if let Some(queue_time) = queue_time_ms {
-        recorder::add_distribution_value("transaction_queue_time", queue_time, Some(&action_tags));
+        recorder::add_distribution_value(b"transaction_queue_time", queue_time, Some(&action_tags));
     }
     for (group, total_ns) in sample::group_durations(events) {
         let group_tags = tags(&[
@@ -230,7 +234,7 @@ pub(crate) fn report_action(
             ("action", action),
             ("group", &group),
         ]);
-        recorder::add_distribution_value("event_duration", ns_to_ms(total_ns), Some(&group_tags));
+        recorder::add_distribution_value(b"event_duration", ns_to_ms(total_ns), Some(&group_tags));
     }
 }
 
@@ -296,7 +300,41 @@ impl State {
 
 /// One transaction. Create with [`Transaction::start`]; everything else takes `&self`.
 pub struct Transaction {
-    state: Mutex<State>,
+    /// Shared with the sender thread once completed (see [`Completed`]).
+    state: Arc<Mutex<State>>,
+}
+
+/// A completed transaction, processed on the sender thread.
+struct Completed(Arc<Mutex<State>>);
+
+impl crate::metrics::Record for Completed {
+    fn process(self: Box<Self>) {
+        let config = config();
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*state;
+        if filter::is_ignored(&s.namespace, s.action.as_deref(), &config) {
+            return;
+        }
+        let error = s.reported_error(&config);
+        let sample = (s.sampled || error.is_some()).then(|| {
+            let mut view = s.view();
+            view.error = error;
+            // The SQL sanitiser runs here, on the sender thread, as the sample is built.
+            view.render(&config, Shape::Sample)
+        });
+        let view = s.view();
+        report_action(
+            &s.namespace,
+            s.action.as_deref().unwrap_or("unknown"),
+            view.duration_ns().unwrap_or(0),
+            error.is_some(),
+            view.queue_time_ms(),
+            s.events.events(),
+        );
+        if let Some(sample) = sample {
+            recorder::submit_sample(sample);
+        }
+    }
 }
 
 static USED_AFTER_COMPLETE: AtomicI64 = AtomicI64::new(0);
@@ -311,7 +349,7 @@ impl Transaction {
             truncate(id.to_string(), MAX_TEXT)
         };
         Transaction {
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 id,
                 namespace: truncate(namespace.to_string(), MAX_TEXT),
                 action: None,
@@ -329,7 +367,7 @@ impl Transaction {
                 allocations_at_end: None,
                 sampled: false,
                 completed: false,
-            }),
+            })),
         }
     }
 
@@ -472,59 +510,25 @@ impl Transaction {
     }
 
     /// Completes the transaction: per-action metrics (unless ignored) and, when `finish` said to
-    /// sample (or it now has an error), the sample. Without a prior `finish`, it is finished now
-    /// with no GC time. Every later call on this transaction is ignored.
+    /// sample (or it now has an error), the sample, both built on the sender thread. Without a
+    /// prior `finish`, it is finished now with no GC time. Every later call on this transaction is
+    /// ignored.
     pub fn complete(&self) {
-        let config = config();
-        let Some(done) = self
-            .with_open("appsignal_complete_transaction", |s| {
-                if s.end_ns.is_none() {
-                    finish_state(s, s.gc_start_ms, &config);
-                }
-                s.completed = true;
-                let open = s.events.open_count();
-                if open > 0 {
-                    tracing::debug!(
-                        "transaction {} completed with {open} unfinished events",
-                        s.id
-                    );
-                }
-                if filter::is_ignored(&s.namespace, s.action.as_deref(), &config) {
-                    return None;
-                }
-                let error = s.reported_error(&config).cloned();
-                let sample = (s.sampled || error.is_some()).then(|| {
-                    let mut view = s.view();
-                    view.error = error.as_ref();
-                    // The SQL sanitiser runs here, on the app thread, as the sample is built.
-                    view.render(&config, Shape::Sample)
-                });
-                let view = s.view();
-                Some((
-                    s.namespace.clone(),
-                    s.action.clone().unwrap_or_else(|| "unknown".to_string()),
-                    view.duration_ns().unwrap_or(0),
-                    error.is_some(),
-                    view.queue_time_ms(),
-                    s.events.events().to_vec(),
-                    sample,
-                ))
-            })
-            .flatten()
-        else {
-            return;
-        };
-        let (namespace, action, duration_ns, has_error, queue_time, events, sample) = done;
-        report_action(
-            &namespace,
-            &action,
-            duration_ns,
-            has_error,
-            queue_time,
-            &events,
-        );
-        if let Some(sample) = sample {
-            recorder::submit_sample(sample);
+        let done = self.with_open("appsignal_complete_transaction", |s| {
+            if s.end_ns.is_none() {
+                finish_state(s, s.gc_start_ms, &config());
+            }
+            s.completed = true;
+            let open = s.events.open_count();
+            if open > 0 {
+                tracing::debug!(
+                    "transaction {} completed with {open} unfinished events",
+                    s.id
+                );
+            }
+        });
+        if done.is_some() {
+            recorder::submit_record(Box::new(Completed(Arc::clone(&self.state))));
         }
     }
 
@@ -539,7 +543,7 @@ impl Transaction {
                 truncate(new_id.to_string(), MAX_TEXT)
             };
             Transaction {
-                state: Mutex::new(copy),
+                state: Arc::new(Mutex::new(copy)),
             }
         })
     }
@@ -566,13 +570,14 @@ fn finish_state(s: &mut State, gc_ms: i64, config: &crate::apm::ApmConfig) {
     s.allocations_at_end = Some(misc::allocation_count());
     let ignored = filter::is_ignored(&s.namespace, s.action.as_deref(), config);
     let has_error = s.reported_error(config).is_some();
-    s.sampled = !ignored
-        && sample::should_sample(
-            has_error,
-            end - s.start_ns,
-            crate::apm::sample_rate(),
-            crate::apm::random_unit(),
-        );
+    let rate = crate::apm::sample_rate();
+    // Drawing a random number is a system call: only when the rate can pick this one.
+    let random = if rate > 0.0 {
+        crate::apm::random_unit()
+    } else {
+        1.0
+    };
+    s.sampled = !ignored && sample::should_sample(has_error, end - s.start_ns, rate, random);
 }
 
 #[cfg(test)]
@@ -797,9 +802,11 @@ mod tests {
     #[test]
     fn an_error_makes_a_sample_with_metrics() {
         test_support::setup();
+        // Read before the start, so that a millisecond passing in between cannot shorten the queue.
+        let before_start_ms = crate::apm::now_ns() / 1_000_000;
         let txn = Transaction::start("t-error", "web", 10);
         txn.set_action("Errors#show");
-        txn.set_queue_start(crate::apm::now_ns() / 1_000_000 - 50);
+        txn.set_queue_start(before_start_ms - 50);
         txn.start_event(10);
         txn.finish_event("sql.active_record", "", Body::Text("SELECT 'a'"), 1, 12);
         txn.set_error(

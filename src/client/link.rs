@@ -266,9 +266,15 @@ impl WakePipe {
     }
 }
 
-/// Sleeps until `timeout`, a wake-up, or activity (data or hang-up) on `conn`. Returns whether
-/// `conn` showed activity.
-pub(super) fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) -> bool {
+impl crate::metrics::Wake for WakePipe {
+    fn wake(&self) {
+        WakePipe::wake(self);
+    }
+}
+
+/// Sleeps until `timeout` (none: no timeout), a wake-up, or activity (data or hang-up) on `conn`.
+/// Returns whether `conn` showed activity.
+pub(super) fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Option<Duration>) -> bool {
     let mut fds = [
         libc::pollfd {
             fd: pipe.read.as_raw_fd(),
@@ -281,7 +287,7 @@ pub(super) fn sleep_on(pipe: &WakePipe, conn: Option<RawFd>, timeout: Duration) 
             revents: 0,
         },
     ];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     // SAFETY: fds is a valid array of 2 pollfd; a negative fd is ignored by poll.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
     if n > 0 && fds[0].revents != 0 {

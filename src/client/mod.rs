@@ -10,7 +10,10 @@
 //!
 //! Between flushes the thread sleeps in `poll()` on its connection and a wake-up pipe, so that a
 //! leader's death (its socket closes) wakes it at once: it re-runs the election within
-//! milliseconds instead of at its next flush.
+//! milliseconds instead of at its next flush. When everything is handed over and the app records
+//! nothing, it sleeps without a timeout until the first record (which writes to the pipe, once per
+//! flush period) or its connection's hang-up: an idle client does not wake at all. A leader
+//! process's sender checks its leader every [`LEADER_IDLE_CHECK`] instead.
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
@@ -40,7 +43,7 @@ use crate::election;
 use crate::journal::Journal;
 use crate::leader::Leader;
 use crate::log::{suppressed_note, RateLimit};
-use crate::metrics::LocalMetrics;
+use crate::metrics::{LocalMetrics, Wake};
 use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
 use crate::role::{Role, RoleCell};
 use crate::workdir::WorkDir;
@@ -51,6 +54,8 @@ use link::{sleep_on, Backoff, ConnectError, Connection, WakePipe};
 pub const MAX_PENDING_BATCHES: usize = 1_000;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle leader process's sender checks that its leader still serves.
+pub const LEADER_IDLE_CHECK: Duration = Duration::from_secs(1);
 
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 
@@ -101,7 +106,7 @@ struct Shared {
     /// Told when the working directory had to move to the per-user fallback.
     on_fallback: FallbackHook,
     signal: Mutex<Signal>,
-    pipe: WakePipe,
+    pipe: Arc<WakePipe>,
     progress: Mutex<Progress>,
 }
 
@@ -143,10 +148,11 @@ impl Sender {
             role,
             on_fallback,
             signal: Mutex::new(Signal::default()),
-            pipe: WakePipe::new()?,
+            pipe: Arc::new(WakePipe::new()?),
             progress: Mutex::new(Progress::default()),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
+        metrics.set_waker(Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>));
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("appsignal-sender".into())
@@ -157,6 +163,7 @@ impl Sender {
                 if result.is_err() {
                     tracing::error!("the sender thread panicked; this process stops reporting");
                 }
+                thread_shared.metrics.set_waker(None);
                 let _ = done_tx.send(());
             })
             .context("cannot spawn the sender thread")?;
@@ -225,12 +232,28 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .stop_deadline;
             // Without a link, wake for the next connection attempt rather than the next flush.
-            let mut nap = shared.config.flush_interval;
+            let mut nap = Some(shared.config.flush_interval);
             if matches!(self.link, Link::None) && !self.disabled {
-                nap = nap.min(self.next_attempt.saturating_duration_since(Instant::now()));
+                nap =
+                    nap.map(|n| n.min(self.next_attempt.saturating_duration_since(Instant::now())));
+            }
+            // Nothing to hand over and nothing recorded: sleep until the first record. Once it
+            // wakes us, the next turn waits a flush period for more before collecting.
+            let idle = stop_deadline.is_none()
+                && self.pending.is_empty()
+                && !matches!(self.link, Link::None)
+                && shared.metrics.sleep_if_empty();
+            if idle {
+                nap = match self.link {
+                    Link::Local(_) => Some(LEADER_IDLE_CHECK),
+                    _ => None,
+                };
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
                 self.check_connection(shared);
+            }
+            if idle && !shared.metrics.is_empty() {
+                continue;
             }
             let stop_deadline = shared
                 .signal
@@ -341,6 +364,8 @@ impl State {
 
     /// Moves the app's pre-aggregate into pending batches.
     fn collect(&mut self, shared: &Shared) {
+        // Finished transactions and spans become metrics and samples here, off the app threads.
+        shared.metrics.process_records();
         let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
         let taken = shared.metrics.take();
         if taken.is_empty() {
