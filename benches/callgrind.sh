@@ -9,11 +9,13 @@
 #   benches/callgrind.sh                  # every row, 20,000 calls each (2,000 for transactions)
 #   benches/callgrind.sh counter_prebuilt # one row
 #   CALLS=50000 benches/callgrind.sh      # more calls per row
+#   CALLGRIND_EXE=path benches/callgrind.sh # a harness built before (e.g. of another commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 
-exe=$(cargo bench -p appsignal-ffi --bench callgrind --no-run --message-format=json 2>/dev/null \
+exe=${CALLGRIND_EXE:-}
+[ -n "$exe" ] || exe=$(cargo bench -p appsignal-ffi --bench callgrind --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -129,8 +129,32 @@ struct State {
 
 /// A root or child span.
 pub struct Span {
-    state: Mutex<State>,
+    /// Shared with the sender thread once a root span is closed (see [`RootClosed`]).
+    state: Arc<Mutex<State>>,
     root: Arc<RootShared>,
+}
+
+/// A closed root span and its collected child events, processed on the sender thread: the ignore
+/// rules, the sampling decision, the per-action metrics and the sample (filtering, sanitising, JSON).
+struct RootClosed {
+    span: Span,
+    collected: ChildEvents,
+}
+
+impl crate::metrics::Record for RootClosed {
+    fn process(self: Box<Self>) {
+        let RootClosed { span, collected } = *self;
+        let report = {
+            let state = span.lock();
+            span.root_report(&state, collected)
+        };
+        if let Some((namespace, action, duration_ns, has_error, events, sample)) = report {
+            report_action(&namespace, &action, duration_ns, has_error, None, &events);
+            if let Some(sample) = sample {
+                recorder::submit_sample(sample);
+            }
+        }
+    }
 }
 
 static USED_AFTER_CLOSE: AtomicI64 = AtomicI64::new(0);
@@ -145,7 +169,7 @@ impl Span {
         start_ns: i64,
     ) -> Span {
         Span {
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 span_id: random_hex(8),
                 parent_span_id,
                 is_root,
@@ -159,7 +183,7 @@ impl Span {
                 error: None,
                 allocations_at_start: misc::allocation_count(),
                 allocations_at_end: None,
-            }),
+            })),
             root,
         }
     }
@@ -333,8 +357,9 @@ impl Span {
         });
     }
 
-    /// Closes the span now (or at `end_ns`). A root span reports its metrics and maybe a sample;
-    /// a child becomes an event of its root. A second close is ignored with a log line.
+    /// Closes the span now (or at `end_ns`). A root span hands itself to the sender thread, which
+    /// reports its metrics and maybe a sample; a child becomes an event of its root. A second close
+    /// is ignored with a log line.
     pub fn close(&self, end_ns: Option<i64>) {
         let end = end_ns.unwrap_or_else(now_ns);
         let mut state = self.lock();
@@ -353,14 +378,14 @@ impl Span {
                 let mut events = self.root.events.lock().unwrap_or_else(|e| e.into_inner());
                 std::mem::take(&mut *events)
             };
-            let report = self.root_report(&state, collected);
             drop(state);
-            if let Some((namespace, action, duration_ns, has_error, events, sample)) = report {
-                report_action(&namespace, &action, duration_ns, has_error, None, &events);
-                if let Some(sample) = sample {
-                    recorder::submit_sample(sample);
-                }
-            }
+            recorder::submit_record(Box::new(RootClosed {
+                span: Span {
+                    state: Arc::clone(&self.state),
+                    root: Arc::clone(&self.root),
+                },
+                collected,
+            }));
         } else if !self.root.closed.load(Ordering::SeqCst) {
             let event = child_event(&state, self.root.start_ns);
             drop(state);
@@ -396,12 +421,14 @@ impl Span {
             .as_ref()
             .filter(|e| !filter::is_error_ignored(&e.class, &config));
         let duration_ns = s.end_ns.unwrap_or(s.start_ns) - s.start_ns;
-        let sampled = sample::should_sample(
-            error.is_some(),
-            duration_ns,
-            crate::apm::sample_rate(),
-            crate::apm::random_unit(),
-        );
+        let rate = crate::apm::sample_rate();
+        // Drawing a random number is a system call: only when the rate can pick this one.
+        let random = if rate > 0.0 {
+            crate::apm::random_unit()
+        } else {
+            1.0
+        };
+        let sampled = sample::should_sample(error.is_some(), duration_ns, rate, random);
         let sample = sampled.then(|| {
             let mut view = self.view(s, &collected.events, collected.dropped);
             view.error = error;
