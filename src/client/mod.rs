@@ -13,7 +13,8 @@
 //! milliseconds instead of at its next flush. When everything is handed over and the app records
 //! nothing, it sleeps without a timeout until the first record (which writes to the pipe, once per
 //! flush period) or its connection's hang-up: an idle client does not wake at all. A leader
-//! process's sender checks its leader every [`LEADER_IDLE_CHECK`] instead.
+//! process's sender is woken by its leader when that stops serving, and checks it every
+//! [`LEADER_IDLE_CHECK`] as well.
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
@@ -312,7 +313,12 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
-                match Leader::start(&shared.config, &workdir, lock) {
+                match Leader::start(
+                    &shared.config,
+                    &workdir,
+                    lock,
+                    Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
+                ) {
                     Ok(leader) => {
                         shared.role.set(Role::Leader);
                         tracing::info!("leading: {}", leader.description());
@@ -469,7 +475,12 @@ impl State {
             }
         };
         if let Some(lock) = lock {
-            match Leader::start(&shared.config, &workdir, lock) {
+            match Leader::start(
+                &shared.config,
+                &workdir,
+                lock,
+                Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
+            ) {
                 Ok(leader) => {
                     shared.role.set(Role::Leader);
                     tracing::info!("leading: {}", leader.description());

@@ -26,6 +26,9 @@ impl Drop for StopCounting {
     fn drop(&mut self) {
         self.0.counting().open = false;
         self.0.stopped.store(true, Ordering::Release);
+        if let Some(waker) = &self.0.on_stop {
+            waker.wake();
+        }
     }
 }
 

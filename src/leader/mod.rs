@@ -103,6 +103,8 @@ struct Shared {
     handed_over: AtomicBool,
     /// Notified by a connection from a newer library.
     handover: tokio::sync::Notify,
+    /// Woken when this leader stops serving, so that its owner (the sender) notices at once.
+    on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
     /// Input the StatsD and OTLP listeners rejected (reported in the next payload).
     intake: Arc<crate::intake::IntakeStats>,
 }
@@ -219,7 +221,13 @@ impl Leader {
 
     /// Replays the journal left by the previous leader, binds `agent.socket` (removing a stale
     /// one: we hold the lock) and starts serving.
-    pub fn start(config: &Config, workdir: &WorkDir, lock: LeaderLock) -> Result<Leader> {
+    /// `on_stop` is woken when the leader stops serving (lost lock, panic, hand-over).
+    pub fn start(
+        config: &Config,
+        workdir: &WorkDir,
+        lock: LeaderLock,
+        on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
+    ) -> Result<Leader> {
         let pusher = Pusher::new(config)?;
         let mut aggregator = Aggregator::new(config.transmission_interval);
         // The first configuration always fits.
@@ -261,6 +269,7 @@ impl Leader {
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
+            on_stop,
             intake: Arc::default(),
         });
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
@@ -694,6 +703,7 @@ mod tests {
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
+            on_stop: None,
         }
     }
 
