@@ -313,18 +313,8 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
-                match Leader::start(
-                    &shared.config,
-                    &workdir,
-                    lock,
-                    Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
-                ) {
-                    Ok(leader) => {
-                        shared.role.set(Role::Leader);
-                        tracing::info!("leading: {}", leader.description());
-                        self.link = Link::Local(leader);
-                    }
-                    Err(e) => tracing::warn!("stop: cannot lead to push what is left: {e:#}"),
+                if let Err(e) = self.lead(shared, &workdir, lock) {
+                    tracing::warn!("stop: cannot lead to push what is left: {e:#}");
                 }
             }
         }
@@ -405,6 +395,25 @@ impl State {
         progress.pending_batches = self.pending.len();
     }
 
+    /// Starts leading with the lock this process won; the role is the leader's from then on.
+    fn lead(
+        &mut self,
+        shared: &Shared,
+        workdir: &WorkDir,
+        lock: election::LeaderLock,
+    ) -> Result<()> {
+        let leader = Leader::start(
+            &shared.config,
+            workdir,
+            lock,
+            Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
+        )?;
+        shared.role.set(Role::Leader);
+        tracing::info!("leading: {}", leader.description());
+        self.link = Link::Local(leader);
+        Ok(())
+    }
+
     /// The connection showed activity while idle: the leader closed it (it died or stopped).
     fn check_connection(&mut self, shared: &Shared) {
         if let Link::Remote(conn) = &self.link {
@@ -475,18 +484,8 @@ impl State {
             }
         };
         if let Some(lock) = lock {
-            match Leader::start(
-                &shared.config,
-                &workdir,
-                lock,
-                Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
-            ) {
-                Ok(leader) => {
-                    shared.role.set(Role::Leader);
-                    tracing::info!("leading: {}", leader.description());
-                    self.link = Link::Local(leader);
-                    self.backoff.reset();
-                }
+            match self.lead(shared, &workdir, lock) {
+                Ok(()) => self.backoff.reset(),
                 Err(e) => {
                     tracing::error!("won the election but cannot lead: {e:#}");
                     self.schedule_retry();
