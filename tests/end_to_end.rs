@@ -324,6 +324,44 @@ fn bad_frames_close_only_their_connection() {
 }
 
 #[test]
+fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
+    let setup = Setup::new(200);
+    setup.receiver.fail_next_with_retry_after(1, 429, 2);
+    let mut worker = setup.spawn(0);
+    let expected = {
+        let mut e = Value::Null;
+        fleet::add_sent(&mut e, &worker.record(500).unwrap());
+        e
+    };
+    assert!(common::poll(Duration::from_secs(20), || setup
+        .receiver
+        .summary()["failed_on_purpose"]
+        == 1));
+    setup.assert_totals(&expected);
+    let log = setup.log();
+    assert!(log.contains("next try in 2 s or later"), "{log}");
+    // The endpoint was skipped until the delay passed: the one push after the 429 that delivered
+    // came at least 2 s later, although transmissions run every 200 ms.
+    let line_time = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.get(11..23))
+            .map(|hms| {
+                let parts: Vec<f64> = hms.split(':').filter_map(|p| p.parse().ok()).collect();
+                parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+            })
+    };
+    let refused = line_time("next try in 2 s").unwrap();
+    let delivered = line_time("sent push payload").unwrap();
+    assert!(
+        delivered - refused >= 1.9,
+        "delivered {delivered} s, refused {refused} s:\n{log}"
+    );
+    worker.stop(Duration::from_secs(20)).unwrap();
+    assert_eq!(setup.receiver.summary()["duplicates"], 0);
+}
+
+#[test]
 fn a_push_api_answering_500_gets_the_payload_later() {
     let setup = Setup::new(300);
     setup.receiver.fail_next(2, 500);

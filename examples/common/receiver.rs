@@ -47,6 +47,8 @@ struct State {
     seen: HashSet<String>,
     fail_next: u32,
     fail_status: u16,
+    /// `Retry-After` (seconds) sent with the failures on purpose, if any.
+    fail_retry_after: Option<u64>,
     totals: Totals,
 }
 
@@ -163,6 +165,7 @@ impl Receiver {
             seen: HashSet::new(),
             fail_next: 0,
             fail_status: 500,
+            fail_retry_after: None,
             totals: Totals::default(),
         }));
         let (srv, st) = (Arc::clone(&server), Arc::clone(&state));
@@ -180,10 +183,19 @@ impl Receiver {
     }
 
     /// Makes the next `count` pushes fail with `status`.
+    /// Answers the next `count` pushes with `status` and, when given, `Retry-After: seconds`.
+    pub fn fail_next_with_retry_after(&self, count: u32, status: u16, seconds: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.fail_next = count;
+        s.fail_status = status;
+        s.fail_retry_after = Some(seconds);
+    }
+
     pub fn fail_next(&self, count: u32, status: u16) {
         let mut s = self.state.lock().unwrap();
         s.fail_next = count;
         s.fail_status = status;
+        s.fail_retry_after = None;
     }
 
     pub fn summary(&self) -> Value {
@@ -267,7 +279,21 @@ fn handle(state: &Mutex<State>, mut request: tiny_http::Request) {
                 .take(MAX_BODY_BYTES)
                 .read_to_end(&mut gz);
             let (status, body) = collect(state, &params, read.map(|_| gz));
-            respond(request, status, body);
+            let retry_after = state.lock().unwrap().fail_retry_after;
+            match retry_after {
+                Some(seconds) if status == 429 || status == 503 => {
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Retry-After"[..],
+                        seconds.to_string().as_bytes(),
+                    )
+                    .expect("a number is a valid header value");
+                    let response = tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header);
+                    let _ = request.respond(response);
+                }
+                _ => respond(request, status, body),
+            }
         }
         _ => respond(request, 404, r#"{"error":"not found"}"#.into()),
     }

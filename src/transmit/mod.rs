@@ -165,6 +165,12 @@ impl Pusher {
             return Ok(());
         }
         let why = format!("push to {} answered {status}", config.endpoint);
+        // Not before the delay the Push API asked for (seconds; the next transmission otherwise).
+        if matches!(status.as_u16(), 429 | 503) {
+            if let Some(after) = otlp::retry_after(&response) {
+                return Err(PushError::RetryAfter(why, after));
+            }
+        }
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(PushError::Retryable(why))
         } else {

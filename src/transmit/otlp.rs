@@ -21,7 +21,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// `Retry-After` in seconds (the HTTP-date form is not read: the next transmission retries).
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
     let seconds: u64 = value.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
