@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::Batch;
 
 /// How often a listener hands what it parsed to the leader.
@@ -117,4 +118,17 @@ fn bind(addr: SocketAddr, udp: bool) -> std::io::Result<socket2::Socket> {
         socket.listen(128)?;
     }
     Ok(socket)
+}
+
+/// Logs, at most once per `limit`, that the leader did not count a batch of `listener`'s data (it
+/// is stopping, or its journal failed): those `what` are lost.
+fn report_uncounted(counted: bool, limit: &RateLimit, listener: &str, what: &str) {
+    if !counted {
+        if let Some(n) = limit.check() {
+            tracing::warn!(
+                "{listener}: the leader did not count a batch (it is stopping, or its journal failed); those {what} are lost{}",
+                suppressed_note(n)
+            );
+        }
+    }
 }

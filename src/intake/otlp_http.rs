@@ -154,14 +154,7 @@ pub async fn run(
 }
 
 fn report(counted: bool) {
-    if !counted {
-        if let Some(n) = COUNT_LOG.check() {
-            tracing::warn!(
-                "OTLP/HTTP intake: the leader did not count a batch (it is stopping, or its journal failed); those points are lost{}",
-                suppressed_note(n)
-            );
-        }
-    }
+    super::report_uncounted(counted, &COUNT_LOG, "OTLP/HTTP intake", "points");
 }
 
 async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {

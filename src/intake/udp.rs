@@ -152,12 +152,5 @@ pub async fn run(
 }
 
 fn report(counted: bool) {
-    if !counted {
-        if let Some(n) = COUNT_LOG.check() {
-            tracing::warn!(
-                "StatsD: the leader did not count a batch of StatsD data (it is stopping, or its journal failed); those updates are lost{}",
-                suppressed_note(n)
-            );
-        }
-    }
+    super::report_uncounted(counted, &COUNT_LOG, "StatsD", "updates");
 }
