@@ -5,7 +5,7 @@
 //! each process are sampled into a CSV, and a per-minute table shows whether they stay flat. At the
 //! end the receiver's totals must equal what was sent.
 //!
-//! `cargo run --release -p appsignal-ffi --example soak -- [--minutes 30] [--workers 8]
+//! `cargo run --release -p appsignal-testkit --example soak -- [--minutes 30] [--workers 8]
 //!  [--kill-every 30] [--sample-every 10] [--csv soak.csv]`
 
 #[path = "common/fleet.rs"]

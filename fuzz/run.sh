@@ -8,8 +8,8 @@
 #   fuzz/run.sh --resume --execs 10000000 sql   go on from target/fuzz/sql (executions add up)
 #   fuzz/run.sh --seconds 600 frame data
 #
-# Installs cargo-afl (and builds its AFL++) when missing. Output: target/fuzz/<target>/ (AFL's
-# queue, crashes/, hangs/, fuzzer_stats) and one summary line per target. A crash file reproduces
+# Installs cargo-afl (and builds its AFL++) when missing. Output: $FUZZ_OUT_DIR/<target>/ (default
+# target/fuzz: AFL's queue, crashes/, hangs/, fuzzer_stats) and one summary line per target. A crash file reproduces
 # with `fuzz/run.sh --repro <target> <file>`; copied into fuzz/regressions/<target>/ it is replayed
 # by `cargo test -p appsignal-fuzz` from then on.
 set -euo pipefail
@@ -64,10 +64,11 @@ fi
 stat() { sed -n "s/^$2 *: *//p" "$1/default/fuzzer_stats" 2>/dev/null | head -1; }
 count() { find "$1" -maxdepth 1 -type f -name 'id:*' 2>/dev/null | wc -l; }
 
+out_dir=${FUZZ_OUT_DIR:-target/fuzz}
 passed=0
 failed=0
 for target in "${targets[@]}"; do
-  out=target/fuzz/$target
+  out=$out_dir/$target
   input=(-i "fuzz/corpus/$target")
   if [ -n "$resume" ] && [ -f "$out/default/fuzzer_stats" ]; then
     input=(-i -)

@@ -5,5 +5,6 @@
 # The per-minute table is printed at the end; every sample is in target/soak.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p appsignal-ffi --example soak
+cargo build --release -q -p appsignal-ffi
+cargo build --release -q -p appsignal-testkit --example soak
 exec target/release/examples/soak --csv target/soak.csv "$@"
