@@ -114,7 +114,7 @@ fn main() -> Result<()> {
                 .entry(seconds / 60)
                 .or_insert([0, 0, u64::MAX, 0, u64::MAX, 0]);
             for (i, slot) in slots.iter_mut().enumerate() {
-                let role = slot.proc.diagnose()?["role"]
+                let role = slot.proc.diagnose()?["leader_election"]["role"]
                     .as_str()
                     .unwrap_or("?")
                     .to_owned();
@@ -136,7 +136,8 @@ fn main() -> Result<()> {
         }
         if Instant::now() >= next_kill {
             next_kill += Duration::from_secs(kill_every);
-            let holder = slots[0].proc.diagnose()?["lock"]["holder_pid"].as_u64();
+            let holder =
+                slots[0].proc.diagnose()?["leader_election"]["lock"]["holder_pid"].as_u64();
             if let Some(i) = slots
                 .iter()
                 .position(|s| Some(u64::from(s.proc.pid)) == holder)

@@ -846,7 +846,7 @@ fn a_batch_whose_counting_panics_is_quarantined_on_replay() {
     .flatten()
     .any(|e| e.file_name().to_string_lossy().ends_with(".bad"))));
     for w in fleet.workers.iter_mut() {
-        w.role = w.diagnose().unwrap()["role"]
+        w.role = w.diagnose().unwrap()["leader_election"]["role"]
             .as_str()
             .unwrap_or("")
             .to_owned();
