@@ -42,7 +42,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::election;
 use crate::journal::Journal;
-use crate::leader::Leader;
+use crate::leader::{ExportState, ExportsReport, Leader};
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Wake};
 use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
@@ -109,6 +109,8 @@ struct Shared {
     signal: Mutex<Signal>,
     pipe: Arc<WakePipe>,
     progress: Mutex<Progress>,
+    /// The exporters' state of the leader this process runs, when it leads (diagnose).
+    leader_exports: Mutex<Option<Arc<ExportState>>>,
 }
 
 /// Handle of the sender thread, owned by the agent.
@@ -133,6 +135,19 @@ impl Sender {
         (*guard, idle)
     }
 
+    /// What the exporters of this process's leader remember, while this process leads.
+    pub fn leader_exports(&self) -> Option<ExportsReport> {
+        if self.shared.role.get() != Role::Leader {
+            return None;
+        }
+        let exports = self
+            .shared
+            .leader_exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        exports.as_ref().map(|e| e.report())
+    }
+
     pub fn start(
         config: Config,
         workdir: WorkDir,
@@ -151,6 +166,7 @@ impl Sender {
             signal: Mutex::new(Signal::default()),
             pipe: Arc::new(WakePipe::new()?),
             progress: Mutex::new(Progress::default()),
+            leader_exports: Mutex::new(None),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
         metrics.set_waker(Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>));
@@ -408,6 +424,10 @@ impl State {
             lock,
             Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
         )?;
+        *shared
+            .leader_exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(leader.exports());
         shared.role.set(Role::Leader);
         tracing::info!("leading: {}", leader.description());
         self.link = Link::Local(leader);

@@ -36,11 +36,13 @@
 
 mod connection;
 mod counting;
+mod exports;
 mod host;
 mod replay;
 mod transmission;
 
 use counting::{Counting, StopCounting};
+pub use exports::{ExportState, ExportsReport};
 use replay::replay;
 
 use std::collections::HashMap;
@@ -83,8 +85,9 @@ struct Shared {
     counting: Mutex<Counting>,
     cache: PayloadCache,
     rejected_frames: AtomicU64,
-    /// Throttled endpoints and rejections of the exporters.
-    exports: transmission::ExportState,
+    /// Throttled endpoints, refused credentials and rejections of the exporters (also read by
+    /// diagnose, through [`Leader::exports`]).
+    exports: Arc<ExportState>,
     /// Connections closed for breaking the rules (reported in the next payload).
     refused_connections: AtomicU64,
     /// Batches whose counting panicked (reported in the next payload).
@@ -259,7 +262,7 @@ impl Leader {
             }),
             cache,
             rejected_frames: AtomicU64::new(0),
-            exports: transmission::ExportState::default(),
+            exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
             refused_connections: AtomicU64::new(0),
             poisoned_batches: AtomicU64::new(poisoned),
             frame_bytes: AtomicUsize::new(0),
@@ -361,6 +364,11 @@ impl Leader {
     /// Whether the leader still serves (false after it lost its lock or directory, or handed over).
     pub fn is_serving(&self) -> bool {
         !self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// What its exporters remember (refused credentials, rejected payloads), for diagnose.
+    pub fn exports(&self) -> Arc<ExportState> {
+        Arc::clone(&self.shared.exports)
     }
 
     /// Whether it stepped down for a newer library.
@@ -681,6 +689,7 @@ mod tests {
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
         let own_config_id = aggregator.register(&config.push).unwrap();
+        let retry_interval = config.refused_key_retry_interval;
         Shared {
             own_config_id,
             counting: Mutex::new(Counting {
@@ -692,7 +701,7 @@ mod tests {
             workdir,
             config,
             rejected_frames: AtomicU64::new(0),
-            exports: transmission::ExportState::default(),
+            exports: Arc::new(ExportState::new(retry_interval)),
             refused_connections: AtomicU64::new(0),
             poisoned_batches: AtomicU64::new(0),
             frame_bytes: AtomicUsize::new(0),

@@ -4,13 +4,14 @@
 //! either the journal segment or the cached payload (with the segment's id), never neither and
 //! never both counted.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::exports::Gate;
 use super::Shared;
 use crate::aggregate::Window;
 use crate::config::{Config, Exporters, PushConfig};
@@ -171,22 +172,35 @@ async fn cache_windows(
                 .remove(window.start_ms, window.config_id, &window.segment);
             continue;
         }
+        // Counts of dropped things go out once, in the first payload of the round that a
+        // receiver reads (not one of a configuration whose credentials are refused).
+        let carries = !shared
+            .exports
+            .all_refused(window.config_id, window.config.exporters);
         let window_report = AgentReport {
             batches: window.batches,
             dropped_updates: window.dropped_updates,
             dropped_samples: window.dropped_samples,
             dropped_logs: window.dropped_logs,
             dropped_batches: window.dropped_batches,
-            ..report.clone()
+            ..if carries {
+                report.clone()
+            } else {
+                AgentReport {
+                    leader_pid: report.leader_pid,
+                    ..AgentReport::default()
+                }
+            }
         };
-        // Counts of dropped things go out once, in the first payload of the round.
-        report.payload_cache_evictions = 0;
-        report.rejected_frames = 0;
-        report.rejected_exports = 0;
-        report.refused_connections = 0;
-        report.poisoned_batches = 0;
-        report.statsd_malformed_lines = 0;
-        report.otlp_intake_rejected = 0;
+        if carries {
+            report.payload_cache_evictions = 0;
+            report.rejected_frames = 0;
+            report.rejected_exports = 0;
+            report.refused_connections = 0;
+            report.poisoned_batches = 0;
+            report.statsd_malformed_lines = 0;
+            report.otlp_intake_rejected = 0;
+        }
         // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
         // the thread that serves the sockets.
         let (start_ms, config_id, segment, config) = (
@@ -238,9 +252,10 @@ async fn cache_windows(
         // If a payload can be neither cached nor sent, the journal segment stays for the next leader.
         let mut all_out = true;
         for o in &not_cached {
-            match push_until(pusher, &config, o, deadline).await {
-                Ok(()) => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
-                Err(e) => {
+            match export(shared, pusher, &config, o, deadline).await {
+                Exported::Delivered => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
+                Exported::Dropped => {}
+                Exported::Kept(e) => {
                     all_out = false;
                     tracing::error!(
                         "{} payload {} not sent either ({e}); its journal segment stays for the next leader",
@@ -281,15 +296,106 @@ async fn cache_windows(
         .fetch_add(report.otlp_intake_rejected, Ordering::Relaxed);
 }
 
+/// What became of a payload handed to [`export`].
+enum Exported {
+    Delivered,
+    /// Not to be sent again: rejected, or its configuration's credentials are refused (counted).
+    Dropped,
+    /// Not delivered, may be later: keep it.
+    Kept(PushError),
+}
+
+/// Sends one payload, unless its configuration's credentials are refused for its exporter (then
+/// it is dropped and counted, except for the one probe per retry interval; see
+/// [`super::exports`]).
+async fn export(
+    shared: &Shared,
+    pusher: &Pusher,
+    config: &PushConfig,
+    payload: &Outgoing,
+    deadline: Option<Instant>,
+) -> Exported {
+    let target = (payload.config_id, payload.kind);
+    let probe = match shared.exports.gate(target) {
+        Gate::Closed => {
+            shared.exports.dropped_refused(target);
+            return Exported::Dropped;
+        }
+        Gate::Probe => true,
+        Gate::Open => false,
+    };
+    let exporter = exporter_name(payload.kind);
+    match push_until(pusher, config, payload, deadline).await {
+        Ok(()) => {
+            if let Some(dropped) = shared.exports.accepted(target) {
+                tracing::info!(
+                    "{exporter} accepts the credentials of app {:?} environment {:?} again ({dropped} payloads were dropped meanwhile); sending resumes",
+                    config.app_name,
+                    config.environment
+                );
+            }
+            Exported::Delivered
+        }
+        Err(PushError::Unauthorized(why)) => {
+            if shared.exports.refuse(target, config, &why) {
+                tracing::error!(
+                    "{exporter} refused the credentials of app {:?} environment {:?} ({why}): its {} payloads are dropped and counted (agent.rejected_exports, diagnose), not sent; one is tried again every {} s",
+                    config.app_name,
+                    config.environment,
+                    payload.kind.name(),
+                    shared.config.refused_key_retry_interval.as_secs()
+                );
+            } else if probe {
+                tracing::debug!(
+                    "{exporter} still refuses the credentials of app {:?} environment {:?} ({why})",
+                    config.app_name,
+                    config.environment
+                );
+            }
+            shared.exports.dropped_refused(target);
+            Exported::Dropped
+        }
+        Err(e @ PushError::Rejected(_)) => {
+            shared.exports.count_rejected();
+            if shared.exports.first_rejection(target) {
+                tracing::error!(
+                    "{} payload {} dropped: {e}; further rejections of this configuration's {} payloads are counted, not logged",
+                    payload.kind.name(),
+                    payload.id,
+                    payload.kind.name()
+                );
+            }
+            Exported::Dropped
+        }
+        Err(e) => Exported::Kept(e),
+    }
+}
+
+/// The receiver of an exporter, for log lines.
+fn exporter_name(kind: ExportKind) -> String {
+    match kind {
+        ExportKind::Push => "the Push API".to_owned(),
+        ExportKind::Otlp(signal) => format!("the OTLP {} endpoint", signal.name()),
+    }
+}
+
 /// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;
 /// one that asked to wait (`Retry-After`) is not tried before then. Payloads of a configuration
-/// whose secrets no connected process has sent wait in the cache.
+/// whose secrets no connected process has sent wait in the cache; those of a configuration whose
+/// credentials were refused are dropped (see [`export`]).
 async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>) {
     let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
     let mut down: HashSet<String> = HashSet::new();
     for entry in shared.cache.list() {
         if past_deadline() {
             break;
+        }
+        let target = (entry.config_id, entry.kind);
+        if shared.exports.is_closed(target) {
+            // Refused credentials: dropped without a request, whether or not the key is known.
+            shared.exports.dropped_refused(target);
+            shared.cache.remove(&entry);
+            continue;
         }
         let Some(config) = shared
             .counting()
@@ -315,8 +421,8 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
                 continue;
             }
         };
-        match push_until(pusher, &config, &payload, deadline).await {
-            Ok(()) => {
+        match export(shared, pusher, &config, &payload, deadline).await {
+            Exported::Delivered => {
                 shared.cache.remove(&entry);
                 tracing::info!(
                     "sent {} payload {} (window {} of {}/{})",
@@ -327,15 +433,8 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
                     config.environment
                 );
             }
-            Err(PushError::Retryable(why)) => {
-                tracing::warn!(
-                    "{} payload {} not sent: {why}; kept in payloads/ for the next transmission",
-                    entry.kind.name(),
-                    entry.id
-                );
-                down.insert(endpoint);
-            }
-            Err(PushError::RetryAfter(why, after)) => {
+            Exported::Dropped => shared.cache.remove(&entry),
+            Exported::Kept(PushError::RetryAfter(why, after)) => {
                 tracing::warn!(
                     "{} payload {} not sent: {why}; kept in payloads/, next try in {} s or later",
                     entry.kind.name(),
@@ -345,17 +444,13 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
                 shared.exports.throttle(&endpoint, after);
                 down.insert(endpoint);
             }
-            Err(e @ PushError::Rejected(_)) => {
-                shared.exports.rejected.fetch_add(1, Ordering::Relaxed);
-                if shared.exports.first_rejection(entry.config_id, entry.kind) {
-                    tracing::error!(
-                        "{} payload {} dropped: {e}; further rejections of this configuration's {} payloads are counted, not logged",
-                        entry.kind.name(),
-                        entry.id,
-                        entry.kind.name()
-                    );
-                }
-                shared.cache.remove(&entry);
+            Exported::Kept(e) => {
+                tracing::warn!(
+                    "{} payload {} not sent: {e}; kept in payloads/ for the next transmission",
+                    entry.kind.name(),
+                    entry.id
+                );
+                down.insert(endpoint);
             }
         }
     }
@@ -369,37 +464,5 @@ fn can_export(config: &PushConfig, kind: ExportKind) -> bool {
     match kind {
         ExportKind::Push => !config.push_api_key.is_empty(),
         ExportKind::Otlp(_) => config.otlp.is_some(),
-    }
-}
-
-/// What the exporters remember between rounds: endpoints that asked to wait, rejections.
-#[derive(Default)]
-pub(super) struct ExportState {
-    /// Endpoint → not before this instant (`Retry-After`).
-    throttled: Mutex<HashMap<String, Instant>>,
-    /// (configuration, exporter) pairs whose rejection was logged once.
-    rejections_logged: Mutex<HashSet<(u64, ExportKind)>>,
-    /// Payloads dropped because a receiver rejected them (not retryable), since the last payload.
-    pub(super) rejected: AtomicU64,
-}
-
-impl ExportState {
-    fn throttled(&self, endpoint: &str) -> bool {
-        let map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(endpoint)
-            .is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn throttle(&self, endpoint: &str, after: Duration) {
-        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(endpoint.to_owned(), Instant::now() + after);
-    }
-
-    fn first_rejection(&self, config_id: u64, kind: ExportKind) -> bool {
-        let mut set = self
-            .rejections_logged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        set.insert((config_id, kind))
     }
 }
