@@ -215,7 +215,25 @@ struct State {
     yield_until: Option<Instant>,
     /// Bound of each connect, read and write: [`IO_TIMEOUT`], less when stopping.
     io_timeout: Duration,
+    /// Whether the leader acknowledged a batch since this link was made.
+    acked_on_link: bool,
+    /// Delay before reconnecting to a leader that closed the link without acknowledging anything
+    /// (it cannot journal: a full disk): grows while that repeats, reset by an acknowledgement.
+    barren: Backoff,
 }
+
+/// How far [`State::deliver`] got.
+#[derive(Debug, PartialEq, Eq)]
+enum Handed {
+    /// Everything pending was acknowledged.
+    All,
+    /// This process's own leader cannot journal now (a full disk): the batches wait.
+    NotNow,
+    /// No link, or it was lost.
+    NoLink,
+}
+
+static BARREN_LOG: RateLimit = RateLimit::new(10_000);
 
 /// Time a stopping sender keeps for writing a spool file after its last handover attempt.
 const SPOOL_RESERVE: Duration = Duration::from_millis(300);
@@ -234,6 +252,8 @@ impl State {
             disabled: false,
             yield_until: None,
             io_timeout: IO_TIMEOUT,
+            acked_on_link: false,
+            barren: Backoff::new(shared.client_id.rotate_left(17)),
         }
     }
 
@@ -314,7 +334,9 @@ impl State {
                     continue;
                 }
             }
-            self.deliver(shared);
+            if self.deliver(shared) == Handed::NotNow {
+                self.step_down(shared, handover_until);
+            }
         }
         if !self.pending.is_empty() && !self.disabled {
             self.spool(shared);
@@ -338,6 +360,26 @@ impl State {
             leader.shutdown(deadline);
         }
         shared.role.set(Role::Stopped);
+    }
+
+    /// Stopping, this process leads but cannot journal its own last batches (a full disk, or a
+    /// file size limit of this process): it stops leading, pushing what it counted within half
+    /// the time left, so that another process takes the lock, and hands the batches to that one.
+    fn step_down(&mut self, shared: &Shared, until: Instant) {
+        let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) else {
+            return;
+        };
+        tracing::warn!(
+            "stop: this process leads but cannot journal its last {} batches; stepping down so that another process leads and takes them",
+            self.pending.len()
+        );
+        let now = Instant::now();
+        leader.shutdown(now + until.saturating_duration_since(now) / 2);
+        shared.role.set(Role::Starting);
+        // Connect to the next leader rather than take the lock again.
+        self.yield_until = Some(until);
+        self.backoff.reset();
+        self.next_attempt = Instant::now();
     }
 
     /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
@@ -523,8 +565,13 @@ impl State {
         match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
                 shared.role.set(Role::Client);
-                tracing::info!("connected to the leader (pid {})", conn.leader_pid);
+                if self.barren.is_reset() {
+                    tracing::info!("connected to the leader (pid {})", conn.leader_pid);
+                } else {
+                    tracing::debug!("connected to the leader (pid {}) again", conn.leader_pid);
+                }
                 self.link = Link::Remote(conn);
+                self.acked_on_link = false;
                 self.backoff.reset();
             }
             Err(ConnectError::Refused(reason)) => {
@@ -561,15 +608,17 @@ impl State {
     }
 
     /// Hands pending batches over in order until one fails.
-    fn deliver(&mut self, shared: &Shared) {
+    fn deliver(&mut self, shared: &Shared) -> Handed {
         while let Some(batch) = self.pending.front() {
             let result = match &mut self.link {
-                Link::None => return,
+                Link::None => return Handed::NoLink,
                 Link::Local(leader) => leader.deliver_local(batch.clone()),
-                Link::Remote(conn) => conn.send(batch),
+                Link::Remote(conn) => conn.send(batch).map(|()| true),
             };
             match result {
-                Ok(()) => {
+                Ok(true) => {
+                    self.acked_on_link = true;
+                    self.barren.reset();
                     if let Some(done) = self.pending.pop_front() {
                         let mut progress =
                             shared.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -577,21 +626,37 @@ impl State {
                         progress.pending_batches = self.pending.len();
                     }
                 }
+                // Our own leader could not journal it (its log line says why): next flush.
+                Ok(false) => return Handed::NotNow,
                 Err(e) => {
-                    tracing::info!(
-                        "lost the leader ({e:#}); {} batches wait for the next one",
-                        self.pending.len()
-                    );
                     shared.role.set(Role::Starting);
                     if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                         leader.shutdown(Instant::now());
                     }
-                    self.backoff.reset();
-                    self.schedule_retry();
-                    return;
+                    if self.acked_on_link {
+                        tracing::info!(
+                            "lost the leader ({e:#}); {} batches wait for the next one",
+                            self.pending.len()
+                        );
+                        self.backoff.reset();
+                        self.schedule_retry();
+                    } else {
+                        // Closed again before acknowledging anything (a leader that cannot
+                        // journal): reconnect later and later, and say so now and then.
+                        if let Some(n) = BARREN_LOG.check() {
+                            tracing::warn!(
+                                "the leader closed the connection without acknowledging a batch ({e:#}); {} batches wait; retrying with backoff{}",
+                                self.pending.len(),
+                                suppressed_note(n)
+                            );
+                        }
+                        self.next_attempt = Instant::now() + self.barren.next();
+                    }
+                    return Handed::NoLink;
                 }
             }
         }
+        Handed::All
     }
 }
 

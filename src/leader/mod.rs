@@ -110,6 +110,9 @@ struct Shared {
     on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
     /// Input the StatsD and OTLP listeners rejected (reported in the next payload).
     intake: Arc<crate::intake::IntakeStats>,
+    /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
+    /// endpoint): tried again at the next transmission; their journal segments stay until then.
+    held_windows: Mutex<Vec<crate::aggregate::Window>>,
 }
 
 /// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
@@ -158,6 +161,10 @@ fn process_alive(pid: i32) -> bool {
 }
 
 impl Shared {
+    fn held_windows(&self) -> std::sync::MutexGuard<'_, Vec<crate::aggregate::Window>> {
+        self.held_windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Binds a client (its journal id) to the process of the connection that handshook with it.
     /// `Err(pid)`: the id is bound to another live process. A connection without a pid (another
     /// pid namespace) binds nothing.
@@ -274,6 +281,7 @@ impl Leader {
             handover: tokio::sync::Notify::new(),
             on_stop,
             intake: Arc::default(),
+            held_windows: Mutex::new(Vec::new()),
         });
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
             .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
@@ -347,15 +355,19 @@ impl Leader {
         })
     }
 
-    /// Counts a batch of this process's own data. `Err` when this leader no longer counts.
-    pub fn deliver_local(&self, mut batch: Batch) -> Result<()> {
+    /// Counts a batch of this process's own data. `Ok(true)`: counted. `Ok(false)`: not now (the
+    /// journal cannot be written: a full disk); the process keeps the batch and tries again later,
+    /// as a client whose batch was not acknowledged does. `Err` when this leader no longer counts.
+    pub fn deliver_local(&self, mut batch: Batch) -> Result<bool> {
         batch.client_id = protocol::journal_id(batch.client_id);
         // This process's id is taken: nobody else may handshake with it.
         let _ = self
             .shared
             .bind(batch.client_id, Some(std::process::id() as i32));
         if self.shared.count(self.shared.own_config_id, batch) {
-            Ok(())
+            Ok(true)
+        } else if self.shared.counting().open && self.is_serving() {
+            Ok(false)
         } else {
             Err(anyhow!("the leader has stopped counting"))
         }
@@ -713,6 +725,7 @@ mod tests {
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
             on_stop: None,
+            held_windows: Mutex::new(Vec::new()),
         }
     }
 

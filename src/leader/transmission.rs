@@ -15,6 +15,7 @@ use super::exports::Gate;
 use super::Shared;
 use crate::aggregate::Window;
 use crate::config::{Config, Exporters, PushConfig};
+use crate::log::{suppressed_note, RateLimit};
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
 use crate::transmit::{ExportKind, Outgoing, PushError, Pusher};
@@ -66,13 +67,17 @@ async fn push_until(
     }
 }
 
-/// Turns `windows` into cached payloads, then pushes the cache oldest first until `deadline`.
+/// Turns `windows` (after those held back last time) into cached payloads, then pushes the cache
+/// oldest first until `deadline`.
 pub(super) async fn transmit(
     shared: &Arc<Shared>,
     pusher: &Pusher,
     windows: Vec<Window>,
     deadline: Option<Instant>,
 ) {
+    let mut windows = windows;
+    let held = std::mem::take(&mut *shared.held_windows());
+    windows.splice(0..0, held);
     if !windows.is_empty() {
         cache_windows(shared, pusher, windows, deadline).await;
     }
@@ -122,157 +127,39 @@ pub(super) fn last_kind(exporters: Exporters) -> ExportKind {
     }
 }
 
-async fn cache_windows(
-    shared: &Arc<Shared>,
-    pusher: &Pusher,
-    windows: Vec<Window>,
-    deadline: Option<Instant>,
-) {
-    // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
-    // leader knows that a resent batch inside it was counted.
-    if shared.workdir.journal_dir().is_dir() {
-        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
-        let counted = shared.counting().aggregator.counted_snapshot();
-        let workdir = shared.workdir.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            crate::journal::Journal::write_counted(&workdir, &counted)
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-        if let Err(e) = written {
-            tracing::error!("cannot record counted batches: {e:#}; keeping the journal segments");
-            return;
-        }
-    }
-    // Without a journal directory (the working directory was deleted) the segments are gone too:
-    // the windows in memory are all there is, and go out directly (below, when caching fails).
-    let mut report = AgentReport {
-        leader_pid: std::process::id(),
-        payload_cache_evictions: shared.cache.take_evictions(),
-        rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
-        rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
-        refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
-        poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
-        statsd_malformed_lines: shared.intake.take_statsd_malformed(),
-        otlp_intake_rejected: shared.intake.take_otlp_rejected(),
-        ..AgentReport::default()
-    };
-    for window in windows {
-        if window.metrics.is_empty()
-            && window.dropped_updates == 0
-            && window.samples.is_empty()
-            && window.logs.is_empty()
-            && window.dropped_samples == 0
-            && window.dropped_logs == 0
-            && window.dropped_batches == 0
-        {
-            shared
-                .counting()
-                .journal
-                .remove(window.start_ms, window.config_id, &window.segment);
-            continue;
-        }
-        // Counts of dropped things go out once, in the first payload of the round that a
-        // receiver reads (not one of a configuration whose credentials are refused).
-        let carries = !shared
-            .exports
-            .all_refused(window.config_id, window.config.exporters);
-        let window_report = AgentReport {
-            batches: window.batches,
-            dropped_updates: window.dropped_updates,
-            dropped_samples: window.dropped_samples,
-            dropped_logs: window.dropped_logs,
-            dropped_batches: window.dropped_batches,
-            ..if carries {
-                report.clone()
-            } else {
-                AgentReport {
-                    leader_pid: report.leader_pid,
-                    ..AgentReport::default()
-                }
-            }
-        };
-        if carries {
-            report.payload_cache_evictions = 0;
-            report.rejected_frames = 0;
-            report.rejected_exports = 0;
-            report.refused_connections = 0;
-            report.poisoned_batches = 0;
-            report.statsd_malformed_lines = 0;
-            report.otlp_intake_rejected = 0;
-        }
-        // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
-        // the thread that serves the sockets.
-        let (start_ms, config_id, segment, config) = (
-            window.start_ms,
-            window.config_id,
-            window.segment.clone(),
-            window.config.clone(),
-        );
-        let storing = Arc::clone(shared);
-        let not_cached = tokio::task::spawn_blocking(move || {
-            let outgoing = exports(&window, &window_report)?;
-            tracing::debug!(
-                "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
-                window.start_ms,
-                window.config.app_name,
-                window.config.environment,
-                window.segment,
-                window.metrics.len(),
-                window.samples.len(),
-                window.logs.len(),
-                window.batches,
-                outgoing.len()
+/// Windows held back (their payloads could be neither cached nor sent) at most, and their
+/// estimated bytes at most; beyond that the oldest leave memory (their journal segments stay for
+/// the next leader).
+const MAX_HELD_WINDOWS: usize = 12;
+const MAX_HELD_BYTES: usize = 32 * 1024 * 1024;
+
+/// Write failures of the transmission (a full disk): at most one line per 10 s each.
+static COUNTED_WRITE_LOG: RateLimit = RateLimit::new(10_000);
+static CACHE_WRITE_LOG: RateLimit = RateLimit::new(10_000);
+static HELD_LOG: RateLimit = RateLimit::new(10_000);
+
+/// Keeps `windows` for the next transmission: their payloads could be neither cached nor sent.
+/// Their journal segments stay on disk until they are (or for the next leader).
+fn hold(shared: &Shared, windows: Vec<Window>) {
+    let mut held = shared.held_windows();
+    held.extend(windows);
+    let mut bytes: usize = held.iter().map(|w| w.bytes).sum();
+    while held.len() > MAX_HELD_WINDOWS || (bytes > MAX_HELD_BYTES && held.len() > 1) {
+        let oldest = held.remove(0);
+        bytes = bytes.saturating_sub(oldest.bytes);
+        if let Some(n) = HELD_LOG.check() {
+            tracing::warn!(
+                "window {} (payload {}) no longer held in memory: too many windows wait; its journal segment stays for the next leader{}",
+                oldest.start_ms,
+                oldest.segment,
+                suppressed_note(n)
             );
-            let mut not_cached = Vec::new();
-            for o in outgoing {
-                if let Err(e) = storing.cache.store(&o) {
-                    // No cache (disk full, directory gone): sent directly (below).
-                    tracing::error!(
-                        "cannot cache {} payload {}: {e:#}; sending it directly",
-                        o.kind.name(),
-                        o.id
-                    );
-                    not_cached.push(o);
-                }
-            }
-            anyhow::Ok(not_cached)
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-        let not_cached = match not_cached {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(
-                    "cannot encode or cache payload {segment}: {e:#}; it stays in the journal"
-                );
-                continue;
-            }
-        };
-        // If a payload can be neither cached nor sent, the journal segment stays for the next leader.
-        let mut all_out = true;
-        for o in &not_cached {
-            match export(shared, pusher, &config, o, deadline).await {
-                Exported::Delivered => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
-                Exported::Dropped => {}
-                Exported::Kept(e) => {
-                    all_out = false;
-                    tracing::error!(
-                        "{} payload {} not sent either ({e}); its journal segment stays for the next leader",
-                        o.kind.name(),
-                        o.id
-                    );
-                }
-            }
-        }
-        if all_out {
-            shared
-                .counting()
-                .journal
-                .remove(start_ms, config_id, &segment);
         }
     }
-    // Counts that no payload of this round carried (every window was empty) wait for the next one.
+}
+
+/// Puts round counts that no delivered or cached payload carries back, for the next payload.
+fn give_back(shared: &Shared, report: &AgentReport) {
     shared
         .rejected_frames
         .fetch_add(report.rejected_frames, Ordering::Relaxed);
@@ -294,6 +181,193 @@ async fn cache_windows(
         .intake
         .otlp_rejected
         .fetch_add(report.otlp_intake_rejected, Ordering::Relaxed);
+    shared
+        .cache
+        .give_back_evictions(report.payload_cache_evictions);
+}
+
+/// Turns `windows` into payloads in the cache and deletes their journal segments. A payload that
+/// cannot be cached (a full disk) is sent directly; a window whose payloads can be neither cached
+/// nor sent is held for the next transmission, its segment kept ([`hold`]).
+async fn cache_windows(
+    shared: &Arc<Shared>,
+    pusher: &Pusher,
+    windows: Vec<Window>,
+    deadline: Option<Instant>,
+) {
+    // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
+    // leader knows that a resent batch inside it was counted.
+    if shared.workdir.journal_dir().is_dir() {
+        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
+        let counted = shared.counting().aggregator.counted_snapshot();
+        let workdir = shared.workdir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::journal::Journal::write_counted(&workdir, &counted)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        if let Err(e) = written {
+            if let Some(n) = COUNTED_WRITE_LOG.check() {
+                tracing::error!(
+                    "cannot record counted batches: {e:#}; {} windows wait in memory and their journal segments stay until it can{}",
+                    windows.len(),
+                    suppressed_note(n)
+                );
+            }
+            hold(shared, windows);
+            return;
+        }
+    }
+    // Without a journal directory (the working directory was deleted) the segments are gone too:
+    // the windows in memory are all there is, and go out directly (below, when caching fails).
+    let mut report = AgentReport {
+        leader_pid: std::process::id(),
+        payload_cache_evictions: shared.cache.take_evictions(),
+        rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
+        rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
+        refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
+        poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
+        statsd_malformed_lines: shared.intake.take_statsd_malformed(),
+        otlp_intake_rejected: shared.intake.take_otlp_rejected(),
+        ..AgentReport::default()
+    };
+    let mut held = Vec::new();
+    for window in windows {
+        if window.metrics.is_empty()
+            && window.dropped_updates == 0
+            && window.samples.is_empty()
+            && window.logs.is_empty()
+            && window.dropped_samples == 0
+            && window.dropped_logs == 0
+            && window.dropped_batches == 0
+        {
+            shared
+                .counting()
+                .journal
+                .remove(window.start_ms, window.config_id, &window.segment);
+            continue;
+        }
+        // Counts of dropped things go out once, in the first payload of the round that a
+        // receiver reads (not one of a configuration whose credentials are refused).
+        let carries = !shared
+            .exports
+            .all_refused(window.config_id, window.config.exporters);
+        let carried = if carries {
+            std::mem::replace(
+                &mut report,
+                AgentReport {
+                    leader_pid: std::process::id(),
+                    ..AgentReport::default()
+                },
+            )
+        } else {
+            AgentReport {
+                leader_pid: std::process::id(),
+                ..AgentReport::default()
+            }
+        };
+        let window_report = AgentReport {
+            batches: window.batches,
+            dropped_updates: window.dropped_updates,
+            dropped_samples: window.dropped_samples,
+            dropped_logs: window.dropped_logs,
+            dropped_batches: window.dropped_batches,
+            ..carried.clone()
+        };
+        // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
+        // the thread that serves the sockets.
+        let storing = Arc::clone(shared);
+        let stored = tokio::task::spawn_blocking(move || {
+            let outgoing = exports(&window, &window_report);
+            let outgoing = match outgoing {
+                Ok(o) => o,
+                Err(e) => return (window, Err(e)),
+            };
+            tracing::debug!(
+                "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
+                window.start_ms,
+                window.config.app_name,
+                window.config.environment,
+                window.segment,
+                window.metrics.len(),
+                window.samples.len(),
+                window.logs.len(),
+                window.batches,
+                outgoing.len()
+            );
+            let total = outgoing.len();
+            let mut not_cached = Vec::new();
+            for o in outgoing {
+                if let Err(e) = storing.cache.store(&o) {
+                    // No cache (disk full, directory gone): sent directly (below).
+                    if let Some(n) = CACHE_WRITE_LOG.check() {
+                        tracing::error!(
+                            "cannot cache {} payload {}: {e:#}; sending it directly, and keeping its journal segment until it is out{}",
+                            o.kind.name(),
+                            o.id,
+                            suppressed_note(n)
+                        );
+                    }
+                    not_cached.push(o);
+                }
+            }
+            let none_cached = not_cached.len() == total;
+            (window, Ok((not_cached, none_cached)))
+        })
+        .await;
+        let (window, not_cached, none_cached) = match stored {
+            Ok((window, Ok((not_cached, none_cached)))) => (window, not_cached, none_cached),
+            Ok((window, Err(e))) => {
+                tracing::error!(
+                    "cannot encode payload {}: {e:#}; it stays in the journal for the next leader",
+                    window.segment
+                );
+                give_back(shared, &carried);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "caching a payload failed: {e}; its journal segment stays for the next leader"
+                );
+                give_back(shared, &carried);
+                continue;
+            }
+        };
+        // If a payload can be neither cached nor sent, the window waits for the next round and its
+        // journal segment stays.
+        let mut all_out = true;
+        for o in &not_cached {
+            match export(shared, pusher, &window.config, o, deadline).await {
+                Exported::Delivered => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
+                Exported::Dropped => {}
+                Exported::Kept(e) => {
+                    all_out = false;
+                    tracing::debug!(
+                        "{} payload {} not sent either ({e}); held for the next transmission",
+                        o.kind.name(),
+                        o.id
+                    );
+                }
+            }
+        }
+        if all_out {
+            shared
+                .counting()
+                .journal
+                .remove(window.start_ms, window.config_id, &window.segment);
+        } else {
+            // The counts go out with the next payload, unless a cached one of this window has them.
+            if none_cached {
+                give_back(shared, &carried);
+            }
+            held.push(window);
+        }
+    }
+    // Counts that no payload of this round carried (every window was empty) wait for the next one.
+    give_back(shared, &report);
+    if !held.is_empty() {
+        hold(shared, held);
+    }
 }
 
 /// What became of a payload handed to [`export`].
