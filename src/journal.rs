@@ -16,7 +16,9 @@
 //!    is adopted (appended to) by the new leader.
 //!
 //! A write that a kill cut short leaves a torn last frame: replay stops there and truncates it away
-//! (the batch was not acknowledged, so its client sends it again).
+//! (the batch was not acknowledged, so its client sends it again). A write that fails (a full disk)
+//! is cut back to the last whole frame at once, and the segment takes the next batch; a new
+//! segment whose header cannot be written is removed (no file per failed try).
 //!
 //! Client ids appear here only as [`crate::protocol::journal_id`] hashes: the directory may be
 //! readable by every local user, and nothing in it may serve to impersonate a process.

@@ -23,9 +23,14 @@
 //! is dropped and counted. Connecting to the leader, each write and each read wait at most
 //! [`IO_TIMEOUT`] (a wedged leader whose backlog is full does not hold the thread).
 //!
+//! A leader that cannot journal (a full disk) does not acknowledge: a client keeps its batches and
+//! reconnects with a backoff that grows while the leader keeps closing without an acknowledgement;
+//! the leader process's own batches wait in the same way.
+//!
 //! Stopping: the thread keeps handing batches over until the stop deadline. What it still holds
 //! then (its leader is frozen, or stuck) is written to a spool file in `journal/`, where the next
-//! leader (or the current one, at its next transmission) counts it.
+//! leader (or the current one, at its next transmission) counts it. A stopping leader process that
+//! cannot journal its own last batches steps down first and hands them to the next leader.
 //!
 //! Layout: [`link`] (connection to another process's leader, backoff, wake-up pipe),
 //! [`batching`] (flushes into numbered batches), and here the sender thread's state machine.

@@ -33,6 +33,11 @@
 //!   leave its journal to the next leader instead (a hand-over).
 //! - Spool files that stopping processes left in `journal/` (see [`crate::journal`]) are counted
 //!   when the leader starts and at every transmission.
+//! - Push faults: a failed push leaves the payload in the cache (retried, `Retry-After` honoured);
+//!   refused credentials (401/403) stop a configuration's exports but for one probe an hour
+//!   ([`exports`]); a full disk leaves batches unacknowledged (their processes keep them; the
+//!   leader process's own batches too, via [`Leader::deliver_local`]) and closed windows held with
+//!   their segments until they can be cached or sent ([`transmission`]).
 
 mod connection;
 mod counting;

@@ -2,7 +2,10 @@
 //! windows become payloads in the payload cache, their journal segments are dropped, and the cache
 //! is pushed oldest first. Every payload goes through the cache, so that a kill at any point leaves
 //! either the journal segment or the cached payload (with the segment's id), never neither and
-//! never both counted.
+//! never both counted. When the cache cannot be written (a full disk) a payload is sent directly;
+//! a window whose payloads can be neither cached nor sent is held in memory (at most
+//! [`MAX_HELD_WINDOWS`]) and tried again at the next transmission, its segment kept until then.
+//! Whether a configuration's payloads are sent at all is [`super::exports`]'s call.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
