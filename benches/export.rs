@@ -82,6 +82,7 @@ fn window() -> Window {
         dropped_samples: 0,
         dropped_logs: 0,
         dropped_batches: 0,
+        bytes: 0,
     }
 }
 

@@ -362,6 +362,16 @@ pub fn sender_progress() -> Option<(crate::client::Progress, bool)> {
         .map(Sender::progress)
 }
 
+/// What the exporters of this process's leader remember, when this process leads (diagnose).
+pub fn leader_exports() -> Option<crate::leader::ExportsReport> {
+    recorder::check_fork();
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(Sender::leader_exports)
+}
+
 /// The configuration values the APM code needs, from this start's configuration.
 fn apm_config(c: &Config) -> crate::apm::ApmConfig {
     {

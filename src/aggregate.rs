@@ -173,6 +173,9 @@ pub struct Window {
     pub dropped_logs: u64,
     /// Unacknowledged batches that processes dropped (their queue was full).
     pub dropped_batches: u64,
+    /// Estimated bytes of its keys, samples and log lines (what it held of its configuration's
+    /// budget while open).
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -444,6 +447,7 @@ impl Aggregator {
                 dropped_samples: open.dropped_samples,
                 dropped_logs: open.dropped_logs,
                 dropped_batches: open.dropped_batches,
+                bytes: open.bytes,
             });
         }
         out

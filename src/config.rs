@@ -200,6 +200,10 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// Timeout of one HTTP request to the Push API.
     pub push_timeout: Duration,
+    /// After a receiver refused a configuration's credentials (401/403), how long the leader
+    /// waits before it tries that configuration's exporter again with one request
+    /// (`_APPSIGNAL_REFUSED_KEY_RETRY_INTERVAL_MS`).
+    pub refused_key_retry_interval: Duration,
     pub payload_cache_max_files: usize,
     pub payload_cache_max_bytes: u64,
     /// How often the leader collects host metrics (`_APPSIGNAL_HOST_METRICS_INTERVAL_MS`).
@@ -506,6 +510,12 @@ impl Config {
             flush_interval: r.millis("_APPSIGNAL_FLUSH_INTERVAL_MS", 100, 5, 10_000),
             stop_timeout: r.millis("_APPSIGNAL_STOP_TIMEOUT_MS", 5_000, 0, 60_000),
             push_timeout: r.millis("_APPSIGNAL_PUSH_TIMEOUT_MS", 10_000, 100, 120_000),
+            refused_key_retry_interval: r.millis(
+                "_APPSIGNAL_REFUSED_KEY_RETRY_INTERVAL_MS",
+                3_600_000,
+                1_000,
+                86_400_000,
+            ),
             payload_cache_max_files: r.number("_APPSIGNAL_PAYLOAD_CACHE_MAX_FILES", 100, 1)
                 as usize,
             payload_cache_max_bytes: r.number(

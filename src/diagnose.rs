@@ -12,7 +12,8 @@
 //! writes it there and asks for a diagnose without starting); nothing is created on disk.
 //!
 //! `leader_election.working_directory.fallback` says why the per-user working directory is used
-//! instead of the located one, when it is.
+//! instead of the located one, when it is. `leader_election.exports` (in the leader process only)
+//! lists the configurations whose credentials a receiver refused and the payloads dropped.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -56,13 +57,33 @@ fn leaf(result: Value, error: Option<String>) -> Value {
 pub fn report() -> Value {
     // Notices a fork first, so that a child reports its own state, not the parent's.
     let sender_state = agent::sender_progress();
+    let exports = agent::leader_exports();
     let status = agent::status_snapshot();
     let role = agent::role();
     let checks = checks(&status, role);
+    let mut leader_election = leader_election(status, role, sender_state);
+    leader_election["exports"] = exports.map_or(Value::Null, exports_report);
     json!({
         "extension": checks.extension,
         "agent": checks.agent,
-        "leader_election": leader_election(status, role, sender_state),
+        "leader_election": leader_election,
+    })
+}
+
+/// The leader's exporters: refused credentials (by app name and environment, never the key) and
+/// payloads dropped since it started leading.
+fn exports_report(report: crate::leader::ExportsReport) -> Value {
+    json!({
+        "rejected_payloads": report.rejected_payloads,
+        "refused_credentials": report.refused.iter().map(|r| json!({
+            "app_name": r.app_name,
+            "environment": r.environment,
+            "exporter": r.exporter,
+            "reason": r.reason,
+            "since_ms": r.since_ms,
+            "dropped_payloads": r.dropped_payloads,
+            "next_try_in_ms": r.next_try_in_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -16,7 +16,9 @@
 //!    is adopted (appended to) by the new leader.
 //!
 //! A write that a kill cut short leaves a torn last frame: replay stops there and truncates it away
-//! (the batch was not acknowledged, so its client sends it again).
+//! (the batch was not acknowledged, so its client sends it again). A write that fails (a full disk)
+//! is cut back to the last whole frame at once, and the segment takes the next batch; a new
+//! segment whose header cannot be written is removed (no file per failed try).
 //!
 //! Client ids appear here only as [`crate::protocol::journal_id`] hashes: the directory may be
 //! readable by every local user, and nothing in it may serve to impersonate a process.
@@ -78,6 +80,8 @@ struct OpenSegment {
     /// `None` while closed to stay under [`MAX_OPEN_FILES`].
     file: Option<File>,
     last_used: u64,
+    /// Bytes of whole frames in the file while it is open (a failed append is cut back to this).
+    len: u64,
 }
 
 pub struct Journal {
@@ -168,10 +172,12 @@ impl Journal {
             match self
                 .workdir
                 .open_file(&path, OpenOptions::new().append(true))
+                .and_then(|file| Ok((file.metadata()?.len(), file)))
             {
-                Ok(file) => {
+                Ok((len, file)) => {
                     if let Some(segment) = self.current.get_mut(&(start, config_id)) {
                         segment.file = Some(file);
+                        segment.len = len;
                     }
                 }
                 // Gone (or unusable): this window continues in a new segment.
@@ -187,19 +193,24 @@ impl Journal {
             let mut file = self
                 .workdir
                 .open_file(&path, OpenOptions::new().append(true).create_new(true))?;
-            let header = SegmentHeader {
+            let header = protocol::encode(&SegmentHeader {
                 window_start: start,
                 config_id,
                 config: config.without_secrets(),
-            };
-            file.write_all(&protocol::encode(&header)?)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            })?;
+            if let Err(e) = file.write_all(&header) {
+                // A full disk: the segment holds nothing yet, so it goes (no empty file per try).
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(e).with_context(|| format!("cannot write {}", path.display()));
+            }
             self.current.insert(
                 (start, config_id),
                 OpenSegment {
                     id,
                     file: Some(file),
                     last_used: uses,
+                    len: header.len() as u64,
                 },
             );
         }
@@ -211,11 +222,16 @@ impl Journal {
             bail!("segment {} is not open", segment.id);
         };
         if let Err(e) = file.write_all(&frame) {
-            // A partial frame may be on disk: this segment is done, later batches go to a new one.
+            // A partial frame may be on disk (a full disk): cut it off, so that the segment can
+            // take the next batch. If even that fails, this segment is done (replay cuts the torn
+            // tail) and later batches go to a new one.
             let id = segment.id.clone();
-            self.current.remove(&(start, config_id));
+            if file.set_len(segment.len).is_err() {
+                self.current.remove(&(start, config_id));
+            }
             return Err(e).with_context(|| format!("cannot append to journal segment {id}"));
         }
+        segment.len += frame.len() as u64;
         Ok(segment.id.clone())
     }
 
@@ -303,6 +319,7 @@ impl Journal {
                 id: replayed.id.clone(),
                 file: None,
                 last_used: 0,
+                len: replayed.good_len,
             },
         );
         Ok(())
@@ -388,9 +405,11 @@ impl Journal {
             let path = dir.join(format!("spool-{}-{id}.spool", std::process::id()));
             let mut file =
                 workdir.open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
-            file.write_all(&bytes)
-                .and_then(|()| file.sync_data())
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+                drop(file);
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+            }
             fs::rename(&tmp, &path).with_context(|| {
                 format!("cannot rename {} to {}", tmp.display(), path.display())
             })?;
@@ -448,8 +467,11 @@ impl Journal {
             &tmp,
             OpenOptions::new().write(true).create(true).truncate(true),
         )?;
-        file.write_all(&protocol::encode(&counted.to_vec())?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = file.write_all(&protocol::encode(&counted.to_vec())?) {
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
         fs::rename(&tmp, &path).with_context(|| format!("cannot rename to {}", path.display()))?;
         Ok(())
     }
@@ -586,6 +608,68 @@ mod tests {
             again[0].batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
             vec![1, 2, 4]
         );
+    }
+
+    /// In a forked child (a file size limit is per process, and other tests write files): with
+    /// `RLIMIT_FSIZE` a few bytes above the segment, appends fail and leave no torn frame; a new
+    /// window whose first batch does not fit gets one segment, not a file per try; once the limit
+    /// is lifted (disk space freed), the same segment goes on.
+    #[test]
+    fn a_failed_append_is_cut_back_and_the_segment_takes_the_next_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        let mut journal = Journal::new(wd.clone());
+        let id = journal.append(1000, 7, &config(), &batch(1)).unwrap();
+        let path = wd.journal_dir().join(segment_name(1000, 7, &id));
+        let len = fs::metadata(&path).unwrap().len();
+        // SAFETY: the child only appends to the journal, changes its own limits and leaves with
+        // _exit; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let limit = |bytes: libc::rlim_t| {
+                let mut l = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: get/setrlimit of this process with a valid struct; ignoring SIGXFSZ so
+                // that a write past the limit fails with EFBIG, as on a full disk with ENOSPC.
+                unsafe {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    libc::getrlimit(libc::RLIMIT_FSIZE, &mut l);
+                    l.rlim_cur = bytes.min(l.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_FSIZE, &l);
+                }
+            };
+            limit(len as libc::rlim_t + 5);
+            let full = (0..3).all(|i| journal.append(1000, 7, &config(), &batch(2 + i)).is_err());
+            // A new window: its header fits, its first (larger) batch does not.
+            let mut large = batch(9);
+            large.counters[0].0.name = "c".repeat(100);
+            let no_new = journal.append(5000, 7, &config(), &large).is_err();
+            limit(libc::RLIM_INFINITY);
+            let resumed = journal.append(1000, 7, &config(), &batch(5)).ok() == Some(id.clone());
+            let code = u8::from(!full) | u8::from(!no_new) << 1 | u8::from(!resumed) << 2;
+            // SAFETY: leaving the forked child without running the test harness's exit path.
+            unsafe { libc::_exit(i32::from(code)) }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status}");
+        // Bit 0: an append succeeded; 1: a new segment was made; 2: no append after the limit.
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+        let replayed = Journal::new(wd.clone()).replay();
+        let seqs: Vec<(u64, Vec<u64>)> = replayed
+            .iter()
+            .map(|r| {
+                (
+                    r.header.window_start,
+                    r.batches.iter().map(|b| b.seq).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(seqs, vec![(1000, vec![1, 5]), (5000, vec![])]);
+        assert_eq!(replayed[0].good_len, fs::metadata(&path).unwrap().len());
     }
 
     #[test]

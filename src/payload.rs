@@ -255,6 +255,7 @@ mod tests {
             dropped_samples: 1,
             dropped_logs: 0,
             dropped_batches: 0,
+            bytes: 0,
         };
         let payload = Payload::from_window(&window, new_payload_id(), AgentReport::default());
         let mut json = String::new();

@@ -796,10 +796,15 @@ fn a_panicking_leader_thread_stops_leading_and_another_process_takes_over() {
             "_appsignal_test_panic_leader",
             1.0,
         ));
-        assert!(common::poll(Duration::from_secs(20), || {
-            std::fs::read_to_string(setup.workdir().join("agent.lock"))
-                .is_ok_and(|t| !t.starts_with(&format!("{old_leader};")))
-        }));
+        assert!(
+            common::poll(Duration::from_secs(20), || {
+                std::fs::read_to_string(setup.workdir().join("agent.lock"))
+                    .is_ok_and(|t| !t.starts_with(&format!("{old_leader};")))
+            }),
+            "pid {old_leader} still leads: {:?}\n{}",
+            std::fs::read_to_string(setup.workdir().join("agent.lock")),
+            tail(&setup.log(), 40)
+        );
     });
     let log = setup.log();
     assert!(log.contains("the leader thread panicked"), "{log}");

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,6 +46,8 @@ pub struct WorkerProcess {
     pub child: Child,
     stdin: Option<ChildStdin>,
     events: mpsc::Receiver<Value>,
+    /// Lines of its stdout that are not events (its log, with `_APPSIGNAL_LOG=stdout`).
+    output: Arc<Mutex<Vec<String>>>,
     pub pid: u32,
     pub role: String,
 }
@@ -73,13 +75,18 @@ impl WorkerProcess {
             .with_context(|| format!("cannot spawn {}", exe.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, events) = mpsc::channel();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v.is_object() => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
                     }
+                    _ => lines.lock().unwrap_or_else(|e| e.into_inner()).push(line),
                 }
             }
         });
@@ -89,11 +96,20 @@ impl WorkerProcess {
             child,
             stdin,
             events,
+            output,
             role: String::new(),
         };
         let ready = worker.expect("ready", Duration::from_secs(20))?;
         worker.role = ready["role"].as_str().unwrap_or_default().to_owned();
         Ok(worker)
+    }
+
+    /// The lines of its stdout so far that were not events.
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn send(&mut self, command: &str) -> Result<()> {

@@ -31,6 +31,7 @@ struct Totals {
     dropped_updates: u64,
     payload_cache_evictions: u64,
     rejected_frames: u64,
+    rejected_exports: u64,
     samples: u64,
     logs: u64,
     dropped_samples: u64,
@@ -191,6 +192,11 @@ impl Receiver {
         s.fail_retry_after = Some(seconds);
     }
 
+    /// From now on accepts `key` (and answers 401 to any other): a key fixed on the server.
+    pub fn set_key(&self, key: &str) {
+        self.state.lock().unwrap().key = key.to_owned();
+    }
+
     pub fn fail_next(&self, count: u32, status: u16) {
         let mut s = self.state.lock().unwrap();
         s.fail_next = count;
@@ -228,6 +234,7 @@ fn summary(s: &State) -> Value {
         "dropped_updates": t.dropped_updates,
         "payload_cache_evictions": t.payload_cache_evictions,
         "rejected_frames": t.rejected_frames,
+        "rejected_exports": t.rejected_exports,
         "samples": t.samples,
         "logs": t.logs,
         "dropped_samples": t.dropped_samples,
@@ -388,6 +395,7 @@ fn collect(
         .as_u64()
         .unwrap_or(0);
     t.rejected_frames += payload["agent"]["rejected_frames"].as_u64().unwrap_or(0);
+    t.rejected_exports += payload["agent"]["rejected_exports"].as_u64().unwrap_or(0);
     t.samples += payload["samples"].as_array().map_or(0, |a| a.len() as u64);
     t.logs += payload["logs"].as_array().map_or(0, |a| a.len() as u64);
     t.dropped_samples += payload["agent"]["dropped_samples"].as_u64().unwrap_or(0);

@@ -19,11 +19,18 @@
 //!   waits until it is leader or client, then stops and exits; prints `{"event":"forked-during",
 //!   "held_before":…, "held_after":…, "child_exit":…}` (`held_after`: the other thread was still
 //!   inside when `fork()` returned in the parent, `child_exit`: 0 ok, 1 not elected, null hung);
+//! - `fsize BYTES`: from now on no file this process writes may grow beyond BYTES
+//!   (`setrlimit(RLIMIT_FSIZE)`), and `SIGXFSZ` is ignored, so that a write past the limit fails
+//!   with `EFBIG` as a write to a full disk fails with `ENOSPC`, instead of killing the process;
+//!   prints `{"event":"fsize","ok":…}`;
 //! - `exit`: exits at once without `appsignal_stop()` (a master that goes away after forking);
-//! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped"}` and exits.
+//! - `stop` (or end of input): calls `appsignal_stop()`, prints `{"event":"stopped","stop_ms":…}`
+//!   (how long `appsignal_stop()` took) and exits.
 //!
 //! At start it calls `appsignal_start()`, waits until the process is leader or client, and prints
-//! `{"event":"ready","pid":…,"role":…}`. Configuration comes from the environment.
+//! `{"event":"ready","pid":…,"role":…}`. Configuration comes from the environment. `sent` and
+//! `acked` events carry `max_call_us`: the longest single metric call into the library so far (an
+//! app thread that waited on the network or the leader would show it here).
 
 #![allow(dead_code)]
 
@@ -336,6 +343,8 @@ pub struct Sent {
     counters: BTreeMap<String, f64>,
     gauges: BTreeMap<String, f64>,
     distributions: BTreeMap<String, (u64, f64)>,
+    /// The longest single metric call (`record`), in nanoseconds.
+    max_call_ns: u64,
 }
 
 impl Sent {
@@ -345,7 +354,16 @@ impl Sent {
             "counters": self.counters,
             "gauges": self.gauges,
             "distributions": self.distributions.iter().map(|(k, (c, s))| (k.clone(), json!({"count": c, "sum": s}))).collect::<BTreeMap<_, _>>(),
+            "max_call_us": self.max_call_ns / 1000,
         })
+    }
+
+    /// Runs one call into the library and keeps the longest one's duration.
+    fn timed(&mut self, call: impl FnOnce()) {
+        let started = Instant::now();
+        call();
+        let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.max_call_ns = self.max_call_ns.max(ns);
     }
 }
 
@@ -355,17 +373,17 @@ pub fn record(lib: &Lib, index: u32, n: u64, sent: &mut Sent) {
     for i in 0..n {
         let route = ["/home", "/checkout", "/search"][(i % 3) as usize];
         let tags = [("worker", worker.as_str()), ("route", route)];
-        lib.increment_counter("requests", 1.0, &tags);
+        sent.timed(|| lib.increment_counter("requests", 1.0, &tags));
         *sent.counters.entry(series("requests", &tags)).or_default() += 1.0;
         let value = (i % 97) as f64 + 0.5;
-        lib.add_distribution_value("response_time", value, &tags[1..]);
+        sent.timed(|| lib.add_distribution_value("response_time", value, &tags[1..]));
         let d = sent
             .distributions
             .entry(series("response_time", &tags[1..]))
             .or_default();
         d.0 += 1;
         d.1 += value;
-        lib.set_gauge("worker_index", f64::from(index), &tags[..1]);
+        sent.timed(|| lib.set_gauge("worker_index", f64::from(index), &tags[..1]));
         sent.gauges
             .insert(series("worker_index", &tags[..1]), f64::from(index));
     }
@@ -560,12 +578,35 @@ pub fn run(index: u32) {
                 }
                 emit(json!({"event": "forked", "pids": pids}));
             }
+            Some("fsize") => {
+                let bytes = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                emit(json!({"event": "fsize", "ok": limit_file_size(bytes)}));
+            }
             // SAFETY: leaving at once, as a master that exits after forking.
             Some("exit") => unsafe { libc::_exit(0) },
             Some("stop") => break,
             _ => {}
         }
     }
+    let stopping = Instant::now();
     lib.stop();
-    emit(json!({"event": "stopped", "pid": std::process::id()}));
+    let stop_ms = stopping.elapsed().as_millis() as u64;
+    emit(json!({"event": "stopped", "pid": std::process::id(), "stop_ms": stop_ms}));
+}
+
+/// `fsize BYTES`: see the module doc. Returns whether both calls succeeded.
+fn limit_file_size(bytes: u64) -> bool {
+    // SAFETY: ignoring a signal has no preconditions; the previous handler is not needed.
+    let ignored = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } != libc::SIG_ERR;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } == 0;
+    // The soft limit only: lowering it needs no privilege.
+    limit.rlim_cur = (bytes as libc::rlim_t).min(limit.rlim_max);
+    // SAFETY: a valid rlimit for this process.
+    let limited = read && unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } == 0;
+    ignored && limited
 }

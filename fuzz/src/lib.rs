@@ -281,6 +281,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "_APPSIGNAL_TRANSMISSION_INTERVAL_MS",
     "_APPSIGNAL_WORKING_DIRECTORY_PATH",
     "_APP_REVISION",
+    // Appended, not sorted in: a key's index is its byte in the committed seeds.
+    "_APPSIGNAL_REFUSED_KEY_RETRY_INTERVAL_MS",
 ];
 
 /// The push key every config input gets unless it sets its own: it must never show in anything

@@ -212,6 +212,11 @@ impl Backoff {
         self.delay = Self::MIN;
     }
 
+    /// Whether no wait was taken since the last reset.
+    pub(super) fn is_reset(&self) -> bool {
+        self.delay == Self::MIN
+    }
+
     /// The next wait: the current delay ±25 %, then the delay doubles.
     pub(super) fn next(&mut self) -> Duration {
         self.rng ^= self.rng << 13;

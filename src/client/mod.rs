@@ -23,9 +23,14 @@
 //! is dropped and counted. Connecting to the leader, each write and each read wait at most
 //! [`IO_TIMEOUT`] (a wedged leader whose backlog is full does not hold the thread).
 //!
+//! A leader that cannot journal (a full disk) does not acknowledge: a client keeps its batches and
+//! reconnects with a backoff that grows while the leader keeps closing without an acknowledgement;
+//! the leader process's own batches wait in the same way.
+//!
 //! Stopping: the thread keeps handing batches over until the stop deadline. What it still holds
 //! then (its leader is frozen, or stuck) is written to a spool file in `journal/`, where the next
-//! leader (or the current one, at its next transmission) counts it.
+//! leader (or the current one, at its next transmission) counts it. A stopping leader process that
+//! cannot journal its own last batches steps down first and hands them to the next leader.
 //!
 //! Layout: [`link`] (connection to another process's leader, backoff, wake-up pipe),
 //! [`batching`] (flushes into numbered batches), and here the sender thread's state machine.
@@ -42,7 +47,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::election;
 use crate::journal::Journal;
-use crate::leader::Leader;
+use crate::leader::{ExportState, ExportsReport, Leader};
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Wake};
 use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
@@ -109,6 +114,8 @@ struct Shared {
     signal: Mutex<Signal>,
     pipe: Arc<WakePipe>,
     progress: Mutex<Progress>,
+    /// The exporters' state of the leader this process runs, when it leads (diagnose).
+    leader_exports: Mutex<Option<Arc<ExportState>>>,
 }
 
 /// Handle of the sender thread, owned by the agent.
@@ -133,6 +140,19 @@ impl Sender {
         (*guard, idle)
     }
 
+    /// What the exporters of this process's leader remember, while this process leads.
+    pub fn leader_exports(&self) -> Option<ExportsReport> {
+        if self.shared.role.get() != Role::Leader {
+            return None;
+        }
+        let exports = self
+            .shared
+            .leader_exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        exports.as_ref().map(|e| e.report())
+    }
+
     pub fn start(
         config: Config,
         workdir: WorkDir,
@@ -151,6 +171,7 @@ impl Sender {
             signal: Mutex::new(Signal::default()),
             pipe: Arc::new(WakePipe::new()?),
             progress: Mutex::new(Progress::default()),
+            leader_exports: Mutex::new(None),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
         metrics.set_waker(Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>));
@@ -199,7 +220,25 @@ struct State {
     yield_until: Option<Instant>,
     /// Bound of each connect, read and write: [`IO_TIMEOUT`], less when stopping.
     io_timeout: Duration,
+    /// Whether the leader acknowledged a batch since this link was made.
+    acked_on_link: bool,
+    /// Delay before reconnecting to a leader that closed the link without acknowledging anything
+    /// (it cannot journal: a full disk): grows while that repeats, reset by an acknowledgement.
+    barren: Backoff,
 }
+
+/// How far [`State::deliver`] got.
+#[derive(Debug, PartialEq, Eq)]
+enum Handed {
+    /// Everything pending was acknowledged.
+    All,
+    /// This process's own leader cannot journal now (a full disk): the batches wait.
+    NotNow,
+    /// No link, or it was lost.
+    NoLink,
+}
+
+static BARREN_LOG: RateLimit = RateLimit::new(10_000);
 
 /// Time a stopping sender keeps for writing a spool file after its last handover attempt.
 const SPOOL_RESERVE: Duration = Duration::from_millis(300);
@@ -218,6 +257,8 @@ impl State {
             disabled: false,
             yield_until: None,
             io_timeout: IO_TIMEOUT,
+            acked_on_link: false,
+            barren: Backoff::new(shared.client_id.rotate_left(17)),
         }
     }
 
@@ -298,7 +339,9 @@ impl State {
                     continue;
                 }
             }
-            self.deliver(shared);
+            if self.deliver(shared) == Handed::NotNow {
+                self.step_down(shared, handover_until);
+            }
         }
         if !self.pending.is_empty() && !self.disabled {
             self.spool(shared);
@@ -322,6 +365,26 @@ impl State {
             leader.shutdown(deadline);
         }
         shared.role.set(Role::Stopped);
+    }
+
+    /// Stopping, this process leads but cannot journal its own last batches (a full disk, or a
+    /// file size limit of this process): it stops leading, pushing what it counted within half
+    /// the time left, so that another process takes the lock, and hands the batches to that one.
+    fn step_down(&mut self, shared: &Shared, until: Instant) {
+        let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) else {
+            return;
+        };
+        tracing::warn!(
+            "stop: this process leads but cannot journal its last {} batches; stepping down so that another process leads and takes them",
+            self.pending.len()
+        );
+        let now = Instant::now();
+        leader.shutdown(now + until.saturating_duration_since(now) / 2);
+        shared.role.set(Role::Starting);
+        // Connect to the next leader rather than take the lock again.
+        self.yield_until = Some(until);
+        self.backoff.reset();
+        self.next_attempt = Instant::now();
     }
 
     /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
@@ -408,6 +471,10 @@ impl State {
             lock,
             Some(Arc::clone(&shared.pipe) as Arc<dyn Wake>),
         )?;
+        *shared
+            .leader_exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(leader.exports());
         shared.role.set(Role::Leader);
         tracing::info!("leading: {}", leader.description());
         self.link = Link::Local(leader);
@@ -503,8 +570,13 @@ impl State {
         match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {
                 shared.role.set(Role::Client);
-                tracing::info!("connected to the leader (pid {})", conn.leader_pid);
+                if self.barren.is_reset() {
+                    tracing::info!("connected to the leader (pid {})", conn.leader_pid);
+                } else {
+                    tracing::debug!("connected to the leader (pid {}) again", conn.leader_pid);
+                }
                 self.link = Link::Remote(conn);
+                self.acked_on_link = false;
                 self.backoff.reset();
             }
             Err(ConnectError::Refused(reason)) => {
@@ -541,15 +613,17 @@ impl State {
     }
 
     /// Hands pending batches over in order until one fails.
-    fn deliver(&mut self, shared: &Shared) {
+    fn deliver(&mut self, shared: &Shared) -> Handed {
         while let Some(batch) = self.pending.front() {
             let result = match &mut self.link {
-                Link::None => return,
+                Link::None => return Handed::NoLink,
                 Link::Local(leader) => leader.deliver_local(batch.clone()),
-                Link::Remote(conn) => conn.send(batch),
+                Link::Remote(conn) => conn.send(batch).map(|()| true),
             };
             match result {
-                Ok(()) => {
+                Ok(true) => {
+                    self.acked_on_link = true;
+                    self.barren.reset();
                     if let Some(done) = self.pending.pop_front() {
                         let mut progress =
                             shared.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -557,21 +631,37 @@ impl State {
                         progress.pending_batches = self.pending.len();
                     }
                 }
+                // Our own leader could not journal it (its log line says why): next flush.
+                Ok(false) => return Handed::NotNow,
                 Err(e) => {
-                    tracing::info!(
-                        "lost the leader ({e:#}); {} batches wait for the next one",
-                        self.pending.len()
-                    );
                     shared.role.set(Role::Starting);
                     if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                         leader.shutdown(Instant::now());
                     }
-                    self.backoff.reset();
-                    self.schedule_retry();
-                    return;
+                    if self.acked_on_link {
+                        tracing::info!(
+                            "lost the leader ({e:#}); {} batches wait for the next one",
+                            self.pending.len()
+                        );
+                        self.backoff.reset();
+                        self.schedule_retry();
+                    } else {
+                        // Closed again before acknowledging anything (a leader that cannot
+                        // journal): reconnect later and later, and say so now and then.
+                        if let Some(n) = BARREN_LOG.check() {
+                            tracing::warn!(
+                                "the leader closed the connection without acknowledging a batch ({e:#}); {} batches wait; retrying with backoff{}",
+                                self.pending.len(),
+                                suppressed_note(n)
+                            );
+                        }
+                        self.next_attempt = Instant::now() + self.barren.next();
+                    }
+                    return Handed::NoLink;
                 }
             }
         }
+        Handed::All
     }
 }
 

@@ -33,14 +33,21 @@
 //!   leave its journal to the next leader instead (a hand-over).
 //! - Spool files that stopping processes left in `journal/` (see [`crate::journal`]) are counted
 //!   when the leader starts and at every transmission.
+//! - Push faults: a failed push leaves the payload in the cache (retried, `Retry-After` honoured);
+//!   refused credentials (401/403) stop a configuration's exports but for one probe an hour
+//!   ([`exports`]); a full disk leaves batches unacknowledged (their processes keep them; the
+//!   leader process's own batches too, via [`Leader::deliver_local`]) and closed windows held with
+//!   their segments until they can be cached or sent ([`transmission`]).
 
 mod connection;
 mod counting;
+mod exports;
 mod host;
 mod replay;
 mod transmission;
 
 use counting::{Counting, StopCounting};
+pub use exports::{ExportState, ExportsReport};
 use replay::replay;
 
 use std::collections::HashMap;
@@ -83,8 +90,9 @@ struct Shared {
     counting: Mutex<Counting>,
     cache: PayloadCache,
     rejected_frames: AtomicU64,
-    /// Throttled endpoints and rejections of the exporters.
-    exports: transmission::ExportState,
+    /// Throttled endpoints, refused credentials and rejections of the exporters (also read by
+    /// diagnose, through [`Leader::exports`]).
+    exports: Arc<ExportState>,
     /// Connections closed for breaking the rules (reported in the next payload).
     refused_connections: AtomicU64,
     /// Batches whose counting panicked (reported in the next payload).
@@ -107,6 +115,9 @@ struct Shared {
     on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
     /// Input the StatsD and OTLP listeners rejected (reported in the next payload).
     intake: Arc<crate::intake::IntakeStats>,
+    /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
+    /// endpoint): tried again at the next transmission; their journal segments stay until then.
+    held_windows: Mutex<Vec<crate::aggregate::Window>>,
 }
 
 /// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
@@ -155,6 +166,10 @@ fn process_alive(pid: i32) -> bool {
 }
 
 impl Shared {
+    fn held_windows(&self) -> std::sync::MutexGuard<'_, Vec<crate::aggregate::Window>> {
+        self.held_windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Binds a client (its journal id) to the process of the connection that handshook with it.
     /// `Err(pid)`: the id is bound to another live process. A connection without a pid (another
     /// pid namespace) binds nothing.
@@ -259,7 +274,7 @@ impl Leader {
             }),
             cache,
             rejected_frames: AtomicU64::new(0),
-            exports: transmission::ExportState::default(),
+            exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
             refused_connections: AtomicU64::new(0),
             poisoned_batches: AtomicU64::new(poisoned),
             frame_bytes: AtomicUsize::new(0),
@@ -271,6 +286,7 @@ impl Leader {
             handover: tokio::sync::Notify::new(),
             on_stop,
             intake: Arc::default(),
+            held_windows: Mutex::new(Vec::new()),
         });
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
             .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
@@ -344,15 +360,19 @@ impl Leader {
         })
     }
 
-    /// Counts a batch of this process's own data. `Err` when this leader no longer counts.
-    pub fn deliver_local(&self, mut batch: Batch) -> Result<()> {
+    /// Counts a batch of this process's own data. `Ok(true)`: counted. `Ok(false)`: not now (the
+    /// journal cannot be written: a full disk); the process keeps the batch and tries again later,
+    /// as a client whose batch was not acknowledged does. `Err` when this leader no longer counts.
+    pub fn deliver_local(&self, mut batch: Batch) -> Result<bool> {
         batch.client_id = protocol::journal_id(batch.client_id);
         // This process's id is taken: nobody else may handshake with it.
         let _ = self
             .shared
             .bind(batch.client_id, Some(std::process::id() as i32));
         if self.shared.count(self.shared.own_config_id, batch) {
-            Ok(())
+            Ok(true)
+        } else if self.shared.counting().open && self.is_serving() {
+            Ok(false)
         } else {
             Err(anyhow!("the leader has stopped counting"))
         }
@@ -361,6 +381,11 @@ impl Leader {
     /// Whether the leader still serves (false after it lost its lock or directory, or handed over).
     pub fn is_serving(&self) -> bool {
         !self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// What its exporters remember (refused credentials, rejected payloads), for diagnose.
+    pub fn exports(&self) -> Arc<ExportState> {
+        Arc::clone(&self.shared.exports)
     }
 
     /// Whether it stepped down for a newer library.
@@ -681,6 +706,7 @@ mod tests {
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
         let own_config_id = aggregator.register(&config.push).unwrap();
+        let retry_interval = config.refused_key_retry_interval;
         Shared {
             own_config_id,
             counting: Mutex::new(Counting {
@@ -692,7 +718,7 @@ mod tests {
             workdir,
             config,
             rejected_frames: AtomicU64::new(0),
-            exports: transmission::ExportState::default(),
+            exports: Arc::new(ExportState::new(retry_interval)),
             refused_connections: AtomicU64::new(0),
             poisoned_batches: AtomicU64::new(0),
             frame_bytes: AtomicUsize::new(0),
@@ -704,6 +730,7 @@ mod tests {
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
             on_stop: None,
+            held_windows: Mutex::new(Vec::new()),
         }
     }
 

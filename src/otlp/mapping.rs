@@ -952,6 +952,7 @@ mod tests {
             dropped_samples: 0,
             dropped_logs: 0,
             dropped_batches: 0,
+            bytes: 0,
         }
     }
 

@@ -72,9 +72,15 @@ impl PayloadCache {
         let mut file = self
             .workdir
             .open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
-        file.write_all(&payload.body_gz)
+        if let Err(e) = file
+            .write_all(&payload.body_gz)
             .and_then(|()| file.sync_data())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        {
+            // A full disk: no half-written temporary file stays behind.
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
         fs::rename(&tmp, dir.join(&name))
             .with_context(|| format!("cannot rename {} to {name}", tmp.display()))?;
         self.enforce_bounds();
@@ -172,6 +178,11 @@ impl PayloadCache {
     /// Evictions since the last call (reported in the next payload).
     pub fn take_evictions(&self) -> u64 {
         self.evictions.swap(0, Ordering::Relaxed)
+    }
+
+    /// Evictions taken for a payload that did not go out after all (reported with a later one).
+    pub fn give_back_evictions(&self, n: u64) {
+        self.evictions.fetch_add(n, Ordering::Relaxed);
     }
 }
 

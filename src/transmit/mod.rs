@@ -68,7 +68,12 @@ pub enum PushError {
     Retryable(String),
     /// Can succeed later, but not before the delay the receiver asked for (`Retry-After`).
     RetryAfter(String, Duration),
-    /// Will not succeed later (e.g. 401 for a wrong key, 400): drop the payload and say so.
+    /// The receiver refused the configuration's credentials (401, 403: a wrong or revoked push
+    /// key, wrong OTLP headers): no payload of that configuration and exporter will succeed until
+    /// the key is fixed on one side or the other. Drop the payload; the leader stops sending that
+    /// configuration's payloads to this exporter for a while.
+    Unauthorized(String),
+    /// This payload will not succeed later (e.g. 400, 413): drop it and say so.
     Rejected(String),
 }
 
@@ -79,6 +84,7 @@ impl std::fmt::Display for PushError {
             PushError::RetryAfter(why, after) => {
                 write!(f, "{why} (will retry after {} s)", after.as_secs())
             }
+            PushError::Unauthorized(why) => write!(f, "{why} (credentials refused)"),
             PushError::Rejected(why) => write!(f, "{why} (not retryable)"),
         }
     }
@@ -173,6 +179,8 @@ impl Pusher {
         }
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(PushError::Retryable(why))
+        } else if matches!(status.as_u16(), 401 | 403) {
+            Err(PushError::Unauthorized(why))
         } else {
             Err(PushError::Rejected(why))
         }

@@ -1,8 +1,8 @@
 //! One OTLP/HTTP request: `POST` a protobuf body to a signal's endpoint, and what its answer means,
 //! following the OTLP specification's client rules: 2xx is delivered (a `partial_success` in the
 //! answer is logged with its rejected count); 429, 502, 503 and 504 are retried, not before the
-//! `Retry-After` the receiver gave; every other status is not retried. Errors and log lines name
-//! the endpoint, never a header value.
+//! `Retry-After` the receiver gave; 401 and 403 mean the credentials (headers) were refused; every
+//! other status is not retried. Errors and log lines name the endpoint, never a header value.
 
 use std::time::Duration;
 
@@ -134,6 +134,7 @@ pub async fn send(
             Some(after) => Err(PushError::RetryAfter(why, after)),
             None => Err(PushError::Retryable(why)),
         },
+        401 | 403 => Err(PushError::Unauthorized(why)),
         _ => Err(PushError::Rejected(why)),
     }
 }
