@@ -216,7 +216,7 @@ struct State {
     backoff: Backoff,
     next_attempt: Instant,
     disabled: bool,
-    /// Until then, do not try the lock (this process just handed over to a newer library).
+    /// Until then, do not try the lock (this process's leader just stopped serving).
     yield_until: Option<Instant>,
     /// Bound of each connect, read and write: [`IO_TIMEOUT`], less when stopping.
     io_timeout: Duration,
@@ -243,7 +243,8 @@ static BARREN_LOG: RateLimit = RateLimit::new(10_000);
 /// Time a stopping sender keeps for writing a spool file after its last handover attempt.
 const SPOOL_RESERVE: Duration = Duration::from_millis(300);
 
-/// How long a process that handed over leaves the lock to the newer library.
+/// How long a process whose leader stopped serving (hand-over, panic, step-down) leaves the lock to
+/// the other processes.
 const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
 
 impl State {
@@ -497,10 +498,16 @@ impl State {
     fn check_local_leader(&mut self, shared: &Shared) {
         if let Link::Local(leader) = &self.link {
             if !leader.is_serving() {
-                if leader.handed_over() {
-                    // Leave the lock to the newer library for a while: connect to it instead.
-                    self.yield_until = Some(Instant::now() + YIELD_AFTER_HANDOVER);
+                // Leave the lock to the others for a while: after a hand-over to the newer
+                // library, and equally after a leader thread that panicked or stepped down, whose
+                // cause may well be in this process. Alone, this process leads again afterwards.
+                if !leader.handed_over() {
+                    tracing::info!(
+                        "this process stopped leading; leaving the lock to the other processes for {} s",
+                        YIELD_AFTER_HANDOVER.as_secs()
+                    );
                 }
+                self.yield_until = Some(Instant::now() + YIELD_AFTER_HANDOVER);
                 shared.role.set(Role::Starting);
                 if let Link::Local(leader) = std::mem::replace(&mut self.link, Link::None) {
                     leader.shutdown(Instant::now());
