@@ -258,7 +258,7 @@ async fn handle(request: Request<Incoming>, state: Arc<State>) -> Response<Full<
 fn log_rejection(what: &str) {
     if let Some(n) = REJECT_LOG.check() {
         tracing::warn!(
-            "OTLP/HTTP intake: {what}; counted in appsignal.agent.otlp_intake_rejected{}",
+            "OTLP/HTTP intake: {what}; counted in the agent report (otlp_intake_rejected; samples over the budget in dropped_samples){}",
             suppressed_note(n)
         );
     }

@@ -402,7 +402,9 @@ fn root_sample(
     json["name"] = name(span).into();
     json["span_kind"] = kind_name(span.kind).into();
     json["attributes"] = sample::data_map_json(&attributes);
-    Some(json.to_string())
+    // serde_json's writer, not `Display` (which goes through `fmt::Write` token by token); writing
+    // a `Value` into a `String` cannot fail.
+    Some(serde_json::to_string(&json).unwrap_or_else(|_| json.to_string()))
 }
 
 /// The span's error: its first `exception` event (`exception.type`, `exception.message`,
@@ -528,10 +530,11 @@ fn cut(s: &str, max: usize) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
 }
