@@ -11,7 +11,9 @@ use appsignal_agent::protocol::{self, Batch, ClientMessage, GaugeValue, Hello, P
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 
 fn push_config() -> PushConfig {
@@ -131,7 +133,11 @@ fn otlp_span(trace: u8, id: u8, parent: u8, name: &str, kind: span::SpanKind) ->
     Span {
         trace_id: vec![trace; 16],
         span_id: vec![id; 8],
-        parent_span_id: if parent == 0 { Vec::new() } else { vec![parent; 8] },
+        parent_span_id: if parent == 0 {
+            Vec::new()
+        } else {
+            vec![parent; 8]
+        },
         name: name.into(),
         kind: kind as i32,
         start_time_unix_nano: 1_767_225_600_000_000_000 + u64::from(id) * 1_000_000,
