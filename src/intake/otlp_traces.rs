@@ -454,6 +454,11 @@ fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<ErrorInfo> 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, Data> {
     let mut out = BTreeMap::new();
     for kv in kvs {
+        let key = cut(&kv.key, MAX_TEXT);
+        if out.len() >= MAX_KEYS && !out.contains_key(&key) {
+            // Full: a new key would not be kept, so its value is not converted either.
+            continue;
+        }
         let Some(mut value) = kv.value.as_ref().and_then(|v| value(v, 0)) else {
             continue;
         };
@@ -462,7 +467,7 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, Data> {
                 value = Data::String(sql::sanitize(query));
             }
         }
-        bounded_insert(&mut out, cut(&kv.key, MAX_TEXT), value);
+        bounded_insert(&mut out, key, value);
     }
     out
 }
