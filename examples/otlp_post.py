@@ -15,7 +15,8 @@ It sends a fixed scenario and prints one JSON line per request: {"step", "status
 - mixed: delta sum `intake.mixed` 1 and one exponential-histogram point (rejected: partial success)
 - json: OTLP/JSON (`json_format`, integer enums) delta sum `intake.json` {format=json} 2
 - then bad requests: truncated body (400), gzip bomb (413), oversized body (413 or reset),
-  JSON that is not a request (400), XML content type (415), GET (405), /v1/traces (404)
+  JSON that is not a request (400), XML content type (415), GET (405), /v1/logs (404; traces:
+  examples/otlp_post_traces.py)
 
 Stdlib only, besides the protobuf classes.
 """
@@ -135,7 +136,7 @@ def main():
     post(url, "json-bad", b'{"resourceMetrics": 5}', content_type="application/json")
     post(url, "xml", b"<metrics/>", content_type="application/xml")
     post(url, "get", None, method="GET")
-    post(url, "traces", b"", path="/v1/traces")
+    post(url, "logs", b"", path="/v1/logs")
     return 0
 
 

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_TARGETS=(frame traceparent sql data config)
+ALL_TARGETS=(frame traceparent sql data config otlp_traces)
 mode=seconds
 seconds=${FUZZ_SECONDS:-15}
 execs=

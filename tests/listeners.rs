@@ -1,7 +1,8 @@
 //! The leader's listeners end to end: worker processes load libappsignal.so with the StatsD and
 //! OTLP/HTTP listeners on; this test sends StatsD datagrams from a real UDP socket (and OTLP
 //! requests built with the official Python `opentelemetry-proto` classes), and the leader exports
-//! OTLP to the Python receiver (`examples/otlp_receiver.py`). Totals received equal totals sent.
+//! OTLP to the Python receiver (`examples/otlp_receiver.py`), and for traces also to the Push API
+//! receiver. Totals received equal totals sent.
 
 mod common;
 
@@ -11,10 +12,13 @@ use std::time::Duration;
 
 use common::fleet::{self, WorkerProcess};
 use common::otlp_receiver::OtlpReceiver;
+use common::receiver::Receiver;
 use serde_json::{json, Value};
 
 struct Setup {
     otlp: OtlpReceiver,
+    /// The Push API receiver, when the leader exports there too (`Setup::with_push`).
+    push: Option<Receiver>,
     python: PathBuf,
     tmp: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -34,17 +38,35 @@ fn free_port() -> u16 {
 }
 
 impl Setup {
+    /// The leader exports OTLP only.
     fn new(test: &str) -> Option<Setup> {
+        Setup::build(test, false)
+    }
+
+    /// The leader exports OTLP and to the Push API receiver, which stores the payloads.
+    fn with_push(test: &str) -> Option<Setup> {
+        Setup::build(test, true)
+    }
+
+    fn build(test: &str, with_push: bool) -> Option<Setup> {
         let python = common::otlp_python_or_skip(test)?;
         let otlp = OtlpReceiver::start(&python).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let mut env = fleet::config_env("http://127.0.0.1:9", "k", &tmp.path().join("wd"), 300);
-        env.retain(|(k, _)| k != "_APPSIGNAL_PUSH_API_KEY");
+        let push =
+            with_push.then(|| Receiver::start("k", Some(tmp.path().join("received"))).unwrap());
+        let endpoint = push
+            .as_ref()
+            .map_or("http://127.0.0.1:9", |r| r.url.as_str());
+        let mut env = fleet::config_env(endpoint, "k", &tmp.path().join("wd"), 300);
+        if push.is_none() {
+            env.retain(|(k, _)| k != "_APPSIGNAL_PUSH_API_KEY");
+        }
+        let exporter = if push.is_some() { "push,otlp" } else { "otlp" };
         let statsd_port = free_port();
         let otlp_port = free_port();
         env.extend(
             [
-                ("_APPSIGNAL_EXPORTER", "otlp".to_owned()),
+                ("_APPSIGNAL_EXPORTER", exporter.to_owned()),
                 ("_APPSIGNAL_OTLP_ENDPOINT", otlp.url.clone()),
                 ("_APPSIGNAL_ENABLE_STATSD", "true".to_owned()),
                 ("_APPSIGNAL_STATSD_PORT", statsd_port.to_string()),
@@ -59,6 +81,7 @@ impl Setup {
         );
         Some(Setup {
             otlp,
+            push,
             python,
             tmp,
             env,
@@ -73,6 +96,41 @@ impl Setup {
 
     fn spawn(&self, index: u32) -> WorkerProcess {
         WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
+    }
+
+    /// Runs a Python script of `examples/` against the OTLP/HTTP intake; its JSON lines.
+    fn post(&self, script: &str) -> Vec<Value> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("examples")
+            .join(script);
+        let output = std::process::Command::new(&self.python)
+            .arg(&script)
+            .arg(format!("http://127.0.0.1:{}", self.otlp_port))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The samples of every payload the Push API receiver stored.
+    fn pushed_samples(&self) -> Vec<Value> {
+        let dir = self.tmp.path().join("received");
+        let mut samples = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Ok(payload) = serde_json::from_str::<Value>(&text) {
+                samples.extend(payload["samples"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        samples
     }
 
     fn log(&self) -> String {
@@ -277,24 +335,7 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
     };
     let mut workers = [setup.spawn(1), setup.spawn(2)];
     setup.await_log("OTLP/HTTP intake: listening on", 1);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
-        .join("otlp_post.py");
-    let output = std::process::Command::new(&setup.python)
-        .arg(&script)
-        .arg(format!("http://127.0.0.1:{}", setup.otlp_port))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let steps: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let steps = setup.post("otlp_post.py");
     let step = |name: &str| -> &Value {
         steps
             .iter()
@@ -333,7 +374,7 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
     assert_eq!(step("json-bad")["status"], 400);
     assert_eq!(step("xml")["status"], 415);
     assert_eq!(step("get")["status"], 405);
-    assert_eq!(step("traces")["status"], 404);
+    assert_eq!(step("logs")["status"], 404);
 
     // Counts of rejected input go out with the next payload that has data: send some.
     UdpSocket::bind("127.0.0.1:0")
@@ -373,6 +414,200 @@ fn otlp_metrics_posted_with_the_official_python_classes_arrive_with_their_attrib
         "one rate-limited log line for the rejections:\n{log}"
     );
     setup.assert_totals(&expected);
+}
+
+/// A trace posted with the official Python classes (root SERVER span, a SQL child, a child with an
+/// exception event and its own child; protobuf), another as gzipped OTLP/JSON, a span whose parent
+/// is elsewhere, a partial success, and bad bodies. The traces arrive as Push API samples and as
+/// OTLP spans with their ids, parent links, names, attributes and errors, each exactly once;
+/// rejected spans and requests are counted and logged once; the processes' own data is unaffected.
+#[test]
+fn otlp_traces_posted_with_the_official_python_classes_arrive_as_samples_and_spans() {
+    let Some(setup) = Setup::with_push("otlp traces intake") else {
+        return;
+    };
+    let mut workers = [setup.spawn(1), setup.spawn(2)];
+    setup.await_log("OTLP/HTTP intake: listening on", 1);
+    let mut expected = Value::Null;
+    for w in workers.iter_mut() {
+        let sent = w.record(20).unwrap();
+        fleet::add_sent(&mut expected, &sent);
+    }
+    let lines = setup.post("otlp_post_traces.py");
+    let ids = &lines[0]["ids"];
+    let id = |name: &str| ids[name].as_str().unwrap().to_owned();
+    let step = |name: &str| -> &Value {
+        lines
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {lines:?}"))
+    };
+    for ok in ["checkout", "report", "orphan"] {
+        assert_eq!(step(ok)["status"], 200, "{:?}", step(ok));
+        assert_eq!(step(ok)["rejected"], 0, "{:?}", step(ok));
+    }
+    assert_eq!(step("partial")["status"], 200);
+    assert_eq!(step("partial")["rejected"], 1, "{:?}", step("partial"));
+    assert!(step("partial")["message"]
+        .as_str()
+        .unwrap()
+        .contains("trace id"));
+    assert_eq!(step("truncated")["status"], 400);
+    assert_eq!(step("garbage")["status"], 400);
+    assert_eq!(step("gzip-bomb")["status"], 413);
+    let oversized = &step("oversized")["status"];
+    assert!(*oversized == 413 || *oversized == "reset", "{oversized}");
+    assert_eq!(step("json-bad")["status"], 400);
+
+    // Counts of rejected input go out with the next payload that has data: send some.
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"after:1|c", ("127.0.0.1", setup.statsd_port))
+        .unwrap();
+    expected["counters"]["after{}"] = json!(1.0);
+    // One rejected span and five rejected requests.
+    expected["counters"]["appsignal.agent.otlp_intake_rejected{}"] = json!(6.0);
+    setup.assert_totals(&expected);
+
+    // 4 + 2 + 1 + 1 spans in 4 samples.
+    let spans = || {
+        setup.otlp.summary()["spans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        common::poll(Duration::from_secs(30), || spans().len() >= 8),
+        "spans: {:?}\n{}",
+        spans(),
+        setup.log()
+    );
+    let pushed = || setup.pushed_samples();
+    assert!(
+        common::poll(Duration::from_secs(30), || pushed().len() >= 4),
+        "samples: {:?}\n{}",
+        pushed(),
+        setup.log()
+    );
+    for w in workers.iter_mut() {
+        w.sync().unwrap();
+    }
+    workers.sort_by_key(|w| w.role == "leader");
+    for w in workers.iter_mut() {
+        assert!(w.stop(Duration::from_secs(20)).unwrap().success());
+    }
+    // Nothing more arrived after the stop: each span and sample once, app data exact.
+    setup.assert_totals(&expected);
+    let spans = spans();
+    assert_eq!(spans.len(), 8, "{spans:#?}");
+    let pushed = pushed();
+    assert_eq!(pushed.len(), 4, "{pushed:#?}");
+    let push_summary = setup.push.as_ref().unwrap().summary();
+    assert_eq!(push_summary["samples"], 4, "{push_summary}");
+    assert_eq!(push_summary["dropped_samples"], 0, "{push_summary}");
+
+    // OTLP: ids, parent links, kinds, names, attributes, errors.
+    let span = |span_id: &str| -> &Value {
+        spans
+            .iter()
+            .find(|s| s["span_id"] == span_id)
+            .unwrap_or_else(|| panic!("no span {span_id} in {spans:#?}"))
+    };
+    let root = span(&id("root"));
+    assert_eq!(root["name"], "GET /checkout");
+    assert_eq!(root["trace_id"], id("trace_a"));
+    assert_eq!(root["parent_span_id"], "");
+    assert_eq!(root["kind"], 2, "SERVER");
+    assert_eq!(root["attributes"]["http.route"], "/checkout");
+    assert_eq!(root["attributes"]["http.response.status_code"], 200);
+    assert_eq!(root["attributes"]["appsignal.namespace"], "web");
+    assert_eq!(root["attributes"]["appsignal.tag.user"], "u-17");
+    assert_eq!(root["attributes"]["appsignal.tag.service.name"], "shop-py");
+    assert_eq!(root["status"], 0);
+    let sql = span(&id("sql"));
+    assert_eq!(
+        (&sql["name"], &sql["parent_span_id"], &sql["kind"]),
+        (&json!("SELECT users"), &json!(id("root")), &json!(3))
+    );
+    assert_eq!(
+        sql["attributes"]["db.query.text"], "SELECT * FROM users WHERE email = ?",
+        "sanitised"
+    );
+    assert_eq!(sql["attributes"]["db.system.name"], "postgresql");
+    let charge = span(&id("charge"));
+    assert_eq!(charge["parent_span_id"], id("root"));
+    assert_eq!(charge["status"], 2, "ERROR");
+    assert_eq!(charge["events"][0]["name"], "exception");
+    assert_eq!(
+        charge["events"][0]["attributes"]["exception.type"],
+        "PaymentDeclined"
+    );
+    assert_eq!(
+        charge["events"][0]["attributes"]["exception.message"],
+        "card declined"
+    );
+    assert!(charge["events"][0]["attributes"]["exception.stacktrace"]
+        .as_str()
+        .unwrap()
+        .contains("pay.py"));
+    let post = span(&id("post"));
+    assert_eq!(post["parent_span_id"], id("charge"));
+    assert_eq!(post["attributes"]["http.request.method"], "POST");
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s["trace_id"] == id("trace_a"))
+            .count()
+            == 4
+    );
+    let report = span(&id("report"));
+    assert_eq!(report["name"], "Reports#nightly");
+    assert_eq!(report["trace_id"], id("trace_b"));
+    assert_eq!(report["attributes"]["appsignal.namespace"], "cron");
+    assert_eq!(report["status"], 2);
+    assert_eq!(
+        report["events"][0]["attributes"]["exception.message"],
+        "disk full"
+    );
+    assert_eq!(span(&id("write"))["parent_span_id"], id("report"));
+    assert_eq!(span(&id("late"))["parent_span_id"], id("absent"));
+
+    // Push API: the same traces as samples of the root-span shape.
+    let sample = |action: &str| -> &Value {
+        pushed
+            .iter()
+            .find(|s| s["action"] == action)
+            .unwrap_or_else(|| panic!("no sample {action} in {pushed:#?}"))
+    };
+    let checkout = sample("GET /checkout");
+    assert_eq!(checkout["kind"], "span");
+    assert_eq!(checkout["id"], id("root"));
+    assert_eq!(checkout["trace_id"], id("trace_a"));
+    assert_eq!(checkout["namespace"], "web");
+    assert_eq!(checkout["sample_data"]["tags"]["user"], "u-17");
+    assert!(checkout["error"].is_null());
+    assert!((checkout["duration"].as_f64().unwrap() - 250.0).abs() < 1e-6);
+    let events = checkout["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["name"], "SELECT users");
+    assert_eq!(events[0]["body"], "SELECT * FROM users WHERE email = ?");
+    assert_eq!(events[1]["name"], "charge card");
+    assert_eq!(events[1]["attributes"]["error"]["class"], "PaymentDeclined");
+    assert_eq!(events[1]["children"][0]["name"], "POST api.payments");
+    assert_eq!(events[1]["children"][0]["span_id"], id("post"));
+    let nightly = sample("Reports#nightly");
+    assert_eq!(nightly["namespace"], "cron");
+    assert_eq!(nightly["error"]["message"], "disk full");
+    assert_eq!(sample("late child")["parent_span_id"], id("absent"));
+    assert_eq!(sample("kept span")["namespace"], "background");
+
+    let log = setup.log();
+    assert_eq!(
+        log.matches("OTLP/HTTP intake: request answered").count()
+            + log.matches("spans rejected").count(),
+        1,
+        "one rate-limited log line for the rejections:\n{log}"
+    );
 }
 
 /// The leader is SIGKILLed while a sender writes one StatsD datagram per millisecond: the next

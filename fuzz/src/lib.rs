@@ -7,6 +7,8 @@
 //! - [`data`]: `appsignal_data_t` trees to JSON, tag values, key filtering, and log lines
 //!   (logfmt / JSON / autodetect parsing of `appsignal_log` messages).
 //! - [`config`]: configuration values read through a lookup (environment and `env_put` table).
+//! - [`otlp_traces`]: `POST /v1/traces` bodies of the leader's OTLP/HTTP intake (protobuf and
+//!   OTLP/JSON), their spans turned into samples and the samples into OTLP spans again.
 //!
 //! Each target is a plain function of a byte slice: it must not panic, whatever the bytes, and it
 //! checks properties that must hold (an `assert!` failing is a crash to AFL). The AFL++ binaries in
@@ -16,7 +18,7 @@
 use std::time::Duration;
 
 use appsignal_agent::aggregate::Aggregator;
-use appsignal_agent::apm::{filter, log, span, sql};
+use appsignal_agent::apm::{filter, log, span, sql, ApmConfig};
 use appsignal_agent::config::Config;
 use appsignal_agent::data::Data;
 use appsignal_agent::payload::{AgentReport, Payload};
@@ -34,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sql", sql),
     ("data", data),
     ("config", config),
+    ("otlp_traces", otlp_traces),
 ];
 
 /// The leader's read path: frames are cut from a buffer as the connection task does; the first
@@ -338,4 +341,42 @@ pub fn config(data: &[u8]) {
         "the push key is printed: {printed}"
     );
     let _ = config.push.id();
+}
+
+/// The OTLP/HTTP intake's `/v1/traces`: the bytes decoded as a protobuf and as an OTLP/JSON
+/// `ExportTraceServiceRequest`, the spans turned into samples. Every span is accounted for (in a
+/// sample, rejected, or ignored); every sample is JSON that parses again (its nesting stays within
+/// serde_json's limit, or the payload would drop it) and maps to exactly as many OTLP spans as it
+/// holds.
+pub fn otlp_traces(data: &[u8]) {
+    use appsignal_agent::intake::otlp_traces::samples;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let config = ApmConfig::default();
+    let requests = [
+        ExportTraceServiceRequest::decode(data).ok(),
+        serde_json::from_slice::<ExportTraceServiceRequest>(data).ok(),
+    ];
+    for request in requests.into_iter().flatten() {
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        let mapped = samples(request, &config);
+        let in_samples: u64 = mapped.samples.iter().map(|(_, n)| n).sum();
+        assert_eq!(
+            in_samples + mapped.rejected + mapped.ignored,
+            spans as u64,
+            "spans unaccounted for: {mapped:?}"
+        );
+        for (json, n) in &mapped.samples {
+            let sample: serde_json::Value =
+                serde_json::from_str(json).expect("a sample that does not parse again");
+            let exported = appsignal_agent::otlp::mapping::sample_spans(&sample);
+            assert_eq!(exported.len() as u64, *n, "{json}");
+        }
+    }
 }

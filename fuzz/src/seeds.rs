@@ -8,6 +8,13 @@ use appsignal_agent::config::PushConfig;
 use appsignal_agent::data::Data;
 use appsignal_agent::metrics::LocalMetrics;
 use appsignal_agent::protocol::{self, Batch, ClientMessage, GaugeValue, Hello, PROTOCOL_VERSION};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+use prost::Message;
 
 fn push_config() -> PushConfig {
     PushConfig {
@@ -110,6 +117,86 @@ fn frames(messages: &[ClientMessage]) -> Vec<u8> {
         }
     }
     out
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn otlp_span(trace: u8, id: u8, parent: u8, name: &str, kind: span::SpanKind) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 {
+            Vec::new()
+        } else {
+            vec![parent; 8]
+        },
+        name: name.into(),
+        kind: kind as i32,
+        start_time_unix_nano: 1_767_225_600_000_000_000 + u64::from(id) * 1_000_000,
+        end_time_unix_nano: 1_767_225_600_500_000_000,
+        ..Default::default()
+    }
+}
+
+fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "shop-py")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A request as an SDK sends one: a SERVER root, a SQL child, a child with an exception and a
+/// child of its own, a span of another trace whose parent is elsewhere.
+fn checkout_traces() -> ExportTraceServiceRequest {
+    let mut sql = otlp_span(1, 2, 1, "SELECT users", span::SpanKind::Client);
+    sql.attributes = vec![
+        kv("db.query.text", "SELECT * FROM users WHERE id = 42"),
+        kv("db.system.name", "postgresql"),
+    ];
+    let mut charge = otlp_span(1, 3, 1, "charge card", span::SpanKind::Internal);
+    charge.events = vec![span::Event {
+        name: "exception".into(),
+        attributes: vec![
+            kv("exception.type", "PaymentDeclined"),
+            kv("exception.message", "card declined"),
+            kv("exception.stacktrace", "Traceback\n  pay.py:3"),
+        ],
+        ..Default::default()
+    }];
+    charge.status = Some(Status {
+        code: status::StatusCode::Error as i32,
+        message: "declined".into(),
+    });
+    let mut root = otlp_span(1, 1, 0, "GET /checkout", span::SpanKind::Server);
+    root.attributes = vec![
+        kv("http.route", "/checkout"),
+        kv("appsignal.tag.user", "u-17"),
+        kv("appsignal.namespace", "web"),
+    ];
+    traces(vec![
+        otlp_span(1, 4, 3, "POST api", span::SpanKind::Client),
+        sql,
+        charge,
+        root,
+        otlp_span(2, 9, 8, "late child", span::SpanKind::Consumer),
+    ])
 }
 
 /// (target, file name, bytes) of every seed.
@@ -227,5 +314,28 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         lines.push(b'\n');
     }
     add("config", "typical", lines);
+
+    // otlp_traces: protobuf and OTLP/JSON bodies, a cycle and duplicate ids, a deep chain.
+    let checkout = checkout_traces();
+    add("otlp_traces", "checkout.pb", checkout.encode_to_vec());
+    add(
+        "otlp_traces",
+        "checkout.json",
+        serde_json::to_vec(&checkout).unwrap_or_default(),
+    );
+    let tangled = traces(vec![
+        otlp_span(3, 1, 2, "cycle a", span::SpanKind::Internal),
+        otlp_span(3, 2, 1, "cycle b", span::SpanKind::Internal),
+        otlp_span(3, 3, 3, "own parent", span::SpanKind::Internal),
+        otlp_span(3, 4, 0, "root", span::SpanKind::Internal),
+        otlp_span(3, 4, 0, "same id", span::SpanKind::Internal),
+    ]);
+    add("otlp_traces", "tangled.pb", tangled.encode_to_vec());
+    let chain = traces(
+        (1..=40u8)
+            .map(|i| otlp_span(4, i, i - 1, "level", span::SpanKind::Internal))
+            .collect(),
+    );
+    add("otlp_traces", "chain.pb", chain.encode_to_vec());
     seeds
 }

@@ -1,15 +1,17 @@
 //! Listeners the leader hosts for every other process on the host: StatsD/DogStatsD over UDP
-//! ([`statsd`] parses, [`udp`] serves) and OTLP/HTTP `POST /v1/metrics` ([`otlp_http`]). Both are
-//! off by default, run only in the leader (the listener moves with leadership), and hand what they
-//! parse to the leader as batches of a client of their own (own client id, own sequence), so that
-//! the data follows the same journal, windows and exporters as the processes' own data. The data
-//! belongs to the leader's own configuration.
+//! ([`statsd`] parses, [`udp`] serves) and OTLP/HTTP `POST /v1/metrics` and `/v1/traces`
+//! ([`otlp_http`] serves, [`otlp_metrics`] converts points, [`otlp_traces`] turns spans into
+//! samples). Both are off by default, run only in the leader (the listener moves with
+//! leadership), and hand what they parse to the leader as batches of a client of their own (own
+//! client id, own sequence), so that the data follows the same journal, windows and exporters as
+//! the processes' own data. The data belongs to the leader's own configuration.
 //!
 //! Policies: every queue and map is bounded ([`pending`]); what does not fit is counted; malformed
 //! input is counted, reported in the next payload (`AgentReport`) and logged at most once a minute.
 
 pub mod otlp_http;
 pub mod otlp_metrics;
+pub mod otlp_traces;
 pub mod pending;
 pub mod statsd;
 pub mod udp;
@@ -36,8 +38,8 @@ pub type Sink = Arc<dyn Fn(Batch) -> bool + Send + Sync>;
 pub struct IntakeStats {
     /// StatsD lines that did not parse.
     pub statsd_malformed_lines: AtomicU64,
-    /// OTLP data points rejected (reported back as `partial_success` too) and OTLP requests that
-    /// could not be read at all (oversized, truncated, not decodable).
+    /// OTLP data points and spans rejected (reported back as `partial_success` too) and OTLP
+    /// requests that could not be read at all (oversized, truncated, not decodable).
     pub otlp_rejected: AtomicU64,
 }
 

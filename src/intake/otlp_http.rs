@@ -1,15 +1,19 @@
-//! The OTLP/HTTP intake task of the leader: `POST /v1/metrics` with a protobuf or JSON body
-//! (OTLP/JSON: camelCase keys, integer enums, 64-bit integers as strings), gzip or not,
-//! served by hyper's HTTP/1.1 connection code on the leader's runtime. Points are converted by
-//! [`super::otlp_metrics`] and handed to the leader every [`FLUSH_PERIOD`], like the StatsD
-//! listener's.
+//! The OTLP/HTTP intake task of the leader: `POST /v1/metrics` and `POST /v1/traces` with a
+//! protobuf or JSON body (OTLP/JSON: camelCase keys, integer enums, 64-bit integers as strings,
+//! trace and span ids as hex), gzip or not, served by hyper's HTTP/1.1 connection code on the
+//! leader's runtime. Bodies are decoded on the blocking pool, at most [`MAX_DECODING`] at a time,
+//! so that a large request never holds up the leader's connections. Points are converted by
+//! [`super::otlp_metrics`], spans become samples by [`super::otlp_traces`]; both are handed to
+//! the leader every [`FLUSH_PERIOD`], like the StatsD listener's data.
 //!
-//! Answers follow the OTLP/HTTP specification: 200 with an `ExportMetricsServiceResponse`
-//! (`partial_success` says how many points were rejected and why); 400 with a `google.rpc.Status`
+//! Answers follow the OTLP/HTTP specification: 200 with an `ExportMetricsServiceResponse` or
+//! `ExportTraceServiceResponse` (`partial_success` says how many points or spans were rejected
+//! and why); 400 with a `google.rpc.Status`
 //! body for a body that cannot be read (truncated, not protobuf, bad gzip); 413 over
 //! [`MAX_BODY_BYTES`] (compressed) or [`MAX_DECODED_BYTES`] (decompressed); 415 for another content
-//! type; 404 for other paths; 405 for other methods. Every rejected request and point is counted in
-//! `appsignal.agent.otlp_intake_rejected` and logged at most once a minute.
+//! type; 404 for other paths; 405 for other methods. Every rejected request, point and span is
+//! counted in `appsignal.agent.otlp_intake_rejected` (samples dropped by the listener's per-flush
+//! budget in `dropped_samples` instead) and logged at most once a minute.
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections (a permit is taken before `accept`), each
 //! closed between requests after [`MAX_CONNECTION_AGE`]; headers within [`HEADER_TIMEOUT`], a body
@@ -31,6 +35,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -49,6 +56,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest life of one connection (then it closes between requests).
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// Request bodies decoded (and converted) at the same time; other requests wait with their body.
+pub const MAX_DECODING: usize = 2;
 
 static REJECT_LOG: RateLimit = RateLimit::new(60_000);
 static COUNT_LOG: RateLimit = RateLimit::new(60_000);
@@ -56,6 +65,7 @@ static COUNT_LOG: RateLimit = RateLimit::new(60_000);
 struct State {
     converter: Mutex<Converter>,
     stats: Arc<IntakeStats>,
+    decoding: Arc<Semaphore>,
 }
 
 impl State {
@@ -87,6 +97,7 @@ pub async fn run(
     let state = Arc::new(State {
         converter: Mutex::new(Converter::new(crate::now_ms())),
         stats,
+        decoding: Arc::new(Semaphore::new(MAX_DECODING)),
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -154,14 +165,14 @@ pub async fn run(
 }
 
 fn report(counted: bool) {
-    super::report_uncounted(counted, &COUNT_LOG, "OTLP/HTTP intake", "points");
+    super::report_uncounted(counted, &COUNT_LOG, "OTLP/HTTP intake", "points and spans");
 }
 
 async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
     let io = hyper_util::rt::TokioIo::new(stream);
     let service = hyper::service::service_fn(move |request| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(request, &state).await) }
+        async move { Ok::<_, Infallible>(handle(request, state).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -186,6 +197,13 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
 /// An answer: status, content type, body.
 type Answer = (StatusCode, &'static str, Vec<u8>);
 
+/// What a path carries.
+#[derive(Clone, Copy, PartialEq)]
+enum Signal {
+    Metrics,
+    Traces,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
     Protobuf,
@@ -201,7 +219,7 @@ impl Encoding {
     }
 }
 
-async fn handle(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn handle(request: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {
     let encoding = if request
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -215,7 +233,7 @@ async fn handle(request: Request<Incoming>, state: &State) -> Response<Full<Byte
     } else {
         Encoding::Protobuf
     };
-    let (status, content_type, body) = match answer(request, encoding, state).await {
+    let (status, content_type, body) = match answer(request, encoding, &state).await {
         Ok(a) => a,
         Err((status, message)) => {
             state.stats.otlp_rejected.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +258,7 @@ async fn handle(request: Request<Incoming>, state: &State) -> Response<Full<Byte
 fn log_rejection(what: &str) {
     if let Some(n) = REJECT_LOG.check() {
         tracing::warn!(
-            "OTLP/HTTP intake: {what}; counted in appsignal.agent.otlp_intake_rejected{}",
+            "OTLP/HTTP intake: {what}; counted in the agent report (otlp_intake_rejected; samples over the budget in dropped_samples){}",
             suppressed_note(n)
         );
     }
@@ -249,17 +267,18 @@ fn log_rejection(what: &str) {
 async fn answer(
     request: Request<Incoming>,
     encoding: Encoding,
-    state: &State,
+    state: &Arc<State>,
 ) -> Result<Answer, (StatusCode, String)> {
-    if request.uri().path() != "/v1/metrics" {
-        return Err((
-            StatusCode::NOT_FOUND,
-            format!(
-                "{} is not served here (only /v1/metrics)",
-                request.uri().path()
-            ),
-        ));
-    }
+    let signal = match request.uri().path() {
+        "/v1/metrics" => Signal::Metrics,
+        "/v1/traces" => Signal::Traces,
+        other => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("{other} is not served here (only /v1/metrics and /v1/traces)"),
+            ))
+        }
+    };
     if request.method() != Method::POST {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "only POST".to_owned()));
     }
@@ -317,7 +336,33 @@ async fn answer(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let decoded = if gzip {
+    // Decoding and converting is CPU work over up to MAX_DECODED_BYTES: on the blocking pool, a
+    // few at a time, so that the leader's (single-threaded) runtime keeps serving its clients.
+    let permit = Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "stopping".to_owned()))?;
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let decoded = gunzip(bytes, gzip)?;
+        match signal {
+            Signal::Metrics => metrics(decoded, encoding, &state),
+            Signal::Traces => traces(decoded, encoding, &state),
+        }
+    })
+    .await
+    .map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("decoding failed: {e}"),
+        )
+    })?
+}
+
+/// The body as sent, or gunzipped within [`MAX_DECODED_BYTES`].
+fn gunzip(bytes: Bytes, gzip: bool) -> Result<Bytes, (StatusCode, String)> {
+    Ok(if gzip {
         let mut out = Vec::new();
         let mut reader =
             flate2::read::GzDecoder::new(&bytes[..]).take(MAX_DECODED_BYTES as u64 + 1);
@@ -330,7 +375,15 @@ async fn answer(
         Bytes::from(out)
     } else {
         bytes
-    };
+    })
+}
+
+/// Decodes an `ExportMetricsServiceRequest` and adds its points to the pending batch.
+fn metrics(
+    decoded: Bytes,
+    encoding: Encoding,
+    state: &State,
+) -> Result<Answer, (StatusCode, String)> {
     let request = match encoding {
         Encoding::Protobuf => ExportMetricsServiceRequest::decode(decoded).map_err(|e| {
             (
@@ -362,11 +415,78 @@ async fn answer(
         }
     });
     let response = ExportMetricsServiceResponse { partial_success };
+    Ok(ok(&response, encoding))
+}
+
+/// Decodes an `ExportTraceServiceRequest`, turns its spans into samples and adds them to the
+/// pending batch. Spans rejected for what they are count in `otlp_intake_rejected`; samples that
+/// do not fit the flush's budget in the batch's `dropped_samples`; the sender hears of both.
+fn traces(
+    decoded: Bytes,
+    encoding: Encoding,
+    state: &State,
+) -> Result<Answer, (StatusCode, String)> {
+    let request = match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(decoded).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("not an ExportTraceServiceRequest: {e}"),
+            )
+        })?,
+        Encoding::Json => serde_json::from_slice(&decoded).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("not an ExportTraceServiceRequest in OTLP/JSON: {e}"),
+            )
+        })?,
+    };
+    let mapped = super::otlp_traces::samples(request, &crate::apm::config());
+    if mapped.rejected > 0 {
+        state
+            .stats
+            .otlp_rejected
+            .fetch_add(mapped.rejected, Ordering::Relaxed);
+    }
+    let mut rejected = mapped.rejected;
+    let mut reason = mapped.reason;
+    {
+        let mut converter = state.converter();
+        for (sample, spans) in mapped.samples {
+            if !converter.pending.add_sample(sample) {
+                rejected = rejected.saturating_add(spans);
+                reason.get_or_insert_with(|| {
+                    format!(
+                        "the intake holds at most {} samples ({} KiB) per {} ms, each at most {} KiB; counted in dropped_samples",
+                        super::pending::MAX_PENDING_SAMPLES,
+                        super::pending::MAX_PENDING_SAMPLE_BYTES / 1024,
+                        FLUSH_PERIOD.as_millis(),
+                        super::pending::MAX_SAMPLE_BYTES / 1024,
+                    )
+                });
+            }
+        }
+    }
+    let partial_success = (rejected > 0).then(|| {
+        let message = reason.unwrap_or_default();
+        log_rejection(&format!("{rejected} spans rejected ({message})"));
+        ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
+            error_message: message,
+        }
+    });
+    Ok(ok(
+        &ExportTraceServiceResponse { partial_success },
+        encoding,
+    ))
+}
+
+/// A 200 answer with `response` in the request's encoding.
+fn ok<M: Message + serde::Serialize>(response: &M, encoding: Encoding) -> Answer {
     let body = match encoding {
         Encoding::Protobuf => response.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+        Encoding::Json => serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec()),
     };
-    Ok((StatusCode::OK, encoding.content_type(), body))
+    (StatusCode::OK, encoding.content_type(), body)
 }
 
 fn too_large(limit: usize) -> (StatusCode, String) {
@@ -384,6 +504,8 @@ fn rpc_status(status: StatusCode, message: &str, encoding: Encoding) -> Vec<u8> 
         StatusCode::NOT_FOUND => 5,
         StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => 12,
         StatusCode::REQUEST_TIMEOUT => 4,
+        StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::INTERNAL_SERVER_ERROR => 13,
         _ => 3,
     };
     if encoding == Encoding::Json {

@@ -1,7 +1,9 @@
 //! What a listener parsed since its last flush, keyed like a process's pre-aggregate: counters
 //! summed, gauges last, distributions in a [`Sketch`]. Bounded: at most [`MAX_PENDING_KEYS`]
 //! distinct keys between two flushes; updates of further keys are dropped and counted (they go out
-//! as the batch's `dropped_updates`, like a process's own drops).
+//! as the batch's `dropped_updates`, like a process's own drops). Samples (the OTLP intake's traces)
+//! are held within [`MAX_PENDING_SAMPLES`] and [`MAX_PENDING_SAMPLE_BYTES`] per flush, each at most
+//! [`MAX_SAMPLE_BYTES`]; the others are dropped and counted (the batch's `dropped_samples`).
 
 use std::collections::HashMap;
 
@@ -12,6 +14,13 @@ use crate::sketch::Sketch;
 pub const MAX_PENDING_KEYS: usize = 10_000;
 /// Gauges whose last value a listener remembers for relative updates (`+n|g`).
 pub const MAX_REMEMBERED_GAUGES: usize = 10_000;
+/// Samples a listener holds between two flushes: as many as one process may hand over.
+pub const MAX_PENDING_SAMPLES: usize = crate::metrics::MAX_SAMPLES;
+/// Bytes of sample JSON a listener holds between two flushes, so that a batch stays far below the
+/// protocol's frame limit (the journal writes it as one frame).
+pub const MAX_PENDING_SAMPLE_BYTES: usize = 2 * 1024 * 1024;
+/// Largest sample kept, as for a process's own samples.
+pub const MAX_SAMPLE_BYTES: usize = crate::metrics::MAX_RECORD_BYTES;
 
 #[derive(Default)]
 pub struct Pending {
@@ -21,6 +30,9 @@ pub struct Pending {
     /// Last value of each gauge across flushes, for relative updates.
     last_gauges: HashMap<MetricKey, f64>,
     dropped: u64,
+    samples: Vec<String>,
+    sample_bytes: usize,
+    dropped_samples: u64,
 }
 
 impl Pending {
@@ -85,8 +97,24 @@ impl Pending {
         self.dropped = self.dropped.saturating_add(n);
     }
 
+    /// Keeps a finished sample (JSON) for the next flush; `false` when it is dropped (over
+    /// [`MAX_SAMPLE_BYTES`], or the flush already holds [`MAX_PENDING_SAMPLES`] or
+    /// [`MAX_PENDING_SAMPLE_BYTES`]) and counted in `dropped_samples`.
+    pub fn add_sample(&mut self, json: String) -> bool {
+        if json.len() > MAX_SAMPLE_BYTES
+            || self.samples.len() >= MAX_PENDING_SAMPLES
+            || self.sample_bytes + json.len() > MAX_PENDING_SAMPLE_BYTES
+        {
+            self.dropped_samples = self.dropped_samples.saturating_add(1);
+            return false;
+        }
+        self.sample_bytes += json.len();
+        self.samples.push(json);
+        true
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.dropped == 0
+        self.len() == 0 && self.dropped == 0 && self.samples.is_empty() && self.dropped_samples == 0
     }
 
     /// Everything since the last flush as a batch of `client_id` (or `None` when there is nothing).
@@ -94,6 +122,7 @@ impl Pending {
         if self.is_empty() {
             return None;
         }
+        self.sample_bytes = 0;
         Some(Batch {
             client_id,
             seq,
@@ -102,6 +131,8 @@ impl Pending {
             gauges: self.gauges.drain().collect(),
             distributions: self.distributions.drain().collect(),
             dropped_updates: std::mem::take(&mut self.dropped),
+            samples: std::mem::take(&mut self.samples),
+            dropped_samples: std::mem::take(&mut self.dropped_samples),
             ..Batch::default()
         })
     }
@@ -133,6 +164,29 @@ mod tests {
         assert_eq!(b.counters.len(), MAX_PENDING_KEYS);
         assert_eq!(b.dropped_updates, 5);
         assert!(p.take_batch(1, 2, 0).is_none());
+    }
+
+    #[test]
+    fn samples_beyond_the_count_or_byte_budget_are_dropped_and_counted() {
+        let mut p = Pending::default();
+        assert!(!p.add_sample("x".repeat(MAX_SAMPLE_BYTES + 1)));
+        for _ in 0..MAX_PENDING_SAMPLES {
+            assert!(p.add_sample("{}".into()));
+        }
+        assert!(!p.add_sample("{}".into()));
+        let b = p.take_batch(1, 1, 0).unwrap();
+        assert_eq!(
+            (b.samples.len(), b.dropped_samples),
+            (MAX_PENDING_SAMPLES, 2)
+        );
+        // The byte budget: two samples of half of it fit, a third does not (until the flush).
+        let half = "y".repeat(MAX_PENDING_SAMPLE_BYTES / 2);
+        assert!(p.add_sample(half.clone()) && p.add_sample(half.clone()));
+        assert!(!p.add_sample("{}".into()));
+        assert_eq!(p.take_batch(1, 2, 0).unwrap().samples.len(), 2);
+        assert!(p.add_sample(half));
+        assert!(p.take_batch(1, 3, 0).is_some());
+        assert!(p.take_batch(1, 4, 0).is_none());
     }
 
     #[test]

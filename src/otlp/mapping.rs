@@ -550,6 +550,19 @@ fn hex_id(text: Option<&str>, bytes: usize) -> Option<Vec<u8>> {
     id.filter(|id| id.iter().any(|b| *b != 0))
 }
 
+/// The kind a sample or event names in `span_kind` (samples of the OTLP intake keep the kind
+/// they were received with).
+fn span_kind(v: &Value) -> Option<span::SpanKind> {
+    Some(match v.get("span_kind")?.as_str()? {
+        "server" => span::SpanKind::Server,
+        "client" => span::SpanKind::Client,
+        "producer" => span::SpanKind::Producer,
+        "consumer" => span::SpanKind::Consumer,
+        "internal" => span::SpanKind::Internal,
+        _ => return None,
+    })
+}
+
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -746,11 +759,11 @@ fn event_spans(
             span_id: span_id.clone(),
             parent_span_id: parent.to_vec(),
             name: display,
-            kind: if is_sql {
+            kind: span_kind(event).unwrap_or(if is_sql {
                 span::SpanKind::Client
             } else {
                 span::SpanKind::Internal
-            } as i32,
+            }) as i32,
             start_time_unix_nano: start_ns,
             end_time_unix_nano: end_ns.max(start_ns),
             attributes,
@@ -815,11 +828,11 @@ pub fn sample_spans(sample: &Value) -> Vec<Span> {
         span_id: span_id.clone(),
         parent_span_id: parent,
         name: name.to_owned(),
-        kind: if namespace == "http_request" {
+        kind: span_kind(sample).unwrap_or(if namespace == "http_request" {
             span::SpanKind::Server
         } else {
             span::SpanKind::Internal
-        } as i32,
+        }) as i32,
         start_time_unix_nano: start_ns,
         end_time_unix_nano: end_ns,
         attributes,
