@@ -185,6 +185,11 @@ fn main() -> Result<()> {
         csv_path.display()
     );
     let _ = std::fs::remove_dir_all(&base);
+    // A soak without kills proves nothing about failover (it happened once: the leader was looked
+    // for where diagnose no longer reports it).
+    if kills == 0 && (kill_every as f64) < minutes * 60.0 {
+        bail!("soak: no leader was found to kill in {minutes} min");
+    }
     if wrong.is_empty() {
         println!(
             "soak: every total received equals what was sent ({} series)",
