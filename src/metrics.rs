@@ -84,9 +84,10 @@ fn tags_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Something finished on an app thread (a transaction or root span) that the sender thread turns
-/// into metrics and a sample: building them is not the app's time.
-pub trait Record: Send {
-    fn process(self: Box<Self>);
+/// into metrics and a sample: building them is not the app's time. Handed over as an `Arc`, so that
+/// a state the app thread already shares (a transaction's) is handed over without an allocation.
+pub trait Record: Send + Sync {
+    fn process(self: Arc<Self>);
 }
 
 thread_local! {
@@ -131,7 +132,7 @@ impl Period {
 #[derive(Default)]
 struct Local {
     period: Period,
-    records: Vec<Box<dyn Record>>,
+    records: Vec<Arc<dyn Record>>,
     dropped_records: u64,
     /// The sender sleeps until the next record (see [`LocalMetrics::sleep_if_empty`]).
     sender_asleep: bool,
@@ -328,7 +329,7 @@ impl LocalMetrics {
 
     /// Hands a finished transaction or span to the sender thread, which processes it before its
     /// next take. Beyond [`MAX_RECORDS`] waiting, it is dropped and counted as a dropped sample.
-    pub fn submit_record(&self, record: Box<dyn Record>) {
+    pub fn submit_record(&self, record: Arc<dyn Record>) {
         let mut local = self.lock();
         if local.records.len() >= MAX_RECORDS {
             local.dropped_records = local.dropped_records.saturating_add(1);
