@@ -4,6 +4,9 @@
 //! and the leader are not counted, and divides by the number of calls.
 //!
 //! Usage: `callgrind <row> <calls>` (the script passes both); without arguments it lists the rows.
+//! Run natively (not under valgrind), it prints the row's wall time and the calling thread's CPU
+//! time per call to stderr: the CPU time leaves out the time the thread waited for a core, which on
+//! a loaded machine is most of the noise in wall times.
 //! Rows that need the agent start it first (leader, in a temporary working directory, host metrics
 //! off, pushes to a port nobody listens on), exactly like the criterion benches.
 
@@ -34,6 +37,30 @@ const ROWS: &[&str] = &[
     "metrics_crate_counter",
     "metrics_crate_histogram",
 ];
+
+/// The calling thread's CPU time.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs the measured loop of `row`, printing its wall and thread CPU time per call.
+fn timed(row: &str, calls: u64, measured: impl FnOnce()) {
+    let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
+    measured();
+    let cpu = thread_cpu_ns() - cpu;
+    let wall = wall.elapsed().as_nanos() as u64;
+    eprintln!(
+        "{row}: {calls} calls, {:.1} ns/call wall, {:.1} ns/call thread CPU",
+        wall as f64 / calls.max(1) as f64,
+        cpu as f64 / calls.max(1) as f64
+    );
+}
 
 fn new_tags_map() -> *mut appsignal::appsignal_data_t {
     let map = appsignal::appsignal_data_map_new();
@@ -181,19 +208,19 @@ fn main() {
                     for _ in 0..warm {
                         appsignal::appsignal_increment_counter(cstr(NAME), 1.0, tags);
                     }
-                    row_counter_prebuilt(calls, tags)
+                    timed(row, calls, || row_counter_prebuilt(calls, tags))
                 }
                 "counter_per_call" => {
                     for _ in 0..warm {
                         appsignal::appsignal_increment_counter(cstr(NAME), 1.0, tags);
                     }
-                    row_counter_per_call(calls)
+                    timed(row, calls, || row_counter_per_call(calls))
                 }
                 _ => {
                     for _ in 0..warm {
                         appsignal::appsignal_add_distribution_value(cstr("latency"), 1.0, tags);
                     }
-                    row_distribution_prebuilt(calls, tags)
+                    timed(row, calls, || row_distribution_prebuilt(calls, tags))
                 }
             }
             appsignal::appsignal_free_data(tags as *mut c_void);
@@ -206,9 +233,9 @@ fn main() {
                 transaction(sampled);
             }
             if sampled {
-                row_transaction_10_sql_sampled(calls)
+                timed(row, calls, || row_transaction_10_sql_sampled(calls))
             } else {
-                row_transaction_10_sql(calls)
+                timed(row, calls, || row_transaction_10_sql(calls))
             }
             appsignal::appsignal_stop();
         }
@@ -224,11 +251,11 @@ fn main() {
             if row == "otel_counter" {
                 let counter = meter.f64_counter(NAME).build();
                 row_otel_counter(warm, &counter, &kv);
-                row_otel_counter(calls, &counter, &kv);
+                timed(row, calls, || row_otel_counter(calls, &counter, &kv));
             } else {
                 let histogram = meter.f64_histogram("latency").build();
                 row_otel_histogram(warm, &histogram, &kv);
-                row_otel_histogram(calls, &histogram, &kv);
+                timed(row, calls, || row_otel_histogram(calls, &histogram, &kv));
             }
             let _ = provider.shutdown();
         }
@@ -236,17 +263,17 @@ fn main() {
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
             let tracer = provider.tracer("bench");
             row_otel_10_spans(warm, &tracer);
-            row_otel_10_spans(calls, &tracer);
+            timed(row, calls, || row_otel_10_spans(calls, &tracer));
         }
         "metrics_crate_counter" | "metrics_crate_histogram" => {
             let recorder = common::RegistryRecorder::new();
             metrics::with_local_recorder(&recorder, || {
                 if row == "metrics_crate_counter" {
                     row_metrics_crate_counter(warm);
-                    row_metrics_crate_counter(calls);
+                    timed(row, calls, || row_metrics_crate_counter(calls));
                 } else {
                     row_metrics_crate_histogram(warm);
-                    row_metrics_crate_histogram(calls);
+                    timed(row, calls, || row_metrics_crate_histogram(calls));
                 }
             });
         }

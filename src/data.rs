@@ -325,12 +325,82 @@ fn load_word(chunk: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Up to 7 bytes as a word, without a call to `memcpy`.
+/// Up to 7 bytes as a little-endian word (the bytes not there are 0), without a call to `memcpy`
+/// nor a loop: two loads that may overlap (an overlapping byte lands where it belongs twice).
 #[inline(always)]
 fn load_tail(rest: &[u8]) -> u64 {
-    rest.iter()
-        .enumerate()
-        .fold(0, |w, (i, b)| w | u64::from(*b) << (8 * i))
+    let n = rest.len();
+    match n {
+        0 => 0,
+        1..=3 => {
+            u64::from(rest[0])
+                | u64::from(rest[n / 2]) << (8 * (n / 2))
+                | u64::from(rest[n - 1]) << (8 * (n - 1))
+        }
+        _ => {
+            let mut lo = [0u8; 4];
+            let mut hi = [0u8; 4];
+            lo.copy_from_slice(&rest[..4]);
+            hi.copy_from_slice(&rest[n - 4..n]);
+            u64::from(u32::from_le_bytes(lo)) | u64::from(u32::from_le_bytes(hi)) << (8 * (n - 4))
+        }
+    }
+}
+
+/// Byte-wise (lexicographic) order of two byte strings, as `<[u8]>::cmp`, with inline word
+/// compares instead of a call to `memcmp` (map keys are short).
+#[inline]
+fn bytes_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    let (a_head, b_head) = (&a[..n], &b[..n]);
+    let mut ca = a_head.chunks_exact(8);
+    let mut cb = b_head.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let (x, y) = (load_word(x).swap_bytes(), load_word(y).swap_bytes());
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    // Equal-length tails, first byte most significant, compare like the bytes.
+    let tail = |rest: &[u8]| load_tail(rest).swap_bytes();
+    tail(ca.remainder())
+        .cmp(&tail(cb.remainder()))
+        .then(a.len().cmp(&b.len()))
+}
+
+/// Copies `src` into `dst` (of the same length) without a call to `memcpy` when it is short: a
+/// library call costs more than the copy of a tag key or value.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Whether every byte is ASCII, a word at a time (names, keys and tag values nearly always are).
+#[inline]
+pub fn is_ascii(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut high = 0u64;
+    for chunk in &mut chunks {
+        high |= load_word(chunk);
+    }
+    (high | load_tail(chunks.remainder())) & 0x8080_8080_8080_8080 == 0
 }
 
 /// FxHash over bytes: a multiply-rotate hash, fast on short keys. Keys come from this process only,
@@ -394,10 +464,13 @@ pub struct DataBuf {
     /// The tags hash of `body`, 0 until computed; reset by every change. Atomic, so that one map
     /// shared read-only between threads (as tags) stays sound.
     hash: AtomicU64,
-    /// Names this content of this map (0 until the hash is computed; reset by every change), from a
-    /// process-wide counter: a metric slot that saw the same identity has the same tag bytes and
-    /// need not compare them again.
+    /// Names this content of this map (0 until the map is used as tags a second time; reset by
+    /// every change), from a process-wide counter: a metric slot that saw the same identity has the
+    /// same tag bytes and need not compare them again.
     identity: AtomicU64,
+    /// Where the last entry of a flat map starts in `body` (its key length): a key greater than
+    /// that entry's is appended without scanning the map.
+    last_entry: usize,
 }
 
 /// Source of [`DataBuf`] identities; never reused (a u64 does not wrap in practice).
@@ -420,6 +493,7 @@ impl DataBuf {
             tree: None,
             hash: AtomicU64::new(0),
             identity: AtomicU64::new(0),
+            last_entry: 0,
         }
     }
 
@@ -473,7 +547,68 @@ impl DataBuf {
                 self.entries += 1;
             }
         }
+        self.find_last_entry();
         true
+    }
+
+    /// Sets `key` to a string in a map, from the caller's bytes: invalid UTF-8 in either is
+    /// replaced (U+FFFD), as everywhere else text comes in. Returns false (and changes nothing)
+    /// when `self` is not a map.
+    ///
+    /// The common case of a tags map built per call, short ASCII keys set in increasing order, is
+    /// an append into the buffer inside the value: no scan, no allocation, no library call.
+    #[inline]
+    pub fn map_set_string(&mut self, key: &[u8], value: &[u8]) -> bool {
+        if is_ascii(key) && is_ascii(value) && self.append_string(key, value) {
+            return true;
+        }
+        self.map_set(
+            &String::from_utf8_lossy(key),
+            Value::Str(&String::from_utf8_lossy(value)),
+        )
+    }
+
+    /// Appends the entry `key` (ASCII) = `value` (ASCII) when that keeps the map flat, sorted and
+    /// inside the value; false (nothing changed) otherwise.
+    #[inline]
+    fn append_string(&mut self, key: &[u8], value: &[u8]) -> bool {
+        if !self.is_map || self.tree.is_some() || self.entries >= FLAT_MAX_ENTRIES {
+            return false;
+        }
+        let SmallBuf::Inline { len, bytes } = &mut self.body else {
+            return false;
+        };
+        let at = usize::from(*len);
+        let end = at + 4 + key.len() + 5 + value.len();
+        if end > INLINE {
+            return false;
+        }
+        if self.entries > 0 {
+            let last = self.last_entry;
+            let last_key = &bytes[last + 4..last + 4 + read_u32(&bytes[..], last)];
+            if bytes_cmp(last_key, key) != std::cmp::Ordering::Less {
+                return false;
+            }
+        }
+        let value_at = at + 4 + key.len();
+        bytes[at..at + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        copy_short(&mut bytes[at + 4..value_at], key);
+        bytes[value_at] = T_STR;
+        bytes[value_at + 1..value_at + 5].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        copy_short(&mut bytes[value_at + 5..end], value);
+        *len = end as u8;
+        self.last_entry = at;
+        self.entries += 1;
+        *self.hash.get_mut() = 0;
+        *self.identity.get_mut() = 0;
+        true
+    }
+
+    /// Sets [`Self::last_entry`] after a change that was not an append.
+    fn find_last_entry(&mut self) {
+        self.last_entry = map_entries(self.body.as_slice())
+            .last()
+            .map_or(0, |(key, value)| value.start - 4 - key.len());
     }
 
     /// Appends to an array. Returns false (and changes nothing) when `self` is not an array.
@@ -504,7 +639,8 @@ impl DataBuf {
     }
 
     /// As tags for a metric: `None` for an array or an empty map (an empty map is the same metric
-    /// as no tags). The hash and identity are computed once and kept until the map changes.
+    /// as no tags). The hash and identity are computed once (the identity at the second use) and
+    /// kept until the map changes.
     #[inline(always)]
     pub fn tags(&self) -> Option<Tags<'_>> {
         if self.tree.is_some() {
@@ -514,9 +650,14 @@ impl DataBuf {
             return None;
         }
         let body = self.body.as_slice();
+        // The first use hashes; the identity is drawn at the second (a map built per call is
+        // used once and never pays for it).
         let (hash, identity) = match self.hash.load(Ordering::Relaxed) {
-            0 => self.store_hash(body),
-            known => (known, self.identity.load(Ordering::Relaxed)),
+            0 => (self.store_hash(body), 0),
+            known => match self.identity.load(Ordering::Relaxed) {
+                0 => (known, self.new_identity()),
+                identity => (known, identity),
+            },
         };
         Some(Tags {
             body: Cow::Borrowed(body),
@@ -536,13 +677,20 @@ impl DataBuf {
         })
     }
 
-    #[inline(never)]
-    fn store_hash(&self, body: &[u8]) -> (u64, u64) {
+    #[inline]
+    fn store_hash(&self, body: &[u8]) -> u64 {
         let hash = hash_bytes(T_MAP.into(), body).max(1);
+        self.hash.store(hash, Ordering::Relaxed);
+        hash
+    }
+
+    /// Two threads may both draw one for a shared map; the one stored last stays, and a slot that
+    /// saw the other only compares the bytes once more.
+    #[cold]
+    fn new_identity(&self) -> u64 {
         let identity = IDENTITIES.fetch_add(1, Ordering::Relaxed);
         self.identity.store(identity, Ordering::Relaxed);
-        self.hash.store(hash, Ordering::Relaxed);
-        (hash, identity)
+        identity
     }
 
     /// The value as a [`Data`].
@@ -631,6 +779,7 @@ impl From<&Data> for DataBuf {
                 encode_map_body(map, &mut out);
                 buf.entries = map.len();
                 buf.body.splice(0..0, &[&out]);
+                buf.find_last_entry();
             }
             Data::Array(items) => {
                 let mut out = Vec::new();
@@ -736,6 +885,13 @@ mod tests {
             (b.body, b.hash),
             "the same entries are the same bytes and hash"
         );
+        assert_eq!(
+            (a.identity, b.identity),
+            (0, 0),
+            "no identity at the first use"
+        );
+        let (a, b) = (buf.tags().unwrap(), other.tags().unwrap());
+        assert_ne!(a.identity, 0, "an identity from the second use on");
         assert_ne!(a.identity, b.identity, "two maps are two identities");
         assert_eq!(buf.tags().unwrap().identity, a.identity);
         assert_eq!(
@@ -744,6 +900,93 @@ mod tests {
         );
         assert!(!buf.array_append(Value::Null));
         assert!(DataBuf::new_map().tags().is_none());
+    }
+
+    #[test]
+    fn word_helpers_agree_with_the_slice_operations() {
+        let bytes: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        for n in 0..8 {
+            let expected = bytes[..n]
+                .iter()
+                .enumerate()
+                .fold(0u64, |w, (i, b)| w | u64::from(*b) << (8 * i));
+            assert_eq!(load_tail(&bytes[..n]), expected, "tail of {n}");
+        }
+        for n in 0..=20 {
+            let mut dst = vec![0u8; n];
+            copy_short(&mut dst, &bytes[3..3 + n]);
+            assert_eq!(dst, &bytes[3..3 + n], "copy of {n}");
+            let ascii = is_ascii(&bytes[..n]);
+            assert_eq!(ascii, bytes[..n].is_ascii(), "ascii of {n}");
+        }
+        let words: [&[u8]; 10] = [
+            b"",
+            b"a",
+            b"ab",
+            b"abc",
+            b"abd",
+            b"route",
+            b"region",
+            b"routes_long_key_x",
+            b"routes_long_key_y",
+            b"\xff\x00",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(bytes_cmp(a, b), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(bytes_eq(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn string_entries_from_bytes_mean_what_a_data_map_means() {
+        // Keys and values from a small alphabet (so keys repeat and collide in prefix), in a
+        // pseudo-random order, some not ASCII, some not UTF-8, some past the inline buffer.
+        let pieces: [&[u8]; 9] = [
+            b"a",
+            b"region",
+            b"route",
+            b"routes_long_key_x",
+            b"",
+            "é".as_bytes(),
+            b"\xff\xfe",
+            b"eu",
+            b"a value long enough to leave the buffer inside the handle for the heap, surely",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for round in 0..500 {
+            let mut buf = DataBuf::new_map();
+            let mut data = Data::new_map();
+            for _ in 0..next(if round % 10 == 0 { 60 } else { 6 }) {
+                let key = if next(4) == 0 {
+                    format!("k{}", next(40)).into_bytes()
+                } else {
+                    [pieces[next(9)], pieces[next(9)]].concat()
+                };
+                let value = pieces[next(9)];
+                assert!(buf.map_set_string(&key, value));
+                data.map_set(text(&key), Data::String(text(value)));
+            }
+            assert_eq!(buf.to_data(), data, "round {round}");
+            if let Some(tags) = buf.tags() {
+                assert_eq!(TagsRef::to_data(&tags.body), data, "round {round}");
+            }
+            // What the slow path builds from the same entries is the same bytes.
+            let rebuilt = DataBuf::from(&data);
+            assert_eq!(
+                buf.tags().map(|t| t.body.into_owned()),
+                rebuilt.tags().map(|t| t.body.into_owned()),
+                "round {round}"
+            );
+        }
+        assert!(!DataBuf::new_array().map_set_string(b"k", b"v"));
     }
 
     #[test]

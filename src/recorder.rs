@@ -149,7 +149,7 @@ pub fn submit_sample(sample: serde_json::Value) {
 
 /// Hands a finished transaction or span to the agent: the sender thread turns it into metrics
 /// and a sample (see [`crate::metrics::Record`]). In the unit tests it is processed at once.
-pub fn submit_record(record: Box<dyn crate::metrics::Record>) {
+pub fn submit_record(record: std::sync::Arc<dyn crate::metrics::Record>) {
     check_fork();
     #[cfg(test)]
     return record.process();

@@ -43,7 +43,7 @@ pub(crate) fn report_panic(function: &str) {
 /// Borrows the bytes of a C string as text. Invalid UTF-8 is replaced; NULL is empty.
 pub(crate) fn to_str<'a>(s: appsignal_string_t) -> Cow<'a, str> {
     let bytes = to_bytes(s);
-    if is_ascii(bytes) {
+    if appsignal_agent::data::is_ascii(bytes) {
         // SAFETY: ASCII is valid UTF-8 (checked just above).
         return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(bytes) });
     }
@@ -53,21 +53,6 @@ pub(crate) fn to_str<'a>(s: appsignal_string_t) -> Cow<'a, str> {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(bytes),
     }
-}
-
-/// Whether every byte is ASCII, a word at a time: names, keys and tag values nearly always are, and
-/// `str::from_utf8` costs several times more on short strings.
-#[inline]
-fn is_ascii(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    let mut high = 0u64;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        high |= u64::from_ne_bytes(word);
-    }
-    let tail = chunks.remainder().iter().fold(0u8, |acc, b| acc | b);
-    high & 0x8080_8080_8080_8080 == 0 && tail & 0x80 == 0
 }
 
 /// Borrows the bytes of a C string as they are (no UTF-8 check: for callees that check later, once).

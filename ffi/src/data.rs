@@ -6,7 +6,7 @@ use std::os::raw::{c_double, c_int, c_long, c_void};
 
 use appsignal_agent::data::{Data, DataBuf, Value};
 
-use crate::boundary::{appsignal_string_t, return_string, to_str};
+use crate::boundary::{appsignal_string_t, return_string, to_bytes, to_str};
 
 /// `long` is 64-bit here but 32-bit on other targets; the conversion is a no-op only here.
 #[allow(clippy::useless_conversion)]
@@ -78,8 +78,13 @@ fn map_set(
 ) {
     let Some(target) = data_mut(map) else { return };
     if !target.map_set(&to_str(key), value) {
-        tracing::warn!("{function}: the handle is not a map; ignored");
+        not_a_map(function);
     }
+}
+
+#[cold]
+fn not_a_map(function: &'static str) {
+    tracing::warn!("{function}: the handle is not a map; ignored");
 }
 
 fn array_append(function: &'static str, array: *mut appsignal_data_t, value: Value<'_>) {
@@ -99,12 +104,10 @@ pub extern "C" fn appsignal_data_map_set_string(
     value: appsignal_string_t,
 ) {
     ffi_boundary!("appsignal_data_map_set_string", (), {
-        map_set(
-            "appsignal_data_map_set_string",
-            map,
-            key,
-            Value::Str(&to_str(value)),
-        )
+        let Some(target) = data_mut(map) else { return };
+        if !target.map_set_string(to_bytes(key), to_bytes(value)) {
+            not_a_map("appsignal_data_map_set_string");
+        }
     })
 }
 

@@ -9,7 +9,7 @@ use std::os::raw::{c_int, c_long, c_void};
 use appsignal_agent::apm::transaction::Body;
 use appsignal_agent::apm::Transaction;
 
-use crate::boundary::{appsignal_string_t, return_string, to_str};
+use crate::boundary::{appsignal_string_t, return_string, to_bytes, to_str};
 use crate::data::{appsignal_data_t, data_ref};
 
 /// `long` is 64-bit here but 32-bit on other targets; the conversion is a no-op only here.
@@ -48,8 +48,8 @@ pub extern "C" fn appsignal_start_transaction(
 ) -> *mut appsignal_transaction_t {
     ffi_boundary!("appsignal_start_transaction", std::ptr::null_mut(), {
         new_handle(Transaction::start(
-            &to_str(id),
-            &to_str(namespace),
+            to_bytes(id),
+            to_bytes(namespace),
             long(gc_duration_ms),
         ))
     })
@@ -84,9 +84,9 @@ pub extern "C" fn appsignal_finish_event(
     ffi_boundary!("appsignal_finish_event", (), {
         if let Some(txn) = txn_ref(transaction) {
             txn.finish_event(
-                &to_str(name),
-                &to_str(title),
-                Body::Text(&to_str(body)),
+                to_bytes(name),
+                to_bytes(title),
+                Body::Bytes(to_bytes(body)),
                 body_format,
                 long(gc_duration_ms),
             )
@@ -108,8 +108,8 @@ pub extern "C" fn appsignal_finish_event_data(
     ffi_boundary!("appsignal_finish_event_data", (), {
         if let Some(txn) = txn_ref(transaction) {
             txn.finish_event(
-                &to_str(name),
-                &to_str(title),
+                to_bytes(name),
+                to_bytes(title),
                 Body::Data(data_ref(body).as_ref()),
                 body_format,
                 long(gc_duration_ms),
@@ -135,9 +135,9 @@ pub extern "C" fn appsignal_record_event(
     ffi_boundary!("appsignal_record_event", (), {
         if let Some(txn) = txn_ref(transaction) {
             txn.record_event(
-                &to_str(name),
-                &to_str(title),
-                Body::Text(&to_str(body)),
+                to_bytes(name),
+                to_bytes(title),
+                Body::Bytes(to_bytes(body)),
                 body_format,
                 long(duration),
                 long(gc_duration_ms),
@@ -161,8 +161,8 @@ pub extern "C" fn appsignal_record_event_data(
     ffi_boundary!("appsignal_record_event_data", (), {
         if let Some(txn) = txn_ref(transaction) {
             txn.record_event(
-                &to_str(name),
-                &to_str(title),
+                to_bytes(name),
+                to_bytes(title),
                 Body::Data(data_ref(body).as_ref()),
                 body_format,
                 long(duration),
@@ -218,7 +218,7 @@ pub extern "C" fn appsignal_set_transaction_action(
 ) {
     ffi_boundary!("appsignal_set_transaction_action", (), {
         if let Some(txn) = txn_ref(transaction) {
-            txn.set_action(&to_str(action))
+            txn.set_action(to_bytes(action))
         }
     })
 }
@@ -231,7 +231,7 @@ pub extern "C" fn appsignal_set_transaction_namespace(
 ) {
     ffi_boundary!("appsignal_set_transaction_namespace", (), {
         if let Some(txn) = txn_ref(transaction) {
-            txn.set_namespace(&to_str(namespace))
+            txn.set_namespace(to_bytes(namespace))
         }
     })
 }

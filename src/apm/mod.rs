@@ -8,7 +8,8 @@
 //! through [`configure`]; before that it is the default (nothing ignored, nothing filtered).
 //!
 //! # Layout
-//! - [`transaction`]: transactions, their event tree and the per-action metrics.
+//! - [`transaction`]: transactions and the per-action metrics.
+//! - [`events`]: what a transaction records on the app thread (the caller's bytes, event records).
 //! - [`span`]: root and child spans, W3C `traceparent` parsing.
 //! - [`sql`]: the SQL sanitiser (literals replaced by `?`).
 //! - [`filter`]: `filter_parameters` / `filter_session_data` and the ignore rules.
@@ -16,6 +17,7 @@
 //! - [`log`]: log lines from `appsignal_log` (severity, logfmt / JSON parsing).
 //! - [`misc`]: server state, container detection, environment metadata, allocation counter.
 
+pub mod events;
 pub mod filter;
 pub mod log;
 pub mod misc;
@@ -108,6 +110,23 @@ pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Nanoseconds on the monotonic clock (`CLOCK_MONOTONIC`, what `Instant` reads): for durations.
+/// Read directly, because `Instant::elapsed` costs several times the clock read itself in
+/// checked arithmetic, and a transaction reads the clock twice per event.
+#[inline]
+pub(crate) fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, and on
+    // failure `ts` stays zero (a duration then reads as 0, never as garbage).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as i64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as i64)
 }
 
 /// Epoch nanoseconds from seconds + nanoseconds as C passes them (saturating, never negative).

@@ -142,8 +142,11 @@ struct RootClosed {
 }
 
 impl crate::metrics::Record for RootClosed {
-    fn process(self: Box<Self>) {
-        let RootClosed { span, collected } = *self;
+    fn process(self: Arc<Self>) {
+        // The queue held the only reference.
+        let Some(RootClosed { span, collected }) = Arc::into_inner(self) else {
+            return;
+        };
         let report = {
             let state = span.lock();
             span.root_report(&state, collected)
@@ -379,7 +382,7 @@ impl Span {
                 std::mem::take(&mut *events)
             };
             drop(state);
-            recorder::submit_record(Box::new(RootClosed {
+            recorder::submit_record(Arc::new(RootClosed {
                 span: Span {
                     state: Arc::clone(&self.state),
                     root: Arc::clone(&self.root),

@@ -12,199 +12,27 @@
 //! A `Transaction` is `Sync`: its state is behind a mutex, so calls from several threads are safe
 //! (they are serialised). After `complete` every call is ignored with a (rate-limited) log line.
 //!
-//! The app thread only records: `complete` marks the state completed and hands a reference to it to
-//! the agent; the sender thread applies the ignore rules, builds the per-action metrics and the
-//! sample (filtering, SQL sanitising, JSON) before anything leaves the process, and usually frees it.
+//! The app thread only records: the caller's bytes are copied into the transaction's
+//! [`Recording`] (no UTF-8 check, no per-event allocation), `complete` marks the state completed
+//! and hands a reference to it to the agent; the sender thread reads the texts back, applies the
+//! ignore rules, builds the per-action metrics and the sample (filtering, SQL sanitising, JSON)
+//! before anything leaves the process, and usually frees it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
+use crate::apm::events::{Field, Recording};
+use crate::apm::sample::{self, ErrorInfo, Event, SampleView, Shape};
 use crate::apm::{
-    bounded_insert, config, filter, misc, now_ns, ns_to_ms, tags, truncate, warn_limited, MAX_BODY,
-    MAX_TEXT,
+    bounded_insert, config, filter, misc, monotonic_ns, now_ns, ns_to_ms, tags, truncate,
+    warn_limited, MAX_BODY, MAX_TEXT,
 };
 use crate::data::Data;
 use crate::recorder;
 
-/// Most events kept per transaction (nested ones included); further ones are counted in the
-/// sample's `dropped_events`.
-pub const MAX_EVENTS: usize = 2_000;
-
-/// Deepest nesting of started events kept; deeper ones are counted as dropped. It keeps the
-/// sample JSON within the nesting limits of JSON parsers (serde_json's is 128) and the stack.
-pub const MAX_DEPTH: usize = 50;
-
-/// Body format 1: the body is SQL; it is sanitised in the sample (where it leaves the process),
-/// never in `to_json`.
-pub const BODY_FORMAT_SQL: i32 = 1;
-
-/// An event body: text, or data (rendered as JSON; with format 1 its strings are sanitised).
-#[derive(Debug, Clone, Copy)]
-pub enum Body<'a> {
-    Text(&'a str),
-    Data(Option<&'a Data>),
-}
-
-impl Body<'_> {
-    /// The body as recorded: text as given (cut at 64 KiB); data rendered as JSON, or kept as data
-    /// when it is SQL (format 1), so that the sample can sanitise its strings. Nothing is
-    /// sanitised here: the in-process view shows what the caller gave.
-    fn record(self, body_format: i32) -> EventBody {
-        match self {
-            Body::Text(text) => EventBody::Text(truncate(text.to_string(), MAX_BODY)),
-            Body::Data(None) => EventBody::Text(String::new()),
-            Body::Data(Some(data)) if body_format == BODY_FORMAT_SQL => {
-                EventBody::Data(data.clone())
-            }
-            Body::Data(Some(data)) => EventBody::Text(truncate(data.to_json(), MAX_BODY)),
-        }
-    }
-}
-
-struct OpenEvent {
-    start_ns: i64,
-    gc_ms: i64,
-    children: Vec<Event>,
-}
-
-/// The event tree under construction: `start` pushes, `finish` pops.
-#[derive(Default)]
-pub(crate) struct EventTree {
-    roots: Vec<Event>,
-    open: Vec<OpenEvent>,
-    /// `start` calls beyond the depth bound, each closed by one `finish` that is then dropped.
-    overflow_depth: usize,
-    /// Events kept so far, nested and in open parents included.
-    kept: usize,
-    dropped: u64,
-}
-
-impl Clone for EventTree {
-    fn clone(&self) -> Self {
-        EventTree {
-            roots: self.roots.clone(),
-            open: self
-                .open
-                .iter()
-                .map(|o| OpenEvent {
-                    start_ns: o.start_ns,
-                    gc_ms: o.gc_ms,
-                    children: o.children.clone(),
-                })
-                .collect(),
-            overflow_depth: self.overflow_depth,
-            kept: self.kept,
-            dropped: self.dropped,
-        }
-    }
-}
-
-impl EventTree {
-    pub(crate) fn start(&mut self, now_ns: i64, gc_ms: i64) {
-        if self.open.len() >= MAX_DEPTH || self.overflow_depth > 0 {
-            self.overflow_depth += 1;
-            return;
-        }
-        self.open.push(OpenEvent {
-            start_ns: now_ns,
-            gc_ms,
-            children: Vec::new(),
-        });
-    }
-
-    /// Closes the innermost open event. Returns false when none is open (unbalanced finish).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn finish(
-        &mut self,
-        now_ns: i64,
-        gc_ms: i64,
-        name: &str,
-        title: &str,
-        body: Body<'_>,
-        body_format: i32,
-    ) -> bool {
-        if self.overflow_depth > 0 {
-            self.overflow_depth -= 1;
-            self.dropped += 1;
-            return true;
-        }
-        let Some(open) = self.open.pop() else {
-            return false;
-        };
-        let event = Event {
-            name: truncate(name.to_string(), MAX_TEXT),
-            title: truncate(title.to_string(), MAX_TEXT),
-            body: body.record(body_format),
-            body_format,
-            start_ns: open.start_ns,
-            duration_ns: now_ns.saturating_sub(open.start_ns).max(0),
-            gc_duration_ms: gc_ms.saturating_sub(open.gc_ms).max(0),
-            attributes: BTreeMap::new(),
-            children: open.children,
-        };
-        self.add(event);
-        true
-    }
-
-    /// Adds a finished event (with its children already counted in `kept`) under the innermost
-    /// open event, or at the top.
-    pub(crate) fn add(&mut self, event: Event) {
-        if self.kept >= MAX_EVENTS {
-            let children = event.count() - 1;
-            self.kept -= children;
-            self.dropped += 1 + children as u64;
-            return;
-        }
-        self.kept += 1;
-        match self.open.last_mut() {
-            Some(parent) => parent.children.push(event),
-            None => self.roots.push(event),
-        }
-    }
-
-    /// An already finished event: it ended at `now_ns` and lasted `duration_ns`.
-    pub(crate) fn record(
-        &mut self,
-        now_ns: i64,
-        duration_ns: i64,
-        name: &str,
-        title: &str,
-        body: Body<'_>,
-        body_format: i32,
-    ) {
-        if self.kept >= MAX_EVENTS {
-            self.dropped += 1;
-            return;
-        }
-        let duration_ns = duration_ns.max(0);
-        self.add(Event {
-            name: truncate(name.to_string(), MAX_TEXT),
-            title: truncate(title.to_string(), MAX_TEXT),
-            body: body.record(body_format),
-            body_format,
-            start_ns: now_ns.saturating_sub(duration_ns).max(0),
-            duration_ns,
-            gc_duration_ms: 0,
-            attributes: BTreeMap::new(),
-            children: Vec::new(),
-        });
-    }
-
-    pub(crate) fn events(&self) -> &[Event] {
-        &self.roots
-    }
-
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    pub(crate) fn open_count(&self) -> usize {
-        self.open.len() + self.overflow_depth
-    }
-}
+pub use crate::apm::events::{Body, BODY_FORMAT_SQL, MAX_DEPTH, MAX_EVENTS};
 
 /// Hands the per-action metrics of one finished transaction or root span to the agent.
 pub(crate) fn report_action(
@@ -240,11 +68,11 @@ pub(crate) fn report_action(
 
 #[derive(Clone)]
 struct State {
-    id: String,
-    namespace: String,
-    action: Option<String>,
+    /// The id, namespace and action, and the events.
+    rec: Recording,
     start_ns: i64,
-    started: Instant,
+    /// [`monotonic_ns`] at the start.
+    started: i64,
     end_ns: Option<i64>,
     gc_start_ms: i64,
     gc_duration_ms: Option<i64>,
@@ -252,7 +80,6 @@ struct State {
     error: Option<ErrorInfo>,
     sample_data: BTreeMap<String, Data>,
     metadata: BTreeMap<String, String>,
-    events: EventTree,
     allocations_at_start: u64,
     allocations_at_end: Option<u64>,
     /// The decision `finish` returned.
@@ -260,10 +87,19 @@ struct State {
     completed: bool,
 }
 
+/// The texts of a state as they are reported, read back from its recording.
+struct Texts<'a> {
+    id: Cow<'a, str>,
+    namespace: Cow<'a, str>,
+    action: Option<Cow<'a, str>>,
+    events: Vec<Event>,
+}
+
 impl State {
     /// Epoch nanoseconds now, on this transaction's monotonic clock.
+    #[inline]
     fn now(&self) -> i64 {
-        let elapsed = i64::try_from(self.started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        let elapsed = monotonic_ns().wrapping_sub(self.started).max(0);
         self.start_ns.saturating_add(elapsed)
     }
 
@@ -274,19 +110,43 @@ impl State {
             .filter(|e| !filter::is_error_ignored(&e.class, config))
     }
 
-    fn view(&self) -> SampleView<'_> {
+    fn namespace(&self) -> Cow<'_, str> {
+        self.rec.field(Field::Namespace).unwrap_or_default()
+    }
+
+    fn action(&self) -> Option<Cow<'_, str>> {
+        self.rec.field(Field::Action)
+    }
+
+    fn is_ignored(&self, config: &crate::apm::ApmConfig) -> bool {
+        if config.ignore_namespaces.is_empty() && config.ignore_actions.is_empty() {
+            return false; // without reading the texts back
+        }
+        filter::is_ignored(&self.namespace(), self.action().as_deref(), config)
+    }
+
+    fn texts(&self) -> Texts<'_> {
+        Texts {
+            id: self.rec.field(Field::Id).unwrap_or_default(),
+            namespace: self.namespace(),
+            action: self.action(),
+            events: self.rec.events(),
+        }
+    }
+
+    fn view<'a>(&'a self, texts: &'a Texts<'a>) -> SampleView<'a> {
         SampleView {
             kind: "transaction",
-            id: &self.id,
-            namespace: &self.namespace,
-            action: self.action.as_deref(),
+            id: &texts.id,
+            namespace: &texts.namespace,
+            action: texts.action.as_deref(),
             start_ns: self.start_ns,
             end_ns: self.end_ns,
             queue_start_ms: self.queue_start_ms,
             gc_duration_ms: self.gc_duration_ms,
             error: self.error.as_ref(),
-            events: self.events.events(),
-            dropped_events: self.events.dropped(),
+            events: &texts.events,
+            dropped_events: self.rec.dropped(),
             sample_data: &self.sample_data,
             metadata: &self.metadata,
             allocation_count: Some(
@@ -300,36 +160,35 @@ impl State {
 
 /// One transaction. Create with [`Transaction::start`]; everything else takes `&self`.
 pub struct Transaction {
-    /// Shared with the sender thread once completed (see [`Completed`]).
+    /// Shared with the sender thread once completed (the state is the record it processes).
     state: Arc<Mutex<State>>,
 }
 
 /// A completed transaction, processed on the sender thread.
-struct Completed(Arc<Mutex<State>>);
-
-impl crate::metrics::Record for Completed {
-    fn process(self: Box<Self>) {
+impl crate::metrics::Record for Mutex<State> {
+    fn process(self: Arc<Self>) {
         let config = config();
-        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*state;
-        if filter::is_ignored(&s.namespace, s.action.as_deref(), &config) {
+        if s.is_ignored(&config) {
             return;
         }
+        let texts = s.texts();
         let error = s.reported_error(&config);
         let sample = (s.sampled || error.is_some()).then(|| {
-            let mut view = s.view();
+            let mut view = s.view(&texts);
             view.error = error;
             // The SQL sanitiser runs here, on the sender thread, as the sample is built.
             view.render(&config, Shape::Sample)
         });
-        let view = s.view();
+        let view = s.view(&texts);
         report_action(
-            &s.namespace,
-            s.action.as_deref().unwrap_or("unknown"),
+            &texts.namespace,
+            texts.action.as_deref().unwrap_or("unknown"),
             view.duration_ns().unwrap_or(0),
             error.is_some(),
             view.queue_time_ms(),
-            s.events.events(),
+            &texts.events,
         );
         if let Some(sample) = sample {
             recorder::submit_sample(sample);
@@ -338,23 +197,32 @@ impl crate::metrics::Record for Completed {
 }
 
 static USED_AFTER_COMPLETE: AtomicI64 = AtomicI64::new(0);
+
+#[cold]
+fn used_after_complete(function: &str) {
+    warn_limited(
+        &USED_AFTER_COMPLETE,
+        &format!("{function}: the transaction was already completed; ignored"),
+    );
+}
 static UNBALANCED: AtomicI64 = AtomicI64::new(0);
 
 impl Transaction {
-    /// Starts a transaction now. `gc_ms` is the process's total GC time so far (ms).
-    pub fn start(id: &str, namespace: &str, gc_ms: i64) -> Transaction {
-        let id = if id.is_empty() {
-            crate::apm::random_hex(16)
-        } else {
-            truncate(id.to_string(), MAX_TEXT)
-        };
+    /// Starts a transaction now. `gc_ms` is the process's total GC time so far (ms). An empty
+    /// `id` gets a random one. Texts are taken as bytes (invalid UTF-8 is replaced where they are
+    /// read back, as everywhere else).
+    pub fn start(id: impl AsRef<[u8]>, namespace: impl AsRef<[u8]>, gc_ms: i64) -> Transaction {
+        let mut rec = Recording::new();
+        match id.as_ref() {
+            [] => rec.set_field(Field::Id, crate::apm::random_hex(16).as_bytes()),
+            id => rec.set_field(Field::Id, id),
+        }
+        rec.set_field(Field::Namespace, namespace.as_ref());
         Transaction {
             state: Arc::new(Mutex::new(State {
-                id,
-                namespace: truncate(namespace.to_string(), MAX_TEXT),
-                action: None,
+                rec,
                 start_ns: now_ns(),
-                started: Instant::now(),
+                started: monotonic_ns(),
                 end_ns: None,
                 gc_start_ms: gc_ms,
                 gc_duration_ms: None,
@@ -362,7 +230,6 @@ impl Transaction {
                 error: None,
                 sample_data: BTreeMap::new(),
                 metadata: BTreeMap::new(),
-                events: EventTree::default(),
                 allocations_at_start: misc::allocation_count(),
                 allocations_at_end: None,
                 sampled: false,
@@ -372,45 +239,41 @@ impl Transaction {
     }
 
     /// Runs `f` on the state unless the transaction was completed (then logs and returns None).
+    #[inline]
     fn with_open<R>(&self, function: &str, f: impl FnOnce(&mut State) -> R) -> Option<R> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.completed {
-            warn_limited(
-                &USED_AFTER_COMPLETE,
-                &format!("{function}: the transaction was already completed; ignored"),
-            );
+            used_after_complete(function);
             return None;
         }
         Some(f(&mut state))
     }
 
     pub fn id(&self) -> String {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .id
-            .clone()
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.rec.field(Field::Id).unwrap_or_default().into_owned()
     }
 
     pub fn start_event(&self, gc_ms: i64) {
         self.with_open("appsignal_start_event", |s| {
             let now = s.now() - s.start_ns;
-            s.events.start(now, gc_ms);
+            s.rec.start(now, gc_ms);
         });
     }
 
     /// Finishes the innermost started event. Without one, logs and ignores the call.
     pub fn finish_event(
         &self,
-        name: &str,
-        title: &str,
+        name: impl AsRef<[u8]>,
+        title: impl AsRef<[u8]>,
         body: Body<'_>,
         body_format: i32,
         gc_ms: i64,
     ) {
         let balanced = self.with_open("appsignal_finish_event", |s| {
             let now = s.now() - s.start_ns;
-            s.events.finish(now, gc_ms, name, title, body, body_format)
+            s.rec
+                .finish(now, gc_ms, name.as_ref(), title.as_ref(), body, body_format)
         });
         if balanced == Some(false) {
             warn_limited(
@@ -424,8 +287,8 @@ impl Transaction {
     /// `_gc_ms` is accepted for call compatibility; the event's GC time is reported as 0.
     pub fn record_event(
         &self,
-        name: &str,
-        title: &str,
+        name: impl AsRef<[u8]>,
+        title: impl AsRef<[u8]>,
         body: Body<'_>,
         body_format: i32,
         duration_ns: i64,
@@ -433,8 +296,14 @@ impl Transaction {
     ) {
         self.with_open("appsignal_record_event", |s| {
             let now = s.now() - s.start_ns;
-            s.events
-                .record(now, duration_ns, name, title, body, body_format);
+            s.rec.record(
+                now,
+                duration_ns,
+                name.as_ref(),
+                title.as_ref(),
+                body,
+                body_format,
+            );
         });
     }
 
@@ -467,15 +336,15 @@ impl Transaction {
         });
     }
 
-    pub fn set_action(&self, action: &str) {
+    pub fn set_action(&self, action: impl AsRef<[u8]>) {
         self.with_open("appsignal_set_transaction_action", |s| {
-            s.action = Some(truncate(action.to_string(), MAX_TEXT));
+            s.rec.set_field(Field::Action, action.as_ref());
         });
     }
 
-    pub fn set_namespace(&self, namespace: &str) {
+    pub fn set_namespace(&self, namespace: impl AsRef<[u8]>) {
         self.with_open("appsignal_set_transaction_namespace", |s| {
-            s.namespace = truncate(namespace.to_string(), MAX_TEXT);
+            s.rec.set_field(Field::Namespace, namespace.as_ref());
         });
     }
 
@@ -519,16 +388,16 @@ impl Transaction {
                 finish_state(s, s.gc_start_ms, &config());
             }
             s.completed = true;
-            let open = s.events.open_count();
+            let open = s.rec.open_count();
             if open > 0 {
                 tracing::debug!(
                     "transaction {} completed with {open} unfinished events",
-                    s.id
+                    s.rec.field(Field::Id).unwrap_or_default()
                 );
             }
         });
         if done.is_some() {
-            recorder::submit_record(Box::new(Completed(Arc::clone(&self.state))));
+            recorder::submit_record(Arc::clone(&self.state) as Arc<dyn crate::metrics::Record>);
         }
     }
 
@@ -537,11 +406,12 @@ impl Transaction {
     pub fn duplicate(&self, new_id: &str) -> Option<Transaction> {
         self.with_open("appsignal_duplicate_transaction", |s| {
             let mut copy = s.clone();
-            copy.id = if new_id.is_empty() {
-                crate::apm::random_hex(16)
-            } else {
-                truncate(new_id.to_string(), MAX_TEXT)
-            };
+            match new_id.as_bytes() {
+                [] => copy
+                    .rec
+                    .set_field(Field::Id, crate::apm::random_hex(16).as_bytes()),
+                id => copy.rec.set_field(Field::Id, id),
+            }
             Transaction {
                 state: Arc::new(Mutex::new(copy)),
             }
@@ -554,11 +424,12 @@ impl Transaction {
     pub fn to_json(&self) -> String {
         let config = config();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut json = state.view().render(&config, Shape::View);
+        let texts = state.texts();
+        let mut json = state.view(&texts).render(&config, Shape::View);
         json["finished"] = state.end_ns.is_some().into();
         json["sampled"] = state.sampled.into();
         json["completed"] = state.completed.into();
-        json["open_events"] = state.events.open_count().into();
+        json["open_events"] = state.rec.open_count().into();
         json.to_string()
     }
 }
@@ -568,7 +439,7 @@ fn finish_state(s: &mut State, gc_ms: i64, config: &crate::apm::ApmConfig) {
     s.end_ns = Some(end);
     s.gc_duration_ms = Some(gc_ms.saturating_sub(s.gc_start_ms).max(0));
     s.allocations_at_end = Some(misc::allocation_count());
-    let ignored = filter::is_ignored(&s.namespace, s.action.as_deref(), config);
+    let ignored = s.is_ignored(config);
     let has_error = s.reported_error(config).is_some();
     let rate = crate::apm::sample_rate();
     // Drawing a random number is a system call: only when the rate can pick this one.
@@ -654,6 +525,33 @@ mod tests {
         assert_eq!(children[1]["duration"], 1.5);
         assert_eq!(events[1]["duration"], 0.0);
         assert_eq!(j["open_events"], 0);
+    }
+
+    #[test]
+    fn texts_from_bytes_are_replaced_and_cut_where_they_are_read() {
+        test_support::setup();
+        let txn = Transaction::start(b"t-bytes\xff", b"web", 0);
+        txn.set_action(b"Bytes#\xe9");
+        txn.start_event(0);
+        let long_name = [b'n'; 2 * MAX_TEXT];
+        txn.finish_event(
+            &long_name[..],
+            b"t\xc3",
+            Body::Bytes(b"SELECT '\xff' FROM t"),
+            1,
+            0,
+        );
+        let j = json(&txn);
+        assert_eq!(j["id"], "t-bytes\u{fffd}");
+        assert_eq!(j["action"], "Bytes#\u{fffd}");
+        let event = &j["events"][0];
+        assert_eq!(event["name"].as_str().unwrap().len(), MAX_TEXT);
+        assert_eq!(event["title"], "t\u{fffd}");
+        assert_eq!(event["body"], "SELECT '\u{fffd}' FROM t");
+        txn.set_error("E", "m", None);
+        txn.complete();
+        let s = &samples_for("Bytes#\u{fffd}")[0];
+        assert_eq!(s["events"][0]["body"], "SELECT ? FROM t");
     }
 
     #[test]
