@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 
 exe=${CALLGRIND_EXE:-}
-[ -n "$exe" ] || exe=$(cargo bench -p appsignal-ffi --bench callgrind --no-run --message-format=json 2>/dev/null \
+[ -n "$exe" ] || exe=$(cargo bench -p appsignal-testkit --bench callgrind --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -10,8 +10,8 @@
 //!   nothing; prints their CPU time (from /proc/<pid>/task/*/schedstat) over SECONDS as a share
 //!   of one core, and the context switches per second of each (how often its threads wake).
 //!
-//! `cargo bench -p appsignal-ffi --bench processes -- throughput 8`
-//! `cargo bench -p appsignal-ffi --bench processes -- idle 4 30`
+//! `cargo bench -p appsignal-testkit --bench processes -- throughput 8`
+//! `cargo bench -p appsignal-testkit --bench processes -- idle 4 30`
 //!
 //! Not criterion: the quantities are wall time and CPU time across processes.
 
