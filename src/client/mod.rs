@@ -12,9 +12,9 @@
 //! leader's death (its socket closes) wakes it at once: it re-runs the election within
 //! milliseconds instead of at its next flush. When everything is handed over and the app records
 //! nothing, it sleeps without a timeout until the first record (which writes to the pipe, once per
-//! flush period) or its connection's hang-up: an idle client does not wake at all. A leader
-//! process's sender is woken by its leader when that stops serving, and checks it every
-//! [`LEADER_IDLE_CHECK`] as well.
+//! flush period) or its connection's hang-up: an idle client does not wake at all. Nor does an idle
+//! leader process's sender: its leader wakes it through the same pipe when it stops serving (on
+//! every way out, a panic of the leader thread included).
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
@@ -55,8 +55,6 @@ use link::{sleep_on, Backoff, ConnectError, Connection, WakePipe};
 pub const MAX_PENDING_BATCHES: usize = 1_000;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often an idle leader process's sender checks that its leader still serves.
-pub const LEADER_IDLE_CHECK: Duration = Duration::from_secs(1);
 
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 
@@ -238,17 +236,15 @@ impl State {
                 nap =
                     nap.map(|n| n.min(self.next_attempt.saturating_duration_since(Instant::now())));
             }
-            // Nothing to hand over and nothing recorded: sleep until the first record. Once it
-            // wakes us, the next turn waits a flush period for more before collecting.
+            // Nothing to hand over and nothing recorded: sleep until the first record, a leader
+            // that hangs up (a client) or stops serving (a leader process). Once a record wakes
+            // us, the next turn waits a flush period for more before collecting.
             let idle = stop_deadline.is_none()
                 && self.pending.is_empty()
                 && !matches!(self.link, Link::None)
                 && shared.metrics.sleep_if_empty();
             if idle {
-                nap = match self.link {
-                    Link::Local(_) => Some(LEADER_IDLE_CHECK),
-                    _ => None,
-                };
+                nap = None;
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
                 self.check_connection(shared);
