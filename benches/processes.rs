@@ -204,7 +204,11 @@ fn threads(pid: u32) -> std::collections::BTreeMap<(u32, String), ThreadStat> {
         return out;
     };
     for task in tasks.filter_map(Result::ok) {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
             continue;
         };
         let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
@@ -270,7 +274,9 @@ fn idle(processes: usize, seconds: u64) {
         }
         let gone = before.keys().filter(|k| !after.contains_key(k)).count();
         if gone > 0 {
-            lines.push(format!("  pid {pid}: {gone} threads ended during the run (not counted)"));
+            lines.push(format!(
+                "  pid {pid}: {gone} threads ended during the run (not counted)"
+            ));
         }
         per_process.push(format!("{:.1}", switches as f64 / secs));
     }

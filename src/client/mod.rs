@@ -4,6 +4,9 @@
 //! only when the leader acknowledged it (it is then counted), so a lost leader costs nothing: the
 //! pending batches go to the next one.
 //!
+//! Before anything else the thread runs the owner's [`Prepare`] (the working directory and the log,
+//! kept off the app's thread in `start()`); if that fails the agent is disabled and the thread ends.
+//!
 //! Connecting or leading: when there is no link, the thread first tries the lock (winning makes this
 //! process the leader), else connects to the socket. Failures back off exponentially from 5 ms to
 //! 1 s with jitter: no busy loop, no thundering herd.
@@ -62,6 +65,11 @@ static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 /// fallback: (the directory in use, the fallback, why).
 pub type FallbackHook = fn(&WorkDir, &WorkDir, &crate::workdir::Fallback);
 
+/// Run first on the sender thread (so that `start()` does no file-system work on the app's
+/// thread): prepares the working directory and opens the log. `None`: the agent is disabled (the
+/// owner logged why and set the role); the thread then ends.
+pub type Prepare = Box<dyn FnOnce() -> Option<WorkDir> + Send>;
+
 /// The working directory again (deleted by a tmp cleaner, or something planted in it since): the
 /// same one, or the per-user fallback, which `on_fallback` is told about.
 fn prepare_again(current: &WorkDir, on_fallback: FallbackHook) -> Result<WorkDir> {
@@ -97,7 +105,6 @@ pub struct Progress {
 
 struct Shared {
     config: Config,
-    workdir: Mutex<WorkDir>,
     metrics: &'static LocalMetrics,
     client_id: u64,
     /// This start's role: the sender is its only writer.
@@ -133,7 +140,7 @@ impl Sender {
 
     pub fn start(
         config: Config,
-        workdir: WorkDir,
+        prepare: Prepare,
         metrics: &'static LocalMetrics,
         client_id: u64,
         role: &'static RoleCell,
@@ -141,7 +148,6 @@ impl Sender {
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
-            workdir: Mutex::new(workdir),
             metrics,
             client_id,
             role,
@@ -157,7 +163,11 @@ impl Sender {
             .name("appsignal-sender".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    State::new(&thread_shared).run(&thread_shared)
+                    match prepare() {
+                        Some(workdir) => State::new(&thread_shared, workdir).run(&thread_shared),
+                        // Disabled: what the app recorded meanwhile goes nowhere.
+                        None => drop(thread_shared.metrics.take()),
+                    }
                 }));
                 if result.is_err() {
                     tracing::error!("the sender thread panicked; this process stops reporting");
@@ -187,6 +197,8 @@ impl Sender {
 }
 
 struct State {
+    /// The working directory (it changes when it had to be prepared again).
+    workdir: WorkDir,
     pending: VecDeque<Batch>,
     next_seq: u64,
     link: Link,
@@ -206,8 +218,9 @@ const SPOOL_RESERVE: Duration = Duration::from_millis(300);
 const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
 
 impl State {
-    fn new(shared: &Shared) -> Self {
+    fn new(shared: &Shared, workdir: WorkDir) -> Self {
         State {
+            workdir,
             pending: VecDeque::new(),
             next_seq: 1,
             link: Link::None,
@@ -303,11 +316,7 @@ impl State {
             // Our leader went away while we were stopping (it may have handed over to us). If
             // nobody leads now, what it left in the journal would wait for the next start: lead
             // just long enough to replay and push it.
-            let workdir = shared
-                .workdir
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let workdir = self.workdir.clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
                 if let Err(e) = self.lead(shared, &workdir, lock) {
                     tracing::warn!("stop: cannot lead to push what is left: {e:#}");
@@ -324,11 +333,7 @@ impl State {
     fn spool(&mut self, shared: &Shared) {
         let entries: usize = self.pending.iter().map(Batch::entries).sum();
         let count = self.pending.len();
-        let workdir = shared
-            .workdir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let workdir = &self.workdir;
         let batches: Vec<Batch> = self
             .pending
             .iter()
@@ -338,7 +343,7 @@ impl State {
             })
             .collect();
         let push = &shared.config.push;
-        match Journal::write_spool(&workdir, push.id(), push, &batches) {
+        match Journal::write_spool(workdir, push.id(), push, &batches) {
             Ok(_) => {
                 tracing::warn!(
                     "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
@@ -447,11 +452,7 @@ impl State {
         if self.disabled {
             return;
         }
-        let mut workdir = shared
-            .workdir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut workdir = self.workdir.clone();
         let yielding = self.yield_until.is_some_and(|until| Instant::now() < until);
         let lock = match if yielding {
             Ok(None)
@@ -464,7 +465,7 @@ impl State {
                 // something was planted in it meanwhile, move to the per-user fallback directory.
                 match prepare_again(&workdir, shared.on_fallback).and_then(|fresh| {
                     let lock = election::try_lead(&fresh);
-                    *shared.workdir.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                    self.workdir = fresh.clone();
                     lock.map(|lock| (lock, fresh))
                 }) {
                     Ok((lock, fresh)) => {

@@ -128,10 +128,7 @@ mod inotify {
             add_watch(
                 &fd,
                 dir,
-                libc::IN_DELETE_SELF
-                    | libc::IN_MOVE_SELF
-                    | libc::IN_ONLYDIR
-                    | libc::IN_DONT_FOLLOW,
+                libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_ONLYDIR | libc::IN_DONT_FOLLOW,
             )?;
             let raw = fd.as_raw_fd();
             // SAFETY: `fd` is open and owned by the AsyncFd from here on, so it stays open and
