@@ -8,10 +8,16 @@
 //!   receiver counted exactly P × CALLS (the run fails otherwise).
 //! - `processes idle [P] [SECONDS]`: P processes started with the default configuration record
 //!   nothing; prints their CPU time (from /proc/<pid>/task/*/schedstat) over SECONDS as a share
-//!   of one core, and the context switches per second of each (how often its threads wake).
+//!   of one core, and the context switches per second of each (how often its threads wake), then
+//!   per thread (by name): wake-ups/s (voluntary context switches) and CPU.
+//! - `processes start [N]`: N processes, one after the other, each in a fresh working directory
+//!   (so each becomes the leader) with the default configuration; each times its own
+//!   `appsignal_start()` call (a monotonic clock read just before and just after it) and the time
+//!   until diagnose reports the role `leader`. Prints the median, p90 and maximum of both.
 //!
-//! `cargo bench -p appsignal-ffi --bench processes -- throughput 8`
-//! `cargo bench -p appsignal-ffi --bench processes -- idle 4 30`
+//! `cargo bench -p appsignal-testkit --bench processes -- throughput 8`
+//! `cargo bench -p appsignal-testkit --bench processes -- idle 4 30`
+//! `cargo bench -p appsignal-testkit --bench processes -- start 200`
 //!
 //! Not criterion: the quantities are wall time and CPU time across processes.
 
@@ -182,41 +188,50 @@ fn throughput(processes: usize, calls: u64) {
     );
 }
 
-/// CPU time of all threads of `pid` in nanoseconds (the first field of each thread's
-/// `/proc/<pid>/task/<tid>/schedstat`: ns resolution, where utime + stime count 10 ms ticks).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| {
-            std::fs::read_to_string(t.path().join("schedstat"))
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+/// One thread of a child: (CPU ns from schedstat, voluntary, involuntary context switches).
+#[derive(Clone, Copy, Default)]
+struct ThreadStat {
+    cpu_ns: u64,
+    voluntary: u64,
+    involuntary: u64,
 }
 
-/// Context switches of all threads of `pid` (voluntary and not).
-fn switches(pid: u32) -> u64 {
+/// Every live thread of `pid`: (tid, name) -> its counters. CPU time is the first field of
+/// `/proc/<pid>/task/<tid>/schedstat` (ns resolution, where utime + stime count 10 ms ticks).
+fn threads(pid: u32) -> std::collections::BTreeMap<(u32, String), ThreadStat> {
+    let mut out = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return out;
     };
-    tasks
-        .filter_map(Result::ok)
-        .map(|t| {
-            std::fs::read_to_string(t.path().join("status"))
-                .unwrap_or_default()
+    for task in tasks.filter_map(Result::ok) {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        let field = |status: &str, name: &str| {
+            status
                 .lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let status = read("status");
+        let stat = ThreadStat {
+            cpu_ns: read("schedstat")
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            voluntary: field(&status, "voluntary_ctxt_switches"),
+            involuntary: field(&status, "nonvoluntary_ctxt_switches"),
+        };
+        out.insert((tid, read("comm").trim().to_owned()), stat);
+    }
+    out
 }
 
 fn idle(processes: usize, seconds: u64) {
@@ -229,30 +244,166 @@ fn idle(processes: usize, seconds: u64) {
     }
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
-    let before: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ns(p), switches(p))).collect();
+    let before: Vec<_> = pids.iter().map(|&p| threads(p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
+    let after: Vec<_> = pids.iter().map(|&p| threads(p)).collect();
     let secs = t0.elapsed().as_secs_f64();
-    let mut total = 0.0;
-    let mut wakes = Vec::new();
-    for (pid, (ns, sw)) in pids.iter().zip(before) {
-        total += cpu_ns(*pid).saturating_sub(ns) as f64 / 1e9;
-        wakes.push(format!("{:.1}", (switches(*pid) - sw) as f64 / secs));
+    let mut total_ns = 0u64;
+    let mut per_process = Vec::new();
+    let mut lines = Vec::new();
+    for ((pid, before), after) in pids.iter().zip(&before).zip(&after) {
+        let mut switches = 0u64;
+        for (key, end) in after {
+            // A thread born during the run counts from zero.
+            let start = before.get(key).copied().unwrap_or_default();
+            let cpu = end.cpu_ns.saturating_sub(start.cpu_ns);
+            let voluntary = end.voluntary.saturating_sub(start.voluntary);
+            let involuntary = end.involuntary.saturating_sub(start.involuntary);
+            total_ns += cpu;
+            switches += voluntary + involuntary;
+            if voluntary + involuntary > 0 || cpu > 0 {
+                lines.push(format!(
+                    "  pid {pid} {:<24} wake-ups/s {:>6.2} (+{:.2} preempted)  CPU {:>7.1} us/s",
+                    key.1,
+                    voluntary as f64 / secs,
+                    involuntary as f64 / secs,
+                    cpu as f64 / 1e3 / secs
+                ));
+            }
+        }
+        let gone = before.keys().filter(|k| !after.contains_key(k)).count();
+        if gone > 0 {
+            lines.push(format!(
+                "  pid {pid}: {gone} threads ended during the run (not counted)"
+            ));
+        }
+        per_process.push(format!("{:.1}", switches as f64 / secs));
     }
     println!(
         "idle: {processes} processes over {secs:.0} s: {:.3} % of one core in total; context switches/s per process: {}",
-        total / secs * 100.0,
-        wakes.join(", ")
+        total_ns as f64 / 1e9 / secs * 100.0,
+        per_process.join(", ")
     );
+    println!("per thread (threads that did not run are left out):");
+    for line in lines {
+        println!("{line}");
+    }
     for p in procs {
         p.stop();
     }
 }
 
+/// This thread's CPU time in ns and its (voluntary, involuntary) context switches so far.
+fn thread_usage() -> (u64, i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: an all-zero rusage is valid; getrusage writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage to write into.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        usage.ru_nvcsw,
+        usage.ru_nivcsw,
+    )
+}
+
+/// The child of `start`: times `appsignal_start()` (wall clock and this thread's CPU time, and
+/// whether the thread slept or was preempted meanwhile) and the wait until it leads.
+fn start_child() {
+    let (cpu0, vol0, invol0) = thread_usage();
+    let t0 = Instant::now();
+    appsignal::appsignal_start();
+    let returned = t0.elapsed();
+    let (cpu1, vol1, invol1) = thread_usage();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while diagnose()["leader_election"]["role"].as_str() != Some("leader") {
+        assert!(Instant::now() < deadline, "the agent did not become leader");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let leading = t0.elapsed();
+    println!(
+        "start {} {} {} {} {}",
+        returned.as_nanos(),
+        leading.as_nanos(),
+        cpu1 - cpu0,
+        vol1 - vol0,
+        invol1 - invol0
+    );
+    appsignal::appsignal_stop();
+}
+
+/// The value at quantile `q` of sorted `v` (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn start(samples: usize) {
+    let receiver = receiver::Receiver::start("bench-key", None).expect("receiver");
+    let exe = std::env::current_exe().expect("current exe");
+    let (mut returned, mut leading, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut slept, mut preempted) = (0, 0);
+    for _ in 0..samples {
+        // A fresh directory each time: nobody leads there, nothing to replay.
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(&exe)
+            .arg("--start-child")
+            .envs(env(&receiver, &tmp.path().join("wd")))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<f64> = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("start "))
+            .map(|l| l.split(' ').filter_map(|f| f.parse().ok()).collect())
+            .unwrap_or_default();
+        let [r, l, c, vol, invol] = fields[..] else {
+            panic!(
+                "the child did not report its start ({}): {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        returned.push(r / 1e6);
+        leading.push(l / 1e6);
+        cpu.push(c / 1e6);
+        slept += usize::from(vol > 0.0);
+        preempted += usize::from(invol > 0.0);
+    }
+    for v in [&mut returned, &mut leading, &mut cpu] {
+        v.sort_by(f64::total_cmp);
+    }
+    let row = |v: &[f64]| {
+        format!(
+            "median {:.3} ms, p90 {:.3} ms, max {:.3} ms, min {:.3} ms",
+            quantile(v, 0.5),
+            quantile(v, 0.9),
+            v[v.len() - 1],
+            v[0]
+        )
+    };
+    println!("start: {samples} processes, each in a fresh working directory");
+    println!("  appsignal_start() returned: {}", row(&returned));
+    println!("  CPU time of that call:      {}", row(&cpu));
+    println!(
+        "  the calling thread slept during the call in {slept}, was preempted in {preempted} of {samples}"
+    );
+    println!("  role leader (diagnose):     {}", row(&leading));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return child();
+    match args.first().map(String::as_str) {
+        Some("--child") => return child(),
+        Some("--start-child") => return start_child(),
+        _ => {}
     }
     let args: Vec<&str> = args
         .iter()
@@ -264,8 +415,9 @@ fn main() {
     match args.first().copied() {
         Some("throughput") => throughput(number(1, 2) as usize, number(2, 10_000_000)),
         Some("idle") => idle(number(1, 4) as usize, number(2, 30)),
+        Some("start") => start(number(1, 100).max(1) as usize),
         _ => println!(
-            "processes: run with `-- throughput P [CALLS]` or `-- idle [P] [SECONDS]` (see the source)"
+            "processes: run with `-- throughput P [CALLS]`, `-- idle [P] [SECONDS]` or `-- start [N]` (see the source)"
         ),
     }
 }

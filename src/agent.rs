@@ -1,7 +1,8 @@
-//! The process-wide agent: `start()` reads the configuration, prepares the working directory,
-//! opens the log, hands the APM code its configuration and starts the sender thread (which
-//! connects to the leader or becomes it); `stop()` flushes with a bounded wait. Nothing here can
-//! make the host app fail: every problem becomes a log line, a diagnose entry and a disabled agent.
+//! The process-wide agent: `start()` reads the configuration, hands the APM code its configuration
+//! and starts the sender thread, which prepares the working directory and opens the log
+//! ([`prepare_workdir`]) before it connects to the leader or becomes it, so that the app's thread
+//! does no file-system work; `stop()` flushes with a bounded wait. Nothing here can make the host
+//! app fail: every problem becomes a log line, a diagnose entry and a disabled agent.
 //! The app-thread calls are in [`crate::recorder`].
 //!
 //! After a `fork()`, the child's first call notices it ([`crate::recorder::check_fork`]); the
@@ -74,8 +75,8 @@ pub fn role() -> Role {
 /// leaving the child a lock that no thread of the child will ever release. Taken in the order the
 /// locks nest (`start()` holds RUNNING while it takes STATUS, reads the environment table and
 /// configures APM; nothing takes them the other way round), so the prepare handler cannot deadlock
-/// with them. A fork waits at most as long as the longest of those sections (a `start()` that
-/// becomes leader: milliseconds, bounded by the 5 s bind timeout).
+/// with them. A fork waits at most as long as the longest of those sections (`start()`: reading
+/// the configuration and spawning the sender thread; `stop()`: taking the sender out).
 struct ForkLocks {
     _running: MutexGuard<'static, Option<Sender>>,
     _status: MutexGuard<'static, Status>,
@@ -243,48 +244,20 @@ pub fn start() {
         s.workdir_path = Some(path.clone());
         s.workdir_source = Some(source.as_str());
     }
-    let (workdir, fallback) =
-        match workdir::prepare_or_fallback(&path, config.files_world_accessible) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                disable(format!("working directory unusable: {e:#}"), &config);
-                return;
-            }
-        };
-    let (destination, log_fallback) = log::open(&config, &workdir);
-    for warning in &loaded.warnings {
-        tracing::warn!("configuration: {warning}");
-    }
-    if let Some(why) = log_fallback {
-        tracing::warn!("{why}");
-    }
-    if let Some(fallback) = &fallback {
-        log_fallback_line(fallback, &workdir);
-    }
-    status().workdir_fallback = fallback;
-    tracing::info!(
-        "starting appsignal-agent {} for {}/{} (working directory {} [{}], files world-accessible: {})",
-        crate::VERSION,
-        config.push.app_name,
-        config.push.environment,
-        workdir.path().display(),
-        source.as_str(),
-        config.files_world_accessible
-    );
-    {
-        let mut s = status();
-        // The directory in use (the per-user one after a fallback).
-        s.workdir_path = Some(workdir.path().to_path_buf());
-        s.workdir = Some(workdir.clone());
-        s.log_destination = Some(destination);
-    }
     // The APM code uses this start's ignore and filter rules.
     crate::apm::configure(apm_config(&config));
     crate::apm::set_sample_rate(config.sample_rate);
     let client_id = crate::ids::random_u64();
+    // Creating and checking the directory and opening the log file cost file-system work (a
+    // fresh directory: three mkdirs): the sender thread does it before it runs the election, so
+    // that the app's thread returns at once. What the app records meanwhile waits in the
+    // pre-aggregate, as it does during the election.
+    let prepare_config = config.clone();
+    let prepare: crate::client::Prepare =
+        Box::new(move || prepare_workdir(&prepare_config, &loaded.warnings, &path, source, role));
     match Sender::start(
         config,
-        workdir,
+        prepare,
         recorder::metrics(),
         client_id,
         role,
@@ -299,6 +272,58 @@ pub fn start() {
             set_disabled(format!("{e:#}"));
         }
     }
+}
+
+/// On the sender thread, before the election: prepares the working directory (or the per-user
+/// fallback) and opens the log. `None`: the agent is disabled (logged, in diagnose).
+fn prepare_workdir(
+    config: &Config,
+    warnings: &[String],
+    path: &std::path::Path,
+    source: workdir::Source,
+    role: &'static RoleCell,
+) -> Option<WorkDir> {
+    // A start that was stopped (and maybe followed by another) while this ran changes nothing.
+    let current = || current_role().is_some_and(|cell| std::ptr::eq(cell, role));
+    let (workdir, fallback) =
+        match workdir::prepare_or_fallback(path, config.files_world_accessible) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if current() {
+                    disable(format!("working directory unusable: {e:#}"), config);
+                }
+                return None;
+            }
+        };
+    if !current() {
+        return None;
+    }
+    let (destination, log_fallback) = log::open(config, &workdir);
+    for warning in warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+    if let Some(why) = log_fallback {
+        tracing::warn!("{why}");
+    }
+    if let Some(fallback) = &fallback {
+        log_fallback_line(fallback, &workdir);
+    }
+    tracing::info!(
+        "starting appsignal-agent {} for {}/{} (working directory {} [{}], files world-accessible: {})",
+        crate::VERSION,
+        config.push.app_name,
+        config.push.environment,
+        workdir.path().display(),
+        source.as_str(),
+        config.files_world_accessible
+    );
+    let mut s = status();
+    s.workdir_fallback = fallback;
+    // The directory in use (the per-user one after a fallback).
+    s.workdir_path = Some(workdir.path().to_path_buf());
+    s.workdir = Some(workdir.clone());
+    s.log_destination = Some(destination);
+    Some(workdir)
 }
 
 fn log_fallback_line(fallback: &workdir::Fallback, workdir: &WorkDir) {

@@ -346,7 +346,7 @@ impl WorkDir {
     /// Opens (creating if needed) a file in the working directory without following links, with
     /// the configured permissions.
     /// `O_NONBLOCK` makes opening a planted FIFO fail or return at once instead of blocking the
-    /// caller (an app thread in `start()`); it is cleared again once the file is known to be regular.
+    /// caller (the sender thread, or an app thread); it is cleared again once the file is known to be regular.
     pub fn open_file(&self, path: &Path, options: &mut OpenOptions) -> Result<File> {
         let file = match options
             .mode(self.file_mode())

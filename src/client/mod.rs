@@ -4,6 +4,9 @@
 //! only when the leader acknowledged it (it is then counted), so a lost leader costs nothing: the
 //! pending batches go to the next one.
 //!
+//! Before anything else the thread runs the owner's [`Prepare`] (the working directory and the log,
+//! kept off the app's thread in `start()`); if that fails the agent is disabled and the thread ends.
+//!
 //! Connecting or leading: when there is no link, the thread first tries the lock (winning makes this
 //! process the leader), else connects to the socket. Failures back off exponentially from 5 ms to
 //! 1 s with jitter: no busy loop, no thundering herd.
@@ -12,9 +15,9 @@
 //! leader's death (its socket closes) wakes it at once: it re-runs the election within
 //! milliseconds instead of at its next flush. When everything is handed over and the app records
 //! nothing, it sleeps without a timeout until the first record (which writes to the pipe, once per
-//! flush period) or its connection's hang-up: an idle client does not wake at all. A leader
-//! process's sender is woken by its leader when that stops serving, and checks it every
-//! [`LEADER_IDLE_CHECK`] as well.
+//! flush period) or its connection's hang-up: an idle client does not wake at all. Nor does an idle
+//! leader process's sender: its leader wakes it through the same pipe when it stops serving (on
+//! every way out, a panic of the leader thread included).
 //!
 //! Bounds: at most [`MAX_PENDING_BATCHES`] unacknowledged batches; beyond that the oldest is dropped,
 //! logged and counted (in diagnose, and in the next batch: the dropped batch and the drop counts it
@@ -60,14 +63,17 @@ use link::{sleep_on, Backoff, ConnectError, Connection, WakePipe};
 pub const MAX_PENDING_BATCHES: usize = 1_000;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often an idle leader process's sender checks that its leader still serves.
-pub const LEADER_IDLE_CHECK: Duration = Duration::from_secs(1);
 
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 
 /// What the owner of the sender (the agent) does when the working directory moves to the per-user
 /// fallback: (the directory in use, the fallback, why).
 pub type FallbackHook = fn(&WorkDir, &WorkDir, &crate::workdir::Fallback);
+
+/// Run first on the sender thread (so that `start()` does no file-system work on the app's
+/// thread): prepares the working directory and opens the log. `None`: the agent is disabled (the
+/// owner logged why and set the role); the thread then ends.
+pub type Prepare = Box<dyn FnOnce() -> Option<WorkDir> + Send>;
 
 /// The working directory again (deleted by a tmp cleaner, or something planted in it since): the
 /// same one, or the per-user fallback, which `on_fallback` is told about.
@@ -104,7 +110,6 @@ pub struct Progress {
 
 struct Shared {
     config: Config,
-    workdir: Mutex<WorkDir>,
     metrics: &'static LocalMetrics,
     client_id: u64,
     /// This start's role: the sender is its only writer.
@@ -155,7 +160,7 @@ impl Sender {
 
     pub fn start(
         config: Config,
-        workdir: WorkDir,
+        prepare: Prepare,
         metrics: &'static LocalMetrics,
         client_id: u64,
         role: &'static RoleCell,
@@ -163,7 +168,6 @@ impl Sender {
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
-            workdir: Mutex::new(workdir),
             metrics,
             client_id,
             role,
@@ -180,7 +184,11 @@ impl Sender {
             .name("appsignal-sender".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    State::new(&thread_shared).run(&thread_shared)
+                    match prepare() {
+                        Some(workdir) => State::new(&thread_shared, workdir).run(&thread_shared),
+                        // Disabled: what the app recorded meanwhile goes nowhere.
+                        None => drop(thread_shared.metrics.take()),
+                    }
                 }));
                 if result.is_err() {
                     tracing::error!("the sender thread panicked; this process stops reporting");
@@ -210,6 +218,8 @@ impl Sender {
 }
 
 struct State {
+    /// The working directory (it changes when it had to be prepared again).
+    workdir: WorkDir,
     pending: VecDeque<Batch>,
     next_seq: u64,
     link: Link,
@@ -248,8 +258,9 @@ const SPOOL_RESERVE: Duration = Duration::from_millis(300);
 const YIELD_AFTER_HANDOVER: Duration = Duration::from_secs(3);
 
 impl State {
-    fn new(shared: &Shared) -> Self {
+    fn new(shared: &Shared, workdir: WorkDir) -> Self {
         State {
+            workdir,
             pending: VecDeque::new(),
             next_seq: 1,
             link: Link::None,
@@ -280,17 +291,15 @@ impl State {
                 nap =
                     nap.map(|n| n.min(self.next_attempt.saturating_duration_since(Instant::now())));
             }
-            // Nothing to hand over and nothing recorded: sleep until the first record. Once it
-            // wakes us, the next turn waits a flush period for more before collecting.
+            // Nothing to hand over and nothing recorded: sleep until the first record, a leader
+            // that hangs up (a client) or stops serving (a leader process). Once a record wakes
+            // us, the next turn waits a flush period for more before collecting.
             let idle = stop_deadline.is_none()
                 && self.pending.is_empty()
                 && !matches!(self.link, Link::None)
                 && shared.metrics.sleep_if_empty();
             if idle {
-                nap = match self.link {
-                    Link::Local(_) => Some(LEADER_IDLE_CHECK),
-                    _ => None,
-                };
+                nap = None;
             }
             if stop_deadline.is_none() && sleep_on(&shared.pipe, conn, nap) {
                 self.check_connection(shared);
@@ -351,11 +360,7 @@ impl State {
             // Our leader went away while we were stopping (it may have handed over to us). If
             // nobody leads now, what it left in the journal would wait for the next start: lead
             // just long enough to replay and push it.
-            let workdir = shared
-                .workdir
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let workdir = self.workdir.clone();
             if let Ok(Some(lock)) = election::try_lead(&workdir) {
                 if let Err(e) = self.lead(shared, &workdir, lock) {
                     tracing::warn!("stop: cannot lead to push what is left: {e:#}");
@@ -392,11 +397,7 @@ impl State {
     fn spool(&mut self, shared: &Shared) {
         let entries: usize = self.pending.iter().map(Batch::entries).sum();
         let count = self.pending.len();
-        let workdir = shared
-            .workdir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let workdir = &self.workdir;
         let batches: Vec<Batch> = self
             .pending
             .iter()
@@ -406,7 +407,7 @@ impl State {
             })
             .collect();
         let push = &shared.config.push;
-        match Journal::write_spool(&workdir, push.id(), push, &batches) {
+        match Journal::write_spool(workdir, push.id(), push, &batches) {
             Ok(_) => {
                 tracing::warn!(
                     "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
@@ -525,11 +526,7 @@ impl State {
         if self.disabled {
             return;
         }
-        let mut workdir = shared
-            .workdir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut workdir = self.workdir.clone();
         let yielding = self.yield_until.is_some_and(|until| Instant::now() < until);
         let lock = match if yielding {
             Ok(None)
@@ -542,7 +539,7 @@ impl State {
                 // something was planted in it meanwhile, move to the per-user fallback directory.
                 match prepare_again(&workdir, shared.on_fallback).and_then(|fresh| {
                     let lock = election::try_lead(&fresh);
-                    *shared.workdir.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                    self.workdir = fresh.clone();
                     lock.map(|lock| (lock, fresh))
                 }) {
                     Ok((lock, fresh)) => {

@@ -59,6 +59,7 @@ impl Shared {
             .any(|(k, _)| k.name == crate::aggregate::TEST_PANIC_LEADER)
         {
             self.panic_requested.store(true, Ordering::Release);
+            self.check_now.notify_one();
         }
         let now = crate::now_ms();
         let start = counting.aggregator.window_for(batch.created_ms, now);

@@ -18,8 +18,9 @@
 //!   counting stops (under the same lock) before the last windows are taken. A new leader replays
 //!   the journal before it serves. So an acknowledged batch is always in the journal, the payload
 //!   cache, or a pushed payload, whenever the leader is killed.
-//! - The leader watches `agent.lock` and the working directory every [`WATCHDOG_PERIOD`]: if either
-//!   is gone it stops serving (pushing what it counted), so a new election can run.
+//! - The leader watches `agent.lock` and the working directory ([`watchdog`]: inotify where there is
+//!   one, so that an idle leader sleeps): if either is gone it stops serving (pushing what it
+//!   counted), so a new election can run.
 //! - With `enable_host_metrics`, the leader (and only the leader: one collection per host and working
 //!   directory) collects host metrics every `host_metrics_interval` on a blocking-pool thread and
 //!   counts them as gauges of its own configuration.
@@ -45,6 +46,7 @@ mod exports;
 mod host;
 mod replay;
 mod transmission;
+mod watchdog;
 
 use counting::{Counting, StopCounting};
 pub use exports::{ExportState, ExportsReport};
@@ -71,7 +73,6 @@ use crate::transmit::{PayloadCache, Pusher};
 use crate::workdir::WorkDir;
 
 pub const MAX_CONNECTIONS: usize = 512;
-pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client ids bound to processes at once; dead processes' bindings are forgotten beyond that.
 pub const MAX_BINDINGS: usize = 4096;
@@ -103,8 +104,10 @@ struct Shared {
     bindings: Mutex<HashMap<u64, i32>>,
     /// pid -> connections it holds.
     processes: Mutex<HashMap<i32, usize>>,
-    /// Test knob: the leader thread panics at its next watchdog tick.
+    /// Test knob: the leader thread panics at its next watchdog check.
     panic_requested: AtomicBool,
+    /// Makes the watchdog check at once (the test knob above).
+    check_now: tokio::sync::Notify,
     /// Set once the leader stopped serving (shutdown or lost lock).
     stopped: AtomicBool,
     /// Set when it stepped down for a newer library: its process should not retake the lock at once.
@@ -281,6 +284,7 @@ impl Leader {
             bindings: Mutex::new(HashMap::new()),
             processes: Mutex::new(HashMap::new()),
             panic_requested: AtomicBool::new(false),
+            check_now: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             handover: tokio::sync::Notify::new(),
@@ -527,7 +531,7 @@ async fn run(
             true
         }
     };
-    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    let mut watchdog = watchdog::Watchdog::new(lock.path(), shared.workdir.path());
     let exit = loop {
         while connections.try_join_next().is_some() {}
         let Some(running) = transmitter.as_mut() else {
@@ -545,7 +549,7 @@ async fn run(
                 );
                 break Exit::Failed(Instant::now() + shared.config.stop_timeout);
             }
-            _ = watchdog.tick() => {
+            () = watchdog.wait(&shared.check_now) => {
                 if shared.panic_requested.load(Ordering::Acquire) {
                     #[allow(clippy::panic)]
                     {
@@ -589,7 +593,7 @@ async fn run(
             tokio::select! {
                 biased;
                 () = &mut push => break,
-                _ = watchdog.tick() => {
+                () = watchdog.wait(&shared.check_now) => {
                     if !lock.still_at_path() || !shared.workdir.still_exists() {
                         break;
                     }
@@ -725,6 +729,7 @@ mod tests {
             bindings: Mutex::new(HashMap::new()),
             processes: Mutex::new(HashMap::new()),
             panic_requested: AtomicBool::new(false),
+            check_now: tokio::sync::Notify::new(),
             intake: Arc::default(),
             stopped: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),

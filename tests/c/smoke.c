@@ -1,7 +1,10 @@
 /* Exercises the C interface the way an integration does: data objects, the environment table,
  * diagnose, metrics before and after start, NULL handles, invalid UTF-8, and appsignal_free_data
  * registered as a plain void (*)(void*) destructor. Prints "smoke: all checks passed" or exits 1. */
+#define _POSIX_C_SOURCE 199309L /* nanosleep, under -std=c11 */
 #define CHECK_NAME "smoke"
+#include <time.h>
+
 #include "check.h"
 
 /* The shape of Ruby's dfree: the free functions must be usable as this type without a cast. */
@@ -98,7 +101,14 @@ int main(void) {
     appsignal_env_put(str("_APPSIGNAL_PUSH_API_ENDPOINT"), str("http://127.0.0.1:9"));
     appsignal_env_put(str("_APPSIGNAL_WORKING_DIRECTORY_PATH"), str(workdir));
     appsignal_start();
+    /* The agent's own thread prepares the directory (start() does no file-system work): the role
+     * is "starting" until it found the directory unusable, a few milliseconds at most. */
+    struct timespec nap = {0, 5 * 1000 * 1000};
     appsignal_string_t report = appsignal_diagnose();
+    for (int i = 0; i < 2000 && contains(report, "\"role\":\"starting\""); i++) {
+      nanosleep(&nap, NULL);
+      report = appsignal_diagnose();
+    }
     CHECK(contains(report, "\"role\":\"disabled\""), "unusable working directory disables");
     CHECK(contains(report, "working directory unusable"), "diagnose says why");
     CHECK(!contains(report, "smoke-secret-key"), "diagnose never shows the push key");
