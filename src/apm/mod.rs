@@ -124,9 +124,10 @@ pub(crate) fn monotonic_ns() -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, and on
     // failure `ts` stays zero (a duration then reads as 0, never as garbage).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as i64)
+    // time_t and c_long are i64 on the 64-bit Linux targets the library is built for.
+    ts.tv_sec
         .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as i64)
+        .wrapping_add(ts.tv_nsec)
 }
 
 /// Epoch nanoseconds from seconds + nanoseconds as C passes them (saturating, never negative).
