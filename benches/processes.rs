@@ -10,10 +10,14 @@
 //!   nothing; prints their CPU time (from /proc/<pid>/task/*/schedstat) over SECONDS as a share
 //!   of one core, and the context switches per second of each (how often its threads wake), then
 //!   per thread (by name): wake-ups/s (voluntary context switches) and CPU.
-//! - `processes start [N]`: N processes, one after the other, each in a fresh working directory
-//!   (so each becomes the leader) with the default configuration; each times its own
-//!   `appsignal_start()` call (a monotonic clock read just before and just after it) and the time
-//!   until diagnose reports the role `leader`. Prints the median, p90 and maximum of both.
+//! - `processes start [N]`: 2 × N processes, one after the other, each in a fresh working
+//!   directory (so each becomes the leader) with the default configuration; each times its own
+//!   `appsignal_start()` call (a monotonic clock read just before and just after it, the thread's
+//!   CPU time, whether it slept or was preempted) and the time until diagnose reports the role
+//!   `leader`. Half of them call `start()` first thing after `exec`, the other half (alternating)
+//!   after a 20 ms sleep, as an app does that loads its code first: right after `exec` the
+//!   process has used up its scheduler slice on loading and is often preempted during the call
+//!   on a busy machine. Prints the median, p90 and maximum of each.
 //!
 //! `cargo bench -p appsignal-testkit --bench processes -- throughput 8`
 //! `cargo bench -p appsignal-testkit --bench processes -- idle 4 30`
@@ -315,7 +319,8 @@ fn thread_usage() -> (u64, i64, i64) {
 
 /// The child of `start`: times `appsignal_start()` (wall clock and this thread's CPU time, and
 /// whether the thread slept or was preempted meanwhile) and the wait until it leads.
-fn start_child() {
+fn start_child(settle_ms: u64) {
+    std::thread::sleep(Duration::from_millis(settle_ms));
     let (cpu0, vol0, invol0) = thread_usage();
     let t0 = Instant::now();
     appsignal::appsignal_start();
@@ -344,16 +349,31 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     v[rank - 1]
 }
 
+/// What `start` measured for one variant.
+#[derive(Default)]
+struct StartRuns {
+    returned: Vec<f64>,
+    leading: Vec<f64>,
+    cpu: Vec<f64>,
+    slept: usize,
+    preempted: usize,
+}
+
 fn start(samples: usize) {
     let receiver = receiver::Receiver::start("bench-key", None).expect("receiver");
     let exe = std::env::current_exe().expect("current exe");
-    let (mut returned, mut leading, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut slept, mut preempted) = (0, 0);
-    for _ in 0..samples {
+    let mut runs = [StartRuns::default(), StartRuns::default()];
+    for i in 0..2 * samples {
+        let (settle_ms, run) = if i % 2 == 0 {
+            (0, &mut runs[0])
+        } else {
+            (20, &mut runs[1])
+        };
         // A fresh directory each time: nobody leads there, nothing to replay.
         let tmp = tempfile::tempdir().expect("temp dir");
         let out = Command::new(&exe)
             .arg("--start-child")
+            .arg(settle_ms.to_string())
             .envs(env(&receiver, &tmp.path().join("wd")))
             .stdin(Stdio::null())
             .output()
@@ -371,16 +391,14 @@ fn start(samples: usize) {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        returned.push(r / 1e6);
-        leading.push(l / 1e6);
-        cpu.push(c / 1e6);
-        slept += usize::from(vol > 0.0);
-        preempted += usize::from(invol > 0.0);
+        run.returned.push(r / 1e6);
+        run.leading.push(l / 1e6);
+        run.cpu.push(c / 1e6);
+        run.slept += usize::from(vol > 0.0);
+        run.preempted += usize::from(invol > 0.0);
     }
-    for v in [&mut returned, &mut leading, &mut cpu] {
+    let row = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-    }
-    let row = |v: &[f64]| {
         format!(
             "median {:.3} ms, p90 {:.3} ms, max {:.3} ms, min {:.3} ms",
             quantile(v, 0.5),
@@ -389,20 +407,30 @@ fn start(samples: usize) {
             v[0]
         )
     };
-    println!("start: {samples} processes, each in a fresh working directory");
-    println!("  appsignal_start() returned: {}", row(&returned));
-    println!("  CPU time of that call:      {}", row(&cpu));
-    println!(
-        "  the calling thread slept during the call in {slept}, was preempted in {preempted} of {samples}"
-    );
-    println!("  role leader (diagnose):     {}", row(&leading));
+    for (run, when) in runs
+        .iter_mut()
+        .zip(["right after exec", "after a 20 ms sleep"])
+    {
+        println!(
+            "start: {samples} processes calling start() {when}, each in a fresh working directory"
+        );
+        println!("  appsignal_start() returned: {}", row(&mut run.returned));
+        println!("  CPU time of that call:      {}", row(&mut run.cpu));
+        println!(
+            "  the calling thread slept during the call in {}, was preempted in {} of {samples}",
+            run.slept, run.preempted
+        );
+        println!("  role leader (diagnose):     {}", row(&mut run.leading));
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--child") => return child(),
-        Some("--start-child") => return start_child(),
+        Some("--start-child") => {
+            return start_child(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0))
+        }
         _ => {}
     }
     let args: Vec<&str> = args
