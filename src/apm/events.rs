@@ -164,6 +164,12 @@ const SPARES_MAX: usize = 64;
 const SPARE_BYTES_MAX: usize = 8 * 1024;
 const SPARE_RECORDS_MAX: usize = 64;
 
+impl Default for Recording {
+    fn default() -> Self {
+        Recording::new()
+    }
+}
+
 impl Recording {
     /// An empty recording, with spare buffers when there are some.
     pub fn new() -> Recording {

@@ -124,6 +124,8 @@ pub(crate) fn monotonic_ns() -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, and on
     // failure `ts` stays zero (a duration then reads as 0, never as garbage).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // `time_t` and `c_long` are 64-bit here (the casts are no-ops) but may not be elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     (ts.tv_sec as i64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as i64)
