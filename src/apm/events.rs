@@ -15,9 +15,10 @@
 //! them (`descendants`), so the tree is rebuilt from the flat list without pointers.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::apm::sample::{Event, EventBody};
+use crate::apm::sample::{event_group, Event, EventBody};
 use crate::apm::{truncate, MAX_BODY, MAX_TEXT};
 use crate::data::Data;
 
@@ -164,7 +165,7 @@ const SPARE_BYTES_MAX: usize = 8 * 1024;
 const SPARE_RECORDS_MAX: usize = 64;
 
 impl Default for Recording {
-    fn default() -> Recording {
+    fn default() -> Self {
         Recording::new()
     }
 }
@@ -227,6 +228,12 @@ impl Recording {
     /// One of the transaction's own texts, as reported (see [`Self::text`]); `None` when not set.
     pub fn field(&self, field: Field) -> Option<Cow<'_, str>> {
         self.field[field as usize].map(|text| read(&self.fields, text, MAX_TEXT))
+    }
+
+    /// An event's text as it was recorded (the caller's bytes, within the kept length).
+    fn raw(&self, text: TextRef) -> &[u8] {
+        let at = text.at as usize;
+        self.bytes.get(at..at + text.len as usize).unwrap_or(&[])
     }
 
     /// An event's text as it is reported: invalid UTF-8 replaced, cut to `limit` bytes at a
@@ -352,6 +359,32 @@ impl Recording {
         built.into_iter().map(|(event, _)| event).collect()
     }
 
+    /// Total duration (ns) per event group of the events [`Self::events`] returns, as
+    /// [`crate::apm::sample::group_durations`] counts them over that tree, without building it.
+    pub fn group_durations(&self) -> BTreeMap<Cow<'_, str>, i64> {
+        let end = self.open.first().map_or(self.records.len(), |o| o.first);
+        let mut totals = BTreeMap::new();
+        // Events of one kind usually follow each other: the same name is read back once.
+        let mut last: Option<(TextRef, Cow<'_, str>)> = None;
+        for record in &self.records[..end] {
+            let same = last
+                .as_ref()
+                .is_some_and(|(name, _)| self.raw(*name) == self.raw(record.name));
+            if !same {
+                let group = match self.text(record.name, MAX_TEXT) {
+                    Cow::Borrowed(name) => Cow::Borrowed(event_group(name)),
+                    Cow::Owned(name) => Cow::Owned(event_group(&name).to_owned()),
+                };
+                last = Some((record.name, group));
+            }
+            if let Some((_, group)) = &last {
+                let total: &mut i64 = totals.entry(group.clone()).or_insert(0);
+                *total = total.saturating_add(record.duration_ns);
+            }
+        }
+        totals
+    }
+
     fn event(&self, record: &Record, children: Vec<Event>) -> Event {
         let body = match record.body {
             RecordedBody::Text(text) => EventBody::Text(self.text(text, MAX_BODY).into_owned()),
@@ -412,6 +445,7 @@ impl Drop for Recording {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apm::sample::group_durations;
 
     #[test]
     fn texts_read_back_as_if_replaced_and_cut_on_the_way_in() {
@@ -499,6 +533,49 @@ mod tests {
         assert_eq!(events[0].children[1].body, EventBody::Text("D".into()));
         assert_eq!(events[0].duration_ns, 7);
         assert_eq!(r.open_count(), 1);
+        let from_tree: Vec<(String, i64)> = group_durations(&events)
+            .into_iter()
+            .map(|(g, d)| (g.to_string(), d))
+            .collect();
+        let from_records: Vec<(String, i64)> = r
+            .group_durations()
+            .into_iter()
+            .map(|(g, d)| (g.into_owned(), d))
+            .collect();
+        assert_eq!(from_records, from_tree);
+        assert_eq!(
+            from_records,
+            vec![("x".to_string(), 7 + 3 + 1 + 1 + 1)],
+            "g, inside the open f, is not counted"
+        );
+    }
+
+    #[test]
+    fn group_durations_read_each_run_of_one_name_once_and_agree_with_the_tree() {
+        let mut r = Recording::new();
+        for (name, duration) in [
+            (&b"sql.active_record"[..], 1),
+            (b"sql.active_record", 2),
+            (b"instantiation.active_record", 4),
+            (b"render.\xff", 8),
+            (b"render.\xfe", 16),
+            (b"sql.active_record", 32),
+        ] {
+            r.record(100, duration, name, b"", Body::Text(""), 0);
+        }
+        let from_records: BTreeMap<String, i64> = r
+            .group_durations()
+            .into_iter()
+            .map(|(g, d)| (g.into_owned(), d))
+            .collect();
+        let events = r.events();
+        let from_tree: BTreeMap<String, i64> = group_durations(&events)
+            .into_iter()
+            .map(|(g, d)| (g.to_string(), d))
+            .collect();
+        assert_eq!(from_records, from_tree);
+        assert_eq!(from_records["active_record"], 1 + 2 + 4 + 32);
+        assert_eq!(from_records["\u{fffd}"], 8 + 16);
     }
 
     #[test]

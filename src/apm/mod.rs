@@ -124,10 +124,11 @@ pub(crate) fn monotonic_ns() -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, and on
     // failure `ts` stays zero (a duration then reads as 0, never as garbage).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    // time_t and c_long are i64 on the 64-bit Linux targets the library is built for.
-    ts.tv_sec
+    // `time_t` and `c_long` are 64-bit here (the casts are no-ops) but may not be elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    (ts.tv_sec as i64)
         .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec)
+        .wrapping_add(ts.tv_nsec as i64)
 }
 
 /// Epoch nanoseconds from seconds + nanoseconds as C passes them (saturating, never negative).
@@ -171,11 +172,11 @@ pub(crate) fn bounded_insert<V>(map: &mut BTreeMap<String, V>, key: String, valu
     true
 }
 
-/// A map of string tags for the agent's metric calls.
+/// A map of string tags for the agent's metric calls (cheapest with the keys in sorted order).
 pub(crate) fn tags(pairs: &[(&str, &str)]) -> crate::data::DataBuf {
     let mut map = crate::data::DataBuf::new_map();
     for (k, v) in pairs {
-        map.map_set(k, crate::data::Value::Str(v));
+        map.map_set_string(k.as_bytes(), v.as_bytes());
     }
     map
 }

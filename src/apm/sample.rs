@@ -186,19 +186,20 @@ impl Event {
 }
 
 pub fn event_group(name: &str) -> &str {
-    match name.split_once('.') {
-        Some((_, rest)) if !rest.is_empty() => rest,
+    // A byte search: `split_once` costs more than the rest of the grouping on short names.
+    match name.bytes().position(|b| b == b'.') {
+        Some(dot) if dot + 1 < name.len() => &name[dot + 1..],
         _ => name,
     }
 }
 
 /// Total duration (ns) per event group over a whole tree. Nested events of the same group both
 /// count (durations include children).
-pub fn group_durations(events: &[Event]) -> BTreeMap<String, i64> {
+pub fn group_durations(events: &[Event]) -> BTreeMap<&str, i64> {
     let mut totals = BTreeMap::new();
     let mut stack: Vec<&Event> = events.iter().collect();
     while let Some(event) = stack.pop() {
-        let total = totals.entry(event.group().to_string()).or_insert(0i64);
+        let total = totals.entry(event.group()).or_insert(0i64);
         *total = total.saturating_add(event.duration_ns);
         stack.extend(event.children.iter());
     }

@@ -152,7 +152,8 @@ impl crate::metrics::Record for RootClosed {
             span.root_report(&state, collected)
         };
         if let Some((namespace, action, duration_ns, has_error, events, sample)) = report {
-            report_action(&namespace, &action, duration_ns, has_error, None, &events);
+            let groups = sample::group_durations(&events);
+            report_action(&namespace, &action, duration_ns, has_error, None, groups);
             if let Some(sample) = sample {
                 recorder::submit_sample(sample);
             }

@@ -41,9 +41,9 @@ pub(crate) fn report_action(
     duration_ns: i64,
     has_error: bool,
     queue_time_ms: Option<f64>,
-    events: &[Event],
+    group_durations: impl IntoIterator<Item = (impl AsRef<str>, i64)>,
 ) {
-    let action_tags = tags(&[("namespace", namespace), ("action", action)]);
+    let action_tags = tags(&[("action", action), ("namespace", namespace)]);
     recorder::increment_counter(b"transaction_count", 1.0, Some(&action_tags));
     if has_error {
         recorder::increment_counter(b"transaction_error_count", 1.0, Some(&action_tags));
@@ -56,11 +56,11 @@ pub(crate) fn report_action(
     if let Some(queue_time) = queue_time_ms {
         recorder::add_distribution_value(b"transaction_queue_time", queue_time, Some(&action_tags));
     }
-    for (group, total_ns) in sample::group_durations(events) {
+    for (group, total_ns) in group_durations {
         let group_tags = tags(&[
-            ("namespace", namespace),
             ("action", action),
-            ("group", &group),
+            ("group", group.as_ref()),
+            ("namespace", namespace),
         ]);
         recorder::add_distribution_value(b"event_duration", ns_to_ms(total_ns), Some(&group_tags));
     }
@@ -125,12 +125,17 @@ impl State {
         filter::is_ignored(&self.namespace(), self.action().as_deref(), config)
     }
 
-    fn texts(&self) -> Texts<'_> {
+    /// The texts, and the events when `events` (else none).
+    fn texts(&self, events: bool) -> Texts<'_> {
         Texts {
             id: self.rec.field(Field::Id).unwrap_or_default(),
             namespace: self.namespace(),
             action: self.action(),
-            events: self.rec.events(),
+            events: if events {
+                self.rec.events()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -173,9 +178,11 @@ impl crate::metrics::Record for Mutex<State> {
         if s.is_ignored(&config) {
             return;
         }
-        let texts = s.texts();
         let error = s.reported_error(&config);
-        let sample = (s.sampled || error.is_some()).then(|| {
+        let sampled = s.sampled || error.is_some();
+        // The events are built as a tree only for a sample; the metrics need their groups only.
+        let texts = s.texts(sampled);
+        let sample = sampled.then(|| {
             let mut view = s.view(&texts);
             view.error = error;
             // The SQL sanitiser runs here, on the sender thread, as the sample is built.
@@ -188,7 +195,7 @@ impl crate::metrics::Record for Mutex<State> {
             view.duration_ns().unwrap_or(0),
             error.is_some(),
             view.queue_time_ms(),
-            &texts.events,
+            s.rec.group_durations(),
         );
         if let Some(sample) = sample {
             recorder::submit_sample(sample);
@@ -424,7 +431,7 @@ impl Transaction {
     pub fn to_json(&self) -> String {
         let config = config();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let texts = state.texts();
+        let texts = state.texts(true);
         let mut json = state.view(&texts).render(&config, Shape::View);
         json["finished"] = state.end_ns.is_some().into();
         json["sampled"] = state.sampled.into();
