@@ -338,6 +338,14 @@ fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
         .summary()["failed_on_purpose"]
         == 1));
     setup.assert_totals(&expected);
+    // The leader logs the delivery after the receiver's answer: wait for the line.
+    assert!(
+        common::poll(Duration::from_secs(10), || setup
+            .log()
+            .contains("sent push payload")),
+        "{}",
+        setup.log()
+    );
     let log = setup.log();
     assert!(log.contains("next try in 2 s or later"), "{log}");
     // The endpoint was skipped until the delay passed: the one push after the 429 that delivered
