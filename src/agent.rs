@@ -291,6 +291,8 @@ fn prepare_workdir(
             Err(e) => {
                 if current() {
                     disable(format!("working directory unusable: {e:#}"), config);
+                    // Recording stopped: what the app recorded since start() goes nowhere.
+                    drop(recorder::metrics().take());
                 }
                 return None;
             }

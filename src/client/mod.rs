@@ -184,10 +184,8 @@ impl Sender {
             .name("appsignal-sender".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    match prepare() {
-                        Some(workdir) => State::new(&thread_shared, workdir).run(&thread_shared),
-                        // Disabled: what the app recorded meanwhile goes nowhere.
-                        None => drop(thread_shared.metrics.take()),
+                    if let Some(workdir) = prepare() {
+                        State::new(&thread_shared, workdir).run(&thread_shared);
                     }
                 }));
                 if result.is_err() {
