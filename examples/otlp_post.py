@@ -18,34 +18,24 @@ It sends a fixed scenario and prints one JSON line per request: {"step", "status
   JSON that is not a request (400), XML content type (415), GET (405), /v1/logs (404; traces:
   examples/otlp_post_traces.py)
 
-Stdlib only, besides the protobuf classes.
+Stdlib only, besides the protobuf classes; the request helpers are in examples/otlp_http.py.
 """
 
 import gzip
-import http.client
-import json
 import sys
 import time
-from urllib.parse import urlparse
 
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
-from opentelemetry.proto.common.v1 import common_pb2 as common
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.resource.v1 import resource_pb2 as resource
+
+import otlp_http
+from otlp_http import attrs
 
 DELTA = m.AGGREGATION_TEMPORALITY_DELTA
 CUMULATIVE = m.AGGREGATION_TEMPORALITY_CUMULATIVE
 START = time.time_ns()
-
-
-def attrs(**kv):
-    out = []
-    for k, v in kv.items():
-        value = common.AnyValue(bool_value=v) if isinstance(v, bool) else common.AnyValue(
-            string_value=str(v))
-        out.append(common.KeyValue(key=k, value=value))
-    return out
 
 
 def request(*metrics):
@@ -72,31 +62,9 @@ def gauge_metric(name, value, **kv):
 
 def post(url, step, body, content_type="application/x-protobuf", encoding=None, method="POST",
          path="/v1/metrics"):
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    headers = {"Content-Type": content_type}
-    if encoding:
-        headers["Content-Encoding"] = encoding
-    result = {"step": step}
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-        result["status"] = response.status
-        if response.status == 200:
-            answer = ms.ExportMetricsServiceResponse()
-            if content_type == "application/json":
-                json_format.Parse(data, answer)
-            else:
-                answer.ParseFromString(data)
-            result["rejected"] = answer.partial_success.rejected_data_points
-            result["message"] = answer.partial_success.error_message
-    except (ConnectionError, http.client.HTTPException, OSError) as e:
-        result["status"] = "reset"
-        result["message"] = str(e)
-    finally:
-        conn.close()
-    print(json.dumps(result), flush=True)
+    otlp_http.post(url, step, body, path=path, answer=ms.ExportMetricsServiceResponse,
+                   rejected="rejected_data_points", content_type=content_type, encoding=encoding,
+                   method=method)
 
 
 def main():

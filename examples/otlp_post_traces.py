@@ -20,22 +20,22 @@ line {"ids": {...}} with the trace and span ids it used (hex):
 - then bad requests: truncated body (400), garbage (400), gzip bomb (413), oversized body (413 or
   reset), JSON that is not a request (400).
 
-Stdlib only, besides the protobuf classes.
+Stdlib only, besides the protobuf classes; the request helpers are in examples/otlp_http.py.
 """
 
 import base64
 import gzip
-import http.client
 import json
 import sys
 import time
-from urllib.parse import urlparse
 
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
-from opentelemetry.proto.common.v1 import common_pb2 as common
 from opentelemetry.proto.resource.v1 import resource_pb2 as resource
 from opentelemetry.proto.trace.v1 import trace_pb2 as t
+
+import otlp_http
+from otlp_http import attrs
 
 MS = 1_000_000
 T0 = time.time_ns() - 2000 * MS
@@ -47,19 +47,6 @@ ROOT, SQL, CHARGE, POST = (bytes.fromhex(h) for h in (
     "eee19b7ec3c1b174", "b7ad6b7169203331", "00f067aa0ba902b7", "53995c3f42cd8ad8"))
 REPORT, WRITE = bytes.fromhex("1000000000000001"), bytes.fromhex("1000000000000002")
 LATE, ABSENT = bytes.fromhex("2000000000000001"), bytes.fromhex("2000000000000099")
-
-
-def attrs(**kv):
-    out = []
-    for k, v in kv.items():
-        if isinstance(v, bool):
-            value = common.AnyValue(bool_value=v)
-        elif isinstance(v, int):
-            value = common.AnyValue(int_value=v)
-        else:
-            value = common.AnyValue(string_value=str(v))
-        out.append(common.KeyValue(key=k, value=value))
-    return out
 
 
 def span(trace, span_id, parent, name, kind, start_ms, end_ms, **kv):
@@ -116,31 +103,8 @@ def report_json():
 
 
 def post(url, step, body, content_type="application/x-protobuf", encoding=None):
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    headers = {"Content-Type": content_type}
-    if encoding:
-        headers["Content-Encoding"] = encoding
-    result = {"step": step}
-    try:
-        conn.request("POST", "/v1/traces", body=body, headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-        result["status"] = response.status
-        if response.status == 200:
-            answer = ts.ExportTraceServiceResponse()
-            if content_type == "application/json":
-                json_format.Parse(data, answer)
-            else:
-                answer.ParseFromString(data)
-            result["rejected"] = answer.partial_success.rejected_spans
-            result["message"] = answer.partial_success.error_message
-    except (ConnectionError, http.client.HTTPException, OSError) as e:
-        result["status"] = "reset"
-        result["message"] = str(e)
-    finally:
-        conn.close()
-    print(json.dumps(result), flush=True)
+    otlp_http.post(url, step, body, path="/v1/traces", answer=ts.ExportTraceServiceResponse,
+                   rejected="rejected_spans", content_type=content_type, encoding=encoding)
 
 
 def main():
