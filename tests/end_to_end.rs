@@ -13,77 +13,10 @@ use std::time::Duration;
 
 use common::fleet::{self, WorkerProcess};
 use common::receiver::Receiver;
+use common::setup::{stop_all, Setup};
 use serde_json::Value;
 
 const KEY: &str = "end-to-end-secret-key";
-
-struct Setup {
-    receiver: Receiver,
-    tmp: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Setup {
-    fn new(interval_ms: u64) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let receiver = Receiver::start(KEY, Some(tmp.path().join("received"))).unwrap();
-        let mut env = fleet::config_env(&receiver.url, KEY, &tmp.path().join("wd"), interval_ms);
-        // Load exactly the library this test run built.
-        env.push((
-            "APPSIGNAL_LIBRARY".into(),
-            common::library_path().display().to_string(),
-        ));
-        Setup { receiver, tmp, env }
-    }
-
-    fn workdir(&self) -> std::path::PathBuf {
-        self.tmp.path().join("wd")
-    }
-
-    fn with(mut self, key: &str, value: &str) -> Setup {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
-    }
-
-    fn log(&self) -> String {
-        let path = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "_APPSIGNAL_LOG_FILE_PATH")
-            .map_or_else(|| self.workdir().join("appsignal.log"), |(_, v)| v.into());
-        std::fs::read_to_string(path).unwrap_or_default()
-    }
-
-    /// Waits for the receiver's totals to equal `expected`; fails with the differences.
-    fn assert_totals(&self, expected: &Value) {
-        let rows = fleet::await_totals(
-            expected,
-            || self.receiver.summary(),
-            Duration::from_secs(20),
-        );
-        let wrong: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.equal)
-            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
-            .collect();
-        assert!(!rows.is_empty(), "nothing was expected");
-        let s = self.receiver.summary();
-        assert!(
-            wrong.is_empty(),
-            "totals differ (receiver: {} payloads, {} duplicates, {} evictions):\n{}\n--- log ---\n{}",
-            s["payloads"],
-            s["duplicates"],
-            s["payload_cache_evictions"],
-            wrong.join("\n"),
-            self.log()
-        );
-    }
-}
 
 /// Whether another open file description can take the lock (it cannot while a leader holds it).
 fn lock_is_free(path: &Path) -> bool {
@@ -92,18 +25,9 @@ fn lock_is_free(path: &Path) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-fn stop_all(workers: &mut [WorkerProcess]) {
-    // Clients first, the leader last, as in a graceful deploy.
-    workers.sort_by_key(|w| w.role == "leader");
-    for w in workers.iter_mut() {
-        let status = w.stop(Duration::from_secs(20)).unwrap();
-        assert!(status.success(), "worker {} exited with {status}", w.pid);
-    }
-}
-
 #[test]
 fn four_processes_one_leader_totals_equal() {
-    let setup = Setup::new(500);
+    let setup = Setup::new(KEY, 500);
     let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
     let leaders: Vec<u32> = workers
         .iter()
@@ -213,7 +137,7 @@ fn received_windows(setup: &Setup) -> std::collections::BTreeSet<u64> {
 
 #[test]
 fn host_role_integration_version_and_process_name_reach_payload_diagnose_and_log() {
-    let setup = Setup::new(300)
+    let setup = Setup::new(KEY, 300)
         .with("_APPSIGNAL_HOST_ROLE", "queue-worker")
         .with("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION", "ruby-4.1.0")
         .with("_APPSIGNAL_PROCESS_NAME", "sidekiq 7 [busy]");
@@ -247,7 +171,7 @@ fn host_role_integration_version_and_process_name_reach_payload_diagnose_and_log
 #[test]
 fn everyone_stopping_at_once_loses_nothing() {
     // The leader stops while clients are still flushing: they take over and push the rest.
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
     let mut expected = Value::Null;
     for w in workers.iter_mut() {
@@ -289,7 +213,7 @@ fn leader_closes_after(socket: &Path, bytes: &[u8]) -> bool {
 
 #[test]
 fn bad_frames_close_only_their_connection() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let socket = setup.workdir().join("agent.socket");
 
@@ -325,7 +249,7 @@ fn bad_frames_close_only_their_connection() {
 
 #[test]
 fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
-    let setup = Setup::new(200);
+    let setup = Setup::new(KEY, 200);
     setup.receiver.fail_next_with_retry_after(1, 429, 2);
     let mut worker = setup.spawn(0);
     let expected = {
@@ -371,7 +295,7 @@ fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
 
 #[test]
 fn a_push_api_answering_500_gets_the_payload_later() {
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     setup.receiver.fail_next(2, 500);
     let mut worker = setup.spawn(0);
     let expected = {
@@ -419,7 +343,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
 
 #[test]
 fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
-    let setup = Setup::new(200)
+    let setup = Setup::new(KEY, 200)
         .with("_APPSIGNAL_PAYLOAD_CACHE_MAX_FILES", "3")
         .with("_APPSIGNAL_STOP_TIMEOUT_MS", "1000");
     setup.receiver.fail_next(u32::MAX, 503);
@@ -509,7 +433,7 @@ fn an_unusable_working_directory_disables_the_agent_and_the_app_runs_on() {
     let tmp = tempfile::tempdir().unwrap();
     let plain_file = tmp.path().join("file");
     std::fs::write(&plain_file, b"").unwrap();
-    let setup = Setup::new(500).with(
+    let setup = Setup::new(KEY, 500).with(
         "_APPSIGNAL_WORKING_DIRECTORY_PATH",
         plain_file.join("appsignal").to_str().unwrap(),
     );
@@ -537,7 +461,7 @@ fn an_unusable_working_directory_disables_the_agent_and_the_app_runs_on() {
 fn a_symlink_planted_at_the_working_directory_is_refused() {
     // The per-user fallback goes under this test's own $TMPDIR (tests/filesystem.rs has the rest).
     let tmpdir = tempfile::tempdir().unwrap();
-    let setup = Setup::new(500).with("TMPDIR", tmpdir.path().to_str().unwrap());
+    let setup = Setup::new(KEY, 500).with("TMPDIR", tmpdir.path().to_str().unwrap());
     let elsewhere = setup.tmp.path().join("attacker-controlled");
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, setup.workdir()).unwrap();
@@ -558,7 +482,7 @@ fn a_symlink_planted_at_the_working_directory_is_refused() {
 
 #[test]
 fn owner_only_mode_makes_the_files_private() {
-    let setup = Setup::new(500).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
+    let setup = Setup::new(KEY, 500).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let wd = setup.workdir();
@@ -577,7 +501,7 @@ fn owner_only_mode_makes_the_files_private() {
 
 #[test]
 fn only_the_leader_collects_host_metrics_and_they_match_proc() {
-    let setup = Setup::new(300)
+    let setup = Setup::new(KEY, 300)
         .with("_APPSIGNAL_ENABLE_HOST_METRICS", "true")
         .with("_APPSIGNAL_HOST_METRICS_INTERVAL_MS", "150")
         .with("_APPSIGNAL_HOSTNAME", "e2e-host");
@@ -628,7 +552,7 @@ fn leader_index(setup: &Setup, workers: &[WorkerProcess]) -> Option<usize> {
 
 /// The chaos run of `common::chaos` against the reference receiver (20 s, at least 15 leader kills).
 fn chaos(kill_clients: bool) {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let mut next_index = 0u32;
     let run = common::chaos(
         &setup.workdir(),
@@ -665,7 +589,7 @@ fn chaos_leaders_and_clients_sigkilled_and_restarted() {
 
 #[test]
 fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut master = setup.spawn(0);
     assert_eq!(master.role, "leader");
     master.record(100).unwrap();
@@ -733,7 +657,7 @@ fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
 #[test]
 fn a_fork_while_another_thread_is_inside_start_stop_or_env_put_leaves_the_child_working() {
     for point in ["start", "stop", "env_put"] {
-        let setup = Setup::new(300);
+        let setup = Setup::new(KEY, 300);
         let hold_dir = setup.tmp.path().join("hold");
         let setup = setup.with("_APPSIGNAL_TEST_HOLD_DIR", hold_dir.to_str().unwrap());
         let mut worker = setup.spawn(0);
@@ -764,7 +688,7 @@ fn a_fork_while_another_thread_is_inside_start_stop_or_env_put_leaves_the_child_
 #[test]
 fn short_lived_processes_lose_nothing() {
     // A long-running process leads; short ones (a cron job, a rake task) start, record, stop, exit.
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut long = setup.spawn(0);
     let mut expected = Value::Null;
     for i in 1..=5 {
@@ -784,7 +708,7 @@ fn short_lived_processes_lose_nothing() {
 
 #[test]
 fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut old = setup.spawn(0);
     assert_eq!(old.role, "leader");
     old.record(300).unwrap();
@@ -833,7 +757,7 @@ fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
 #[test]
 fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
     use appsignal_agent::protocol::{self, ClientMessage, Hello, LeaderMessage};
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut leader = setup.spawn(0);
     let mut stream = UnixStream::connect(setup.workdir().join("agent.socket")).unwrap();
     stream
@@ -871,7 +795,7 @@ fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
 
 #[test]
 fn two_configurations_share_a_directory_and_each_receiver_gets_only_its_own() {
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let other = Receiver::start("other-key", None).unwrap();
     let other_env: Vec<(String, String)> = setup
         .env
@@ -938,7 +862,8 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
         let outside = tempfile::tempdir().unwrap();
         let log_path = outside.path().join("appsignal.log");
         // The log lives outside the directory that gets deleted, so that it tells what happened.
-        let setup = Setup::new(300).with("_APPSIGNAL_LOG_FILE_PATH", log_path.to_str().unwrap());
+        let setup =
+            Setup::new(KEY, 300).with("_APPSIGNAL_LOG_FILE_PATH", log_path.to_str().unwrap());
         let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
         let mut expected = Value::Null;
         for w in workers.iter_mut() {
@@ -991,7 +916,7 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
 
 #[test]
 fn four_processes_complete_transactions_and_per_action_counts_are_exact() {
-    let setup = Setup::new(300);
+    let setup = Setup::new(KEY, 300);
     let mut workers: Vec<WorkerProcess> = (0..4).map(|i| setup.spawn(i)).collect();
     for w in workers.iter_mut() {
         w.send("txn 600").unwrap();
@@ -1025,7 +950,7 @@ fn four_processes_complete_transactions_and_per_action_counts_are_exact() {
 
 #[test]
 fn host_metrics_continue_after_the_leader_is_killed() {
-    let setup = Setup::new(300)
+    let setup = Setup::new(KEY, 300)
         .with("_APPSIGNAL_ENABLE_HOST_METRICS", "true")
         .with("_APPSIGNAL_HOST_METRICS_INTERVAL_MS", "150")
         .with("_APPSIGNAL_HOSTNAME", "failover-host");

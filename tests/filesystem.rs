@@ -13,71 +13,29 @@ use std::time::Duration;
 
 use common::fleet::{self, WorkerProcess};
 use common::receiver::Receiver;
+use common::setup::{stop_all, Setup};
 use serde_json::Value;
 
 const KEY: &str = "fs-test-push-key-9f3a71c2";
 
-struct Setup {
-    receiver: Receiver,
-    tmp: tempfile::TempDir,
-    env: Vec<(String, String)>,
+/// The common set-up, with the per-user fallback directory under `$TMPDIR`: one per test, not
+/// the host's /tmp.
+fn setup_with_tmpdir(interval_ms: u64) -> Setup {
+    let setup = Setup::new(KEY, interval_ms);
+    let tmpdir = setup.tmp.path().join("tmpdir");
+    std::fs::create_dir(&tmpdir).unwrap();
+    setup.with("TMPDIR", &tmpdir.display().to_string())
 }
 
-impl Setup {
-    fn new(interval_ms: u64) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let receiver = Receiver::start(KEY, Some(tmp.path().join("received"))).unwrap();
-        let mut env = fleet::config_env(&receiver.url, KEY, &tmp.path().join("wd"), interval_ms);
-        env.push((
-            "APPSIGNAL_LIBRARY".into(),
-            common::library_path().display().to_string(),
-        ));
-        // The per-user fallback directory goes under $TMPDIR: one per test, not the host's /tmp.
-        std::fs::create_dir(tmp.path().join("tmpdir")).unwrap();
-        env.push((
-            "TMPDIR".into(),
-            tmp.path().join("tmpdir").display().to_string(),
-        ));
-        Setup { receiver, tmp, env }
-    }
-
-    fn with(mut self, key: &str, value: &str) -> Setup {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    fn workdir(&self) -> PathBuf {
-        self.tmp.path().join("wd")
-    }
-
-    fn fallback(&self) -> PathBuf {
-        // SAFETY: geteuid cannot fail.
-        let uid = unsafe { libc::geteuid() };
-        self.tmp
-            .path()
-            .join("tmpdir")
-            .join(format!("appsignal-{uid}"))
-    }
-
-    fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
-    }
-
-    fn assert_totals(&self, expected: &Value) {
-        let rows = fleet::await_totals(
-            expected,
-            || self.receiver.summary(),
-            Duration::from_secs(30),
-        );
-        let wrong: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.equal)
-            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
-            .collect();
-        assert!(!rows.is_empty(), "nothing was expected");
-        assert!(wrong.is_empty(), "totals differ:\n{}", wrong.join("\n"));
-    }
+/// The per-user fallback directory the agent moves to when the working directory is unusable.
+fn fallback(setup: &Setup) -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    setup
+        .tmp
+        .path()
+        .join("tmpdir")
+        .join(format!("appsignal-{uid}"))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -112,14 +70,6 @@ fn assert_untouched(file: &Path, dir: &Path) {
     );
 }
 
-fn stop_all(workers: &mut [WorkerProcess]) {
-    workers.sort_by_key(|w| w.role == "leader");
-    for w in workers.iter_mut() {
-        let status = w.stop(Duration::from_secs(20)).unwrap();
-        assert!(status.success(), "worker {} exited with {status}", w.pid);
-    }
-}
-
 /// Two processes record and stop; the receiver's totals must equal what they sent.
 fn record_and_check(setup: &Setup, workers: &mut [WorkerProcess]) {
     let mut expected = Value::Null;
@@ -144,7 +94,7 @@ fn links_planted_at_every_path_are_not_followed_and_the_agent_falls_back() {
         "journal",
         "payloads",
     ] {
-        let setup = Setup::new(300);
+        let setup = setup_with_tmpdir(300);
         let (file, dir) = victims(setup.tmp.path());
         let wd = setup.workdir();
         if entry.is_empty() {
@@ -167,7 +117,7 @@ fn links_planted_at_every_path_are_not_followed_and_the_agent_falls_back() {
             let wdr = &report["leader_election"]["working_directory"];
             assert_eq!(
                 wdr["path"].as_str().unwrap(),
-                setup.fallback().to_str().unwrap(),
+                fallback(&setup).to_str().unwrap(),
                 "{report}"
             );
             assert_eq!(wdr["mode"], "700", "{report}");
@@ -180,7 +130,7 @@ fn links_planted_at_every_path_are_not_followed_and_the_agent_falls_back() {
             };
             assert!(reason.contains(planted.to_str().unwrap()), "{reason}");
         }
-        let log = std::fs::read_to_string(setup.fallback().join("appsignal.log")).unwrap();
+        let log = std::fs::read_to_string(fallback(&setup).join("appsignal.log")).unwrap();
         assert!(
             log.contains("refused") && log.contains("using the per-user directory"),
             "{log}"
@@ -201,7 +151,7 @@ fn links_planted_at_every_path_are_not_followed_and_the_agent_falls_back() {
 
 #[test]
 fn a_link_planted_at_the_lock_while_running_moves_the_processes_to_the_fallback() {
-    let setup = Setup::new(300);
+    let setup = setup_with_tmpdir(300);
     let (file, dir) = victims(setup.tmp.path());
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let mut expected = Value::Null;
@@ -283,7 +233,7 @@ fn both_permission_modes_bit_by_bit_including_journal_and_payload_files() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
-        let setup = Setup::new(200)
+        let setup = setup_with_tmpdir(200)
             .with("_APPSIGNAL_PUSH_API_ENDPOINT", &endpoint)
             .with(
                 "_APPSIGNAL_FILES_WORLD_ACCESSIBLE",
@@ -317,7 +267,7 @@ fn a_working_directory_of_another_user() {
         return;
     }
     for world_accessible in [true, false] {
-        let setup = Setup::new(300).with(
+        let setup = setup_with_tmpdir(300).with(
             "_APPSIGNAL_FILES_WORLD_ACCESSIBLE",
             &world_accessible.to_string(),
         );
@@ -341,7 +291,7 @@ fn a_working_directory_of_another_user() {
             );
             assert_eq!(mode(&wd.join("agent.lock")), 0o666);
         } else {
-            assert_eq!(used, setup.fallback().to_str().unwrap(), "{report}");
+            assert_eq!(used, fallback(&setup).to_str().unwrap(), "{report}");
             let reason = report["leader_election"]["working_directory"]["fallback"]["reason"]
                 .as_str()
                 .unwrap();
@@ -427,7 +377,7 @@ fn owner_only_mode_refuses_a_process_of_another_uid_at_connect() {
         eprintln!("SKIPPED: needs root to run a child as another uid");
         return;
     }
-    let setup = Setup::new(300).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
+    let setup = setup_with_tmpdir(300).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let wd = setup.workdir();
     let socket = wd.join("agent.socket");
@@ -472,7 +422,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
         Some(wrong_key_receiver.url.clone()),
         Some(unreachable),
     ] {
-        let mut setup = Setup::new(200)
+        let mut setup = setup_with_tmpdir(200)
             .with("_APPSIGNAL_LOG_LEVEL", "trace")
             .with(
                 "_APPSIGNAL_OTLP_HEADERS",

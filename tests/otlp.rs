@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::fleet::{self, WorkerProcess};
 use common::otlp_receiver::OtlpReceiver;
 use common::receiver::Receiver;
+use common::setup::stop_all;
 use serde_json::Value;
 
 const PUSH_KEY: &str = "otlp-test-push-key";
@@ -87,30 +88,7 @@ impl Setup {
 
     /// Waits until the OTLP receiver's totals equal `expected`; fails with the differences.
     fn assert_otlp_totals(&self, expected: &Value) {
-        let rows = fleet::await_totals(expected, || self.otlp().summary(), Duration::from_secs(30));
-        assert!(!rows.is_empty(), "nothing was expected");
-        let wrong: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.equal)
-            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
-            .collect();
-        let s = self.otlp().summary();
-        assert!(
-            wrong.is_empty(),
-            "OTLP totals differ (requests {}, duplicates {}):\n{}\n--- log ---\n{}",
-            s["requests"],
-            s["duplicates"],
-            wrong.join("\n"),
-            self.log()
-        );
-    }
-}
-
-fn stop_all(workers: &mut [WorkerProcess]) {
-    workers.sort_by_key(|w| w.role == "leader");
-    for w in workers.iter_mut() {
-        let status = w.stop(Duration::from_secs(20)).unwrap();
-        assert!(status.success(), "worker {} exited with {status}", w.pid);
+        common::setup::assert_totals(expected, || self.otlp().summary(), || self.log());
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{self, WorkerProcess};
 use common::receiver::Receiver;
+use common::setup::tail;
 use serde_json::Value;
 
 const GOOD_KEY: &str = "push-faults-accepted-key";
@@ -69,11 +70,6 @@ fn spawn(env: &[(String, String)], index: u32) -> WorkerProcess {
 
 fn log(workdir: &Path) -> String {
     std::fs::read_to_string(workdir.join("appsignal.log")).unwrap_or_default()
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Records `n` in every worker at once; returns each one's cumulative `sent` event.

@@ -12,7 +12,7 @@ mod rogue;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,102 +20,20 @@ use std::time::{Duration, Instant};
 
 use appsignal_agent::protocol::{self, ClientMessage, LeaderMessage};
 use common::fleet::{self, WorkerProcess};
-use common::receiver::Receiver;
+use common::setup::{tail, Setup};
 use rogue::Rogue;
 use serde_json::Value;
 
 const KEY: &str = "rogue-peers-secret-key";
 
-struct Setup {
-    receiver: Receiver,
-    tmp: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    /// The push endpoint the workers use (the receiver, or a proxy in front of it).
-    endpoint: String,
-}
-
-impl Setup {
-    fn new(interval_ms: u64) -> Setup {
-        Setup::with_endpoint(interval_ms, None)
-    }
-
-    fn with_endpoint(interval_ms: u64, proxy: Option<&Proxy>) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let receiver = Receiver::start(KEY, Some(tmp.path().join("received"))).unwrap();
-        let endpoint = proxy.map_or_else(|| receiver.url.clone(), |p| p.url.clone());
-        if let Some(p) = proxy {
-            p.forward_to(&receiver.url);
-        }
-        let mut env = fleet::config_env(&endpoint, KEY, &tmp.path().join("wd"), interval_ms);
-        env.push((
-            "APPSIGNAL_LIBRARY".into(),
-            common::library_path().display().to_string(),
-        ));
-        Setup {
-            receiver,
-            tmp,
-            env,
-            endpoint,
-        }
-    }
-
-    fn with(mut self, key: &str, value: &str) -> Setup {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    fn workdir(&self) -> PathBuf {
-        self.tmp.path().join("wd")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.workdir().join("agent.socket")
-    }
-
-    fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
-    }
-
-    /// The workers' own push configuration (a rogue that knows it, as a local user may).
-    fn push_config(&self) -> appsignal_agent::config::PushConfig {
-        let env = self.env.clone();
-        appsignal_agent::config::Config::load_from(&move |k| {
-            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
-        .config
-        .push
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.workdir().join("appsignal.log")).unwrap_or_default()
-    }
-
-    fn assert_totals(&self, expected: &Value) {
-        let rows = fleet::await_totals(
-            expected,
-            || self.receiver.summary(),
-            Duration::from_secs(30),
-        );
-        let wrong: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.equal)
-            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
-            .collect();
-        assert!(!rows.is_empty(), "nothing was expected");
-        assert!(
-            wrong.is_empty(),
-            "totals differ (receiver: {}):\n{}\n--- log ---\n{}",
-            self.receiver.summary(),
-            wrong.join("\n"),
-            tail(&self.log(), 60)
-        );
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// The workers' own push configuration (a rogue that knows it, as a local user may).
+fn push_config(setup: &Setup) -> appsignal_agent::config::PushConfig {
+    let env = setup.env.clone();
+    appsignal_agent::config::Config::load_from(&move |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .config
+    .push
 }
 
 /// Four workers, one leader among them.
@@ -234,8 +152,8 @@ fn ids_in_journal(workdir: &Path) -> Vec<u64> {
 
 #[test]
 fn attack1_batches_for_other_client_ids_or_out_of_order_seqs_are_refused() {
-    let setup = Setup::new(400);
-    let config = setup.push_config();
+    let setup = Setup::new(KEY, 400);
+    let config = push_config(&setup);
     let socket = setup.socket();
     let fleet = under_attack(&setup, |setup, fleet| {
         // Let every worker get batches journaled, then harvest the ids a local user can read.
@@ -296,7 +214,7 @@ fn attack1_batches_for_other_client_ids_or_out_of_order_seqs_are_refused() {
 
 #[test]
 fn a_client_id_bound_to_a_live_process_is_refused_to_another() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let mut leader = setup.spawn(0);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let mut holder = Command::new(env!("CARGO_BIN_EXE_appsignal-test-rogue"))
@@ -331,7 +249,7 @@ fn a_client_id_bound_to_a_live_process_is_refused_to_another() {
 
 #[test]
 fn attack3_batches_from_far_future_and_past_open_no_files_and_count_now() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let socket = setup.socket();
     let mut before = (0, 0);
@@ -383,7 +301,7 @@ fn attack3_batches_from_far_future_and_past_open_no_files_and_count_now() {
 
 #[test]
 fn attack4_half_sent_frames_stay_within_one_budget() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let socket = setup.socket().display().to_string();
     let mut rogues: Vec<Child> = Vec::new();
     let mut closed = 0;
@@ -430,7 +348,7 @@ fn attack4_half_sent_frames_stay_within_one_budget() {
 
 #[test]
 fn slowloris_frames_are_closed_at_their_deadline() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let socket = setup.socket();
     under_attack(&setup, |_, _| {
@@ -458,7 +376,7 @@ fn slowloris_frames_are_closed_at_their_deadline() {
 #[test]
 fn garbage_bytes_a_4_gib_length_truncated_frames_and_a_wrong_protocol_close_only_their_connection()
 {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let socket = setup.socket();
     under_attack(&setup, |_, _| {
@@ -502,7 +420,7 @@ fn garbage_bytes_a_4_gib_length_truncated_frames_and_a_wrong_protocol_close_only
 
 #[test]
 fn a_thousand_idle_connections_leave_room_for_a_process_starting_meanwhile() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let socket = setup.socket();
     let mut fleet = Fleet::start(&setup);
@@ -544,7 +462,7 @@ fn a_thousand_idle_connections_leave_room_for_a_process_starting_meanwhile() {
 
 #[test]
 fn a_peer_that_never_reads_its_acks_is_closed() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let config = rogue::config(&setup.endpoint, KEY, "rogue-app");
     let socket = setup.socket();
     under_attack(&setup, |_, _| {
@@ -578,7 +496,7 @@ fn a_peer_that_never_reads_its_acks_is_closed() {
 
 #[test]
 fn a_flood_of_configurations_is_capped_and_the_fleet_counts_on() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let socket = setup.socket();
     let endpoint = setup.endpoint.clone();
     under_attack(&setup, |_, fleet| {
@@ -653,7 +571,9 @@ impl Proxy {
 #[test]
 fn case5_a_push_api_that_never_answers_loses_nothing_when_everyone_stops() {
     let proxy = Proxy::start();
-    let setup = Setup::with_endpoint(400, Some(&proxy)).with("_APPSIGNAL_STOP_TIMEOUT_MS", "3000");
+    let setup =
+        Setup::with_endpoint(KEY, 400, Some(&proxy.url)).with("_APPSIGNAL_STOP_TIMEOUT_MS", "3000");
+    proxy.forward_to(&setup.receiver.url);
     let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
     let mut expected = Value::Null;
     for w in workers.iter_mut() {
@@ -699,7 +619,7 @@ fn signal(pid: u32, signal: i32) {
 
 #[test]
 fn a_leader_frozen_for_good_loses_nothing_once_a_new_process_leads() {
-    let setup = Setup::new(400).with("_APPSIGNAL_STOP_TIMEOUT_MS", "3000");
+    let setup = Setup::new(KEY, 400).with("_APPSIGNAL_STOP_TIMEOUT_MS", "3000");
     let mut leader = setup.spawn(0);
     assert_eq!(leader.role, "leader");
     let mut clients: Vec<WorkerProcess> = (1..4).map(|i| setup.spawn(i)).collect();
@@ -755,7 +675,7 @@ fn a_leader_frozen_for_good_loses_nothing_once_a_new_process_leads() {
 
 #[test]
 fn a_leader_stopped_for_10_s_then_continued_loses_nothing() {
-    let setup = Setup::new(400);
+    let setup = Setup::new(KEY, 400);
     let mut fleet = Fleet::start(&setup);
     let leader = fleet.leader_pid();
     fleet.record(1000);
@@ -781,8 +701,8 @@ fn a_leader_stopped_for_10_s_then_continued_loses_nothing() {
 
 #[test]
 fn a_panicking_leader_thread_stops_leading_and_another_process_takes_over() {
-    let setup = Setup::new(400);
-    let config = setup.push_config();
+    let setup = Setup::new(KEY, 400);
+    let config = push_config(&setup);
     let socket = setup.socket();
     let mut old_leader = 0;
     under_attack(&setup, |setup, fleet| {
@@ -814,8 +734,8 @@ fn a_panicking_leader_thread_stops_leading_and_another_process_takes_over() {
 #[test]
 fn a_batch_whose_counting_panics_is_quarantined_on_replay() {
     // A long interval: the poisoned batch is still in a journal segment when the leader dies.
-    let setup = Setup::new(60_000);
-    let config = setup.push_config();
+    let setup = Setup::new(KEY, 60_000);
+    let config = push_config(&setup);
     let socket = setup.socket();
     let mut fleet = Fleet::start(&setup);
     fleet.record(1000);

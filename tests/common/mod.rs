@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod otlp_receiver;
 #[path = "../../examples/common/receiver.rs"]
 pub mod receiver;
+pub mod setup;
 #[path = "../../examples/common/worker.rs"]
 pub mod worker;
 
