@@ -293,7 +293,10 @@ impl Journal {
                 ),
             }
         }
-        out.sort_by(|a, b| (a.header.window_start, &a.id).cmp(&(b.header.window_start, &b.id)));
+        // (window, id) is unique: an unstable sort gives the same order with less code in the .so.
+        out.sort_unstable_by(|a, b| {
+            (a.header.window_start, &a.id).cmp(&(b.header.window_start, &b.id))
+        });
         out
     }
 

@@ -157,9 +157,10 @@ impl Payload {
                     .collect(),
             })
             .collect();
-        counters.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
-        gauges.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
-        distributions.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        // Keys are unique within a window: unstable sorts give the same order with less code.
+        counters.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        gauges.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        distributions.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
         Payload {
             payload_id,
             library_version: crate::VERSION.to_owned(),

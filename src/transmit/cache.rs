@@ -121,7 +121,9 @@ impl PayloadCache {
                 })
             })
             .collect();
-        entries.sort_by(|a, b| (a.created_ms, &a.id, a.kind).cmp(&(b.created_ms, &b.id, b.kind)));
+        entries.sort_unstable_by(|a, b| {
+            (a.created_ms, &a.id, a.kind).cmp(&(b.created_ms, &b.id, b.kind))
+        });
         entries
     }
 
