@@ -151,6 +151,16 @@ impl Local {
     }
 }
 
+/// Unlocks `local` and, when this was the first record since the sender went to sleep, wakes it
+/// (after the unlock, so that the sender does not wake into a held lock).
+fn release_and_wake(mut local: std::sync::MutexGuard<'_, Local>) {
+    let waker = local.first_record();
+    drop(local);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// What one flush period recorded.
 #[derive(Default)]
 pub struct Taken {
@@ -288,43 +298,37 @@ impl LocalMetrics {
             next: head,
             tags_identity: identity,
         });
-        let waker = local.first_record();
-        drop(local);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        release_and_wake(local);
     }
 
     /// Keeps a finished sample (JSON) for the next flush, within [`MAX_SAMPLES`] per flush period.
     pub fn submit_sample(&self, json: String) {
-        let mut local = self.lock();
-        let period = &mut local.period;
-        if period.samples.len() >= MAX_SAMPLES || json.len() > MAX_RECORD_BYTES {
-            period.dropped_samples = period.dropped_samples.saturating_add(1);
-        } else {
-            period.samples.push(json);
-        }
-        let waker = local.first_record();
-        drop(local);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.keep(json, MAX_SAMPLES, |p| {
+            (&mut p.samples, &mut p.dropped_samples)
+        });
     }
 
     /// Keeps a log line (JSON) for the next flush, within [`MAX_LOGS`] per flush period.
     pub fn submit_log(&self, json: String) {
+        self.keep(json, MAX_LOGS, |p| (&mut p.logs, &mut p.dropped_logs));
+    }
+
+    /// Adds `json` to the period's list that `pick` names, or counts it in that list's drop count
+    /// when the list holds `max` already or `json` is over [`MAX_RECORD_BYTES`].
+    fn keep(
+        &self,
+        json: String,
+        max: usize,
+        pick: impl FnOnce(&mut Period) -> (&mut Vec<String>, &mut u64),
+    ) {
         let mut local = self.lock();
-        let period = &mut local.period;
-        if period.logs.len() >= MAX_LOGS || json.len() > MAX_RECORD_BYTES {
-            period.dropped_logs = period.dropped_logs.saturating_add(1);
+        let (list, dropped) = pick(&mut local.period);
+        if list.len() >= max || json.len() > MAX_RECORD_BYTES {
+            *dropped = dropped.saturating_add(1);
         } else {
-            period.logs.push(json);
+            list.push(json);
         }
-        let waker = local.first_record();
-        drop(local);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        release_and_wake(local);
     }
 
     /// Hands a finished transaction or span to the sender thread, which processes it before its
@@ -336,11 +340,7 @@ impl LocalMetrics {
             return;
         }
         local.records.push(record);
-        let waker = local.first_record();
-        drop(local);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        release_and_wake(local);
     }
 
     /// Processes the finished records (on the sender thread): their metrics and samples land in
