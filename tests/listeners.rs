@@ -151,19 +151,17 @@ impl Setup {
     }
 
     fn assert_totals(&self, expected: &Value) {
-        let rows = fleet::await_totals(expected, || self.otlp.summary(), Duration::from_secs(30));
-        let wrong: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.equal)
-            .map(|r| format!("{}: sent {}, received {}", r.series, r.sent, r.received))
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "totals differ (UDP drops in /proc/net/udp for port {}: {:?}):\n{}\n--- log ---\n{}",
-            self.statsd_port,
-            udp_drops(self.statsd_port),
-            wrong.join("\n"),
-            self.log()
+        common::setup::assert_totals(
+            expected,
+            || self.otlp.summary(),
+            || {
+                format!(
+                    "UDP drops in /proc/net/udp for port {}: {:?}\n--- log ---\n{}",
+                    self.statsd_port,
+                    udp_drops(self.statsd_port),
+                    self.log()
+                )
+            },
         );
     }
 }

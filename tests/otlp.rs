@@ -88,7 +88,11 @@ impl Setup {
 
     /// Waits until the OTLP receiver's totals equal `expected`; fails with the differences.
     fn assert_otlp_totals(&self, expected: &Value) {
-        common::setup::assert_totals(expected, || self.otlp().summary(), || self.log());
+        common::setup::assert_totals(
+            expected,
+            || self.otlp().summary(),
+            || format!("--- log ---\n{}", self.log()),
+        );
     }
 }
 

@@ -77,13 +77,17 @@ impl Setup {
     /// Waits up to 30 s for the receiver's totals to equal `expected`; fails with the differences,
     /// the receiver's summary and the end of the log.
     pub fn assert_totals(&self, expected: &Value) {
-        assert_totals(expected, || self.receiver.summary(), || self.log());
+        assert_totals(
+            expected,
+            || self.receiver.summary(),
+            || format!("--- log ---\n{}", tail(&self.log(), 60)),
+        );
     }
 }
 
 /// Waits up to 30 s for `summary`'s totals to equal `expected`; fails with the differences, the
-/// last summary and the end of `log`.
-pub fn assert_totals(expected: &Value, summary: impl Fn() -> Value, log: impl Fn() -> String) {
+/// last summary and what `context` says (the end of the log, say).
+pub fn assert_totals(expected: &Value, summary: impl Fn() -> Value, context: impl Fn() -> String) {
     let rows = fleet::await_totals(expected, &summary, Duration::from_secs(30));
     assert!(!rows.is_empty(), "nothing was expected");
     let wrong: Vec<String> = rows
@@ -93,10 +97,10 @@ pub fn assert_totals(expected: &Value, summary: impl Fn() -> Value, log: impl Fn
         .collect();
     assert!(
         wrong.is_empty(),
-        "totals differ (summary: {}):\n{}\n--- log ---\n{}",
+        "totals differ (summary: {}):\n{}\n{}",
         summary(),
         wrong.join("\n"),
-        tail(&log(), 60)
+        context()
     );
 }
 
