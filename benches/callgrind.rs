@@ -19,11 +19,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
 mod common;
-use common::{cstr, start_agent};
+use common::{cstr, start_agent, transaction_with_10_sql_events as transaction, SQL};
 
 const NAME: &str = "requests";
 const TAGS: [(&str, &str); 2] = [("region", "eu"), ("route", "/checkout")];
-const SQL: &str = "SELECT * FROM users WHERE id = 42 AND email = 'a@example.com'";
 
 const ROWS: &[&str] = &[
     "counter_prebuilt",
@@ -95,33 +94,6 @@ fn row_distribution_prebuilt(calls: u64, tags: *mut appsignal::appsignal_data_t)
         let value = (i % 1000) as f64 * 0.37;
         appsignal::appsignal_add_distribution_value(black_box(key), value, black_box(tags));
     }
-}
-
-fn transaction(error: bool) {
-    let txn = appsignal::appsignal_start_transaction(cstr("req"), cstr("web"), 0);
-    for _ in 0..10 {
-        appsignal::appsignal_start_event(txn, 0);
-        appsignal::appsignal_finish_event(
-            txn,
-            cstr("sql.active_record"),
-            cstr("User Load"),
-            cstr(SQL),
-            1,
-            0,
-        );
-    }
-    appsignal::appsignal_set_transaction_action(txn, cstr("UsersController#show"));
-    if error {
-        appsignal::appsignal_set_transaction_error(
-            txn,
-            cstr("RuntimeError"),
-            cstr("boom"),
-            std::ptr::null(),
-        );
-    }
-    black_box(appsignal::appsignal_finish_transaction(txn, 0));
-    appsignal::appsignal_complete_transaction(txn);
-    appsignal::appsignal_free_transaction(txn.cast());
 }
 
 #[inline(never)]

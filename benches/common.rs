@@ -116,3 +116,35 @@ impl metrics::Recorder for RegistryRecorder {
             .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
     }
 }
+
+/// The SQL body of every event of [`transaction_with_10_sql_events`].
+pub const SQL: &str = "SELECT * FROM users WHERE id = 42 AND email = 'a@example.com'";
+
+/// One web transaction through the C interface: start, 10 `sql.active_record` events with a SQL
+/// body, the action, with `error` an error (which makes it sampled), finish, complete, free.
+pub fn transaction_with_10_sql_events(error: bool) {
+    let txn = appsignal::appsignal_start_transaction(cstr("req"), cstr("web"), 0);
+    for _ in 0..10 {
+        appsignal::appsignal_start_event(txn, 0);
+        appsignal::appsignal_finish_event(
+            txn,
+            cstr("sql.active_record"),
+            cstr("User Load"),
+            cstr(SQL),
+            1,
+            0,
+        );
+    }
+    appsignal::appsignal_set_transaction_action(txn, cstr("UsersController#show"));
+    if error {
+        appsignal::appsignal_set_transaction_error(
+            txn,
+            cstr("RuntimeError"),
+            cstr("boom"),
+            std::ptr::null(),
+        );
+    }
+    std::hint::black_box(appsignal::appsignal_finish_transaction(txn, 0));
+    appsignal::appsignal_complete_transaction(txn);
+    appsignal::appsignal_free_transaction(txn.cast());
+}

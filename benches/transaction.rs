@@ -11,39 +11,18 @@
 //!
 //! `cargo bench -p appsignal-testkit --bench transaction`
 
-use std::hint::black_box;
-
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 
 mod common;
-use common::{cstr, start_agent};
-
-const SQL: &str = "SELECT * FROM users WHERE id = 42 AND email = 'a@example.com'";
-
-fn transaction_with_10_events() {
-    let txn = appsignal::appsignal_start_transaction(cstr("req"), cstr("web"), 0);
-    for _ in 0..10 {
-        appsignal::appsignal_start_event(txn, 0);
-        appsignal::appsignal_finish_event(
-            txn,
-            cstr("sql.active_record"),
-            cstr("User Load"),
-            cstr(SQL),
-            1,
-            0,
-        );
-    }
-    appsignal::appsignal_set_transaction_action(txn, cstr("UsersController#show"));
-    black_box(appsignal::appsignal_finish_transaction(txn, 0));
-    appsignal::appsignal_complete_transaction(txn);
-    appsignal::appsignal_free_transaction(txn.cast());
-}
+use common::{start_agent, transaction_with_10_sql_events, SQL};
 
 fn bench_transaction<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     let mut group = c.benchmark_group(group);
-    group.bench_function("libappsignal", |b| b.iter(transaction_with_10_events));
+    group.bench_function("libappsignal", |b| {
+        b.iter(|| transaction_with_10_sql_events(false))
+    });
 
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = provider.tracer("bench");
