@@ -7,6 +7,7 @@
 #   fuzz/run.sh --execs 10000000 --seconds 1800 frame   … or 30 minutes, whichever comes first
 #   fuzz/run.sh --resume --execs 10000000 sql   go on from target/fuzz/sql (executions add up)
 #   fuzz/run.sh --seconds 600 frame data
+#   fuzz/run.sh --max-len 4096 --execs 10000000 data   inputs of at most 4096 bytes (AFL's -G)
 #
 # Installs cargo-afl (and builds its AFL++) when missing. Output: $FUZZ_OUT_DIR/<target>/ (default
 # target/fuzz: AFL's queue, crashes/, hangs/, fuzzer_stats) and one summary line per target. A crash file reproduces
@@ -21,6 +22,7 @@ seconds=${FUZZ_SECONDS:-15}
 execs=
 cap=
 resume=
+max_len=()
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,7 +31,8 @@ while [ $# -gt 0 ]; do
     --execs) mode=execs; execs=$2; shift ;;
     --repro) mode=repro ;;
     --resume) resume=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --max-len) max_len=(-G "$2"); shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) targets+=("$1") ;;
   esac
   shift
@@ -83,7 +86,7 @@ for target in "${targets[@]}"; do
   fi
   started=$(date +%s)
   # -t: a run that takes over 2 s is a hang (AFL retries it with a longer timeout before saving it).
-  if ! cargo afl fuzz "${input[@]}" -o "$out" -t 2000 "${limit[@]}" \
+  if ! cargo afl fuzz "${input[@]}" -o "$out" -t 2000 "${max_len[@]}" "${limit[@]}" \
       "$bin_dir/fuzz_$target" >"$out/afl.log" 2>&1; then
     echo "fuzz: afl-fuzz failed for $target (see $out/afl.log):" >&2
     tail -20 "$out/afl.log" >&2
