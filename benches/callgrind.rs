@@ -19,7 +19,9 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
 mod common;
-use common::{cstr, start_agent, transaction_with_10_sql_events as transaction, SQL};
+use common::{
+    cstr, start_agent, thread_cpu_ns, transaction_with_10_sql_events as transaction, SQL,
+};
 
 const NAME: &str = "requests";
 const TAGS: [(&str, &str); 2] = [("region", "eu"), ("route", "/checkout")];
@@ -36,17 +38,6 @@ const ROWS: &[&str] = &[
     "metrics_crate_counter",
     "metrics_crate_histogram",
 ];
-
-/// The calling thread's CPU time.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Runs the measured loop of `row`, printing its wall and thread CPU time per call.
 fn timed(row: &str, calls: u64, measured: impl FnOnce()) {

@@ -16,7 +16,7 @@ use criterion::{Criterion, Throughput};
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 
 mod common;
-use common::{start_agent, transaction_with_10_sql_events, SQL};
+use common::{start_agent, thread_cpu_ns, transaction_with_10_sql_events, SQL};
 
 fn bench_transaction<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     let mut group = c.benchmark_group(group);
@@ -43,16 +43,6 @@ fn bench_transaction<M: Measurement>(c: &mut Criterion<M>, group: &str) {
 
 /// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in nanoseconds.
 struct ThreadCpu;
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 impl Measurement for ThreadCpu {
     type Intermediate = u64;

@@ -263,13 +263,7 @@ fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
         == 1));
     setup.assert_totals(&expected);
     // The leader logs the delivery after the receiver's answer: wait for the line.
-    assert!(
-        common::poll(Duration::from_secs(10), || setup
-            .log()
-            .contains("sent push payload")),
-        "{}",
-        setup.log()
-    );
+    setup.await_log("sent push payload", Duration::from_secs(10));
     let log = setup.log();
     assert!(log.contains("next try in 2 s or later"), "{log}");
     // The endpoint was skipped until the delay passed: the one push after the 429 that delivered
@@ -317,13 +311,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
         setup.log()
     );
     // The receiver may have the payload a moment before the leader logs the answer.
-    assert!(
-        common::poll(Duration::from_secs(10), || setup
-            .log()
-            .contains("sent push payload")),
-        "{}",
-        setup.log()
-    );
+    setup.await_log("sent push payload", Duration::from_secs(10));
     worker.stop(Duration::from_secs(20)).unwrap();
     let left: Vec<_> = std::fs::read_dir(setup.workdir().join("payloads"))
         .unwrap()

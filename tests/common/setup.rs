@@ -74,6 +74,15 @@ impl Setup {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for `needle` in the log; fails with the log.
+    pub fn await_log(&self, needle: &str, timeout: Duration) {
+        assert!(
+            super::poll(timeout, || self.log().contains(needle)),
+            "no {needle:?} in the log:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits up to 30 s for the receiver's totals to equal `expected`; fails with the differences,
     /// the receiver's summary and the end of the log.
     pub fn assert_totals(&self, expected: &Value) {
