@@ -403,7 +403,7 @@ impl Aggregator {
             .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < CLIENT_MEMORY.as_millis() as u64);
         if self.clients.len() > MAX_CLIENTS {
             let mut seen: Vec<u64> = self.clients.values().map(|(_, seen)| *seen).collect();
-            seen.sort_unstable_by(|a, b| b.cmp(a));
+            crate::sort::sort_by(&mut seen, |a, b| b.cmp(a));
             let cutoff = seen[MAX_CLIENTS - 1];
             self.clients.retain(|_, (_, seen)| *seen >= cutoff);
         }

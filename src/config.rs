@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
+use crate::cbor::{self, required, set, FromCbor};
 use crate::otlp::settings::{OtlpSettings, ResourceInputs};
 
 /// The library's own environment table, filled through `appsignal_env_put`.
@@ -94,6 +95,84 @@ pub struct PushConfig {
     /// and can export nothing until a process with the whole configuration connects.
     #[serde(default)]
     pub redacted: bool,
+}
+
+impl FromCbor for Exporters {
+    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
+        let (mut push, mut otlp) = (None, None);
+        r.fields(|r, key| match key {
+            "push" | "otlp" => {
+                let v = r.bool()?;
+                set(r, if key == "push" { &mut push } else { &mut otlp }, key, v)
+            }
+            _ => Ok(false),
+        })?;
+        Ok(Exporters {
+            push: required(r, push, "Exporters", "push")?,
+            otlp: required(r, otlp, "Exporters", "otlp")?,
+        })
+    }
+}
+
+impl FromCbor for PushConfig {
+    #[inline(never)]
+    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
+        let mut text: [Option<String>; 6] = Default::default();
+        const TEXT: [&str; 6] = [
+            "push_api_key",
+            "app_name",
+            "environment",
+            "endpoint",
+            "hostname",
+            "revision",
+        ];
+        let (mut host_role, mut language_integration_version) = (None, None);
+        let (mut exporters, mut otlp, mut redacted) = (None, None, None);
+        r.fields(|r, key| match key {
+            "host_role" | "language_integration_version" => {
+                let v = r.option(cbor::Reader::string)?;
+                let slot = if key == "host_role" {
+                    &mut host_role
+                } else {
+                    &mut language_integration_version
+                };
+                set(r, slot, key, v)
+            }
+            "exporters" => {
+                let v = Exporters::read(r)?;
+                set(r, &mut exporters, key, v)
+            }
+            "otlp" => {
+                let v = r.option(<OtlpSettings as FromCbor>::read)?;
+                set(r, &mut otlp, key, v)
+            }
+            "redacted" => {
+                let v = r.bool()?;
+                set(r, &mut redacted, key, v)
+            }
+            _ => match TEXT.iter().position(|name| *name == key) {
+                Some(i) => {
+                    let v = r.string()?;
+                    set(r, &mut text[i], key, v)
+                }
+                None => Ok(false),
+            },
+        })?;
+        let [push_api_key, app_name, environment, endpoint, hostname, revision] = text;
+        Ok(PushConfig {
+            push_api_key: required(r, push_api_key, "PushConfig", TEXT[0])?,
+            app_name: required(r, app_name, "PushConfig", TEXT[1])?,
+            environment: required(r, environment, "PushConfig", TEXT[2])?,
+            endpoint: required(r, endpoint, "PushConfig", TEXT[3])?,
+            hostname: required(r, hostname, "PushConfig", TEXT[4])?,
+            revision: required(r, revision, "PushConfig", TEXT[5])?,
+            host_role: host_role.flatten(),
+            language_integration_version: language_integration_version.flatten(),
+            exporters: exporters.unwrap_or_default(),
+            otlp: otlp.flatten(),
+            redacted: redacted.unwrap_or_default(),
+        })
+    }
 }
 
 impl PushConfig {

@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::{self, required, set, FromCbor, Reader};
 use crate::config::PushConfig;
 use crate::protocol::{self, Batch};
 use crate::workdir::WorkDir;
@@ -64,6 +65,33 @@ pub struct SegmentHeader {
     pub config_id: u64,
     /// The configuration without its push key (keys are never written to disk).
     pub config: PushConfig,
+}
+
+impl FromCbor for SegmentHeader {
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let (mut window_start, mut config_id, mut config) = (None, None, None);
+        r.fields(|r, key| match key {
+            "window_start" | "config_id" => {
+                let v = r.u64()?;
+                let slot = if key == "config_id" {
+                    &mut config_id
+                } else {
+                    &mut window_start
+                };
+                set(r, slot, key, v)
+            }
+            "config" => {
+                let v = PushConfig::read(r)?;
+                set(r, &mut config, key, v)
+            }
+            _ => Ok(false),
+        })?;
+        Ok(SegmentHeader {
+            window_start: required(r, window_start, "SegmentHeader", "window_start")?,
+            config_id: required(r, config_id, "SegmentHeader", "config_id")?,
+            config: required(r, config, "SegmentHeader", "config")?,
+        })
+    }
 }
 
 /// A segment read back by a new leader.
@@ -293,8 +321,7 @@ impl Journal {
                 ),
             }
         }
-        // (window, id) is unique: an unstable sort gives the same order with less code in the .so.
-        out.sort_unstable_by(|a, b| {
+        crate::sort::sort_by(&mut out, |a, b| {
             (a.header.window_start, &a.id).cmp(&(b.header.window_start, &b.id))
         });
         out

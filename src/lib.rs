@@ -23,6 +23,7 @@
 //! - `workdir`: where the working directory is, creating it safely, its permissions.
 //! - `election`: `flock` on `agent.lock` decides the leader.
 //! - [`protocol`]: frames and messages on `agent.socket` (pure codec).
+//! - [`cbor`]: the reader the protocol and the journal decode their CBOR with.
 //! - `fork`: what a forked child must close, and noticing that a fork happened.
 //! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
@@ -35,6 +36,7 @@
 //! - `transmit`: the HTTP sends of both exporters and the on-disk payload cache.
 //! - `role`: what this process is (a cell per start, one writer).
 //! - `ids`: random ids.
+//! - `sort`: stable sorting with one copy of the algorithm for the whole crate.
 //! - `log`: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
@@ -54,6 +56,8 @@ pub mod recorder;
 
 #[doc(hidden)]
 pub mod aggregate;
+#[doc(hidden)]
+pub mod cbor;
 #[doc(hidden)]
 pub mod host_metrics;
 #[doc(hidden)]
@@ -78,6 +82,7 @@ pub(crate) mod ids;
 pub(crate) mod leader;
 pub(crate) mod log;
 pub(crate) mod role;
+pub(crate) mod sort;
 mod test_knobs;
 pub(crate) mod transmit;
 pub(crate) mod workdir;

@@ -157,10 +157,15 @@ impl Payload {
                     .collect(),
             })
             .collect();
-        // Keys are unique within a window: unstable sorts give the same order with less code.
-        counters.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
-        gauges.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
-        distributions.sort_unstable_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        crate::sort::sort_by(&mut counters, |a, b| {
+            (&a.name, &a.tags).cmp(&(&b.name, &b.tags))
+        });
+        crate::sort::sort_by(&mut gauges, |a, b| {
+            (&a.name, &a.tags).cmp(&(&b.name, &b.tags))
+        });
+        crate::sort::sort_by(&mut distributions, |a, b| {
+            (&a.name, &a.tags).cmp(&(&b.name, &b.tags))
+        });
         Payload {
             payload_id,
             library_version: crate::VERSION.to_owned(),

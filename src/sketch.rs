@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::{self, required, set, FromCbor, Reader};
+
 /// The scale a new sketch starts at.
 pub const MAX_SCALE: i32 = 6;
 /// The lowest scale a sketch may fall to (base 2^1024: every finite value fits in a few buckets).
@@ -377,6 +379,76 @@ impl From<Sketch> for SketchWire {
             min: s.min,
             max: s.max,
         }
+    }
+}
+
+impl FromCbor for Sketch {
+    /// A [`SketchWire`], validated by its `TryFrom`.
+    #[inline(never)]
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let (mut scale, mut zero_count, mut positive_offset) = (None, None, None);
+        let (mut positive, mut negative_offset, mut negative) = (None, None, None);
+        let (mut count, mut sum, mut min, mut max) = (None, None, None, None);
+        r.fields(|r, key| match key {
+            "scale" | "positive_offset" | "negative_offset" => {
+                let v = r.i32()?;
+                let slot = match key {
+                    "scale" => &mut scale,
+                    "positive_offset" => &mut positive_offset,
+                    _ => &mut negative_offset,
+                };
+                set(r, slot, key, v)
+            }
+            "zero_count" | "count" => {
+                let v = r.u64()?;
+                set(
+                    r,
+                    if key == "count" {
+                        &mut count
+                    } else {
+                        &mut zero_count
+                    },
+                    key,
+                    v,
+                )
+            }
+            "positive" | "negative" => {
+                let v = r.vec_at_most(MAX_BUCKETS, Reader::u64)?;
+                set(
+                    r,
+                    if key == "positive" {
+                        &mut positive
+                    } else {
+                        &mut negative
+                    },
+                    key,
+                    v,
+                )
+            }
+            "sum" | "min" | "max" => {
+                let v = r.f64()?;
+                let slot = match key {
+                    "sum" => &mut sum,
+                    "min" => &mut min,
+                    _ => &mut max,
+                };
+                set(r, slot, key, v)
+            }
+            _ => Ok(false),
+        })?;
+        let wire = SketchWire {
+            scale: required(r, scale, "Sketch", "scale")?,
+            zero_count: required(r, zero_count, "Sketch", "zero_count")?,
+            positive_offset: required(r, positive_offset, "Sketch", "positive_offset")?,
+            positive: required(r, positive, "Sketch", "positive")?,
+            negative_offset: required(r, negative_offset, "Sketch", "negative_offset")?,
+            negative: required(r, negative, "Sketch", "negative")?,
+            count: required(r, count, "Sketch", "count")?,
+            sum: required(r, sum, "Sketch", "sum")?,
+            min: required(r, min, "Sketch", "min")?,
+            max: required(r, max, "Sketch", "max")?,
+        };
+        Sketch::try_from(wire).map_err(|why| r.error(why))
     }
 }
 

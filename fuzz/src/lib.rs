@@ -1,7 +1,8 @@
 //! Fuzz targets for everything in `appsignal-agent` that parses input from outside the process:
 //!
-//! - [`frame`]: bytes from `agent.socket` as the leader reads them: frame headers, CBOR bodies,
-//!   the `Hello` handshake, `Batch`es counted into windows and rendered as a payload.
+//! - [`frame`]: bytes from `agent.socket` as the leader reads them: frame headers, CBOR bodies
+//!   (each also read by `serde_cbor`'s decoder, which must agree), the `Hello` handshake,
+//!   `Batch`es counted into windows and rendered as a payload.
 //! - [`traceparent`]: the W3C `traceparent` header of `appsignal_create_span_from_traceparent`.
 //! - [`sql`]: the SQL sanitiser (event bodies with body format 1, SQL span attributes).
 //! - [`data`]: `appsignal_data_t` trees to JSON, tag values, key filtering, and log lines
@@ -54,6 +55,16 @@ pub fn frame(data: &[u8]) {
             used > protocol::HEADER_BYTES - 1 && used <= rest.len(),
             "decode consumed {used} of {} bytes",
             rest.len()
+        );
+        // Differential: `serde_cbor`'s derived decoder (the reference the protocol's reader
+        // replaced, docs/benchmarks.md) reads the same body to the same message.
+        let body = &rest[protocol::HEADER_BYTES..used];
+        let reference: ClientMessage = serde_cbor::from_slice(body)
+            .unwrap_or_else(|e| panic!("accepted by the protocol's reader only: {e}"));
+        assert_eq!(
+            serde_cbor::to_vec(&message).ok(),
+            serde_cbor::to_vec(&reference).ok(),
+            "read differently from serde_cbor"
         );
         rest = &rest[used..];
         match message {

@@ -89,7 +89,7 @@ pub(crate) fn counter_deltas<'a, V>(
             ))
         })
         .collect();
-    deltas.sort_unstable_by(|x, y| x.0.cmp(y.0));
+    crate::sort::sort_by(&mut deltas, |x, y| x.0.cmp(y.0));
     deltas
 }
 
@@ -155,7 +155,7 @@ impl Warner {
     #[cfg(test)]
     pub(crate) fn warned(&self) -> Vec<(String, FailureKind)> {
         let mut all: Vec<_> = self.seen.iter().cloned().collect();
-        all.sort_by(|a, b| (&a.0, a.1 as u8).cmp(&(&b.0, b.1 as u8)));
+        crate::sort::sort_by(&mut all, |a, b| (&a.0, a.1 as u8).cmp(&(&b.0, b.1 as u8)));
         all
     }
 

@@ -430,7 +430,7 @@ fn key(name: &str, attributes: &[KeyValue], service: Option<&str>) -> Result<Met
             tags.push(("service.name".to_owned(), service.to_owned()));
         }
     }
-    tags.sort_unstable();
+    crate::sort::sort(&mut tags);
     tags.dedup_by(|a, b| a.0 == b.0);
     Ok(MetricKey {
         name: name.to_owned(),

@@ -187,7 +187,7 @@ fn map_trace(
     }
     for list in children.values_mut() {
         // Stable: spans that start together stay in the order received.
-        list.sort_by_key(|&c| spans[c].span.start_time_unix_nano);
+        crate::sort::sort_by_key(list, |&c| spans[c].span.start_time_unix_nano);
     }
     let mut reached = 0u64;
     for root in roots {

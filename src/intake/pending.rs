@@ -141,7 +141,7 @@ impl Pending {
 /// A metric key with its tags sorted by name (the order the aggregator expects).
 pub fn key(name: &str, tags: impl IntoIterator<Item = (String, String)>) -> MetricKey {
     let mut tags: Vec<(String, String)> = tags.into_iter().collect();
-    tags.sort_unstable();
+    crate::sort::sort(&mut tags);
     MetricKey {
         name: name.to_owned(),
         tags,

@@ -198,7 +198,7 @@ impl ExportState {
                 next_try_in_ms: r.next_try.saturating_duration_since(now).as_millis() as u64,
             })
             .collect();
-        refused.sort_unstable_by(|a, b| {
+        crate::sort::sort_by(&mut refused, |a, b| {
             (&a.app_name, &a.environment, a.exporter).cmp(&(
                 &b.app_name,
                 &b.environment,

@@ -56,7 +56,7 @@ pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Rece
                 .into_iter()
                 .map(|g| {
                     let mut tags = g.tags;
-                    tags.sort_unstable();
+                    crate::sort::sort(&mut tags);
                     (
                         MetricKey { name: g.name, tags },
                         GaugeValue {

@@ -106,7 +106,7 @@ fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing
             let empty = crate::otlp::encode_empty_metrics(window, &window.segment)?;
             bodies.push((Signal::Metrics, empty));
         }
-        bodies.sort_by_key(|(signal, _)| *signal != Signal::Metrics);
+        crate::sort::sort_by_key(&mut bodies, |(signal, _)| *signal != Signal::Metrics);
         bodies.reverse();
         out.extend(
             bodies

@@ -437,7 +437,7 @@ pub fn histogram_point(
 
 fn sorted<'a>(keys: impl Iterator<Item = &'a MetricKey>) -> Vec<&'a MetricKey> {
     let mut keys: Vec<&MetricKey> = keys.collect();
-    keys.sort_unstable();
+    crate::sort::sort(&mut keys);
     keys
 }
 

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::{self, required, set, FromCbor, Reader};
+
 /// Where OTLP goes when nothing says otherwise (the OpenTelemetry Collector's OTLP/HTTP port).
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 /// `OTEL_EXPORTER_OTLP_TIMEOUT` default, in milliseconds.
@@ -50,6 +52,60 @@ impl fmt::Debug for OtlpSettings {
             .field("gzip", &self.gzip)
             .field("resource", &self.resource)
             .finish()
+    }
+}
+
+impl FromCbor for ResourceValue {
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        r.variant("resource value", |r, name| match name {
+            "Str" => r.string().map(|v| Some(ResourceValue::Str(v))),
+            "List" => r.vec(Reader::string).map(|v| Some(ResourceValue::List(v))),
+            _ => Ok(None),
+        })
+    }
+}
+
+impl FromCbor for OtlpSettings {
+    #[inline(never)]
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let mut endpoints: [Option<String>; 3] = Default::default();
+        const ENDPOINTS: [&str; 3] = ["metrics_endpoint", "traces_endpoint", "logs_endpoint"];
+        let (mut headers, mut timeout_ms, mut gzip, mut resource) = (None, None, None, None);
+        r.fields(|r, key| match key {
+            "headers" => {
+                let v = r.vec(|r| r.pair(Reader::string, Reader::string))?;
+                set(r, &mut headers, key, v)
+            }
+            "timeout_ms" => {
+                let v = r.u64()?;
+                set(r, &mut timeout_ms, key, v)
+            }
+            "gzip" => {
+                let v = r.bool()?;
+                set(r, &mut gzip, key, v)
+            }
+            "resource" => {
+                let v = r.vec(|r| r.pair(Reader::string, ResourceValue::read))?;
+                set(r, &mut resource, key, v)
+            }
+            _ => match ENDPOINTS.iter().position(|name| *name == key) {
+                Some(i) => {
+                    let v = r.string()?;
+                    set(r, &mut endpoints[i], key, v)
+                }
+                None => Ok(false),
+            },
+        })?;
+        let [metrics_endpoint, traces_endpoint, logs_endpoint] = endpoints;
+        Ok(OtlpSettings {
+            metrics_endpoint: required(r, metrics_endpoint, "OtlpSettings", ENDPOINTS[0])?,
+            traces_endpoint: required(r, traces_endpoint, "OtlpSettings", ENDPOINTS[1])?,
+            logs_endpoint: required(r, logs_endpoint, "OtlpSettings", ENDPOINTS[2])?,
+            headers: required(r, headers, "OtlpSettings", "headers")?,
+            timeout_ms: required(r, timeout_ms, "OtlpSettings", "timeout_ms")?,
+            gzip: required(r, gzip, "OtlpSettings", "gzip")?,
+            resource: required(r, resource, "OtlpSettings", "resource")?,
+        })
     }
 }
 

@@ -121,7 +121,7 @@ impl PayloadCache {
                 })
             })
             .collect();
-        entries.sort_unstable_by(|a, b| {
+        crate::sort::sort_by(&mut entries, |a, b| {
             (a.created_ms, &a.id, a.kind).cmp(&(b.created_ms, &b.id, b.kind))
         });
         entries

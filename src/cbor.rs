@@ -1,0 +1,597 @@
+//! Reading the CBOR that frames on `agent.socket` and journal segments are written in.
+//!
+//! `serde_cbor` writes them ([`crate::protocol::encode`]); this module reads them back: a pull
+//! reader over one body that checks each item against the type it must be, so every message is
+//! built and validated straight from the bytes. Each message type implements [`FromCbor`] next to
+//! its definition.
+//!
+//! Why not `serde_cbor::from_slice`: its deserializer is instantiated once per visitor type that
+//! the leader reads (about 50: every struct, its field names, every tuple and vector), which was
+//! 383 KB of `libappsignal.so`'s code (`docs/benchmarks.md`, "Size, third round"). This reader is
+//! not generic over what it reads. It reads what `serde_cbor` writes: definite-length arrays,
+//! maps and strings, structs as maps with text keys, enums as a one-entry map from the variant's
+//! name to its content (unit variants as their name), `None` as null, floats as half, single or
+//! double precision. Anything else (indefinite lengths, tags, non-text map keys, a float where an
+//! integer belongs, a duplicated field) is an error naming the byte offset; unknown fields are
+//! skipped, as `serde`'s derived decoders do. No declared length is trusted beyond the bytes
+//! left: a vector is never allocated larger than the body could fill.
+
+use std::fmt;
+
+/// Why a body could not be read: what was wrong, and at which byte of the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CborError {
+    pub offset: usize,
+    pub message: String,
+}
+
+impl fmt::Display for CborError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for CborError {}
+
+pub type Result<T> = std::result::Result<T, CborError>;
+
+/// A type that can be read from a [`Reader`].
+pub trait FromCbor: Sized {
+    fn read(r: &mut Reader<'_>) -> Result<Self>;
+}
+
+/// Reads exactly one `T` from `body`; bytes after it are an error.
+pub fn from_slice<T: FromCbor>(body: &[u8]) -> Result<T> {
+    let mut r = Reader::new(body);
+    let value = T::read(&mut r)?;
+    if r.at != body.len() {
+        return Err(r.error_at(
+            r.at,
+            format!("{} bytes after the message", body.len() - r.at),
+        ));
+    }
+    Ok(value)
+}
+
+// Major types (RFC 8949 §3.1).
+const UNSIGNED: u8 = 0;
+const NEGATIVE: u8 = 1;
+const BYTES: u8 = 2;
+const TEXT: u8 = 3;
+const ARRAY: u8 = 4;
+const MAP: u8 = 5;
+const TAG: u8 = 6;
+const SIMPLE: u8 = 7;
+
+const FALSE: u64 = 20;
+const TRUE: u64 = 21;
+const NULL: u64 = 22;
+
+/// One item's initial byte(s): major type, additional information and its argument.
+#[derive(Clone, Copy)]
+struct Head {
+    major: u8,
+    info: u8,
+    arg: u64,
+}
+
+fn major_name(major: u8) -> &'static str {
+    match major {
+        UNSIGNED => "an unsigned integer",
+        NEGATIVE => "a negative integer",
+        BYTES => "a byte string",
+        TEXT => "a text string",
+        ARRAY => "an array",
+        MAP => "a map",
+        TAG => "a tag",
+        _ => "a simple value or float",
+    }
+}
+
+/// A cursor over one CBOR body.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn error_at(&self, offset: usize, message: String) -> CborError {
+        CborError { offset, message }
+    }
+
+    /// An error about the item that starts at `offset`.
+    pub fn error(&self, message: impl Into<String>) -> CborError {
+        self.error_at(self.at, message.into())
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
+        let left = self.bytes.len() - self.at;
+        if n > left as u64 {
+            return Err(self.error(format!("{n} bytes announced, {left} left")));
+        }
+        let start = self.at;
+        self.at += n as usize;
+        Ok(&self.bytes[start..self.at])
+    }
+
+    // Not inlined: called for every item, it would be copied into every field's code.
+    #[inline(never)]
+    fn head(&mut self) -> Result<Head> {
+        let start = self.at;
+        let first = *self
+            .bytes
+            .get(self.at)
+            .ok_or_else(|| self.error("the body ends where an item should start"))?;
+        self.at += 1;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let width = 1u64 << (info - 24);
+                let mut arg = 0u64;
+                for &b in self.take(width)? {
+                    arg = arg << 8 | u64::from(b);
+                }
+                arg
+            }
+            31 => {
+                return Err(self.error_at(start, "indefinite-length items are not read".into()));
+            }
+            _ => {
+                return Err(self.error_at(start, format!("reserved additional information {info}")))
+            }
+        };
+        Ok(Head { major, info, arg })
+    }
+
+    /// The head of the next item, which must be of `major` type; `what` names what was expected.
+    fn expect(&mut self, major: u8, what: &str) -> Result<Head> {
+        let start = self.at;
+        let head = self.head()?;
+        if head.major != major {
+            return Err(self.error_at(
+                start,
+                format!("expected {what}, found {}", major_name(head.major)),
+            ));
+        }
+        Ok(head)
+    }
+
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(self.expect(UNSIGNED, "an unsigned integer")?.arg)
+    }
+
+    pub fn u32(&mut self) -> Result<u32> {
+        let start = self.at;
+        let n = self.u64()?;
+        u32::try_from(n).map_err(|_| self.error_at(start, format!("{n} does not fit in 32 bits")))
+    }
+
+    pub fn i32(&mut self) -> Result<i32> {
+        let start = self.at;
+        let head = self.head()?;
+        let n = match head.major {
+            UNSIGNED => i64::try_from(head.arg).ok(),
+            NEGATIVE => i64::try_from(head.arg).ok().map(|n| -1 - n),
+            other => {
+                return Err(self.error_at(
+                    start,
+                    format!("expected an integer, found {}", major_name(other)),
+                ))
+            }
+        };
+        n.and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| self.error_at(start, "integer does not fit in 32 bits".into()))
+    }
+
+    /// A float of any width, or an integer (read as the nearest float, as `serde` does).
+    pub fn f64(&mut self) -> Result<f64> {
+        let start = self.at;
+        let head = self.head()?;
+        match (head.major, head.info) {
+            (UNSIGNED, _) => Ok(head.arg as f64),
+            (NEGATIVE, _) => Ok(-1.0 - head.arg as f64),
+            (SIMPLE, 25) => Ok(f64::from(f16_to_f32(head.arg as u16))),
+            (SIMPLE, 26) => Ok(f64::from(f32::from_bits(head.arg as u32))),
+            (SIMPLE, 27) => Ok(f64::from_bits(head.arg)),
+            (major, _) => Err(self.error_at(
+                start,
+                format!("expected a number, found {}", major_name(major)),
+            )),
+        }
+    }
+
+    pub fn bool(&mut self) -> Result<bool> {
+        let start = self.at;
+        let head = self.expect(SIMPLE, "a boolean")?;
+        match (head.info, head.arg) {
+            (0..=23, FALSE) => Ok(false),
+            (0..=23, TRUE) => Ok(true),
+            _ => Err(self.error_at(start, "expected a boolean".into())),
+        }
+    }
+
+    /// A text string, borrowed from the body.
+    #[inline(never)]
+    pub fn str(&mut self) -> Result<&'a str> {
+        let head = self.expect(TEXT, "a text string")?;
+        let start = self.at;
+        let bytes = self.take(head.arg)?;
+        std::str::from_utf8(bytes)
+            .map_err(|e| self.error_at(start, format!("text is not UTF-8: {e}")))
+    }
+
+    pub fn string(&mut self) -> Result<String> {
+        self.str().map(str::to_owned)
+    }
+
+    /// An array's length. At least one byte per item must be left.
+    pub fn array(&mut self) -> Result<usize> {
+        let start = self.at;
+        let head = self.expect(ARRAY, "an array")?;
+        self.count(start, head.arg, 1)
+    }
+
+    /// A map's number of entries. At least two bytes per entry must be left.
+    pub fn map(&mut self) -> Result<usize> {
+        let start = self.at;
+        let head = self.expect(MAP, "a map")?;
+        self.count(start, head.arg, 2)
+    }
+
+    fn count(&self, start: usize, n: u64, bytes_per_item: u64) -> Result<usize> {
+        let left = (self.bytes.len() - self.at) as u64;
+        if n.saturating_mul(bytes_per_item) > left {
+            return Err(self.error_at(start, format!("{n} items announced, {left} bytes left")));
+        }
+        Ok(n as usize)
+    }
+
+    /// A null (consumed, `true`) or anything else (left in place, `false`).
+    pub fn null(&mut self) -> bool {
+        if self.bytes.get(self.at) == Some(&(SIMPLE << 5 | NULL as u8)) {
+            self.at += 1;
+            return true;
+        }
+        false
+    }
+
+    /// `None` for null, otherwise the item read by `read`.
+    pub fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        if self.null() {
+            return Ok(None);
+        }
+        read(self).map(Some)
+    }
+
+    /// An array of items read by `read`. Space for at most 1 MiB of items is reserved up front
+    /// (as `serde` does): beyond that the vector grows with the items actually read, so that a
+    /// forged length costs nothing.
+    pub fn vec<T>(&mut self, read: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+        self.vec_at_most(usize::MAX, read)
+    }
+
+    /// [`Reader::vec`] of at most `max` items: a longer array is refused before any is read.
+    pub fn vec_at_most<T>(
+        &mut self,
+        max: usize,
+        mut read: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let start = self.at;
+        let n = self.array()?;
+        if n > max {
+            return Err(self.error_at(start, format!("{n} items, at most {max} allowed")));
+        }
+        let mut out = Vec::with_capacity(n.min((1 << 20) / std::mem::size_of::<T>().max(1)));
+        for _ in 0..n {
+            out.push(read(self)?);
+        }
+        Ok(out)
+    }
+
+    /// A two-item array (a tuple).
+    pub fn pair<A, B>(
+        &mut self,
+        a: impl FnOnce(&mut Self) -> Result<A>,
+        b: impl FnOnce(&mut Self) -> Result<B>,
+    ) -> Result<(A, B)> {
+        let start = self.at;
+        if self.array()? != 2 {
+            return Err(self.error_at(start, "expected a pair".into()));
+        }
+        Ok((a(self)?, b(self)?))
+    }
+
+    /// A struct: a map with text keys. `field` reads the value of a known key and returns `true`,
+    /// or returns `false` for a key it does not know (the value is skipped).
+    pub fn fields(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Result<bool>,
+    ) -> Result<()> {
+        let n = self.map()?;
+        for _ in 0..n {
+            let key = self.str()?;
+            if !field(self, key)? {
+                self.skip()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An enum: a one-entry map from the variant's name to its content, read by `variant`, which
+    /// returns `None` for a name it does not know.
+    pub fn variant<T>(
+        &mut self,
+        what: &str,
+        variant: impl FnOnce(&mut Self, &'a str) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let start = self.at;
+        if self.map()? != 1 {
+            return Err(self.error_at(start, format!("expected {what} (a one-entry map)")));
+        }
+        let name_at = self.at;
+        let name = self.str()?;
+        variant(self, name)?
+            .ok_or_else(|| self.error_at(name_at, format!("unknown {what} variant {name:?}")))
+    }
+
+    /// Skips one item of any kind (the value of an unknown field). Iterative: no depth to exhaust.
+    pub fn skip(&mut self) -> Result<()> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            let start = self.at;
+            let head = self.head()?;
+            match head.major {
+                UNSIGNED | NEGATIVE | SIMPLE => {}
+                BYTES => {
+                    self.take(head.arg)?;
+                }
+                // Text is checked even where it is skipped, as `serde_cbor` does.
+                TEXT => {
+                    let bytes = self.take(head.arg)?;
+                    if std::str::from_utf8(bytes).is_err() {
+                        return Err(self.error_at(start, "text is not UTF-8".into()));
+                    }
+                }
+                ARRAY => pending = pending.saturating_add(self.count(start, head.arg, 1)? as u64),
+                MAP => pending = pending.saturating_add(2 * self.count(start, head.arg, 2)? as u64),
+                _ => return Err(self.error_at(start, "tags are not read".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromCbor for u64 {
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        r.u64()
+    }
+}
+
+impl<A: FromCbor, B: FromCbor> FromCbor for (A, B) {
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        r.pair(A::read, B::read)
+    }
+}
+
+impl<T: FromCbor> FromCbor for Vec<T> {
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        r.vec(T::read)
+    }
+}
+
+/// Stores a field's value, refusing a second one for the same field (as `serde` does).
+pub fn set<T>(r: &Reader<'_>, slot: &mut Option<T>, name: &str, value: T) -> Result<bool> {
+    if slot.is_some() {
+        return Err(duplicate(r, name));
+    }
+    *slot = Some(value);
+    Ok(true)
+}
+
+/// A field that must have been there.
+pub fn required<T>(r: &Reader<'_>, slot: Option<T>, what: &str, name: &str) -> Result<T> {
+    match slot {
+        Some(value) => Ok(value),
+        None => Err(missing(r, what, name)),
+    }
+}
+
+// The errors are built out of line: `set` and `required` are inlined for every field.
+#[cold]
+#[inline(never)]
+fn duplicate(r: &Reader<'_>, name: &str) -> CborError {
+    r.error(format!("duplicate field `{name}`"))
+}
+
+#[cold]
+#[inline(never)]
+fn missing(r: &Reader<'_>, what: &str, name: &str) -> CborError {
+    r.error(format!("{what}: missing field `{name}`"))
+}
+
+/// IEEE 754 half precision to single (exact: every half is a single).
+fn f16_to_f32(half: u16) -> f32 {
+    let sign = u32::from(half >> 15) << 31;
+    let exponent = u32::from((half >> 10) & 0x1f);
+    let mantissa = u32::from(half & 0x3ff);
+    let bits = match (exponent, mantissa) {
+        (0, 0) => sign,
+        // Subnormal: mantissa × 2^-24, exact in single precision.
+        (0, m) => {
+            let magnitude = m as f32 / 16_777_216.0;
+            return if sign == 0 { magnitude } else { -magnitude };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_floats_are_exact() {
+        for (bits, value) in [
+            (0x0000u16, 0.0f32),
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x8001, -5.960_464_5e-8),
+            (0x03ff, 6.097_555e-5),
+            (0x7c00, f32::INFINITY),
+            (0xfc00, f32::NEG_INFINITY),
+        ] {
+            assert_eq!(f16_to_f32(bits), value, "{bits:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert!(f16_to_f32(0x8000).is_sign_negative());
+    }
+
+    #[test]
+    fn floats_of_every_width_and_integers_read_as_f64() {
+        for value in [
+            0.0,
+            1.5,
+            -2.25,
+            0.1,
+            1e300,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            7.0e-8,
+        ] {
+            let bytes = serde_cbor::to_vec(&value).unwrap();
+            assert_eq!(Reader::new(&bytes).f64().unwrap(), value, "{bytes:x?}");
+        }
+        assert!(Reader::new(&serde_cbor::to_vec(&f64::NAN).unwrap())
+            .f64()
+            .unwrap()
+            .is_nan());
+        assert_eq!(Reader::new(&[0x18, 200]).f64().unwrap(), 200.0);
+        assert_eq!(Reader::new(&[0x20]).f64().unwrap(), -1.0);
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        let big = serde_cbor::to_vec(&(u64::from(u32::MAX) + 1)).unwrap();
+        assert!(Reader::new(&big)
+            .u32()
+            .unwrap_err()
+            .message
+            .contains("32 bits"));
+        assert_eq!(
+            Reader::new(&serde_cbor::to_vec(&i32::MIN).unwrap())
+                .i32()
+                .unwrap(),
+            i32::MIN
+        );
+        let below = serde_cbor::to_vec(&(i64::from(i32::MIN) - 1)).unwrap();
+        assert!(Reader::new(&below).i32().is_err());
+        assert_eq!(
+            Reader::new(&serde_cbor::to_vec(&u64::MAX).unwrap())
+                .u64()
+                .unwrap(),
+            u64::MAX
+        );
+        // A negative integer below i64::MIN does not wrap.
+        assert!(
+            Reader::new(&[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+                .i32()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn lengths_are_never_trusted_beyond_the_body() {
+        // An array of 2^64-1 items in a 9-byte body.
+        let err = Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .array()
+            .unwrap_err();
+        assert!(err.message.contains("items announced"), "{err}");
+        // A text of 100 bytes with 2 left.
+        let err = Reader::new(&[0x78, 100, b'a', b'b']).str().unwrap_err();
+        assert!(err.message.contains("100 bytes announced, 2 left"), "{err}");
+        let mut r = Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert!(r.skip().is_err());
+    }
+
+    #[test]
+    fn what_serde_cbor_never_writes_is_refused_with_its_offset() {
+        // Indefinite-length array, a tag, a reserved head, invalid UTF-8, a non-text map key.
+        assert!(Reader::new(&[0x9f, 0xff])
+            .array()
+            .unwrap_err()
+            .message
+            .contains("indefinite"));
+        assert!(Reader::new(&[0xc1, 0x00])
+            .skip()
+            .unwrap_err()
+            .message
+            .contains("tags"));
+        assert!(Reader::new(&[0x1c])
+            .u64()
+            .unwrap_err()
+            .message
+            .contains("reserved"));
+        let err = Reader::new(&[0x62, 0xff, 0xfe]).str().unwrap_err();
+        assert_eq!(err.offset, 1);
+        assert!(err.message.contains("UTF-8"));
+        let mut r = Reader::new(&[0xa1, 0x01, 0x02]);
+        let err = r.fields(|_, _| Ok(false)).unwrap_err();
+        assert!(err.message.contains("expected a text string"), "{err}");
+        assert_eq!(
+            from_slice::<u64>(&[0x01, 0x02]).unwrap_err().message,
+            "1 bytes after the message"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_duplicates_refused() {
+        #[derive(serde::Serialize)]
+        struct Wider {
+            extra: Vec<std::collections::BTreeMap<String, Vec<u8>>>,
+            n: u64,
+            more: (f64, Option<String>, bool),
+        }
+        let wider = Wider {
+            extra: vec![[("k".to_owned(), vec![1, 2, 3])].into()],
+            n: 7,
+            more: (1.5, None, true),
+        };
+        let bytes = serde_cbor::to_vec(&wider).unwrap();
+        assert_eq!(from_slice::<Probe>(&bytes).unwrap(), Probe(7));
+        // {"n": 1, "n": 2}
+        let err = from_slice::<Probe>(&[0xa2, 0x61, b'n', 0x01, 0x61, b'n', 0x02]).unwrap_err();
+        assert!(err.message.contains("duplicate field `n`"), "{err}");
+        let err = from_slice::<Probe>(&[0xa0]).unwrap_err();
+        assert!(err.message.contains("missing field `n`"), "{err}");
+    }
+
+    /// `{"n": u64}` and nothing else.
+    #[derive(Debug, PartialEq)]
+    struct Probe(u64);
+
+    impl FromCbor for Probe {
+        fn read(r: &mut Reader<'_>) -> Result<Self> {
+            let mut n = None;
+            r.fields(|r, key| match key {
+                "n" => {
+                    let value = r.u64()?;
+                    set(r, &mut n, "n", value)
+                }
+                _ => Ok(false),
+            })?;
+            required(r, n, "Probe", "n").map(Probe)
+        }
+    }
+}
