@@ -5,6 +5,7 @@
 
 mod cache;
 mod otlp;
+mod tls;
 
 use std::fs;
 use std::time::Duration;
@@ -98,7 +99,7 @@ pub struct Pusher {
 impl Pusher {
     pub fn new(config: &Config) -> Result<Pusher> {
         // Our own copy of rustls needs a process default provider; a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tls::provider().install_default();
         let mut builder = reqwest::Client::builder()
             .timeout(config.push_timeout)
             .connect_timeout(config.push_timeout.min(Duration::from_secs(5)))
