@@ -110,6 +110,7 @@ impl<'a> Reader<'a> {
         self.error_at(self.at, message.into())
     }
 
+    #[inline]
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         let left = self.bytes.len() - self.at;
         if n > left as u64 {
@@ -120,9 +121,25 @@ impl<'a> Reader<'a> {
         Ok(&self.bytes[start..self.at])
     }
 
-    // Not inlined: called for every item, it would be copied into every field's code.
-    #[inline(never)]
+    /// The next item's head. The common case (an argument below 24, in the initial byte) is
+    /// inline; wider arguments and errors are read out of line.
+    #[inline]
     fn head(&mut self) -> Result<Head> {
+        match self.bytes.get(self.at) {
+            Some(&first) if first & 0x1f < 24 => {
+                self.at += 1;
+                Ok(Head {
+                    major: first >> 5,
+                    info: first & 0x1f,
+                    arg: u64::from(first & 0x1f),
+                })
+            }
+            _ => self.wide_head(),
+        }
+    }
+
+    #[inline(never)]
+    fn wide_head(&mut self) -> Result<Head> {
         let start = self.at;
         let first = *self
             .bytes
@@ -163,7 +180,15 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    #[inline]
     pub fn u64(&mut self) -> Result<u64> {
+        // 0..=23 is the byte itself: most bucket counts take no call.
+        if let Some(&byte) = self.bytes.get(self.at) {
+            if byte < 24 {
+                self.at += 1;
+                return Ok(u64::from(byte));
+            }
+        }
         Ok(self.expect(UNSIGNED, "an unsigned integer")?.arg)
     }
 
@@ -218,9 +243,19 @@ impl<'a> Reader<'a> {
     }
 
     /// A text string, borrowed from the body.
-    #[inline(never)]
     pub fn str(&mut self) -> Result<&'a str> {
-        let head = self.expect(TEXT, "a text string")?;
+        // A text of 0..=23 bytes: its length is in the initial byte.
+        let head = match self.bytes.get(self.at) {
+            Some(&first) if first >> 5 == TEXT && first & 0x1f < 24 => {
+                self.at += 1;
+                Head {
+                    major: TEXT,
+                    info: first & 0x1f,
+                    arg: u64::from(first & 0x1f),
+                }
+            }
+            _ => self.expect(TEXT, "a text string")?,
+        };
         let start = self.at;
         let bytes = self.take(head.arg)?;
         std::str::from_utf8(bytes)
@@ -245,6 +280,7 @@ impl<'a> Reader<'a> {
         self.count(start, head.arg, 2)
     }
 
+    #[inline]
     fn count(&self, start: usize, n: u64, bytes_per_item: u64) -> Result<usize> {
         let left = (self.bytes.len() - self.at) as u64;
         if n.saturating_mul(bytes_per_item) > left {
