@@ -360,6 +360,17 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Reads a field's value with `read` into `slot`, refusing a second one (as `serde` does).
+    pub fn field<T>(
+        &mut self,
+        slot: &mut Option<T>,
+        name: &str,
+        read: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<bool> {
+        let value = read(self)?;
+        set(self, slot, name, value)
+    }
+
     /// An enum: a one-entry map from the variant's name to its content, read by `variant`, which
     /// returns `None` for a name it does not know.
     pub fn variant<T>(
@@ -424,7 +435,7 @@ impl<T: FromCbor> FromCbor for Vec<T> {
 }
 
 /// Stores a field's value, refusing a second one for the same field (as `serde` does).
-pub fn set<T>(r: &Reader<'_>, slot: &mut Option<T>, name: &str, value: T) -> Result<bool> {
+fn set<T>(r: &Reader<'_>, slot: &mut Option<T>, name: &str, value: T) -> Result<bool> {
     if slot.is_some() {
         return Err(duplicate(r, name));
     }
@@ -621,10 +632,7 @@ mod tests {
         fn read(r: &mut Reader<'_>) -> Result<Self> {
             let mut n = None;
             r.fields(|r, key| match key {
-                "n" => {
-                    let value = r.u64()?;
-                    set(r, &mut n, "n", value)
-                }
+                "n" => r.field(&mut n, key, Reader::u64),
                 _ => Ok(false),
             })?;
             required(r, n, "Probe", "n").map(Probe)

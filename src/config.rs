@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
-use crate::cbor::{self, required, set, FromCbor};
+use crate::cbor::{self, required, FromCbor};
 use crate::otlp::settings::{OtlpSettings, ResourceInputs};
 
 /// The library's own environment table, filled through `appsignal_env_put`.
@@ -101,10 +101,8 @@ impl FromCbor for Exporters {
     fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
         let (mut push, mut otlp) = (None, None);
         r.fields(|r, key| match key {
-            "push" | "otlp" => {
-                let v = r.bool()?;
-                set(r, if key == "push" { &mut push } else { &mut otlp }, key, v)
-            }
+            "push" => r.field(&mut push, key, cbor::Reader::bool),
+            "otlp" => r.field(&mut otlp, key, cbor::Reader::bool),
             _ => Ok(false),
         })?;
         Ok(Exporters {
@@ -129,32 +127,19 @@ impl FromCbor for PushConfig {
         let (mut host_role, mut language_integration_version) = (None, None);
         let (mut exporters, mut otlp, mut redacted) = (None, None, None);
         r.fields(|r, key| match key {
-            "host_role" | "language_integration_version" => {
-                let v = r.option(cbor::Reader::string)?;
-                let slot = if key == "host_role" {
-                    &mut host_role
-                } else {
-                    &mut language_integration_version
-                };
-                set(r, slot, key, v)
+            "host_role" => r.field(&mut host_role, key, |r| r.option(cbor::Reader::string)),
+            "language_integration_version" => {
+                r.field(&mut language_integration_version, key, |r| {
+                    r.option(cbor::Reader::string)
+                })
             }
-            "exporters" => {
-                let v = Exporters::read(r)?;
-                set(r, &mut exporters, key, v)
-            }
-            "otlp" => {
-                let v = r.option(<OtlpSettings as FromCbor>::read)?;
-                set(r, &mut otlp, key, v)
-            }
-            "redacted" => {
-                let v = r.bool()?;
-                set(r, &mut redacted, key, v)
-            }
+            "exporters" => r.field(&mut exporters, key, |r| Exporters::read(r)),
+            "otlp" => r.field(&mut otlp, key, |r| {
+                r.option(<OtlpSettings as FromCbor>::read)
+            }),
+            "redacted" => r.field(&mut redacted, key, |r| r.bool()),
             _ => match TEXT.iter().position(|name| *name == key) {
-                Some(i) => {
-                    let v = r.string()?;
-                    set(r, &mut text[i], key, v)
-                }
+                Some(i) => r.field(&mut text[i], key, |r| r.string()),
                 None => Ok(false),
             },
         })?;

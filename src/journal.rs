@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, set, FromCbor, Reader};
+use crate::cbor::{self, required, FromCbor, Reader};
 use crate::config::PushConfig;
 use crate::protocol::{self, Batch};
 use crate::workdir::WorkDir;
@@ -71,19 +71,9 @@ impl FromCbor for SegmentHeader {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut window_start, mut config_id, mut config) = (None, None, None);
         r.fields(|r, key| match key {
-            "window_start" | "config_id" => {
-                let v = r.u64()?;
-                let slot = if key == "config_id" {
-                    &mut config_id
-                } else {
-                    &mut window_start
-                };
-                set(r, slot, key, v)
-            }
-            "config" => {
-                let v = PushConfig::read(r)?;
-                set(r, &mut config, key, v)
-            }
+            "window_start" => r.field(&mut window_start, key, Reader::u64),
+            "config_id" => r.field(&mut config_id, key, Reader::u64),
+            "config" => r.field(&mut config, key, |r| PushConfig::read(r)),
             _ => Ok(false),
         })?;
         Ok(SegmentHeader {

@@ -14,7 +14,7 @@
 //! [`FromCbor`]). The `Deserialize` derives are not used by the library: they are the reference
 //! decoder that the tests and the `frame` fuzz target compare [`decode`] with.
 
-use crate::cbor::{self, required, set, FromCbor, Reader};
+use crate::cbor::{self, required, FromCbor, Reader};
 use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 
@@ -234,14 +234,10 @@ impl FromCbor for MetricKey {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut name, mut tags) = (None, None);
         r.fields(|r, key| match key {
-            "name" => {
-                let v = r.string()?;
-                set(r, &mut name, key, v)
-            }
-            "tags" => {
-                let v = r.vec(|r| r.pair(Reader::string, Reader::string))?;
-                set(r, &mut tags, key, v)
-            }
+            "name" => r.field(&mut name, key, |r| r.string()),
+            "tags" => r.field(&mut tags, key, |r| {
+                r.vec(|r| r.pair(Reader::string, Reader::string))
+            }),
             _ => Ok(false),
         })?;
         Ok(MetricKey {
@@ -256,14 +252,8 @@ impl FromCbor for GaugeValue {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut value, mut at_ms) = (None, None);
         r.fields(|r, key| match key {
-            "value" => {
-                let v = r.f64()?;
-                set(r, &mut value, key, v)
-            }
-            "at_ms" => {
-                let v = r.u64()?;
-                set(r, &mut at_ms, key, v)
-            }
+            "value" => r.field(&mut value, key, |r| r.f64()),
+            "at_ms" => r.field(&mut at_ms, key, |r| r.u64()),
             _ => Ok(false),
         })?;
         Ok(GaugeValue {
@@ -280,39 +270,26 @@ impl FromCbor for Batch {
         let (mut counters, mut gauges, mut distributions) = (None, None, None);
         let (mut samples, mut logs) = (None, None);
         let (mut dropped_samples, mut dropped_logs, mut dropped_batches) = (None, None, None);
-        r.fields(|r, key| {
-            let number = match key {
-                "client_id" => &mut client_id,
-                "seq" => &mut seq,
-                "created_ms" => &mut created_ms,
-                "dropped_updates" => &mut dropped_updates,
-                "dropped_samples" => &mut dropped_samples,
-                "dropped_logs" => &mut dropped_logs,
-                "dropped_batches" => &mut dropped_batches,
-                "counters" => {
-                    let v = r.vec(|r| r.pair(MetricKey::read, Reader::f64))?;
-                    return set(r, &mut counters, key, v);
-                }
-                "gauges" => {
-                    let v = r.vec(|r| r.pair(MetricKey::read, GaugeValue::read))?;
-                    return set(r, &mut gauges, key, v);
-                }
-                "distributions" => {
-                    let v = r.vec(|r| r.pair(MetricKey::read, Sketch::read))?;
-                    return set(r, &mut distributions, key, v);
-                }
-                "samples" => {
-                    let v = r.vec(Reader::string)?;
-                    return set(r, &mut samples, key, v);
-                }
-                "logs" => {
-                    let v = r.vec(Reader::string)?;
-                    return set(r, &mut logs, key, v);
-                }
-                _ => return Ok(false),
-            };
-            let v = r.u64()?;
-            set(r, number, key, v)
+        r.fields(|r, key| match key {
+            "client_id" => r.field(&mut client_id, key, Reader::u64),
+            "seq" => r.field(&mut seq, key, Reader::u64),
+            "created_ms" => r.field(&mut created_ms, key, Reader::u64),
+            "dropped_updates" => r.field(&mut dropped_updates, key, Reader::u64),
+            "dropped_samples" => r.field(&mut dropped_samples, key, Reader::u64),
+            "dropped_logs" => r.field(&mut dropped_logs, key, Reader::u64),
+            "dropped_batches" => r.field(&mut dropped_batches, key, Reader::u64),
+            "counters" => r.field(&mut counters, key, |r| {
+                r.vec(|r| r.pair(MetricKey::read, Reader::f64))
+            }),
+            "gauges" => r.field(&mut gauges, key, |r| {
+                r.vec(|r| r.pair(MetricKey::read, GaugeValue::read))
+            }),
+            "distributions" => r.field(&mut distributions, key, |r| {
+                r.vec(|r| r.pair(MetricKey::read, Sketch::read))
+            }),
+            "samples" => r.field(&mut samples, key, |r| r.vec(Reader::string)),
+            "logs" => r.field(&mut logs, key, |r| r.vec(Reader::string)),
+            _ => Ok(false),
         })?;
         Ok(Batch {
             client_id: required(r, client_id, "Batch", "client_id")?,
@@ -336,26 +313,11 @@ impl FromCbor for Hello {
         let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
         let (mut pid, mut config) = (None, None);
         r.fields(|r, key| match key {
-            "protocol_version" => {
-                let v = r.u32()?;
-                set(r, &mut protocol_version, key, v)
-            }
-            "library_version" => {
-                let v = r.string()?;
-                set(r, &mut library_version, key, v)
-            }
-            "client_id" => {
-                let v = r.u64()?;
-                set(r, &mut client_id, key, v)
-            }
-            "pid" => {
-                let v = r.u32()?;
-                set(r, &mut pid, key, v)
-            }
-            "config" => {
-                let v = PushConfig::read(r)?;
-                set(r, &mut config, key, v)
-            }
+            "protocol_version" => r.field(&mut protocol_version, key, |r| r.u32()),
+            "library_version" => r.field(&mut library_version, key, |r| r.string()),
+            "client_id" => r.field(&mut client_id, key, |r| r.u64()),
+            "pid" => r.field(&mut pid, key, |r| r.u32()),
+            "config" => r.field(&mut config, key, |r| PushConfig::read(r)),
             _ => Ok(false),
         })?;
         Ok(Hello {
@@ -387,26 +349,11 @@ impl FromCbor for LeaderMessage {
             let (mut protocol_version, mut library_version, mut leader_pid) = (None, None, None);
             let (mut reason, mut seq) = (None, None);
             r.fields(|r, key| match key {
-                "protocol_version" => {
-                    let v = r.u32()?;
-                    set(r, &mut protocol_version, key, v)
-                }
-                "library_version" => {
-                    let v = r.string()?;
-                    set(r, &mut library_version, key, v)
-                }
-                "leader_pid" => {
-                    let v = r.u32()?;
-                    set(r, &mut leader_pid, key, v)
-                }
-                "reason" => {
-                    let v = r.string()?;
-                    set(r, &mut reason, key, v)
-                }
-                "seq" => {
-                    let v = r.u64()?;
-                    set(r, &mut seq, key, v)
-                }
+                "protocol_version" => r.field(&mut protocol_version, key, |r| r.u32()),
+                "library_version" => r.field(&mut library_version, key, |r| r.string()),
+                "leader_pid" => r.field(&mut leader_pid, key, |r| r.u32()),
+                "reason" => r.field(&mut reason, key, |r| r.string()),
+                "seq" => r.field(&mut seq, key, |r| r.u64()),
                 _ => Ok(false),
             })?;
             // Fields of another variant are unknown fields of this one: skipped, as serde does.

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, set, FromCbor, Reader};
+use crate::cbor::{self, required, FromCbor, Reader};
 
 /// The scale a new sketch starts at.
 pub const MAX_SCALE: i32 = 6;
@@ -390,50 +390,20 @@ impl FromCbor for Sketch {
         let (mut positive, mut negative_offset, mut negative) = (None, None, None);
         let (mut count, mut sum, mut min, mut max) = (None, None, None, None);
         r.fields(|r, key| match key {
-            "scale" | "positive_offset" | "negative_offset" => {
-                let v = r.i32()?;
-                let slot = match key {
-                    "scale" => &mut scale,
-                    "positive_offset" => &mut positive_offset,
-                    _ => &mut negative_offset,
-                };
-                set(r, slot, key, v)
-            }
-            "zero_count" | "count" => {
-                let v = r.u64()?;
-                set(
-                    r,
-                    if key == "count" {
-                        &mut count
-                    } else {
-                        &mut zero_count
-                    },
-                    key,
-                    v,
-                )
-            }
-            "positive" | "negative" => {
-                let v = r.vec_at_most(MAX_BUCKETS, Reader::u64)?;
-                set(
-                    r,
-                    if key == "positive" {
-                        &mut positive
-                    } else {
-                        &mut negative
-                    },
-                    key,
-                    v,
-                )
-            }
-            "sum" | "min" | "max" => {
-                let v = r.f64()?;
-                let slot = match key {
-                    "sum" => &mut sum,
-                    "min" => &mut min,
-                    _ => &mut max,
-                };
-                set(r, slot, key, v)
-            }
+            "scale" => r.field(&mut scale, key, Reader::i32),
+            "positive_offset" => r.field(&mut positive_offset, key, Reader::i32),
+            "negative_offset" => r.field(&mut negative_offset, key, Reader::i32),
+            "zero_count" => r.field(&mut zero_count, key, Reader::u64),
+            "count" => r.field(&mut count, key, Reader::u64),
+            "positive" => r.field(&mut positive, key, |r| {
+                r.vec_at_most(MAX_BUCKETS, Reader::u64)
+            }),
+            "negative" => r.field(&mut negative, key, |r| {
+                r.vec_at_most(MAX_BUCKETS, Reader::u64)
+            }),
+            "sum" => r.field(&mut sum, key, Reader::f64),
+            "min" => r.field(&mut min, key, Reader::f64),
+            "max" => r.field(&mut max, key, Reader::f64),
             _ => Ok(false),
         })?;
         let wire = SketchWire {

@@ -168,13 +168,7 @@ fn push_through(mode: &str) -> Vec<String> {
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let mut expected = Value::Null;
     for w in workers.iter_mut() {
-        w.send("record 2000").unwrap();
-    }
-    for w in workers.iter_mut() {
-        fleet::add_sent(
-            &mut expected,
-            &w.expect("sent", Duration::from_secs(30)).unwrap(),
-        );
+        fleet::add_sent(&mut expected, &w.record(2000).unwrap());
     }
     stop_all(&mut workers);
     setup.assert_totals(&expected);
@@ -212,8 +206,7 @@ fn a_server_with_chacha20_only_is_refused_with_a_log_line_and_the_payload_kept()
         .with("_APPSIGNAL_PUSH_API_ENDPOINT", &proxy.url)
         .with("_APPSIGNAL_CA_FILE_PATH", &ca.display().to_string());
     let mut worker = setup.spawn(0);
-    worker.send("record 100").unwrap();
-    worker.expect("sent", Duration::from_secs(30)).unwrap();
+    worker.record(100).unwrap();
     setup.await_log(
         &format!("push to {} failed", proxy.url),
         Duration::from_secs(30),

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, set, FromCbor, Reader};
+use crate::cbor::{self, required, FromCbor, Reader};
 
 /// Where OTLP goes when nothing says otherwise (the OpenTelemetry Collector's OTLP/HTTP port).
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
@@ -72,27 +72,16 @@ impl FromCbor for OtlpSettings {
         const ENDPOINTS: [&str; 3] = ["metrics_endpoint", "traces_endpoint", "logs_endpoint"];
         let (mut headers, mut timeout_ms, mut gzip, mut resource) = (None, None, None, None);
         r.fields(|r, key| match key {
-            "headers" => {
-                let v = r.vec(|r| r.pair(Reader::string, Reader::string))?;
-                set(r, &mut headers, key, v)
-            }
-            "timeout_ms" => {
-                let v = r.u64()?;
-                set(r, &mut timeout_ms, key, v)
-            }
-            "gzip" => {
-                let v = r.bool()?;
-                set(r, &mut gzip, key, v)
-            }
-            "resource" => {
-                let v = r.vec(|r| r.pair(Reader::string, ResourceValue::read))?;
-                set(r, &mut resource, key, v)
-            }
+            "headers" => r.field(&mut headers, key, |r| {
+                r.vec(|r| r.pair(Reader::string, Reader::string))
+            }),
+            "timeout_ms" => r.field(&mut timeout_ms, key, |r| r.u64()),
+            "gzip" => r.field(&mut gzip, key, |r| r.bool()),
+            "resource" => r.field(&mut resource, key, |r| {
+                r.vec(|r| r.pair(Reader::string, ResourceValue::read))
+            }),
             _ => match ENDPOINTS.iter().position(|name| *name == key) {
-                Some(i) => {
-                    let v = r.string()?;
-                    set(r, &mut endpoints[i], key, v)
-                }
+                Some(i) => r.field(&mut endpoints[i], key, |r| r.string()),
                 None => Ok(false),
             },
         })?;
