@@ -396,7 +396,12 @@ impl<'a> Reader<'a> {
             let start = self.at;
             let head = self.head()?;
             match head.major {
-                UNSIGNED | NEGATIVE | SIMPLE => {}
+                UNSIGNED | NEGATIVE => {}
+                // false, true, null, undefined and floats; `serde_cbor` refuses other simple values.
+                SIMPLE if matches!(head.info, 20..=23 | 25..=27) => {}
+                SIMPLE => {
+                    return Err(self.error_at(start, format!("simple value {}", head.arg)));
+                }
                 BYTES => {
                     self.take(head.arg)?;
                 }
@@ -590,6 +595,13 @@ mod tests {
             .unwrap_err()
             .message
             .contains("reserved"));
+        // Unassigned simple values, also where they would be skipped.
+        let err = Reader::new(&[0xe2]).skip().unwrap_err();
+        assert!(err.message.contains("simple value 2"), "{err}");
+        assert!(Reader::new(&[0xf8, 0x20]).skip().is_err());
+        for known in [0xf4, 0xf5, 0xf6, 0xf7] {
+            assert!(Reader::new(&[known]).skip().is_ok());
+        }
         let err = Reader::new(&[0x62, 0xff, 0xfe]).str().unwrap_err();
         assert_eq!(err.offset, 1);
         assert!(err.message.contains("UTF-8"));
