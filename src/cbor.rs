@@ -12,9 +12,10 @@
 //! maps and strings, structs as maps with text keys, enums as a one-entry map from the variant's
 //! name to its content (unit variants as their name), `None` as null, floats as half, single or
 //! double precision. Anything else (indefinite lengths, tags, non-text map keys, a float where an
-//! integer belongs, a duplicated field) is an error naming the byte offset; unknown fields are
-//! skipped, as `serde`'s derived decoders do. No declared length is trusted beyond the bytes
-//! left: a vector is never allocated larger than the body could fill.
+//! integer belongs, a duplicated field, arrays and maps nested deeper than `serde_cbor`'s 127) is
+//! an error naming the byte offset; unknown fields are skipped, as `serde`'s derived decoders do.
+//! No declared length is trusted beyond the bytes left, and at most 1 MiB is reserved for a
+//! vector before its items are read.
 
 use std::fmt;
 
@@ -88,15 +89,24 @@ fn major_name(major: u8) -> &'static str {
     }
 }
 
+/// Arrays and maps open at once, at most: `serde_cbor` refuses the 128th.
+const MAX_DEPTH: u32 = 127;
+
 /// A cursor over one CBOR body.
 pub struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Arrays and maps entered and not yet read to their end.
+    depth: u32,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { bytes, at: 0 }
+        Reader {
+            bytes,
+            at: 0,
+            depth: 0,
+        }
     }
 
     #[cold]
@@ -105,7 +115,7 @@ impl<'a> Reader<'a> {
         CborError { offset, message }
     }
 
-    /// An error about the item that starts at `offset`.
+    /// An error at the reader's position (the item about to be read, or just read).
     pub fn error(&self, message: impl Into<String>) -> CborError {
         self.error_at(self.at, message.into())
     }
@@ -221,7 +231,8 @@ impl<'a> Reader<'a> {
         let head = self.head()?;
         match (head.major, head.info) {
             (UNSIGNED, _) => Ok(head.arg as f64),
-            (NEGATIVE, _) => Ok(-1.0 - head.arg as f64),
+            // Below i64::MIN `serde` sees an i128, which it does not turn into a float.
+            (NEGATIVE, _) if head.arg <= i64::MAX as u64 => Ok(-1.0 - head.arg as f64),
             (SIMPLE, 25) => Ok(f64::from(f16_to_f32(head.arg as u16))),
             (SIMPLE, 26) => Ok(f64::from(f32::from_bits(head.arg as u32))),
             (SIMPLE, 27) => Ok(f64::from_bits(head.arg)),
@@ -267,17 +278,31 @@ impl<'a> Reader<'a> {
     }
 
     /// An array's length. At least one byte per item must be left.
-    pub fn array(&mut self) -> Result<usize> {
+    fn array(&mut self) -> Result<usize> {
         let start = self.at;
         let head = self.expect(ARRAY, "an array")?;
         self.count(start, head.arg, 1)
     }
 
     /// A map's number of entries. At least two bytes per entry must be left.
-    pub fn map(&mut self) -> Result<usize> {
+    fn map(&mut self) -> Result<usize> {
         let start = self.at;
         let head = self.expect(MAP, "a map")?;
         self.count(start, head.arg, 2)
+    }
+
+    #[inline]
+    /// Enters the array or map whose head started at `start`.
+    fn enter(&mut self, start: usize) -> Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_at(start, format!("nested deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
     }
 
     #[inline]
@@ -324,10 +349,12 @@ impl<'a> Reader<'a> {
         if n > max {
             return Err(self.error_at(start, format!("{n} items, at most {max} allowed")));
         }
+        self.enter(start)?;
         let mut out = Vec::with_capacity(n.min((1 << 20) / std::mem::size_of::<T>().max(1)));
         for _ in 0..n {
             out.push(read(self)?);
         }
+        self.leave();
         Ok(out)
     }
 
@@ -341,7 +368,10 @@ impl<'a> Reader<'a> {
         if self.array()? != 2 {
             return Err(self.error_at(start, "expected a pair".into()));
         }
-        Ok((a(self)?, b(self)?))
+        self.enter(start)?;
+        let pair = (a(self)?, b(self)?);
+        self.leave();
+        Ok(pair)
     }
 
     /// A struct: a map with text keys. `field` reads the value of a known key and returns `true`,
@@ -350,13 +380,16 @@ impl<'a> Reader<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, &'a str) -> Result<bool>,
     ) -> Result<()> {
+        let start = self.at;
         let n = self.map()?;
+        self.enter(start)?;
         for _ in 0..n {
             let key = self.str()?;
             if !field(self, key)? {
                 self.skip()?;
             }
         }
+        self.leave();
         Ok(())
     }
 
@@ -382,40 +415,47 @@ impl<'a> Reader<'a> {
         if self.map()? != 1 {
             return Err(self.error_at(start, format!("expected {what} (a one-entry map)")));
         }
+        self.enter(start)?;
         let name_at = self.at;
         let name = self.str()?;
-        variant(self, name)?
-            .ok_or_else(|| self.error_at(name_at, format!("unknown {what} variant {name:?}")))
+        let value = variant(self, name)?
+            .ok_or_else(|| self.error_at(name_at, format!("unknown {what} variant {name:?}")))?;
+        self.leave();
+        Ok(value)
     }
 
-    /// Skips one item of any kind (the value of an unknown field). Iterative: no depth to exhaust.
+    /// Skips one item of any kind (the value of an unknown field), nested at most as deep as
+    /// the reader allows.
     pub fn skip(&mut self) -> Result<()> {
-        let mut pending: u64 = 1;
-        while pending > 0 {
-            pending -= 1;
-            let start = self.at;
-            let head = self.head()?;
-            match head.major {
-                UNSIGNED | NEGATIVE => {}
-                // false, true, null, undefined and floats; `serde_cbor` refuses other simple values.
-                SIMPLE if matches!(head.info, 20..=23 | 25..=27) => {}
-                SIMPLE => {
-                    return Err(self.error_at(start, format!("simple value {}", head.arg)));
-                }
-                BYTES => {
-                    self.take(head.arg)?;
-                }
-                // Text is checked even where it is skipped, as `serde_cbor` does.
-                TEXT => {
-                    let bytes = self.take(head.arg)?;
-                    if std::str::from_utf8(bytes).is_err() {
-                        return Err(self.error_at(start, "text is not UTF-8".into()));
-                    }
-                }
-                ARRAY => pending = pending.saturating_add(self.count(start, head.arg, 1)? as u64),
-                MAP => pending = pending.saturating_add(2 * self.count(start, head.arg, 2)? as u64),
-                _ => return Err(self.error_at(start, "tags are not read".into())),
+        let start = self.at;
+        let head = self.head()?;
+        match head.major {
+            UNSIGNED | NEGATIVE => {}
+            // false, true, null, undefined and floats; `serde_cbor` refuses other simple values.
+            SIMPLE if matches!(head.info, 20..=23 | 25..=27) => {}
+            SIMPLE => {
+                return Err(self.error_at(start, format!("simple value {}", head.arg)));
             }
+            BYTES => {
+                self.take(head.arg)?;
+            }
+            // Text is checked even where it is skipped, as `serde_cbor` does.
+            TEXT => {
+                let bytes = self.take(head.arg)?;
+                if std::str::from_utf8(bytes).is_err() {
+                    return Err(self.error_at(start, "text is not UTF-8".into()));
+                }
+            }
+            ARRAY | MAP => {
+                let per_entry = if head.major == MAP { 2 } else { 1 };
+                let n = self.count(start, head.arg, per_entry)?;
+                self.enter(start)?;
+                for _ in 0..n * per_entry as usize {
+                    self.skip()?;
+                }
+                self.leave();
+            }
+            _ => return Err(self.error_at(start, "tags are not read".into())),
         }
         Ok(())
     }
@@ -531,6 +571,9 @@ mod tests {
             .is_nan());
         assert_eq!(Reader::new(&[0x18, 200]).f64().unwrap(), 200.0);
         assert_eq!(Reader::new(&[0x20]).f64().unwrap(), -1.0);
+        let below_i64 = [0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(serde_cbor::from_slice::<f64>(&below_i64).is_err());
+        assert!(Reader::new(&below_i64).f64().is_err());
     }
 
     #[test]
@@ -634,6 +677,38 @@ mod tests {
         assert!(err.message.contains("duplicate field `n`"), "{err}");
         let err = from_slice::<Probe>(&[0xa0]).unwrap_err();
         assert!(err.message.contains("missing field `n`"), "{err}");
+    }
+
+    #[test]
+    fn nesting_is_refused_where_serde_cbor_refuses_it() {
+        // {"x": [[[…0…]]], "n": 1} with `arrays` nested arrays in the unknown field "x".
+        let body = |arrays: usize| {
+            let mut b = vec![0xa2, 0x61, b'x'];
+            b.extend(std::iter::repeat_n(0x81, arrays));
+            b.extend([0x00, 0x61, b'n', 0x01]);
+            b
+        };
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct N {
+            n: u64,
+        }
+        let mut last_ok = 0;
+        for arrays in 0..200 {
+            let ours = from_slice::<Probe>(&body(arrays)).is_ok();
+            assert_eq!(
+                ours,
+                serde_cbor::from_slice::<N>(&body(arrays)).is_ok(),
+                "{arrays} arrays"
+            );
+            if ours {
+                last_ok = arrays;
+            }
+        }
+        // The struct's map is one level: 126 arrays inside it make 127.
+        assert_eq!(last_ok, 126);
+        let err = from_slice::<Probe>(&body(127)).unwrap_err();
+        assert!(err.message.contains("nested deeper than 127"), "{err}");
     }
 
     /// `{"n": u64}` and nothing else.
