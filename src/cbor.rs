@@ -401,7 +401,11 @@ impl<'a> Reader<'a> {
         read: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<bool> {
         let value = read(self)?;
-        set(self, slot, name, value)
+        if slot.is_some() {
+            return Err(duplicate(self, name));
+        }
+        *slot = Some(value);
+        Ok(true)
     }
 
     /// An enum: a one-entry map from the variant's name to its content, read by `variant`, which
@@ -479,15 +483,6 @@ impl<T: FromCbor> FromCbor for Vec<T> {
     }
 }
 
-/// Stores a field's value, refusing a second one for the same field (as `serde` does).
-fn set<T>(r: &Reader<'_>, slot: &mut Option<T>, name: &str, value: T) -> Result<bool> {
-    if slot.is_some() {
-        return Err(duplicate(r, name));
-    }
-    *slot = Some(value);
-    Ok(true)
-}
-
 /// A field that must have been there.
 pub fn required<T>(r: &Reader<'_>, slot: Option<T>, what: &str, name: &str) -> Result<T> {
     match slot {
@@ -496,7 +491,7 @@ pub fn required<T>(r: &Reader<'_>, slot: Option<T>, what: &str, name: &str) -> R
     }
 }
 
-// The errors are built out of line: `set` and `required` are inlined for every field.
+// The errors are built out of line: `field` and `required` are inlined for every field.
 #[cold]
 #[inline(never)]
 fn duplicate(r: &Reader<'_>, name: &str) -> CborError {

@@ -133,13 +133,13 @@ impl FromCbor for PushConfig {
                     r.option(cbor::Reader::string)
                 })
             }
-            "exporters" => r.field(&mut exporters, key, |r| Exporters::read(r)),
+            "exporters" => r.field(&mut exporters, key, Exporters::read),
             "otlp" => r.field(&mut otlp, key, |r| {
                 r.option(<OtlpSettings as FromCbor>::read)
             }),
-            "redacted" => r.field(&mut redacted, key, |r| r.bool()),
+            "redacted" => r.field(&mut redacted, key, cbor::Reader::bool),
             _ => match TEXT.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut text[i], key, |r| r.string()),
+                Some(i) => r.field(&mut text[i], key, cbor::Reader::string),
                 None => Ok(false),
             },
         })?;

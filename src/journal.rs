@@ -73,7 +73,7 @@ impl FromCbor for SegmentHeader {
         r.fields(|r, key| match key {
             "window_start" => r.field(&mut window_start, key, Reader::u64),
             "config_id" => r.field(&mut config_id, key, Reader::u64),
-            "config" => r.field(&mut config, key, |r| PushConfig::read(r)),
+            "config" => r.field(&mut config, key, PushConfig::read),
             _ => Ok(false),
         })?;
         Ok(SegmentHeader {

@@ -234,7 +234,7 @@ impl FromCbor for MetricKey {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut name, mut tags) = (None, None);
         r.fields(|r, key| match key {
-            "name" => r.field(&mut name, key, |r| r.string()),
+            "name" => r.field(&mut name, key, Reader::string),
             "tags" => r.field(&mut tags, key, |r| {
                 r.vec(|r| r.pair(Reader::string, Reader::string))
             }),
@@ -252,8 +252,8 @@ impl FromCbor for GaugeValue {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut value, mut at_ms) = (None, None);
         r.fields(|r, key| match key {
-            "value" => r.field(&mut value, key, |r| r.f64()),
-            "at_ms" => r.field(&mut at_ms, key, |r| r.u64()),
+            "value" => r.field(&mut value, key, Reader::f64),
+            "at_ms" => r.field(&mut at_ms, key, Reader::u64),
             _ => Ok(false),
         })?;
         Ok(GaugeValue {
@@ -313,11 +313,11 @@ impl FromCbor for Hello {
         let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
         let (mut pid, mut config) = (None, None);
         r.fields(|r, key| match key {
-            "protocol_version" => r.field(&mut protocol_version, key, |r| r.u32()),
-            "library_version" => r.field(&mut library_version, key, |r| r.string()),
-            "client_id" => r.field(&mut client_id, key, |r| r.u64()),
-            "pid" => r.field(&mut pid, key, |r| r.u32()),
-            "config" => r.field(&mut config, key, |r| PushConfig::read(r)),
+            "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
+            "library_version" => r.field(&mut library_version, key, Reader::string),
+            "client_id" => r.field(&mut client_id, key, Reader::u64),
+            "pid" => r.field(&mut pid, key, Reader::u32),
+            "config" => r.field(&mut config, key, PushConfig::read),
             _ => Ok(false),
         })?;
         Ok(Hello {
@@ -349,11 +349,11 @@ impl FromCbor for LeaderMessage {
             let (mut protocol_version, mut library_version, mut leader_pid) = (None, None, None);
             let (mut reason, mut seq) = (None, None);
             r.fields(|r, key| match key {
-                "protocol_version" => r.field(&mut protocol_version, key, |r| r.u32()),
-                "library_version" => r.field(&mut library_version, key, |r| r.string()),
-                "leader_pid" => r.field(&mut leader_pid, key, |r| r.u32()),
-                "reason" => r.field(&mut reason, key, |r| r.string()),
-                "seq" => r.field(&mut seq, key, |r| r.u64()),
+                "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
+                "library_version" => r.field(&mut library_version, key, Reader::string),
+                "leader_pid" => r.field(&mut leader_pid, key, Reader::u32),
+                "reason" => r.field(&mut reason, key, Reader::string),
+                "seq" => r.field(&mut seq, key, Reader::u64),
                 _ => Ok(false),
             })?;
             // Fields of another variant are unknown fields of this one: skipped, as serde does.

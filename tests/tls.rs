@@ -158,13 +158,19 @@ impl Drop for TlsProxy {
     }
 }
 
-/// Two processes record and stop; every total must arrive through the TLS server.
-fn push_through(mode: &str) -> Vec<String> {
+/// Workers that push to the reference receiver through a TLS server offering `mode`.
+fn behind_tls(mode: &str) -> (Setup, TlsProxy) {
     let setup = Setup::new(KEY, 400);
     let (proxy, ca) = TlsProxy::start(&setup, mode);
     let setup = setup
         .with("_APPSIGNAL_PUSH_API_ENDPOINT", &proxy.url)
         .with("_APPSIGNAL_CA_FILE_PATH", &ca.display().to_string());
+    (setup, proxy)
+}
+
+/// Two processes record and stop; every total must arrive through the TLS server.
+fn push_through(mode: &str) -> Vec<String> {
+    let (setup, proxy) = behind_tls(mode);
     let mut workers: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let mut expected = Value::Null;
     for w in workers.iter_mut() {
@@ -200,11 +206,7 @@ fn pushes_reach_a_tls12_only_server_over_ecdhe_aes_gcm() {
 
 #[test]
 fn a_server_with_chacha20_only_is_refused_with_a_log_line_and_the_payload_kept() {
-    let setup = Setup::new(KEY, 400);
-    let (proxy, ca) = TlsProxy::start(&setup, "chacha-only");
-    let setup = setup
-        .with("_APPSIGNAL_PUSH_API_ENDPOINT", &proxy.url)
-        .with("_APPSIGNAL_CA_FILE_PATH", &ca.display().to_string());
+    let (setup, proxy) = behind_tls("chacha-only");
     let mut worker = setup.spawn(0);
     worker.record(100).unwrap();
     setup.await_log(

@@ -75,13 +75,13 @@ impl FromCbor for OtlpSettings {
             "headers" => r.field(&mut headers, key, |r| {
                 r.vec(|r| r.pair(Reader::string, Reader::string))
             }),
-            "timeout_ms" => r.field(&mut timeout_ms, key, |r| r.u64()),
-            "gzip" => r.field(&mut gzip, key, |r| r.bool()),
+            "timeout_ms" => r.field(&mut timeout_ms, key, Reader::u64),
+            "gzip" => r.field(&mut gzip, key, Reader::bool),
             "resource" => r.field(&mut resource, key, |r| {
                 r.vec(|r| r.pair(Reader::string, ResourceValue::read))
             }),
             _ => match ENDPOINTS.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut endpoints[i], key, |r| r.string()),
+                Some(i) => r.field(&mut endpoints[i], key, Reader::string),
                 None => Ok(false),
             },
         })?;
