@@ -393,17 +393,14 @@ fn set_blocking(file: &File) -> io::Result<()> {
 /// Sets the mode of the socket the leader just bound at `path` without following a link swapped in
 /// since: the path is opened `O_PATH | O_NOFOLLOW`, must be a socket, and its mode is changed
 /// through `/proc/self/fd` (the inode opened, whatever is at the path by then).
+///
+/// The descriptor is opened with `open(2)` itself, not `OpenOptions::custom_flags`: std clears the
+/// `O_ACCMODE` bits of custom flags, and musl's `O_ACCMODE` includes `O_PATH` (`O_SEARCH`), so there
+/// the socket would be opened `O_RDONLY`, which fails with ENXIO.
 pub fn chmod_socket(path: &Path, mode: u32) -> Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileTypeExt;
-    let handle = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
-    let handle = match handle {
-        Ok(handle) => handle,
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-    };
+    let handle = open_path_only(path).with_context(|| format!("cannot open {}", path.display()))?;
     let meta = handle
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
@@ -416,6 +413,28 @@ pub fn chmod_socket(path: &Path, mode: u32) -> Result<()> {
     let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
     fs::set_permissions(&proc_path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// `open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC)`: a descriptor naming the inode at `path` (a link
+/// itself, not its target), usable for `fstat` and `/proc/self/fd`, never for reading.
+fn open_path_only(path: &Path) -> io::Result<File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call; open has no other
+    // preconditions.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open succeeded, so `fd` is a fresh descriptor that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Whether the thing at `path` is a socket (not a link to one): checked before connecting, so that a
