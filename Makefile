@@ -4,6 +4,11 @@
 #   make install-files BUILD_DIR=target/release       # installs a library built before, runs no cargo
 #   make uninstall [PREFIX=…] [DESTDIR=…]
 #
+# Builds the release archives for every platform (see the README, "Platforms and release archives"):
+#
+#   make dist-deps                                     # rustup targets, Zig, cargo-zigbuild, qemu-user
+#   make dist [DIST_TARGETS="x86_64-unknown-linux-gnu …"]   # dist/libappsignal-<version>-<target>.tar.gz, dist/SHA256SUMS
+#
 # Installs, under $(DESTDIR):
 #   $(LIBDIR)/libappsignal.so.$(VERSION)        soname libappsignal.so.$(MAJOR) (ffi/build.rs)
 #   $(LIBDIR)/libappsignal.so.$(MAJOR)  -> libappsignal.so.$(VERSION)
@@ -30,7 +35,7 @@ INSTALL ?= install
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(ROOT)/Cargo.toml | head -n 1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all build install install-files uninstall
+.PHONY: all build install install-files uninstall dist dist-deps
 
 all: build
 
@@ -57,3 +62,9 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libappsignal.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libappsignal.so.$(MAJOR) \
 	    $(DESTDIR)$(LIBDIR)/libappsignal.so $(DESTDIR)$(LIBDIR)/libappsignal.a \
 	    $(DESTDIR)$(INCLUDEDIR)/appsignal.h $(DESTDIR)$(PKGCONFIGDIR)/appsignal.pc
+
+dist-deps:
+	bash $(ROOT)/scripts/dist/deps.sh
+
+dist:
+	bash $(ROOT)/scripts/dist/build.sh $(DIST_TARGETS)
