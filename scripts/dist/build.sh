@@ -2,6 +2,7 @@
 # `make dist`: one archive per platform in dist/, and dist/SHA256SUMS.
 #
 #   scripts/dist/build.sh [TARGET…]     (default: all six; `make dist-deps` installs the tools)
+#   DIST_PACKAGE_ONLY=1 scripts/dist/build.sh [TARGET…]   # repackages what target/dist holds, no cargo
 #
 # Every target is built by cargo-zigbuild (Zig as the C compiler and linker) into target/dist/, a
 # target directory of its own so that `make dist` never waits on the tests' build lock:
@@ -51,8 +52,10 @@ for target in $TARGETS; do
     *-linux-gnu) zig_target="$target.2.17" ;;
     *) zig_target="$target" ;;
   esac
-  echo "== $target: cargo zigbuild --release -p appsignal-ffi --target $zig_target" >&2
-  cargo zigbuild --release --locked -q -p appsignal-ffi --target "$zig_target"
+  if [ -z "${DIST_PACKAGE_ONLY:-}" ]; then
+    echo "== $target: cargo zigbuild --release -p appsignal-ffi --target $zig_target" >&2
+    cargo zigbuild --release --locked -q -p appsignal-ffi --target "$zig_target"
+  fi
   built="$CARGO_TARGET_DIR/$target/release"
 
   stage="$OUT/stage/$target"
