@@ -446,7 +446,8 @@ fn linux_archive(test: &str, target: &'static str, cc: fn() -> Command, tools: &
     });
 
     // 3. As the language packages use it: libappsignal.a inside the package's own shared object,
-    //    linked with -static-libgcc and nothing else of ours; the VM (here a small host) dlopens it.
+    //    linked as the Elixir NIF's Makefile links it (the whole archive, -static-libgcc, nothing
+    //    else of ours; every member must resolve); the VM (here a small host) dlopens it.
     if !musl {
         let extension = build.join("dist_extension.so");
         let mut compile = cc();
@@ -461,7 +462,9 @@ fn linux_archive(test: &str, target: &'static str, cc: fn() -> Command, tools: &
             .arg("-o")
             .arg(&extension)
             .arg(c_source("dist_worker.c"))
+            .arg("-Wl,--whole-archive")
             .arg(archive.file("libappsignal.a"))
+            .arg("-Wl,--no-whole-archive")
             .args(["-lpthread", "-ldl", "-lm"]));
         let needed = stdout(Command::new("readelf").arg("-d").arg(&extension));
         assert!(

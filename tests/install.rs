@@ -182,3 +182,16 @@ fn make_install_builds_the_shipped_library_first() {
         "not the shipped build: {build}"
     );
 }
+
+/// `cargo build` leaves `libappsignal.so.<major> -> libappsignal.so` in its output directory
+/// (ffi/build.rs), so that a program linked with `-L target/release -lappsignal` finds the soname
+/// it recorded at run time.
+#[test]
+fn the_build_leaves_the_soname_link_beside_the_library() {
+    let link = common::target_dir().join(format!("libappsignal.so.{MAJOR}"));
+    assert_eq!(
+        std::fs::read_link(&link)
+            .unwrap_or_else(|e| panic!("{}: {e} (ffi/build.rs makes it)", link.display())),
+        Path::new("libappsignal.so")
+    );
+}
