@@ -93,7 +93,12 @@ pub fn prepare_or_fallback_to(
 }
 
 /// Longest path a Unix socket address can hold (`sun_path` is 108 bytes including the NUL).
+#[cfg(target_os = "linux")]
 pub const MAX_SOCKET_PATH: usize = 107;
+/// Longest path a Unix socket address can hold (`sun_path` is 104 bytes on macOS and the BSDs,
+/// including the NUL).
+#[cfg(not(target_os = "linux"))]
+pub const MAX_SOCKET_PATH: usize = 103;
 
 /// Why a location was chosen, for the log and diagnose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +402,9 @@ fn set_blocking(file: &File) -> io::Result<()> {
 /// The descriptor is opened with `open(2)` itself, not `OpenOptions::custom_flags`: std clears the
 /// `O_ACCMODE` bits of custom flags, and musl's `O_ACCMODE` includes `O_PATH` (`O_SEARCH`), so there
 /// the socket would be opened `O_RDONLY`, which fails with ENXIO.
+///
+/// Linux only: elsewhere there is neither `O_PATH` nor `/proc`, and [`SocketStage`] is used.
+#[cfg(target_os = "linux")]
 pub fn chmod_socket(path: &Path, mode: u32) -> Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileTypeExt;
@@ -417,6 +425,7 @@ pub fn chmod_socket(path: &Path, mode: u32) -> Result<()> {
 
 /// `open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC)`: a descriptor naming the inode at `path` (a link
 /// itself, not its target), usable for `fstat` and `/proc/self/fd`, never for reading.
+#[cfg(target_os = "linux")]
 fn open_path_only(path: &Path) -> io::Result<File> {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -437,11 +446,163 @@ fn open_path_only(path: &Path) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Where the leader binds its socket on systems without `O_PATH` (macOS), so that its mode is set
+/// race-free there too: a directory `<working dir>/.s<8 hex digits>` that this process makes, mode
+/// 0700, so nothing in it can be swapped by anyone else. The socket is bound in it
+/// ([`bind_path`](Self::bind_path)), its mode set through the directory's descriptor, and it is then
+/// renamed to `agent.socket` ([`publish`](Self::publish)), replacing whatever is there (the socket
+/// of a previous leader, or a link planted since, itself: a rename never follows a link). A mode
+/// set by path in the working directory itself could hit a hard link swapped in between a check and
+/// the `chmod`, in a world-writable directory. The staged path is exactly as long as
+/// `agent.socket`'s, so [`MAX_SOCKET_PATH`] covers it. The directory is removed on drop.
+#[cfg(any(test, not(target_os = "linux")))]
+pub struct SocketStage {
+    path: PathBuf,
+    /// The directory as made: what is done inside it goes through this descriptor, so renaming the
+    /// directory away (the working directory may be world-writable) redirects nothing.
+    dir: File,
+}
+
+#[cfg(any(test, not(target_os = "linux")))]
+impl SocketStage {
+    /// The socket's name inside the stage.
+    const NAME: &'static std::ffi::CStr = c"s";
+
+    /// Makes the stage directory in `workdir`.
+    pub fn new(workdir: &WorkDir) -> Result<SocketStage> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = workdir
+            .path()
+            .join(format!(".s{:08x}", crate::ids::random_u64() as u32));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let stage = SocketStage {
+            dir: match OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+            {
+                Ok(dir) => dir,
+                Err(e) => {
+                    let _ = fs::remove_dir(&path);
+                    return Err(e).with_context(|| format!("cannot open {}", path.display()));
+                }
+            },
+            path,
+        };
+        let meta = stage
+            .dir
+            .metadata()
+            .with_context(|| format!("cannot stat {}", stage.path.display()))?;
+        if meta.uid() != current_euid() {
+            bail!(Planted(format!(
+                "{} was replaced by a directory of uid {} right after it was made",
+                stage.path.display(),
+                meta.uid()
+            )));
+        }
+        // mkdir never grants more than 0700 here, but a umask may have taken some of it away.
+        if meta.mode() & 0o777 != 0o700 {
+            stage
+                .dir
+                .set_permissions(fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot chmod {}", stage.path.display()))?;
+        }
+        Ok(stage)
+    }
+
+    /// Where to bind the socket.
+    pub fn bind_path(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        self.path
+            .join(std::ffi::OsStr::from_bytes(Self::NAME.to_bytes()))
+    }
+
+    /// Gives the socket bound at [`bind_path`](Self::bind_path) `mode` and renames it to `to`.
+    pub fn publish(self, to: &Path, mode: u32) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: stat is plain data; all zeroes is a valid value.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is our open directory, the name a NUL-terminated string, `stat` valid for writes.
+        if unsafe {
+            libc::fstatat(
+                dir,
+                Self::NAME.as_ptr(),
+                &mut stat,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot stat {}", self.bind_path().display()));
+        }
+        if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            bail!("{} is not a socket", self.bind_path().display());
+        }
+        // `mode_t` is 16 bits on macOS; modes fit.
+        #[allow(clippy::unnecessary_cast)]
+        let mode = mode as libc::mode_t;
+        // Nobody else can create or swap anything in the stage (0700, ours), so this is the socket.
+        // SAFETY: as for fstatat; fchmodat takes no pointer to write.
+        if unsafe { libc::fchmodat(dir, Self::NAME.as_ptr(), mode, 0) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot chmod {}", self.bind_path().display()));
+        }
+        let c_to = std::ffi::CString::new(to.as_os_str().as_bytes())
+            .with_context(|| format!("{} contains a NUL byte", to.display()))?;
+        // SAFETY: both names are NUL-terminated strings that outlive the call; `dir` is open.
+        if unsafe { libc::renameat(dir, Self::NAME.as_ptr(), libc::AT_FDCWD, c_to.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot rename the socket to {}", to.display()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(any(test, not(target_os = "linux")))]
+impl Drop for SocketStage {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // Still there when publishing failed. Through the descriptor: only our own directory.
+        // SAFETY: `dir` is our open directory and the name a NUL-terminated string.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), Self::NAME.as_ptr(), 0) };
+        // By path (there is no rmdir through a descriptor): if someone renamed ours away and put an
+        // empty directory in its place, that one goes instead, which harms nobody.
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
 /// Whether the thing at `path` is a socket (not a link to one): checked before connecting, so that a
 /// client never follows a link planted at `agent.socket`.
 pub fn is_socket_not_link(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Sets `SO_NOSIGPIPE` on the Unix socket `fd`: a write to a peer that has gone then fails with
+/// EPIPE instead of raising SIGPIPE in the host app. macOS has no `MSG_NOSIGNAL` for `write(2)`;
+/// std and mio set this on the sockets they create, but not on accepted ones or ours.
+#[cfg(target_vendor = "apple")]
+pub fn set_no_sigpipe(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket of the caller; `on` is a valid c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NOSIGPIPE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn current_euid() -> u32 {
@@ -588,10 +749,23 @@ mod tests {
 
     #[test]
     fn a_socket_path_that_does_not_fit_sun_path_is_refused() {
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        assert_eq!(MAX_SOCKET_PATH, addr.sun_path.len() - 1, "room for the NUL");
         let tmp = tempfile::tempdir().unwrap();
-        let long = tmp.path().join("x".repeat(120));
-        let err = WorkDir::prepare(&long, true).unwrap_err().to_string();
+        // `<tmp>/<name>/agent.socket` exactly `len` bytes long.
+        let dir_for = |len: usize| {
+            let base = tmp.path().as_os_str().len() + "/".len() + "/agent.socket".len();
+            tmp.path().join("x".repeat(len - base))
+        };
+        let err = WorkDir::prepare(&dir_for(MAX_SOCKET_PATH + 1), true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("longer than"), "{err}");
+        // The longest that is accepted can be bound.
+        let wd = WorkDir::prepare(&dir_for(MAX_SOCKET_PATH), true).unwrap();
+        assert_eq!(wd.socket_path().as_os_str().len(), MAX_SOCKET_PATH);
+        let _listener = std::os::unix::net::UnixListener::bind(wd.socket_path()).unwrap();
     }
 
     fn mode(p: &Path) -> u32 {
@@ -714,6 +888,7 @@ mod tests {
         assert!(result.is_err(), "a FIFO was accepted as the log");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_socket_is_chmodded_only_through_what_was_bound() {
         let tmp = tempfile::tempdir().unwrap();
@@ -740,6 +915,42 @@ mod tests {
         assert!(chmod_socket(&wd.socket_path(), 0o666).is_err());
         drop(listener);
         assert_untouched(&file, &dir);
+    }
+
+    /// The macOS way (tested here too): bound in the stage, chmodded there, renamed into place over
+    /// whatever is at `agent.socket`, a planted link included, which is replaced, not followed.
+    #[test]
+    fn a_staged_socket_is_published_with_its_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, dir) = victims(tmp.path());
+        let wd = WorkDir::prepare(&tmp.path().join("wd"), true).unwrap();
+        std::os::unix::fs::symlink(&file, wd.socket_path()).unwrap();
+        let stage = SocketStage::new(&wd).unwrap();
+        let staged = stage.bind_path();
+        assert_eq!(staged.as_os_str().len(), wd.socket_path().as_os_str().len());
+        assert_eq!(mode(staged.parent().unwrap()), 0o700);
+        let listener = std::os::unix::net::UnixListener::bind(&staged).unwrap();
+        stage.publish(&wd.socket_path(), 0o666).unwrap();
+        assert_eq!(mode(&wd.socket_path()), 0o666);
+        assert!(is_socket_not_link(&wd.socket_path()));
+        assert!(!staged.parent().unwrap().exists(), "the stage is removed");
+        // Clients reach the listener under its new name.
+        let _client = std::os::unix::net::UnixStream::connect(wd.socket_path()).unwrap();
+        listener.accept().unwrap();
+        assert_untouched(&file, &dir);
+
+        // Nothing bound (or something else there): not published, the stage removed all the same.
+        let stage = SocketStage::new(&wd).unwrap();
+        let staged = stage.bind_path();
+        fs::write(&staged, b"x").unwrap();
+        let err = stage.publish(&wd.socket_path(), 0o600).unwrap_err();
+        assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
+        assert!(!staged.parent().unwrap().exists());
+        assert_eq!(
+            mode(&wd.socket_path()),
+            0o666,
+            "the published socket is untouched"
+        );
     }
 
     #[test]

@@ -168,15 +168,28 @@ pub(super) fn connect(path: &std::path::Path, timeout: Duration) -> std::io::Res
         *dst = *src as libc::c_char;
     }
     // SAFETY: creating a socket has no preconditions.
+    #[cfg(target_os = "linux")]
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    // No SOCK_CLOEXEC: FD_CLOEXEC is set right after (a fork+exec in between leaks the descriptor
+    // to that program; std has the same window on these systems).
+    // SAFETY: creating a socket has no preconditions.
+    #[cfg(not(target_os = "linux"))]
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor that we alone own; the stream closes it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    #[cfg(not(target_os = "linux"))]
+    set_cloexec(fd)?;
+    // A leader that has gone must not raise SIGPIPE in this app process.
+    #[cfg(target_vendor = "apple")]
+    crate::workdir::set_no_sigpipe(fd)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // The path and its NUL (macOS has a length byte before the family: the offset is not the
+    // family's size there).
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
     // SAFETY: addr is a valid sockaddr_un of which `len` bytes are used; fd is our socket.
     let rc = unsafe {
         libc::connect(
@@ -241,12 +254,18 @@ impl WakePipe {
         use std::os::fd::FromRawFd;
         let mut fds = [0 as RawFd; 2];
         // SAFETY: fds has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        #[cfg(target_os = "linux")]
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        // No pipe2: the flags are set right after (see `connect` for the close-on-exec window).
+        // SAFETY: fds has room for the two descriptors pipe writes.
+        #[cfg(not(target_os = "linux"))]
+        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        if rc != 0 {
             return Err(std::io::Error::last_os_error())
                 .context("cannot create the sender's wake-up pipe");
         }
-        // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
-        Ok(unsafe {
+        // SAFETY: the call succeeded, so both are fresh descriptors that we alone own.
+        let pipe = unsafe {
             WakePipe {
                 _fork_guards: [
                     crate::fork::Registered::new(fds[0]),
@@ -255,7 +274,14 @@ impl WakePipe {
                 read: OwnedFd::from_raw_fd(fds[0]),
                 write: OwnedFd::from_raw_fd(fds[1]),
             }
-        })
+        };
+        #[cfg(not(target_os = "linux"))]
+        for fd in [pipe.read.as_raw_fd(), pipe.write.as_raw_fd()] {
+            set_cloexec(fd)
+                .and_then(|()| set_nonblocking(fd))
+                .context("cannot set up the sender's wake-up pipe")?;
+        }
+        Ok(pipe)
     }
 
     pub(super) fn wake(&self) {
@@ -269,6 +295,32 @@ impl WakePipe {
         while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
         }
     }
+}
+
+/// `FD_CLOEXEC` on `fd`, where descriptors cannot be created with it (no `SOCK_CLOEXEC`, `pipe2`).
+#[cfg(not(target_os = "linux"))]
+fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; F_GETFD/F_SETFD take and return plain flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `O_NONBLOCK` on `fd` (see [`set_cloexec`]).
+#[cfg(not(target_os = "linux"))]
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl crate::metrics::Wake for WakePipe {

@@ -3,19 +3,36 @@
 //! Owns the public interface ([`HostGauge`], [`HostMetricsCollector`]), the source paths and
 //! the order in which the per-area collectors run. Metric names, tags and units are listed in
 //! `docs/host-metrics.md`. Every source fails on its own: a missing or odd file leaves out only
-//! the metrics read from it and is logged once (see [`source::Warner`]).
+//! the metrics read from it and is logged once (see `source::Warner`).
+//!
+//! Everything but the load average is read from `/proc` and `/sys/fs/cgroup`, so only Linux has
+//! it. Elsewhere (macOS) the collector has the same interface and reports the load average alone,
+//! from `getloadavg(3)` (`load_average.rs`).
 
+#[cfg(target_os = "linux")]
 mod cgroup;
+#[cfg(target_os = "linux")]
 mod cpu;
+#[cfg(target_os = "linux")]
 mod disk_io;
+#[cfg(target_os = "linux")]
 mod disk_usage;
+#[cfg(not(target_os = "linux"))]
+mod load_average;
+#[cfg(target_os = "linux")]
 mod memory;
+#[cfg(target_os = "linux")]
 mod network;
+#[cfg(target_os = "linux")]
 mod source;
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests;
 
+#[cfg(not(target_os = "linux"))]
+pub use load_average::HostMetricsCollector;
+
+#[cfg(target_os = "linux")]
 use std::path::PathBuf;
 
 /// One host metric reading: a gauge.
@@ -30,6 +47,7 @@ pub struct HostGauge {
 ///
 /// Keeps the previous CPU, disk I/O and network counters so that the second and later calls to
 /// [`collect`](Self::collect) can report values over the interval between calls.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct HostMetricsCollector {
     hostname: String,
@@ -41,6 +59,7 @@ pub struct HostMetricsCollector {
 }
 
 /// Every file or directory read, resolved once at construction.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct Paths {
     stat: PathBuf,
@@ -52,6 +71,7 @@ struct Paths {
     cgroup_root: PathBuf,
 }
 
+#[cfg(target_os = "linux")]
 impl HostMetricsCollector {
     /// Real system: procfs root "/proc", cgroup root "/sys/fs/cgroup".
     pub fn new(hostname: String) -> Self {

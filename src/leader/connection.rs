@@ -194,6 +194,25 @@ fn stream_fd(stream: &Stream) -> Option<std::os::fd::RawFd> {
     }
 }
 
+/// The pid of the process that connected the Unix socket `fd` (`LOCAL_PEERPID`).
+#[cfg(target_vendor = "apple")]
+fn local_peer_pid(fd: std::os::fd::RawFd) -> Option<i32> {
+    let mut pid: libc::pid_t = 0;
+    let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
+    // SAFETY: `fd` is the open socket of the stream being served; `pid` and `len` are valid for
+    // writes and `len` is the size of `pid`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_LOCAL,
+            libc::LOCAL_PEERPID,
+            (&mut pid as *mut libc::pid_t).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::pid_t>()).then_some(pid)
+}
+
 /// How a connection ended, for the stopping leader's handover decision.
 pub(super) enum Peer {
     /// The process closed the connection, said something invalid, or never completed the handshake.
@@ -253,7 +272,16 @@ pub(super) async fn serve(
     // A forked child closes its copy, so that the client sees the hang-up when this process dies.
     let _fork_guard = stream_fd(&stream).map(crate::fork::Registered::new);
     let creds = stream.peer_creds().ok();
-    let peer_pid = creds.as_ref().and_then(|c| c.pid()).filter(|p| *p > 0);
+    let peer_pid = creds.as_ref().and_then(|c| c.pid());
+    // macOS's peer credentials (LOCAL_PEERCRED) carry the uid but no pid: that is LOCAL_PEERPID.
+    #[cfg(target_vendor = "apple")]
+    let peer_pid = peer_pid.or_else(|| stream_fd(&stream).and_then(local_peer_pid));
+    // A client that has gone must not raise SIGPIPE in this (the leader's) app process.
+    #[cfg(target_vendor = "apple")]
+    if let Some(Err(e)) = stream_fd(&stream).map(crate::workdir::set_no_sigpipe) {
+        tracing::debug!("cannot set SO_NOSIGPIPE on a connection: {e}");
+    }
+    let peer_pid = peer_pid.filter(|p| *p > 0);
     if !shared.workdir.world_accessible() {
         // Owner-only mode: only processes of our own user may feed this leader.
         let uid = creds.as_ref().and_then(|c| c.euid());

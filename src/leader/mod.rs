@@ -412,18 +412,32 @@ impl Leader {
 
 fn bind(workdir: &WorkDir) -> Result<interprocess::local_socket::tokio::Listener> {
     let path = workdir.socket_path();
+    #[cfg(target_os = "linux")]
+    {
+        let listener = listen(&path)?;
+        // Not by path: a link swapped in since the bind is never followed (workdir::chmod_socket).
+        crate::workdir::chmod_socket(&path, workdir.file_mode())?;
+        Ok(listener)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No O_PATH: bound in a directory of ours, its mode set there, then renamed into place.
+        let stage = crate::workdir::SocketStage::new(workdir)?;
+        let listener = listen(&stage.bind_path())?;
+        stage.publish(&path, workdir.file_mode())?;
+        Ok(listener)
+    }
+}
+
+fn listen(path: &std::path::Path) -> Result<interprocess::local_socket::tokio::Listener> {
     let name = path
-        .as_path()
         .to_fs_name::<GenericFilePath>()
         .with_context(|| format!("invalid socket path {}", path.display()))?;
-    let listener = ListenerOptions::new()
+    ListenerOptions::new()
         .name(name)
         .reclaim_name(false)
         .create_tokio()
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    // Not by path: a link swapped in since the bind is never followed (workdir::chmod_socket).
-    crate::workdir::chmod_socket(&path, workdir.file_mode())?;
-    Ok(listener)
+        .with_context(|| format!("cannot listen on {}", path.display()))
 }
 
 fn listener_fd(

@@ -5,8 +5,9 @@
 //! another file renamed over it) and the directory deleted or moved wake it at once, and nothing
 //! else does. A change that inotify does not report on those two (an ancestor directory renamed, a
 //! link in the path re-pointed) is still caught by a slow check every [`FALLBACK_PERIOD`]. Without
-//! inotify (another system, or the per-user instance limit reached) it checks every
-//! [`POLL_PERIOD`]. The first check is at once (the file may have changed since the election).
+//! inotify (another system such as macOS, or the per-user instance limit reached) it checks every
+//! [`POLL_PERIOD`] (250 ms). The first check is at once (the file may have changed since the
+//! election).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 /// The check period without inotify.
 pub const POLL_PERIOD: Duration = Duration::from_millis(250);
 /// The check period with inotify, for what it does not report.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub const FALLBACK_PERIOD: Duration = Duration::from_secs(5);
 
 pub(super) struct Watchdog {
