@@ -310,6 +310,13 @@ fn transaction_to_json_has_the_shape_the_ruby_gem_reads() {
 }
 
 #[test]
+fn transaction_to_json_lists_every_event_flat_in_start_order_with_its_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("transaction_events", tmp.path());
+    run_program("transaction_events", &exe, &[]);
+}
+
+#[test]
 fn span_to_json_has_the_shape_the_elixir_package_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile_program("span_json", tmp.path());
