@@ -401,8 +401,12 @@ fn owner_only_mode_refuses_a_process_of_another_uid_at_connect() {
     );
     let log = std::fs::read_to_string(wd.join("appsignal.log")).unwrap();
     assert!(
-        log.contains("refused a connection from uid Some(65534)"),
+        log.contains("refused a connection from uid 65534 (pid "),
         "{log}"
+    );
+    assert!(
+        !log.contains("pid Some(") && !log.contains("uid Some("),
+        "peers are named by number: {log}"
     );
     // The leader serves on.
     record_and_check(&setup, &mut workers);
