@@ -44,11 +44,9 @@ fn main() -> Result<()> {
     let base = std::env::temp_dir().join(format!("appsignal-demo-{}", std::process::id()));
     let receiver = receiver::Receiver::start(key, Some(base.join("received")))?;
     let otlp_receiver = if otlp {
-        let Some(python) = otlp_receiver::python() else {
-            bail!(
-                "--otlp needs a Python with opentelemetry-proto: \
-                 python3 -m venv .venv && .venv/bin/pip install opentelemetry-proto"
-            );
+        let python = match otlp_receiver::python_or_make() {
+            Ok(python) => python,
+            Err(missing) => bail!("--otlp needs a Python with opentelemetry-proto: {missing}"),
         };
         Some(otlp_receiver::OtlpReceiver::start(&python)?)
     } else {

@@ -190,7 +190,8 @@ pub fn real_gid() -> u32 {
 }
 
 /// The line the language packages' users know (and their tests look for) when an active
-/// configuration cannot be used: it goes to stderr, the details to the log and to diagnose.
+/// configuration cannot be used, or nothing is configured: it goes to stderr, the details to the
+/// log and to diagnose.
 pub fn config_warning_line() -> String {
     format!(
         "WARNING: Error when reading appsignal config, appsignal (as {}/{}) not starting",
@@ -199,8 +200,9 @@ pub fn config_warning_line() -> String {
     )
 }
 
-/// An active configuration that cannot be used: the warning line on stderr, the reason in the log
-/// (the configured log file; there is no working directory yet) and in diagnose; disabled.
+/// An active configuration that cannot be used, or none at all: the warning line on stderr, the
+/// reason in the log (the configured log file; there is no working directory yet) and in
+/// diagnose; disabled.
 fn refuse_config(reason: &str, config: &Config) {
     log::open_without_workdir(config);
     tracing::error!("appsignal-agent disabled: invalid configuration: {reason}");
@@ -230,7 +232,10 @@ pub fn start() {
         ..Status::default()
     };
     if let Some(reason) = config.invalid_reason() {
-        if config.active {
+        // An explicit `_APPSIGNAL_ACTIVE=false` (or a configuration left inactive) is quiet;
+        // nothing configured at all is most likely a mistake, and warned about like an active
+        // configuration it cannot use.
+        if config.active || config.nothing_configured {
             refuse_config(&reason, &config);
         } else {
             set_disabled(format!("not active: {reason}"));

@@ -239,6 +239,10 @@ impl PushConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub active: bool,
+    /// None of `_APPSIGNAL_ACTIVE`, `_APPSIGNAL_PUSH_API_KEY` and `_APPSIGNAL_EXPORTER` is set (in
+    /// the library table or the environment): what a package's test suite leaves after clearing the
+    /// environment. Unlike an explicit `_APPSIGNAL_ACTIVE=false`, `start()` warns about it.
+    pub nothing_configured: bool,
     pub push: PushConfig,
     pub working_directory_path: Option<PathBuf>,
     pub log: LogTarget,
@@ -280,6 +284,13 @@ pub struct Config {
     /// it: `test_library_version`).
     pub library_version: String,
 }
+
+/// When none of these is set, nothing is configured ([`Config::nothing_configured`]).
+const NOTHING_CONFIGURED_KEYS: [&str; 3] = [
+    "_APPSIGNAL_ACTIVE",
+    "_APPSIGNAL_PUSH_API_KEY",
+    "_APPSIGNAL_EXPORTER",
+];
 
 /// A configuration and the warnings found while reading it.
 pub struct Loaded {
@@ -526,8 +537,12 @@ impl Config {
             }
         };
         let exporters = r.exporters();
+        let nothing_configured = NOTHING_CONFIGURED_KEYS
+            .iter()
+            .all(|key| r.string(key).filter(|v| !v.is_empty()).is_none());
         let mut config = Config {
             active: r.bool("_APPSIGNAL_ACTIVE", false),
+            nothing_configured,
             push: PushConfig {
                 push_api_key: r.string("_APPSIGNAL_PUSH_API_KEY").unwrap_or_default(),
                 app_name: r.string("_APPSIGNAL_APP_NAME").unwrap_or_default(),
@@ -618,6 +633,13 @@ impl Config {
 
     /// Why this configuration cannot run an agent, if it cannot.
     pub fn invalid_reason(&self) -> Option<String> {
+        if self.nothing_configured {
+            return Some(
+                "nothing is configured (none of _APPSIGNAL_ACTIVE, _APPSIGNAL_PUSH_API_KEY and \
+                 _APPSIGNAL_EXPORTER is set)"
+                    .to_owned(),
+            );
+        }
         if !self.active {
             return Some("_APPSIGNAL_ACTIVE is not true".to_owned());
         }
@@ -658,7 +680,47 @@ mod tests {
         assert_eq!(c.transmission_interval, Duration::from_secs(30));
         assert_eq!(c.push.endpoint, DEFAULT_ENDPOINT);
         assert!(loaded.warnings.is_empty());
-        assert!(c.invalid_reason().is_some());
+        assert!(c.nothing_configured);
+        assert_eq!(
+            c.invalid_reason().as_deref(),
+            Some(
+                "nothing is configured (none of _APPSIGNAL_ACTIVE, _APPSIGNAL_PUSH_API_KEY and \
+                 _APPSIGNAL_EXPORTER is set)"
+            )
+        );
+    }
+
+    #[test]
+    fn any_of_active_key_or_exporter_is_a_configuration() {
+        for (key, value) in [
+            ("_APPSIGNAL_ACTIVE", "false"),
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_ACTIVE", "maybe"),
+            ("_APPSIGNAL_PUSH_API_KEY", "k"),
+            ("_APPSIGNAL_EXPORTER", "otlp"),
+        ] {
+            let c = load(&[(key, value)]).config;
+            assert!(!c.nothing_configured, "{key}={value}");
+        }
+        // Empty (or blank) is unset.
+        assert!(
+            load(&[("_APPSIGNAL_ACTIVE", " ")])
+                .config
+                .nothing_configured
+        );
+        // Other settings alone are still nothing: the agent would not start.
+        assert!(
+            load(&[("_APPSIGNAL_APP_NAME", "app")])
+                .config
+                .nothing_configured
+        );
+        assert_eq!(
+            load(&[("_APPSIGNAL_ACTIVE", "false")])
+                .config
+                .invalid_reason()
+                .as_deref(),
+            Some("_APPSIGNAL_ACTIVE is not true")
+        );
     }
 
     #[test]

@@ -310,6 +310,13 @@ fn transaction_to_json_has_the_shape_the_ruby_gem_reads() {
 }
 
 #[test]
+fn transaction_to_json_lists_every_event_flat_in_start_order_with_its_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = compile_program("transaction_events", tmp.path());
+    run_program("transaction_events", &exe, &[]);
+}
+
+#[test]
 fn span_to_json_has_the_shape_the_elixir_package_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile_program("span_json", tmp.path());
@@ -328,7 +335,7 @@ fn diagnose_has_the_shape_the_gems_diagnose_command_reads() {
 }
 
 #[test]
-fn an_active_start_it_cannot_use_prints_the_packages_warning_line_and_logs_why() {
+fn a_start_with_nothing_configured_or_an_active_config_it_cannot_use_prints_the_warning_line() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile_program("startup_warning", tmp.path());
     let log = tmp.path().join("appsignal.log");
@@ -343,15 +350,25 @@ fn an_active_start_it_cannot_use_prints_the_packages_warning_line_and_logs_why()
         .expect("the program prints its real uid/gid");
     let expected =
         format!("WARNING: Error when reading appsignal config, appsignal (as {ids}) not starting");
-    // One line per start with an active configuration it cannot use (no key; then a bad
-    // endpoint); none for the inactive start; nothing else on stderr (the details go to the log).
+    // One line per start with nothing configured or with an active configuration it cannot use
+    // (no key; then a bad endpoint); none for the explicitly inactive start; nothing else on
+    // stderr but the program's own step markers (the details go to the log).
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(
         lines,
-        vec![expected.as_str(), expected.as_str()],
+        vec![
+            "step: nothing configured",
+            expected.as_str(),
+            "step: _APPSIGNAL_ACTIVE=false",
+            "step: active without a key",
+            expected.as_str(),
+            "step: ftp endpoint",
+            expected.as_str(),
+        ],
         "{stderr}"
     );
     let logged = std::fs::read_to_string(&log).expect("the configured log file was written");
+    assert!(logged.contains("nothing is configured"), "{logged}");
     assert!(
         logged.contains("_APPSIGNAL_PUSH_API_KEY is not set"),
         "{logged}"

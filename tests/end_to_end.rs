@@ -245,6 +245,10 @@ fn bad_frames_close_only_their_connection() {
     assert_eq!(summary["rejected_frames"], 3, "{summary}");
     let log = setup.log();
     assert!(log.contains("closed the connection of pid"), "{log}");
+    assert!(
+        !log.contains("pid Some(") && !log.contains("uid Some("),
+        "peers are named by number: {log}"
+    );
 }
 
 #[test]

@@ -263,7 +263,9 @@ fn both_permission_modes_bit_by_bit_including_journal_and_payload_files() {
 fn a_working_directory_of_another_user() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to make a directory of another user");
+        eprintln!(
+            "SKIPPED: needs root to make a directory of another user (sudo -E cargo test --test filesystem)"
+        );
         return;
     }
     for world_accessible in [true, false] {
@@ -374,7 +376,9 @@ fn peer_of_uid(socket: &Path, uid: Option<u32>) -> i32 {
 fn owner_only_mode_refuses_a_process_of_another_uid_at_connect() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to run a child as another uid");
+        eprintln!(
+            "SKIPPED: needs root to run a child as another uid (sudo -E cargo test --test filesystem)"
+        );
         return;
     }
     let setup = setup_with_tmpdir(300).with("_APPSIGNAL_FILES_WORLD_ACCESSIBLE", "false");
@@ -401,8 +405,12 @@ fn owner_only_mode_refuses_a_process_of_another_uid_at_connect() {
     );
     let log = std::fs::read_to_string(wd.join("appsignal.log")).unwrap();
     assert!(
-        log.contains("refused a connection from uid Some(65534)"),
+        log.contains("refused a connection from uid 65534 (pid "),
         "{log}"
+    );
+    assert!(
+        !log.contains("pid Some(") && !log.contains("uid Some("),
+        "peers are named by number: {log}"
     );
     // The leader serves on.
     record_and_check(&setup, &mut workers);

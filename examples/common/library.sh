@@ -52,17 +52,18 @@ link_soname() {
 }
 
 # The Python that runs examples/otlp_receiver.py, found as examples/common/otlp_receiver.rs finds it:
-# $APPSIGNAL_OTLP_PYTHON, else <repo>/.venv/bin/python, else python3, the first that imports the
-# official opentelemetry-proto classes. None: `unavailable` (fails under CI, skips elsewhere).
+# $APPSIGNAL_OTLP_PYTHON, else <repo>/.venv/bin/python, else <repo>/target/otlp-venv/bin/python (the
+# virtualenv `cargo test` makes), else python3, the first that imports the official
+# opentelemetry-proto classes. None: `unavailable` (fails under CI, skips elsewhere).
 locate_otlp_python() {
   local candidate
-  for candidate in "${APPSIGNAL_OTLP_PYTHON:-}" "$ROOT/.venv/bin/python" python3; do
+  for candidate in "${APPSIGNAL_OTLP_PYTHON:-}" "$ROOT/.venv/bin/python" "$ROOT/target/otlp-venv/bin/python" python3; do
     [ -n "$candidate" ] || continue
     if "$candidate" -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then
       OTLP_PYTHON=$candidate
       return 0
     fi
   done
-  INSTALL_HINT="python3 -m venv $ROOT/.venv && $ROOT/.venv/bin/pip install opentelemetry-proto; or set APPSIGNAL_OTLP_PYTHON"
+  INSTALL_HINT="cargo test --test otlp (makes $ROOT/target/otlp-venv); or python3 -m venv $ROOT/.venv && $ROOT/.venv/bin/pip install opentelemetry-proto; or set APPSIGNAL_OTLP_PYTHON"
   unavailable "a Python with opentelemetry-proto for examples/otlp_receiver.py"
 }

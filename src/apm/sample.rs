@@ -23,7 +23,7 @@ pub enum Shape {
     /// The sample handed to `recorder::submit_sample` (documented under "Sample JSON" in docs/apm.md).
     Sample,
     /// What `appsignal_transaction_to_json` returns: the shape the Ruby gem's and the Elixir
-    /// package's test helpers read.
+    /// package's test helpers read (every event in one flat list: [`flat_view`]).
     View,
 }
 
@@ -155,6 +155,13 @@ impl Event {
     /// The event and its children. In the sample the body is sanitised (format 1); in the view it
     /// is as recorded and every event has `"count": 1`.
     pub fn to_json(&self, shape: Shape) -> Value {
+        let mut event = self.fields_json(shape);
+        event["children"] = self.children.iter().map(|c| c.to_json(shape)).collect();
+        event
+    }
+
+    /// The event's own fields, without its children.
+    fn fields_json(&self, shape: Shape) -> Value {
         let body = match shape {
             Shape::Sample => self.body.sanitized(self.body_format),
             Shape::View => self.body.raw(),
@@ -168,7 +175,6 @@ impl Event {
             "start": ns_to_ms(self.start_ns),
             "duration": ns_to_ms(self.duration_ns),
             "gc_duration": self.gc_duration_ms,
-            "children": self.children.iter().map(|c| c.to_json(shape)).collect::<Vec<_>>(),
         });
         if shape == Shape::View {
             event["count"] = 1.into();
@@ -183,6 +189,46 @@ impl Event {
     pub fn count(&self) -> usize {
         1 + self.children.iter().map(Event::count).sum::<usize>()
     }
+}
+
+/// The events of a tree as one flat list, the view's `events` (docs/apm.md, `transaction_to_json`):
+/// every event, in the order they started, each with its fields in the view shape (no `children`)
+/// and `parent_index`, the position in this list of the event it is nested in (`-1` at the top).
+///
+/// The order is the tree's pre-order with siblings by start time (equal starts in the order they
+/// were recorded): a parent always comes before what is nested in it, so `parent_index` is always
+/// smaller than the event's own index. Events nested in one another and run one after another on
+/// one thread start in that order anyway; only a `record_event` whose duration reaches back before
+/// the start of its enclosing event is listed after that event although its computed start is
+/// earlier.
+pub fn flat_view(events: &[Event]) -> Vec<Value> {
+    /// Siblings by start time; `sort_by_key` is stable, so equal starts keep the recorded order.
+    fn by_start(events: &[Event]) -> Vec<&Event> {
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by_key(|e| e.start_ns);
+        sorted
+    }
+    let mut flat = Vec::with_capacity(events.iter().map(Event::count).sum());
+    // Events still to list, with their parent's index, the next one on top: an explicit stack
+    // rather than recursion (the nesting is bounded, but the stack need not depend on it).
+    let mut pending: Vec<(&Event, i64)> = by_start(events)
+        .into_iter()
+        .rev()
+        .map(|e| (e, -1))
+        .collect();
+    while let Some((event, parent_index)) = pending.pop() {
+        let index = flat.len() as i64;
+        let mut json = event.fields_json(Shape::View);
+        json["parent_index"] = parent_index.into();
+        flat.push(json);
+        pending.extend(
+            by_start(&event.children)
+                .into_iter()
+                .rev()
+                .map(|c| (c, index)),
+        );
+    }
+    flat
 }
 
 pub fn event_group(name: &str) -> &str {
@@ -283,7 +329,12 @@ impl SampleView<'_> {
                 Shape::Sample => e.to_json(),
                 Shape::View => e.view_json("backtrace"),
             }),
-            "events": self.events.iter().map(|e| e.to_json(shape)).collect::<Vec<_>>(),
+            // The sample keeps the tree (the Push API and the OTLP span tree read it); the view
+            // lists every event at the top, where the packages look events up.
+            "events": match shape {
+                Shape::Sample => self.events.iter().map(|e| e.to_json(shape)).collect::<Vec<_>>(),
+                Shape::View => flat_view(self.events),
+            },
             "dropped_events": self.dropped_events,
             "sample_data": sample_data,
             "metadata": metadata,
@@ -347,6 +398,64 @@ mod tests {
         assert_eq!(totals["action_controller"], 10);
         assert_eq!(totals["action_view"], 2);
         assert_eq!(tree[0].count(), 3);
+    }
+
+    fn starting(name: &str, start_ns: i64, children: Vec<Event>) -> Event {
+        Event {
+            start_ns,
+            ..event(name, 1, children)
+        }
+    }
+
+    #[test]
+    fn the_view_lists_every_event_in_start_order_with_its_parent() {
+        // Children as the recording gives them: in the order they finished.
+        let tree = vec![
+            starting(
+                "a",
+                10,
+                vec![
+                    starting("b", 20, vec![starting("c", 21, vec![])]),
+                    starting("d", 30, vec![]),
+                    // Recorded last, but its duration says it started before b.
+                    starting("e", 15, vec![]),
+                    // Recorded with a duration that reaches back before a's start.
+                    starting("f", 5, vec![]),
+                ],
+            ),
+            starting("g", 40, vec![]),
+            // Same start as g, finished after it.
+            starting("h", 40, vec![]),
+        ];
+        let flat = flat_view(&tree);
+        let listed: Vec<(&str, i64)> = flat
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap(),
+                    e["parent_index"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("a", -1),
+                ("f", 0),
+                ("e", 0),
+                ("b", 0),
+                ("c", 3),
+                ("d", 0),
+                ("g", -1),
+                ("h", -1),
+            ]
+        );
+        for (i, e) in flat.iter().enumerate() {
+            assert!(e["parent_index"].as_i64().unwrap() < i as i64, "{e}");
+            assert!(e.get("children").is_none());
+            assert_eq!(e["count"], 1);
+        }
+        assert!(flat_view(&[]).is_empty());
     }
 
     #[test]

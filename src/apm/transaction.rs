@@ -426,8 +426,8 @@ impl Transaction {
     }
 
     /// The current state as JSON, in the view shape (bodies as given, `error.name`, the backtrace
-    /// as a JSON string, `count` per event; filtered) plus `finished`, `sampled`, `completed` and
-    /// `open_events`.
+    /// as a JSON string, every event in one flat list with `count` and `parent_index`; filtered)
+    /// plus `finished`, `sampled`, `completed` and `open_events`.
     pub fn to_json(&self) -> String {
         let config = config();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -502,9 +502,10 @@ mod tests {
     }
 
     #[test]
-    fn nested_events_form_a_tree() {
+    fn the_view_lists_nested_events_flat_in_start_order_and_the_sample_keeps_the_tree() {
         test_support::setup();
         let txn = Transaction::start("t-tree", "web", 0);
+        txn.set_action("Tree#show");
         txn.start_event(0);
         txn.start_event(0);
         txn.finish_event(
@@ -514,24 +515,52 @@ mod tests {
             1,
             2,
         );
-        txn.record_event("cache.read", "", Body::Text("k"), 0, 1_500_000, 0);
+        // Duration 0: it starts when it is recorded, after the SQL event.
+        txn.record_event("cache.read", "", Body::Text("k"), 0, 0, 0);
         txn.finish_event("process_action.action_controller", "", Body::Text(""), 0, 5);
         txn.record_event("render.action_view", "show", Body::Text("x"), 0, -3, 0);
         let j = json(&txn);
         let events = j["events"].as_array().unwrap();
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[0]["name"], "process_action.action_controller");
+        let listed: Vec<(&str, i64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap(),
+                    e["parent_index"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("process_action.action_controller", -1),
+                ("sql.active_record", 0),
+                ("cache.read", 0),
+                ("render.action_view", -1),
+            ]
+        );
+        assert!(events.iter().all(|e| e.get("children").is_none()));
         assert_eq!(events[0]["gc_duration"], 5);
-        let children = events[0]["children"].as_array().unwrap();
-        assert_eq!(children.len(), 2);
         // The in-process view shows the body as given; the sample sanitises it.
-        assert_eq!(children[0]["body"], "SELECT * FROM users WHERE id = 5");
-        assert_eq!(children[0]["count"], 1);
-        assert_eq!(children[0]["group"], "active_record");
-        assert_eq!(children[0]["gc_duration"], 2);
-        assert_eq!(children[1]["duration"], 1.5);
-        assert_eq!(events[1]["duration"], 0.0);
+        assert_eq!(events[1]["body"], "SELECT * FROM users WHERE id = 5");
+        assert_eq!(events[1]["count"], 1);
+        assert_eq!(events[1]["group"], "active_record");
+        assert_eq!(events[1]["gc_duration"], 2);
+        assert_eq!(events[3]["duration"], 0.0);
         assert_eq!(j["open_events"], 0);
+
+        txn.set_error("E", "m", None);
+        txn.complete();
+        let s = &samples_for("Tree#show")[0];
+        let top = s["events"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["name"], "process_action.action_controller");
+        let children = top[0]["children"].as_array().unwrap();
+        assert_eq!(children.len(), 2);
+        assert_eq!(children[0]["name"], "sql.active_record");
+        assert_eq!(children[0]["body"], "SELECT * FROM users WHERE id = ?");
+        assert_eq!(children[1]["name"], "cache.read");
+        assert!(top[0].get("parent_index").is_none());
     }
 
     #[test]
@@ -605,6 +634,7 @@ mod tests {
     fn nesting_is_bounded_and_the_json_stays_parseable() {
         test_support::setup();
         let txn = Transaction::start("t-deep", "web", 0);
+        txn.set_action("Deep#x");
         for _ in 0..MAX_DEPTH + 7 {
             txn.start_event(0);
         }
@@ -613,8 +643,20 @@ mod tests {
         }
         let j = json(&txn);
         assert_eq!(j["dropped_events"], 7);
+        // The view: one chain, each event nested in the one before it.
+        let parents: Vec<i64> = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["parent_index"].as_i64().unwrap())
+            .collect();
+        assert_eq!(parents, (-1..MAX_DEPTH as i64 - 1).collect::<Vec<_>>());
+        // The sample: a tree that deep, within the JSON parsers' nesting limits.
+        txn.set_error("E", "m", None);
+        txn.complete();
+        let s = &samples_for("Deep#x")[0];
         let mut depth = 0;
-        let mut node = &j["events"];
+        let mut node = &s["events"];
         while let Some(first) = node.get(0) {
             depth += 1;
             node = &first["children"];

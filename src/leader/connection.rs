@@ -32,6 +32,19 @@ use crate::protocol::{
     self, ClientMessage, FrameError, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
 };
 
+/// A peer's pid or uid as log lines name it: the number, or `unknown` when the socket's peer
+/// credentials did not say (`pid 21840`, `pid unknown`; never Rust's `Some(21840)`).
+struct Known<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Known<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
 /// Bytes buffered for incomplete frames larger than [`SMALL_FRAME_BYTES`], across all connections.
 pub const FRAME_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// A frame up to this size is buffered without taking from the budget (connections are capped,
@@ -288,7 +301,9 @@ pub(super) async fn serve(
         let ours = crate::workdir::current_euid();
         if uid != Some(ours) {
             tracing::warn!(
-                "refused a connection from uid {uid:?} (pid {peer_pid:?}): owner-only mode accepts uid {ours} only"
+                "refused a connection from uid {} (pid {}): owner-only mode accepts uid {ours} only",
+                Known(uid),
+                Known(peer_pid)
             );
             return Peer::Left;
         }
@@ -325,7 +340,8 @@ pub(super) async fn serve(
         }
         Err(_) => {
             tracing::debug!(
-                "connection from pid {peer_pid:?} sent no handshake within {HANDSHAKE_TIMEOUT:?}"
+                "connection from pid {} sent no handshake within {HANDSHAKE_TIMEOUT:?}",
+                Known(peer_pid)
             );
             return Peer::Left;
         }
@@ -469,7 +485,8 @@ fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
             shared.refused_connections.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = SLOW_LOG.check() {
                 tracing::warn!(
-                    "closed the connection of pid {peer_pid:?}: {e}{}",
+                    "closed the connection of pid {}: {e}{}",
+                    Known(peer_pid),
                     suppressed_note(n)
                 );
             }
@@ -478,7 +495,8 @@ fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
             shared.refused_connections.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = BUDGET_LOG.check() {
                 tracing::warn!(
-                    "closed the connection of pid {peer_pid:?}: {e}{}",
+                    "closed the connection of pid {}: {e}{}",
+                    Known(peer_pid),
                     suppressed_note(n)
                 );
             }
@@ -492,7 +510,8 @@ fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {
     shared.rejected_frames.fetch_add(1, Ordering::Relaxed);
     if let Some(suppressed) = BAD_FRAME_LOG.check() {
         tracing::warn!(
-            "closed the connection of pid {peer_pid:?}: {why}{}",
+            "closed the connection of pid {}: {why}{}",
+            Known(peer_pid),
             suppressed_note(suppressed)
         );
     }
@@ -503,8 +522,24 @@ fn refuse(shared: &Shared, peer_pid: Option<i32>, why: &str) {
     shared.refused_connections.fetch_add(1, Ordering::Relaxed);
     if let Some(suppressed) = RULE_LOG.check() {
         tracing::warn!(
-            "closed the connection of pid {peer_pid:?}: {why}{}",
+            "closed the connection of pid {}: {why}{}",
+            Known(peer_pid),
             suppressed_note(suppressed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Known;
+
+    #[test]
+    fn peers_are_named_by_number_or_as_unknown() {
+        assert_eq!(
+            format!("closed the connection of pid {}", Known(Some(21840))),
+            "closed the connection of pid 21840"
+        );
+        assert_eq!(format!("pid {}", Known::<i32>(None)), "pid unknown");
+        assert_eq!(format!("uid {}", Known(Some(65534u32))), "uid 65534");
     }
 }

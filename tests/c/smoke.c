@@ -84,9 +84,9 @@ int main(void) {
   appsignal_add_distribution_value(bad, 1.0, NULL);
   CHECK(contains(appsignal_diagnose(), "\"role\":\"stopped\""), "diagnose before start");
 
-  /* Not active: start returns and diagnose says why. */
+  /* Nothing configured: start returns (with the warning line on stderr) and diagnose says why. */
   appsignal_start();
-  CHECK(contains(appsignal_diagnose(), "not active"), "inactive start is explained");
+  CHECK(contains(appsignal_diagnose(), "nothing is configured"), "a start with nothing configured is explained");
   appsignal_stop();
 
   /* Active, with a working directory that cannot exist (under a regular file): disabled, app runs on. */

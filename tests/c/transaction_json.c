@@ -1,6 +1,7 @@
 /* appsignal_transaction_to_json, parsed as the Ruby gem's test helpers parse it: the error as
- * {name, message, backtrace: "<JSON array>"}, every event with name, title, body (as given, SQL not
- * sanitised), body_format, count and its timing fields, tag values cut at 10,000 characters plus
+ * {name, message, backtrace: "<JSON array>"}, every event (nested ones too) in the flat `events`
+ * list, found by name as the gem finds it, with name, title, body (as given, SQL not sanitised),
+ * body_format, count, its timing fields and parent_index, tag values cut at 10,000 characters plus
  * "...", error causes in the sample data, and the state fields. No agent is started: the view needs
  * none. Prints "transaction_json: all checks passed" or exits 1. */
 #define CHECK_NAME "transaction_json"
@@ -31,7 +32,24 @@ static void check_event(const json_t *event, const char *name, const char *title
   CHECK(is_number(json_get(event, "start")), "event start");
   CHECK(is_number(json_get(event, "duration")), "event duration");
   CHECK(json_is(json_get(event, "gc_duration"), JSON_NUMBER), "event gc_duration");
-  CHECK(json_is(json_get(event, "children"), JSON_ARRAY), "event children");
+  const json_t *parent = json_get(event, "parent_index");
+  CHECK(json_is(parent, JSON_NUMBER) && parent->is_integer, "event parent_index is an integer");
+  CHECK(json_get(event, "children") == NULL, "no children: the list is flat");
+}
+
+/* The index in `events` of the event named `name` (the gem looks events up by name, title and
+ * body, at any depth); -1 when there is none. */
+static long long find_event(const json_t *events, const char *name) {
+  size_t i;
+  for (i = 0; events && events->type == JSON_ARRAY && i < events->count; i++) {
+    if (json_is_string(json_get(json_at(events, i), "name"), name)) return (long long)i;
+  }
+  return -1;
+}
+
+/* The event at `index` (NULL when out of range). */
+static const json_t *event_at(const json_t *events, long long index) {
+  return index < 0 ? NULL : json_at(events, (size_t)index);
 }
 
 int main(void) {
@@ -91,15 +109,23 @@ int main(void) {
   CHECK(json_is_string(json_at(bt, 1), "lib/\"quoted\".rb:3"), "backtrace line 2");
   json_free(bt);
 
-  /* The events. */
+  /* The events: all three in one list (the order is tests/c/transaction_events.c's concern; the
+   * render event's start, 2 ms before it was recorded, may come before the outer event's). */
   const json_t *events = json_get(doc, "events");
-  CHECK(json_is(events, JSON_ARRAY) && events->count == 2, "two top-level events");
-  const json_t *outer = json_at(events, 0);
+  CHECK(json_is(events, JSON_ARRAY) && events->count == 3, "three events, the nested one included");
+  long long outer_at = find_event(events, "process_action.rails");
+  long long sql_at = find_event(events, "sql.active_record");
+  long long render_at = find_event(events, "render.action_view");
+  const json_t *outer = event_at(events, outer_at);
+  const json_t *sql = event_at(events, sql_at);
+  const json_t *render = event_at(events, render_at);
   check_event(outer, "process_action.rails", "ShapesController#show", "", 0);
-  const json_t *sql = json_at(json_get(outer, "children"), 0);
   check_event(sql, "sql.active_record", "User Load", "SELECT * FROM users WHERE id = 1 AND name = 'bob'", 1);
-  check_event(json_at(events, 1), "render.action_view", "", "", 0);
-  const json_t *render_duration = json_get(json_at(events, 1), "duration");
+  check_event(render, "render.action_view", "", "", 0);
+  CHECK(json_is_int(json_get(outer, "parent_index"), -1), "the outer event is at the top");
+  CHECK(json_is_int(json_get(sql, "parent_index"), outer_at), "the SQL event is nested in the outer one");
+  CHECK(json_is_int(json_get(render, "parent_index"), -1), "the recorded event is at the top");
+  const json_t *render_duration = json_get(render, "duration");
   CHECK(render_duration && render_duration->number > 1.999 && render_duration->number < 2.001,
         "record_event duration (ns to ms)");
 
@@ -136,7 +162,8 @@ int main(void) {
   doc = json_parse_returned(appsignal_transaction_to_json(txn));
   CHECK(json_is_bool(json_get(doc, "completed"), 1) && json_is_bool(json_get(doc, "sampled"), 1),
         "completed and sampled after complete");
-  CHECK(json_is_string(json_get(json_at(json_get(json_at(json_get(doc, "events"), 0), "children"), 0), "body"),
+  events = json_get(doc, "events");
+  CHECK(json_is_string(json_get(event_at(events, find_event(events, "sql.active_record")), "body"),
                        "SELECT * FROM users WHERE id = 1 AND name = 'bob'"),
         "the view never shows the sanitised body");
   json_free(doc);

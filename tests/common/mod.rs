@@ -74,18 +74,23 @@ pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The Python that can run the OTLP receiver, or `None` to skip: under `CI` a missing one fails the
-/// test (CI installs it), elsewhere the test says SKIPPED on stderr.
+/// The Python that can run the OTLP receiver (`$APPSIGNAL_OTLP_PYTHON`, `.venv`, else the
+/// virtualenv `target/otlp-venv`, made on first use: [`otlp_receiver::python_or_make`]), or `None`
+/// to skip when it cannot be made (no `python3` or no `venv` module: apt packages; PyPI not
+/// reachable): under `CI` that fails the test, elsewhere the test says SKIPPED on stderr, naming
+/// what installs the missing part.
 pub fn otlp_python_or_skip(test: &str) -> Option<PathBuf> {
-    if let Some(p) = otlp_receiver::python() {
-        return Some(p);
+    match otlp_receiver::python_or_make() {
+        Ok(python) => Some(python),
+        Err(missing) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: no Python with opentelemetry-proto: {missing}"
+            );
+            eprintln!("SKIPPED {test}: no Python with opentelemetry-proto: {missing}");
+            None
+        }
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: no Python with opentelemetry-proto (python3 -m venv .venv && .venv/bin/pip install opentelemetry-proto)"
-    );
-    eprintln!("SKIPPED {test}: no Python with opentelemetry-proto (see the README)");
-    None
 }
 
 /// The index in `workers` of the process whose pid `agent.lock` in `workdir` names.

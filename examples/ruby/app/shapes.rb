@@ -37,6 +37,14 @@ module Shapes
     list.each_with_object(AppsignalExt::Data.array) { |line, data| data.append_string(line) }
   end
 
+  # An event of `events` as the gem's spec matcher `include_event` finds it: a `hash_including` of
+  # these fields (with its defaults) against each entry of the top-level list, whatever the depth
+  # the event was recorded at.
+  def find_event(events, expected)
+    wanted = { "body" => "", "body_format" => 0, "count" => 1, "title" => "" }.merge(expected)
+    events.find { |event| wanted.all? { |key, value| event[key] == value } }
+  end
+
   # The gem's Transaction#to_h.
   def transaction
     txn = AppsignalExt.start_transaction("shapes-1", "web", 0)
@@ -56,19 +64,25 @@ module Shapes
     check "transaction error has no class key", !error.key?("class")
     check_eq "transaction error backtrace (a JSON string)", JSON.parse(error.fetch("backtrace")), backtrace
 
-    outer = h.fetch("events").fetch(0)
-    sql = outer.fetch("children").fetch(0)
-    [outer, sql].each do |event|
-      %w[name title body body_format count start duration gc_duration].each do |key|
+    events = h.fetch("events")
+    outer = find_event(events, "name" => "process_action.action_controller")
+    # Nested in the outer event, yet in the top-level list, with its body as given (sanitised only
+    # where it leaves the process).
+    sql = find_event(events, "name" => "sql.active_record", "title" => "User Load",
+                             "body" => "SELECT * FROM users WHERE id = 1", "body_format" => 1)
+    check "the outer event is in events (title and body empty when none)", outer
+    check "the nested SQL event is in the top-level events", sql
+    check_eq "events in the order they started", events.map { |e| e["name"] },
+             %w[process_action.action_controller sql.active_record]
+    [outer, sql].compact.each do |event|
+      %w[name title body body_format count start duration gc_duration parent_index].each do |key|
         check "event #{event["name"]} has #{key}", event.key?(key)
       end
-      check_eq "event #{event["name"]} count", event["count"], 1
+      check "event #{event["name"]} has no children (the list is flat)", !event.key?("children")
       check "event #{event["name"]} body_format is an Integer", event["body_format"].is_a?(Integer)
     end
-    check_eq "event title when none", outer["title"], ""
-    check_eq "event body when none", outer["body"], ""
-    check_eq "SQL body as given (sanitised only where it leaves the process)", sql["body"],
-             "SELECT * FROM users WHERE id = 1"
+    check_eq "the outer event is at the top", outer && outer["parent_index"], -1
+    check_eq "the SQL event's parent", sql && events[sql["parent_index"]], outer
 
     tags = h.dig("sample_data", "tags")
     check_eq "a long tag value is cut", tags["long"], "#{"x" * 10_000}..."
