@@ -298,6 +298,12 @@ fn idle(processes: usize, seconds: u64) {
     }
 }
 
+/// This thread's usage; macOS has no per-thread `getrusage`, so there the switches are the process's.
+#[cfg(target_os = "linux")]
+const RUSAGE_THREAD: libc::c_int = libc::RUSAGE_THREAD;
+#[cfg(not(target_os = "linux"))]
+const RUSAGE_THREAD: libc::c_int = libc::RUSAGE_SELF;
+
 /// This thread's CPU time in ns and its (voluntary, involuntary) context switches so far.
 fn thread_usage() -> (u64, i64, i64) {
     let mut ts = libc::timespec {
@@ -309,7 +315,7 @@ fn thread_usage() -> (u64, i64, i64) {
     // SAFETY: an all-zero rusage is valid; getrusage writes into it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid rusage to write into.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    unsafe { libc::getrusage(RUSAGE_THREAD, &mut usage) };
     (
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
         usage.ru_nvcsw,

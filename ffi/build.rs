@@ -13,6 +13,13 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_else(|_| "0".into());
+    if os == "macos" {
+        // Found through the loading program's rpath, as a dylib meant to be shipped is (cargo
+        // would record the absolute path of its build directory); and no load command for a
+        // library none of its symbols comes from (the libc crate names libiconv).
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-install_name,@rpath/libappsignal.dylib");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-dead_strip_dylibs");
+    }
     // ELF platforms with GNU-style linkers; macOS uses install names instead.
     if matches!(
         os.as_str(),

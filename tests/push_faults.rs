@@ -348,12 +348,19 @@ struct ClosedPort {
     port: u16,
 }
 
+/// Not inherited by the processes the test starts (macOS has no such flag for `socket`; there the
+/// test's children may inherit it, which changes nothing for a port that is never listened on).
+#[cfg(target_os = "linux")]
+const SOCK_CLOEXEC: libc::c_int = libc::SOCK_CLOEXEC;
+#[cfg(not(target_os = "linux"))]
+const SOCK_CLOEXEC: libc::c_int = 0;
+
 impl ClosedPort {
     fn new() -> ClosedPort {
         // SAFETY: plain socket calls on a descriptor this function owns; the address structs are
         // zero-initialised C structs of the sizes given.
         unsafe {
-            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | SOCK_CLOEXEC, 0);
             assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
             let fd = OwnedFd::from_raw_fd(raw);
             let mut addr: libc::sockaddr_in = std::mem::zeroed();
