@@ -788,3 +788,103 @@ fn read_all(mut s: impl Read) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+/// A host that keeps SIGPIPE's default action (a plain C program; `tests/c/sigpipe_leader.c`) leads
+/// while 50 peers each shut down their reading side and then send a batch, so that the leader's
+/// acknowledgement is written into a socket that takes nothing more (EPIPE): the host survives, and
+/// what it and the peers counted is pushed. It holds because std writes Unix sockets with
+/// `MSG_NOSIGNAL` on Linux (and the leader sets `SO_NOSIGPIPE` on macOS); a write through
+/// `write(2)` would raise SIGPIPE and end the host (signal 13).
+#[test]
+fn a_c_host_that_keeps_sigpipe_default_survives_peers_that_vanish() {
+    let setup = Setup::new(KEY, 60_000);
+    let config = push_config(&setup);
+    let lib_dir = common::lib_dir();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let exe = setup.tmp.path().join("sigpipe_leader");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg("-I")
+        .arg(&root)
+        .arg(root.join("tests/c/sigpipe_leader.c"))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg("-lappsignal")
+        .status()
+        .expect("cc runs");
+    assert!(
+        status.success(),
+        "compiling tests/c/sigpipe_leader.c failed"
+    );
+    let mut host = Command::new(&exe)
+        .env_clear()
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .envs(setup.env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(host.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "sigpipe_leader: leader");
+
+    const PEERS: usize = 50;
+    let mut peers = Vec::new();
+    for id in 0..PEERS as u64 {
+        let client_id = 9_000 + id;
+        let mut peer = Rogue::connect(&setup.socket()).unwrap();
+        assert!(peer.hello(client_id, &config).is_some(), "welcomed");
+        peer.stream.shutdown(std::net::Shutdown::Read).unwrap();
+        peer.send(&ClientMessage::Batch(rogue::batch(
+            client_id,
+            1,
+            rogue::now_ms(),
+            "vanished_peers",
+            1.0,
+        )))
+        .unwrap();
+        peers.push(peer);
+    }
+    // Every peer open until the leader has counted its batch and tried to acknowledge it.
+    let handled = common::poll(Duration::from_secs(20), || {
+        setup.log().matches("disconnected").count() >= PEERS
+            || host.try_wait().ok().flatten().is_some()
+    });
+    drop(peers);
+    let mut stdin = host.stdin.take().unwrap();
+    let _ = writeln!(stdin, "one");
+    drop(stdin);
+    let status = host.wait().unwrap();
+    let rest = read_all(out);
+    let stderr = read_all(host.stderr.take().unwrap());
+    assert!(
+        status.success() && rest.contains("sigpipe_leader: all checks passed"),
+        "the C host ended with {status} (signal 13 is SIGPIPE):\n{rest}\n{stderr}\n{}",
+        tail(&setup.log(), 30)
+    );
+    assert!(
+        handled,
+        "the leader did not handle the {PEERS} peers:\n{}",
+        tail(&setup.log(), 30)
+    );
+    assert!(
+        setup
+            .log()
+            .contains("it does not read its acknowledgements"),
+        "the acknowledgements failed (EPIPE):\n{}",
+        tail(&setup.log(), 30)
+    );
+    // The peers' batches were counted before their acknowledgements failed; the host pushed them
+    // on stop with its own count.
+    assert!(
+        common::poll(Duration::from_secs(10), || {
+            let s = setup.receiver.summary();
+            s["counters"]["vanished_peers{}"] == PEERS as f64
+                && s["counters"]["sigpipe_host{}"] == 1.0
+        }),
+        "{}",
+        setup.receiver.summary()
+    );
+}
