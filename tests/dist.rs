@@ -507,8 +507,8 @@ const READELF: &[&str] = &["readelf", "--version"];
 const ZIG: &[&str] = &["python3", "-m", "ziglang", "version"];
 const QEMU: &[&str] = &["qemu-aarch64", "--version"];
 const AARCH64_GCC: &[&str] = &["aarch64-linux-gnu-gcc", "--version"];
-/// GNU binutils built for every target (Debian's binutils-multiarch) read Mach-O files.
-const MACHO_NM: &[&str] = &["sh", "-c", "objdump -i | grep -q mach-o-arm64"];
+/// LLVM's tools read Mach-O files (Debian's `llvm`; GNU binutils do not read arm64 Mach-O).
+const LLVM_NM: &[&str] = &["llvm-nm", "--version"];
 
 #[test]
 fn x86_64_linux_gnu_archive_loads_on_glibc_2_17_and_counts_exactly() {
@@ -553,7 +553,7 @@ fn aarch64_linux_musl_archive_links_statically_and_counts_exactly_under_qemu() {
 /// The macOS archives: `libappsignal.a` and the dylib link into a C program with Zig's libSystem
 /// and no framework, and the dylib exports every declared function.
 fn macos_archive(test: &str, target: &'static str, zig_target: &str) {
-    let Some(archive) = unpack(test, target, &[ZIG, MACHO_NM]) else {
+    let Some(archive) = unpack(test, target, &[ZIG, LLVM_NM]) else {
         return;
     };
     let dylib = archive.file("libappsignal.dylib");
@@ -563,7 +563,7 @@ fn macos_archive(test: &str, target: &'static str, zig_target: &str) {
         "{target}: libappsignal.dylib is {size} bytes, over 4 MiB"
     );
     let exports: BTreeSet<String> = stdout(
-        Command::new("nm")
+        Command::new("llvm-nm")
             .args(["--extern-only", "--defined-only", "--format=just-symbols"])
             .arg(&dylib),
     )
@@ -610,7 +610,24 @@ fn macos_archive(test: &str, target: &'static str, zig_target: &str) {
             .args(&link)
             .args(&libs));
         assert!(exe.is_file(), "{target}: {what}: no program linked");
-        let loads = stdout(Command::new("objdump").arg("--private-headers").arg(&exe));
+        let loads = stdout(
+            Command::new("llvm-objdump")
+                .args(["--macho", "--dylibs-used"])
+                .arg(&exe),
+        );
+        let others: Vec<&str> = loads
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| {
+                !l.starts_with("/usr/lib/libSystem.B.dylib")
+                    && !l.starts_with("@rpath/libappsignal.dylib")
+            })
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{target}: {what}: the program loads more than libSystem (and the dylib): {others:?}"
+        );
         assert!(
             !loads.contains(".framework/"),
             "{target}: {what}: the program loads a framework:\n{loads}\n{}",
@@ -625,7 +642,7 @@ fn x86_64_apple_darwin_archive_links_without_frameworks() {
     macos_archive(
         "x86_64_apple_darwin",
         "x86_64-apple-darwin",
-        "x86_64-macos.11",
+        "x86_64-macos.11.0",
     );
 }
 
@@ -634,6 +651,6 @@ fn aarch64_apple_darwin_archive_links_without_frameworks() {
     macos_archive(
         "aarch64_apple_darwin",
         "aarch64-apple-darwin",
-        "aarch64-macos.11",
+        "aarch64-macos.11.0",
     );
 }

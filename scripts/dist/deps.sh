@@ -10,7 +10,7 @@
 #   libc6-arm64-cross   the aarch64 glibc those programs load under qemu (Debian)
 #   gcc-aarch64-linux-gnu  builds the aarch64 programs and extension with gcc, as a language
 #                       package's build does (Debian)
-#   binutils-multiarch  nm and objdump that read the macOS archives' Mach-O files (Debian)
+#   llvm                llvm-nm and llvm-objdump, which read the macOS archives' Mach-O files (Debian)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,7 +37,7 @@ need=()
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need+=(libc6-arm64-cross)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
-objdump -i 2>/dev/null | grep -q mach-o-arm64 || need+=(binutils-multiarch)
+command -v llvm-objdump >/dev/null || need+=(llvm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
