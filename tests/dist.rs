@@ -18,6 +18,8 @@
 
 mod common;
 
+use common::run;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,19 +46,6 @@ fn skip(test: &str, why: &str) {
         panic!("{test}: {why}");
     }
     eprintln!("SKIPPED {test}: {why}");
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not run: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn stdout(command: &mut Command) -> String {

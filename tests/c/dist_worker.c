@@ -18,18 +18,7 @@
 int dist_worker_run(int index, long count);
 
 static int role_is_elected(appsignal_string_t report, char *role, size_t size) {
-  const char *key = "\"role\":\"";
-  role[0] = '\0';
-  for (size_t i = 0; i + strlen(key) <= report.len; i++) {
-    if (memcmp(report.buf + i, key, strlen(key)) != 0) continue;
-    size_t start = i + strlen(key), n = 0;
-    while (start + n < report.len && report.buf[start + n] != '"' && n + 1 < size) {
-      role[n] = report.buf[start + n];
-      n++;
-    }
-    role[n] = '\0';
-    break;
-  }
+  role_of(report, role, size);
   return strcmp(role, "leader") == 0 || strcmp(role, "client") == 0;
 }
 

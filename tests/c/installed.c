@@ -9,22 +9,6 @@
 
 #include "check.h"
 
-/* The value of leader_election.role in a diagnose report ("" if absent), into `out`. */
-static void role_of(appsignal_string_t report, char *out, size_t size) {
-  const char *key = "\"role\":\"";
-  out[0] = '\0';
-  for (size_t i = 0; i + strlen(key) <= report.len; i++) {
-    if (memcmp(report.buf + i, key, strlen(key)) != 0) continue;
-    size_t start = i + strlen(key), n = 0;
-    while (start + n < report.len && report.buf[start + n] != '"' && n + 1 < size) {
-      out[n] = report.buf[start + n];
-      n++;
-    }
-    out[n] = '\0';
-    return;
-  }
-}
-
 int main(void) {
   char role[32] = "";
   struct timespec pause = {0, 10 * 1000 * 1000};

@@ -60,6 +60,20 @@ pub fn worker_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_appsignal-test-worker"))
 }
 
+/// Runs `command` to its end and asserts that it succeeded; its output otherwise in the message.
+pub fn run(command: &mut std::process::Command) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not run: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Polls `condition` every 5 ms until it holds or `timeout` passes; returns whether it held.
 pub fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
