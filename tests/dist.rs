@@ -22,7 +22,7 @@ use common::run;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");

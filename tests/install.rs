@@ -9,7 +9,7 @@ mod common;
 use common::run;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
