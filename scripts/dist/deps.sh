@@ -28,10 +28,10 @@ if [ "$(python3 -m ziglang version 2>/dev/null)" != "$ZIGLANG_VERSION" ]; then
 fi
 echo "zig $(python3 -m ziglang version)"
 
-if ! cargo zigbuild --version 2>/dev/null | grep -q "$CARGO_ZIGBUILD_VERSION"; then
+if ! cargo-zigbuild --version 2>/dev/null | grep -q "$CARGO_ZIGBUILD_VERSION"; then
   cargo install --locked -q cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION"
 fi
-cargo zigbuild --version
+cargo-zigbuild --version
 
 need=()
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
