@@ -10,6 +10,7 @@
 #   libc6-arm64-cross   the aarch64 glibc those programs load under qemu (Debian)
 #   gcc-aarch64-linux-gnu  builds the aarch64 programs and extension with gcc, as a language
 #                       package's build does (Debian)
+#   musl                the x86_64 musl dynamic loader, which runs a program against the musl .so (Debian)
 #   llvm                llvm-nm and llvm-objdump, which read the macOS archives' Mach-O files (Debian)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +39,7 @@ command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need+=(libc6-arm64-cross)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 command -v llvm-objdump >/dev/null || need+=(llvm)
+[ -e /lib/ld-musl-x86_64.so.1 ] || need+=(musl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
