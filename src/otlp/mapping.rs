@@ -672,7 +672,7 @@ fn root_attributes(sample: &Value) -> Vec<KeyValue> {
                     attributes.push(kv_str("appsignal.error_causes", error_causes(causes)));
                 }
                 (key, value) => {
-                    // Stored as JSON text already (issue 12's shape) or a value: a JSON string either way.
+                    // Sample data is kept as JSON text (the sample's own shape) or as a value: a JSON string either way.
                     let json = match value {
                         Value::String(s) => s.clone(),
                         v => v.to_string(),
