@@ -9,6 +9,10 @@
 #   make dist-deps                                     # rustup targets, Zig, cargo-zigbuild, qemu-user
 #   make dist [DIST_TARGETS="x86_64-unknown-linux-gnu …"]   # dist/libappsignal-<version>-<target>.tar.gz, dist/SHA256SUMS
 #
+# Builds the previous release's library, which tests/upgrade.rs runs next to this one (a rolling deploy):
+#
+#   make previous                                      # target/previous/libappsignal.so (scripts/previous.sh)
+#
 # Installs, under $(DESTDIR):
 #   $(LIBDIR)/libappsignal.so.$(VERSION)        soname libappsignal.so.$(MAJOR) (ffi/build.rs)
 #   $(LIBDIR)/libappsignal.so.$(MAJOR)  -> libappsignal.so.$(VERSION)
@@ -35,7 +39,7 @@ INSTALL ?= install
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(ROOT)/Cargo.toml | head -n 1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all build install install-files uninstall dist dist-deps
+.PHONY: all build install install-files uninstall dist dist-deps previous
 
 all: build
 
@@ -68,3 +72,6 @@ dist-deps:
 
 dist:
 	bash $(ROOT)/scripts/dist/build.sh $(DIST_TARGETS)
+
+previous:
+	bash $(ROOT)/scripts/previous.sh
