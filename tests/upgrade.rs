@@ -32,7 +32,11 @@ const ROUND_TRANSACTIONS: u64 = 5;
 
 /// The previous release's library, as `make previous` leaves it.
 fn previous_library() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/previous/libappsignal.so")
+    let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit
+        .parent()
+        .unwrap_or(testkit)
+        .join("target/previous/libappsignal.so")
 }
 
 fn in_ci() -> bool {
