@@ -1,4 +1,4 @@
-//! Push faults (issue 11), with real processes: worker processes load libappsignal.so through its C
+//! Push faults, with real processes: worker processes load libappsignal.so through its C
 //! interface and share a working directory; the Push API is the reference receiver on 127.0.0.1,
 //! or a port where nothing listens. Each test shows that totals received equal totals sent (for
 //! what the design promises to deliver), that no app call waited (the workers time every metric

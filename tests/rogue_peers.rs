@@ -1,4 +1,4 @@
-//! Hostile peers and failing networks (issue 11): every test runs 4 well-behaved worker processes
+//! Hostile peers and failing networks: every test runs 4 well-behaved worker processes
 //! (libappsignal.so through its C interface) that record while a rogue peer attacks the leader over
 //! the real `agent.socket`, or while the leader is frozen or its Push API hangs; afterwards the
 //! receiver's totals must equal what the workers recorded, exactly. The rogue speaks the documented
