@@ -18,8 +18,7 @@ use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerP
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
-mod common;
-use common::{
+use testkit::bench::{
     cstr, start_agent, thread_cpu_ns, transaction_with_10_sql_events as transaction, SQL,
 };
 
@@ -229,7 +228,7 @@ fn main() {
             timed(row, calls, || row_otel_10_spans(calls, &tracer));
         }
         "metrics_crate_counter" | "metrics_crate_histogram" => {
-            let recorder = common::RegistryRecorder::new();
+            let recorder = testkit::bench::RegistryRecorder::default();
             metrics::with_local_recorder(&recorder, || {
                 if row == "metrics_crate_counter" {
                     row_metrics_crate_counter(warm);

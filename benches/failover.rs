@@ -6,10 +6,8 @@
 //! Not a criterion bench: each sample needs a process to die, and the quantity is wall time
 //! across processes, not the cost of a call.
 
-#[path = "../examples/common/fleet.rs"]
-mod fleet;
-#[path = "../examples/common/receiver.rs"]
-mod receiver;
+use testkit::fleet;
+use testkit::receiver;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -33,8 +33,7 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
-mod common;
-use common::{cstr, start_agent};
+use testkit::bench::{cstr, start_agent};
 
 const NAME: &str = "requests";
 const TAGS: [(&str, &str); 2] = [("region", "eu"), ("route", "/checkout")];
@@ -116,7 +115,7 @@ fn bench_increment_counter(c: &mut Criterion) {
     });
 
     // 5. The metrics crate: the macro looks the labelled key up in the recorder's registry.
-    let recorder = common::RegistryRecorder::new();
+    let recorder = testkit::bench::RegistryRecorder::default();
     metrics::with_local_recorder(&recorder, || {
         group.bench_function("metrics_crate", |b| {
             b.iter(|| {

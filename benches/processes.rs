@@ -25,10 +25,7 @@
 //!
 //! Not criterion: the quantities are wall time and CPU time across processes.
 
-#[path = "../examples/common/receiver.rs"]
-mod receiver;
-
-mod common;
+use testkit::receiver;
 
 use std::ffi::c_void;
 use std::io::{BufRead, BufReader, Write};
@@ -36,7 +33,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{cstr, returned_to_string};
+use testkit::bench::{cstr, returned_to_string};
 
 const NAME: &str = "requests";
 const SERIES: &str = "requests{region=eu,route=/checkout}";

@@ -15,8 +15,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 
-mod common;
-use common::{start_agent, thread_cpu_ns, transaction_with_10_sql_events, SQL};
+use testkit::bench::{start_agent, thread_cpu_ns, transaction_with_10_sql_events, SQL};
 
 fn bench_transaction<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     let mut group = c.benchmark_group(group);

@@ -10,14 +10,10 @@
 //! `opentelemetry-proto` classes; one worker also records an erroneous transaction and a log line,
 //! and the demo prints the spans and log records that arrived.
 
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/otlp_receiver.rs"]
-mod otlp_receiver;
-#[path = "common/receiver.rs"]
-mod receiver;
-#[path = "common/worker.rs"]
-mod worker;
+use testkit::fleet;
+use testkit::otlp_receiver;
+use testkit::receiver;
+use testkit::worker;
 
 use std::time::{Duration, Instant};
 

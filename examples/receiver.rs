@@ -2,8 +2,7 @@
 //! `cargo run --example receiver -- [--listen 127.0.0.1:8099] [--key KEY] [--dir DIR]`.
 //! Prints its URL, then serves until interrupted. `GET /summary` gives the totals.
 
-#[path = "common/receiver.rs"]
-mod receiver;
+use testkit::receiver;
 
 fn main() -> anyhow::Result<()> {
     receiver::run_cli()

@@ -8,12 +8,9 @@
 //! `cargo run --release -p appsignal-testkit --example soak -- [--minutes 30] [--workers 8]
 //!  [--kill-every 30] [--sample-every 10] [--csv soak.csv]`
 
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/receiver.rs"]
-mod receiver;
-#[path = "common/worker.rs"]
-mod worker;
+use testkit::fleet;
+use testkit::receiver;
+use testkit::worker;
 
 use std::collections::BTreeMap;
 use std::io::Write;

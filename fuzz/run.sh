@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the parsers (fuzz/src/lib.rs) with AFL++ through cargo-afl, on the
-# stable toolchain. See docs/robustness.md, "Fuzzing".
+# toolchain rust-toolchain.toml pins (a stable release; no nightly). See docs/robustness.md, "Fuzzing".
 #
 #   fuzz/run.sh --ci                    every target for FUZZ_SECONDS (default 15) s; exit 1 on a crash or hang
 #   fuzz/run.sh --execs 10000000 sql    one target until ~10 million executions

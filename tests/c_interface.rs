@@ -2,8 +2,6 @@
 //! header is not stale), and a C program compiled with `-Wall -Wextra -Werror` against it runs
 //! correctly linked to `libappsignal.so` and to `libappsignal.a`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,7 +45,7 @@ fn compile(out: &Path, link: &[String]) {
 
 fn run_smoke(exe: &Path) {
     let tmp = tempfile::tempdir().unwrap();
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let output = Command::new(exe)
         .env_clear()
         // Only this build's library (cargo test's LD_LIBRARY_PATH would win over the runpath).
@@ -63,7 +61,7 @@ fn run_smoke(exe: &Path) {
 
 #[test]
 fn a_c_program_runs_against_the_shared_library() {
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("smoke-shared");
     compile(
@@ -79,8 +77,8 @@ fn a_c_program_runs_against_the_shared_library() {
 
 #[test]
 fn a_c_program_runs_against_the_static_library() {
-    // Next to the shared library that this build refreshed (see common::library_path).
-    let archive = common::library_path().with_file_name("libappsignal.a");
+    // Next to the shared library that this build refreshed (see testkit::library_path).
+    let archive = testkit::library_path().with_file_name("libappsignal.a");
     assert!(archive.is_file(), "{} was not built", archive.display());
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("smoke-static");
@@ -110,10 +108,10 @@ fn stored_payloads(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let tmp = tempfile::tempdir().unwrap();
     let received = tmp.path().join("received");
-    let receiver = common::receiver::Receiver::start("apm-key", Some(received.clone())).unwrap();
+    let receiver = testkit::receiver::Receiver::start("apm-key", Some(received.clone())).unwrap();
     let exe = tmp.path().join("apm");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -138,7 +136,7 @@ fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
     let output = Command::new(&exe)
         .env_clear()
         .env("LD_LIBRARY_PATH", &lib_dir)
-        .envs(common::fleet::config_env(
+        .envs(testkit::fleet::config_env(
             &receiver.url,
             "apm-key",
             &tmp.path().join("wd"),
@@ -258,7 +256,7 @@ fn a_c_program_records_transactions_spans_and_logs_end_to_end() {
 /// Compiles `tests/c/<name>.c` (`-Wall -Wextra -Werror -pedantic`) against `appsignal.h` and the
 /// shared library of this build, into `dir`.
 fn compile_program(name: &str, dir: &Path) -> PathBuf {
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let exe = dir.join(name);
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -286,7 +284,7 @@ fn compile_program(name: &str, dir: &Path) -> PathBuf {
 /// Runs a compiled test program with only `envs` (and this build's library) in its environment;
 /// asserts that it exited 0 and printed `<name>: all checks passed`. Returns (stdout, stderr).
 fn run_program(name: &str, exe: &Path, envs: &[(&str, &Path)]) -> (String, String) {
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let output = Command::new(exe)
         .env_clear()
         .env("LD_LIBRARY_PATH", &lib_dir)

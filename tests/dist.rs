@@ -16,9 +16,7 @@
 //! archive, an archive built from another commit or a missing tool fails the test; elsewhere the
 //! test prints SKIPPED with the command that makes it runnable.
 
-mod common;
-
-use common::run;
+use testkit::run;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -313,8 +311,8 @@ fn runner(target: &str, program: &Path) -> Command {
 /// directory, and checks that the receiver got exactly what they recorded.
 fn three_processes_exact_totals(what: &str, command: impl Fn(usize) -> Command) {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = common::receiver::Receiver::start("dist-key", None).unwrap();
-    let env = common::fleet::config_env(&receiver.url, "dist-key", &tmp.path().join("wd"), 1_000);
+    let receiver = testkit::receiver::Receiver::start("dist-key", None).unwrap();
+    let env = testkit::fleet::config_env(&receiver.url, "dist-key", &tmp.path().join("wd"), 1_000);
     let children: Vec<(usize, Child)> = (0..WORKERS)
         .map(|i| {
             let mut cmd = command(i);
@@ -353,7 +351,7 @@ fn three_processes_exact_totals(what: &str, command: impl Fn(usize) -> Command) 
         })
     };
     assert!(
-        common::poll(Duration::from_secs(30), || complete(&receiver.summary())),
+        testkit::poll(Duration::from_secs(30), || complete(&receiver.summary())),
         "{what}: the receiver's totals are not what {WORKERS} x {COUNT} recorded ({roles:?}):\n{}",
         receiver.summary()
     );

@@ -2,8 +2,6 @@
 //! share a working directory, elect a leader over a real flock and Unix socket, and push to the
 //! reference receiver over real HTTP on 127.0.0.1. Totals received must equal totals sent, exactly.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
@@ -11,10 +9,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::receiver::Receiver;
-use common::setup::{stop_all, Setup};
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::receiver::Receiver;
+use testkit::setup::{stop_all, Setup};
 
 const KEY: &str = "end-to-end-secret-key";
 
@@ -84,7 +82,7 @@ fn four_processes_one_leader_totals_equal() {
                 w.sync().unwrap();
             }
             assert!(
-                common::poll(Duration::from_secs(20), || {
+                testkit::poll(Duration::from_secs(20), || {
                     setup.receiver.summary()["payloads"].as_u64() >= Some(1)
                 }),
                 "the first round's window was never pushed"
@@ -261,7 +259,7 @@ fn a_push_api_answering_429_with_retry_after_is_not_tried_before_the_delay() {
         fleet::add_sent(&mut e, &worker.record(500).unwrap());
         e
     };
-    assert!(common::poll(Duration::from_secs(20), || setup
+    assert!(testkit::poll(Duration::from_secs(20), || setup
         .receiver
         .summary()["failed_on_purpose"]
         == 1));
@@ -302,7 +300,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
         e
     };
     // The first two pushes fail; the payload waits in payloads/ and goes out on a later interval.
-    assert!(common::poll(Duration::from_secs(20), || setup
+    assert!(testkit::poll(Duration::from_secs(20), || setup
         .receiver
         .summary()["failed_on_purpose"]
         == 2));
@@ -356,7 +354,7 @@ fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
         let before = setup.receiver.summary()["failed_on_purpose"]
             .as_u64()
             .unwrap();
-        assert!(common::poll(Duration::from_secs(10), || setup
+        assert!(testkit::poll(Duration::from_secs(10), || setup
             .receiver
             .summary()["failed_on_purpose"]
             .as_u64()
@@ -398,13 +396,13 @@ fn the_payload_cache_stays_within_its_bound_and_is_pushed_at_the_next_start() {
     let waiting = cached();
     setup.receiver.fail_next(0, 500);
     let mut next = setup.spawn(1);
-    assert!(common::poll(Duration::from_secs(20), || setup
+    assert!(testkit::poll(Duration::from_secs(20), || setup
         .receiver
         .summary()["payloads"]
         .as_u64()
         .unwrap()
         >= waiting as u64));
-    assert!(common::poll(Duration::from_secs(5), || cached() == 0));
+    assert!(testkit::poll(Duration::from_secs(5), || cached() == 0));
     next.stop(Duration::from_secs(20)).unwrap();
     let summary = setup.receiver.summary();
     let total: f64 = summary["counters"]
@@ -506,7 +504,7 @@ fn only_the_leader_collects_host_metrics_and_they_match_proc() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     // CPU percentages need two readings, so they appear from the second collection on.
-    let arrived = common::poll(Duration::from_secs(20), || {
+    let arrived = testkit::poll(Duration::from_secs(20), || {
         let s = setup.receiver.summary();
         let gauges = s["gauges"].as_object().cloned().unwrap_or_default();
         gauges
@@ -539,14 +537,14 @@ fn only_the_leader_collects_host_metrics_and_they_match_proc() {
 
 /// The pid recorded in `agent.lock`, if it is one of `workers`.
 fn leader_index(setup: &Setup, workers: &[WorkerProcess]) -> Option<usize> {
-    common::leader_index(&setup.workdir(), workers)
+    testkit::leader_index(&setup.workdir(), workers)
 }
 
-/// The chaos run of `common::chaos` against the reference receiver (20 s, at least 15 leader kills).
+/// The chaos run of `testkit::chaos` against the reference receiver (20 s, at least 15 leader kills).
 fn chaos(kill_clients: bool) {
     let setup = Setup::new(KEY, 400);
     let mut next_index = 0u32;
-    let run = common::chaos(
+    let run = testkit::chaos(
         &setup.workdir(),
         || {
             next_index += 1;
@@ -606,7 +604,7 @@ fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
     master.wait(Duration::from_secs(10)).unwrap();
     let lock = setup.workdir().join("agent.lock");
     assert!(
-        common::poll(Duration::from_secs(10), || {
+        testkit::poll(Duration::from_secs(10), || {
             std::fs::read_to_string(&lock)
                 .ok()
                 .and_then(|t| t.split(';').next().and_then(|p| p.parse::<u32>().ok()))
@@ -623,7 +621,7 @@ fn preloaded_master_forks_and_exits_and_a_child_takes_over() {
             .count()
     };
     assert!(
-        common::poll(Duration::from_secs(60), || files() == 3),
+        testkit::poll(Duration::from_secs(60), || files() == 3),
         "children reported: {}",
         files()
     );
@@ -713,10 +711,11 @@ fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
             "99.0.0".to_owned(),
         )])
         .collect();
-    let mut newer = WorkerProcess::spawn(&common::worker_exe(), &["1".into()], &newer_env).unwrap();
+    let mut newer =
+        WorkerProcess::spawn(&testkit::worker_exe(), &["1".into()], &newer_env).unwrap();
     // The old leader steps down; the newer library leads; the old process becomes its client.
     assert!(
-        common::poll(Duration::from_secs(10), || leader_index(
+        testkit::poll(Duration::from_secs(10), || leader_index(
             &setup,
             std::slice::from_ref(&newer)
         )
@@ -724,7 +723,7 @@ fn a_newer_library_takes_over_and_an_older_protocol_is_refused() {
         "the newer library did not take the lock:\n{}",
         setup.log()
     );
-    assert!(common::poll(Duration::from_secs(10), || old
+    assert!(testkit::poll(Duration::from_secs(10), || old
         .diagnose()
         .unwrap()["leader_election"]["role"]
         == "client"));
@@ -801,7 +800,9 @@ fn two_configurations_share_a_directory_and_each_receiver_gets_only_its_own() {
         .collect();
     let mut ours: Vec<WorkerProcess> = (0..2).map(|i| setup.spawn(i)).collect();
     let mut theirs: Vec<WorkerProcess> = (10..12)
-        .map(|i| WorkerProcess::spawn(&common::worker_exe(), &[i.to_string()], &other_env).unwrap())
+        .map(|i| {
+            WorkerProcess::spawn(&testkit::worker_exe(), &[i.to_string()], &other_env).unwrap()
+        })
         .collect();
     let (mut expected_ours, mut expected_theirs) = (Value::Null, Value::Null);
     for w in ours.iter_mut() {
@@ -872,7 +873,7 @@ fn a_deleted_lock_file_or_working_directory_gets_a_new_election_and_loses_nothin
         // listens (inotify tells the leader at once; its 5 s check is the fallback, hence 15 s on a
         // loaded machine).
         assert!(
-            common::poll(Duration::from_secs(15), || {
+            testkit::poll(Duration::from_secs(15), || {
                 // (Not the inode number: once the old file is closed, a new one may reuse it; nor
                 // the lock's content: the same process may win again within the same second.)
                 let log = setup.log();
@@ -970,17 +971,17 @@ fn host_metrics_continue_after_the_leader_is_killed() {
     };
     let first = leader_index(&setup, &workers).unwrap();
     let first_pid = u64::from(workers[first].pid);
-    assert!(common::poll(Duration::from_secs(10), || pushers().contains(&first_pid)));
+    assert!(testkit::poll(Duration::from_secs(10), || pushers().contains(&first_pid)));
     workers[first].child.kill().unwrap();
     workers[first].wait(Duration::from_secs(5)).unwrap();
-    assert!(common::poll(Duration::from_secs(10), || leader_index(
+    assert!(testkit::poll(Duration::from_secs(10), || leader_index(
         &setup, &workers
     )
     .is_some_and(|i| i != first)));
     let second_pid = u64::from(workers[leader_index(&setup, &workers).unwrap()].pid);
     // The new leader collects and pushes host metrics; the clients never do.
     assert!(
-        common::poll(Duration::from_secs(10), || pushers().contains(&second_pid)),
+        testkit::poll(Duration::from_secs(10), || pushers().contains(&second_pid)),
         "no host metrics from the new leader:\n{}",
         setup.log()
     );

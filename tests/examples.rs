@@ -5,8 +5,6 @@
 //! The `*_otlp` tests run the same scripts with the OTLP exporter against the Python OTLP receiver
 //! (`run.sh otlp`); with `CI` set, a missing Python with `opentelemetry-proto` fails too.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -38,7 +36,7 @@ fn run_script_with(script: &str, args: &[&str], env: &[(&str, &Path)]) {
     let _turn = script_lock(script)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let output = Command::new("bash")
         .arg(root().join(script))
         .args(args)
@@ -116,7 +114,7 @@ fn elixir_example_several_beam_vms() {
 /// `run.sh otlp`: the same integration exporting with `_APPSIGNAL_EXPORTER=otlp` (no push key) to
 /// `examples/otlp_receiver.py`, exact totals from what it parsed with the official classes.
 fn run_otlp(script: &str, test: &str) {
-    let Some(python) = common::otlp_python_or_skip(test) else {
+    let Some(python) = testkit::otlp_python_or_skip(test) else {
         return;
     };
     run_script_with(

@@ -4,17 +4,15 @@
 //! everything in both permission modes, bit by bit; a process of another uid refused at connect in
 //! owner-only mode; the push key and OTLP header values in no log, file, diagnose or stderr.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::receiver::Receiver;
-use common::setup::{stop_all, Setup};
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::receiver::Receiver;
+use testkit::setup::{stop_all, Setup};
 
 const KEY: &str = "fs-test-push-key-9f3a71c2";
 
@@ -165,7 +163,7 @@ fn a_link_planted_at_the_lock_while_running_moves_the_processes_to_the_fallback(
     std::os::unix::fs::symlink(&file, &lock).unwrap();
     // Every process ends up in the fallback directory, and one of them leads there.
     assert!(
-        common::poll(Duration::from_secs(30), || {
+        testkit::poll(Duration::from_secs(30), || {
             workers.iter_mut().all(|w| {
                 let report = w.diagnose().unwrap();
                 report["leader_election"]["working_directory"]["fallback"]["from"].is_string()
@@ -254,7 +252,7 @@ fn both_permission_modes_bit_by_bit_including_journal_and_payload_files() {
             |name: &str| std::fs::read_dir(wd.join(name)).is_ok_and(|mut d| d.next().is_some());
         // Record until a window is journaled and an earlier one waits in payloads/ at the same time.
         assert!(
-            common::poll(Duration::from_secs(30), || {
+            testkit::poll(Duration::from_secs(30), || {
                 for w in workers.iter_mut() {
                     w.record(20).unwrap();
                 }
@@ -456,7 +454,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
                 let stderr =
                     std::fs::File::create(stderr_path.with_extension(i.to_string())).unwrap();
                 WorkerProcess::spawn_with_stderr(
-                    &common::worker_exe(),
+                    &testkit::worker_exe(),
                     &[i.to_string()],
                     &setup.env,
                     Stdio::from(stderr),
@@ -471,7 +469,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
         }
         // Let windows close and be pushed (or fail to be).
         assert!(
-            common::poll(Duration::from_secs(30), || {
+            testkit::poll(Duration::from_secs(30), || {
                 let log = std::fs::read_to_string(setup.workdir().join("appsignal.log"))
                     .unwrap_or_default();
                 ["sent push payload", "not sent", "dropped:"]

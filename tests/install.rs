@@ -4,9 +4,7 @@
 //! library, pushing to the reference receiver. `make install-files` is used so that no cargo runs
 //! inside `cargo test`; `make install` is that plus the shipped build (checked with `make -n`).
 
-mod common;
-
-use common::run;
+use testkit::run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +23,7 @@ fn make_install_files(prefix: &str, destdir: Option<&Path>) {
         .arg(root())
         .arg("install-files")
         .arg(format!("PREFIX={prefix}"))
-        .arg(format!("BUILD_DIR={}", common::lib_dir().display()));
+        .arg(format!("BUILD_DIR={}", testkit::lib_dir().display()));
     if let Some(d) = destdir {
         make.arg(format!("DESTDIR={}", d.display()));
     }
@@ -109,12 +107,12 @@ fn installs_into_a_prefix_and_a_c_program_builds_with_pkg_config_and_runs() {
         "the program records the soname, not the file name"
     );
 
-    let receiver = common::receiver::Receiver::start("install-key", None).unwrap();
+    let receiver = testkit::receiver::Receiver::start("install-key", None).unwrap();
     let output = Command::new(&exe)
         .env_clear()
         // The installed library only: the loader finds it through its soname link.
         .env("LD_LIBRARY_PATH", &lib)
-        .envs(common::fleet::config_env(
+        .envs(testkit::fleet::config_env(
             &receiver.url,
             "install-key",
             &tmp.path().join("wd"),
@@ -129,7 +127,7 @@ fn installs_into_a_prefix_and_a_c_program_builds_with_pkg_config_and_runs() {
     assert!(stdout.contains("installed: all checks passed"), "{stdout}");
     // stop() pushed what it counted before returning.
     assert!(
-        common::poll(Duration::from_secs(10), || {
+        testkit::poll(Duration::from_secs(10), || {
             receiver.summary()["counters"]["installed{}"] == 3.0
         }),
         "{}",
@@ -177,7 +175,7 @@ fn make_install_builds_the_shipped_library_first() {
 /// it recorded at run time.
 #[test]
 fn the_build_leaves_the_soname_link_beside_the_library() {
-    let link = common::target_dir().join(format!("libappsignal.so.{MAJOR}"));
+    let link = testkit::target_dir().join(format!("libappsignal.so.{MAJOR}"));
     assert_eq!(
         std::fs::read_link(&link)
             .unwrap_or_else(|e| panic!("{}: {e} (ffi/build.rs makes it)", link.display())),

@@ -4,16 +4,14 @@
 //! OTLP to the Python receiver (`examples/otlp_receiver.py`), and for traces also to the Push API
 //! receiver. Totals received equal totals sent.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::otlp_receiver::OtlpReceiver;
-use common::receiver::Receiver;
 use serde_json::{json, Value};
+use testkit::fleet::{self, WorkerProcess};
+use testkit::otlp_receiver::OtlpReceiver;
+use testkit::receiver::Receiver;
 
 struct Setup {
     otlp: OtlpReceiver,
@@ -49,7 +47,7 @@ impl Setup {
     }
 
     fn build(test: &str, with_push: bool) -> Option<Setup> {
-        let python = common::otlp_python_or_skip(test)?;
+        let python = testkit::otlp_python_or_skip(test)?;
         let otlp = OtlpReceiver::start(&python).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let push =
@@ -73,7 +71,7 @@ impl Setup {
                 ("_APPSIGNAL_OTLP_HTTP_PORT", otlp_port.to_string()),
                 (
                     "APPSIGNAL_LIBRARY",
-                    common::library_path().display().to_string(),
+                    testkit::library_path().display().to_string(),
                 ),
             ]
             .into_iter()
@@ -95,7 +93,7 @@ impl Setup {
     }
 
     fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
+        WorkerProcess::spawn(&testkit::worker_exe(), &[index.to_string()], &self.env).unwrap()
     }
 
     /// Runs a Python script of `examples/` against the OTLP/HTTP intake; its JSON lines.
@@ -140,7 +138,7 @@ impl Setup {
     /// Waits until the log says `needle` `times` times (a listener bound, for instance).
     fn await_log(&self, needle: &str, times: usize) {
         assert!(
-            common::poll(Duration::from_secs(20), || self
+            testkit::poll(Duration::from_secs(20), || self
                 .log()
                 .matches(needle)
                 .count()
@@ -151,7 +149,7 @@ impl Setup {
     }
 
     fn assert_totals(&self, expected: &Value) {
-        common::setup::assert_totals(
+        testkit::setup::assert_totals(
             expected,
             || self.otlp.summary(),
             || {
@@ -475,14 +473,14 @@ fn otlp_traces_posted_with_the_official_python_classes_arrive_as_samples_and_spa
             .unwrap_or_default()
     };
     assert!(
-        common::poll(Duration::from_secs(30), || spans().len() >= 8),
+        testkit::poll(Duration::from_secs(30), || spans().len() >= 8),
         "spans: {:?}\n{}",
         spans(),
         setup.log()
     );
     let pushed = || setup.pushed_samples();
     assert!(
-        common::poll(Duration::from_secs(30), || pushed().len() >= 4),
+        testkit::poll(Duration::from_secs(30), || pushed().len() >= 4),
         "samples: {:?}\n{}",
         pushed(),
         setup.log()
@@ -624,7 +622,7 @@ fn statsd_listener_moves_to_the_next_leader_after_a_sigkill() {
     };
     let mut workers = vec![setup.spawn(1), setup.spawn(2)];
     setup.await_log("StatsD: listening on", 1);
-    let leader = common::leader_index(&setup.workdir(), &workers).unwrap();
+    let leader = testkit::leader_index(&setup.workdir(), &workers).unwrap();
     let running = Arc::new(AtomicBool::new(true));
     let port = setup.statsd_port;
     let sender = {
@@ -647,7 +645,7 @@ fn statsd_listener_moves_to_the_next_leader_after_a_sigkill() {
     workers[leader].child.kill().unwrap();
     workers[leader].wait(Duration::from_secs(5)).unwrap();
     assert!(
-        common::poll(Duration::from_secs(10), || setup
+        testkit::poll(Duration::from_secs(10), || setup
             .log()
             .matches("StatsD: listening on")
             .count()

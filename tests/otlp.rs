@@ -3,16 +3,14 @@
 //! `opentelemetry-proto` classes (`examples/otlp_receiver.py`): no code of ours decodes for it.
 //! Totals received must equal totals sent, exactly, also with leaders SIGKILLed.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::otlp_receiver::OtlpReceiver;
-use common::receiver::Receiver;
-use common::setup::stop_all;
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::otlp_receiver::OtlpReceiver;
+use testkit::receiver::Receiver;
+use testkit::setup::stop_all;
 
 const PUSH_KEY: &str = "otlp-test-push-key";
 const HEADER_SECRET: &str = "otlp-header-secret-value";
@@ -28,7 +26,7 @@ impl Setup {
     /// Workers exporting OTLP to a fresh Python receiver (and, with `push`, also to the reference
     /// Push API receiver). `None` when the test is skipped (no Python with the package, not in CI).
     fn new(test: &str, interval_ms: u64, push: bool) -> Option<Setup> {
-        let python = common::otlp_python_or_skip(test)?;
+        let python = testkit::otlp_python_or_skip(test)?;
         let otlp = OtlpReceiver::start(&python).unwrap();
         let mut setup = Self::with_url(&otlp.url, interval_ms, push);
         setup.otlp = Some(otlp);
@@ -56,7 +54,7 @@ impl Setup {
                 ("_APPSIGNAL_FILTER_PARAMETERS", "password".to_owned()),
                 (
                     "APPSIGNAL_LIBRARY",
-                    common::library_path().display().to_string(),
+                    testkit::library_path().display().to_string(),
                 ),
             ]
             .into_iter()
@@ -79,7 +77,7 @@ impl Setup {
     }
 
     fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], &self.env).unwrap()
+        WorkerProcess::spawn(&testkit::worker_exe(), &[index.to_string()], &self.env).unwrap()
     }
 
     fn log(&self) -> String {
@@ -88,7 +86,7 @@ impl Setup {
 
     /// Waits until the OTLP receiver's totals equal `expected`; fails with the differences.
     fn assert_otlp_totals(&self, expected: &Value) {
-        common::setup::assert_totals(
+        testkit::setup::assert_totals(
             expected,
             || self.otlp().summary(),
             || format!("--- log ---\n{}", self.log()),
@@ -286,7 +284,7 @@ fn otlp_chaos(push: bool) {
         return;
     };
     let mut next_index = 0u32;
-    let run = common::chaos(
+    let run = testkit::chaos(
         &setup.workdir(),
         || {
             next_index += 1;
@@ -339,7 +337,7 @@ fn cached_otlp_files(workdir: &std::path::Path) -> usize {
 
 #[test]
 fn an_otlp_endpoint_that_is_down_gets_the_data_once_it_is_up() {
-    let Some(python) = common::otlp_python_or_skip("otlp endpoint down") else {
+    let Some(python) = testkit::otlp_python_or_skip("otlp endpoint down") else {
         return;
     };
     let port = free_port();
@@ -349,7 +347,7 @@ fn an_otlp_endpoint_that_is_down_gets_the_data_once_it_is_up() {
     worker.sync().unwrap();
     // Nothing listens: the exports are refused and wait in payloads/, named as OTLP requests.
     assert!(
-        common::poll(Duration::from_secs(20), || {
+        testkit::poll(Duration::from_secs(20), || {
             cached_otlp_files(&setup.workdir()) >= 1 && setup.log().contains("kept in payloads/")
         }),
         "no OTLP request cached while the endpoint is down:\n{}",
@@ -360,9 +358,10 @@ fn an_otlp_endpoint_that_is_down_gets_the_data_once_it_is_up() {
     fleet::add_sent(&mut expected, &sent);
     setup.assert_otlp_totals(&expected);
     worker.stop(Duration::from_secs(20)).unwrap();
-    assert!(common::poll(Duration::from_secs(10), || cached_otlp_files(
-        &setup.workdir()
-    ) == 0));
+    assert!(testkit::poll(
+        Duration::from_secs(10),
+        || cached_otlp_files(&setup.workdir()) == 0
+    ));
     assert_eq!(setup.otlp().summary()["duplicates"], 0);
 }
 
@@ -396,7 +395,7 @@ fn a_400_drops_that_request_logs_it_once_and_counts_it() {
     setup.otlp().fail_next(1, 400, None).unwrap();
     worker.record(100).unwrap();
     worker.sync().unwrap();
-    assert!(common::poll(Duration::from_secs(20), || {
+    assert!(testkit::poll(Duration::from_secs(20), || {
         setup.otlp().summary()["failed_on_purpose"] == 1
     }));
     // Windows recorded after the rejection arrive, and one of them reports it; the rejected
@@ -413,7 +412,7 @@ fn a_400_drops_that_request_logs_it_once_and_counts_it() {
             .sum()
     };
     assert!(
-        common::poll(Duration::from_secs(20), || {
+        testkit::poll(Duration::from_secs(20), || {
             setup.otlp().summary()["counters"]["appsignal.agent.rejected_exports{}"] == 1.0
                 && received() >= 50.0
         }),

@@ -1,4 +1,4 @@
-//! Push faults (issue 11), with real processes: worker processes load libappsignal.so through its C
+//! Push faults, with real processes: worker processes load libappsignal.so through its C
 //! interface and share a working directory; the Push API is the reference receiver on 127.0.0.1,
 //! or a port where nothing listens. Each test shows that totals received equal totals sent (for
 //! what the design promises to deliver), that no app call waited (the workers time every metric
@@ -10,17 +10,15 @@
 //!   5.5 minutes; the others in this file run beside it);
 //! - a full disk (`RLIMIT_FSIZE` in the leader process).
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::fleet::{self, WorkerProcess};
-use common::receiver::Receiver;
-use common::setup::tail;
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::receiver::Receiver;
+use testkit::setup::tail;
 
 const GOOD_KEY: &str = "push-faults-accepted-key";
 const BAD_KEY: &str = "push-faults-refused-key-5b1e";
@@ -50,7 +48,7 @@ fn env(
             ("_APPSIGNAL_STOP_TIMEOUT_MS", STOP_TIMEOUT_MS.to_string()),
             (
                 "APPSIGNAL_LIBRARY",
-                common::library_path().display().to_string(),
+                testkit::library_path().display().to_string(),
             ),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
@@ -65,7 +63,7 @@ fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, 
 }
 
 fn spawn(env: &[(String, String)], index: u32) -> WorkerProcess {
-    WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], env).unwrap()
+    WorkerProcess::spawn(&testkit::worker_exe(), &[index.to_string()], env).unwrap()
 }
 
 fn log(workdir: &Path) -> String {
@@ -188,7 +186,7 @@ fn a_refused_push_key_is_tried_once_and_logged_once_while_the_other_configuratio
         sent_a = record_all(&mut a, 300);
         sent_b = record_all(&mut b, 300);
         assert!(
-            common::poll(Duration::from_secs(30), || apps("app-b") > before),
+            testkit::poll(Duration::from_secs(30), || apps("app-b") > before),
             "app-b's payload did not arrive\n{}",
             tail(&log(&wd), 40)
         );
@@ -198,7 +196,7 @@ fn a_refused_push_key_is_tried_once_and_logged_once_while_the_other_configuratio
     }
     // The leader's diagnose names the refused configuration and counts its dropped payloads.
     let mut refused = Value::Null;
-    let shown = common::poll(Duration::from_secs(30), || {
+    let shown = testkit::poll(Duration::from_secs(30), || {
         let report = a[0].diagnose().unwrap();
         refused = report["leader_election"]["exports"]["refused_credentials"].clone();
         refused[0]["dropped_payloads"].as_u64() >= Some(4)
@@ -292,7 +290,7 @@ fn a_refused_key_fixed_on_the_server_is_probed_again_and_sending_resumes() {
     let refused: Vec<Value> = workers.iter_mut().map(|w| w.sync().unwrap()).collect();
     // Refused, dropped, and everything of that round is through: no segment, no cached payload.
     assert!(
-        common::poll(Duration::from_secs(30), || {
+        testkit::poll(Duration::from_secs(30), || {
             receiver.summary()["unauthorized"].as_u64() >= Some(1)
                 && journal_segments(&wd).is_empty()
                 && cached_payloads(&wd).is_empty()
@@ -302,7 +300,7 @@ fn a_refused_key_fixed_on_the_server_is_probed_again_and_sending_resumes() {
     );
     // The key is fixed on the server; once the next probe is due, the next payload is the probe.
     receiver.set_key(BAD_KEY);
-    assert!(common::poll(Duration::from_secs(30), || {
+    assert!(testkit::poll(Duration::from_secs(30), || {
         let report = workers[leader].diagnose().unwrap();
         report["leader_election"]["exports"]["refused_credentials"][0]["next_try_in_ms"] == 0
     }));
@@ -312,7 +310,7 @@ fn a_refused_key_fixed_on_the_server_is_probed_again_and_sending_resumes() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(
-        common::poll(Duration::from_secs(30), || log(&wd).contains(
+        testkit::poll(Duration::from_secs(30), || log(&wd).contains(
             "accepts the credentials of app \"probed-app\" environment \"demo\" again"
         )),
         "{}",
@@ -430,7 +428,7 @@ fn a_five_minute_push_api_outage_loses_nothing_and_delivers_every_cached_payload
     // of "now": a window with nothing recorded is never cached).
     let last_window = last_round_ms / INTERVAL_MS * INTERVAL_MS;
     assert!(
-        common::poll(Duration::from_secs(30), || {
+        testkit::poll(Duration::from_secs(30), || {
             cached_payloads(&wd)
                 .iter()
                 .filter_map(|n| n.split('-').next()?.parse::<u64>().ok())
@@ -476,7 +474,7 @@ fn a_five_minute_push_api_outage_loses_nothing_and_delivers_every_cached_payload
         );
     }
     assert!(
-        common::poll(Duration::from_secs(30), || cached_payloads(&wd).is_empty()),
+        testkit::poll(Duration::from_secs(30), || cached_payloads(&wd).is_empty()),
         "{:?} still cached",
         cached_payloads(&wd)
     );
@@ -538,7 +536,7 @@ fn a_full_disk_in_the_leader_keeps_the_journal_and_the_batches_until_a_leader_wi
 
     // Before: recorded early in a window, journaled and acknowledged; the window is still open
     // when the disk fills.
-    assert!(common::poll(Duration::from_secs(5), || now_ms()
+    assert!(testkit::poll(Duration::from_secs(5), || now_ms()
         % INTERVAL_MS
         < 100));
     let mut before = record_all(&mut clients, 100);
@@ -666,7 +664,7 @@ fn a_disk_that_fills_and_frees_again_under_the_same_leader_loses_nothing() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(
-        common::poll(Duration::from_secs(10), || !lines_with(
+        testkit::poll(Duration::from_secs(10), || !lines_with(
             &leader,
             "cannot cache push payload"
         )

@@ -7,8 +7,7 @@
 //!   byte of a 4 MiB frame on each, prints `sent`; when stdin closes, prints how many connections
 //!   the leader had closed (`closed K`) and exits.
 
-#[path = "common/rogue.rs"]
-mod rogue;
+use testkit::rogue;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

@@ -1,13 +1,11 @@
-//! Hostile peers and failing networks (issue 11): every test runs 4 well-behaved worker processes
+//! Hostile peers and failing networks: every test runs 4 well-behaved worker processes
 //! (libappsignal.so through its C interface) that record while a rogue peer attacks the leader over
 //! the real `agent.socket`, or while the leader is frozen or its Push API hangs; afterwards the
 //! receiver's totals must equal what the workers recorded, exactly. The rogue speaks the documented
-//! protocol with the library's own codec (`tests/common/rogue.rs`); where it needs a pid of its own
+//! protocol with the library's own codec (`testkit/src/rogue.rs`); where it needs a pid of its own
 //! it runs as the `appsignal-test-rogue` binary.
 
-mod common;
-#[path = "common/rogue.rs"]
-mod rogue;
+use testkit::rogue;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use appsignal_agent::protocol::{self, ClientMessage, LeaderMessage};
-use common::fleet::{self, WorkerProcess};
-use common::setup::{tail, Setup};
 use rogue::Rogue;
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::setup::{tail, Setup};
 
 const KEY: &str = "rogue-peers-secret-key";
 
@@ -158,7 +156,7 @@ fn attack1_batches_for_other_client_ids_or_out_of_order_seqs_are_refused() {
     let fleet = under_attack(&setup, |setup, fleet| {
         // Let every worker get batches journaled, then harvest the ids a local user can read.
         let mut victims = Vec::new();
-        assert!(common::poll(Duration::from_secs(20), || {
+        assert!(testkit::poll(Duration::from_secs(20), || {
             victims = ids_in_journal(&setup.workdir());
             victims.len() >= 4
         }));
@@ -293,7 +291,7 @@ fn attack3_batches_from_far_future_and_past_open_no_files_and_count_now() {
     });
     drop(fleet);
     // Every rogue batch was counted, in a window that is not in the future.
-    assert!(common::poll(Duration::from_secs(20), || setup
+    assert!(testkit::poll(Duration::from_secs(20), || setup
         .receiver
         .summary()["counters"]["rogue_windows{}"]
         == 200.0));
@@ -717,7 +715,7 @@ fn a_panicking_leader_thread_stops_leading_and_another_process_takes_over() {
             1.0,
         ));
         assert!(
-            common::poll(Duration::from_secs(20), || {
+            testkit::poll(Duration::from_secs(20), || {
                 std::fs::read_to_string(setup.workdir().join("agent.lock"))
                     .is_ok_and(|t| !t.starts_with(&format!("{old_leader};")))
             }),
@@ -764,12 +762,12 @@ fn a_batch_whose_counting_panics_is_quarantined_on_replay() {
     let _ = dead.wait(Duration::from_secs(10));
     let dead_sent = fleet.expected.clone();
     // The next leader replays the journal: the poisoned batch is moved aside, the rest counts.
-    assert!(common::poll(Duration::from_secs(20), || std::fs::read_dir(
-        setup.workdir().join("journal")
-    )
-    .unwrap()
-    .flatten()
-    .any(|e| e.file_name().to_string_lossy().ends_with(".bad"))));
+    assert!(testkit::poll(Duration::from_secs(20), || {
+        std::fs::read_dir(setup.workdir().join("journal"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".bad"))
+    }));
     for w in fleet.workers.iter_mut() {
         w.role = w.diagnose().unwrap()["leader_election"]["role"]
             .as_str()
@@ -782,7 +780,6 @@ fn a_batch_whose_counting_panics_is_quarantined_on_replay() {
     assert!(setup.receiver.summary()["poisoned_batches"].as_u64() >= Some(1));
 }
 
-#[allow(dead_code)]
 fn read_all(mut s: impl Read) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -799,7 +796,7 @@ fn read_all(mut s: impl Read) -> String {
 fn a_c_host_that_keeps_sigpipe_default_survives_peers_that_vanish() {
     let setup = Setup::new(KEY, 60_000);
     let config = push_config(&setup);
-    let lib_dir = common::lib_dir();
+    let lib_dir = testkit::lib_dir();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let exe = setup.tmp.path().join("sigpipe_leader");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
@@ -848,7 +845,7 @@ fn a_c_host_that_keeps_sigpipe_default_survives_peers_that_vanish() {
         peers.push(peer);
     }
     // Every peer open until the leader has counted its batch and tried to acknowledge it.
-    let handled = common::poll(Duration::from_secs(20), || {
+    let handled = testkit::poll(Duration::from_secs(20), || {
         setup.log().matches("disconnected").count() >= PEERS
             || host.try_wait().ok().flatten().is_some()
     });
@@ -879,7 +876,7 @@ fn a_c_host_that_keeps_sigpipe_default_survives_peers_that_vanish() {
     // The peers' batches were counted before their acknowledgements failed; the host pushed them
     // on stop with its own count.
     assert!(
-        common::poll(Duration::from_secs(10), || {
+        testkit::poll(Duration::from_secs(10), || {
             let s = setup.receiver.summary();
             s["counters"]["vanished_peers{}"] == PEERS as f64
                 && s["counters"]["sigpipe_host{}"] == 1.0

@@ -5,16 +5,14 @@
 //! exactly; a server that offers nothing but ChaCha20-Poly1305 is refused with a log line, and the
 //! payload stays in the cache.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::setup::{stop_all, Setup};
 use serde_json::Value;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::setup::{stop_all, Setup};
 
 const KEY: &str = "tls-key";
 

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::fleet::{self, WorkerProcess};
-use common::setup::Setup;
+use testkit::fleet::{self, WorkerProcess};
+use testkit::setup::Setup;
 use serde_json::Value;
 
 const KEY: &str = "upgrade-secret-key";
@@ -98,7 +98,7 @@ impl Deploy {
             env
         };
         let previous_env = with(previous, PREVIOUS_VERSION);
-        let current_env = with(&common::library_path(), CURRENT_VERSION);
+        let current_env = with(&testkit::library_path(), CURRENT_VERSION);
         Deploy {
             setup,
             previous_env,
@@ -119,7 +119,7 @@ impl Deploy {
         };
         let index = self.next_index;
         self.next_index += 1;
-        let process = WorkerProcess::spawn(&common::worker_exe(), &[index.to_string()], env)
+        let process = WorkerProcess::spawn(&testkit::worker_exe(), &[index.to_string()], env)
             .unwrap_or_else(|e| panic!("{build:?} worker {index}: {e}\n{}", self.log_tail()));
         assert!(
             process.role == "leader" || process.role == "client",
@@ -201,7 +201,7 @@ impl Deploy {
     fn leader(&self) -> usize {
         let mut found = None;
         let workers: Vec<&WorkerProcess> = self.live.iter().map(|m| &m.process).collect();
-        let held = common::poll(Duration::from_secs(30), || {
+        let held = testkit::poll(Duration::from_secs(30), || {
             found = lock_holder(&self.setup.workdir(), &workers);
             found.is_some()
         });
@@ -213,7 +213,7 @@ impl Deploy {
     fn await_leader_of(&self, build: Build) -> usize {
         let workers: Vec<&WorkerProcess> = self.live.iter().map(|m| &m.process).collect();
         let mut found = None;
-        let led = common::poll(Duration::from_secs(30), || {
+        let led = testkit::poll(Duration::from_secs(30), || {
             found = lock_holder(&self.setup.workdir(), &workers)
                 .filter(|&i| self.live[i].build == build);
             found.is_some()
@@ -327,7 +327,7 @@ impl Deploy {
         let want_logs: BTreeMap<String, u64> =
             self.showcases.iter().map(|id| (id.clone(), 1)).collect();
         let want_total = want_samples.values().sum::<u64>();
-        let arrived = common::poll(Duration::from_secs(30), || {
+        let arrived = testkit::poll(Duration::from_secs(30), || {
             self.setup.receiver.summary()["samples"] == want_total
                 && self.setup.receiver.summary()["logs"] == want_logs.len() as u64
         });
@@ -385,7 +385,7 @@ impl Deploy {
     fn log_tail(&self) -> String {
         format!(
             "--- log ---\n{}",
-            common::setup::tail(&self.setup.log(), 80)
+            testkit::setup::tail(&self.setup.log(), 80)
         )
     }
 }

@@ -1,8 +1,7 @@
 //! A worker process for the integration tests (a bin target, so that cargo rebuilds it for them): loads libappsignal.so and obeys stdin commands
-//! (see `common/worker.rs`). Usage: `worker <index>`; configuration through `_APPSIGNAL_*` variables.
+//! (see `testkit/src/worker.rs`). Usage: `worker <index>`; configuration through `_APPSIGNAL_*` variables.
 
-#[path = "../examples/common/worker.rs"]
-mod worker;
+use testkit::worker;
 
 fn main() {
     let index = std::env::args()

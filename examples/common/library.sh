@@ -51,7 +51,7 @@ link_soname() {
   [ -z "$soname" ] || [ -e "$LIB_DIR/$soname" ] || ln -s libappsignal.so "$LIB_DIR/$soname" 2>/dev/null || true
 }
 
-# The Python that runs examples/otlp_receiver.py, found as examples/common/otlp_receiver.rs finds it:
+# The Python that runs examples/otlp_receiver.py, found as testkit/src/otlp_receiver.rs finds it:
 # $APPSIGNAL_OTLP_PYTHON, else <repo>/.venv/bin/python, else <repo>/target/otlp-venv/bin/python (the
 # virtualenv `cargo test` makes), else python3, the first that imports the official
 # opentelemetry-proto classes. None: `unavailable` (fails under CI, skips elsewhere).

@@ -2,7 +2,8 @@
 # `make dist-deps`: the tools `make dist` and its test (tests/dist.rs) need. Idempotent: each step
 # is skipped when its tool is already there. apt-get runs only as root on a Debian-like system.
 #
-#   rustup targets      the Rust standard library for the six targets of `make dist`
+#   rustup targets      the Rust standard library for the six targets of `make dist`, for the
+#                       toolchain rust-toolchain.toml pins (rustup also adds them when it installs it)
 #   ziglang (PyPI)      Zig: one C compiler and linker for every target, with glibc 2.17 and
 #                       macOS 11 libSystem stubs (cargo-zigbuild finds it as `python3 -m ziglang`)
 #   cargo-zigbuild      cargo with Zig as the C compiler and linker (crates.io)

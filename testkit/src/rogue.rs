@@ -2,8 +2,6 @@
 //! `agent.socket` with the library's own pure codec. Shared by `tests/rogue_peers.rs` and the
 //! `appsignal-test-rogue` helper binary (a rogue in a process of its own).
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;

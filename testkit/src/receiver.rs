@@ -3,9 +3,7 @@
 //! (when given one), and keeps totals per metric name + tags. `GET /summary` answers them as JSON;
 //! `POST /control/fail?count=N&status=S` makes the next N pushes fail with status S (for tests).
 //!
-//! Shared by the `receiver` example, the demo and the integration tests (included with `#[path]`).
-
-#![allow(dead_code)]
+//! Used by the `receiver` example and test bin, the demo and the integration tests.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;

@@ -1,16 +1,14 @@
-//! Shared by the integration tests: the reference receiver, the worker fleet, paths of the built
-//! artifacts, and polling with deadlines.
+//! What the integration tests, the test bins, the examples and the benches share (`use testkit::…`):
+//! the test worker and the fleet that drives it, the reference Push API receiver, the OTLP
+//! receiver, the rogue peer, the set-up most tests share, what the benches share, paths of the
+//! built artifacts, and polling with deadlines.
 
-#![allow(dead_code)]
-
-#[path = "../../examples/common/fleet.rs"]
+pub mod bench;
 pub mod fleet;
-#[path = "../../examples/common/otlp_receiver.rs"]
 pub mod otlp_receiver;
-#[path = "../../examples/common/receiver.rs"]
 pub mod receiver;
+pub mod rogue;
 pub mod setup;
-#[path = "../../examples/common/worker.rs"]
 pub mod worker;
 
 use std::path::PathBuf;
@@ -55,9 +53,10 @@ pub fn lib_dir() -> PathBuf {
     dir
 }
 
-/// The worker binary, built by cargo for these tests.
+/// The worker binary (`appsignal-test-worker`, a bin of this package), next to the calling test's
+/// or bench's `deps/`: cargo builds a package's bins before its integration tests and benches.
 pub fn worker_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_appsignal-test-worker"))
+    target_dir().join("appsignal-test-worker")
 }
 
 /// Runs `command` to its end and asserts that it succeeded; its output otherwise in the message.

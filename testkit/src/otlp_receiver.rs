@@ -1,8 +1,6 @@
 //! Starting and asking the Python OTLP receiver (`examples/otlp_receiver.py`, which parses every
 //! request with the official `opentelemetry-proto` classes) from the demo and the tests.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-/// The repository root (this file is `examples/common/otlp_receiver.rs`).
+/// The repository root (the first ancestor of this package with `examples/otlp_receiver.py`).
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()

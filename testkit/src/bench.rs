@@ -1,6 +1,6 @@
-//! Shared by the benches: C strings, returned strings, starting the agent so that it records.
-
-#![allow(dead_code)]
+//! What the benches share: they call the C functions in their own process through `appsignal`
+//! (ffi/src built as an rlib). C strings, returned strings, starting the agent so that it records,
+//! the `metrics` crate's peer, one transaction with 10 SQL events, the thread's CPU time.
 
 use std::os::raw::c_char;
 use std::time::{Duration, Instant};
@@ -68,8 +68,8 @@ pub struct RegistryRecorder(
     pub metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
 );
 
-impl RegistryRecorder {
-    pub fn new() -> Self {
+impl Default for RegistryRecorder {
+    fn default() -> Self {
         RegistryRecorder(metrics_util::registry::Registry::atomic())
     }
 }

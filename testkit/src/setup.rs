@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::fleet::{self, WorkerProcess};
-use super::receiver::Receiver;
+use crate::fleet::{self, WorkerProcess};
+use crate::receiver::Receiver;
 
 /// One test's receiver, temporary directory and worker environment.
 pub struct Setup {
@@ -35,7 +35,7 @@ impl Setup {
         // Load exactly the library this test run built.
         env.push((
             "APPSIGNAL_LIBRARY".into(),
-            super::library_path().display().to_string(),
+            crate::library_path().display().to_string(),
         ));
         Setup {
             receiver,
@@ -61,7 +61,7 @@ impl Setup {
     }
 
     pub fn spawn(&self, index: u32) -> WorkerProcess {
-        WorkerProcess::spawn(&super::worker_exe(), &[index.to_string()], &self.env).unwrap()
+        WorkerProcess::spawn(&crate::worker_exe(), &[index.to_string()], &self.env).unwrap()
     }
 
     /// The agent's log file (`_APPSIGNAL_LOG_FILE_PATH`, else `appsignal.log` in the working directory).
@@ -77,7 +77,7 @@ impl Setup {
     /// Waits up to `timeout` for `needle` in the log; fails with the log.
     pub fn await_log(&self, needle: &str, timeout: Duration) {
         assert!(
-            super::poll(timeout, || self.log().contains(needle)),
+            crate::poll(timeout, || self.log().contains(needle)),
             "no {needle:?} in the log:\n{}",
             self.log()
         );

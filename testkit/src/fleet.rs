@@ -1,8 +1,6 @@
 //! Driving worker processes (see `worker.rs`) from the demo and the tests: spawn with a
 //! configuration, send commands, wait for events with deadlines, add up what they sent.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -32,8 +32,6 @@
 //! `acked` events carry `max_call_us`: the longest single metric call into the library so far (an
 //! app thread that waited on the network or the leader would show it here).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::io::{BufRead, Write};
