@@ -11,15 +11,13 @@
 //! directory it runs from): `make previous` builds it first (`.ci/run` does). Under `CI` a missing
 //! library fails the test; elsewhere the test prints SKIPPED naming `make previous`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::Value;
 use testkit::fleet::{self, WorkerProcess};
 use testkit::setup::Setup;
-use serde_json::Value;
 
 const KEY: &str = "upgrade-secret-key";
 /// The library versions each build announces: the previous release is the older one.
