@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use appsignal_agent::aggregate::{MetricSet, Window};
-use appsignal_agent::config::PushConfig;
+use appsignal_agent::export_config::ExportConfig;
 use appsignal_agent::payload::{AgentReport, Payload};
 use appsignal_agent::protocol::{GaugeValue, MetricKey};
 use appsignal_agent::sketch::Sketch;
@@ -64,11 +64,11 @@ fn window() -> Window {
         })
         .collect();
     Window {
-        config: PushConfig {
+        config: ExportConfig {
             app_name: "bench".into(),
             environment: "prod".into(),
             hostname: "h".into(),
-            ..PushConfig::default()
+            ..ExportConfig::default()
         },
         config_id: 1,
         segment: "0".repeat(32),

@@ -71,7 +71,7 @@ fn main() {
         pid: std::process::id(),
         config: appsignal_agent::config::Config::load_from(&|_| None)
             .config
-            .push,
+            .export_config(),
     });
     let mut samples = Vec::with_capacity(KILLS);
     let mut next_index = 4;

@@ -318,8 +318,8 @@ fn prepare_workdir(
     tracing::info!(
         "starting appsignal-agent {} for {}/{} (working directory {} [{}], files world-accessible: {})",
         crate::VERSION,
-        config.push.app_name,
-        config.push.environment,
+        config.app_name,
+        config.environment,
         workdir.path().display(),
         source.as_str(),
         config.files_world_accessible
@@ -414,8 +414,8 @@ fn apm_config(c: &Config) -> crate::apm::ApmConfig {
             filter_parameters: c.filter_parameters.clone(),
             filter_session_data: c.filter_session_data.clone(),
             running_in_container: c.running_in_container,
-            revision: c.push.revision.clone(),
-            hostname: c.push.hostname.clone(),
+            revision: c.revision.clone(),
+            hostname: c.hostname.clone(),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::sketch::Sketch;
 
-use crate::config::PushConfig;
+use crate::export_config::ExportConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
 
 pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
@@ -155,7 +155,7 @@ pub struct WindowKey {
 /// One closed window of one configuration, ready to become a payload.
 #[derive(Debug, Clone)]
 pub struct Window {
-    pub config: PushConfig,
+    pub config: ExportConfig,
     pub config_id: u64,
     /// The journal segment of this window; also the payload id.
     pub segment: String,
@@ -228,7 +228,7 @@ pub enum Applied {
 
 pub struct Aggregator {
     interval_ms: u64,
-    configs: HashMap<u64, PushConfig>,
+    configs: HashMap<u64, ExportConfig>,
     /// Connections (and the leader itself) using each configuration; unused ones may be forgotten.
     users: HashMap<u64, usize>,
     /// Estimated bytes held in open windows, per configuration.
@@ -256,9 +256,9 @@ impl Aggregator {
 
     /// Makes a configuration known for one more user (a connection; see [`Self::release`]);
     /// returns its id, or `None` when [`MAX_CONFIGS`] configurations are in use. A configuration
-    /// known without its push key (replayed from the journal, which does not store keys) gets the
-    /// key when a process has it.
-    pub fn register(&mut self, config: &PushConfig) -> Option<u64> {
+    /// known without its secrets (replayed from the journal, which does not store them) gets them
+    /// when a process has them.
+    pub fn register(&mut self, config: &ExportConfig) -> Option<u64> {
         let id = config.id();
         if !self.configs.contains_key(&id) && self.configs.len() >= MAX_CONFIGS {
             // Forget configurations that nobody uses and that hold no window.
@@ -292,7 +292,7 @@ impl Aggregator {
     }
 
     /// Registers `config` under `id` (replay: the id of the configuration with its key).
-    pub fn register_as(&mut self, id: u64, config: &PushConfig) {
+    pub fn register_as(&mut self, id: u64, config: &ExportConfig) {
         match self.configs.get_mut(&id) {
             Some(known) if known.redacted && !config.redacted => {
                 *known = config.clone();
@@ -345,7 +345,7 @@ impl Aggregator {
     }
 
     /// The configuration with this id, if a process with it has been seen.
-    pub fn config(&self, id: u64) -> Option<&PushConfig> {
+    pub fn config(&self, id: u64) -> Option<&ExportConfig> {
         self.configs.get(&id)
     }
 
@@ -463,8 +463,8 @@ impl Aggregator {
 mod tests {
     use super::*;
 
-    fn config(key: &str) -> PushConfig {
-        PushConfig {
+    fn config(key: &str) -> ExportConfig {
+        ExportConfig {
             push_api_key: key.into(),
             app_name: "app".into(),
             environment: "test".into(),

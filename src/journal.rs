@@ -3,7 +3,7 @@
 //! everything it acknowledged.
 //!
 //! One segment per (window, configuration) at a time: `{start}-{config_id}-{segment_id}.seg`, a
-//! header frame (the window and the configuration without its push key) followed by batch frames
+//! header frame (the window and the configuration without its secrets) followed by batch frames
 //! (the protocol's frames: length + CBOR). The segment id is also the id of the payload the window
 //! becomes. The order that keeps "exactly once":
 //!
@@ -43,7 +43,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::cbor::{self, required, FromCbor, Reader};
-use crate::config::PushConfig;
+use crate::export_config::ExportConfig;
 use crate::protocol::{self, Batch};
 use crate::workdir::WorkDir;
 
@@ -63,8 +63,8 @@ pub const MAX_QUARANTINE_FILES: usize = 16;
 pub struct SegmentHeader {
     pub window_start: u64,
     pub config_id: u64,
-    /// The configuration without its push key (keys are never written to disk).
-    pub config: PushConfig,
+    /// The configuration [`ExportConfig::without_secrets`] (secrets are never written to disk).
+    pub config: ExportConfig,
 }
 
 impl FromCbor for SegmentHeader {
@@ -73,7 +73,7 @@ impl FromCbor for SegmentHeader {
         r.fields(|r, key| match key {
             "window_start" => r.field(&mut window_start, key, Reader::u64),
             "config_id" => r.field(&mut config_id, key, Reader::u64),
-            "config" => r.field(&mut config, key, PushConfig::read),
+            "config" => r.field(&mut config, key, ExportConfig::read),
             _ => Ok(false),
         })?;
         Ok(SegmentHeader {
@@ -174,7 +174,7 @@ impl Journal {
         &mut self,
         start: u64,
         config_id: u64,
-        config: &PushConfig,
+        config: &ExportConfig,
         batch: &Batch,
     ) -> Result<String> {
         let frame = protocol::encode(batch)?;
@@ -394,17 +394,14 @@ impl Journal {
     pub fn write_spool(
         workdir: &WorkDir,
         config_id: u64,
-        config: &PushConfig,
+        config: &ExportConfig,
         batches: &[Batch],
     ) -> Result<usize> {
         let dir = workdir.journal_dir();
         let header = protocol::encode(&SegmentHeader {
             window_start: 0,
             config_id,
-            config: PushConfig {
-                push_api_key: String::new(),
-                ..config.clone()
-            },
+            config: config.without_secrets(),
         })?;
         let mut files = 0;
         let mut rest = batches;
@@ -556,14 +553,23 @@ mod tests {
     use super::*;
     use crate::protocol::MetricKey;
 
-    fn config() -> PushConfig {
-        PushConfig {
+    fn config() -> ExportConfig {
+        ExportConfig {
             push_api_key: "secret".into(),
             app_name: "a".into(),
             environment: "e".into(),
             endpoint: "http://x".into(),
             hostname: "h".into(),
             revision: String::new(),
+            otlp: Some(crate::export_config::OtlpSettings {
+                metrics_endpoint: "http://c/v1/metrics".into(),
+                traces_endpoint: "http://c/v1/traces".into(),
+                logs_endpoint: "http://c/v1/logs".into(),
+                headers: vec![("x-api-key".into(), "secret-header".into())],
+                timeout_ms: 1000,
+                gzip: true,
+                resource: vec![],
+            }),
             ..Default::default()
         }
     }
@@ -606,7 +612,7 @@ mod tests {
         let text = fs::read(&path).unwrap();
         assert!(
             !String::from_utf8_lossy(&text).contains("secret"),
-            "no key on disk"
+            "no secret on disk"
         );
 
         let mut next = Journal::new(wd.clone());
@@ -732,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn spool_files_round_trip_and_hold_no_key() {
+    fn spool_files_round_trip_and_hold_no_secret() {
         let tmp = tempfile::tempdir().unwrap();
         let wd = WorkDir::prepare(&tmp.path().join("wd"), false).unwrap();
         let batches: Vec<Batch> = (1..=3).map(batch).collect();
@@ -743,6 +749,8 @@ mod tests {
         let spooled = Journal::read_spools(&wd);
         assert_eq!(spooled.len(), 1);
         assert_eq!(spooled[0].header.config_id, 7);
+        // The same copy as in a segment: a process with the whole configuration replaces it.
+        assert_eq!(spooled[0].header.config, config().without_secrets());
         assert_eq!(spooled[0].batches.len(), 3);
         let bytes = fs::read(&spooled[0].path).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("secret"));

@@ -19,7 +19,10 @@
 //! - `leader`: the socket server (`connection`), counting (`counting`), journal replay (`replay`),
 //!   host metrics (`host`) and the transmission loop (`transmission`).
 //! - [`apm`]: transactions, spans, samples, SQL sanitising, filtering and logs.
-//! - [`config`]: configuration from the environment and the library's own table.
+//! - [`config`]: configuration from the environment and the library's own table (and the OTLP
+//!   settings in it: `config::otlp`).
+//! - [`export_config`]: what a leader needs of a process's configuration (sent in the handshake,
+//!   kept without secrets in journal headers); its id and the one function that removes secrets.
 //! - `workdir`: where the working directory is, creating it safely, its permissions.
 //! - `election`: `flock` on `agent.lock` decides the leader.
 //! - [`protocol`]: frames and messages on `agent.socket` (pure codec).
@@ -32,7 +35,7 @@
 //! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
 //! - [`journal`]: batches on disk before they are acknowledged, replayed by the next leader.
 //! - [`payload`]: the Push API document.
-//! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests, settings, sending).
+//! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests).
 //! - `transmit`: the HTTP sends of both exporters and the on-disk payload cache.
 //! - `role`: what this process is (a cell per start, one writer).
 //! - `ids`: random ids.
@@ -58,6 +61,8 @@ pub mod recorder;
 pub mod aggregate;
 #[doc(hidden)]
 pub mod cbor;
+#[doc(hidden)]
+pub mod export_config;
 #[doc(hidden)]
 pub mod host_metrics;
 #[doc(hidden)]

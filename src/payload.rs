@@ -221,7 +221,7 @@ pub use crate::ids::new_payload_id;
 mod tests {
     use super::*;
     use crate::aggregate::MetricSet;
-    use crate::config::PushConfig;
+    use crate::export_config::ExportConfig;
     use crate::sketch::Sketch;
     use std::io::Read;
 
@@ -239,7 +239,7 @@ mod tests {
         metrics.distributions.insert(key.clone(), sketch);
         metrics.counters.insert(key, 4.0);
         let window = Window {
-            config: PushConfig {
+            config: ExportConfig {
                 push_api_key: "secret".into(),
                 app_name: "app".into(),
                 environment: "prod".into(),

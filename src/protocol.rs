@@ -18,7 +18,7 @@ use crate::cbor::{self, required, FromCbor, Reader};
 use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 
-use crate::config::PushConfig;
+use crate::export_config::ExportConfig;
 
 /// Bumped on any incompatible change of the messages below (2: distributions as [`Sketch`]).
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -135,7 +135,7 @@ pub struct Hello {
     pub library_version: String,
     pub client_id: u64,
     pub pid: u32,
-    pub config: PushConfig,
+    pub config: ExportConfig,
 }
 
 // A Hello is sent once per connection and moved rarely: boxing it would buy nothing.
@@ -317,7 +317,7 @@ impl FromCbor for Hello {
             "library_version" => r.field(&mut library_version, key, Reader::string),
             "client_id" => r.field(&mut client_id, key, Reader::u64),
             "pid" => r.field(&mut pid, key, Reader::u32),
-            "config" => r.field(&mut config, key, PushConfig::read),
+            "config" => r.field(&mut config, key, ExportConfig::read),
             _ => Ok(false),
         })?;
         Ok(Hello {
@@ -425,14 +425,13 @@ mod tests {
     }
 
     fn hello() -> Hello {
-        use crate::config::Exporters;
-        use crate::otlp::settings::{OtlpSettings, ResourceValue};
+        use crate::export_config::{Exporters, OtlpSettings, ResourceValue};
         Hello {
             protocol_version: PROTOCOL_VERSION,
             library_version: "1.2.3".into(),
             client_id: u64::MAX - 5,
             pid: 4242,
-            config: PushConfig {
+            config: ExportConfig {
                 push_api_key: "key".into(),
                 app_name: "app ✓".into(),
                 environment: "production".into(),

@@ -761,7 +761,7 @@ fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
         pid: std::process::id(),
         config: appsignal_agent::config::Config::load_from(&|_| None)
             .config
-            .push,
+            .export_config(),
     });
     stream
         .write_all(&protocol::encode(&hello).unwrap())

@@ -320,14 +320,14 @@ fn hello_frame() -> Vec<u8> {
         library_version: appsignal_agent::VERSION.into(),
         client_id: 0x5eed,
         pid: std::process::id(),
-        config: appsignal_agent::config::PushConfig {
+        config: appsignal_agent::export_config::ExportConfig {
             push_api_key: "another-users-key".into(),
             app_name: "intruder".into(),
             environment: "x".into(),
             endpoint: "http://127.0.0.1:9".into(),
             hostname: "h".into(),
             revision: String::new(),
-            ..appsignal_agent::config::PushConfig::default()
+            ..appsignal_agent::export_config::ExportConfig::default()
         },
     });
     appsignal_agent::protocol::encode(&hello).unwrap()

@@ -25,13 +25,13 @@ use testkit::setup::{tail, Setup};
 const KEY: &str = "rogue-peers-secret-key";
 
 /// The workers' own push configuration (a rogue that knows it, as a local user may).
-fn push_config(setup: &Setup) -> appsignal_agent::config::PushConfig {
+fn push_config(setup: &Setup) -> appsignal_agent::export_config::ExportConfig {
     let env = setup.env.clone();
     appsignal_agent::config::Config::load_from(&move |k| {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     })
     .config
-    .push
+    .export_config()
 }
 
 /// Four workers, one leader among them.

@@ -351,7 +351,7 @@ pub fn config(data: &[u8]) {
         !printed.contains(FUZZ_PUSH_KEY),
         "the push key is printed: {printed}"
     );
-    let _ = config.push.id();
+    let _ = config.export_config().id();
 }
 
 /// The OTLP/HTTP intake's `/v1/traces`: the bytes decoded as a protobuf and as an OTLP/JSON

@@ -4,8 +4,8 @@
 //! `fuzz/corpus/<target>/`; the files are committed so that AFL and the replay test start from them.
 
 use appsignal_agent::apm::log;
-use appsignal_agent::config::PushConfig;
 use appsignal_agent::data::Data;
+use appsignal_agent::export_config::ExportConfig;
 use appsignal_agent::metrics::LocalMetrics;
 use appsignal_agent::protocol::{self, Batch, ClientMessage, GaugeValue, Hello, PROTOCOL_VERSION};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -16,15 +16,15 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 
-fn push_config() -> PushConfig {
-    PushConfig {
+fn push_config() -> ExportConfig {
+    ExportConfig {
         push_api_key: "seed-key".into(),
         app_name: "shop".into(),
         environment: "production".into(),
         endpoint: "https://push.appsignal.com".into(),
         hostname: "web-1".into(),
         revision: "abc123".into(),
-        ..PushConfig::default()
+        ..ExportConfig::default()
     }
 }
 

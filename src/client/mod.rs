@@ -404,8 +404,8 @@ impl State {
                 ..b.clone()
             })
             .collect();
-        let push = &shared.config.push;
-        match Journal::write_spool(workdir, push.id(), push, &batches) {
+        let own_config = shared.config.export_config();
+        match Journal::write_spool(workdir, own_config.id(), &own_config, &batches) {
             Ok(_) => {
                 tracing::warn!(
                     "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
@@ -567,7 +567,7 @@ impl State {
             library_version: shared.config.library_version.clone(),
             client_id: shared.client_id,
             pid: std::process::id(),
-            config: shared.config.push.clone(),
+            config: shared.config.export_config(),
         };
         match Connection::open(&workdir, &hello, self.io_timeout) {
             Ok(conn) => {

@@ -53,13 +53,6 @@ impl IntakeStats {
     }
 }
 
-/// Which listeners to run, from the configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listeners {
-    pub statsd: Option<SocketAddr>,
-    pub otlp_http: Option<SocketAddr>,
-}
-
 /// Binds `addr` (UDP or TCP) with `SO_REUSEADDR`, so that a new leader can bind while the socket of
 /// the one before is still being released. Retries with a backoff (50 ms doubling to 5 s) until it
 /// binds or `stop` fires; the first failure that outlives the quick retries (about 1.5 s: the

@@ -106,7 +106,7 @@ impl Shared {
         for spooled in Journal::read_spools(&self.workdir) {
             let header = &spooled.header;
             let config = if header.config_id == self.own_config_id {
-                self.config.push.clone()
+                self.config.export_config()
             } else {
                 header.config.clone()
             };

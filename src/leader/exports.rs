@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::{Exporters, PushConfig};
+use crate::export_config::{ExportConfig, Exporters};
 use crate::otlp::Signal;
 use crate::transmit::ExportKind;
 
@@ -140,7 +140,7 @@ impl ExportState {
     }
 
     /// The receiver refused `target`'s credentials. `true` when this is news (log it once).
-    pub(super) fn refuse(&self, target: Target, config: &PushConfig, why: &str) -> bool {
+    pub(super) fn refuse(&self, target: Target, config: &ExportConfig, why: &str) -> bool {
         let mut refused = lock(&self.refused);
         if let Some(r) = refused.get_mut(&target) {
             r.why = why.to_owned();
@@ -216,7 +216,7 @@ impl ExportState {
 mod tests {
     use super::*;
 
-    fn config() -> PushConfig {
+    fn config() -> ExportConfig {
         crate::config::Config::load_from(&|k| match k {
             "_APPSIGNAL_ACTIVE" => Some("true".into()),
             "_APPSIGNAL_PUSH_API_KEY" => Some("k".into()),
@@ -224,7 +224,7 @@ mod tests {
             _ => None,
         })
         .config
-        .push
+        .export_config()
     }
 
     #[test]

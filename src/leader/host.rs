@@ -14,7 +14,7 @@ use crate::protocol::{Batch, GaugeValue, MetricKey};
 /// like a batch from a client of its own (so that they follow the same windows and pushes).
 pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let collector = Arc::new(Mutex::new(HostMetricsCollector::new(
-        shared.config.push.hostname.clone(),
+        shared.config.hostname.clone(),
     )));
     let client_id = crate::ids::random_u64();
     let mut seq = 0u64;

@@ -66,6 +66,7 @@ use tokio::task::JoinSet;
 use crate::aggregate::Aggregator;
 use crate::config::Config;
 use crate::election::LeaderLock;
+use crate::export_config::ExportConfig;
 use crate::journal::Journal;
 use crate::log::RateLimit;
 use crate::protocol::{self, Batch};
@@ -138,7 +139,7 @@ pub(crate) fn is_newer(a: &str, b: &str) -> bool {
 }
 
 /// Where a configuration's data goes, for the log (no secrets: endpoints only).
-fn export_targets(config: &crate::config::PushConfig) -> String {
+fn export_targets(config: &ExportConfig) -> String {
     let mut targets = Vec::new();
     if config.exporters.push {
         targets.push(format!("the Push API at {}", config.endpoint));
@@ -233,7 +234,7 @@ impl Leader {
             "listening on {}, exporting every {} ms to {}",
             self.shared.workdir.socket_path().display(),
             config.transmission_interval.as_millis(),
-            export_targets(&config.push)
+            export_targets(&config.export_config())
         )
     }
 
@@ -249,9 +250,10 @@ impl Leader {
         let pusher = Pusher::new(config)?;
         let mut aggregator = Aggregator::new(config.transmission_interval);
         // The first configuration always fits.
+        let own_config = config.export_config();
         let own_config_id = aggregator
-            .register(&config.push)
-            .unwrap_or_else(|| config.push.id());
+            .register(&own_config)
+            .unwrap_or_else(|| own_config.id());
         let mut journal = Journal::new(workdir.clone());
         let cache = PayloadCache::new(
             workdir.clone(),
@@ -723,7 +725,7 @@ mod tests {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
-        let own_config_id = aggregator.register(&config.push).unwrap();
+        let own_config_id = aggregator.register(&config.export_config()).unwrap();
         let retry_interval = config.refused_key_retry_interval;
         Shared {
             own_config_id,
@@ -758,7 +760,7 @@ mod tests {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
-        aggregator.register(&config.push);
+        aggregator.register(&config.export_config());
         let mut journal = Journal::new(workdir.clone());
         let cache = PayloadCache::new(workdir, 100, 1 << 20);
         let replayed = replay(&config, &mut aggregator, &mut journal, &cache);

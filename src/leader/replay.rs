@@ -19,7 +19,8 @@ pub(super) fn replay(
     cache: &PayloadCache,
 ) -> (usize, usize, u64) {
     let now = crate::now_ms();
-    let own_config_id = config.push.id();
+    let own_config = config.export_config();
+    let own_config_id = own_config.id();
     // A segment is done when its last payload is cached (all the others were cached before it).
     let cached: HashSet<(String, crate::transmit::ExportKind)> =
         cache.list().into_iter().map(|e| (e.id, e.kind)).collect();
@@ -27,7 +28,7 @@ pub(super) fn replay(
     for mut replayed in journal.replay() {
         let header = &replayed.header;
         let config = if header.config_id == own_config_id {
-            config.push.clone()
+            own_config.clone()
         } else {
             header.config.clone()
         };

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use super::exports::Gate;
 use super::Shared;
 use crate::aggregate::Window;
-use crate::config::{Config, Exporters, PushConfig};
+use crate::config::Config;
+use crate::export_config::{ExportConfig, Exporters};
 use crate::log::{suppressed_note, RateLimit};
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
@@ -58,7 +59,7 @@ pub(super) async fn transmit_loop(
 
 async fn push_until(
     pusher: &Pusher,
-    config: &PushConfig,
+    config: &ExportConfig,
     payload: &Outgoing,
     deadline: Option<Instant>,
 ) -> Result<(), PushError> {
@@ -388,7 +389,7 @@ enum Exported {
 async fn export(
     shared: &Shared,
     pusher: &Pusher,
-    config: &PushConfig,
+    config: &ExportConfig,
     payload: &Outgoing,
     deadline: Option<Instant>,
 ) -> Exported {
@@ -534,7 +535,7 @@ async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>
 }
 
 /// Whether `config` has what a payload of `kind` needs: its secrets, and a push key for the Push API.
-fn can_export(config: &PushConfig, kind: ExportKind) -> bool {
+fn can_export(config: &ExportConfig, kind: ExportKind) -> bool {
     if config.redacted {
         return false;
     }

@@ -24,9 +24,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use serde_json::Value;
 
-use super::settings::ResourceValue;
 use crate::aggregate::Window;
-use crate::config::PushConfig;
+use crate::export_config::{ExportConfig, ResourceValue};
 use crate::payload::AgentReport;
 use crate::protocol::MetricKey;
 use crate::sketch::Sketch;
@@ -96,7 +95,7 @@ fn nanos_from_ms(ms: f64) -> u64 {
 
 /// The resource of a configuration: AppSignal's attributes (what its collector reads), the
 /// OpenTelemetry ones a generic backend needs, then the process's own (`OTEL_RESOURCE_ATTRIBUTES`).
-pub fn resource(config: &PushConfig) -> Resource {
+pub fn resource(config: &ExportConfig) -> Resource {
     let extra: &[(String, ResourceValue)] =
         config.otlp.as_ref().map_or(&[], |s| s.resource.as_slice());
     let find = |key: &str| {
@@ -943,7 +942,7 @@ mod tests {
             "metadata": {"path": "/x"}
         });
         Window {
-            config: PushConfig {
+            config: ExportConfig {
                 push_api_key: "key".into(),
                 app_name: "app".into(),
                 environment: "prod".into(),

@@ -1,10 +1,10 @@
 //! The OTLP exporter's content: a closed window becomes up to three OTLP/HTTP protobuf requests
 //! (metrics, traces, logs), which go through the same payload cache, retry and no-loss rules as
 //! Push API payloads (sent by `transmit`). The mapping is in [`mapping`] and `docs/otlp.md`; the
-//! settings (`_APPSIGNAL_OTLP_*`, `OTEL_EXPORTER_OTLP_*`) in [`settings`]. Pure: no I/O here.
+//! settings (`_APPSIGNAL_OTLP_*`, `OTEL_EXPORTER_OTLP_*`) are read by `config::otlp` and reach the
+//! leader in each configuration's [`ExportConfig`](crate::export_config::ExportConfig). Pure: no I/O here.
 
 pub mod mapping;
-pub mod settings;
 
 use std::io::Write;
 
@@ -13,6 +13,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use crate::aggregate::Window;
+use crate::export_config::OtlpSettings;
 use crate::payload::AgentReport;
 
 /// One of the three OTLP signals.
@@ -33,7 +34,7 @@ impl Signal {
     }
 
     /// This signal's endpoint in `settings`.
-    pub fn endpoint(self, settings: &settings::OtlpSettings) -> &str {
+    pub fn endpoint(self, settings: &OtlpSettings) -> &str {
         match self {
             Signal::Metrics => &settings.metrics_endpoint,
             Signal::Traces => &settings.traces_endpoint,

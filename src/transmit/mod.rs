@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, PushConfig};
+use crate::config::Config;
+use crate::export_config::ExportConfig;
 use crate::otlp::Signal;
 
 pub use cache::PayloadCache;
@@ -125,7 +126,7 @@ impl Pusher {
     }
 
     /// Sends a payload with the exporter it was made for.
-    pub async fn send(&self, config: &PushConfig, payload: &Outgoing) -> Result<(), PushError> {
+    pub async fn send(&self, config: &ExportConfig, payload: &Outgoing) -> Result<(), PushError> {
         match payload.kind {
             ExportKind::Push => self.push(config, payload).await,
             ExportKind::Otlp(signal) => match &config.otlp {
@@ -142,7 +143,7 @@ impl Pusher {
     }
 
     /// `POST {endpoint}/1/collect` with the payload. Errors never contain the URL (it holds the key).
-    pub async fn push(&self, config: &PushConfig, payload: &Outgoing) -> Result<(), PushError> {
+    pub async fn push(&self, config: &ExportConfig, payload: &Outgoing) -> Result<(), PushError> {
         let url = format!("{}/1/collect", config.endpoint);
         let response = self
             .http

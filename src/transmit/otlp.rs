@@ -9,7 +9,7 @@ use std::time::Duration;
 use prost::Message;
 
 use super::PushError;
-use crate::otlp::settings::OtlpSettings;
+use crate::export_config::OtlpSettings;
 use crate::otlp::Signal;
 
 /// The HTTP header that carries a request's stable id (also a scope attribute, see

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use appsignal_agent::config::PushConfig;
+use appsignal_agent::export_config::ExportConfig;
 use appsignal_agent::protocol::{
     self, Batch, ClientMessage, Hello, LeaderMessage, MetricKey, PROTOCOL_VERSION,
 };
@@ -18,15 +18,15 @@ pub struct Rogue {
 }
 
 /// A push configuration for the rogue (the key decides whether the receiver takes its payloads).
-pub fn config(endpoint: &str, key: &str, app: &str) -> PushConfig {
-    PushConfig {
+pub fn config(endpoint: &str, key: &str, app: &str) -> ExportConfig {
+    ExportConfig {
         push_api_key: key.into(),
         app_name: app.into(),
         environment: "demo".into(),
         endpoint: endpoint.into(),
         hostname: "rogue-host".into(),
         revision: String::new(),
-        ..PushConfig::default()
+        ..ExportConfig::default()
     }
 }
 
@@ -90,14 +90,14 @@ impl Rogue {
     }
 
     /// Handshakes as `client_id`; returns the leader's answer (`None`: it closed the connection).
-    pub fn hello(&mut self, client_id: u64, config: &PushConfig) -> Option<LeaderMessage> {
+    pub fn hello(&mut self, client_id: u64, config: &ExportConfig) -> Option<LeaderMessage> {
         self.hello_as(client_id, config, PROTOCOL_VERSION)
     }
 
     pub fn hello_as(
         &mut self,
         client_id: u64,
-        config: &PushConfig,
+        config: &ExportConfig,
         protocol_version: u32,
     ) -> Option<LeaderMessage> {
         let hello = ClientMessage::Hello(Hello {

@@ -2,17 +2,23 @@
 //! environment table (`appsignal_env_put`, for VMs that cannot set real environment variables).
 //! The table wins over the process environment. A malformed value gives a warning (logged once the
 //! log is open) and the default; it never fails the start.
+//!
+//! [`Config`] is what this process read; it never crosses the socket or reaches a disk. What a
+//! leader needs of it is [`Config::export_config`], built here and nowhere else.
+
+pub mod otlp;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
-use crate::cbor::{self, required, FromCbor};
-use crate::otlp::settings::{OtlpSettings, ResourceInputs};
+use crate::export_config::{ExportConfig, Exporters, OtlpSettings};
+use otlp::ResourceInputs;
 
 /// The library's own environment table, filled through `appsignal_env_put`.
 static ENV_TABLE: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
@@ -51,199 +57,37 @@ pub enum LogTarget {
     Stdout,
 }
 
-/// Which exporters send a configuration's windows (`_APPSIGNAL_EXPORTER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Exporters {
-    /// The Push API (`docs/push-api.md`).
-    pub push: bool,
-    /// OTLP/HTTP (`docs/otlp.md`).
-    pub otlp: bool,
-}
-
-impl Default for Exporters {
-    fn default() -> Self {
-        Exporters {
-            push: true,
-            otlp: false,
-        }
-    }
-}
-
-/// What identifies one app configuration to the leader: data of different configurations sharing a
-/// working directory is kept apart and exported with its own key and settings.
-#[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct PushConfig {
-    pub push_api_key: String,
-    pub app_name: String,
-    pub environment: String,
-    pub endpoint: String,
-    pub hostname: String,
-    pub revision: String,
-    /// `_APPSIGNAL_HOST_ROLE`: what this host does (e.g. `web`, `worker`), sent with every payload.
-    #[serde(default)]
-    pub host_role: Option<String>,
-    /// `_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION`: the language package that loaded the library
-    /// (e.g. `ruby-4.0.0`), sent with every payload.
-    #[serde(default)]
-    pub language_integration_version: Option<String>,
-    #[serde(default)]
-    pub exporters: Exporters,
-    /// Set when `exporters.otlp` is.
-    #[serde(default)]
-    pub otlp: Option<OtlpSettings>,
-    /// The secrets (push key, OTLP header values) were removed: this copy came from the journal
-    /// and can export nothing until a process with the whole configuration connects.
-    #[serde(default)]
-    pub redacted: bool,
-}
-
-impl FromCbor for Exporters {
-    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
-        let (mut push, mut otlp) = (None, None);
-        r.fields(|r, key| match key {
-            "push" => r.field(&mut push, key, cbor::Reader::bool),
-            "otlp" => r.field(&mut otlp, key, cbor::Reader::bool),
-            _ => Ok(false),
-        })?;
-        Ok(Exporters {
-            push: required(r, push, "Exporters", "push")?,
-            otlp: required(r, otlp, "Exporters", "otlp")?,
-        })
-    }
-}
-
-impl FromCbor for PushConfig {
-    #[inline(never)]
-    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
-        let mut text: [Option<String>; 6] = Default::default();
-        const TEXT: [&str; 6] = [
-            "push_api_key",
-            "app_name",
-            "environment",
-            "endpoint",
-            "hostname",
-            "revision",
-        ];
-        let (mut host_role, mut language_integration_version) = (None, None);
-        let (mut exporters, mut otlp, mut redacted) = (None, None, None);
-        r.fields(|r, key| match key {
-            "host_role" => r.field(&mut host_role, key, |r| r.option(cbor::Reader::string)),
-            "language_integration_version" => {
-                r.field(&mut language_integration_version, key, |r| {
-                    r.option(cbor::Reader::string)
-                })
-            }
-            "exporters" => r.field(&mut exporters, key, Exporters::read),
-            "otlp" => r.field(&mut otlp, key, |r| {
-                r.option(<OtlpSettings as FromCbor>::read)
-            }),
-            "redacted" => r.field(&mut redacted, key, cbor::Reader::bool),
-            _ => match TEXT.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut text[i], key, cbor::Reader::string),
-                None => Ok(false),
-            },
-        })?;
-        let [push_api_key, app_name, environment, endpoint, hostname, revision] = text;
-        Ok(PushConfig {
-            push_api_key: required(r, push_api_key, "PushConfig", TEXT[0])?,
-            app_name: required(r, app_name, "PushConfig", TEXT[1])?,
-            environment: required(r, environment, "PushConfig", TEXT[2])?,
-            endpoint: required(r, endpoint, "PushConfig", TEXT[3])?,
-            hostname: required(r, hostname, "PushConfig", TEXT[4])?,
-            revision: required(r, revision, "PushConfig", TEXT[5])?,
-            host_role: host_role.flatten(),
-            language_integration_version: language_integration_version.flatten(),
-            exporters: exporters.unwrap_or_default(),
-            otlp: otlp.flatten(),
-            redacted: redacted.unwrap_or_default(),
-        })
-    }
-}
-
-impl PushConfig {
-    /// A stable 64-bit id (FNV-1a over the fields), the same in every process and library build,
-    /// used to name cached payload files without writing the push key to disk.
-    pub fn id(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut fields: Vec<String> = [
-            &self.push_api_key,
-            &self.app_name,
-            &self.environment,
-            &self.endpoint,
-            &self.hostname,
-            &self.revision,
-        ]
-        .into_iter()
-        .cloned()
-        .collect();
-        // Set only: a configuration without them keeps the id it had before they were sent.
-        if let Some(role) = &self.host_role {
-            fields.push(format!("host_role:{role}"));
-        }
-        if let Some(version) = &self.language_integration_version {
-            fields.push(format!("language_integration_version:{version}"));
-        }
-        // A push-only configuration keeps the id it had before exporters existed.
-        if self.exporters != Exporters::default() || self.otlp.is_some() {
-            fields.push(format!(
-                "exporters:{}:{}",
-                self.exporters.push, self.exporters.otlp
-            ));
-            fields.extend(self.otlp.iter().flat_map(OtlpSettings::identity_fields));
-        }
-        for field in &fields {
-            for byte in field.bytes().chain(std::iter::once(0xff)) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        hash
-    }
-}
-
-impl fmt::Debug for PushConfig {
-    // Hand-written so that the push key can never reach a log line through `{:?}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PushConfig")
-            .field("push_api_key", &"[REDACTED]")
-            .field("app_name", &self.app_name)
-            .field("environment", &self.environment)
-            .field("endpoint", &self.endpoint)
-            .field("hostname", &self.hostname)
-            .field("revision", &self.revision)
-            .field("host_role", &self.host_role)
-            .field(
-                "language_integration_version",
-                &self.language_integration_version,
-            )
-            .field("exporters", &self.exporters)
-            .field("otlp", &self.otlp)
-            .field("redacted", &self.redacted)
-            .finish()
-    }
-}
-
-impl PushConfig {
-    /// A copy without secrets (push key, OTLP header values), for the journal.
-    pub fn without_secrets(&self) -> PushConfig {
-        PushConfig {
-            push_api_key: String::new(),
-            otlp: self.otlp.as_ref().map(OtlpSettings::redacted),
-            redacted: true,
-            ..self.clone()
-        }
-    }
+/// Which listeners the leader runs for other processes on the host (StatsD, OTLP/HTTP).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    pub statsd: Option<SocketAddr>,
+    pub otlp_http: Option<SocketAddr>,
 }
 
 /// The whole configuration of one process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub active: bool,
     /// None of `_APPSIGNAL_ACTIVE`, `_APPSIGNAL_PUSH_API_KEY` and `_APPSIGNAL_EXPORTER` is set (in
     /// the library table or the environment): what a package's test suite leaves after clearing the
     /// environment. Unlike an explicit `_APPSIGNAL_ACTIVE=false`, `start()` warns about it.
     pub nothing_configured: bool,
-    pub push: PushConfig,
+    /// `_APPSIGNAL_PUSH_API_KEY`: a secret.
+    pub push_api_key: String,
+    pub app_name: String,
+    pub environment: String,
+    /// The Push API endpoint, without a trailing `/`.
+    pub endpoint: String,
+    pub hostname: String,
+    pub revision: String,
+    /// `_APPSIGNAL_HOST_ROLE`: what this host does (e.g. `web`, `worker`), sent with every payload.
+    pub host_role: Option<String>,
+    /// `_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION`: the language package that loaded the library
+    /// (e.g. `ruby-4.0.0`), sent with every payload.
+    pub language_integration_version: Option<String>,
+    pub exporters: Exporters,
+    /// Set when `exporters.otlp` is ([`otlp`]).
+    pub otlp: Option<OtlpSettings>,
     pub working_directory_path: Option<PathBuf>,
     pub log: LogTarget,
     pub log_level: tracing::Level,
@@ -279,10 +123,63 @@ pub struct Config {
     /// Share (0.0 … 1.0) of transactions sampled although fast and without error (`_APPSIGNAL_SAMPLE_RATE`).
     pub sample_rate: f64,
     /// Listeners the leader hosts for other processes (StatsD, OTLP/HTTP); off by default.
-    pub listeners: crate::intake::Listeners,
+    pub listeners: Listeners,
     /// The library version this process announces (the build's, unless a test build overrides
     /// it: `test_library_version`).
     pub library_version: String,
+}
+
+impl fmt::Debug for Config {
+    // Hand-written so that the push key can never reach a log line through `{:?}` (OTLP header
+    // values are hidden by `OtlpSettings`'s own `Debug`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("active", &self.active)
+            .field("nothing_configured", &self.nothing_configured)
+            .field("push_api_key", &"[REDACTED]")
+            .field("app_name", &self.app_name)
+            .field("environment", &self.environment)
+            .field("endpoint", &self.endpoint)
+            .field("hostname", &self.hostname)
+            .field("revision", &self.revision)
+            .field("host_role", &self.host_role)
+            .field(
+                "language_integration_version",
+                &self.language_integration_version,
+            )
+            .field("exporters", &self.exporters)
+            .field("otlp", &self.otlp)
+            .field("working_directory_path", &self.working_directory_path)
+            .field("log", &self.log)
+            .field("log_level", &self.log_level)
+            .field("log_file_path", &self.log_file_path)
+            .field("files_world_accessible", &self.files_world_accessible)
+            .field("enable_host_metrics", &self.enable_host_metrics)
+            .field("running_in_container", &self.running_in_container)
+            .field("ca_file_path", &self.ca_file_path)
+            .field("http_proxy", &self.http_proxy)
+            .field("process_name", &self.process_name)
+            .field("ignore_actions", &self.ignore_actions)
+            .field("ignore_errors", &self.ignore_errors)
+            .field("ignore_namespaces", &self.ignore_namespaces)
+            .field("filter_parameters", &self.filter_parameters)
+            .field("filter_session_data", &self.filter_session_data)
+            .field("transmission_interval", &self.transmission_interval)
+            .field("flush_interval", &self.flush_interval)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("push_timeout", &self.push_timeout)
+            .field(
+                "refused_key_retry_interval",
+                &self.refused_key_retry_interval,
+            )
+            .field("payload_cache_max_files", &self.payload_cache_max_files)
+            .field("payload_cache_max_bytes", &self.payload_cache_max_bytes)
+            .field("host_metrics_interval", &self.host_metrics_interval)
+            .field("sample_rate", &self.sample_rate)
+            .field("listeners", &self.listeners)
+            .field("library_version", &self.library_version)
+            .finish()
+    }
 }
 
 /// When none of these is set, nothing is configured ([`Config::nothing_configured`]).
@@ -422,8 +319,8 @@ impl Reader<'_> {
 
     /// `_APPSIGNAL_ENABLE_STATSD`, `_APPSIGNAL_STATSD_PORT`, `_APPSIGNAL_STATSD_BIND`,
     /// `_APPSIGNAL_OTLP_HTTP_PORT`, `_APPSIGNAL_OTLP_HTTP_BIND`.
-    fn listeners(&mut self) -> crate::intake::Listeners {
-        let mut listeners = crate::intake::Listeners::default();
+    fn listeners(&mut self) -> Listeners {
+        let mut listeners = Listeners::default();
         if self.bool("_APPSIGNAL_ENABLE_STATSD", false) {
             let port = self.port("_APPSIGNAL_STATSD_PORT", 8125);
             listeners.statsd = self.listen_addr("_APPSIGNAL_STATSD_BIND", port);
@@ -452,7 +349,7 @@ impl Reader<'_> {
 
     /// The bind address `key` names (an IP address; 127.0.0.1 when unset) with `port`; `None`
     /// (with a warning) when it is not an IP address: a listener must not open on a guess.
-    fn listen_addr(&mut self, key: &str, port: u16) -> Option<std::net::SocketAddr> {
+    fn listen_addr(&mut self, key: &str, port: u16) -> Option<SocketAddr> {
         let ip = match self.string(key) {
             None => std::net::IpAddr::from([127, 0, 0, 1]),
             Some(v) => match v.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
@@ -465,7 +362,7 @@ impl Reader<'_> {
                 }
             },
         };
-        Some(std::net::SocketAddr::new(ip, port))
+        Some(SocketAddr::new(ip, port))
     }
 
     fn level(&mut self, key: &str) -> tracing::Level {
@@ -543,26 +440,23 @@ impl Config {
         let mut config = Config {
             active: r.bool("_APPSIGNAL_ACTIVE", false),
             nothing_configured,
-            push: PushConfig {
-                push_api_key: r.string("_APPSIGNAL_PUSH_API_KEY").unwrap_or_default(),
-                app_name: r.string("_APPSIGNAL_APP_NAME").unwrap_or_default(),
-                environment: r
-                    .string("_APPSIGNAL_APP_ENV")
-                    .unwrap_or_else(|| "development".to_owned()),
-                endpoint: r
-                    .string("_APPSIGNAL_PUSH_API_ENDPOINT")
-                    .map(|e| e.trim_end_matches('/').to_owned())
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
-                hostname: r
-                    .string("_APPSIGNAL_HOSTNAME")
-                    .unwrap_or_else(system_hostname),
-                revision: r.string("_APP_REVISION").unwrap_or_default(),
-                host_role: r.string("_APPSIGNAL_HOST_ROLE"),
-                language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
-                exporters,
-                otlp: None,
-                redacted: false,
-            },
+            push_api_key: r.string("_APPSIGNAL_PUSH_API_KEY").unwrap_or_default(),
+            app_name: r.string("_APPSIGNAL_APP_NAME").unwrap_or_default(),
+            environment: r
+                .string("_APPSIGNAL_APP_ENV")
+                .unwrap_or_else(|| "development".to_owned()),
+            endpoint: r
+                .string("_APPSIGNAL_PUSH_API_ENDPOINT")
+                .map(|e| e.trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+            hostname: r
+                .string("_APPSIGNAL_HOSTNAME")
+                .unwrap_or_else(system_hostname),
+            revision: r.string("_APP_REVISION").unwrap_or_default(),
+            host_role: r.string("_APPSIGNAL_HOST_ROLE"),
+            language_integration_version: r.string("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION"),
+            exporters,
+            otlp: None,
             working_directory_path: r
                 .string("_APPSIGNAL_WORKING_DIRECTORY_PATH")
                 .map(PathBuf::from),
@@ -603,7 +497,7 @@ impl Config {
                 1024,
             ),
             sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
-            listeners: crate::intake::Listeners::default(),
+            listeners: Listeners::default(),
             library_version: test_library_version(&r).unwrap_or_else(|| crate::VERSION.to_owned()),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
@@ -615,19 +509,36 @@ impl Config {
         config.listeners = r.listeners();
         if exporters.otlp {
             let inputs = ResourceInputs {
-                language_integration_version: config.push.language_integration_version.as_deref(),
+                language_integration_version: config.language_integration_version.as_deref(),
                 filter_parameters: &config.filter_parameters,
                 filter_session_data: &config.filter_session_data,
                 ignore_actions: &config.ignore_actions,
                 ignore_errors: &config.ignore_errors,
                 ignore_namespaces: &config.ignore_namespaces,
             };
-            let otlp = OtlpSettings::read(lookup, &inputs, &mut r.warnings);
-            config.push.otlp = Some(otlp);
+            config.otlp = Some(otlp::read(lookup, &inputs, &mut r.warnings));
         }
         Loaded {
             config,
             warnings: r.warnings,
+        }
+    }
+
+    /// What a leader needs of this configuration: sent in the handshake, registered by the leader
+    /// for its own data, written (without secrets) into the journal. Built here only.
+    pub fn export_config(&self) -> ExportConfig {
+        ExportConfig {
+            push_api_key: self.push_api_key.clone(),
+            app_name: self.app_name.clone(),
+            environment: self.environment.clone(),
+            endpoint: self.endpoint.clone(),
+            hostname: self.hostname.clone(),
+            revision: self.revision.clone(),
+            host_role: self.host_role.clone(),
+            language_integration_version: self.language_integration_version.clone(),
+            exporters: self.exporters,
+            otlp: self.otlp.clone(),
+            redacted: false,
         }
     }
 
@@ -643,16 +554,15 @@ impl Config {
         if !self.active {
             return Some("_APPSIGNAL_ACTIVE is not true".to_owned());
         }
-        if self.push.exporters.push && self.push.push_api_key.is_empty() {
+        if self.exporters.push && self.push_api_key.is_empty() {
             return Some("_APPSIGNAL_PUSH_API_KEY is not set".to_owned());
         }
-        if self.push.exporters.push
-            && !(self.push.endpoint.starts_with("http://")
-                || self.push.endpoint.starts_with("https://"))
+        if self.exporters.push
+            && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
         {
             return Some(format!(
                 "_APPSIGNAL_PUSH_API_ENDPOINT={:?} is not an http(s) URL",
-                self.push.endpoint
+                self.endpoint
             ));
         }
         None
@@ -678,7 +588,7 @@ mod tests {
         assert!(!c.active);
         assert!(c.files_world_accessible);
         assert_eq!(c.transmission_interval, Duration::from_secs(30));
-        assert_eq!(c.push.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(c.endpoint, DEFAULT_ENDPOINT);
         assert!(loaded.warnings.is_empty());
         assert!(c.nothing_configured);
         assert_eq!(
@@ -725,10 +635,7 @@ mod tests {
 
     #[test]
     fn listeners_are_off_by_default_and_bind_loopback() {
-        assert_eq!(
-            load(&[]).config.listeners,
-            crate::intake::Listeners::default()
-        );
+        assert_eq!(load(&[]).config.listeners, Listeners::default());
         let loaded = load(&[
             ("_APPSIGNAL_ENABLE_STATSD", "true"),
             ("_APPSIGNAL_OTLP_HTTP_PORT", "8099"),
@@ -778,12 +685,75 @@ mod tests {
         let c = loaded.config;
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert!(c.invalid_reason().is_none());
-        assert_eq!(c.push.endpoint, "http://127.0.0.1:9");
+        assert_eq!(c.endpoint, "http://127.0.0.1:9");
         assert_eq!(c.transmission_interval, Duration::from_secs(1));
         assert!(!c.files_world_accessible);
         assert_eq!(c.ignore_actions, vec!["a", "b", "c"]);
         assert_eq!(c.running_in_container, Some(true));
         assert!(!format!("{c:?}").contains("secret-key"));
+    }
+
+    #[test]
+    fn the_export_config_carries_what_a_leader_needs_and_nothing_else() {
+        let loaded = load(&[
+            ("_APPSIGNAL_ACTIVE", "true"),
+            ("_APPSIGNAL_PUSH_API_KEY", "secret-key"),
+            ("_APPSIGNAL_APP_NAME", "shop"),
+            ("_APPSIGNAL_APP_ENV", "staging"),
+            ("_APPSIGNAL_PUSH_API_ENDPOINT", "https://push.example/"),
+            ("_APPSIGNAL_HOSTNAME", "web-1"),
+            ("_APP_REVISION", "abc"),
+            ("_APPSIGNAL_HOST_ROLE", "web"),
+            ("_APPSIGNAL_LANGUAGE_INTEGRATION_VERSION", "ruby-4.1.0"),
+            ("_APPSIGNAL_EXPORTER", "push,otlp"),
+            ("_APPSIGNAL_OTLP_ENDPOINT", "http://collector:4318"),
+            ("_APPSIGNAL_OTLP_HEADERS", "x-api-key=otlp-secret"),
+            ("_APPSIGNAL_IGNORE_ACTIONS", "health"),
+            // Settings of this process only: none of them reaches the leader.
+            ("_APPSIGNAL_WORKING_DIRECTORY_PATH", "/tmp/appsignal-x"),
+            ("_APPSIGNAL_LOG", "stdout"),
+            ("_APPSIGNAL_PROCESS_NAME", "puma"),
+            ("_APPSIGNAL_ENABLE_STATSD", "true"),
+            ("_APPSIGNAL_TRANSMISSION_INTERVAL_MS", "1000"),
+            ("_APPSIGNAL_SAMPLE_RATE", "0.5"),
+        ]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let c = loaded.config;
+        let mut inputs_warnings = Vec::new();
+        let otlp = otlp::read(
+            &|key| match key {
+                "_APPSIGNAL_OTLP_ENDPOINT" => Some("http://collector:4318".to_owned()),
+                "_APPSIGNAL_OTLP_HEADERS" => Some("x-api-key=otlp-secret".to_owned()),
+                _ => None,
+            },
+            &ResourceInputs {
+                language_integration_version: Some("ruby-4.1.0"),
+                ignore_actions: &["health".to_owned()],
+                ..ResourceInputs::default()
+            },
+            &mut inputs_warnings,
+        );
+        assert_eq!(
+            c.export_config(),
+            ExportConfig {
+                push_api_key: "secret-key".into(),
+                app_name: "shop".into(),
+                environment: "staging".into(),
+                endpoint: "https://push.example".into(),
+                hostname: "web-1".into(),
+                revision: "abc".into(),
+                host_role: Some("web".into()),
+                language_integration_version: Some("ruby-4.1.0".into()),
+                exporters: Exporters {
+                    push: true,
+                    otlp: true
+                },
+                otlp: Some(otlp),
+                redacted: false,
+            }
+        );
+        // The same configuration gives the same copy (and id) every time it is built.
+        assert_eq!(c.export_config().id(), c.clone().export_config().id());
     }
 
     #[test]
@@ -793,20 +763,22 @@ mod tests {
             ("_APPSIGNAL_HOSTNAME", "h"),
         ])
         .config
-        .push;
+        .export_config();
         let b = load(&[
             ("_APPSIGNAL_PUSH_API_KEY", "k2"),
             ("_APPSIGNAL_HOSTNAME", "h"),
         ])
         .config
-        .push;
+        .export_config();
         assert_eq!(a.id(), a.clone().id());
         assert_ne!(a.id(), b.id());
     }
 
     #[test]
     fn host_role_and_integration_version_are_part_of_the_configuration_when_set() {
-        let plain = load(&[("_APPSIGNAL_PUSH_API_KEY", "k")]).config.push;
+        let plain = load(&[("_APPSIGNAL_PUSH_API_KEY", "k")])
+            .config
+            .export_config();
         assert_eq!(plain.host_role, None);
         assert_eq!(plain.language_integration_version, None);
         let set = load(&[
@@ -816,23 +788,23 @@ mod tests {
             ("_APPSIGNAL_PROCESS_NAME", "sidekiq"),
         ])
         .config;
-        assert_eq!(set.push.host_role.as_deref(), Some("worker"));
+        assert_eq!(set.host_role.as_deref(), Some("worker"));
         assert_eq!(
-            set.push.language_integration_version.as_deref(),
+            set.language_integration_version.as_deref(),
             Some("ruby-4.1.0")
         );
         assert_eq!(set.process_name.as_deref(), Some("sidekiq"));
         // Kept apart from processes of another role or package version; unset ones keep their id.
-        assert_ne!(set.push.id(), plain.id());
-        let role_only = PushConfig {
+        assert_ne!(set.export_config().id(), plain.id());
+        let role_only = ExportConfig {
             host_role: Some("worker".into()),
             ..plain.clone()
         };
         assert_ne!(role_only.id(), plain.id());
-        assert_ne!(role_only.id(), set.push.id());
+        assert_ne!(role_only.id(), set.export_config().id());
         // The journal's copy keeps them (they are not secrets).
         assert_eq!(
-            set.push.without_secrets().host_role.as_deref(),
+            set.export_config().without_secrets().host_role.as_deref(),
             Some("worker")
         );
     }
@@ -855,21 +827,21 @@ mod tests {
             ("_APPSIGNAL_PUSH_API_KEY", "k"),
         ])
         .config;
-        assert_eq!(c.push.exporters, Exporters::default());
-        assert!(c.push.otlp.is_none());
+        assert_eq!(c.exporters, Exporters::default());
+        assert!(c.otlp.is_none());
         let loaded = load(&[
             ("_APPSIGNAL_ACTIVE", "true"),
             ("_APPSIGNAL_EXPORTER", "otlp"),
         ]);
         let c = loaded.config;
         assert_eq!(
-            c.push.exporters,
+            c.exporters,
             Exporters {
                 push: false,
                 otlp: true
             }
         );
-        assert!(c.push.otlp.is_some());
+        assert!(c.otlp.is_some());
         assert_eq!(
             c.invalid_reason(),
             None,
@@ -880,13 +852,13 @@ mod tests {
             ("_APPSIGNAL_EXPORTER", "push, otlp"),
         ])
         .config;
-        assert!(c.push.exporters.push && c.push.exporters.otlp);
+        assert!(c.exporters.push && c.exporters.otlp);
         assert!(
             c.invalid_reason().is_some(),
             "the Push API still needs its key"
         );
         let loaded = load(&[("_APPSIGNAL_EXPORTER", "kafka")]);
-        assert_eq!(loaded.config.push.exporters, Exporters::default());
+        assert_eq!(loaded.config.exporters, Exporters::default());
         assert_eq!(loaded.warnings.len(), 1);
     }
 
@@ -900,12 +872,12 @@ mod tests {
             ("_APPSIGNAL_EXPORTER", "otlp"),
             ("_APPSIGNAL_OTLP_HEADERS", "k=two"),
         ]);
-        let plain = load(&[]).config.push;
-        assert_ne!(a.config.push.id(), b.config.push.id());
-        assert_ne!(a.config.push.id(), plain.id());
-        let stripped = a.config.push.without_secrets();
+        let plain = load(&[]).config.export_config();
+        assert_ne!(a.config.export_config().id(), b.config.export_config().id());
+        assert_ne!(a.config.export_config().id(), plain.id());
+        let stripped = a.config.export_config().without_secrets();
         assert!(stripped.redacted);
         assert_eq!(stripped.otlp.as_ref().unwrap().headers[0].1, "");
-        assert!(!format!("{:?}", a.config.push).contains("secret-one"));
+        assert!(!format!("{:?}", a.config.export_config()).contains("secret-one"));
     }
 }

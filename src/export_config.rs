@@ -1,0 +1,593 @@
+//! What a leader needs of one app configuration ([`ExportConfig`]): what keeps its data apart from
+//! other configurations sharing the working directory (its [`ExportConfig::id`]) and what the
+//! exporters send it with (push key and endpoint, OTLP settings, the app's names). A process builds
+//! it from its own configuration in one place (`config::Config::export_config`), sends it in the
+//! handshake (`protocol::Hello`), and the leader writes it into journal segment and spool headers.
+//! Pure data: this module reads no environment and does no I/O.
+//!
+//! Secrets (the push key, OTLP header values) cross the socket but never reach a disk or a log:
+//! [`ExportConfig::without_secrets`] is the one function that removes them (for the journal), and
+//! `Debug` never shows them.
+//!
+//! The CBOR shape (field names, which fields may be absent) is shared with earlier library
+//! versions: a leader of an earlier release reads this struct in a newer client's `Hello`, and a new
+//! leader reads segment headers an earlier one wrote. A field is only ever added, with a default.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cbor::{self, required, FromCbor, Reader};
+
+/// Which exporters send a configuration's windows (`_APPSIGNAL_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Exporters {
+    /// The Push API (`docs/push-api.md`).
+    pub push: bool,
+    /// OTLP/HTTP (`docs/otlp.md`).
+    pub otlp: bool,
+}
+
+impl Default for Exporters {
+    fn default() -> Self {
+        Exporters {
+            push: true,
+            otlp: false,
+        }
+    }
+}
+
+/// A resource attribute's value, as the configuration gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResourceValue {
+    Str(String),
+    List(Vec<String>),
+}
+
+/// The OTLP exporter's settings of one configuration (read by `config::otlp`).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OtlpSettings {
+    pub metrics_endpoint: String,
+    pub traces_endpoint: String,
+    pub logs_endpoint: String,
+    /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS` syntax). Values are secrets.
+    pub headers: Vec<(String, String)>,
+    pub timeout_ms: u64,
+    /// `gzip` (the default) or `none`.
+    pub gzip: bool,
+    /// Resource attributes from the process's configuration (`OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, the `appsignal.config.*` lists); the leader adds the ones it
+    /// derives from the rest of the [`ExportConfig`] when it builds a request.
+    pub resource: Vec<(String, ResourceValue)>,
+}
+
+/// What identifies one app configuration to the leader, and what its exporters need: data of
+/// different configurations sharing a working directory is kept apart and exported with its own
+/// key and settings.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExportConfig {
+    /// A secret: removed by [`ExportConfig::without_secrets`], never shown by `Debug`.
+    pub push_api_key: String,
+    pub app_name: String,
+    pub environment: String,
+    pub endpoint: String,
+    pub hostname: String,
+    pub revision: String,
+    /// What this host does (e.g. `web`, `worker`), sent with every payload.
+    #[serde(default)]
+    pub host_role: Option<String>,
+    /// The language package that loaded the library (e.g. `ruby-4.0.0`), sent with every payload.
+    #[serde(default)]
+    pub language_integration_version: Option<String>,
+    #[serde(default)]
+    pub exporters: Exporters,
+    /// Set when `exporters.otlp` is.
+    #[serde(default)]
+    pub otlp: Option<OtlpSettings>,
+    /// The secrets were removed ([`ExportConfig::without_secrets`]): this copy came from the
+    /// journal and can export nothing until a process with the whole configuration connects.
+    #[serde(default)]
+    pub redacted: bool,
+}
+
+impl ExportConfig {
+    /// A copy without secrets (the push key, every OTLP header value; header names stay), marked
+    /// `redacted`: the only form in which a configuration is written to disk.
+    pub fn without_secrets(&self) -> ExportConfig {
+        ExportConfig {
+            push_api_key: String::new(),
+            otlp: self.otlp.as_ref().map(|otlp| OtlpSettings {
+                headers: otlp
+                    .headers
+                    .iter()
+                    .map(|(name, _)| (name.clone(), String::new()))
+                    .collect(),
+                ..otlp.clone()
+            }),
+            redacted: true,
+            ..self.clone()
+        }
+    }
+
+    /// A stable 64-bit id (FNV-1a over the fields), the same in every process and library build,
+    /// used to name journal segments and cached payload files without writing the push key to disk.
+    pub fn id(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut fields: Vec<String> = [
+            &self.push_api_key,
+            &self.app_name,
+            &self.environment,
+            &self.endpoint,
+            &self.hostname,
+            &self.revision,
+        ]
+        .into_iter()
+        .cloned()
+        .collect();
+        // Set only: a configuration without them keeps the id it had before they were sent.
+        if let Some(role) = &self.host_role {
+            fields.push(format!("host_role:{role}"));
+        }
+        if let Some(version) = &self.language_integration_version {
+            fields.push(format!("language_integration_version:{version}"));
+        }
+        // A push-only configuration keeps the id it had before exporters existed.
+        if self.exporters != Exporters::default() || self.otlp.is_some() {
+            fields.push(format!(
+                "exporters:{}:{}",
+                self.exporters.push, self.exporters.otlp
+            ));
+            fields.extend(self.otlp.iter().flat_map(OtlpSettings::identity_fields));
+        }
+        for field in &fields {
+            for byte in field.bytes().chain(std::iter::once(0xff)) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
+impl OtlpSettings {
+    /// Every field, for the configuration's id (the same in every process with these settings).
+    fn identity_fields(&self) -> Vec<String> {
+        let mut fields = vec![
+            self.metrics_endpoint.clone(),
+            self.traces_endpoint.clone(),
+            self.logs_endpoint.clone(),
+            self.timeout_ms.to_string(),
+            self.gzip.to_string(),
+        ];
+        for (k, v) in &self.headers {
+            fields.push(format!("h:{k}={v}"));
+        }
+        for (k, v) in &self.resource {
+            fields.push(format!("r:{k}={v:?}"));
+        }
+        fields
+    }
+}
+
+impl fmt::Debug for ExportConfig {
+    // Hand-written so that the push key can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportConfig")
+            .field("push_api_key", &"[REDACTED]")
+            .field("app_name", &self.app_name)
+            .field("environment", &self.environment)
+            .field("endpoint", &self.endpoint)
+            .field("hostname", &self.hostname)
+            .field("revision", &self.revision)
+            .field("host_role", &self.host_role)
+            .field(
+                "language_integration_version",
+                &self.language_integration_version,
+            )
+            .field("exporters", &self.exporters)
+            .field("otlp", &self.otlp)
+            .field("redacted", &self.redacted)
+            .finish()
+    }
+}
+
+impl fmt::Debug for OtlpSettings {
+    // Hand-written so that header values can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("OtlpSettings")
+            .field("metrics_endpoint", &self.metrics_endpoint)
+            .field("traces_endpoint", &self.traces_endpoint)
+            .field("logs_endpoint", &self.logs_endpoint)
+            .field("headers (values redacted)", &header_names)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("gzip", &self.gzip)
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+impl FromCbor for Exporters {
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let (mut push, mut otlp) = (None, None);
+        r.fields(|r, key| match key {
+            "push" => r.field(&mut push, key, Reader::bool),
+            "otlp" => r.field(&mut otlp, key, Reader::bool),
+            _ => Ok(false),
+        })?;
+        Ok(Exporters {
+            push: required(r, push, "Exporters", "push")?,
+            otlp: required(r, otlp, "Exporters", "otlp")?,
+        })
+    }
+}
+
+impl FromCbor for ResourceValue {
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        r.variant("resource value", |r, name| match name {
+            "Str" => r.string().map(|v| Some(ResourceValue::Str(v))),
+            "List" => r.vec(Reader::string).map(|v| Some(ResourceValue::List(v))),
+            _ => Ok(None),
+        })
+    }
+}
+
+impl FromCbor for OtlpSettings {
+    #[inline(never)]
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let mut endpoints: [Option<String>; 3] = Default::default();
+        const ENDPOINTS: [&str; 3] = ["metrics_endpoint", "traces_endpoint", "logs_endpoint"];
+        let (mut headers, mut timeout_ms, mut gzip, mut resource) = (None, None, None, None);
+        r.fields(|r, key| match key {
+            "headers" => r.field(&mut headers, key, |r| {
+                r.vec(|r| r.pair(Reader::string, Reader::string))
+            }),
+            "timeout_ms" => r.field(&mut timeout_ms, key, Reader::u64),
+            "gzip" => r.field(&mut gzip, key, Reader::bool),
+            "resource" => r.field(&mut resource, key, |r| {
+                r.vec(|r| r.pair(Reader::string, ResourceValue::read))
+            }),
+            _ => match ENDPOINTS.iter().position(|name| *name == key) {
+                Some(i) => r.field(&mut endpoints[i], key, Reader::string),
+                None => Ok(false),
+            },
+        })?;
+        let [metrics_endpoint, traces_endpoint, logs_endpoint] = endpoints;
+        Ok(OtlpSettings {
+            metrics_endpoint: required(r, metrics_endpoint, "OtlpSettings", ENDPOINTS[0])?,
+            traces_endpoint: required(r, traces_endpoint, "OtlpSettings", ENDPOINTS[1])?,
+            logs_endpoint: required(r, logs_endpoint, "OtlpSettings", ENDPOINTS[2])?,
+            headers: required(r, headers, "OtlpSettings", "headers")?,
+            timeout_ms: required(r, timeout_ms, "OtlpSettings", "timeout_ms")?,
+            gzip: required(r, gzip, "OtlpSettings", "gzip")?,
+            resource: required(r, resource, "OtlpSettings", "resource")?,
+        })
+    }
+}
+
+impl FromCbor for ExportConfig {
+    #[inline(never)]
+    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
+        let mut text: [Option<String>; 6] = Default::default();
+        const TEXT: [&str; 6] = [
+            "push_api_key",
+            "app_name",
+            "environment",
+            "endpoint",
+            "hostname",
+            "revision",
+        ];
+        let (mut host_role, mut language_integration_version) = (None, None);
+        let (mut exporters, mut otlp, mut redacted) = (None, None, None);
+        r.fields(|r, key| match key {
+            "host_role" => r.field(&mut host_role, key, |r| r.option(Reader::string)),
+            "language_integration_version" => {
+                r.field(&mut language_integration_version, key, |r| {
+                    r.option(Reader::string)
+                })
+            }
+            "exporters" => r.field(&mut exporters, key, Exporters::read),
+            "otlp" => r.field(&mut otlp, key, |r| r.option(OtlpSettings::read)),
+            "redacted" => r.field(&mut redacted, key, Reader::bool),
+            _ => match TEXT.iter().position(|name| *name == key) {
+                Some(i) => r.field(&mut text[i], key, Reader::string),
+                None => Ok(false),
+            },
+        })?;
+        let [push_api_key, app_name, environment, endpoint, hostname, revision] = text;
+        Ok(ExportConfig {
+            push_api_key: required(r, push_api_key, "ExportConfig", TEXT[0])?,
+            app_name: required(r, app_name, "ExportConfig", TEXT[1])?,
+            environment: required(r, environment, "ExportConfig", TEXT[2])?,
+            endpoint: required(r, endpoint, "ExportConfig", TEXT[3])?,
+            hostname: required(r, hostname, "ExportConfig", TEXT[4])?,
+            revision: required(r, revision, "ExportConfig", TEXT[5])?,
+            host_role: host_role.flatten(),
+            language_integration_version: language_integration_version.flatten(),
+            exporters: exporters.unwrap_or_default(),
+            otlp: otlp.flatten(),
+            redacted: redacted.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field set, both exporters, two OTLP headers.
+    fn full() -> ExportConfig {
+        ExportConfig {
+            push_api_key: "push-secret".into(),
+            app_name: "app ✓".into(),
+            environment: "production".into(),
+            endpoint: "https://push.example".into(),
+            hostname: "web-1".into(),
+            revision: "abc".into(),
+            host_role: Some("web".into()),
+            language_integration_version: Some("ruby-4.1.0".into()),
+            exporters: Exporters {
+                push: true,
+                otlp: true,
+            },
+            otlp: Some(OtlpSettings {
+                metrics_endpoint: "http://c/v1/metrics".into(),
+                traces_endpoint: "http://c/v1/traces".into(),
+                logs_endpoint: "http://c/v1/logs".into(),
+                headers: vec![
+                    ("x-api-key".into(), "header-secret-1".into()),
+                    ("x-team".into(), "header-secret-2".into()),
+                ],
+                timeout_ms: 2_500,
+                gzip: false,
+                resource: vec![
+                    ("service.name".into(), ResourceValue::Str("shop".into())),
+                    (
+                        "appsignal.config.ignore_actions".into(),
+                        ResourceValue::List(vec!["a".into(), "b".into()]),
+                    ),
+                ],
+            }),
+            redacted: false,
+        }
+    }
+
+    #[test]
+    fn without_secrets_removes_the_push_key_and_every_header_value_and_nothing_else() {
+        let config = full();
+        let stripped = config.without_secrets();
+        let mut expected = config.clone();
+        expected.push_api_key.clear();
+        if let Some(otlp) = expected.otlp.as_mut() {
+            otlp.headers = vec![
+                ("x-api-key".into(), String::new()),
+                ("x-team".into(), String::new()),
+            ];
+        }
+        expected.redacted = true;
+        assert_eq!(stripped, expected);
+        let written = serde_cbor::to_vec(&stripped).unwrap();
+        for secret in ["push-secret", "header-secret"] {
+            assert!(
+                !written
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "{secret} is in the stripped copy"
+            );
+        }
+        // Without OTLP settings there is only the key to remove.
+        let push_only = ExportConfig {
+            otlp: None,
+            ..full()
+        };
+        assert_eq!(
+            push_only.without_secrets(),
+            ExportConfig {
+                push_api_key: String::new(),
+                redacted: true,
+                ..push_only.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let shown = format!("{:?}", full());
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("x-api-key"),
+            "header names are shown: {shown}"
+        );
+    }
+
+    #[test]
+    fn round_trips_through_the_cbor_codec() {
+        for config in [
+            full(),
+            full().without_secrets(),
+            ExportConfig::default(),
+            ExportConfig {
+                host_role: None,
+                language_integration_version: None,
+                exporters: Exporters::default(),
+                otlp: None,
+                ..full()
+            },
+        ] {
+            let bytes = serde_cbor::to_vec(&config).unwrap();
+            let read: ExportConfig = cbor::from_slice(&bytes).unwrap();
+            assert_eq!(read, config);
+            assert_eq!(read.id(), config.id());
+        }
+    }
+
+    #[test]
+    fn the_id_is_stable_and_tells_configurations_apart() {
+        let config = full();
+        assert_eq!(config.id(), config.clone().id());
+        // The journal's copy hashes differently (no key): a segment header carries the id of
+        // the whole configuration beside it.
+        assert_ne!(config.without_secrets().id(), config.id());
+        let other_header = ExportConfig {
+            otlp: config.otlp.clone().map(|o| OtlpSettings {
+                headers: vec![("x-api-key".into(), "another".into())],
+                ..o
+            }),
+            ..config.clone()
+        };
+        assert_ne!(other_header.id(), config.id());
+        // A push-only configuration without the optional fields keeps the id earlier releases gave it.
+        let plain = ExportConfig {
+            push_api_key: "k".into(),
+            ..ExportConfig::default()
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for field in ["k", "", "", "", "", ""] {
+            for byte in field.bytes().chain(std::iter::once(0xff)) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        assert_eq!(plain.id(), hash);
+    }
+
+    /// The previous release's declaration of this struct (then `config::PushConfig`) and of the
+    /// types in it, as its `serde_cbor` wrote them: what earlier leaders read and earlier journals hold.
+    mod previous {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Serialize, Deserialize)]
+        pub struct Exporters {
+            pub push: bool,
+            pub otlp: bool,
+        }
+
+        impl Default for Exporters {
+            fn default() -> Self {
+                Exporters {
+                    push: true,
+                    otlp: false,
+                }
+            }
+        }
+
+        #[derive(Serialize, Deserialize)]
+        pub enum ResourceValue {
+            Str(String),
+            List(Vec<String>),
+        }
+
+        #[derive(Serialize, Deserialize)]
+        pub struct OtlpSettings {
+            pub metrics_endpoint: String,
+            pub traces_endpoint: String,
+            pub logs_endpoint: String,
+            pub headers: Vec<(String, String)>,
+            pub timeout_ms: u64,
+            pub gzip: bool,
+            pub resource: Vec<(String, ResourceValue)>,
+        }
+
+        #[derive(Serialize, Deserialize)]
+        pub struct PushConfig {
+            pub push_api_key: String,
+            pub app_name: String,
+            pub environment: String,
+            pub endpoint: String,
+            pub hostname: String,
+            pub revision: String,
+            #[serde(default)]
+            pub host_role: Option<String>,
+            #[serde(default)]
+            pub language_integration_version: Option<String>,
+            #[serde(default)]
+            pub exporters: Exporters,
+            #[serde(default)]
+            pub otlp: Option<OtlpSettings>,
+            #[serde(default)]
+            pub redacted: bool,
+        }
+
+        /// The shape before exporters, OTLP, host roles and redaction existed.
+        #[derive(Serialize)]
+        pub struct FirstPushConfig {
+            pub push_api_key: String,
+            pub app_name: String,
+            pub environment: String,
+            pub endpoint: String,
+            pub hostname: String,
+            pub revision: String,
+        }
+    }
+
+    fn previous_of(config: &ExportConfig) -> previous::PushConfig {
+        previous::PushConfig {
+            push_api_key: config.push_api_key.clone(),
+            app_name: config.app_name.clone(),
+            environment: config.environment.clone(),
+            endpoint: config.endpoint.clone(),
+            hostname: config.hostname.clone(),
+            revision: config.revision.clone(),
+            host_role: config.host_role.clone(),
+            language_integration_version: config.language_integration_version.clone(),
+            exporters: previous::Exporters {
+                push: config.exporters.push,
+                otlp: config.exporters.otlp,
+            },
+            otlp: config.otlp.as_ref().map(|o| previous::OtlpSettings {
+                metrics_endpoint: o.metrics_endpoint.clone(),
+                traces_endpoint: o.traces_endpoint.clone(),
+                logs_endpoint: o.logs_endpoint.clone(),
+                headers: o.headers.clone(),
+                timeout_ms: o.timeout_ms,
+                gzip: o.gzip,
+                resource: o
+                    .resource
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            ResourceValue::Str(s) => previous::ResourceValue::Str(s.clone()),
+                            ResourceValue::List(l) => previous::ResourceValue::List(l.clone()),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect(),
+            }),
+            redacted: config.redacted,
+        }
+    }
+
+    #[test]
+    fn the_previous_release_and_this_one_read_each_other() {
+        for config in [full(), full().without_secrets()] {
+            let old = serde_cbor::to_vec(&previous_of(&config)).unwrap();
+            // A document the previous release wrote (a Hello, a segment header) reads here...
+            assert_eq!(cbor::from_slice::<ExportConfig>(&old).unwrap(), config);
+            // ...and what this release writes is the same document, so the previous one reads it.
+            assert_eq!(serde_cbor::to_vec(&config).unwrap(), old);
+            let back: previous::PushConfig = serde_cbor::from_slice(&old).unwrap();
+            assert_eq!(back.push_api_key, config.push_api_key);
+        }
+        let first = previous::FirstPushConfig {
+            push_api_key: "k".into(),
+            app_name: "app".into(),
+            environment: "production".into(),
+            endpoint: "https://push.example".into(),
+            hostname: "h".into(),
+            revision: "r".into(),
+        };
+        let read: ExportConfig = cbor::from_slice(&serde_cbor::to_vec(&first).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            ExportConfig {
+                push_api_key: "k".into(),
+                app_name: "app".into(),
+                environment: "production".into(),
+                endpoint: "https://push.example".into(),
+                hostname: "h".into(),
+                revision: "r".into(),
+                ..ExportConfig::default()
+            }
+        );
+    }
+}
