@@ -3,6 +3,18 @@
 //! interval pushes the closed windows ([`crate::transmit`]). The leader process's own app data
 //! arrives through [`Leader::deliver_local`], not through the socket.
 //!
+//! Its parts each own their state and are reached through their methods only:
+//! - [`connections`]: accepting, the connection tasks ([`connection`]: one each), per-process
+//!   slots, client ids bound to processes, the frame budget;
+//! - [`counting`]: the aggregator and the journal under one lock (counting, configurations
+//!   registered, windows taken, segments dropped, closing);
+//! - [`transmission`]: the payload cache, the exporters' memory ([`exports`]), windows held back;
+//! - [`tally`]: the agent counts ([`crate::counts`]) gathered between two payloads.
+//!
+//! This module builds them, runs the serving loop ([`serve`]) and the steps of a stop ([`run`]:
+//! push while serving on `stop()`, close the socket, then [`hand_over`] or push the rest).
+//! Test knobs live in [`knobs`], empty in the shipped build.
+//!
 //! Policies:
 //! - At most [`MAX_CONNECTIONS`] connections; a permit is taken before `accept`.
 //! - Every frame is untrusted: size-checked before allocation, decoded without panics. A bad frame
