@@ -64,9 +64,15 @@ impl Counting {
         }
     }
 
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // Aggregation code does not panic on data; if it ever did, the state is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state itself, for the leader's tests.
+    #[cfg(test)]
+    pub(super) fn state_in_test(&self) -> MutexGuard<'_, State> {
+        self.state()
     }
 
     #[cfg(test)]

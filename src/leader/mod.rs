@@ -870,7 +870,7 @@ mod tests {
         assert!(!s.counting.count_own(batch(1, 1, base, 1.0)));
         // Neither is counted nor journaled: the client keeps both.
         assert!(s.counting.take_windows(None).is_empty());
-        assert!(s.counting.state().journal.replay().is_empty());
+        assert!(s.counting.state_in_test().journal.replay().is_empty());
     }
 
     #[test]
@@ -904,7 +904,7 @@ mod tests {
         // Replayed into a serving leader, then a new batch of the same window, then killed again.
         {
             let s = shared(tmp.path());
-            let mut state = s.counting.state();
+            let mut state = s.counting.state_in_test();
             let counting::State {
                 aggregator,
                 journal,
