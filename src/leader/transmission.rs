@@ -585,3 +585,156 @@ fn can_export(config: &PushConfig, kind: ExportKind) -> bool {
         ExportKind::Otlp(_) => config.otlp.is_some(),
     }
 }
+
+/// A transmission round on a real payload cache in a temporary directory (sending is covered by
+/// `tests/push_faults.rs`): where the agent counts go.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Aggregator, MetricSet};
+    use crate::journal::Journal;
+    use crate::protocol::MetricKey;
+    use std::io::Read;
+
+    struct Round {
+        transmission: Transmission,
+        tally: Arc<Tally>,
+        config_id: u64,
+        config: PushConfig,
+    }
+
+    fn round(dir: &std::path::Path) -> Round {
+        let path = dir.display().to_string();
+        let config = Config::load_from(&move |key| {
+            match key {
+                "_APPSIGNAL_ACTIVE" => Some("true"),
+                "_APPSIGNAL_PUSH_API_KEY" => Some("transmission-test-key"),
+                "_APPSIGNAL_HOSTNAME" => Some("h"),
+                "_APPSIGNAL_WORKING_DIRECTORY_PATH" => Some(path.as_str()),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .config;
+        let workdir = WorkDir::prepare(dir, false).unwrap();
+        let mut aggregator = Aggregator::new(config.transmission_interval);
+        let config_id = aggregator.register(&config.push).unwrap();
+        let tally = Arc::new(Tally::default());
+        let counting = Arc::new(Counting::new(
+            aggregator,
+            Journal::new(workdir.clone()),
+            &config.push,
+            config_id,
+            &workdir,
+            Arc::clone(&tally),
+            Arc::default(),
+        ));
+        let transmission = Transmission::new(
+            &config,
+            &workdir,
+            Pusher::new(&config).unwrap(),
+            PayloadCache::new(workdir.clone(), 100, 1 << 20),
+            counting,
+            Arc::clone(&tally),
+        );
+        Round {
+            transmission,
+            tally,
+            config_id,
+            config: config.push,
+        }
+    }
+
+    fn window(r: &Round, start_ms: u64, counts: AgentCounts, with_metric: bool) -> Window {
+        let mut metrics = MetricSet::default();
+        if with_metric {
+            let key = MetricKey {
+                name: "jobs".into(),
+                tags: vec![],
+            };
+            metrics.counters.insert(key, 1.0);
+        }
+        Window {
+            config: r.config.clone(),
+            config_id: r.config_id,
+            segment: format!("{start_ms:032}"),
+            start_ms,
+            end_ms: start_ms + 1000,
+            metrics,
+            batches: 1,
+            samples: vec![],
+            logs: vec![],
+            counts,
+            bytes: 0,
+        }
+    }
+
+    /// The `agent` object of every cached payload, by window start.
+    fn cached_reports(t: &Transmission) -> std::collections::BTreeMap<u64, serde_json::Value> {
+        t.cache
+            .list()
+            .iter()
+            .map(|entry| {
+                let payload = t.cache.load(entry).unwrap();
+                let mut json = String::new();
+                flate2::read::GzDecoder::new(&payload.body_gz[..])
+                    .read_to_string(&mut json)
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                (entry.created_ms, v["agent"].clone())
+            })
+            .collect()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_leaders_counts_go_out_once_beside_each_windows_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        r.tally.one(|c| &mut c.rejected_frames);
+        r.tally.one(|c| &mut c.rejected_frames);
+        let dropped = AgentCounts {
+            dropped_updates: 4,
+            ..AgentCounts::default()
+        };
+        let windows = vec![
+            window(&r, 1000, dropped, true),
+            window(&r, 2000, AgentCounts::default(), true),
+        ];
+        block_on(r.transmission.cache_windows(windows, None));
+        let reports = cached_reports(&r.transmission);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[&1000]["rejected_frames"], 2, "in the first payload");
+        assert_eq!(reports[&1000]["dropped_updates"], 4, "the window's own");
+        assert_eq!(reports[&2000]["rejected_frames"], 0, "once");
+        assert_eq!(reports[&2000]["dropped_updates"], 0);
+        assert_eq!(reports[&2000]["batches"], 1);
+        assert!(r.tally.take().is_zero(), "nothing waits");
+    }
+
+    #[test]
+    fn counts_that_no_payload_carries_wait_for_the_next_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        r.tally.one(|c| &mut c.refused_connections);
+        // An empty window has no payload: its segment goes, the counts stay.
+        let empty = window(&r, 1000, AgentCounts::default(), false);
+        block_on(r.transmission.cache_windows(vec![empty], None));
+        assert!(cached_reports(&r.transmission).is_empty());
+        block_on(
+            r.transmission
+                .cache_windows(vec![window(&r, 2000, AgentCounts::default(), true)], None),
+        );
+        assert_eq!(
+            cached_reports(&r.transmission)[&2000]["refused_connections"],
+            1
+        );
+    }
+}
