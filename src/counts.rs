@@ -2,7 +2,7 @@
 //! what was dropped, rejected or refused on the way to a payload. One type, declared once: a
 //! window carries the counts of its batches, the leader adds its own since the previous payload,
 //! and the payload and the OTLP mapping write every field by its name. Adding a count is one line
-//! in [`agent_counts!`] below, and whoever counts it.
+//! in `agent_counts!` below, and whoever counts it.
 
 use serde::{Deserialize, Serialize};
 

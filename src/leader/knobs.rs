@@ -1,7 +1,7 @@
 //! The leader's test knobs, compiled in only for tests (the `test-knobs` feature, which `testkit/`
 //! enables, and unit tests); in the shipped build [`Knobs`] is empty and does nothing.
 //!
-//! A batch with the counter [`crate::aggregate::TEST_PANIC_LEADER`] makes the leader thread panic
+//! A batch with the counter `aggregate::TEST_PANIC_LEADER` makes the leader thread panic
 //! at its next check, which it makes at once: the way a test shows that a panic of the leader
 //! thread stops counting before the lock is released.
 
