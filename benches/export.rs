@@ -75,13 +75,10 @@ fn window() -> Window {
         start_ms: 1_000,
         end_ms: 31_000,
         metrics,
-        dropped_updates: 0,
         batches: 100,
         samples,
         logs,
-        dropped_samples: 0,
-        dropped_logs: 0,
-        dropped_batches: 0,
+        counts: Default::default(),
         bytes: 0,
     }
 }

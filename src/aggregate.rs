@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::sketch::Sketch;
 
+use crate::counts::AgentCounts;
 use crate::export_config::ExportConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
 
@@ -162,17 +163,15 @@ pub struct Window {
     pub start_ms: u64,
     pub end_ms: u64,
     pub metrics: MetricSet,
-    /// Updates dropped in clients (too many keys) and here (window full).
-    pub dropped_updates: u64,
     pub batches: u64,
     /// Samples (JSON text), at most [`MAX_SAMPLES_PER_WINDOW`].
     pub samples: Vec<String>,
     /// Log lines (JSON text), at most [`MAX_LOGS_PER_WINDOW`].
     pub logs: Vec<String>,
-    pub dropped_samples: u64,
-    pub dropped_logs: u64,
-    /// Unacknowledged batches that processes dropped (their queue was full).
-    pub dropped_batches: u64,
+    /// What its batches dropped: updates dropped in clients (too many keys) and here (window
+    /// full), samples and log lines over the caps, unacknowledged batches that processes dropped
+    /// (their queue was full).
+    pub counts: AgentCounts,
     /// Estimated bytes of its keys, samples and log lines (what it held of its configuration's
     /// budget while open).
     pub bytes: usize,
@@ -181,13 +180,10 @@ pub struct Window {
 #[derive(Default)]
 struct OpenWindow {
     metrics: MetricSet,
-    dropped_updates: u64,
     batches: u64,
     samples: Vec<String>,
     logs: Vec<String>,
-    dropped_samples: u64,
-    dropped_logs: u64,
-    dropped_batches: u64,
+    counts: AgentCounts,
     /// Estimated bytes this window holds (charged to its configuration's budget).
     bytes: usize,
 }
@@ -195,16 +191,19 @@ struct OpenWindow {
 impl OpenWindow {
     /// Keeps samples and logs within the window's caps and the byte `budget`, counting the rest.
     fn keep_records(&mut self, batch: &mut Batch, budget: &mut usize) {
-        self.dropped_samples = self.dropped_samples.saturating_add(batch.dropped_samples);
-        self.dropped_logs = self.dropped_logs.saturating_add(batch.dropped_logs);
-        self.dropped_batches = self.dropped_batches.saturating_add(batch.dropped_batches);
+        self.counts.add(&AgentCounts {
+            dropped_samples: batch.dropped_samples,
+            dropped_logs: batch.dropped_logs,
+            dropped_batches: batch.dropped_batches,
+            ..AgentCounts::default()
+        });
         for sample in batch.samples.drain(..) {
             let cost = sample.len() + ENTRY_OVERHEAD_BYTES;
             if self.samples.len() < MAX_SAMPLES_PER_WINDOW && cost <= *budget {
                 *budget -= cost;
                 self.samples.push(sample);
             } else {
-                self.dropped_samples = self.dropped_samples.saturating_add(1);
+                self.counts.dropped_samples = self.counts.dropped_samples.saturating_add(1);
             }
         }
         for line in batch.logs.drain(..) {
@@ -213,7 +212,7 @@ impl OpenWindow {
                 *budget -= cost;
                 self.logs.push(line);
             } else {
-                self.dropped_logs = self.dropped_logs.saturating_add(1);
+                self.counts.dropped_logs = self.counts.dropped_logs.saturating_add(1);
             }
         }
     }
@@ -386,11 +385,14 @@ impl Aggregator {
         window.batches += 1;
         let mut batch = batch;
         window.keep_records(&mut batch, &mut budget);
-        window.dropped_updates = window.dropped_updates.saturating_add(batch.dropped_updates);
+        window.counts.dropped_updates = window
+            .counts
+            .dropped_updates
+            .saturating_add(batch.dropped_updates);
         let dropped = window
             .metrics
             .merge(batch, MAX_KEYS_PER_WINDOW, &mut budget);
-        window.dropped_updates = window.dropped_updates.saturating_add(dropped);
+        window.counts.dropped_updates = window.counts.dropped_updates.saturating_add(dropped);
         window.bytes += before - budget;
         *used += before - budget;
         Applied::Counted
@@ -440,13 +442,10 @@ impl Aggregator {
                 start_ms: key.start_ms,
                 end_ms: key.start_ms + self.interval_ms,
                 metrics: open.metrics,
-                dropped_updates: open.dropped_updates,
                 batches: open.batches,
                 samples: open.samples,
                 logs: open.logs,
-                dropped_samples: open.dropped_samples,
-                dropped_logs: open.dropped_logs,
-                dropped_batches: open.dropped_batches,
+                counts: open.counts,
                 bytes: open.bytes,
             });
         }
@@ -643,6 +642,6 @@ mod tests {
         agg.apply(id, 0, "s", b, 10);
         let w = agg.take_all().remove(0);
         assert!(w.metrics.len() < 1_100, "{} keys kept", w.metrics.len());
-        assert_eq!(w.metrics.len() as u64 + w.dropped_updates, 2_000);
+        assert_eq!(w.metrics.len() as u64 + w.counts.dropped_updates, 2_000);
     }
 }

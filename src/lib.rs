@@ -30,6 +30,7 @@
 //! - `fork`: what a forked child must close, and noticing that a fork happened.
 //! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
+//! - [`counts`]: the agent's counts about itself (drops, rejections) that travel with a window.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
@@ -61,6 +62,8 @@ pub mod recorder;
 pub mod aggregate;
 #[doc(hidden)]
 pub mod cbor;
+#[doc(hidden)]
+pub mod counts;
 #[doc(hidden)]
 pub mod export_config;
 #[doc(hidden)]

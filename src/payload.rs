@@ -10,6 +10,7 @@ use flate2::{write::GzEncoder, Compression};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Window;
+use crate::counts::AgentCounts;
 use crate::protocol::MetricKey;
 
 /// Quantiles reported for every distribution.
@@ -67,49 +68,29 @@ pub struct DistributionEntry {
     pub quantiles: BTreeMap<String, f64>,
 }
 
-/// What the agent itself has to say about this payload: counts of anything dropped.
+/// What the agent itself has to say about this payload: who pushed it, what it merged, and
+/// counts of anything dropped ([`AgentCounts`], written as fields of `agent`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentReport {
     pub leader_pid: u32,
     /// Batches merged into this window.
     pub batches: u64,
-    /// Metric updates dropped because a process or the window had too many distinct keys.
-    pub dropped_updates: u64,
-    /// Cached payloads evicted (oldest first) since the previous payload, because the cache was full.
-    pub payload_cache_evictions: u64,
-    /// Frames from processes that were rejected (malformed or oversized) since the previous payload.
-    pub rejected_frames: u64,
-    /// Samples dropped (per-process or per-window cap, or too large).
-    #[serde(default)]
-    pub dropped_samples: u64,
-    /// Log lines dropped (per-process or per-window cap, or too large).
-    #[serde(default)]
-    pub dropped_logs: u64,
-    /// Payloads a receiver rejected (not retryable, e.g. HTTP 400) and that were dropped, since
-    /// the previous payload.
-    #[serde(default)]
-    pub rejected_exports: u64,
-    /// Unacknowledged batches processes dropped because their queue was full (no leader took
-    /// them for a long time); their contents are in the drop counts above.
-    #[serde(default)]
-    pub dropped_batches: u64,
-    /// Connections the leader closed since the previous payload because they broke the protocol's
-    /// rules (a batch for another client, a sequence number out of order, an id in use by
-    /// another process, too many configurations or connections, a frame too slow or over the
-    /// memory budget).
-    #[serde(default)]
-    pub refused_connections: u64,
-    /// Batches whose counting panicked (a bug): skipped and, on replay, moved aside into
-    /// `journal/quarantine/`.
-    #[serde(default)]
-    pub poisoned_batches: u64,
-    /// StatsD lines the leader's listener could not parse since the previous payload.
-    #[serde(default)]
-    pub statsd_malformed_lines: u64,
-    /// OTLP/HTTP intake: data points rejected and requests that could not be read since the
-    /// previous payload.
-    #[serde(default)]
-    pub otlp_intake_rejected: u64,
+    #[serde(flatten)]
+    pub counts: AgentCounts,
+}
+
+impl AgentReport {
+    /// The report of `window`'s payload: its own counts plus `leader`'s (those the leader counted
+    /// since the previous payload, carried by this one).
+    pub fn of_window(window: &Window, leader: &AgentCounts) -> AgentReport {
+        let mut counts = window.counts;
+        counts.add(leader);
+        AgentReport {
+            leader_pid: std::process::id(),
+            batches: window.batches,
+            counts,
+        }
+    }
 }
 
 fn tags(key: &MetricKey) -> BTreeMap<String, String> {
@@ -117,7 +98,8 @@ fn tags(key: &MetricKey) -> BTreeMap<String, String> {
 }
 
 impl Payload {
-    /// Builds the payload of a closed window. Entries are sorted by name and tags, so that the same
+    /// Builds the payload of a closed window, with `agent` as its report (see
+    /// [`AgentReport::of_window`]). Entries are sorted by name and tags, so that the same
     /// window always renders the same document.
     pub fn from_window(window: &Window, payload_id: String, agent: AgentReport) -> Payload {
         let mut counters: Vec<ValueEntry> = window
@@ -195,14 +177,7 @@ impl Payload {
                 .iter()
                 .filter_map(|s| serde_json::from_str(s).ok())
                 .collect(),
-            agent: AgentReport {
-                batches: window.batches,
-                dropped_updates: window.dropped_updates,
-                dropped_samples: window.dropped_samples,
-                dropped_logs: window.dropped_logs,
-                dropped_batches: window.dropped_batches,
-                ..agent
-            },
+            agent,
         }
     }
 
@@ -254,16 +229,23 @@ mod tests {
             start_ms: 0,
             end_ms: 1000,
             metrics,
-            dropped_updates: 2,
             batches: 5,
             samples: vec![r#"{"action":"home"}"#.into()],
             logs: vec![],
-            dropped_samples: 1,
-            dropped_logs: 0,
-            dropped_batches: 0,
+            counts: AgentCounts {
+                dropped_updates: 2,
+                dropped_samples: 1,
+                ..AgentCounts::default()
+            },
             bytes: 0,
         };
-        let payload = Payload::from_window(&window, new_payload_id(), AgentReport::default());
+        let leader = AgentCounts {
+            rejected_frames: 3,
+            dropped_samples: 1,
+            ..AgentCounts::default()
+        };
+        let report = AgentReport::of_window(&window, &leader);
+        let payload = Payload::from_window(&window, new_payload_id(), report);
         let mut json = String::new();
         flate2::read::GzDecoder::new(&payload.to_gzip().unwrap()[..])
             .read_to_string(&mut json)
@@ -283,6 +265,13 @@ mod tests {
         let p50 = d["quantiles"]["p50"].as_f64().unwrap();
         assert!((p50 - 50.0).abs() <= 1.0, "p50 {p50}");
         assert_eq!(v["agent"]["dropped_updates"], 2);
+        assert_eq!(
+            v["agent"]["dropped_samples"], 2,
+            "the window's and the leader's"
+        );
+        assert_eq!(v["agent"]["rejected_frames"], 3);
+        assert_eq!(v["agent"]["batches"], 5);
+        assert_eq!(v["agent"]["poisoned_batches"], 0, "every count is written");
         assert_eq!(v["payload_id"].as_str().unwrap().len(), 32);
         assert_eq!(v["host_role"], "web");
         assert_eq!(v["language_integration_version"], serde_json::Value::Null);

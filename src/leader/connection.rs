@@ -7,7 +7,7 @@
 //! The rules a connection must follow (anything else closes it):
 //! - it sends batches only for the client id it handshook with;
 //! - that id is not bound to another live process (the peer-credential pid of the connection that
-//!   first used it; see [`super::Shared::bind`]);
+//!   first used it; see [`super::connections::Peers::bind`]);
 //! - sequence numbers follow on: the first new batch of a connection may start anywhere above the
 //!   last one counted for that client (a client may have dropped batches it could not hand over,
 //!   which it counts in its drop counts), after that each new batch is exactly the next number;
@@ -26,10 +26,12 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::{Shared, HANDSHAKE_TIMEOUT};
+use super::connections::{Context, ProcessSlot};
+use super::counting::Counting;
+use super::HANDSHAKE_TIMEOUT;
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::{
-    self, ClientMessage, FrameError, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
+    self, Batch, ClientMessage, FrameError, Hello, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
 };
 
 /// A peer's pid or uid as log lines name it: the number, or `unknown` when the socket's peer
@@ -253,97 +255,116 @@ async fn peer_after_stop<R: AsyncRead + Unpin>(
     }
 }
 
-/// One connection slot of a process; given back on drop.
-struct ProcessSlot<'a> {
-    shared: &'a Shared,
-    pid: i32,
-}
-
-impl Drop for ProcessSlot<'_> {
-    fn drop(&mut self) {
-        self.shared.leave_process(self.pid);
-    }
-}
-
 /// One use of a configuration by this connection; given back on drop.
 struct ConfigUse<'a> {
-    shared: &'a Shared,
+    counting: &'a Counting,
     id: u64,
 }
 
 impl Drop for ConfigUse<'_> {
     fn drop(&mut self) {
-        self.shared.counting().aggregator.release(self.id);
+        self.counting.release(self.id);
     }
 }
 
-pub(super) async fn serve(
-    stream: Stream,
-    shared: &Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> Peer {
+/// Serves one connection: who it is, the handshake, its admission, then its batches.
+pub(super) async fn serve(stream: Stream, ctx: &Arc<Context>, stop: watch::Receiver<bool>) -> Peer {
     // A forked child closes its copy, so that the client sees the hang-up when this process dies.
     let _fork_guard = stream_fd(&stream).map(crate::fork::Registered::new);
-    let creds = stream.peer_creds().ok();
-    let peer_pid = creds.as_ref().and_then(|c| c.pid());
-    // macOS's peer credentials (LOCAL_PEERCRED) carry the uid but no pid: that is LOCAL_PEERPID.
-    #[cfg(target_vendor = "apple")]
-    let peer_pid = peer_pid.or_else(|| stream_fd(&stream).and_then(local_peer_pid));
-    // A client that has gone must not raise SIGPIPE in this (the leader's) app process.
-    #[cfg(target_vendor = "apple")]
-    if let Some(Err(e)) = stream_fd(&stream).map(crate::workdir::set_no_sigpipe) {
-        tracing::debug!("cannot set SO_NOSIGPIPE on a connection: {e}");
-    }
-    let peer_pid = peer_pid.filter(|p| *p > 0);
-    if !shared.workdir.world_accessible() {
-        // Owner-only mode: only processes of our own user may feed this leader.
-        let uid = creds.as_ref().and_then(|c| c.euid());
-        let ours = crate::workdir::current_euid();
-        if uid != Some(ours) {
-            tracing::warn!(
-                "refused a connection from uid {} (pid {}): owner-only mode accepts uid {ours} only",
-                Known(uid),
-                Known(peer_pid)
-            );
-            return Peer::Left;
-        }
+    let (peer_pid, peer_uid) = identify(&stream);
+    if ctx.owner_only && !ours(peer_uid, peer_pid) {
+        return Peer::Left;
     }
     let _slot = match peer_pid {
-        Some(pid) => {
-            if !shared.enter_process(pid) {
-                shared.refused_connections.fetch_add(1, Ordering::Relaxed);
-                if let Some(n) = CAP_LOG.check() {
-                    tracing::warn!(
-                        "closed a connection of pid {pid}: it already holds {MAX_CONNECTIONS_PER_PROCESS} connections{}",
-                        suppressed_note(n)
-                    );
-                }
-                return Peer::Left;
-            }
-            Some(ProcessSlot { shared, pid })
-        }
+        Some(pid) => match take_slot(ctx, pid) {
+            Some(slot) => Some(slot),
+            None => return Peer::Left,
+        },
         None => None,
     };
     // `&Stream` reads and writes; no split needed.
     let (mut reader, mut writer) = (&stream, &stream);
-    let mut frames = FrameReader::new(&shared.frame_bytes);
+    let mut frames = FrameReader::new(ctx.peers.frame_budget());
+    let Some(hello) = handshake(ctx, &mut frames, &mut reader, &mut writer, peer_pid).await else {
+        return Peer::Left;
+    };
+    let Some(admitted) = admit(ctx, &hello, &mut writer, peer_pid).await else {
+        return Peer::Left;
+    };
+    receive_batches(ctx, &admitted, &mut frames, &mut reader, &mut writer, stop).await
+}
+
+/// The pid and uid of the peer, as far as its socket tells.
+fn identify(stream: &Stream) -> (Option<i32>, Option<libc::uid_t>) {
+    let creds = stream.peer_creds().ok();
+    let peer_pid = creds.as_ref().and_then(|c| c.pid());
+    // macOS's peer credentials (LOCAL_PEERCRED) carry the uid but no pid: that is LOCAL_PEERPID.
+    #[cfg(target_vendor = "apple")]
+    let peer_pid = peer_pid.or_else(|| stream_fd(stream).and_then(local_peer_pid));
+    // A client that has gone must not raise SIGPIPE in this (the leader's) app process.
+    #[cfg(target_vendor = "apple")]
+    if let Some(Err(e)) = stream_fd(stream).map(crate::workdir::set_no_sigpipe) {
+        tracing::debug!("cannot set SO_NOSIGPIPE on a connection: {e}");
+    }
+    let peer_uid = creds.as_ref().and_then(|c| c.euid());
+    (peer_pid.filter(|p| *p > 0), peer_uid)
+}
+
+/// Owner-only mode: only processes of our own user may feed this leader.
+fn ours(uid: Option<libc::uid_t>, peer_pid: Option<i32>) -> bool {
+    let ours = crate::workdir::current_euid();
+    if uid != Some(ours) {
+        tracing::warn!(
+            "refused a connection from uid {} (pid {}): owner-only mode accepts uid {ours} only",
+            Known(uid),
+            Known(peer_pid)
+        );
+        return false;
+    }
+    true
+}
+
+/// A connection slot of process `pid`; `None` (counted, logged) when it holds too many.
+fn take_slot(ctx: &Context, pid: i32) -> Option<ProcessSlot<'_>> {
+    let slot = ctx.peers.enter(pid);
+    if slot.is_none() {
+        ctx.tally.one(|c| &mut c.refused_connections);
+        if let Some(n) = CAP_LOG.check() {
+            tracing::warn!(
+                "closed a connection of pid {pid}: it already holds {MAX_CONNECTIONS_PER_PROCESS} connections{}",
+                suppressed_note(n)
+            );
+        }
+    }
+    slot
+}
+
+/// Reads the peer's `Hello` and checks its versions: `None` when the connection ends here (no
+/// handshake, another protocol, or a newer library, for which this leader hands over).
+async fn handshake(
+    ctx: &Context,
+    frames: &mut FrameReader<'_>,
+    mut reader: &mut &Stream,
+    mut writer: &mut &Stream,
+    peer_pid: Option<i32>,
+) -> Option<Hello> {
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.read(&mut reader)).await {
         Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
-        Ok(Ok(None)) => return Peer::Left,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(ClientMessage::Batch(_)))) => {
-            reject(shared, peer_pid, "a batch before the handshake");
-            return Peer::Left;
+            reject(ctx, peer_pid, "a batch before the handshake");
+            return None;
         }
         Ok(Err(e)) => {
-            read_failed(shared, peer_pid, &e);
-            return Peer::Left;
+            read_failed(ctx, peer_pid, &e);
+            return None;
         }
         Err(_) => {
             tracing::debug!(
                 "connection from pid {} sent no handshake within {HANDSHAKE_TIMEOUT:?}",
                 Known(peer_pid)
             );
-            return Peer::Left;
+            return None;
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -358,65 +379,113 @@ pub(super) async fn serve(
             hello.library_version
         );
         let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
-        return Peer::Left;
+        return None;
     }
-    if super::is_newer(&hello.library_version, &shared.config.library_version) {
+    if super::is_newer(&hello.library_version, &ctx.library_version) {
         let reason = format!(
             "pid {} runs library {}, newer than this leader's {}: handing over",
-            hello.pid, hello.library_version, shared.config.library_version
+            hello.pid, hello.library_version, ctx.library_version
         );
         tracing::info!("{reason}");
         let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
-        shared.handover.notify_one();
-        return Peer::Left;
+        ctx.status.request_handover();
+        return None;
     }
+    Some(hello)
+}
+
+/// A connection past its handshake: whose batches it may send, under which configuration.
+struct Admitted<'a> {
+    /// The client id of its `Hello`, and as the journal knows it.
+    client_id: u64,
+    client: u64,
+    pid: u32,
+    peer_pid: Option<i32>,
+    config: ConfigUse<'a>,
+}
+
+/// Binds the client id to the peer's process and registers its configuration, then welcomes it.
+/// `None` (counted, logged) when the id is in use by another process or there is no room for
+/// another configuration.
+async fn admit<'a>(
+    ctx: &'a Context,
+    hello: &Hello,
+    mut writer: &mut &Stream,
+    peer_pid: Option<i32>,
+) -> Option<Admitted<'a>> {
     let client = protocol::journal_id(hello.client_id);
-    if let Err(holder) = shared.bind(client, peer_pid) {
+    if let Err(holder) = ctx.peers.bind(client, peer_pid) {
         refuse(
-            shared,
+            ctx,
             peer_pid,
             &format!("its client id is in use by live pid {holder}"),
         );
-        return Peer::Left;
+        return None;
     }
-    let Some(config_id) = shared.counting().aggregator.register(&hello.config) else {
+    let Some(config_id) = ctx.counting.register(&hello.config) else {
         refuse(
-            shared,
+            ctx,
             peer_pid,
             &format!(
                 "{} configurations are in use already",
                 crate::aggregate::MAX_CONFIGS
             ),
         );
-        return Peer::Left;
+        return None;
     };
-    let _config_use = ConfigUse {
-        shared,
+    let config = ConfigUse {
+        counting: &ctx.counting,
         id: config_id,
     };
-    if write_message(
+    write_message(
         &mut writer,
         &LeaderMessage::Welcome {
             protocol_version: PROTOCOL_VERSION,
-            library_version: shared.config.library_version.clone(),
+            library_version: ctx.library_version.clone(),
             leader_pid: std::process::id(),
         },
     )
     .await
-    .is_err()
-    {
-        return Peer::Left;
-    }
+    .ok()?;
     tracing::debug!(
         "client pid {} (library {}) connected",
         hello.pid,
         hello.library_version
     );
+    Some(Admitted {
+        client_id: hello.client_id,
+        client,
+        pid: hello.pid,
+        peer_pid,
+        config,
+    })
+}
+
+/// What to do after a batch.
+enum Next {
+    Read,
+    /// Closed for breaking a rule.
+    Close,
+    /// The batch was not acknowledged: the process keeps it and is still there.
+    StillThere,
+}
+
+/// Journals, counts and acknowledges batches until the peer leaves, breaks a rule, or the leader
+/// stops.
+async fn receive_batches(
+    ctx: &Arc<Context>,
+    admitted: &Admitted<'_>,
+    frames: &mut FrameReader<'_>,
+    mut reader: &mut &Stream,
+    writer: &mut &Stream,
+    mut stop: watch::Receiver<bool>,
+) -> Peer {
+    let peer_pid = admitted.peer_pid;
     // The seq the next new batch must have; `None` until the first new batch of this connection.
     let mut expected: Option<u64> = None;
     loop {
         if *stop.borrow() {
-            return peer_after_stop(&mut reader, &mut frames).await;
+            return peer_after_stop(&mut reader, frames).await;
         }
         let message = tokio::select! {
             biased;
@@ -424,65 +493,82 @@ pub(super) async fn serve(
             message = frames.read(&mut reader) => Some(message),
         };
         let Some(message) = message else {
-            return peer_after_stop(&mut reader, &mut frames).await;
+            return peer_after_stop(&mut reader, frames).await;
         };
         match message {
-            Ok(Some(ClientMessage::Batch(mut batch))) => {
-                if batch.client_id != hello.client_id {
-                    refuse(shared, peer_pid, "a batch for another client id");
-                    break;
-                }
-                batch.client_id = client;
-                let seq = batch.seq;
-                let last = shared.counting().aggregator.last_counted(client);
-                let resend = last.is_some_and(|last| seq <= last);
-                if !resend {
-                    if let Some(next) = expected.filter(|next| seq != *next) {
-                        refuse(
-                            shared,
-                            peer_pid,
-                            &format!("batch seq {seq} where {next} was expected"),
-                        );
-                        break;
-                    }
-                }
-                let counter = Arc::clone(shared);
-                let counted =
-                    tokio::task::spawn_blocking(move || counter.count(config_id, batch)).await;
-                if !matches!(counted, Ok(true)) {
-                    // Not acknowledged: the process keeps the batch and is still there.
-                    return Peer::StillThere;
-                }
-                if !resend {
-                    expected = Some(seq.saturating_add(1));
-                }
-                if write_message(&mut writer, &LeaderMessage::Ack { seq })
-                    .await
-                    .is_err()
-                {
-                    refuse(shared, peer_pid, "it does not read its acknowledgements");
-                    break;
+            Ok(Some(ClientMessage::Batch(batch))) => {
+                match receive_batch(ctx, admitted, batch, &mut expected, writer).await {
+                    Next::Read => {}
+                    Next::Close => break,
+                    Next::StillThere => return Peer::StillThere,
                 }
             }
             Ok(Some(ClientMessage::Hello(_))) => {
-                reject(shared, peer_pid, "a second handshake");
+                reject(ctx, peer_pid, "a second handshake");
                 break;
             }
             Ok(None) => break,
             Err(e) => {
-                read_failed(shared, peer_pid, &e);
+                read_failed(ctx, peer_pid, &e);
                 break;
             }
         }
     }
-    tracing::debug!("client pid {} disconnected", hello.pid);
+    tracing::debug!("client pid {} disconnected", admitted.pid);
     Peer::Left
 }
 
-fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
+/// One batch: the rules (its client id, its seq), then journaled and counted on the blocking
+/// pool, then acknowledged.
+async fn receive_batch(
+    ctx: &Arc<Context>,
+    admitted: &Admitted<'_>,
+    mut batch: Batch,
+    expected: &mut Option<u64>,
+    mut writer: &mut &Stream,
+) -> Next {
+    let peer_pid = admitted.peer_pid;
+    if batch.client_id != admitted.client_id {
+        refuse(ctx, peer_pid, "a batch for another client id");
+        return Next::Close;
+    }
+    batch.client_id = admitted.client;
+    let seq = batch.seq;
+    let last = ctx.counting.last_counted(admitted.client);
+    let resend = last.is_some_and(|last| seq <= last);
+    if !resend {
+        if let Some(next) = expected.filter(|next| seq != *next) {
+            refuse(
+                ctx,
+                peer_pid,
+                &format!("batch seq {seq} where {next} was expected"),
+            );
+            return Next::Close;
+        }
+    }
+    let counting = Arc::clone(&ctx.counting);
+    let config_id = admitted.config.id;
+    let counted = tokio::task::spawn_blocking(move || counting.count(config_id, batch)).await;
+    if !matches!(counted, Ok(true)) {
+        return Next::StillThere;
+    }
+    if !resend {
+        *expected = Some(seq.saturating_add(1));
+    }
+    if write_message(&mut writer, &LeaderMessage::Ack { seq })
+        .await
+        .is_err()
+    {
+        refuse(ctx, peer_pid, "it does not read its acknowledgements");
+        return Next::Close;
+    }
+    Next::Read
+}
+
+fn read_failed(ctx: &Context, peer_pid: Option<i32>, e: &ReadError) {
     match e {
         ReadError::TooSlow => {
-            shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+            ctx.tally.one(|c| &mut c.refused_connections);
             if let Some(n) = SLOW_LOG.check() {
                 tracing::warn!(
                     "closed the connection of pid {}: {e}{}",
@@ -492,7 +578,7 @@ fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
             }
         }
         ReadError::OverBudget(_) => {
-            shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+            ctx.tally.one(|c| &mut c.refused_connections);
             if let Some(n) = BUDGET_LOG.check() {
                 tracing::warn!(
                     "closed the connection of pid {}: {e}{}",
@@ -501,13 +587,13 @@ fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
                 );
             }
         }
-        _ => reject(shared, peer_pid, &e.to_string()),
+        _ => reject(ctx, peer_pid, &e.to_string()),
     }
 }
 
 /// A frame that is not a valid message.
-fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {
-    shared.rejected_frames.fetch_add(1, Ordering::Relaxed);
+fn reject(ctx: &Context, peer_pid: Option<i32>, why: &str) {
+    ctx.tally.one(|c| &mut c.rejected_frames);
     if let Some(suppressed) = BAD_FRAME_LOG.check() {
         tracing::warn!(
             "closed the connection of pid {}: {why}{}",
@@ -518,8 +604,8 @@ fn reject(shared: &Shared, peer_pid: Option<i32>, why: &str) {
 }
 
 /// A valid message that breaks the protocol's rules.
-fn refuse(shared: &Shared, peer_pid: Option<i32>, why: &str) {
-    shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+fn refuse(ctx: &Context, peer_pid: Option<i32>, why: &str) {
+    ctx.tally.one(|c| &mut c.refused_connections);
     if let Some(suppressed) = RULE_LOG.check() {
         tracing::warn!(
             "closed the connection of pid {}: {why}{}",

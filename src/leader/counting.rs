@@ -1,79 +1,118 @@
 //! Counting in the leader: the aggregator and the journal under one lock, a batch journaled
 //! before it is counted (and acknowledged), each (client, seq) once, a batch whose counting panics
 //! skipped and reported; spool files of stopped processes counted; closed windows taken out.
+//!
+//! [`Counting`] owns that state; the connections, the leader's own process, the listeners and the
+//! host metrics count through [`Counting::count`], the transmission takes windows and drops their
+//! segments through it, and the leader closes it (under the same lock) before it lets go of the
+//! lock file.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Shared, JOURNAL_ERROR_LOG, POISON_LOG};
+use super::knobs::Knobs;
+use super::tally::Tally;
 use crate::aggregate::{Aggregator, Window};
+use crate::export_config::ExportConfig;
 use crate::journal::Journal;
-use crate::log::suppressed_note;
+use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::Batch;
+use crate::workdir::WorkDir;
+
+static JOURNAL_ERROR_LOG: RateLimit = RateLimit::new(10_000);
+static POISON_LOG: RateLimit = RateLimit::new(10_000);
 
 /// Counting state under one lock: the aggregator, the journal, and whether batches are accepted.
-pub(super) struct Counting {
+pub(super) struct State {
     pub(super) aggregator: Aggregator,
     pub(super) journal: Journal,
     pub(super) open: bool,
 }
 
-/// Ends leadership when dropped, also while unwinding from a panic: counting stops before the lock
-/// (dropped after this guard) is released, so that this process never journals beside the next leader.
-pub(super) struct StopCounting(pub(super) Arc<Shared>);
-
-impl Drop for StopCounting {
-    fn drop(&mut self) {
-        self.0.counting().open = false;
-        self.0.stopped.store(true, Ordering::Release);
-        if let Some(waker) = &self.0.on_stop {
-            waker.wake();
-        }
-    }
+pub(super) struct Counting {
+    state: Mutex<State>,
+    /// The leader's own configuration (its process, its listeners, its host metrics).
+    own_config_id: u64,
+    own_config: ExportConfig,
+    workdir: WorkDir,
+    /// Where poisoned batches are counted.
+    tally: Arc<Tally>,
+    knobs: Arc<Knobs>,
 }
 
-impl Shared {
-    pub(super) fn counting(&self) -> std::sync::MutexGuard<'_, Counting> {
+impl Counting {
+    /// Counting into `aggregator` and `journal` (replayed already), open.
+    pub(super) fn new(
+        aggregator: Aggregator,
+        journal: Journal,
+        own_config: &ExportConfig,
+        own_config_id: u64,
+        workdir: &WorkDir,
+        tally: Arc<Tally>,
+        knobs: Arc<Knobs>,
+    ) -> Counting {
+        Counting {
+            state: Mutex::new(State {
+                aggregator,
+                journal,
+                open: true,
+            }),
+            own_config_id,
+            own_config: own_config.clone(),
+            workdir: workdir.clone(),
+            tally,
+            knobs,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
         // Aggregation code does not panic on data; if it ever did, the state is still usable.
-        self.counting.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state itself, for the leader's tests.
+    #[cfg(test)]
+    pub(super) fn state_in_test(&self) -> MutexGuard<'_, State> {
+        self.state()
+    }
+
+    #[cfg(test)]
+    pub(super) fn own_config_id(&self) -> u64 {
+        self.own_config_id
+    }
+
+    /// Journals and counts a batch of the leader's own configuration (see [`Self::count`]).
+    pub(super) fn count_own(&self, batch: Batch) -> bool {
+        self.count(self.own_config_id, batch)
     }
 
     /// Journals and counts a batch. `true`: the batch may be acknowledged (it is on disk, or it was
     /// counted before). `false`: counting has stopped or the journal failed; the client keeps it.
     pub(super) fn count(&self, config_id: u64, batch: Batch) -> bool {
-        let mut guard = self.counting();
-        let counting = &mut *guard;
-        if !counting.open {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        if !state.open {
             return false;
         }
-        if counting.aggregator.is_counted(batch.client_id, batch.seq) {
+        if state.aggregator.is_counted(batch.client_id, batch.seq) {
             return true;
         }
-        let Some(config) = counting.aggregator.config(config_id).cloned() else {
+        let Some(config) = state.aggregator.config(config_id).cloned() else {
             return false;
         };
-        #[cfg(any(test, feature = "test-knobs"))]
-        if batch
-            .counters
-            .iter()
-            .any(|(k, _)| k.name == crate::aggregate::TEST_PANIC_LEADER)
-        {
-            self.panic_requested.store(true, Ordering::Release);
-            self.check_now.notify_one();
-        }
+        self.knobs.see(&batch);
         let now = crate::now_ms();
-        let start = counting.aggregator.window_for(batch.created_ms, now);
-        match counting.journal.append(start, config_id, &config, &batch) {
+        let start = state.aggregator.window_for(batch.created_ms, now);
+        match state.journal.append(start, config_id, &config, &batch) {
             Ok(segment) => {
                 let (client, seq) = (batch.client_id, batch.seq);
-                let aggregator = &mut counting.aggregator;
+                let aggregator = &mut state.aggregator;
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     aggregator.apply(config_id, start, &segment, batch, now)
                 }));
                 if applied.is_err() {
                     // Acknowledged all the same (it is journaled), so that its process does not
                     // resend it forever; the next leader quarantines it on replay.
-                    counting.aggregator.mark_counted(client, seq, now);
+                    state.aggregator.mark_counted(client, seq, now);
                     self.poisoned(client, seq);
                 }
                 true
@@ -90,8 +129,8 @@ impl Shared {
         }
     }
 
-    pub(super) fn poisoned(&self, client: u64, seq: u64) {
-        self.poisoned_batches.fetch_add(1, Ordering::Relaxed);
+    fn poisoned(&self, client: u64, seq: u64) {
+        self.tally.one(|c| &mut c.poisoned_batches);
         if let Some(n) = POISON_LOG.check() {
             tracing::error!(
                 "counting batch {seq} of client {client:016x} panicked (a bug in libappsignal); the batch is skipped{}",
@@ -106,11 +145,11 @@ impl Shared {
         for spooled in Journal::read_spools(&self.workdir) {
             let header = &spooled.header;
             let config = if header.config_id == self.own_config_id {
-                self.config.export_config()
+                self.own_config.clone()
             } else {
                 header.config.clone()
             };
-            self.counting()
+            self.state()
                 .aggregator
                 .register_as(header.config_id, &config);
             let total = spooled.batches.len();
@@ -136,15 +175,57 @@ impl Shared {
     /// Takes the windows that started before `closed_before` (all with `None`) and seals their
     /// journal segments, so that late batches open new ones.
     pub(super) fn take_windows(&self, closed_before: Option<u64>) -> Vec<Window> {
-        let mut guard = self.counting();
-        let counting = &mut *guard;
+        let mut guard = self.state();
+        let state = &mut *guard;
         let windows = match closed_before {
-            Some(now) => counting.aggregator.take_closed(now),
-            None => counting.aggregator.take_all(),
+            Some(now) => state.aggregator.take_closed(now),
+            None => state.aggregator.take_all(),
         };
         for w in &windows {
-            counting.journal.seal(w.start_ms, w.config_id, &w.segment);
+            state.journal.seal(w.start_ms, w.config_id, &w.segment);
         }
         windows
+    }
+
+    /// Drops the journal segment of `window`: its payloads are cached or sent.
+    pub(super) fn drop_segment(&self, window: &Window) {
+        self.state()
+            .journal
+            .remove(window.start_ms, window.config_id, &window.segment);
+    }
+
+    /// The (client, seq) pairs counted so far, for the `counted` record.
+    pub(super) fn counted_snapshot(&self) -> Vec<(u64, u64)> {
+        self.state().aggregator.counted_snapshot()
+    }
+
+    /// A registered configuration (to send its cached payloads).
+    pub(super) fn config(&self, config_id: u64) -> Option<ExportConfig> {
+        self.state().aggregator.config(config_id).cloned()
+    }
+
+    /// Registers a connection's configuration; `None` when too many are in use.
+    pub(super) fn register(&self, config: &ExportConfig) -> Option<u64> {
+        self.state().aggregator.register(config)
+    }
+
+    /// A connection that registered `config_id` has ended.
+    pub(super) fn release(&self, config_id: u64) {
+        self.state().aggregator.release(config_id);
+    }
+
+    /// The last seq counted for `client`.
+    pub(super) fn last_counted(&self, client: u64) -> Option<u64> {
+        self.state().aggregator.last_counted(client)
+    }
+
+    /// Whether batches are still accepted.
+    pub(super) fn is_open(&self) -> bool {
+        self.state().open
+    }
+
+    /// Accepts no more batches (what is counted stays in the windows and the journal).
+    pub(super) fn close(&self) {
+        self.state().open = false;
     }
 }

@@ -77,7 +77,7 @@ pub struct ExportState {
     refused: Mutex<HashMap<Target, Refusal>>,
     /// Payloads dropped because a receiver rejected them or refused their credentials, since the
     /// last payload (reported in the next one as `agent.rejected_exports`).
-    pub(super) rejected: AtomicU64,
+    rejected: AtomicU64,
     /// The same, since this leader started (diagnose).
     rejected_total: AtomicU64,
 }
@@ -117,6 +117,11 @@ impl ExportState {
     pub(super) fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.rejected_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the count of payloads dropped since the last take (for the next payload).
+    pub(super) fn take_rejected(&self) -> u64 {
+        self.rejected.swap(0, Ordering::Relaxed)
     }
 
     /// Whether `target` is refused and no probe is due: its payloads are dropped unsent.
@@ -255,7 +260,8 @@ mod tests {
         assert_eq!(report.refused[0].app_name, "shop");
         assert_eq!(report.refused[0].dropped_payloads, 2);
         assert_eq!(report.rejected_payloads, 2);
-        assert_eq!(state.rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(state.take_rejected(), 2);
+        assert_eq!(state.take_rejected(), 0);
         assert_eq!(state.accepted(a), Some(2));
         assert_eq!(state.gate(a), Gate::Open);
         assert_eq!(state.accepted(a), None);

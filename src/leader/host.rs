@@ -3,23 +3,27 @@
 //! that they follow the same journal, windows and pushes. Only the lock holder runs this.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Shared;
+use super::counting::Counting;
 use crate::host_metrics::HostMetricsCollector;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
 
 /// Collects host metrics every interval and counts them as gauges of the leader's own configuration,
 /// like a batch from a client of its own (so that they follow the same windows and pushes).
-pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let collector = Arc::new(Mutex::new(HostMetricsCollector::new(
-        shared.config.hostname.clone(),
-    )));
+pub(super) async fn host_metrics_loop(
+    counting: Arc<Counting>,
+    hostname: String,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let collector = Arc::new(Mutex::new(HostMetricsCollector::new(hostname)));
     let client_id = crate::ids::random_u64();
     let mut seq = 0u64;
     // The first tick fires at once: it takes the baseline readings that interval metrics need.
-    let mut tick = tokio::time::interval(shared.config.host_metrics_interval);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -68,7 +72,7 @@ pub(super) async fn host_metrics_loop(shared: Arc<Shared>, mut stop: watch::Rece
                 .collect(),
             ..Batch::default()
         };
-        if !shared.count(shared.own_config_id, batch) {
+        if !counting.count_own(batch) {
             return;
         }
     }

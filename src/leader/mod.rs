@@ -3,6 +3,18 @@
 //! interval pushes the closed windows ([`crate::transmit`]). The leader process's own app data
 //! arrives through [`Leader::deliver_local`], not through the socket.
 //!
+//! Its parts each own their state and are reached through their methods only:
+//! - [`connections`]: accepting, the connection tasks ([`connection`]: one each), per-process
+//!   slots, client ids bound to processes, the frame budget;
+//! - [`counting`]: the aggregator and the journal under one lock (counting, configurations
+//!   registered, windows taken, segments dropped, closing);
+//! - [`transmission`]: the payload cache, the exporters' memory ([`exports`]), windows held back;
+//! - [`tally`]: the agent counts ([`crate::counts`]) gathered between two payloads.
+//!
+//! This module builds them, runs the serving loop ([`serve`]) and the steps of a stop ([`run`]:
+//! push while serving on `stop()`, close the socket, then [`hand_over`] or push the rest).
+//! Test knobs live in [`knobs`], empty in the shipped build.
+//!
 //! Policies:
 //! - At most [`MAX_CONNECTIONS`] connections; a permit is taken before `accept`.
 //! - Every frame is untrusted: size-checked before allocation, decoded without panics. A bad frame
@@ -41,34 +53,40 @@
 //!   their segments until they can be cached or sent ([`transmission`]).
 
 mod connection;
+mod connections;
 mod counting;
 mod exports;
 mod host;
+mod knobs;
 mod replay;
+mod tally;
 mod transmission;
 mod watchdog;
 
-use counting::{Counting, StopCounting};
+use connections::{Connections, Context, Peers};
+use counting::Counting;
 pub use exports::{ExportState, ExportsReport};
+use knobs::Knobs;
 use replay::replay;
+use tally::Tally;
+use transmission::Transmission;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Context as _, Result};
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::aggregate::Aggregator;
 use crate::config::Config;
+use crate::counts::AgentCounts;
 use crate::election::LeaderLock;
 use crate::export_config::ExportConfig;
 use crate::journal::Journal;
-use crate::log::RateLimit;
 use crate::protocol::{self, Batch};
 use crate::transmit::{PayloadCache, Pusher};
 use crate::workdir::WorkDir;
@@ -80,35 +98,9 @@ pub const MAX_BINDINGS: usize = 4096;
 /// Threads that journal and count batches (off the runtime thread, so a slow disk stalls no read).
 const COUNTING_THREADS: usize = 2;
 
-use connection::MAX_CONNECTIONS_PER_PROCESS;
-
-static JOURNAL_ERROR_LOG: RateLimit = RateLimit::new(10_000);
-static POISON_LOG: RateLimit = RateLimit::new(10_000);
-
-struct Shared {
-    config: Config,
-    own_config_id: u64,
-    workdir: WorkDir,
-    counting: Mutex<Counting>,
-    cache: PayloadCache,
-    rejected_frames: AtomicU64,
-    /// Throttled endpoints, refused credentials and rejections of the exporters (also read by
-    /// diagnose, through [`Leader::exports`]).
-    exports: Arc<ExportState>,
-    /// Connections closed for breaking the rules (reported in the next payload).
-    refused_connections: AtomicU64,
-    /// Batches whose counting panicked (reported in the next payload).
-    poisoned_batches: AtomicU64,
-    /// Bytes of incomplete large frames buffered across all connections.
-    frame_bytes: AtomicUsize,
-    /// Client (journal id) -> the pid of the process that handshook with it.
-    bindings: Mutex<HashMap<u64, i32>>,
-    /// pid -> connections it holds.
-    processes: Mutex<HashMap<i32, usize>>,
-    /// Test knob: the leader thread panics at its next watchdog check.
-    panic_requested: AtomicBool,
-    /// Makes the watchdog check at once (the test knob above).
-    check_now: tokio::sync::Notify,
+/// Whether the leader serves, and how it stopped: read by its owner (the sender thread), set by the
+/// serving loop, the connections (a newer library asks for a hand-over) and the panic guard.
+pub(super) struct Status {
     /// Set once the leader stopped serving (shutdown or lost lock).
     stopped: AtomicBool,
     /// Set when it stepped down for a newer library: its process should not retake the lock at once.
@@ -116,12 +108,50 @@ struct Shared {
     /// Notified by a connection from a newer library.
     handover: tokio::sync::Notify,
     /// Woken when this leader stops serving, so that its owner (the sender) notices at once.
-    on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
-    /// Input the StatsD and OTLP listeners rejected (reported in the next payload).
-    intake: Arc<crate::intake::IntakeStats>,
-    /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
-    /// endpoint): tried again at the next transmission; their journal segments stay until then.
-    held_windows: Mutex<Vec<crate::aggregate::Window>>,
+    on_stop: Option<Arc<dyn crate::metrics::Wake>>,
+}
+
+impl Status {
+    fn new(on_stop: Option<Arc<dyn crate::metrics::Wake>>) -> Status {
+        Status {
+            stopped: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
+            handover: tokio::sync::Notify::new(),
+            on_stop,
+        }
+    }
+
+    /// A client of a newer library connected: this leader should hand over.
+    pub(super) fn request_handover(&self) {
+        self.handover.notify_one();
+    }
+
+    /// From here on this process is no longer the leader, even while it finishes its last push.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Stopped, and the owner told.
+    fn stop_and_wake(&self) {
+        self.stop();
+        if let Some(waker) = &self.on_stop {
+            waker.wake();
+        }
+    }
+}
+
+/// Ends leadership when dropped, also while unwinding from a panic: counting stops before the lock
+/// (dropped after this guard) is released, so that this process never journals beside the next leader.
+struct StopCounting {
+    counting: Arc<Counting>,
+    status: Arc<Status>,
+}
+
+impl Drop for StopCounting {
+    fn drop(&mut self) {
+        self.counting.close();
+        self.status.stop_and_wake();
+    }
 }
 
 /// Whether version `a` is newer than `b` (dotted numbers; anything else compares as equal).
@@ -162,66 +192,45 @@ enum Exit {
     Failed(Instant),
 }
 
-/// Whether process `pid` exists (a zombie counts: its pid is not reused yet).
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let alive = unsafe { libc::kill(pid, 0) == 0 };
-    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+impl Exit {
+    /// Until when the leader may take to stop.
+    fn deadline(&self) -> Instant {
+        match self {
+            Exit::Shutdown(d) | Exit::LostLock(d) | Exit::HandOver(d) | Exit::Failed(d) => *d,
+        }
+    }
+
+    /// Whether this way out leaves the journal to the next leader instead of pushing. On stop()
+    /// the leader pushes even when other processes are connected: leaving the journal to them
+    /// raced with processes that were stopping at the same moment (a SIGTERM to a whole server),
+    /// which then left it unpushed until the next start. Pushing costs stop time, bounded by the
+    /// stop timeout; the `counted` record makes resends to the next leader count once.
+    fn hands_over(&self) -> bool {
+        matches!(self, Exit::HandOver(_) | Exit::Failed(_))
+    }
 }
 
-impl Shared {
-    fn held_windows(&self) -> std::sync::MutexGuard<'_, Vec<crate::aggregate::Window>> {
-        self.held_windows.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Binds a client (its journal id) to the process of the connection that handshook with it.
-    /// `Err(pid)`: the id is bound to another live process. A connection without a pid (another
-    /// pid namespace) binds nothing.
-    fn bind(&self, client: u64, pid: Option<i32>) -> Result<(), i32> {
-        let Some(pid) = pid else {
-            return Ok(());
-        };
-        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&holder) = bindings.get(&client) {
-            if holder != pid && process_alive(holder) {
-                return Err(holder);
-            }
-        }
-        if bindings.len() >= MAX_BINDINGS && !bindings.contains_key(&client) {
-            bindings.retain(|_, p| process_alive(*p));
-            if bindings.len() >= MAX_BINDINGS {
-                return Err(0);
-            }
-        }
-        bindings.insert(client, pid);
-        Ok(())
-    }
-
-    /// Takes a connection slot of process `pid`; `false` when it holds too many.
-    fn enter_process(&self, pid: i32) -> bool {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        let held = processes.entry(pid).or_insert(0);
-        if *held >= MAX_CONNECTIONS_PER_PROCESS {
-            return false;
-        }
-        *held += 1;
-        true
-    }
-
-    fn leave_process(&self, pid: i32) {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = processes.get_mut(&pid) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                processes.remove(&pid);
-            }
-        }
-    }
+/// The leader's parts, as its thread serves with them.
+struct Parts {
+    config: Config,
+    workdir: WorkDir,
+    status: Arc<Status>,
+    counting: Arc<Counting>,
+    transmission: Arc<Transmission>,
+    /// What every connection task works with (the counting and the status above among it).
+    connection: Arc<Context>,
+    tally: Arc<Tally>,
+    knobs: Arc<Knobs>,
 }
 
 /// Handle of a running leader, owned by the process's sender thread.
 pub struct Leader {
-    shared: Arc<Shared>,
+    description: String,
+    own_config_id: u64,
+    status: Arc<Status>,
+    counting: Arc<Counting>,
+    peers: Arc<Peers>,
+    exports: Arc<ExportState>,
     shutdown: watch::Sender<Option<Instant>>,
     done: std::sync::mpsc::Receiver<()>,
 }
@@ -229,13 +238,7 @@ pub struct Leader {
 impl Leader {
     /// What this leader does, for the log line its owner writes once it has taken the role.
     pub fn description(&self) -> String {
-        let config = &self.shared.config;
-        format!(
-            "listening on {}, exporting every {} ms to {}",
-            self.shared.workdir.socket_path().display(),
-            config.transmission_interval.as_millis(),
-            export_targets(&config.export_config())
-        )
+        self.description.clone()
     }
 
     /// Replays the journal left by the previous leader, binds `agent.socket` (removing a stale
@@ -245,7 +248,7 @@ impl Leader {
         config: &Config,
         workdir: &WorkDir,
         lock: LeaderLock,
-        on_stop: Option<std::sync::Arc<dyn crate::metrics::Wake>>,
+        on_stop: Option<Arc<dyn crate::metrics::Wake>>,
     ) -> Result<Leader> {
         let pusher = Pusher::new(config)?;
         let mut aggregator = Aggregator::new(config.transmission_interval);
@@ -268,34 +271,21 @@ impl Leader {
         if segments > 0 {
             tracing::info!("replayed {segments} journal segments ({batches} batches) left by the previous leader");
         }
-        let shared = Arc::new(Shared {
-            config: config.clone(),
+        let parts = Parts::new(
+            config,
+            workdir,
+            aggregator,
+            journal,
             own_config_id,
-            workdir: workdir.clone(),
-            counting: Mutex::new(Counting {
-                aggregator,
-                journal,
-                open: true,
-            }),
+            pusher,
             cache,
-            rejected_frames: AtomicU64::new(0),
-            exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
-            refused_connections: AtomicU64::new(0),
-            poisoned_batches: AtomicU64::new(poisoned),
-            frame_bytes: AtomicUsize::new(0),
-            bindings: Mutex::new(HashMap::new()),
-            processes: Mutex::new(HashMap::new()),
-            panic_requested: AtomicBool::new(false),
-            check_now: tokio::sync::Notify::new(),
-            stopped: AtomicBool::new(false),
-            handed_over: AtomicBool::new(false),
-            handover: tokio::sync::Notify::new(),
+            poisoned,
             on_stop,
-            intake: Arc::default(),
-            held_windows: Mutex::new(Vec::new()),
-        });
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.ingest_spools()))
-            .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
+        );
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parts.counting.ingest_spools()
+        }))
+        .map_err(|_| anyhow!("counting spool files panicked (a bug in libappsignal)"))?;
         let socket_path = workdir.socket_path();
         match std::fs::remove_file(&socket_path) {
             Ok(()) => tracing::debug!("removed stale {}", socket_path.display()),
@@ -305,62 +295,24 @@ impl Leader {
                     .with_context(|| format!("cannot remove stale {}", socket_path.display()))
             }
         }
-        let (shutdown, shutdown_rx) = watch::channel(None);
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let thread_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("appsignal-leader".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .max_blocking_threads(COUNTING_THREADS)
-                    .thread_name("appsignal-leader-io")
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(anyhow!("cannot build the leader runtime: {e}")));
-                        return;
-                    }
-                };
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(async move {
-                        let listener = match bind(&thread_shared.workdir) {
-                            Ok(listener) => {
-                                let _ = bound_tx.send(Ok(()));
-                                listener
-                            }
-                            Err(e) => {
-                                let _ = bound_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        run(thread_shared, listener, lock, pusher, shutdown_rx).await;
-                    })
-                }));
-                if served.is_err() {
-                    tracing::error!(
-                        "the leader thread panicked (a bug in libappsignal): stopped leading; what it counted stays in the journal for the next leader"
-                    );
-                }
-                // Dropping the runtime ends the connection tasks (off the unwinding path).
-                drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                    move || drop(runtime),
-                )));
-                let _ = done_tx.send(());
-            })
-            .context("cannot spawn the leader thread")?;
-        bound_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| {
-                anyhow!(
-                    "the leader thread did not bind {} in time",
-                    socket_path.display()
-                )
-            })??;
+        let description = format!(
+            "listening on {}, exporting every {} ms to {}",
+            socket_path.display(),
+            config.transmission_interval.as_millis(),
+            export_targets(&config.export_config())
+        );
+        let status = Arc::clone(&parts.status);
+        let counting = Arc::clone(&parts.counting);
+        let peers = Arc::clone(&parts.connection.peers);
+        let exports = parts.transmission.exports();
+        let (shutdown, done) = spawn_thread(parts, lock)?;
         Ok(Leader {
-            shared,
+            description,
+            own_config_id,
+            status,
+            counting,
+            peers,
+            exports,
             shutdown,
             done,
         })
@@ -373,11 +325,11 @@ impl Leader {
         batch.client_id = protocol::journal_id(batch.client_id);
         // This process's id is taken: nobody else may handshake with it.
         let _ = self
-            .shared
+            .peers
             .bind(batch.client_id, Some(std::process::id() as i32));
-        if self.shared.count(self.shared.own_config_id, batch) {
+        if self.counting.count(self.own_config_id, batch) {
             Ok(true)
-        } else if self.shared.counting().open && self.is_serving() {
+        } else if self.counting.is_open() && self.is_serving() {
             Ok(false)
         } else {
             Err(anyhow!("the leader has stopped counting"))
@@ -386,17 +338,17 @@ impl Leader {
 
     /// Whether the leader still serves (false after it lost its lock or directory, or handed over).
     pub fn is_serving(&self) -> bool {
-        !self.shared.stopped.load(Ordering::Acquire)
+        !self.status.stopped.load(Ordering::Acquire)
     }
 
     /// What its exporters remember (refused credentials, rejected payloads), for diagnose.
     pub fn exports(&self) -> Arc<ExportState> {
-        Arc::clone(&self.shared.exports)
+        Arc::clone(&self.exports)
     }
 
     /// Whether it stepped down for a newer library.
     pub fn handed_over(&self) -> bool {
-        self.shared.handed_over.load(Ordering::Acquire)
+        self.status.handed_over.load(Ordering::Acquire)
     }
 
     /// Stops serving, pushes what remains until `deadline` (the rest goes to the payload cache),
@@ -410,6 +362,130 @@ impl Leader {
             );
         }
     }
+}
+
+impl Parts {
+    /// The owners, over the replayed `aggregator` and `journal`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: &Config,
+        workdir: &WorkDir,
+        aggregator: Aggregator,
+        journal: Journal,
+        own_config_id: u64,
+        pusher: Pusher,
+        cache: PayloadCache,
+        poisoned: u64,
+        on_stop: Option<Arc<dyn crate::metrics::Wake>>,
+    ) -> Parts {
+        let status = Arc::new(Status::new(on_stop));
+        let knobs: Arc<Knobs> = Arc::default();
+        let tally = Arc::new(Tally::new(AgentCounts {
+            poisoned_batches: poisoned,
+            ..AgentCounts::default()
+        }));
+        let counting = Arc::new(Counting::new(
+            aggregator,
+            journal,
+            &config.export_config(),
+            own_config_id,
+            workdir,
+            Arc::clone(&tally),
+            Arc::clone(&knobs),
+        ));
+        let transmission = Arc::new(Transmission::new(
+            config,
+            workdir,
+            pusher,
+            cache,
+            Arc::clone(&counting),
+            Arc::clone(&tally),
+        ));
+        let connection = Arc::new(Context {
+            peers: Arc::default(),
+            counting: Arc::clone(&counting),
+            tally: Arc::clone(&tally),
+            status: Arc::clone(&status),
+            library_version: config.library_version.clone(),
+            owner_only: !workdir.world_accessible(),
+        });
+        Parts {
+            config: config.clone(),
+            workdir: workdir.clone(),
+            status,
+            counting,
+            transmission,
+            connection,
+            tally,
+            knobs,
+        }
+    }
+}
+
+/// Starts the leader thread: its runtime binds `agent.socket` (waited for here) and serves until
+/// the returned sender says stop; the receiver hears when the thread is done.
+fn spawn_thread(
+    parts: Parts,
+    lock: LeaderLock,
+) -> Result<(
+    watch::Sender<Option<Instant>>,
+    std::sync::mpsc::Receiver<()>,
+)> {
+    let socket_path = parts.workdir.socket_path();
+    let (shutdown, shutdown_rx) = watch::channel(None);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("appsignal-leader".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(COUNTING_THREADS)
+                .thread_name("appsignal-leader-io")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(anyhow!("cannot build the leader runtime: {e}")));
+                    return;
+                }
+            };
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async move {
+                    let listener = match bind(&parts.workdir) {
+                        Ok(listener) => {
+                            let _ = bound_tx.send(Ok(()));
+                            listener
+                        }
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    run(parts, listener, lock, shutdown_rx).await;
+                })
+            }));
+            if served.is_err() {
+                tracing::error!(
+                    "the leader thread panicked (a bug in libappsignal): stopped leading; what it counted stays in the journal for the next leader"
+                );
+            }
+            // Dropping the runtime ends the connection tasks (off the unwinding path).
+            drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                move || drop(runtime),
+            )));
+            let _ = done_tx.send(());
+        })
+        .context("cannot spawn the leader thread")?;
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| {
+            anyhow!(
+                "the leader thread did not bind {} in time",
+                socket_path.display()
+            )
+        })??;
+    Ok((shutdown, done))
 }
 
 fn bind(workdir: &WorkDir) -> Result<interprocess::local_socket::tokio::Listener> {
@@ -442,45 +518,62 @@ fn listen(path: &std::path::Path) -> Result<interprocess::local_socket::tokio::L
         .with_context(|| format!("cannot listen on {}", path.display()))
 }
 
-fn listener_fd(
-    listener: &interprocess::local_socket::tokio::Listener,
-) -> Option<std::os::fd::RawFd> {
-    use std::os::fd::{AsFd, AsRawFd};
-    #[allow(unreachable_patterns)]
-    match listener {
-        interprocess::local_socket::tokio::Listener::UdSocket(l) => Some(l.as_fd().as_raw_fd()),
-        _ => None,
-    }
+/// The leader's tasks beside the connections: the transmission loop, host metrics, the intake
+/// listeners. They end when told to stop.
+struct Background {
+    /// `None` once it ended (or was taken to be awaited by the last push).
+    transmitter: Option<JoinHandle<()>>,
+    host_metrics: Option<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
 }
 
-/// Waits for a connection slot, then for a connection. Cancel-safe.
-async fn accept_one(
-    listener: &interprocess::local_socket::tokio::Listener,
-    permits: &Arc<Semaphore>,
-) -> (
-    Option<tokio::sync::OwnedSemaphorePermit>,
-    std::io::Result<interprocess::local_socket::tokio::Stream>,
-) {
-    let permit = Arc::clone(permits).acquire_owned().await.ok();
-    (permit, listener.accept().await)
+impl Background {
+    fn start(parts: &Parts) -> Background {
+        let (stop, stopped) = watch::channel(false);
+        let transmitter = tokio::spawn(Arc::clone(&parts.transmission).run(stopped.clone()));
+        let host_metrics = parts.config.enable_host_metrics.then(|| {
+            tokio::spawn(host::host_metrics_loop(
+                Arc::clone(&parts.counting),
+                parts.config.hostname.clone(),
+                parts.config.host_metrics_interval,
+                stopped.clone(),
+            ))
+        });
+        Background {
+            transmitter: Some(transmitter),
+            host_metrics,
+            listeners: spawn_listeners(parts, &stopped),
+            stop,
+        }
+    }
+
+    /// Tells every task to stop (the transmission loop after the round it is in).
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the tasks to end, until `deadline`.
+    async fn join(self, deadline: Instant) {
+        let tasks = self.transmitter.into_iter().chain(self.host_metrics);
+        for task in tasks.chain(self.listeners) {
+            let _ = tokio::time::timeout_at(deadline.into(), task).await;
+        }
+    }
 }
 
 /// Starts the StatsD and OTLP/HTTP listeners that are configured ([`crate::intake`]); their data
 /// counts as the leader's own configuration's. They end when `background` fires.
-fn spawn_listeners(
-    shared: &Arc<Shared>,
-    background: &watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let listeners = &shared.config.listeners;
-    let counting = Arc::clone(shared);
-    let sink: crate::intake::Sink =
-        Arc::new(move |batch| counting.count(counting.own_config_id, batch));
+fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let listeners = &parts.config.listeners;
+    let counting = Arc::clone(&parts.counting);
+    let sink: crate::intake::Sink = Arc::new(move |batch| counting.count_own(batch));
     let mut tasks = Vec::new();
     if let Some(addr) = listeners.statsd {
         tasks.push(tokio::spawn(crate::intake::udp::run(
             addr,
             Arc::clone(&sink),
-            Arc::clone(&shared.intake),
+            parts.tally.intake(),
             background.clone(),
         )));
     }
@@ -488,212 +581,158 @@ fn spawn_listeners(
         tasks.push(tokio::spawn(crate::intake::otlp_http::run(
             addr,
             Arc::clone(&sink),
-            Arc::clone(&shared.intake),
+            parts.tally.intake(),
             background.clone(),
         )));
     }
     tasks
 }
 
+/// The leader thread: serves until a reason to stop, then stops by the policy of that reason
+/// (see the module documentation): a shutdown pushes while still serving, every stop closes the
+/// socket and lets the connections finish, then either hands the journal over or pushes the rest.
 async fn run(
-    shared: Arc<Shared>,
+    parts: Parts,
     listener: interprocess::local_socket::tokio::Listener,
     lock: LeaderLock,
-    pusher: Pusher,
     mut shutdown: watch::Receiver<Option<Instant>>,
 ) {
     // Declared after `lock` (a parameter, dropped last): counting stops before the lock is released,
     // on every way out of here, a panic included.
-    let _stop_counting = StopCounting(Arc::clone(&shared));
-    let pusher = Arc::new(pusher);
-    // A forked child closes its copy of the listener, so that nobody but us can accept on it.
-    let listener_guard = listener_fd(&listener).map(crate::fork::Registered::new);
-    // `stop` ends the connections; `background` the transmission and host-metrics tasks.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (background_tx, background_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    let mut transmitter = Some(tokio::spawn(transmission::transmit_loop(
-        Arc::clone(&shared),
-        Arc::clone(&pusher),
-        background_rx.clone(),
-    )));
-    let host_metrics = shared.config.enable_host_metrics.then(|| {
-        tokio::spawn(host::host_metrics_loop(
-            Arc::clone(&shared),
-            background_rx.clone(),
-        ))
-    });
-    let listeners = spawn_listeners(&shared, &background_rx);
-    let spawn_connection = |connections: &mut JoinSet<connection::Peer>,
-                            permit: Option<tokio::sync::OwnedSemaphorePermit>,
-                            accepted: std::io::Result<
-        interprocess::local_socket::tokio::Stream,
-    >| match accepted {
-        Ok(stream) => {
-            let (shared, stop) = (Arc::clone(&shared), stop_rx.clone());
-            connections.spawn(async move {
-                let peer = connection::serve(stream, &shared, stop).await;
-                drop(permit);
-                peer
-            });
-            false
-        }
-        Err(e) => {
-            tracing::warn!(
-                "accept on {} failed: {e}",
-                shared.workdir.socket_path().display()
-            );
-            true
-        }
+    let _stop_counting = StopCounting {
+        counting: Arc::clone(&parts.counting),
+        status: Arc::clone(&parts.status),
     };
-    let mut watchdog = watchdog::Watchdog::new(lock.path(), shared.workdir.path());
-    let exit = loop {
-        while connections.try_join_next().is_some() {}
-        let Some(running) = transmitter.as_mut() else {
-            break Exit::Failed(Instant::now() + shared.config.stop_timeout);
-        };
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
-            _ = shared.handover.notified() => break Exit::HandOver(Instant::now() + shared.config.stop_timeout),
-            ended = running => {
-                transmitter = None;
-                tracing::error!(
-                    "the transmission task ended ({}); stopping as leader, the journal stays for the next leader",
-                    ended.err().map_or_else(|| "without an error".to_owned(), |e| e.to_string())
-                );
-                break Exit::Failed(Instant::now() + shared.config.stop_timeout);
-            }
-            () = watchdog.wait(&shared.check_now) => {
-                if shared.panic_requested.load(Ordering::Acquire) {
-                    #[allow(clippy::panic)]
-                    {
-                        panic!("test knob: the leader thread panics");
-                    }
-                }
-                if !lock.still_at_path() || !shared.workdir.still_exists() {
-                    tracing::warn!(
-                        "{} or its directory was deleted or replaced: stopping as leader so that a new election runs",
-                        lock.path().display()
-                    );
-                    break Exit::LostLock(Instant::now() + shared.config.stop_timeout);
-                }
-            }
-            (permit, accepted) = accept_one(&listener, &permits) => {
-                if spawn_connection(&mut connections, permit, accepted) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    };
-    let deadline = match exit {
-        Exit::Shutdown(d) | Exit::LostLock(d) | Exit::HandOver(d) | Exit::Failed(d) => d,
-    };
-    let _ = background_tx.send(true);
-    if matches!(exit, Exit::Shutdown(_)) {
-        // Push what was counted while still accepting and counting: the clients may be stopping
-        // too (a deploy stops every process at once), and their last batches must find a leader
-        // even when the push waits for a slow or hung endpoint until the deadline.
-        let background = transmitter.take();
-        let push = async {
-            if let Some(task) = background {
-                let _ = tokio::time::timeout_at(deadline.into(), task).await;
-            }
-            let windows = shared.take_windows(None);
-            transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
-        };
-        tokio::pin!(push);
-        loop {
-            while connections.try_join_next().is_some() {}
-            tokio::select! {
-                biased;
-                () = &mut push => break,
-                () = watchdog.wait(&shared.check_now) => {
-                    if !lock.still_at_path() || !shared.workdir.still_exists() {
-                        break;
-                    }
-                }
-                (permit, accepted) = accept_one(&listener, &permits) => {
-                    if spawn_connection(&mut connections, permit, accepted) {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-    }
-    // From here on this process is no longer the leader, even while it finishes its last push.
-    shared.stopped.store(true, Ordering::Release);
-    // Stop accepting and remove our socket (only if the lock file is still ours: otherwise the
-    // socket at that path may already belong to the next leader).
-    drop(listener_guard);
-    drop(listener);
-    if lock.still_at_path() {
-        let _ = std::fs::remove_file(shared.workdir.socket_path());
-    }
-    let _ = stop_tx.send(true);
-    // Processes still there when we stopped (not those that had just left): one of them takes
-    // over. A connection that does not finish in time counts as still there.
-    let mut connected = 0usize;
-    // Connections stop between frames, so this is quick; a deadline of "now" (a shutdown that
-    // must not wait) must not make every process count as still there.
-    let join_deadline = deadline.max(Instant::now() + Duration::from_millis(200));
-    let joined = tokio::time::timeout_at(join_deadline.into(), async {
-        while let Some(peer) = connections.join_next().await {
-            match peer {
-                Ok(connection::Peer::Left) => {}
-                Ok(connection::Peer::StillThere) => connected += 1,
-                Err(e) => {
-                    tracing::warn!("a connection task failed: {e}");
-                    connected += 1;
-                }
-            }
-        }
-    })
+    let mut background = Background::start(&parts);
+    let mut connections = Connections::new(listener, Arc::clone(&parts.connection), &parts.workdir);
+    let mut watchdog = watchdog::Watchdog::new(lock.path(), parts.workdir.path());
+    let exit = serve(
+        &parts,
+        &lock,
+        &mut connections,
+        &mut background,
+        &mut watchdog,
+        &mut shutdown,
+    )
     .await;
-    if joined.is_err() {
-        tracing::warn!(
-            "{} connections did not finish in time; counting them as still connected",
-            connections.len()
-        );
-        connected += connections.len();
+    let deadline = exit.deadline();
+    background.stop();
+    if matches!(exit, Exit::Shutdown(_)) {
+        push_while_serving(
+            &parts,
+            &lock,
+            &mut connections,
+            &mut background,
+            &mut watchdog,
+            deadline,
+        )
+        .await;
     }
-    connections.abort_all();
-    if let Some(task) = transmitter {
-        let _ = tokio::time::timeout_at(deadline.into(), task).await;
-    }
-    if let Some(task) = host_metrics {
-        let _ = tokio::time::timeout_at(deadline.into(), task).await;
-    }
-    for task in listeners {
-        let _ = tokio::time::timeout_at(deadline.into(), task).await;
-    }
-    shared.counting().open = false;
+    parts.status.stop();
+    let connected = connections.close(&lock, deadline).await;
+    background.join(deadline).await;
+    parts.counting.close();
     // Handing over means leaving the journal to the next leader: only when it is still there.
-    let journal_intact = lock.still_at_path() && shared.workdir.journal_dir().is_dir();
-    // On stop() the leader pushes even when other processes are connected: leaving the journal to
-    // them raced with processes that were stopping at the same moment (a SIGTERM to a whole
-    // server), which then left it unpushed until the next start. Pushing costs stop time, bounded
-    // by the stop timeout; the `counted` record makes resends to the next leader count once.
-    let hand_over = journal_intact && matches!(exit, Exit::HandOver(_) | Exit::Failed(_));
-    if hand_over {
-        // Everything counted is in the journal: the next leader replays and pushes it.
-        shared
-            .handed_over
-            .store(matches!(exit, Exit::HandOver(_)), Ordering::Release);
-        shared.stopped.store(true, Ordering::Release);
-        drop(lock);
-        tracing::info!("stopped leading: the next leader takes over the journal");
+    let journal_intact = lock.still_at_path() && parts.workdir.journal_dir().is_dir();
+    if journal_intact && exit.hands_over() {
+        hand_over(&parts.status, &exit, lock);
         return;
     }
     // After a stop: what arrived while the push waited (cached now, pushed if time is left).
-    let windows = shared.take_windows(None);
-    transmission::transmit(&shared, &pusher, windows, Some(deadline)).await;
+    parts.transmission.transmit_all(deadline).await;
     drop(lock);
     tracing::info!("stopped leading ({connected} processes were still connected)");
 }
 
-/// The leader's counting ([`Shared::count`]) and replay ([`replay`]) in-process, on a real journal
+/// Accepts connections until a reason to stop: `stop()`, a newer library, the transmission task
+/// ended, or the lock file or directory gone (what the watchdog looks at).
+async fn serve(
+    parts: &Parts,
+    lock: &LeaderLock,
+    connections: &mut Connections,
+    background: &mut Background,
+    watchdog: &mut watchdog::Watchdog,
+    shutdown: &mut watch::Receiver<Option<Instant>>,
+) -> Exit {
+    let stop_timeout = parts.config.stop_timeout;
+    loop {
+        connections.reap();
+        let Some(running) = background.transmitter.as_mut() else {
+            return Exit::Failed(Instant::now() + stop_timeout);
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Exit::Shutdown((*shutdown.borrow()).unwrap_or_else(Instant::now)),
+            _ = parts.status.handover.notified() => return Exit::HandOver(Instant::now() + stop_timeout),
+            ended = running => {
+                background.transmitter = None;
+                tracing::error!(
+                    "the transmission task ended ({}); stopping as leader, the journal stays for the next leader",
+                    ended.err().map_or_else(|| "without an error".to_owned(), |e| e.to_string())
+                );
+                return Exit::Failed(Instant::now() + stop_timeout);
+            }
+            () = watchdog.wait(parts.knobs.check_now()) => {
+                parts.knobs.panic_if_requested();
+                if !lock.still_at_path() || !parts.workdir.still_exists() {
+                    tracing::warn!(
+                        "{} or its directory was deleted or replaced: stopping as leader so that a new election runs",
+                        lock.path().display()
+                    );
+                    return Exit::LostLock(Instant::now() + stop_timeout);
+                }
+            }
+            (permit, accepted) = connections.accept() => connections.serve(permit, accepted).await,
+        }
+    }
+}
+
+/// After `stop()`: pushes what was counted while still accepting and counting. The clients may be
+/// stopping too (a deploy stops every process at once), and their last batches must find a leader
+/// even when the push waits for a slow or hung endpoint until the deadline. A lost lock or
+/// directory stops accepting at once.
+async fn push_while_serving(
+    parts: &Parts,
+    lock: &LeaderLock,
+    connections: &mut Connections,
+    background: &mut Background,
+    watchdog: &mut watchdog::Watchdog,
+    deadline: Instant,
+) {
+    let transmitter = background.transmitter.take();
+    let push = async {
+        if let Some(task) = transmitter {
+            let _ = tokio::time::timeout_at(deadline.into(), task).await;
+        }
+        parts.transmission.transmit_all(deadline).await;
+    };
+    tokio::pin!(push);
+    loop {
+        connections.reap();
+        tokio::select! {
+            biased;
+            () = &mut push => break,
+            () = watchdog.wait(parts.knobs.check_now()) => {
+                if !lock.still_at_path() || !parts.workdir.still_exists() {
+                    break;
+                }
+            }
+            (permit, accepted) = connections.accept() => connections.serve(permit, accepted).await,
+        }
+    }
+}
+
+/// Leaves everything counted in the journal to the next leader, which replays and pushes it.
+fn hand_over(status: &Status, exit: &Exit, lock: LeaderLock) {
+    status
+        .handed_over
+        .store(matches!(exit, Exit::HandOver(_)), Ordering::Release);
+    status.stop();
+    drop(lock);
+    tracing::info!("stopped leading: the next leader takes over the journal");
+}
+
+/// The leader's counting ([`Counting::count`]) and replay ([`replay`]) in-process, on a real journal
 /// and payload cache in a temporary directory; the socket side is covered by `tests/end_to_end.rs`.
 #[cfg(test)]
 mod tests {
@@ -720,38 +759,33 @@ mod tests {
         .config
     }
 
-    /// What `Leader::start` builds, without the thread and the socket.
-    fn shared(dir: &std::path::Path) -> Shared {
+    /// What `Leader::start` builds for counting, without the thread and the socket.
+    struct Fixture {
+        config: Config,
+        workdir: WorkDir,
+        counting: Counting,
+        cache: PayloadCache,
+    }
+
+    fn shared(dir: &std::path::Path) -> Fixture {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
         let own_config_id = aggregator.register(&config.export_config()).unwrap();
-        let retry_interval = config.refused_key_retry_interval;
-        Shared {
+        let counting = Counting::new(
+            aggregator,
+            Journal::new(workdir.clone()),
+            &config.export_config(),
             own_config_id,
-            counting: Mutex::new(Counting {
-                aggregator,
-                journal: Journal::new(workdir.clone()),
-                open: true,
-            }),
+            &workdir,
+            Arc::default(),
+            Arc::default(),
+        );
+        Fixture {
             cache: PayloadCache::new(workdir.clone(), 100, 1 << 20),
+            counting,
             workdir,
             config,
-            rejected_frames: AtomicU64::new(0),
-            exports: Arc::new(ExportState::new(retry_interval)),
-            refused_connections: AtomicU64::new(0),
-            poisoned_batches: AtomicU64::new(0),
-            frame_bytes: AtomicUsize::new(0),
-            bindings: Mutex::new(HashMap::new()),
-            processes: Mutex::new(HashMap::new()),
-            panic_requested: AtomicBool::new(false),
-            check_now: tokio::sync::Notify::new(),
-            intake: Arc::default(),
-            stopped: AtomicBool::new(false),
-            handed_over: AtomicBool::new(false),
-            handover: tokio::sync::Notify::new(),
-            on_stop: None,
-            held_windows: Mutex::new(Vec::new()),
         }
     }
 
@@ -796,10 +830,12 @@ mod tests {
     }
 
     /// Two windows' worth: (client 1, seq 1..=2) in the first, (client 2, seq 1) in the second.
-    fn count_two_windows(s: &Shared, base: u64) {
-        assert!(s.count(s.own_config_id, batch(1, 1, base + 10, 2.0)));
-        assert!(s.count(s.own_config_id, batch(1, 2, base + 20, 3.0)));
-        assert!(s.count(s.own_config_id, batch(2, 1, base + INTERVAL_MS + 5, 7.0)));
+    fn count_two_windows(s: &Fixture, base: u64) {
+        assert!(s.counting.count_own(batch(1, 1, base + 10, 2.0)));
+        assert!(s.counting.count_own(batch(1, 2, base + 20, 3.0)));
+        assert!(s
+            .counting
+            .count_own(batch(2, 1, base + INTERVAL_MS + 5, 7.0)));
     }
 
     fn base() -> u64 {
@@ -815,8 +851,8 @@ mod tests {
         let base = base();
         count_two_windows(&s, base);
         // A resend (its Ack was lost) is acknowledged again, and not counted again.
-        assert!(s.count(s.own_config_id, batch(1, 2, base + 20, 3.0)));
-        let windows = s.take_windows(None);
+        assert!(s.counting.count_own(batch(1, 2, base + 20, 3.0)));
+        let windows = s.counting.take_windows(None);
         assert_eq!(
             totals(&windows),
             [(base, 5.0), (base + INTERVAL_MS, 7.0)].into()
@@ -829,12 +865,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = shared(tmp.path());
         let base = base();
-        assert!(!s.count(s.own_config_id ^ 1, batch(1, 1, base, 1.0)));
-        s.counting().open = false;
-        assert!(!s.count(s.own_config_id, batch(1, 1, base, 1.0)));
+        assert!(!s
+            .counting
+            .count(s.counting.own_config_id() ^ 1, batch(1, 1, base, 1.0)));
+        s.counting.close();
+        assert!(!s.counting.count_own(batch(1, 1, base, 1.0)));
         // Neither is counted nor journaled: the client keeps both.
-        assert!(s.take_windows(None).is_empty());
-        assert!(s.counting().journal.replay().is_empty());
+        assert!(s.counting.take_windows(None).is_empty());
+        assert!(s.counting.state_in_test().journal.replay().is_empty());
     }
 
     #[test]
@@ -863,20 +901,20 @@ mod tests {
         let base = base();
         {
             let killed = shared(tmp.path());
-            assert!(killed.count(killed.own_config_id, batch(1, 1, base + 10, 2.0)));
+            assert!(killed.counting.count_own(batch(1, 1, base + 10, 2.0)));
         }
         // Replayed into a serving leader, then a new batch of the same window, then killed again.
         {
             let s = shared(tmp.path());
-            let mut counting = s.counting();
-            let Counting {
+            let mut state = s.counting.state_in_test();
+            let counting::State {
                 aggregator,
                 journal,
                 ..
-            } = &mut *counting;
+            } = &mut *state;
             assert_eq!(replay(&s.config, aggregator, journal, &s.cache), (1, 1, 0));
-            drop(counting);
-            assert!(s.count(s.own_config_id, batch(1, 2, base + 30, 4.0)));
+            drop(state);
+            assert!(s.counting.count_own(batch(1, 2, base + 30, 4.0)));
         }
         let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
         assert_eq!(replayed, (1, 2, 0), "one segment, continued");
@@ -891,7 +929,7 @@ mod tests {
             // Killed after caching the first window's payload, before deleting its segment.
             let killed = shared(tmp.path());
             count_two_windows(&killed, base);
-            let windows = killed.take_windows(None);
+            let windows = killed.counting.take_windows(None);
             let first = windows.iter().find(|w| w.start_ms == base).unwrap();
             killed
                 .cache
@@ -929,13 +967,10 @@ mod tests {
             // A window pushed and its segment deleted: only the counted record remembers it.
             let killed = shared(tmp.path());
             count_two_windows(&killed, base);
-            let counted = killed.counting().aggregator.counted_snapshot();
+            let counted = killed.counting.counted_snapshot();
             Journal::write_counted(&killed.workdir, &counted).unwrap();
-            for w in killed.take_windows(None) {
-                killed
-                    .counting()
-                    .journal
-                    .remove(w.start_ms, w.config_id, &w.segment);
+            for w in killed.counting.take_windows(None) {
+                killed.counting.drop_segment(&w);
             }
         }
         let (mut aggregator, _journal, replayed) = next_leader(tmp.path());

@@ -8,21 +8,23 @@
 //! Whether a configuration's payloads are sent at all is [`super::exports`]'s call.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::exports::Gate;
-use super::Shared;
+use super::counting::Counting;
+use super::exports::{ExportState, Gate};
+use super::tally::Tally;
 use crate::aggregate::Window;
 use crate::config::Config;
+use crate::counts::AgentCounts;
 use crate::export_config::{ExportConfig, Exporters};
 use crate::log::{suppressed_note, RateLimit};
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
-use crate::transmit::{ExportKind, Outgoing, PushError, Pusher};
+use crate::transmit::{ExportKind, Outgoing, PayloadCache, PushError, Pusher};
+use crate::workdir::WorkDir;
 
 /// How long after a window's end the leader waits for the last flushes before pushing it.
 pub(super) fn grace_ms(config: &Config) -> u64 {
@@ -30,30 +32,320 @@ pub(super) fn grace_ms(config: &Config) -> u64 {
     (config.flush_interval.as_millis() as u64 * 3 + 50).min(interval / 2)
 }
 
-pub(super) async fn transmit_loop(
-    shared: Arc<Shared>,
-    pusher: Arc<Pusher>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let interval = shared.config.transmission_interval.as_millis() as u64;
-    let grace = grace_ms(&shared.config);
-    loop {
-        let now = crate::now_ms();
-        let next = (now.saturating_sub(grace) / interval + 1) * interval + grace;
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))) => {}
+/// The transmission's state: the payload cache, what the exporters remember, the windows held
+/// back; and what it takes windows and counts from.
+pub(super) struct Transmission {
+    config: Config,
+    workdir: WorkDir,
+    pusher: Pusher,
+    cache: Arc<PayloadCache>,
+    /// Throttled endpoints, refused credentials and rejections of the exporters (also read by
+    /// diagnose, through [`super::Leader::exports`]).
+    exports: Arc<ExportState>,
+    counting: Arc<Counting>,
+    tally: Arc<Tally>,
+    /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
+    /// endpoint): tried again at the next transmission; their journal segments stay until then.
+    held: Mutex<Vec<Window>>,
+}
+
+/// Where a window's payloads are after [`Transmission::store`].
+struct Stored {
+    window: Window,
+    /// Payloads that could not be cached: they go out directly.
+    not_cached: Vec<Outgoing>,
+    /// Not one payload of the window is in the cache.
+    none_cached: bool,
+}
+
+impl Transmission {
+    pub(super) fn new(
+        config: &Config,
+        workdir: &WorkDir,
+        pusher: Pusher,
+        cache: PayloadCache,
+        counting: Arc<Counting>,
+        tally: Arc<Tally>,
+    ) -> Transmission {
+        Transmission {
+            config: config.clone(),
+            workdir: workdir.clone(),
+            pusher,
+            cache: Arc::new(cache),
+            exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
+            counting,
+            tally,
+            held: Mutex::new(Vec::new()),
         }
-        // Batches that stopping processes could not hand over count before the windows close.
-        let spools = Arc::clone(&shared);
-        if tokio::task::spawn_blocking(move || spools.ingest_spools())
-            .await
-            .is_err()
+    }
+
+    /// What the exporters remember, for diagnose.
+    pub(super) fn exports(&self) -> Arc<ExportState> {
+        Arc::clone(&self.exports)
+    }
+
+    /// Every interval (after the grace period): counts the spool files, then transmits the closed
+    /// windows. Ends when `stop` fires.
+    pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let interval = self.config.transmission_interval.as_millis() as u64;
+        let grace = grace_ms(&self.config);
+        loop {
+            let now = crate::now_ms();
+            let next = (now.saturating_sub(grace) / interval + 1) * interval + grace;
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))) => {}
+            }
+            // Batches that stopping processes could not hand over count before the windows close.
+            let spools = Arc::clone(&self.counting);
+            if tokio::task::spawn_blocking(move || spools.ingest_spools())
+                .await
+                .is_err()
+            {
+                tracing::error!("counting spool files panicked (a bug in libappsignal)");
+            }
+            let windows = self
+                .counting
+                .take_windows(Some(crate::now_ms().saturating_sub(grace)));
+            self.transmit(windows, None).await;
+        }
+    }
+
+    /// Takes every window, open ones included (the leader stops), and transmits them until
+    /// `deadline`.
+    pub(super) async fn transmit_all(&self, deadline: Instant) {
+        let windows = self.counting.take_windows(None);
+        self.transmit(windows, Some(deadline)).await;
+    }
+
+    /// Turns `windows` (after those held back last time) into cached payloads, then pushes the
+    /// cache oldest first until `deadline`.
+    async fn transmit(&self, windows: Vec<Window>, deadline: Option<Instant>) {
+        let mut windows = windows;
+        let held = std::mem::take(&mut *self.held());
+        windows.splice(0..0, held);
+        if !windows.is_empty() {
+            self.cache_windows(windows, deadline).await;
+        }
+        self.push_cached(deadline).await;
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Window>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns `windows` into payloads in the cache and deletes their journal segments. A payload
+    /// that cannot be cached (a full disk) is sent directly; a window whose payloads can be
+    /// neither cached nor sent is held for the next transmission, its segment kept ([`Self::hold`]).
+    async fn cache_windows(&self, windows: Vec<Window>, deadline: Option<Instant>) {
+        if !self.record_counted(windows.len()).await {
+            self.hold(windows);
+            return;
+        }
+        // Without a journal directory (the working directory was deleted) the segments are gone
+        // too: the windows in memory are all there is, and go out directly (when caching fails).
+        let mut round = self.round_counts();
+        let mut held = Vec::new();
+        for window in windows {
+            if window.metrics.is_empty()
+                && window.samples.is_empty()
+                && window.logs.is_empty()
+                && window.counts.is_zero()
+            {
+                self.counting.drop_segment(&window);
+                continue;
+            }
+            let carried = self.carried_counts(&window, &mut round);
+            let report = AgentReport::of_window(&window, &carried);
+            let Some(stored) = self.store(window, report).await else {
+                self.tally.give_back(&carried);
+                continue;
+            };
+            if let Some(window) = self.send_uncached(stored, &carried, deadline).await {
+                held.push(window);
+            }
+        }
+        // Counts that no payload of this round carried (every window was empty) wait for the next one.
+        self.tally.give_back(&round);
+        if !held.is_empty() {
+            self.hold(held);
+        }
+    }
+
+    /// Writes the (client, seq) pairs counted so far: once a segment is gone, this is how a later
+    /// leader knows that a resent batch inside it was counted. `false` (logged) when it cannot be
+    /// written: then no segment may go.
+    async fn record_counted(&self, windows: usize) -> bool {
+        if !self.workdir.journal_dir().is_dir() {
+            return true;
+        }
+        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
+        let counted = self.counting.counted_snapshot();
+        let workdir = self.workdir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::journal::Journal::write_counted(&workdir, &counted)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        if let Err(e) = written {
+            if let Some(n) = COUNTED_WRITE_LOG.check() {
+                tracing::error!(
+                    "cannot record counted batches: {e:#}; {windows} windows wait in memory and their journal segments stay until it can{}",
+                    suppressed_note(n)
+                );
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The agent counts of this round: the leader's and those its parts keep.
+    fn round_counts(&self) -> AgentCounts {
+        let mut round = self.tally.take();
+        round.add(&AgentCounts {
+            payload_cache_evictions: self.cache.take_evictions(),
+            rejected_exports: self.exports.take_rejected(),
+            ..AgentCounts::default()
+        });
+        round
+    }
+
+    /// The round's counts go out once, in the first payload of the round that a receiver reads
+    /// (not one of a configuration whose credentials are refused): all of them for that window,
+    /// none for the others.
+    fn carried_counts(&self, window: &Window, round: &mut AgentCounts) -> AgentCounts {
+        if self
+            .exports
+            .all_refused(window.config_id, window.config.exporters)
         {
-            tracing::error!("counting spool files panicked (a bug in libappsignal)");
+            AgentCounts::default()
+        } else {
+            std::mem::take(round)
         }
-        let windows = shared.take_windows(Some(crate::now_ms().saturating_sub(grace)));
-        transmit(&shared, &pusher, windows, None).await;
+    }
+
+    /// Encodes the payloads of `window` and caches them, on the blocking pool (encoding and the
+    /// cache's fsync must not stall the thread that serves the sockets). `None` (logged) when it
+    /// cannot be encoded: its segment stays for the next leader.
+    async fn store(&self, window: Window, report: AgentReport) -> Option<Stored> {
+        let cache = Arc::clone(&self.cache);
+        let stored = tokio::task::spawn_blocking(move || {
+            let outgoing = match exports(&window, &report) {
+                Ok(o) => o,
+                Err(e) => return (window, Err(e)),
+            };
+            tracing::debug!(
+                "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
+                window.start_ms,
+                window.config.app_name,
+                window.config.environment,
+                window.segment,
+                window.metrics.len(),
+                window.samples.len(),
+                window.logs.len(),
+                window.batches,
+                outgoing.len()
+            );
+            let total = outgoing.len();
+            let mut not_cached = Vec::new();
+            for o in outgoing {
+                if let Err(e) = cache.store(&o) {
+                    // No cache (disk full, directory gone): sent directly.
+                    if let Some(n) = CACHE_WRITE_LOG.check() {
+                        tracing::error!(
+                            "cannot cache {} payload {}: {e:#}; sending it directly, and keeping its journal segment until it is out{}",
+                            o.kind.name(),
+                            o.id,
+                            suppressed_note(n)
+                        );
+                    }
+                    not_cached.push(o);
+                }
+            }
+            let none_cached = not_cached.len() == total;
+            (window, Ok((not_cached, none_cached)))
+        })
+        .await;
+        match stored {
+            Ok((window, Ok((not_cached, none_cached)))) => Some(Stored {
+                window,
+                not_cached,
+                none_cached,
+            }),
+            Ok((window, Err(e))) => {
+                tracing::error!(
+                    "cannot encode payload {}: {e:#}; it stays in the journal for the next leader",
+                    window.segment
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(
+                    "caching a payload failed: {e}; its journal segment stays for the next leader"
+                );
+                None
+            }
+        }
+    }
+
+    /// Sends what could not be cached. When all of the window's payloads are out (cached, sent or
+    /// dropped for good) its segment goes; otherwise the window is returned, to be held for the
+    /// next round with its segment, and the counts it carried wait for the next payload unless a
+    /// cached payload of it has them.
+    async fn send_uncached(
+        &self,
+        stored: Stored,
+        carried: &AgentCounts,
+        deadline: Option<Instant>,
+    ) -> Option<Window> {
+        let Stored {
+            window,
+            not_cached,
+            none_cached,
+        } = stored;
+        let mut all_out = true;
+        for o in &not_cached {
+            match self.export(&window.config, o, deadline).await {
+                Exported::Delivered => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
+                Exported::Dropped => {}
+                Exported::Kept(e) => {
+                    all_out = false;
+                    tracing::debug!(
+                        "{} payload {} not sent either ({e}); held for the next transmission",
+                        o.kind.name(),
+                        o.id
+                    );
+                }
+            }
+        }
+        if all_out {
+            self.counting.drop_segment(&window);
+            return None;
+        }
+        if none_cached {
+            self.tally.give_back(carried);
+        }
+        Some(window)
+    }
+
+    /// Keeps `windows` for the next transmission: their payloads could be neither cached nor
+    /// sent. Their journal segments stay on disk until they are (or for the next leader).
+    fn hold(&self, windows: Vec<Window>) {
+        let mut held = self.held();
+        held.extend(windows);
+        let mut bytes: usize = held.iter().map(|w| w.bytes).sum();
+        while held.len() > MAX_HELD_WINDOWS || (bytes > MAX_HELD_BYTES && held.len() > 1) {
+            let oldest = held.remove(0);
+            bytes = bytes.saturating_sub(oldest.bytes);
+            if let Some(n) = HELD_LOG.check() {
+                tracing::warn!(
+                    "window {} (payload {}) no longer held in memory: too many windows wait; its journal segment stays for the next leader{}",
+                    oldest.start_ms,
+                    oldest.segment,
+                    suppressed_note(n)
+                );
+            }
+        }
     }
 }
 
@@ -69,23 +361,6 @@ async fn push_until(
             .await
             .unwrap_or_else(|_| Err(PushError::Retryable("stop deadline reached".into()))),
     }
-}
-
-/// Turns `windows` (after those held back last time) into cached payloads, then pushes the cache
-/// oldest first until `deadline`.
-pub(super) async fn transmit(
-    shared: &Arc<Shared>,
-    pusher: &Pusher,
-    windows: Vec<Window>,
-    deadline: Option<Instant>,
-) {
-    let mut windows = windows;
-    let held = std::mem::take(&mut *shared.held_windows());
-    windows.splice(0..0, held);
-    if !windows.is_empty() {
-        cache_windows(shared, pusher, windows, deadline).await;
-    }
-    push_cached(shared, pusher, deadline).await;
 }
 
 /// The payloads of `window`, one per exporter and OTLP signal, in the order they are cached. The
@@ -142,239 +417,7 @@ static COUNTED_WRITE_LOG: RateLimit = RateLimit::new(10_000);
 static CACHE_WRITE_LOG: RateLimit = RateLimit::new(10_000);
 static HELD_LOG: RateLimit = RateLimit::new(10_000);
 
-/// Keeps `windows` for the next transmission: their payloads could be neither cached nor sent.
-/// Their journal segments stay on disk until they are (or for the next leader).
-fn hold(shared: &Shared, windows: Vec<Window>) {
-    let mut held = shared.held_windows();
-    held.extend(windows);
-    let mut bytes: usize = held.iter().map(|w| w.bytes).sum();
-    while held.len() > MAX_HELD_WINDOWS || (bytes > MAX_HELD_BYTES && held.len() > 1) {
-        let oldest = held.remove(0);
-        bytes = bytes.saturating_sub(oldest.bytes);
-        if let Some(n) = HELD_LOG.check() {
-            tracing::warn!(
-                "window {} (payload {}) no longer held in memory: too many windows wait; its journal segment stays for the next leader{}",
-                oldest.start_ms,
-                oldest.segment,
-                suppressed_note(n)
-            );
-        }
-    }
-}
-
-/// Puts round counts that no delivered or cached payload carries back, for the next payload.
-fn give_back(shared: &Shared, report: &AgentReport) {
-    shared
-        .rejected_frames
-        .fetch_add(report.rejected_frames, Ordering::Relaxed);
-    shared
-        .exports
-        .rejected
-        .fetch_add(report.rejected_exports, Ordering::Relaxed);
-    shared
-        .refused_connections
-        .fetch_add(report.refused_connections, Ordering::Relaxed);
-    shared
-        .poisoned_batches
-        .fetch_add(report.poisoned_batches, Ordering::Relaxed);
-    shared
-        .intake
-        .statsd_malformed_lines
-        .fetch_add(report.statsd_malformed_lines, Ordering::Relaxed);
-    shared
-        .intake
-        .otlp_rejected
-        .fetch_add(report.otlp_intake_rejected, Ordering::Relaxed);
-    shared
-        .cache
-        .give_back_evictions(report.payload_cache_evictions);
-}
-
-/// Turns `windows` into payloads in the cache and deletes their journal segments. A payload that
-/// cannot be cached (a full disk) is sent directly; a window whose payloads can be neither cached
-/// nor sent is held for the next transmission, its segment kept ([`hold`]).
-async fn cache_windows(
-    shared: &Arc<Shared>,
-    pusher: &Pusher,
-    windows: Vec<Window>,
-    deadline: Option<Instant>,
-) {
-    // First the (client, seq) pairs counted so far: once a segment is gone, this is how a later
-    // leader knows that a resent batch inside it was counted.
-    if shared.workdir.journal_dir().is_dir() {
-        // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
-        let counted = shared.counting().aggregator.counted_snapshot();
-        let workdir = shared.workdir.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            crate::journal::Journal::write_counted(&workdir, &counted)
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-        if let Err(e) = written {
-            if let Some(n) = COUNTED_WRITE_LOG.check() {
-                tracing::error!(
-                    "cannot record counted batches: {e:#}; {} windows wait in memory and their journal segments stay until it can{}",
-                    windows.len(),
-                    suppressed_note(n)
-                );
-            }
-            hold(shared, windows);
-            return;
-        }
-    }
-    // Without a journal directory (the working directory was deleted) the segments are gone too:
-    // the windows in memory are all there is, and go out directly (below, when caching fails).
-    let mut report = AgentReport {
-        leader_pid: std::process::id(),
-        payload_cache_evictions: shared.cache.take_evictions(),
-        rejected_frames: shared.rejected_frames.swap(0, Ordering::Relaxed),
-        rejected_exports: shared.exports.rejected.swap(0, Ordering::Relaxed),
-        refused_connections: shared.refused_connections.swap(0, Ordering::Relaxed),
-        poisoned_batches: shared.poisoned_batches.swap(0, Ordering::Relaxed),
-        statsd_malformed_lines: shared.intake.take_statsd_malformed(),
-        otlp_intake_rejected: shared.intake.take_otlp_rejected(),
-        ..AgentReport::default()
-    };
-    let mut held = Vec::new();
-    for window in windows {
-        if window.metrics.is_empty()
-            && window.dropped_updates == 0
-            && window.samples.is_empty()
-            && window.logs.is_empty()
-            && window.dropped_samples == 0
-            && window.dropped_logs == 0
-            && window.dropped_batches == 0
-        {
-            shared
-                .counting()
-                .journal
-                .remove(window.start_ms, window.config_id, &window.segment);
-            continue;
-        }
-        // Counts of dropped things go out once, in the first payload of the round that a
-        // receiver reads (not one of a configuration whose credentials are refused).
-        let carries = !shared
-            .exports
-            .all_refused(window.config_id, window.config.exporters);
-        let carried = if carries {
-            std::mem::replace(
-                &mut report,
-                AgentReport {
-                    leader_pid: std::process::id(),
-                    ..AgentReport::default()
-                },
-            )
-        } else {
-            AgentReport {
-                leader_pid: std::process::id(),
-                ..AgentReport::default()
-            }
-        };
-        let window_report = AgentReport {
-            batches: window.batches,
-            dropped_updates: window.dropped_updates,
-            dropped_samples: window.dropped_samples,
-            dropped_logs: window.dropped_logs,
-            dropped_batches: window.dropped_batches,
-            ..carried.clone()
-        };
-        // Encoding (JSON, protobuf, gzip) and the cache's fsync run on the blocking pool, not on
-        // the thread that serves the sockets.
-        let storing = Arc::clone(shared);
-        let stored = tokio::task::spawn_blocking(move || {
-            let outgoing = exports(&window, &window_report);
-            let outgoing = match outgoing {
-                Ok(o) => o,
-                Err(e) => return (window, Err(e)),
-            };
-            tracing::debug!(
-                "window {} of {}/{} is payload {} ({} metrics, {} samples, {} logs, {} batches; {} exports)",
-                window.start_ms,
-                window.config.app_name,
-                window.config.environment,
-                window.segment,
-                window.metrics.len(),
-                window.samples.len(),
-                window.logs.len(),
-                window.batches,
-                outgoing.len()
-            );
-            let total = outgoing.len();
-            let mut not_cached = Vec::new();
-            for o in outgoing {
-                if let Err(e) = storing.cache.store(&o) {
-                    // No cache (disk full, directory gone): sent directly (below).
-                    if let Some(n) = CACHE_WRITE_LOG.check() {
-                        tracing::error!(
-                            "cannot cache {} payload {}: {e:#}; sending it directly, and keeping its journal segment until it is out{}",
-                            o.kind.name(),
-                            o.id,
-                            suppressed_note(n)
-                        );
-                    }
-                    not_cached.push(o);
-                }
-            }
-            let none_cached = not_cached.len() == total;
-            (window, Ok((not_cached, none_cached)))
-        })
-        .await;
-        let (window, not_cached, none_cached) = match stored {
-            Ok((window, Ok((not_cached, none_cached)))) => (window, not_cached, none_cached),
-            Ok((window, Err(e))) => {
-                tracing::error!(
-                    "cannot encode payload {}: {e:#}; it stays in the journal for the next leader",
-                    window.segment
-                );
-                give_back(shared, &carried);
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(
-                    "caching a payload failed: {e}; its journal segment stays for the next leader"
-                );
-                give_back(shared, &carried);
-                continue;
-            }
-        };
-        // If a payload can be neither cached nor sent, the window waits for the next round and its
-        // journal segment stays.
-        let mut all_out = true;
-        for o in &not_cached {
-            match export(shared, pusher, &window.config, o, deadline).await {
-                Exported::Delivered => tracing::info!("sent {} payload {}", o.kind.name(), o.id),
-                Exported::Dropped => {}
-                Exported::Kept(e) => {
-                    all_out = false;
-                    tracing::debug!(
-                        "{} payload {} not sent either ({e}); held for the next transmission",
-                        o.kind.name(),
-                        o.id
-                    );
-                }
-            }
-        }
-        if all_out {
-            shared
-                .counting()
-                .journal
-                .remove(window.start_ms, window.config_id, &window.segment);
-        } else {
-            // The counts go out with the next payload, unless a cached one of this window has them.
-            if none_cached {
-                give_back(shared, &carried);
-            }
-            held.push(window);
-        }
-    }
-    // Counts that no payload of this round carried (every window was empty) wait for the next one.
-    give_back(shared, &report);
-    if !held.is_empty() {
-        hold(shared, held);
-    }
-}
-
-/// What became of a payload handed to [`export`].
+/// What became of a payload handed to [`Transmission::export`].
 enum Exported {
     Delivered,
     /// Not to be sent again: rejected, or its configuration's credentials are refused (counted).
@@ -383,69 +426,145 @@ enum Exported {
     Kept(PushError),
 }
 
-/// Sends one payload, unless its configuration's credentials are refused for its exporter (then
-/// it is dropped and counted, except for the one probe per retry interval; see
-/// [`super::exports`]).
-async fn export(
-    shared: &Shared,
-    pusher: &Pusher,
-    config: &ExportConfig,
-    payload: &Outgoing,
-    deadline: Option<Instant>,
-) -> Exported {
-    let target = (payload.config_id, payload.kind);
-    let probe = match shared.exports.gate(target) {
-        Gate::Closed => {
-            shared.exports.dropped_refused(target);
-            return Exported::Dropped;
-        }
-        Gate::Probe => true,
-        Gate::Open => false,
-    };
-    let exporter = exporter_name(payload.kind);
-    match push_until(pusher, config, payload, deadline).await {
-        Ok(()) => {
-            if let Some(dropped) = shared.exports.accepted(target) {
-                tracing::info!(
-                    "{exporter} accepts the credentials of app {:?} environment {:?} again ({dropped} payloads were dropped meanwhile); sending resumes",
-                    config.app_name,
-                    config.environment
-                );
+impl Transmission {
+    /// Sends one payload, unless its configuration's credentials are refused for its exporter (then
+    /// it is dropped and counted, except for the one probe per retry interval; see
+    /// [`super::exports`]).
+    async fn export(
+        &self,
+        config: &ExportConfig,
+        payload: &Outgoing,
+        deadline: Option<Instant>,
+    ) -> Exported {
+        let target = (payload.config_id, payload.kind);
+        let probe = match self.exports.gate(target) {
+            Gate::Closed => {
+                self.exports.dropped_refused(target);
+                return Exported::Dropped;
             }
-            Exported::Delivered
-        }
-        Err(PushError::Unauthorized(why)) => {
-            if shared.exports.refuse(target, config, &why) {
-                tracing::error!(
-                    "{exporter} refused the credentials of app {:?} environment {:?} ({why}): its {} payloads are dropped and counted (agent.rejected_exports, diagnose), not sent; one is tried again every {} s",
-                    config.app_name,
-                    config.environment,
-                    payload.kind.name(),
-                    shared.config.refused_key_retry_interval.as_secs()
-                );
-            } else if probe {
-                tracing::debug!(
-                    "{exporter} still refuses the credentials of app {:?} environment {:?} ({why})",
-                    config.app_name,
-                    config.environment
-                );
+            Gate::Probe => true,
+            Gate::Open => false,
+        };
+        let exporter = exporter_name(payload.kind);
+        match push_until(&self.pusher, config, payload, deadline).await {
+            Ok(()) => {
+                if let Some(dropped) = self.exports.accepted(target) {
+                    tracing::info!(
+                        "{exporter} accepts the credentials of app {:?} environment {:?} again ({dropped} payloads were dropped meanwhile); sending resumes",
+                        config.app_name,
+                        config.environment
+                    );
+                }
+                Exported::Delivered
             }
-            shared.exports.dropped_refused(target);
-            Exported::Dropped
-        }
-        Err(e @ PushError::Rejected(_)) => {
-            shared.exports.count_rejected();
-            if shared.exports.first_rejection(target) {
-                tracing::error!(
-                    "{} payload {} dropped: {e}; further rejections of this configuration's {} payloads are counted, not logged",
-                    payload.kind.name(),
-                    payload.id,
-                    payload.kind.name()
-                );
+            Err(PushError::Unauthorized(why)) => {
+                if self.exports.refuse(target, config, &why) {
+                    tracing::error!(
+                        "{exporter} refused the credentials of app {:?} environment {:?} ({why}): its {} payloads are dropped and counted (agent.rejected_exports, diagnose), not sent; one is tried again every {} s",
+                        config.app_name,
+                        config.environment,
+                        payload.kind.name(),
+                        self.config.refused_key_retry_interval.as_secs()
+                    );
+                } else if probe {
+                    tracing::debug!(
+                        "{exporter} still refuses the credentials of app {:?} environment {:?} ({why})",
+                        config.app_name,
+                        config.environment
+                    );
+                }
+                self.exports.dropped_refused(target);
+                Exported::Dropped
             }
-            Exported::Dropped
+            Err(e @ PushError::Rejected(_)) => {
+                self.exports.count_rejected();
+                if self.exports.first_rejection(target) {
+                    tracing::error!(
+                        "{} payload {} dropped: {e}; further rejections of this configuration's {} payloads are counted, not logged",
+                        payload.kind.name(),
+                        payload.id,
+                        payload.kind.name()
+                    );
+                }
+                Exported::Dropped
+            }
+            Err(e) => Exported::Kept(e),
         }
-        Err(e) => Exported::Kept(e),
+    }
+
+    /// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;
+    /// one that asked to wait (`Retry-After`) is not tried before then. Payloads of a configuration
+    /// whose secrets no connected process has sent wait in the cache; those of a configuration whose
+    /// credentials were refused are dropped (see [`Self::export`]).
+    async fn push_cached(&self, deadline: Option<Instant>) {
+        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+        let mut down: HashSet<String> = HashSet::new();
+        for entry in self.cache.list() {
+            if past_deadline() {
+                break;
+            }
+            let target = (entry.config_id, entry.kind);
+            if self.exports.is_closed(target) {
+                // Refused credentials: dropped without a request, whether or not the key is known.
+                self.exports.dropped_refused(target);
+                self.cache.remove(&entry);
+                continue;
+            }
+            let Some(config) = self
+                .counting
+                .config(entry.config_id)
+                .filter(|c| can_export(c, entry.kind))
+            else {
+                continue;
+            };
+            let endpoint = match (entry.kind, &config.otlp) {
+                (ExportKind::Otlp(signal), Some(settings)) => signal.endpoint(settings).to_owned(),
+                _ => config.endpoint.clone(),
+            };
+            if down.contains(&endpoint) || self.exports.throttled(&endpoint) {
+                continue;
+            }
+            let payload = match self.cache.load(&entry) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("dropping unreadable cached payload: {e:#}");
+                    self.cache.remove(&entry);
+                    continue;
+                }
+            };
+            match self.export(&config, &payload, deadline).await {
+                Exported::Delivered => {
+                    self.cache.remove(&entry);
+                    tracing::info!(
+                        "sent {} payload {} (window {} of {}/{})",
+                        entry.kind.name(),
+                        entry.id,
+                        entry.created_ms,
+                        config.app_name,
+                        config.environment
+                    );
+                }
+                Exported::Dropped => self.cache.remove(&entry),
+                Exported::Kept(PushError::RetryAfter(why, after)) => {
+                    tracing::warn!(
+                        "{} payload {} not sent: {why}; kept in payloads/, next try in {} s or later",
+                        entry.kind.name(),
+                        entry.id,
+                        after.as_secs()
+                    );
+                    self.exports.throttle(&endpoint, after);
+                    down.insert(endpoint);
+                }
+                Exported::Kept(e) => {
+                    tracing::warn!(
+                        "{} payload {} not sent: {e}; kept in payloads/ for the next transmission",
+                        entry.kind.name(),
+                        entry.id
+                    );
+                    down.insert(endpoint);
+                }
+            }
+        }
     }
 }
 
@@ -457,83 +576,6 @@ fn exporter_name(kind: ExportKind) -> String {
     }
 }
 
-/// Pushes cached payloads oldest first. An endpoint that fails once is not tried again this round;
-/// one that asked to wait (`Retry-After`) is not tried before then. Payloads of a configuration
-/// whose secrets no connected process has sent wait in the cache; those of a configuration whose
-/// credentials were refused are dropped (see [`export`]).
-async fn push_cached(shared: &Shared, pusher: &Pusher, deadline: Option<Instant>) {
-    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-    let mut down: HashSet<String> = HashSet::new();
-    for entry in shared.cache.list() {
-        if past_deadline() {
-            break;
-        }
-        let target = (entry.config_id, entry.kind);
-        if shared.exports.is_closed(target) {
-            // Refused credentials: dropped without a request, whether or not the key is known.
-            shared.exports.dropped_refused(target);
-            shared.cache.remove(&entry);
-            continue;
-        }
-        let Some(config) = shared
-            .counting()
-            .aggregator
-            .config(entry.config_id)
-            .filter(|c| can_export(c, entry.kind))
-            .cloned()
-        else {
-            continue;
-        };
-        let endpoint = match (entry.kind, &config.otlp) {
-            (ExportKind::Otlp(signal), Some(settings)) => signal.endpoint(settings).to_owned(),
-            _ => config.endpoint.clone(),
-        };
-        if down.contains(&endpoint) || shared.exports.throttled(&endpoint) {
-            continue;
-        }
-        let payload = match shared.cache.load(&entry) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("dropping unreadable cached payload: {e:#}");
-                shared.cache.remove(&entry);
-                continue;
-            }
-        };
-        match export(shared, pusher, &config, &payload, deadline).await {
-            Exported::Delivered => {
-                shared.cache.remove(&entry);
-                tracing::info!(
-                    "sent {} payload {} (window {} of {}/{})",
-                    entry.kind.name(),
-                    entry.id,
-                    entry.created_ms,
-                    config.app_name,
-                    config.environment
-                );
-            }
-            Exported::Dropped => shared.cache.remove(&entry),
-            Exported::Kept(PushError::RetryAfter(why, after)) => {
-                tracing::warn!(
-                    "{} payload {} not sent: {why}; kept in payloads/, next try in {} s or later",
-                    entry.kind.name(),
-                    entry.id,
-                    after.as_secs()
-                );
-                shared.exports.throttle(&endpoint, after);
-                down.insert(endpoint);
-            }
-            Exported::Kept(e) => {
-                tracing::warn!(
-                    "{} payload {} not sent: {e}; kept in payloads/ for the next transmission",
-                    entry.kind.name(),
-                    entry.id
-                );
-                down.insert(endpoint);
-            }
-        }
-    }
-}
-
 /// Whether `config` has what a payload of `kind` needs: its secrets, and a push key for the Push API.
 fn can_export(config: &ExportConfig, kind: ExportKind) -> bool {
     if config.redacted {
@@ -542,5 +584,158 @@ fn can_export(config: &ExportConfig, kind: ExportKind) -> bool {
     match kind {
         ExportKind::Push => !config.push_api_key.is_empty(),
         ExportKind::Otlp(_) => config.otlp.is_some(),
+    }
+}
+
+/// A transmission round on a real payload cache in a temporary directory (sending is covered by
+/// `tests/push_faults.rs`): where the agent counts go.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Aggregator, MetricSet};
+    use crate::journal::Journal;
+    use crate::protocol::MetricKey;
+    use std::io::Read;
+
+    struct Round {
+        transmission: Transmission,
+        tally: Arc<Tally>,
+        config_id: u64,
+        config: ExportConfig,
+    }
+
+    fn round(dir: &std::path::Path) -> Round {
+        let path = dir.display().to_string();
+        let config = Config::load_from(&move |key| {
+            match key {
+                "_APPSIGNAL_ACTIVE" => Some("true"),
+                "_APPSIGNAL_PUSH_API_KEY" => Some("transmission-test-key"),
+                "_APPSIGNAL_HOSTNAME" => Some("h"),
+                "_APPSIGNAL_WORKING_DIRECTORY_PATH" => Some(path.as_str()),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .config;
+        let workdir = WorkDir::prepare(dir, false).unwrap();
+        let mut aggregator = Aggregator::new(config.transmission_interval);
+        let config_id = aggregator.register(&config.export_config()).unwrap();
+        let tally = Arc::new(Tally::default());
+        let counting = Arc::new(Counting::new(
+            aggregator,
+            Journal::new(workdir.clone()),
+            &config.export_config(),
+            config_id,
+            &workdir,
+            Arc::clone(&tally),
+            Arc::default(),
+        ));
+        let transmission = Transmission::new(
+            &config,
+            &workdir,
+            Pusher::new(&config).unwrap(),
+            PayloadCache::new(workdir.clone(), 100, 1 << 20),
+            counting,
+            Arc::clone(&tally),
+        );
+        Round {
+            transmission,
+            tally,
+            config_id,
+            config: config.export_config(),
+        }
+    }
+
+    fn window(r: &Round, start_ms: u64, counts: AgentCounts, with_metric: bool) -> Window {
+        let mut metrics = MetricSet::default();
+        if with_metric {
+            let key = MetricKey {
+                name: "jobs".into(),
+                tags: vec![],
+            };
+            metrics.counters.insert(key, 1.0);
+        }
+        Window {
+            config: r.config.clone(),
+            config_id: r.config_id,
+            segment: format!("{start_ms:032}"),
+            start_ms,
+            end_ms: start_ms + 1000,
+            metrics,
+            batches: 1,
+            samples: vec![],
+            logs: vec![],
+            counts,
+            bytes: 0,
+        }
+    }
+
+    /// The `agent` object of every cached payload, by window start.
+    fn cached_reports(t: &Transmission) -> std::collections::BTreeMap<u64, serde_json::Value> {
+        t.cache
+            .list()
+            .iter()
+            .map(|entry| {
+                let payload = t.cache.load(entry).unwrap();
+                let mut json = String::new();
+                flate2::read::GzDecoder::new(&payload.body_gz[..])
+                    .read_to_string(&mut json)
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                (entry.created_ms, v["agent"].clone())
+            })
+            .collect()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_leaders_counts_go_out_once_beside_each_windows_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        r.tally.one(|c| &mut c.rejected_frames);
+        r.tally.one(|c| &mut c.rejected_frames);
+        let dropped = AgentCounts {
+            dropped_updates: 4,
+            ..AgentCounts::default()
+        };
+        let windows = vec![
+            window(&r, 1000, dropped, true),
+            window(&r, 2000, AgentCounts::default(), true),
+        ];
+        block_on(r.transmission.cache_windows(windows, None));
+        let reports = cached_reports(&r.transmission);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[&1000]["rejected_frames"], 2, "in the first payload");
+        assert_eq!(reports[&1000]["dropped_updates"], 4, "the window's own");
+        assert_eq!(reports[&2000]["rejected_frames"], 0, "once");
+        assert_eq!(reports[&2000]["dropped_updates"], 0);
+        assert_eq!(reports[&2000]["batches"], 1);
+        assert!(r.tally.take().is_zero(), "nothing waits");
+    }
+
+    #[test]
+    fn counts_that_no_payload_carries_wait_for_the_next_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        r.tally.one(|c| &mut c.refused_connections);
+        // An empty window has no payload: its segment goes, the counts stay.
+        let empty = window(&r, 1000, AgentCounts::default(), false);
+        block_on(r.transmission.cache_windows(vec![empty], None));
+        assert!(cached_reports(&r.transmission).is_empty());
+        block_on(
+            r.transmission
+                .cache_windows(vec![window(&r, 2000, AgentCounts::default(), true)], None),
+        );
+        assert_eq!(
+            cached_reports(&r.transmission)[&2000]["refused_connections"],
+            1
+        );
     }
 }

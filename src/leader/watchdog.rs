@@ -12,7 +12,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::{Interval, MissedTickBehavior};
 
 /// The check period without inotify.
@@ -61,9 +60,9 @@ impl Watchdog {
         }
     }
 
-    /// Waits until it is time to check: a change was reported, the period elapsed, or `now` was
-    /// notified. Cancel-safe (an event that arrives meanwhile is seen by the next call).
-    pub(super) async fn wait(&mut self, now: &Notify) {
+    /// Waits until it is time to check: a change was reported, the period elapsed, or `now`
+    /// completed. Cancel-safe (an event that arrives meanwhile is seen by the next call).
+    pub(super) async fn wait(&mut self, now: impl std::future::Future<Output = ()>) {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(events) = &self.events {
             tokio::select! {
@@ -75,13 +74,13 @@ impl Watchdog {
                     }
                 }
                 _ = self.timer.tick() => {}
-                () = now.notified() => {}
+                () = now => {}
             }
             return;
         }
         tokio::select! {
             _ = self.timer.tick() => {}
-            () = now.notified() => {}
+            () = now => {}
         }
     }
 }
@@ -191,6 +190,7 @@ mod inotify {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Notify;
 
     /// Runs `f` on a current-thread runtime with time, like the leader's.
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -213,13 +213,14 @@ mod tests {
         block_on(async {
             let mut dog = Watchdog::new(&lock, tmp.path());
             assert!(dog.events.is_some(), "inotify is available here");
-            dog.wait(&now).await;
+            dog.wait(now.notified()).await;
             // Nothing happens: the wait does not end (a quiet idle leader does not wake).
-            let quiet = tokio::time::timeout(Duration::from_millis(300), dog.wait(&now)).await;
+            let quiet =
+                tokio::time::timeout(Duration::from_millis(300), dog.wait(now.notified())).await;
             assert!(quiet.is_err(), "the watchdog woke with nothing to report");
             // A tmp cleaner removes the file (still open here, as the leader's lock is).
             std::fs::remove_file(&lock).unwrap();
-            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(&now))
+            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(now.notified()))
                 .await
                 .expect("the deletion was not reported");
         });
@@ -237,13 +238,13 @@ mod tests {
         let now = Notify::new();
         block_on(async {
             let mut dog = Watchdog::new(&lock, &dir);
-            dog.wait(&now).await;
+            dog.wait(now.notified()).await;
             now.notify_one();
-            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(&now))
+            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(now.notified()))
                 .await
                 .expect("a request to check now was not seen");
             std::fs::rename(&dir, tmp.path().join("moved")).unwrap();
-            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(&now))
+            tokio::time::timeout(FALLBACK_PERIOD / 2, dog.wait(now.notified()))
                 .await
                 .expect("the moved directory was not reported");
         });
@@ -259,8 +260,8 @@ mod tests {
             let mut dog = Watchdog::new(&missing.join("agent.lock"), &missing);
             #[cfg(any(target_os = "linux", target_os = "android"))]
             assert!(dog.events.is_none());
-            dog.wait(&now).await;
-            tokio::time::timeout(POLL_PERIOD * 20, dog.wait(&now))
+            dog.wait(now.notified()).await;
+            tokio::time::timeout(POLL_PERIOD * 20, dog.wait(now.notified()))
                 .await
                 .expect("no poll within 20 periods");
         });

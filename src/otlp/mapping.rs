@@ -482,34 +482,10 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
             histogram_point(tag_attributes(&key.tags), start_ns, end_ns, sketch),
         );
     }
-    for (name, value) in [
-        ("appsignal.agent.dropped_updates", report.dropped_updates),
-        ("appsignal.agent.dropped_samples", report.dropped_samples),
-        ("appsignal.agent.dropped_logs", report.dropped_logs),
-        (
-            "appsignal.agent.payload_cache_evictions",
-            report.payload_cache_evictions,
-        ),
-        ("appsignal.agent.rejected_frames", report.rejected_frames),
-        ("appsignal.agent.rejected_exports", report.rejected_exports),
-        ("appsignal.agent.dropped_batches", report.dropped_batches),
-        (
-            "appsignal.agent.refused_connections",
-            report.refused_connections,
-        ),
-        ("appsignal.agent.poisoned_batches", report.poisoned_batches),
-        (
-            "appsignal.agent.statsd_malformed_lines",
-            report.statsd_malformed_lines,
-        ),
-        (
-            "appsignal.agent.otlp_intake_rejected",
-            report.otlp_intake_rejected,
-        ),
-    ] {
+    for (name, value) in report.counts.named() {
         if value > 0 {
             builder.sum(
-                name,
+                &format!("appsignal.agent.{name}"),
                 number_point(Vec::new(), start_ns, end_ns, value as f64),
             );
         }
@@ -954,16 +930,13 @@ mod tests {
             start_ms: 1000,
             end_ms: 2000,
             metrics,
-            dropped_updates: 0,
             batches: 1,
             samples: vec![sample.to_string()],
             logs: vec![json!({"timestamp": 1200, "group": "g", "severity": "error",
                               "severity_number": 6, "message": "bad",
                               "attributes": {"n": 1}})
             .to_string()],
-            dropped_samples: 0,
-            dropped_logs: 0,
-            dropped_batches: 0,
+            counts: Default::default(),
             bytes: 0,
         }
     }
@@ -983,7 +956,10 @@ mod tests {
     #[test]
     fn metrics_map_to_delta_sums_gauges_and_exponential_histograms() {
         let report = AgentReport {
-            dropped_updates: 2,
+            counts: crate::counts::AgentCounts {
+                dropped_updates: 2,
+                ..Default::default()
+            },
             ..AgentReport::default()
         };
         let r = requests(&window(), "export-1", &report).metrics.unwrap();

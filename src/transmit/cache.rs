@@ -181,11 +181,6 @@ impl PayloadCache {
     pub fn take_evictions(&self) -> u64 {
         self.evictions.swap(0, Ordering::Relaxed)
     }
-
-    /// Evictions taken for a payload that did not go out after all (reported with a later one).
-    pub fn give_back_evictions(&self, n: u64) {
-        self.evictions.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
