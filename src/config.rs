@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
-use crate::cbor::{self, required, FromCbor};
+use crate::cbor::FromCbor;
 use crate::otlp::settings::{OtlpSettings, ResourceInputs};
 
 /// The library's own environment table, filled through `appsignal_env_put`.
@@ -52,7 +52,9 @@ pub enum LogTarget {
 }
 
 /// Which exporters send a configuration's windows (`_APPSIGNAL_EXPORTER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, FromCbor,
+)]
 pub struct Exporters {
     /// The Push API (`docs/push-api.md`).
     pub push: bool,
@@ -71,7 +73,7 @@ impl Default for Exporters {
 
 /// What identifies one app configuration to the leader: data of different configurations sharing a
 /// working directory is kept apart and exported with its own key and settings.
-#[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, FromCbor)]
 pub struct PushConfig {
     pub push_api_key: String,
     pub app_name: String,
@@ -95,69 +97,6 @@ pub struct PushConfig {
     /// and can export nothing until a process with the whole configuration connects.
     #[serde(default)]
     pub redacted: bool,
-}
-
-impl FromCbor for Exporters {
-    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
-        let (mut push, mut otlp) = (None, None);
-        r.fields(|r, key| match key {
-            "push" => r.field(&mut push, key, cbor::Reader::bool),
-            "otlp" => r.field(&mut otlp, key, cbor::Reader::bool),
-            _ => Ok(false),
-        })?;
-        Ok(Exporters {
-            push: required(r, push, "Exporters", "push")?,
-            otlp: required(r, otlp, "Exporters", "otlp")?,
-        })
-    }
-}
-
-impl FromCbor for PushConfig {
-    #[inline(never)]
-    fn read(r: &mut cbor::Reader<'_>) -> cbor::Result<Self> {
-        let mut text: [Option<String>; 6] = Default::default();
-        const TEXT: [&str; 6] = [
-            "push_api_key",
-            "app_name",
-            "environment",
-            "endpoint",
-            "hostname",
-            "revision",
-        ];
-        let (mut host_role, mut language_integration_version) = (None, None);
-        let (mut exporters, mut otlp, mut redacted) = (None, None, None);
-        r.fields(|r, key| match key {
-            "host_role" => r.field(&mut host_role, key, |r| r.option(cbor::Reader::string)),
-            "language_integration_version" => {
-                r.field(&mut language_integration_version, key, |r| {
-                    r.option(cbor::Reader::string)
-                })
-            }
-            "exporters" => r.field(&mut exporters, key, Exporters::read),
-            "otlp" => r.field(&mut otlp, key, |r| {
-                r.option(<OtlpSettings as FromCbor>::read)
-            }),
-            "redacted" => r.field(&mut redacted, key, cbor::Reader::bool),
-            _ => match TEXT.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut text[i], key, cbor::Reader::string),
-                None => Ok(false),
-            },
-        })?;
-        let [push_api_key, app_name, environment, endpoint, hostname, revision] = text;
-        Ok(PushConfig {
-            push_api_key: required(r, push_api_key, "PushConfig", TEXT[0])?,
-            app_name: required(r, app_name, "PushConfig", TEXT[1])?,
-            environment: required(r, environment, "PushConfig", TEXT[2])?,
-            endpoint: required(r, endpoint, "PushConfig", TEXT[3])?,
-            hostname: required(r, hostname, "PushConfig", TEXT[4])?,
-            revision: required(r, revision, "PushConfig", TEXT[5])?,
-            host_role: host_role.flatten(),
-            language_integration_version: language_integration_version.flatten(),
-            exporters: exporters.unwrap_or_default(),
-            otlp: otlp.flatten(),
-            redacted: redacted.unwrap_or_default(),
-        })
-    }
 }
 
 impl PushConfig {

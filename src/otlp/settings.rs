@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, FromCbor, Reader};
+use crate::cbor::FromCbor;
 
 /// Where OTLP goes when nothing says otherwise (the OpenTelemetry Collector's OTLP/HTTP port).
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
@@ -17,13 +17,13 @@ pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
 /// A resource attribute's value, as the configuration gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub enum ResourceValue {
     Str(String),
     List(Vec<String>),
 }
 
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub struct OtlpSettings {
     pub metrics_endpoint: String,
     pub traces_endpoint: String,
@@ -52,49 +52,6 @@ impl fmt::Debug for OtlpSettings {
             .field("gzip", &self.gzip)
             .field("resource", &self.resource)
             .finish()
-    }
-}
-
-impl FromCbor for ResourceValue {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        r.variant("resource value", |r, name| match name {
-            "Str" => r.string().map(|v| Some(ResourceValue::Str(v))),
-            "List" => r.vec(Reader::string).map(|v| Some(ResourceValue::List(v))),
-            _ => Ok(None),
-        })
-    }
-}
-
-impl FromCbor for OtlpSettings {
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let mut endpoints: [Option<String>; 3] = Default::default();
-        const ENDPOINTS: [&str; 3] = ["metrics_endpoint", "traces_endpoint", "logs_endpoint"];
-        let (mut headers, mut timeout_ms, mut gzip, mut resource) = (None, None, None, None);
-        r.fields(|r, key| match key {
-            "headers" => r.field(&mut headers, key, |r| {
-                r.vec(|r| r.pair(Reader::string, Reader::string))
-            }),
-            "timeout_ms" => r.field(&mut timeout_ms, key, Reader::u64),
-            "gzip" => r.field(&mut gzip, key, Reader::bool),
-            "resource" => r.field(&mut resource, key, |r| {
-                r.vec(|r| r.pair(Reader::string, ResourceValue::read))
-            }),
-            _ => match ENDPOINTS.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut endpoints[i], key, Reader::string),
-                None => Ok(false),
-            },
-        })?;
-        let [metrics_endpoint, traces_endpoint, logs_endpoint] = endpoints;
-        Ok(OtlpSettings {
-            metrics_endpoint: required(r, metrics_endpoint, "OtlpSettings", ENDPOINTS[0])?,
-            traces_endpoint: required(r, traces_endpoint, "OtlpSettings", ENDPOINTS[1])?,
-            logs_endpoint: required(r, logs_endpoint, "OtlpSettings", ENDPOINTS[2])?,
-            headers: required(r, headers, "OtlpSettings", "headers")?,
-            timeout_ms: required(r, timeout_ms, "OtlpSettings", "timeout_ms")?,
-            gzip: required(r, gzip, "OtlpSettings", "gzip")?,
-            resource: required(r, resource, "OtlpSettings", "resource")?,
-        })
     }
 }
 
