@@ -67,6 +67,12 @@
 //! ignored. Lifetime parameters are refused (the reader builds owned values); type parameters get
 //! a `FromCbor` bound.
 
+// What cannot be derived is a compile error with its span, never a panic in the compiler.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::meta::ParseNestedMeta;
@@ -554,4 +560,143 @@ fn enumeration(data: &syn::DataEnum, what: &str) -> syn::Result<TokenStream> {
 fn unraw(ident: &syn::Ident) -> String {
     let name = ident.to_string();
     name.strip_prefix("r#").map(str::to_owned).unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn derive(input: TokenStream) -> Result<String, String> {
+        let input: DeriveInput = syn::parse2(input).map_err(|e| e.to_string())?;
+        expand(&input)
+            .map(|tokens| tokens.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn what_serde_would_write_differently_is_refused_at_compile_time() {
+        for (input, why) in [
+            (
+                quote!(
+                    struct A {
+                        #[serde(flatten)]
+                        b: B,
+                    }
+                ),
+                "`#[serde(flatten)]` is not read",
+            ),
+            (
+                quote!(
+                    #[serde(tag = "t")]
+                    enum E {
+                        V { a: u8 },
+                    }
+                ),
+                "`#[serde(tag)]` is not read",
+            ),
+            (
+                quote!(
+                    #[serde(rename_all = "camelCase")]
+                    struct A {
+                        b: u8,
+                    }
+                ),
+                "`#[serde(rename_all)]` is not read",
+            ),
+            (
+                quote!(
+                    struct A {
+                        #[serde(deserialize_with = "f")]
+                        b: u8,
+                    }
+                ),
+                "`#[serde(deserialize_with)]` is not read",
+            ),
+            (
+                quote!(
+                    struct A {
+                        #[cbor(max_len = 3)]
+                        b: String,
+                    }
+                ),
+                "bounds a `Vec<T>` field",
+            ),
+            (
+                quote!(
+                    struct A<'a> {
+                        b: &'a str,
+                    }
+                ),
+                "lifetime parameters",
+            ),
+            (
+                quote!(
+                    struct A {
+                        #[cbor(bound = 3)]
+                        b: u8,
+                    }
+                ),
+                "unknown `cbor` attribute",
+            ),
+            (
+                quote!(
+                    #[serde(default)]
+                    enum E {
+                        V,
+                    }
+                ),
+                "`default` and `deny_unknown_fields` apply to structs",
+            ),
+        ] {
+            let err = derive(input.clone()).expect_err(&input.to_string());
+            assert!(err.contains(why), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn serialize_only_attributes_are_ignored() {
+        for input in [
+            quote!(
+                #[serde(into = "W", rename = "X")]
+                struct A {
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    b: Option<u8>,
+                }
+            ),
+            quote!(
+                enum E {
+                    #[serde(skip_serializing)]
+                    V,
+                }
+            ),
+        ] {
+            assert!(derive(input.clone()).is_ok(), "{input}");
+        }
+    }
+
+    #[test]
+    fn a_struct_reads_its_fields_by_wire_name_and_requires_what_has_no_default() {
+        let code = derive(quote! {
+            struct A {
+                a: u64,
+                #[serde(rename = "bee")]
+                b: String,
+                c: Option<u8>,
+                #[serde(default)]
+                d: Vec<u8>,
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(code.contains(r#""bee" => __r . field"#), "{code}");
+        assert!(
+            code.contains(r#"required (__r , __field0 , "A" , "a")"#),
+            "{code}"
+        );
+        assert!(
+            code.contains(r#"required (__r , __field1 , "A" , "bee")"#),
+            "{code}"
+        );
+        assert!(!code.contains(r#""c")"#), "{code}");
+        assert!(!code.contains(r#""d")"#), "{code}");
+    }
 }
