@@ -238,6 +238,17 @@ impl<'a> Reader<'a> {
         n.ok_or_else(|| self.error_at(start, "integer does not fit in 64 bits".into()))
     }
 
+    /// A signed integer of at most `bits` bits (below 64).
+    fn signed(&mut self, bits: u32) -> Result<i64> {
+        let start = self.at;
+        let n = self.i64()?;
+        let max = (1i64 << (bits - 1)) - 1;
+        if !(-max - 1..=max).contains(&n) {
+            return Err(self.error_at(start, format!("integer does not fit in {bits} bits")));
+        }
+        Ok(n)
+    }
+
     pub fn i32(&mut self) -> Result<i32> {
         let start = self.at;
         let n = self.i64()?;
@@ -553,7 +564,11 @@ leaf! {
     },
     i64 => Reader::i64,
     i32 => Reader::i32,
+    i16 => |r: &mut Reader<'_>| r.signed(16).map(|n| n as i16),
+    i8 => |r: &mut Reader<'_>| r.signed(8).map(|n| n as i8),
     f64 => Reader::f64,
+    // As serde reads an `f32`: any number, to the nearest single.
+    f32 => |r: &mut Reader<'_>| r.f64().map(|v| v as f32),
     bool => Reader::bool,
     String => Reader::string,
     () => Reader::unit,
@@ -1201,6 +1216,25 @@ mod tests {
                 unit: Marker,
             }
             assert_eq!(round_trip(&Id(9)), Id(9));
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Small(i8, i16, u8, u16, f32, usize, i64);
+            let small = Small(
+                i8::MIN,
+                i16::MAX,
+                u8::MAX,
+                u16::MAX,
+                0.1,
+                usize::MAX,
+                i64::MIN,
+            );
+            assert_eq!(round_trip(&small), small);
+            let err = from_slice::<Small>(&bytes(&(128, 0, 0, 0, 0.0, 0, 0))).unwrap_err();
+            assert_eq!(
+                (err.message.as_str(), err.offset),
+                ("integer does not fit in 8 bits", 1)
+            );
+            let err = from_slice::<Small>(&bytes(&(0, -32769, 0, 0, 0.0, 0, 0))).unwrap_err();
+            assert_eq!(err.message, "integer does not fit in 16 bits");
             assert_eq!(round_trip(&Point(-1, 2, 0.5)), Point(-1, 2, 0.5));
             let tagged = Tagged {
                 value: Point(i32::MIN, i32::MAX, -0.0),

@@ -17,8 +17,10 @@
 //!
 //! * **A struct with named fields**: a map with text keys, in any order (`Reader::fields`).
 //!   Each field is read by its type's `FromCbor` impl (`crate::cbor` has them for `String`,
-//!   `bool`, `f64`, the integers, `Vec<T>`, `Option<T>`, `Box<T>`, pairs, maps, and every derived
-//!   type), validated while it is read, with the byte offset of what was wrong. A field that
+//!   `bool`, `f64`, `f32`, the integers up to 64 bits and `usize`, `()`, `Vec<T>`, `Option<T>`,
+//!   `Box<T>`, pairs, `BTreeMap` and `HashMap` (a repeated key: the last wins, as with serde),
+//!   and every derived type), validated while it is read (an integer out of its type's range is
+//!   an error, not a wrap), with the byte offset of what was wrong. A field that
 //!   comes twice is an error (`duplicate field `name``), an unknown field is skipped (as serde's
 //!   derived decoders do), a missing field is an error naming the type and the field
 //!   (`Batch: missing field `seq``) unless it has a default (below).
