@@ -2,8 +2,11 @@
 //!
 //! `serde_cbor` writes them ([`crate::protocol::encode`]); this module reads them back: a pull
 //! reader over one body that checks each item against the type it must be, so every message is
-//! built and validated straight from the bytes. Each message type implements [`FromCbor`] next to
-//! its definition.
+//! built and validated straight from the bytes. Each message type derives [`FromCbor`]
+//! (`#[derive(FromCbor)]`, crate `appsignal-cbor-derive`) from the same declaration and serde
+//! attributes that `serde_cbor` writes it from, so a message is declared once; the derive's
+//! documentation says what it reads. The impls here are the leaves it reads fields with: text,
+//! booleans, numbers, vectors, options, pairs and maps.
 //!
 //! Why not `serde_cbor::from_slice`: its deserializer is instantiated once per visitor type that
 //! the leader reads (about 50: every struct, its field names, every tuple and vector), which was
@@ -36,10 +39,13 @@ impl std::error::Error for CborError {}
 
 pub type Result<T> = std::result::Result<T, CborError>;
 
-/// A type that can be read from a [`Reader`].
+/// A type that can be read from a [`Reader`]. Derive it (`#[derive(FromCbor)]`) for a struct or
+/// enum that serde writes.
 pub trait FromCbor: Sized {
     fn read(r: &mut Reader<'_>) -> Result<Self>;
 }
+
+pub use appsignal_cbor_derive::FromCbor;
 
 /// Reads exactly one `T` from `body`; bytes after it are an error.
 pub fn from_slice<T: FromCbor>(body: &[u8]) -> Result<T> {
@@ -202,13 +208,21 @@ impl<'a> Reader<'a> {
         Ok(self.expect(UNSIGNED, "an unsigned integer")?.arg)
     }
 
-    pub fn u32(&mut self) -> Result<u32> {
+    /// An unsigned integer of at most `max` (`bits` wide, for the error).
+    fn unsigned(&mut self, max: u64, bits: u32) -> Result<u64> {
         let start = self.at;
         let n = self.u64()?;
-        u32::try_from(n).map_err(|_| self.error_at(start, format!("{n} does not fit in 32 bits")))
+        if n > max {
+            return Err(self.error_at(start, format!("{n} does not fit in {bits} bits")));
+        }
+        Ok(n)
     }
 
-    pub fn i32(&mut self) -> Result<i32> {
+    pub fn u32(&mut self) -> Result<u32> {
+        self.unsigned(u32::MAX.into(), 32).map(|n| n as u32)
+    }
+
+    pub fn i64(&mut self) -> Result<i64> {
         let start = self.at;
         let head = self.head()?;
         let n = match head.major {
@@ -221,8 +235,24 @@ impl<'a> Reader<'a> {
                 ))
             }
         };
-        n.and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| self.error_at(start, "integer does not fit in 32 bits".into()))
+        n.ok_or_else(|| self.error_at(start, "integer does not fit in 64 bits".into()))
+    }
+
+    /// A signed integer of at most `bits` bits (below 64).
+    fn signed(&mut self, bits: u32) -> Result<i64> {
+        let start = self.at;
+        let n = self.i64()?;
+        let max = (1i64 << (bits - 1)) - 1;
+        if !(-max - 1..=max).contains(&n) {
+            return Err(self.error_at(start, format!("integer does not fit in {bits} bits")));
+        }
+        Ok(n)
+    }
+
+    pub fn i32(&mut self) -> Result<i32> {
+        let start = self.at;
+        let n = self.i64()?;
+        i32::try_from(n).map_err(|_| self.error_at(start, "integer does not fit in 32 bits".into()))
     }
 
     /// A float of any width, or an integer (read as the nearest float, as `serde` does).
@@ -323,6 +353,19 @@ impl<'a> Reader<'a> {
         false
     }
 
+    /// A null (a unit struct, a unit variant's content).
+    pub fn unit(&mut self) -> Result<()> {
+        if self.null() {
+            return Ok(());
+        }
+        let start = self.at;
+        let head = self.head()?;
+        Err(self.error_at(
+            start,
+            format!("expected null, found {}", major_name(head.major)),
+        ))
+    }
+
     /// `None` for null, otherwise the item read by `read`.
     pub fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
         if self.null() {
@@ -374,6 +417,19 @@ impl<'a> Reader<'a> {
         Ok(pair)
     }
 
+    /// An array of exactly `len` items, read by `read` (a tuple struct or variant).
+    pub fn tuple<T>(&mut self, len: usize, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let start = self.at;
+        let n = self.array()?;
+        if n != len {
+            return Err(self.error_at(start, format!("expected {len} items, found {n}")));
+        }
+        self.enter(start)?;
+        let value = read(self)?;
+        self.leave();
+        Ok(value)
+    }
+
     /// A struct: a map with text keys. `field` reads the value of a known key and returns `true`,
     /// or returns `false` for a key it does not know (the value is skipped).
     pub fn fields(
@@ -388,6 +444,19 @@ impl<'a> Reader<'a> {
             if !field(self, key)? {
                 self.skip()?;
             }
+        }
+        self.leave();
+        Ok(())
+    }
+
+    /// A map (of any keys): `entry` reads each key and its value; the reader checks the count
+    /// and the depth.
+    pub fn entries(&mut self, mut entry: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        let start = self.at;
+        let n = self.map()?;
+        self.enter(start)?;
+        for _ in 0..n {
+            entry(self)?;
         }
         self.leave();
         Ok(())
@@ -408,22 +477,29 @@ impl<'a> Reader<'a> {
         Ok(true)
     }
 
-    /// An enum: a one-entry map from the variant's name to its content, read by `variant`, which
-    /// returns `None` for a name it does not know.
-    pub fn variant<T>(
+    /// An enum as serde writes it (externally tagged): a unit variant as its name alone, any
+    /// variant as a one-entry map from its name to its content. `variant(reader, name,
+    /// content)` reads the content if `content` (else there is none) and returns `None` for a
+    /// name it does not know (or a bare name that is no unit variant).
+    pub fn enumeration<T>(
         &mut self,
         what: &str,
-        variant: impl FnOnce(&mut Self, &'a str) -> Result<Option<T>>,
+        variant: impl FnOnce(&mut Self, &'a str, bool) -> Result<Option<T>>,
     ) -> Result<T> {
         let start = self.at;
+        if self.bytes.get(self.at).is_some_and(|&b| b >> 5 == TEXT) {
+            let name = self.str()?;
+            return variant(self, name, false)?
+                .ok_or_else(|| unknown_variant(self, start, what, "unit variant ", name));
+        }
         if self.map()? != 1 {
             return Err(self.error_at(start, format!("expected {what} (a one-entry map)")));
         }
         self.enter(start)?;
         let name_at = self.at;
         let name = self.str()?;
-        let value = variant(self, name)?
-            .ok_or_else(|| self.error_at(name_at, format!("unknown {what} variant {name:?}")))?;
+        let value = variant(self, name, true)?
+            .ok_or_else(|| unknown_variant(self, name_at, what, "variant ", name))?;
         self.leave();
         Ok(value)
     }
@@ -465,9 +541,74 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl FromCbor for u64 {
+// The leaves that derived readers read fields with.
+
+macro_rules! leaf {
+    ($($type:ty => $read:expr),* $(,)?) => {$(
+        impl FromCbor for $type {
+            #[inline]
+            fn read(r: &mut Reader<'_>) -> Result<Self> {
+                $read(r)
+            }
+        }
+    )*};
+}
+
+leaf! {
+    u64 => Reader::u64,
+    u32 => Reader::u32,
+    u16 => |r: &mut Reader<'_>| r.unsigned(u16::MAX.into(), 16).map(|n| n as u16),
+    u8 => |r: &mut Reader<'_>| r.unsigned(u8::MAX.into(), 8).map(|n| n as u8),
+    usize => |r: &mut Reader<'_>| {
+        r.unsigned(usize::MAX as u64, usize::BITS).map(|n| n as usize)
+    },
+    i64 => Reader::i64,
+    i32 => Reader::i32,
+    i16 => |r: &mut Reader<'_>| r.signed(16).map(|n| n as i16),
+    i8 => |r: &mut Reader<'_>| r.signed(8).map(|n| n as i8),
+    f64 => Reader::f64,
+    // As serde reads an `f32`: any number, to the nearest single.
+    f32 => |r: &mut Reader<'_>| r.f64().map(|v| v as f32),
+    bool => Reader::bool,
+    String => Reader::string,
+    () => Reader::unit,
+}
+
+impl<T: FromCbor> FromCbor for Option<T> {
+    #[inline]
     fn read(r: &mut Reader<'_>) -> Result<Self> {
-        r.u64()
+        r.option(T::read)
+    }
+}
+
+impl<T: FromCbor> FromCbor for Box<T> {
+    #[inline]
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        T::read(r).map(Box::new)
+    }
+}
+
+impl<K: FromCbor + Ord, V: FromCbor> FromCbor for std::collections::BTreeMap<K, V> {
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        let mut map = std::collections::BTreeMap::new();
+        r.entries(|r| {
+            let key = K::read(r)?;
+            map.insert(key, V::read(r)?);
+            Ok(())
+        })?;
+        Ok(map)
+    }
+}
+
+impl<K: FromCbor + Eq + std::hash::Hash, V: FromCbor> FromCbor for std::collections::HashMap<K, V> {
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        let mut map = std::collections::HashMap::new();
+        r.entries(|r| {
+            let key = K::read(r)?;
+            map.insert(key, V::read(r)?);
+            Ok(())
+        })?;
+        Ok(map)
     }
 }
 
@@ -492,6 +633,26 @@ pub fn required<T>(r: &Reader<'_>, slot: Option<T>, what: &str, name: &str) -> R
 }
 
 // The errors are built out of line: `field` and `required` are inlined for every field.
+#[cold]
+#[inline(never)]
+fn unknown_variant(r: &Reader<'_>, at: usize, what: &str, kind: &str, name: &str) -> CborError {
+    r.error_at(at, format!("unknown {what} {kind}{name:?}"))
+}
+
+/// The error of a struct with `#[serde(deny_unknown_fields)]` on a field it does not know.
+#[cold]
+#[inline(never)]
+pub fn unknown_field(r: &Reader<'_>, name: &str) -> CborError {
+    r.error(format!("unknown field `{name}`"))
+}
+
+/// The error of a conversion (`#[serde(try_from = …)]`) that refused what was read.
+#[cold]
+#[inline(never)]
+pub fn conversion_error(r: &Reader<'_>, why: &dyn fmt::Display) -> CborError {
+    r.error(why.to_string())
+}
+
 #[cold]
 #[inline(never)]
 fn duplicate(r: &Reader<'_>, name: &str) -> CborError {
@@ -706,7 +867,8 @@ mod tests {
         assert!(err.message.contains("nested deeper than 127"), "{err}");
     }
 
-    /// `{"n": u64}` and nothing else.
+    /// `{"n": u64}` and nothing else. Written by hand on purpose: it tests the reader's building
+    /// blocks (`fields`, `field`, `required`) that the derive below generates calls to.
     #[derive(Debug, PartialEq)]
     struct Probe(u64);
 
@@ -718,6 +880,388 @@ mod tests {
                 _ => Ok(false),
             })?;
             required(r, n, "Probe", "n").map(Probe)
+        }
+    }
+
+    /// The derive's semantics, each checked against what `serde_cbor` writes and (where both
+    /// accept) against what its derived decoder reads.
+    mod derived {
+        use super::super::*;
+        use serde::{Deserialize, Serialize};
+        use std::collections::{BTreeMap, HashMap};
+
+        fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
+            serde_cbor::to_vec(value).unwrap()
+        }
+
+        /// Ours reads what serde wrote into what serde's decoder reads.
+        fn round_trip<T>(value: &T) -> T
+        where
+            T: FromCbor + Serialize + for<'de> Deserialize<'de>,
+        {
+            let body = bytes(value);
+            let ours: T = from_slice(&body).unwrap_or_else(|e| panic!("{e}: {body:x?}"));
+            let reference: T = serde_cbor::from_slice(&body).unwrap();
+            assert_eq!(bytes(&ours), bytes(&reference));
+            assert_eq!(bytes(&ours), body);
+            ours
+        }
+
+        fn seven() -> u32 {
+            7
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+        struct Message {
+            id: u64,
+            name: String,
+            #[serde(default)]
+            tags: Vec<(String, String)>,
+            #[serde(default = "seven")]
+            retries: u32,
+            note: Option<String>,
+            #[serde(rename = "type", alias = "kind")]
+            r#type: Kind,
+            #[serde(skip)]
+            cached: u64,
+            #[cbor(max_len = 3)]
+            #[serde(default)]
+            small: Vec<i64>,
+            nested: Option<Box<Message>>,
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+        enum Kind {
+            Plain,
+            Named(String),
+            Pair(u8, bool),
+            Full {
+                at_ms: u64,
+                #[serde(default)]
+                extra: Option<f64>,
+            },
+            #[serde(rename = "other")]
+            Other,
+        }
+
+        fn message(kind: Kind) -> Message {
+            Message {
+                id: 1,
+                name: "m".into(),
+                tags: vec![("a".into(), "b".into())],
+                retries: 2,
+                note: Some("n".into()),
+                r#type: kind,
+                cached: 0,
+                small: vec![-1, 0, 1],
+                nested: None,
+            }
+        }
+
+        /// `message` as a map with `edit` applied to its fields.
+        fn edited(
+            edit: impl FnOnce(&mut BTreeMap<serde_cbor::Value, serde_cbor::Value>),
+        ) -> Vec<u8> {
+            let mut value = serde_cbor::value::to_value(message(Kind::Plain)).unwrap();
+            let serde_cbor::Value::Map(fields) = &mut value else {
+                panic!()
+            };
+            edit(fields);
+            bytes(&value)
+        }
+
+        fn text(s: &str) -> serde_cbor::Value {
+            serde_cbor::Value::Text(s.into())
+        }
+
+        #[test]
+        fn every_shape_reads_back_as_serde_wrote_it() {
+            for kind in [
+                Kind::Plain,
+                Kind::Named("x".into()),
+                Kind::Pair(255, true),
+                Kind::Full {
+                    at_ms: u64::MAX,
+                    extra: Some(0.5),
+                },
+                Kind::Full {
+                    at_ms: 0,
+                    extra: None,
+                },
+                Kind::Other,
+            ] {
+                let mut m = message(kind);
+                m.nested = Some(Box::new(message(Kind::Plain)));
+                assert_eq!(round_trip(&m), m);
+            }
+        }
+
+        #[test]
+        fn a_missing_required_field_names_the_type_and_the_field() {
+            let body = edited(|f| {
+                f.remove(&text("name"));
+            });
+            let err = from_slice::<Message>(&body).unwrap_err();
+            assert_eq!(err.message, "Message: missing field `name`");
+            // At the end of the map, where it was found missing.
+            assert_eq!(err.offset, body.len());
+            let err = from_slice::<Kind>(&bytes(&BTreeMap::from([(
+                "Full",
+                BTreeMap::<String, u64>::new(),
+            )])))
+            .unwrap_err();
+            assert_eq!(err.message, "Kind::Full: missing field `at_ms`");
+        }
+
+        #[test]
+        fn missing_defaulted_and_optional_fields_take_their_defaults() {
+            let body = edited(|f| {
+                for key in ["tags", "retries", "note", "small", "nested"] {
+                    assert!(f.remove(&text(key)).is_some(), "{key}");
+                }
+            });
+            let m: Message = from_slice(&body).unwrap();
+            assert_eq!(
+                (m.tags, m.retries, m.note, m.small),
+                (vec![], 7, None, vec![])
+            );
+            assert!(m.nested.is_none());
+            let reference: Message = serde_cbor::from_slice(&body).unwrap();
+            assert_eq!(reference.retries, 7);
+
+            // `#[serde(default)]` on the type: a missing field is the type's default's.
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            #[serde(default)]
+            struct Settings {
+                a: u32,
+                b: String,
+            }
+            impl Default for Settings {
+                fn default() -> Self {
+                    Settings {
+                        a: 5,
+                        b: "five".into(),
+                    }
+                }
+            }
+            let only_b = bytes(&BTreeMap::from([("b", "x")]));
+            let expected = Settings {
+                a: 5,
+                b: "x".into(),
+            };
+            assert_eq!(from_slice::<Settings>(&only_b).unwrap(), expected);
+            assert_eq!(
+                serde_cbor::from_slice::<Settings>(&only_b).unwrap(),
+                expected
+            );
+        }
+
+        #[test]
+        fn unknown_fields_are_skipped_unless_denied_and_duplicates_refused() {
+            let body = edited(|f| {
+                f.insert(
+                    text("added_later"),
+                    serde_cbor::Value::Array(vec![text("x")]),
+                );
+            });
+            assert_eq!(from_slice::<Message>(&body).unwrap(), message(Kind::Plain));
+
+            #[derive(Debug, Serialize, FromCbor)]
+            #[serde(deny_unknown_fields)]
+            struct Strict {
+                a: u32,
+            }
+            let err =
+                from_slice::<Strict>(&bytes(&BTreeMap::from([("a", 1), ("b", 2)]))).unwrap_err();
+            assert_eq!(err.message, "unknown field `b`");
+            assert_eq!(from_slice::<Strict>(&bytes(&Strict { a: 3 })).unwrap().a, 3);
+
+            // {"id": 1, "id": 2, …}: refused as serde refuses it, naming the field.
+            let mut twice = bytes(&message(Kind::Plain));
+            let map_head = twice[0];
+            twice[0] = map_head + 1;
+            twice.extend(bytes(&"id"));
+            twice.push(0x02);
+            let err = from_slice::<Message>(&twice).unwrap_err();
+            assert_eq!(err.message, "duplicate field `id`");
+            assert!(serde_cbor::from_slice::<Message>(&twice).is_err());
+        }
+
+        #[test]
+        fn renamed_and_aliased_fields_read_by_their_wire_names() {
+            let body = edited(|f| {
+                let kind = f.remove(&text("type")).unwrap();
+                f.insert(text("kind"), kind);
+            });
+            assert_eq!(from_slice::<Message>(&body).unwrap(), message(Kind::Plain));
+            // The Rust name is not a wire name.
+            let body = edited(|f| {
+                let kind = f.remove(&text("type")).unwrap();
+                f.insert(text("r#type"), kind);
+            });
+            let err = from_slice::<Message>(&body).unwrap_err();
+            assert_eq!(err.message, "Message: missing field `type`");
+        }
+
+        #[test]
+        fn enum_variants_by_name_and_content() {
+            // A unit variant as its name or as {name: null}, as serde_cbor reads it.
+            assert_eq!(from_slice::<Kind>(&bytes(&"Plain")).unwrap(), Kind::Plain);
+            let as_map = bytes(&BTreeMap::from([("Plain", ())]));
+            assert_eq!(from_slice::<Kind>(&as_map).unwrap(), Kind::Plain);
+            assert_eq!(
+                serde_cbor::from_slice::<Kind>(&as_map).unwrap(),
+                Kind::Plain
+            );
+            assert_eq!(from_slice::<Kind>(&bytes(&"other")).unwrap(), Kind::Other);
+
+            let err = from_slice::<Kind>(&bytes(&"Other")).unwrap_err();
+            assert_eq!(err.message, "unknown Kind unit variant \"Other\"");
+            // A variant with content needs it.
+            let err = from_slice::<Kind>(&bytes(&"Named")).unwrap_err();
+            assert_eq!(err.message, "unknown Kind unit variant \"Named\"");
+            let err = from_slice::<Kind>(&bytes(&BTreeMap::from([("Nope", 1)]))).unwrap_err();
+            assert_eq!(err.message, "unknown Kind variant \"Nope\"");
+            assert_eq!(err.offset, 1);
+            let err = from_slice::<Kind>(&bytes(&BTreeMap::from([("Plain", 1), ("Other", 2)])))
+                .unwrap_err();
+            assert_eq!(err.message, "expected Kind (a one-entry map)");
+            // A tuple variant has exactly its items.
+            let err = from_slice::<Kind>(&bytes(&BTreeMap::from([("Pair", (1u8, true, 3))])))
+                .unwrap_err();
+            assert_eq!(err.message, "expected 2 items, found 3");
+            let err =
+                from_slice::<Kind>(&bytes(&BTreeMap::from([("Pair", (256, true))]))).unwrap_err();
+            assert_eq!(err.message, "256 does not fit in 8 bits");
+        }
+
+        #[test]
+        fn bounds_and_conversions_refuse_while_reading() {
+            let body = edited(|f| {
+                let four = (0..4).map(serde_cbor::Value::Integer).collect();
+                f.insert(text("small"), serde_cbor::Value::Array(four));
+            });
+            let err = from_slice::<Message>(&body).unwrap_err();
+            assert_eq!(err.message, "4 items, at most 3 allowed");
+
+            #[derive(Serialize, FromCbor)]
+            struct EvenWire {
+                n: u64,
+            }
+            #[derive(Debug, FromCbor)]
+            #[serde(try_from = "EvenWire")]
+            struct Even(u64);
+            impl TryFrom<EvenWire> for Even {
+                type Error = String;
+                fn try_from(w: EvenWire) -> std::result::Result<Self, String> {
+                    if w.n % 2 == 0 {
+                        Ok(Even(w.n))
+                    } else {
+                        Err(format!("{} is odd", w.n))
+                    }
+                }
+            }
+            assert_eq!(from_slice::<Even>(&bytes(&EvenWire { n: 4 })).unwrap().0, 4);
+            let body = bytes(&EvenWire { n: 3 });
+            let err = from_slice::<Even>(&body).unwrap_err();
+            assert_eq!((err.message.as_str(), err.offset), ("3 is odd", body.len()));
+
+            #[derive(Debug, PartialEq, FromCbor)]
+            #[serde(from = "EvenWire")]
+            struct Any(u64);
+            impl From<EvenWire> for Any {
+                fn from(w: EvenWire) -> Self {
+                    Any(w.n)
+                }
+            }
+            assert_eq!(from_slice::<Any>(&body).unwrap(), Any(3));
+
+            // A field read by a function of its own.
+            fn short(r: &mut Reader<'_>) -> Result<String> {
+                let at = r.at;
+                let s = r.string()?;
+                if s.len() > 2 {
+                    return Err(r.error_at(at, "too long".into()));
+                }
+                Ok(s)
+            }
+            #[derive(Debug, Serialize, FromCbor)]
+            struct Code {
+                #[cbor(with = short)]
+                code: String,
+            }
+            assert_eq!(
+                from_slice::<Code>(&bytes(&Code { code: "ab".into() }))
+                    .unwrap()
+                    .code,
+                "ab"
+            );
+            let err = from_slice::<Code>(&bytes(&Code { code: "abc".into() })).unwrap_err();
+            assert_eq!((err.message.as_str(), err.offset), ("too long", 6));
+        }
+
+        #[test]
+        fn newtypes_tuples_units_maps_and_generics() {
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Id(u64);
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Point(i32, i32, f64);
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Marker;
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Tagged<T> {
+                value: T,
+                tags: BTreeMap<String, String>,
+                counts: HashMap<u16, Vec<Id>>,
+                unit: Marker,
+            }
+            assert_eq!(round_trip(&Id(9)), Id(9));
+            #[derive(Debug, PartialEq, Serialize, Deserialize, FromCbor)]
+            struct Small(i8, i16, u8, u16, f32, usize, i64);
+            let small = Small(
+                i8::MIN,
+                i16::MAX,
+                u8::MAX,
+                u16::MAX,
+                0.1,
+                usize::MAX,
+                i64::MIN,
+            );
+            assert_eq!(round_trip(&small), small);
+            let err = from_slice::<Small>(&bytes(&(128, 0, 0, 0, 0.0, 0, 0))).unwrap_err();
+            assert_eq!(
+                (err.message.as_str(), err.offset),
+                ("integer does not fit in 8 bits", 1)
+            );
+            let err = from_slice::<Small>(&bytes(&(0, -32769, 0, 0, 0.0, 0, 0))).unwrap_err();
+            assert_eq!(err.message, "integer does not fit in 16 bits");
+            assert_eq!(round_trip(&Point(-1, 2, 0.5)), Point(-1, 2, 0.5));
+            let tagged = Tagged {
+                value: Point(i32::MIN, i32::MAX, -0.0),
+                tags: BTreeMap::from([("k".into(), "v".into()), ("a".into(), "".into())]),
+                counts: HashMap::from([(7, vec![Id(1), Id(2)])]),
+                unit: Marker,
+            };
+            assert_eq!(round_trip(&tagged), tagged);
+            let err = from_slice::<Point>(&bytes(&(1, 2))).unwrap_err();
+            assert_eq!(err.message, "expected 3 items, found 2");
+            let err = from_slice::<Marker>(&bytes(&0)).unwrap_err();
+            assert_eq!(err.message, "expected null, found an unsigned integer");
+        }
+
+        #[test]
+        fn derived_readers_keep_the_depth_limit() {
+            // Message.nested, 200 deep: every level is a map, refused at the 128th.
+            let mut m = message(Kind::Plain);
+            for _ in 0..200 {
+                let mut outer = message(Kind::Plain);
+                outer.nested = Some(Box::new(m));
+                m = outer;
+            }
+            let body = bytes(&m);
+            let err = from_slice::<Message>(&body).unwrap_err();
+            assert!(err.message.contains("nested deeper than 127"), "{err}");
+            assert!(serde_cbor::from_slice::<Message>(&body).is_err());
         }
     }
 }

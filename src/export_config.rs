@@ -17,10 +17,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, FromCbor, Reader};
+use crate::cbor::FromCbor;
 
 /// Which exporters send a configuration's windows (`_APPSIGNAL_EXPORTER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub struct Exporters {
     /// The Push API (`docs/push-api.md`).
     pub push: bool,
@@ -38,14 +38,14 @@ impl Default for Exporters {
 }
 
 /// A resource attribute's value, as the configuration gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub enum ResourceValue {
     Str(String),
     List(Vec<String>),
 }
 
 /// The OTLP exporter's settings of one configuration (read by `config::otlp`).
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub struct OtlpSettings {
     pub metrics_endpoint: String,
     pub traces_endpoint: String,
@@ -64,7 +64,7 @@ pub struct OtlpSettings {
 /// What identifies one app configuration to the leader, and what its exporters need: data of
 /// different configurations sharing a working directory is kept apart and exported with its own
 /// key and settings.
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
 pub struct ExportConfig {
     /// A secret: removed by [`ExportConfig::without_secrets`], never shown by `Debug`.
     pub push_api_key: String,
@@ -207,113 +207,10 @@ impl fmt::Debug for OtlpSettings {
     }
 }
 
-impl FromCbor for Exporters {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut push, mut otlp) = (None, None);
-        r.fields(|r, key| match key {
-            "push" => r.field(&mut push, key, Reader::bool),
-            "otlp" => r.field(&mut otlp, key, Reader::bool),
-            _ => Ok(false),
-        })?;
-        Ok(Exporters {
-            push: required(r, push, "Exporters", "push")?,
-            otlp: required(r, otlp, "Exporters", "otlp")?,
-        })
-    }
-}
-
-impl FromCbor for ResourceValue {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        r.variant("resource value", |r, name| match name {
-            "Str" => r.string().map(|v| Some(ResourceValue::Str(v))),
-            "List" => r.vec(Reader::string).map(|v| Some(ResourceValue::List(v))),
-            _ => Ok(None),
-        })
-    }
-}
-
-impl FromCbor for OtlpSettings {
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let mut endpoints: [Option<String>; 3] = Default::default();
-        const ENDPOINTS: [&str; 3] = ["metrics_endpoint", "traces_endpoint", "logs_endpoint"];
-        let (mut headers, mut timeout_ms, mut gzip, mut resource) = (None, None, None, None);
-        r.fields(|r, key| match key {
-            "headers" => r.field(&mut headers, key, |r| {
-                r.vec(|r| r.pair(Reader::string, Reader::string))
-            }),
-            "timeout_ms" => r.field(&mut timeout_ms, key, Reader::u64),
-            "gzip" => r.field(&mut gzip, key, Reader::bool),
-            "resource" => r.field(&mut resource, key, |r| {
-                r.vec(|r| r.pair(Reader::string, ResourceValue::read))
-            }),
-            _ => match ENDPOINTS.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut endpoints[i], key, Reader::string),
-                None => Ok(false),
-            },
-        })?;
-        let [metrics_endpoint, traces_endpoint, logs_endpoint] = endpoints;
-        Ok(OtlpSettings {
-            metrics_endpoint: required(r, metrics_endpoint, "OtlpSettings", ENDPOINTS[0])?,
-            traces_endpoint: required(r, traces_endpoint, "OtlpSettings", ENDPOINTS[1])?,
-            logs_endpoint: required(r, logs_endpoint, "OtlpSettings", ENDPOINTS[2])?,
-            headers: required(r, headers, "OtlpSettings", "headers")?,
-            timeout_ms: required(r, timeout_ms, "OtlpSettings", "timeout_ms")?,
-            gzip: required(r, gzip, "OtlpSettings", "gzip")?,
-            resource: required(r, resource, "OtlpSettings", "resource")?,
-        })
-    }
-}
-
-impl FromCbor for ExportConfig {
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let mut text: [Option<String>; 6] = Default::default();
-        const TEXT: [&str; 6] = [
-            "push_api_key",
-            "app_name",
-            "environment",
-            "endpoint",
-            "hostname",
-            "revision",
-        ];
-        let (mut host_role, mut language_integration_version) = (None, None);
-        let (mut exporters, mut otlp, mut redacted) = (None, None, None);
-        r.fields(|r, key| match key {
-            "host_role" => r.field(&mut host_role, key, |r| r.option(Reader::string)),
-            "language_integration_version" => {
-                r.field(&mut language_integration_version, key, |r| {
-                    r.option(Reader::string)
-                })
-            }
-            "exporters" => r.field(&mut exporters, key, Exporters::read),
-            "otlp" => r.field(&mut otlp, key, |r| r.option(OtlpSettings::read)),
-            "redacted" => r.field(&mut redacted, key, Reader::bool),
-            _ => match TEXT.iter().position(|name| *name == key) {
-                Some(i) => r.field(&mut text[i], key, Reader::string),
-                None => Ok(false),
-            },
-        })?;
-        let [push_api_key, app_name, environment, endpoint, hostname, revision] = text;
-        Ok(ExportConfig {
-            push_api_key: required(r, push_api_key, "ExportConfig", TEXT[0])?,
-            app_name: required(r, app_name, "ExportConfig", TEXT[1])?,
-            environment: required(r, environment, "ExportConfig", TEXT[2])?,
-            endpoint: required(r, endpoint, "ExportConfig", TEXT[3])?,
-            hostname: required(r, hostname, "ExportConfig", TEXT[4])?,
-            revision: required(r, revision, "ExportConfig", TEXT[5])?,
-            host_role: host_role.flatten(),
-            language_integration_version: language_integration_version.flatten(),
-            exporters: exporters.unwrap_or_default(),
-            otlp: otlp.flatten(),
-            redacted: redacted.unwrap_or_default(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cbor;
 
     /// Every field set, both exporters, two OTLP headers.
     fn full() -> ExportConfig {

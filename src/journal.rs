@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, FromCbor, Reader};
+use crate::cbor::FromCbor;
 use crate::export_config::ExportConfig;
 use crate::protocol::{self, Batch};
 use crate::workdir::WorkDir;
@@ -59,29 +59,12 @@ pub const MAX_SPOOLS_PER_ROUND: usize = 64;
 pub const MAX_QUARANTINE_FILES: usize = 16;
 
 /// First frame of a segment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, FromCbor)]
 pub struct SegmentHeader {
     pub window_start: u64,
     pub config_id: u64,
     /// The configuration [`ExportConfig::without_secrets`] (secrets are never written to disk).
     pub config: ExportConfig,
-}
-
-impl FromCbor for SegmentHeader {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut window_start, mut config_id, mut config) = (None, None, None);
-        r.fields(|r, key| match key {
-            "window_start" => r.field(&mut window_start, key, Reader::u64),
-            "config_id" => r.field(&mut config_id, key, Reader::u64),
-            "config" => r.field(&mut config, key, ExportConfig::read),
-            _ => Ok(false),
-        })?;
-        Ok(SegmentHeader {
-            window_start: required(r, window_start, "SegmentHeader", "window_start")?,
-            config_id: required(r, config_id, "SegmentHeader", "config_id")?,
-            config: required(r, config, "SegmentHeader", "config")?,
-        })
-    }
 }
 
 /// A segment read back by a new leader.

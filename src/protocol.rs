@@ -10,11 +10,12 @@
 //! the client sends numbered `Batch`es and the leader answers each with `Ack { seq }` once the batch
 //! is journaled and counted.
 //!
-//! `serde_cbor` encodes; [`crate::cbor`] decodes (each message type below implements
-//! [`FromCbor`]). The `Deserialize` derives are not used by the library: they are the reference
+//! Each message is declared once: `serde_cbor` encodes it from its `Serialize` derive;
+//! [`crate::cbor`] decodes it through its `FromCbor` derive, generated from the same fields and
+//! serde attributes. The `Deserialize` derives are not used by the library: they are the reference
 //! decoder that the tests and the `frame` fuzz target compare [`decode`] with.
 
-use crate::cbor::{self, required, FromCbor, Reader};
+use crate::cbor::{self, FromCbor};
 use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 
@@ -30,21 +31,21 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub const HEADER_BYTES: usize = 4;
 
 /// A metric's identity: its name and its tags, sorted by tag name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, FromCbor)]
 pub struct MetricKey {
     pub name: String,
     pub tags: Vec<(String, String)>,
 }
 
 /// A gauge's last value and when it was set (ms since the epoch), so that "last" holds across processes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, FromCbor)]
 pub struct GaugeValue {
     pub value: f64,
     pub at_ms: u64,
 }
 
 /// One flush of one process's pre-aggregated data.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, FromCbor)]
 pub struct Batch {
     /// Random id of the process (per start), with `seq` the batch's unique identity.
     pub client_id: u64,
@@ -129,7 +130,7 @@ pub fn journal_id(client_id: u64) -> u64 {
     u64::from_le_bytes(id)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, FromCbor)]
 pub struct Hello {
     pub protocol_version: u32,
     pub library_version: String,
@@ -140,13 +141,13 @@ pub struct Hello {
 
 // A Hello is sent once per connection and moved rarely: boxing it would buy nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, FromCbor)]
 pub enum ClientMessage {
     Hello(Hello),
     Batch(Batch),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromCbor)]
 pub enum LeaderMessage {
     Welcome {
         protocol_version: u32,
@@ -227,155 +228,6 @@ pub fn decode<T: FromCbor>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameError>
     };
     let message = cbor::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok(Some((message, HEADER_BYTES + len)))
-}
-
-impl FromCbor for MetricKey {
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut name, mut tags) = (None, None);
-        r.fields(|r, key| match key {
-            "name" => r.field(&mut name, key, Reader::string),
-            "tags" => r.field(&mut tags, key, |r| {
-                r.vec(|r| r.pair(Reader::string, Reader::string))
-            }),
-            _ => Ok(false),
-        })?;
-        Ok(MetricKey {
-            name: required(r, name, "MetricKey", "name")?,
-            tags: required(r, tags, "MetricKey", "tags")?,
-        })
-    }
-}
-
-impl FromCbor for GaugeValue {
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut value, mut at_ms) = (None, None);
-        r.fields(|r, key| match key {
-            "value" => r.field(&mut value, key, Reader::f64),
-            "at_ms" => r.field(&mut at_ms, key, Reader::u64),
-            _ => Ok(false),
-        })?;
-        Ok(GaugeValue {
-            value: required(r, value, "GaugeValue", "value")?,
-            at_ms: required(r, at_ms, "GaugeValue", "at_ms")?,
-        })
-    }
-}
-
-impl FromCbor for Batch {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut client_id, mut seq, mut created_ms, mut dropped_updates) =
-            (None, None, None, None);
-        let (mut counters, mut gauges, mut distributions) = (None, None, None);
-        let (mut samples, mut logs) = (None, None);
-        let (mut dropped_samples, mut dropped_logs, mut dropped_batches) = (None, None, None);
-        r.fields(|r, key| match key {
-            "client_id" => r.field(&mut client_id, key, Reader::u64),
-            "seq" => r.field(&mut seq, key, Reader::u64),
-            "created_ms" => r.field(&mut created_ms, key, Reader::u64),
-            "dropped_updates" => r.field(&mut dropped_updates, key, Reader::u64),
-            "dropped_samples" => r.field(&mut dropped_samples, key, Reader::u64),
-            "dropped_logs" => r.field(&mut dropped_logs, key, Reader::u64),
-            "dropped_batches" => r.field(&mut dropped_batches, key, Reader::u64),
-            "counters" => r.field(&mut counters, key, |r| {
-                r.vec(|r| r.pair(MetricKey::read, Reader::f64))
-            }),
-            "gauges" => r.field(&mut gauges, key, |r| {
-                r.vec(|r| r.pair(MetricKey::read, GaugeValue::read))
-            }),
-            "distributions" => r.field(&mut distributions, key, |r| {
-                r.vec(|r| r.pair(MetricKey::read, Sketch::read))
-            }),
-            "samples" => r.field(&mut samples, key, |r| r.vec(Reader::string)),
-            "logs" => r.field(&mut logs, key, |r| r.vec(Reader::string)),
-            _ => Ok(false),
-        })?;
-        Ok(Batch {
-            client_id: required(r, client_id, "Batch", "client_id")?,
-            seq: required(r, seq, "Batch", "seq")?,
-            created_ms: required(r, created_ms, "Batch", "created_ms")?,
-            counters: required(r, counters, "Batch", "counters")?,
-            gauges: required(r, gauges, "Batch", "gauges")?,
-            distributions: required(r, distributions, "Batch", "distributions")?,
-            dropped_updates: required(r, dropped_updates, "Batch", "dropped_updates")?,
-            samples: samples.unwrap_or_default(),
-            logs: logs.unwrap_or_default(),
-            dropped_samples: dropped_samples.unwrap_or_default(),
-            dropped_logs: dropped_logs.unwrap_or_default(),
-            dropped_batches: dropped_batches.unwrap_or_default(),
-        })
-    }
-}
-
-impl FromCbor for Hello {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
-        let (mut pid, mut config) = (None, None);
-        r.fields(|r, key| match key {
-            "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
-            "library_version" => r.field(&mut library_version, key, Reader::string),
-            "client_id" => r.field(&mut client_id, key, Reader::u64),
-            "pid" => r.field(&mut pid, key, Reader::u32),
-            "config" => r.field(&mut config, key, ExportConfig::read),
-            _ => Ok(false),
-        })?;
-        Ok(Hello {
-            protocol_version: required(r, protocol_version, "Hello", "protocol_version")?,
-            library_version: required(r, library_version, "Hello", "library_version")?,
-            client_id: required(r, client_id, "Hello", "client_id")?,
-            pid: required(r, pid, "Hello", "pid")?,
-            config: required(r, config, "Hello", "config")?,
-        })
-    }
-}
-
-impl FromCbor for ClientMessage {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        r.variant("client message", |r, name| match name {
-            "Hello" => Hello::read(r).map(|m| Some(ClientMessage::Hello(m))),
-            "Batch" => Batch::read(r).map(|m| Some(ClientMessage::Batch(m))),
-            _ => Ok(None),
-        })
-    }
-}
-
-impl FromCbor for LeaderMessage {
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        r.variant("leader message", |r, name| {
-            if !matches!(name, "Welcome" | "Refused" | "HandingOver" | "Ack") {
-                return Ok(None);
-            }
-            let (mut protocol_version, mut library_version, mut leader_pid) = (None, None, None);
-            let (mut reason, mut seq) = (None, None);
-            r.fields(|r, key| match key {
-                "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
-                "library_version" => r.field(&mut library_version, key, Reader::string),
-                "leader_pid" => r.field(&mut leader_pid, key, Reader::u32),
-                "reason" => r.field(&mut reason, key, Reader::string),
-                "seq" => r.field(&mut seq, key, Reader::u64),
-                _ => Ok(false),
-            })?;
-            // Fields of another variant are unknown fields of this one: skipped, as serde does.
-            Ok(Some(match name {
-                "Welcome" => LeaderMessage::Welcome {
-                    protocol_version: required(r, protocol_version, name, "protocol_version")?,
-                    library_version: required(r, library_version, name, "library_version")?,
-                    leader_pid: required(r, leader_pid, name, "leader_pid")?,
-                },
-                "Refused" => LeaderMessage::Refused {
-                    reason: required(r, reason, name, "reason")?,
-                },
-                "HandingOver" => LeaderMessage::HandingOver {
-                    reason: required(r, reason, name, "reason")?,
-                },
-                "Ack" => LeaderMessage::Ack {
-                    seq: required(r, seq, name, "seq")?,
-                },
-                _ => return Ok(None),
-            }))
-        })
-    }
 }
 
 #[cfg(test)]

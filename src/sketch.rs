@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::{self, required, FromCbor, Reader};
+use crate::cbor::FromCbor;
 
 /// The scale a new sketch starts at.
 pub const MAX_SCALE: i32 = 6;
@@ -96,7 +96,7 @@ impl Buckets {
 }
 
 /// A mergeable sketch of one distribution's values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromCbor)]
 #[serde(try_from = "SketchWire", into = "SketchWire")]
 pub struct Sketch {
     scale: i32,
@@ -350,14 +350,17 @@ impl Sketch {
     }
 }
 
-/// The wire and journal form of a [`Sketch`]: plain fields, validated by `TryFrom`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The wire and journal form of a [`Sketch`]: plain fields, validated by `TryFrom`. The bucket
+/// vectors are bounded while they are read: a longer one is refused before it is allocated.
+#[derive(Debug, Clone, Serialize, Deserialize, FromCbor)]
 pub struct SketchWire {
     pub scale: i32,
     pub zero_count: u64,
     pub positive_offset: i32,
+    #[cbor(max_len = MAX_BUCKETS)]
     pub positive: Vec<u64>,
     pub negative_offset: i32,
+    #[cbor(max_len = MAX_BUCKETS)]
     pub negative: Vec<u64>,
     pub count: u64,
     pub sum: f64,
@@ -379,46 +382,6 @@ impl From<Sketch> for SketchWire {
             min: s.min,
             max: s.max,
         }
-    }
-}
-
-impl FromCbor for Sketch {
-    /// A [`SketchWire`], validated by its `TryFrom`.
-    #[inline(never)]
-    fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut scale, mut zero_count, mut positive_offset) = (None, None, None);
-        let (mut positive, mut negative_offset, mut negative) = (None, None, None);
-        let (mut count, mut sum, mut min, mut max) = (None, None, None, None);
-        r.fields(|r, key| match key {
-            "scale" => r.field(&mut scale, key, Reader::i32),
-            "positive_offset" => r.field(&mut positive_offset, key, Reader::i32),
-            "negative_offset" => r.field(&mut negative_offset, key, Reader::i32),
-            "zero_count" => r.field(&mut zero_count, key, Reader::u64),
-            "count" => r.field(&mut count, key, Reader::u64),
-            "positive" => r.field(&mut positive, key, |r| {
-                r.vec_at_most(MAX_BUCKETS, Reader::u64)
-            }),
-            "negative" => r.field(&mut negative, key, |r| {
-                r.vec_at_most(MAX_BUCKETS, Reader::u64)
-            }),
-            "sum" => r.field(&mut sum, key, Reader::f64),
-            "min" => r.field(&mut min, key, Reader::f64),
-            "max" => r.field(&mut max, key, Reader::f64),
-            _ => Ok(false),
-        })?;
-        let wire = SketchWire {
-            scale: required(r, scale, "Sketch", "scale")?,
-            zero_count: required(r, zero_count, "Sketch", "zero_count")?,
-            positive_offset: required(r, positive_offset, "Sketch", "positive_offset")?,
-            positive: required(r, positive, "Sketch", "positive")?,
-            negative_offset: required(r, negative_offset, "Sketch", "negative_offset")?,
-            negative: required(r, negative, "Sketch", "negative")?,
-            count: required(r, count, "Sketch", "count")?,
-            sum: required(r, sum, "Sketch", "sum")?,
-            min: required(r, min, "Sketch", "min")?,
-            max: required(r, max, "Sketch", "max")?,
-        };
-        Sketch::try_from(wire).map_err(|why| r.error(why))
     }
 }
 
