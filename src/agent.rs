@@ -446,7 +446,7 @@ struct ForkLocks {
     _lifecycle: MutexGuard<'static, Lifecycle>,
     _env_table: MutexGuard<'static, std::collections::HashMap<String, String>>,
     _apm: crate::apm::ForkGuard,
-    _log: MutexGuard<'static, String>,
+    _log: std::sync::RwLockReadGuard<'static, String>,
     _metrics: crate::metrics::ForkHold<'static>,
 }
 

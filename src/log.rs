@@ -22,7 +22,7 @@ use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter};
@@ -39,10 +39,11 @@ struct LogState {
     sink_fd: AtomicI32,
     /// Most verbose level written: 1 error … 5 trace.
     level: AtomicU8,
-    /// `" name"` from `_APPSIGNAL_PROCESS_NAME`, or empty. Lines read it with `try_lock` (a line
-    /// goes out without the name rather than wait), and the fork prepare handler holds it across
-    /// `fork()` ([`hold_for_fork`]), so that a child never inherits it locked.
-    process_name: Mutex<String>,
+    /// `" name"` from `_APPSIGNAL_PROCESS_NAME`, or empty. Lines read it with `try_read`, which
+    /// fails only while a start writes another name (a line then goes out without it rather than
+    /// wait); the fork prepare handler holds a read lock across `fork()` ([`hold_for_fork`]), so
+    /// that a child never inherits it write-locked.
+    process_name: RwLock<String>,
     /// The roles of this process's agent: the current one prefixes each line (none: "stopped").
     roles: OnceLock<&'static Roles>,
 }
@@ -50,7 +51,7 @@ struct LogState {
 static STATE: LogState = LogState {
     sink_fd: AtomicI32::new(-1),
     level: AtomicU8::new(3),
-    process_name: Mutex::new(String::new()),
+    process_name: RwLock::new(String::new()),
     roles: OnceLock::new(),
 };
 static INSTALLED: once_cell::sync::OnceCell<()> = once_cell::sync::OnceCell::new();
@@ -68,16 +69,20 @@ fn set_process_name(name: Option<&str>) {
             .collect();
         format!(" {clean}")
     });
-    *process_name() = shown.unwrap_or_default();
+    let shown = shown.unwrap_or_default();
+    // Written only when it changes: lines never miss a name that stays the same.
+    if *hold_for_fork() != shown {
+        *STATE
+            .process_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = shown;
+    }
 }
 
-fn process_name() -> MutexGuard<'static, String> {
-    STATE.process_name.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The process name's lock, for the fork prepare handler (see [`LogState::process_name`]).
-pub(crate) fn hold_for_fork() -> MutexGuard<'static, String> {
-    process_name()
+/// A read lock on the process name, for the fork prepare handler (see
+/// [`LogState::process_name`]).
+pub(crate) fn hold_for_fork() -> RwLockReadGuard<'static, String> {
+    STATE.process_name.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn level_number(level: &Level) -> u8 {
@@ -141,7 +146,7 @@ where
         let mut stamp = String::with_capacity(32);
         use tracing_subscriber::fmt::time::FormatTime;
         tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut stamp))?;
-        let name = STATE.process_name.try_lock();
+        let name = STATE.process_name.try_read();
         write!(
             writer,
             "{stamp} (pid {}{}) {} {} ",
