@@ -38,7 +38,7 @@ use crate::workdir::{self, Probe, WorkDir};
 pub(crate) static AGENT: Agent = Agent::new(recorder::process(), Config::load, configure_apm);
 
 /// One agent's lifecycle state. The process has one ([`AGENT`]); the unit tests make their own.
-pub struct Agent {
+pub(crate) struct Agent {
     /// The recorder this agent turns on and off and resets after a fork.
     recorder: &'static Recorder,
     /// Reads the configuration at each start (the environment table and the process
