@@ -6,8 +6,10 @@
 //! So every descriptor whose copy must not outlive its owner is registered here, and a
 //! `pthread_atfork` child handler closes the child's copies (closing a copy does not unlock or shut
 //! down the parent's) and bumps the fork generation. The child's next call into the library sees the
-//! new generation and starts afresh as a client (`agent::after_fork`). The handler only calls
-//! `close()` and atomic stores: it is async-signal-safe.
+//! new generation and starts afresh as a client (`Agent::after_fork`). The handler only calls
+//! `close()` and atomic stores: it is async-signal-safe. That is why this state stays in statics of
+//! atomics rather than in the agent's value: the handler must reach it without a lock and without
+//! the agent (which a child may find held by a thread that no longer exists).
 //!
 //! Policy when full: at most [`SLOTS`] registered descriptors (the leader's connections are the
 //! bulk); beyond that a descriptor is not registered, which is logged once.

@@ -12,8 +12,10 @@
 //! # Layout
 //! Dependencies point one way: `agent` → {`client`, `leader`} → the rest; nothing below the agent
 //! imports it (see `docs/architecture.md`, one line per module).
-//! - [`agent`]: the process-wide lifecycle (`start`, `stop`, fork restart); owns the current role cell.
-//! - [`recorder`]: the app-thread calls (metrics, samples, logs) into the pre-aggregate; fork reset.
+//! - [`agent`]: the process-wide lifecycle, one `Agent` value (`start`, `stop`, fork restart, the
+//!   roles, diagnose's status).
+//! - [`recorder`]: the app-thread calls (metrics, samples, logs) into the pre-aggregate; its
+//!   `Recorder` value (recording flag, pre-aggregate, fork generation), driven by the agent.
 //! - `client`: the per-process sender thread: batches, acks, connecting or leading (`client::link`,
 //!   `client::batching`).
 //! - `leader`: the socket server (`connection`), counting (`counting`), journal replay (`replay`),
@@ -38,7 +40,7 @@
 //! - [`payload`]: the Push API document.
 //! - [`otlp`]: the OTLP exporter (mapping a window to OTLP requests).
 //! - `transmit`: the HTTP sends of both exporters and the on-disk payload cache.
-//! - `role`: what this process is (a cell per start, one writer).
+//! - `role`: what this process is (the roles, and one writing handle per start).
 //! - `ids`: random ids.
 //! - `sort`: stable sorting with one copy of the algorithm for the whole crate.
 //! - `log`: `appsignal.log` through `tracing`.

@@ -7,16 +7,22 @@
 //! The subscriber is installed once as the global default of this library's own copy of `tracing`
 //! (the shared library links its own), and its sink is swapped at every `start()`.
 //!
-//! The sink is a raw descriptor in an atomic, written with one `write()` per line (O_APPEND), and
-//! swapped with `dup2()`: no mutex, so a child forked while a parent thread was logging can log.
+//! What a start sets (sink, level, process name) is one value, [`LogState`]; the agent hands it its
+//! [`Roles`] once. The sink is a raw descriptor in an atomic, written with one `write()` per line
+//! (O_APPEND), and swapped with `dup2()`: no mutex, so a child forked while a parent thread was
+//! logging can log.
+//!
+//! Rate limits ([`RateLimit`]) stay statics next to the line they limit: each is a pure counter of
+//! one message's recent lines, not lifecycle state (nothing starts, stops or forks them).
 
-use crate::role::{Role, RoleCell};
+use crate::role::{Role, Roles};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter};
@@ -27,15 +33,28 @@ use tracing_subscriber::Layer;
 use crate::config::{Config, LogTarget};
 use crate::workdir::WorkDir;
 
-/// The log descriptor, -1 for none.
-static SINK_FD: AtomicI32 = AtomicI32::new(-1);
-/// Most verbose level written: 1 error … 5 trace.
-static LEVEL: AtomicU8 = AtomicU8::new(3);
+/// Where this process's lines go and what they show; set by each start.
+struct LogState {
+    /// The log descriptor, -1 for none.
+    sink_fd: AtomicI32,
+    /// Most verbose level written: 1 error … 5 trace.
+    level: AtomicU8,
+    /// `" name"` from `_APPSIGNAL_PROCESS_NAME`, or empty. Lines read it with `try_read`, which
+    /// fails only while a start writes another name (a line then goes out without it rather than
+    /// wait); the fork prepare handler holds a read lock across `fork()` ([`hold_for_fork`]), so
+    /// that a child never inherits it write-locked.
+    process_name: RwLock<String>,
+    /// The roles of this process's agent: the current one prefixes each line (none: "stopped").
+    roles: OnceLock<&'static Roles>,
+}
+
+static STATE: LogState = LogState {
+    sink_fd: AtomicI32::new(-1),
+    level: AtomicU8::new(3),
+    process_name: RwLock::new(String::new()),
+    roles: OnceLock::new(),
+};
 static INSTALLED: once_cell::sync::OnceCell<()> = once_cell::sync::OnceCell::new();
-/// `" name"` from `_APPSIGNAL_PROCESS_NAME`, or null. A pointer, not a lock, for the same reason as
-/// the sink (a child forked while a thread logged must log); a replaced name is leaked, which
-/// happens only when a start brings another name.
-static PROCESS_NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
 /// The longest process name shown, in characters.
 const MAX_PROCESS_NAME: usize = 64;
 
@@ -50,21 +69,20 @@ fn set_process_name(name: Option<&str>) {
             .collect();
         format!(" {clean}")
     });
-    if shown.as_deref().unwrap_or_default() == process_name() {
-        return;
+    let shown = shown.unwrap_or_default();
+    // Written only when it changes: lines never miss a name that stays the same.
+    if *hold_for_fork() != shown {
+        *STATE
+            .process_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = shown;
     }
-    let new = shown.map_or(std::ptr::null_mut(), |s| Box::into_raw(Box::new(s)));
-    PROCESS_NAME.store(new, Ordering::Release);
 }
 
-fn process_name() -> &'static str {
-    let current = PROCESS_NAME.load(Ordering::Acquire);
-    if current.is_null() {
-        return "";
-    }
-    // SAFETY: a non-null pointer in PROCESS_NAME comes from Box::into_raw (set_process_name) and
-    // is never freed, so it is valid for 'static.
-    unsafe { &*current }
+/// A read lock on the process name, for the fork prepare handler (see
+/// [`LogState::process_name`]).
+pub(crate) fn hold_for_fork() -> RwLockReadGuard<'static, String> {
+    STATE.process_name.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn level_number(level: &Level) -> u8 {
@@ -82,7 +100,7 @@ struct SinkWriter;
 impl Write for SinkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // Logging must never fail the caller: errors writing the log are swallowed.
-        let fd = SINK_FD.load(Ordering::Acquire);
+        let fd = STATE.sink_fd.load(Ordering::Acquire);
         let mut rest = buf;
         while fd >= 0 && !rest.is_empty() {
             // SAFETY: fd is the open log descriptor (never closed, only replaced by dup2); rest is
@@ -128,34 +146,29 @@ where
         let mut stamp = String::with_capacity(32);
         use tracing_subscriber::fmt::time::FormatTime;
         tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut stamp))?;
+        let name = STATE.process_name.try_read();
         write!(
             writer,
             "{stamp} (pid {}{}) {} {} ",
             std::process::id(),
-            process_name(),
+            name.as_deref().map_or("", String::as_str),
             role().as_str(),
             event.metadata().level()
         )?;
+        drop(name);
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
 }
 
-/// The role cell of the current start, whose role prefixes each line (null: "stopped").
-static ROLE_SOURCE: AtomicPtr<RoleCell> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Lines written from now on name the role in `cell` (the agent hands each start's cell here).
-pub fn set_role_source(cell: &'static RoleCell) {
-    ROLE_SOURCE.store((cell as *const RoleCell).cast_mut(), Ordering::Release);
+/// Lines name the current role in `roles`. The process's agent hands its roles here at its first
+/// start; later calls change nothing (one agent per process; the unit tests' agents share the log).
+pub fn use_roles(roles: &'static Roles) {
+    let _ = STATE.roles.set(roles);
 }
 
 fn role() -> Role {
-    let cell = ROLE_SOURCE.load(Ordering::Acquire);
-    if cell.is_null() {
-        return Role::Stopped;
-    }
-    // SAFETY: only `&'static RoleCell`s (leaked on purpose) are stored.
-    unsafe { &*cell }.get()
+    STATE.roles.get().map_or(Role::Stopped, |roles| roles.get())
 }
 
 /// Makes `file` the log. The descriptor number stays the same once there is one (dup2 replaces
@@ -163,18 +176,18 @@ fn role() -> Role {
 fn set_sink(file: Option<File>) {
     let Some(file) = file else {
         // Keep the old descriptor open (it may be in use) but stop writing to it.
-        SINK_FD.store(-1, Ordering::Release);
+        STATE.sink_fd.store(-1, Ordering::Release);
         return;
     };
     let new = file.into_raw_fd();
-    let old = SINK_FD.load(Ordering::Acquire);
+    let old = STATE.sink_fd.load(Ordering::Acquire);
     // SAFETY: `new` is a descriptor we own; `old` is ours (or -1). dup2 then close of `new`
     // leaves `old` pointing at the new file.
     unsafe {
         if old >= 0 && libc::dup2(new, old) >= 0 {
             libc::close(new);
         } else {
-            SINK_FD.store(new, Ordering::Release);
+            STATE.sink_fd.store(new, Ordering::Release);
         }
     }
 }
@@ -193,7 +206,7 @@ fn install() {
             .event_format(LineFormat)
             .with_writer(MakeSink)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                level_number(meta.level()) <= LEVEL.load(Ordering::Relaxed)
+                level_number(meta.level()) <= STATE.level.load(Ordering::Relaxed)
             }));
         // Fails only if this library's copy of tracing already has a global default: then keep it.
         let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
@@ -222,7 +235,9 @@ pub enum Destination {
 pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>) {
     install();
     set_process_name(config.process_name.as_deref());
-    LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
+    STATE
+        .level
+        .store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
         set_sink(stdout_file());
         return (Destination::Stdout, None);
@@ -262,7 +277,9 @@ pub fn open(config: &Config, workdir: &WorkDir) -> (Destination, Option<String>)
 pub fn open_without_workdir(config: &Config) -> Option<PathBuf> {
     install();
     set_process_name(config.process_name.as_deref());
-    LEVEL.store(level_number(&config.log_level), Ordering::Relaxed);
+    STATE
+        .level
+        .store(level_number(&config.log_level), Ordering::Relaxed);
     if config.log == LogTarget::Stdout {
         set_sink(stdout_file());
         return None;

@@ -189,6 +189,9 @@ impl Taken {
     }
 }
 
+/// The pre-aggregate's lock, held across a `fork()` ([`LocalMetrics::hold_for_fork`]).
+pub struct ForkHold<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, Local>);
+
 /// The per-process pre-aggregate.
 #[derive(Default)]
 pub struct LocalMetrics {
@@ -410,6 +413,25 @@ impl LocalMetrics {
     pub fn is_empty(&self) -> bool {
         let local = self.lock();
         local.period.is_empty() && local.records.is_empty()
+    }
+
+    /// In a forked child: empties the pre-aggregate without running a destructor of what it held
+    /// (the parent's data, records and wake-up pipe, whose descriptor numbers the child may reuse).
+    /// `false` when its lock is held: a thread of the parent held it at the fork.
+    pub fn forget_after_fork(&self) -> bool {
+        let mut local = match self.inner.try_lock() {
+            Ok(local) => local,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        std::mem::forget(std::mem::take(&mut *local));
+        true
+    }
+
+    /// The lock, held by the fork prepare handler across `fork()` so that a child never inherits
+    /// it held (see [`LocalMetrics::forget_after_fork`]).
+    pub fn hold_for_fork(&self) -> ForkHold<'_> {
+        ForkHold(self.lock())
     }
 }
 

@@ -2,105 +2,157 @@
 //! pre-aggregate ([`crate::metrics::LocalMetrics`]) when recording is on, and nowhere else. No
 //! I/O, no waiting on the leader, no lock but the pre-aggregate's short one.
 //!
-//! Fork: the first call in a forked child notices the new fork generation ([`crate::fork`]),
-//! switches to a fresh, empty pre-aggregate (the parent's belongs to the parent, which sends it),
-//! stops recording, and runs the handler the agent registered ([`set_fork_handler`]), which starts
-//! the child afresh. This module knows nothing of the agent beyond that function pointer.
+//! The recorder's state is one [`Recorder`] value: whether it records, its pre-aggregate, the fork
+//! generation it belongs to. The process's agent owns and drives the process's recorder
+//! ([`process`]); the app-thread calls below go to that one. The agent's unit tests drive their own.
+//!
+//! Fork: the first call in a forked child notices the new fork generation ([`crate::fork`]) and
+//! runs the handler the agent registered ([`Recorder::on_fork`]): the agent empties the
+//! pre-aggregate (what it holds is the parent's, which sends it) and stops recording
+//! ([`Recorder::reset_after_fork`]), then starts the child afresh. With no handler registered (no
+//! start yet) the recorder resets itself. This module knows nothing of the agent beyond that
+//! function.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 
 use crate::data::DataBuf;
 use crate::metrics::LocalMetrics;
 
-/// Whether app-thread calls record anything.
-static RECORDING: AtomicBool = AtomicBool::new(false);
-/// The pre-aggregate app threads write into. A pointer, so that a forked child can switch to a
-/// fresh one even if a thread of the parent held the old one's lock at the fork; old ones are
-/// leaked (once per fork), never freed, so a reference to one stays valid.
-static METRICS: AtomicPtr<LocalMetrics> = AtomicPtr::new(std::ptr::null_mut());
-/// The fork generation this process's state belongs to.
-static SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
-/// What to run (once) in a forked child after the recorder reset itself: the agent's restart.
-static FORK_HANDLER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
-
-/// The pre-aggregate of this process (of this fork generation).
-#[inline]
-pub fn metrics() -> &'static LocalMetrics {
-    let current = METRICS.load(Ordering::Acquire);
-    if !current.is_null() {
-        // SAFETY: pointers stored in METRICS come from Box::into_raw and are never freed.
-        return unsafe { &*current };
-    }
-    first_metrics()
+/// One recorder: the process's is [`process`].
+pub struct Recorder {
+    /// Whether app-thread calls record anything.
+    recording: AtomicBool,
+    /// Set for good when a forked child found the pre-aggregate locked (see
+    /// [`Recorder::reset_after_fork`]): nothing may record or start in that child.
+    unusable: AtomicBool,
+    /// The pre-aggregate app threads write into. One for the life of the process: a fork child
+    /// empties it in place, which is sound because the agent's fork prepare handler holds its lock
+    /// across `fork()` (no thread of the parent can hold it in the child).
+    metrics: LazyLock<LocalMetrics>,
+    /// The fork generation this recorder's state belongs to.
+    seen_generation: AtomicU64,
+    /// What to run (once) in a forked child: the agent's fork sequence.
+    fork_handler: OnceLock<fn()>,
 }
 
-#[cold]
-fn first_metrics() -> &'static LocalMetrics {
-    let fresh = Box::into_raw(Box::default());
-    match METRICS.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: as above; `fresh` is now the stored pointer.
-        Ok(_) => unsafe { &*fresh },
-        Err(existing) => {
-            // SAFETY: `fresh` lost the race and was never shared; `existing` is never freed.
-            drop(unsafe { Box::from_raw(fresh) });
-            unsafe { &*existing }
+static PROCESS: Recorder = Recorder::new();
+
+/// The process's recorder: the one app-thread calls go to.
+#[inline]
+pub const fn process() -> &'static Recorder {
+    &PROCESS
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+impl Recorder {
+    pub const fn new() -> Recorder {
+        Recorder {
+            recording: AtomicBool::new(false),
+            unusable: AtomicBool::new(false),
+            metrics: LazyLock::new(LocalMetrics::default),
+            seen_generation: AtomicU64::new(0),
+            fork_handler: OnceLock::new(),
         }
     }
+
+    /// The pre-aggregate.
+    #[inline]
+    pub fn metrics(&self) -> &LocalMetrics {
+        &self.metrics
+    }
+
+    /// Turns recording on (a start succeeded) or off (stop, disabled). Stays off in a recorder
+    /// that a fork made unusable.
+    pub fn set_recording(&self, on: bool) {
+        self.recording
+            .store(on && !self.is_unusable(), Ordering::Relaxed);
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// A forked child found the pre-aggregate locked: the agent must not start.
+    pub fn is_unusable(&self) -> bool {
+        self.unusable.load(Ordering::Relaxed)
+    }
+
+    /// Registers what a forked child runs when it notices the fork (the agent's fork sequence,
+    /// which calls [`Recorder::reset_after_fork`] first). The first registration stays.
+    pub fn on_fork(&self, handler: fn()) {
+        let _ = self.fork_handler.set(handler);
+    }
+
+    /// Notices a fork (one relaxed load and a compare on the hot path).
+    #[inline]
+    pub fn check_fork(&self) {
+        if crate::fork::generation() != self.seen_generation.load(Ordering::Relaxed) {
+            self.forked();
+        }
+    }
+
+    #[cold]
+    fn forked(&self) {
+        let generation = crate::fork::generation();
+        let seen = self.seen_generation.load(Ordering::Acquire);
+        if seen == generation
+            || self
+                .seen_generation
+                .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return; // another thread of this child got here first
+        }
+        match self.fork_handler.get() {
+            Some(handler) => handler(),
+            None => self.reset_after_fork(),
+        }
+    }
+
+    /// In a forked child: stops recording and empties the pre-aggregate, whose content (the
+    /// parent's, which sends it) is forgotten, not dropped: it may hold the parent's wake-up pipe,
+    /// whose descriptors the fork handler closed and whose numbers the child may reuse. If the
+    /// pre-aggregate is locked (a parent thread held it at the fork: possible only when the fork
+    /// prepare handler could not be registered), the recorder stays off for good instead of
+    /// waiting on a lock nobody in this child releases.
+    pub fn reset_after_fork(&self) {
+        self.recording.store(false, Ordering::Relaxed);
+        if !self.metrics.forget_after_fork() {
+            self.unusable.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether app-thread calls record, or this is the sender thread processing what was
+    /// finished before the app stopped recording.
+    #[inline]
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed) || crate::metrics::processing_records()
+    }
 }
 
-/// Turns recording on (a start succeeded) or off (stop, disabled).
-pub fn set_recording(on: bool) {
-    RECORDING.store(on, Ordering::Relaxed);
+/// The process recorder's pre-aggregate.
+#[inline]
+pub fn metrics() -> &'static LocalMetrics {
+    PROCESS.metrics()
 }
 
-pub fn is_recording() -> bool {
-    RECORDING.load(Ordering::Relaxed)
-}
-
-/// Registers what a forked child runs after the recorder reset itself (the agent's restart).
-pub fn set_fork_handler(handler: fn()) {
-    FORK_HANDLER.store(handler as *mut (), Ordering::Release);
-}
-
-/// Notices a fork (one relaxed load and a compare on the hot path).
+/// Notices a fork in the process recorder.
 #[inline]
 pub fn check_fork() {
-    if crate::fork::generation() != SEEN_GENERATION.load(Ordering::Relaxed) {
-        after_fork();
-    }
-}
-
-#[cold]
-fn after_fork() {
-    let generation = crate::fork::generation();
-    let seen = SEEN_GENERATION.load(Ordering::Acquire);
-    if seen == generation
-        || SEEN_GENERATION
-            .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-    {
-        return; // another thread of this child got here first
-    }
-    RECORDING.store(false, Ordering::Relaxed);
-    METRICS.store(Box::into_raw(Box::default()), Ordering::Release);
-    let handler = FORK_HANDLER.load(Ordering::Acquire);
-    if !handler.is_null() {
-        // SAFETY: the only value stored is a `fn()` cast to a pointer in `set_fork_handler`.
-        let handler: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(handler) };
-        handler();
-    }
+    PROCESS.check_fork();
 }
 
 /// Whether app-thread calls record, or this is the sender thread processing what was finished
 /// before the app stopped recording.
 #[inline]
 fn recording() -> bool {
-    RECORDING.load(Ordering::Relaxed) || crate::metrics::processing_records()
+    PROCESS.recording()
 }
 
 pub fn increment_counter(name: &[u8], value: f64, tags: Option<&DataBuf>) {
@@ -154,7 +206,7 @@ pub fn submit_record(record: std::sync::Arc<dyn crate::metrics::Record>) {
     #[cfg(test)]
     return record.process();
     #[cfg(not(test))]
-    if RECORDING.load(Ordering::Relaxed) {
+    if PROCESS.is_recording() {
         metrics().submit_record(record);
     }
 }
@@ -164,7 +216,7 @@ pub fn submit_log(line: serde_json::Value) {
     check_fork();
     #[cfg(test)]
     test_recorder::record(test_recorder::Recorded::Log(line.clone()));
-    if RECORDING.load(Ordering::Relaxed) {
+    if PROCESS.is_recording() {
         metrics().submit_log(line.to_string());
     }
 }
@@ -208,5 +260,41 @@ mod test_recorder {
 
     pub fn recorded() -> Vec<Recorded> {
         RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder() -> &'static Recorder {
+        Box::leak(Box::new(Recorder::new()))
+    }
+
+    #[test]
+    fn a_fork_child_starts_with_an_empty_pre_aggregate_and_recording_off() {
+        let r = recorder();
+        r.set_recording(true);
+        r.metrics().increment_counter(b"parent", 1.0, None);
+        assert!(!r.metrics().is_empty());
+        r.reset_after_fork();
+        assert!(!r.is_recording());
+        assert!(r.metrics().is_empty());
+        assert!(!r.is_unusable());
+        r.set_recording(true);
+        assert!(r.is_recording(), "a start turns it on again");
+    }
+
+    #[test]
+    fn a_pre_aggregate_inherited_locked_keeps_the_recorder_off_for_good() {
+        let r = recorder();
+        r.set_recording(true);
+        {
+            let _held = r.metrics().hold_for_fork();
+            r.reset_after_fork();
+        }
+        assert!(r.is_unusable());
+        r.set_recording(true);
+        assert!(!r.is_recording());
     }
 }

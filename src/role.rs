@@ -1,11 +1,12 @@
-//! What this process is to the agent (stopped, starting, client, leader, disabled), in a cell
-//! made per `start()` and written by one owner: the sender thread of that start (the agent writes
-//! it only before the sender exists, and when it stops). Readers (diagnose, the log's line prefix)
-//! hold the cell of the current start, so that a sender or leader thread left behind by an earlier
-//! `stop()` can never overwrite the role of the next start.
+//! What this process is to the agent (stopped, starting, client, leader, disabled). One [`Roles`]
+//! value per agent holds the role and the number of the start it belongs to, in one atomic word:
+//! each `start()` begins a new start and hands its sender a [`StartRole`], the only writer of that
+//! start's role. A `StartRole` of an earlier start writes nothing once a later one began (the word
+//! is compared and swapped as a whole), so that a sender or leader thread left behind by an
+//! earlier `stop()` can never overwrite the role of the next start. Readers (diagnose, the log's
+//! line prefix, a fork child) take no lock.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What this process is to the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,42 +41,92 @@ impl Role {
     }
 }
 
-/// One start's role, and why it was disabled if it was.
+/// The role of the current start: `start << 8 | role`.
 #[derive(Debug)]
-pub struct RoleCell {
-    role: AtomicU8,
-    disabled_reason: Mutex<Option<String>>,
+pub struct Roles(AtomicU64);
+
+fn pack(start: u64, role: Role) -> u64 {
+    start << 8 | role as u64
 }
 
-impl RoleCell {
-    /// A cell for a new start. Leaked on purpose (a few bytes per `start()`): readers keep a
-    /// `&'static` to it without a lock, which a fork cannot leave held.
-    pub fn leak_new(role: Role) -> &'static RoleCell {
-        Box::leak(Box::new(RoleCell {
-            role: AtomicU8::new(role as u8),
-            disabled_reason: Mutex::new(None),
-        }))
+impl Roles {
+    /// Stopped, before the first start.
+    pub const fn new() -> Roles {
+        Roles(AtomicU64::new(0))
     }
 
     pub fn get(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::Relaxed))
+        Role::from_u8(self.0.load(Ordering::Relaxed) as u8)
     }
 
-    pub fn set(&self, role: Role) {
-        self.role.store(role as u8, Ordering::Relaxed);
+    fn start(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) >> 8
     }
 
-    /// Disabled, with a reason for diagnose.
-    pub fn disable(&self, reason: String) {
-        self.set(Role::Disabled);
-        *self
-            .disabled_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    /// Begins a new start (or a stop, or a fork child's fresh state) in `role`: from now on only
+    /// the returned handle writes the role.
+    pub fn begin(&'static self, role: Role) -> StartRole {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            // 2^56 starts: it does not wrap in the life of a process.
+            let start = (current >> 8).wrapping_add(1);
+            match self.0.compare_exchange_weak(
+                current,
+                pack(start, role),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return StartRole { roles: self, start },
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles::new()
+    }
+}
+
+/// One start's handle on the role: it writes only while its start is the current one.
+#[derive(Debug, Clone, Copy)]
+pub struct StartRole {
+    roles: &'static Roles,
+    start: u64,
+}
+
+impl StartRole {
+    /// Whether no later start began since this one.
+    pub fn is_current(self) -> bool {
+        self.roles.start() == self.start
     }
 
-    pub fn disabled_reason(&self) -> Option<String> {
-        self.disabled_reason.try_lock().ok().and_then(|r| r.clone())
+    /// This start's role (`Stopped` once a later start began).
+    pub fn get(self) -> Role {
+        let word = self.roles.0.load(Ordering::Relaxed);
+        if word >> 8 == self.start {
+            Role::from_u8(word as u8)
+        } else {
+            Role::Stopped
+        }
+    }
+
+    /// Sets this start's role; does nothing (false) once a later start began.
+    pub fn set(self, role: Role) -> bool {
+        let mut current = self.roles.0.load(Ordering::Relaxed);
+        while current >> 8 == self.start {
+            match self.roles.0.compare_exchange_weak(
+                current,
+                pack(self.start, role),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+        false
     }
 }
 
@@ -84,15 +135,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cell_keeps_its_role_and_reason() {
-        let cell = RoleCell::leak_new(Role::Starting);
-        assert_eq!(cell.get(), Role::Starting);
-        cell.set(Role::Leader);
-        assert_eq!(cell.get().as_str(), "leader");
-        cell.disable("refused".into());
-        assert_eq!(cell.get(), Role::Disabled);
-        assert_eq!(cell.disabled_reason().as_deref(), Some("refused"));
-        let other = RoleCell::leak_new(Role::Starting);
-        assert_eq!(other.get(), Role::Starting, "cells are independent");
+    fn a_start_writes_its_role_until_a_later_start_begins() {
+        let roles: &'static Roles = Box::leak(Box::new(Roles::new()));
+        assert_eq!(roles.get(), Role::Stopped);
+        let first = roles.begin(Role::Starting);
+        assert_eq!(roles.get(), Role::Starting);
+        assert!(first.set(Role::Leader));
+        assert_eq!(roles.get().as_str(), "leader");
+        assert_eq!(first.get(), Role::Leader);
+        let second = roles.begin(Role::Starting);
+        assert!(!first.is_current() && second.is_current());
+        assert!(
+            !first.set(Role::Disabled),
+            "a left-behind start writes nothing"
+        );
+        assert_eq!(first.get(), Role::Stopped);
+        assert_eq!(roles.get(), Role::Starting);
+        assert!(second.set(Role::Client));
+        assert_eq!(roles.get(), Role::Client);
     }
 }

@@ -54,7 +54,7 @@ use crate::leader::{ExportState, ExportsReport, Leader};
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Wake};
 use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
-use crate::role::{Role, RoleCell};
+use crate::role::{Role, StartRole};
 use crate::workdir::WorkDir;
 
 use batching::{add_drops, split};
@@ -64,11 +64,19 @@ pub const MAX_PENDING_BATCHES: usize = 1_000;
 /// Longest wait for the leader's answer to one frame.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+// A pure rate limiter of this one log line (not lifecycle state: nothing starts, stops or forks
+// it), so it stays a static next to the line it limits.
 static PENDING_DROP_LOG: RateLimit = RateLimit::new(10_000);
 
-/// What the owner of the sender (the agent) does when the working directory moves to the per-user
-/// fallback: (the directory in use, the fallback, why).
-pub type FallbackHook = fn(&WorkDir, &WorkDir, &crate::workdir::Fallback);
+/// What the sender tells its owner (the agent) about its start.
+pub trait Owner: Send + Sync {
+    /// The working directory moved to the per-user fallback: (the directory in use, the fresh
+    /// one, why).
+    fn fell_back(&self, current: &WorkDir, fresh: &WorkDir, fallback: &crate::workdir::Fallback);
+    /// A leader refused this process: the start is disabled (with `reason`, for diagnose) and
+    /// recording stops.
+    fn refused(&self, reason: String);
+}
 
 /// Run first on the sender thread (so that `start()` does no file-system work on the app's
 /// thread): prepares the working directory and opens the log. `None`: the agent is disabled (the
@@ -76,12 +84,12 @@ pub type FallbackHook = fn(&WorkDir, &WorkDir, &crate::workdir::Fallback);
 pub type Prepare = Box<dyn FnOnce() -> Option<WorkDir> + Send>;
 
 /// The working directory again (deleted by a tmp cleaner, or something planted in it since): the
-/// same one, or the per-user fallback, which `on_fallback` is told about.
-fn prepare_again(current: &WorkDir, on_fallback: FallbackHook) -> Result<WorkDir> {
+/// same one, or the per-user fallback, which `owner` is told about.
+fn prepare_again(current: &WorkDir, owner: &dyn Owner) -> Result<WorkDir> {
     let (fresh, fallback) =
         crate::workdir::prepare_or_fallback(current.path(), current.world_accessible())?;
     if let Some(fallback) = &fallback {
-        on_fallback(current, &fresh, fallback);
+        owner.fell_back(current, &fresh, fallback);
     }
     Ok(fresh)
 }
@@ -113,9 +121,9 @@ struct Shared {
     metrics: &'static LocalMetrics,
     client_id: u64,
     /// This start's role: the sender is its only writer.
-    role: &'static RoleCell,
-    /// Told when the working directory had to move to the per-user fallback.
-    on_fallback: FallbackHook,
+    role: StartRole,
+    /// Told about the per-user fallback and a refusal.
+    owner: Box<dyn Owner>,
     signal: Mutex<Signal>,
     pipe: Arc<WakePipe>,
     progress: Mutex<Progress>,
@@ -163,15 +171,15 @@ impl Sender {
         prepare: Prepare,
         metrics: &'static LocalMetrics,
         client_id: u64,
-        role: &'static RoleCell,
-        on_fallback: FallbackHook,
+        role: StartRole,
+        owner: Box<dyn Owner>,
     ) -> Result<Sender> {
         let shared = Arc::new(Shared {
             config,
             metrics,
             client_id,
             role,
-            on_fallback,
+            owner,
             signal: Mutex::new(Signal::default()),
             pipe: Arc::new(WakePipe::new()?),
             progress: Mutex::new(Progress::default()),
@@ -535,7 +543,7 @@ impl State {
             Err(first) => {
                 // The directory may have been deleted (tmp cleaner): prepare it again, once. If
                 // something was planted in it meanwhile, move to the per-user fallback directory.
-                match prepare_again(&workdir, shared.on_fallback).and_then(|fresh| {
+                match prepare_again(&workdir, &*shared.owner).and_then(|fresh| {
                     let lock = election::try_lead(&fresh);
                     self.workdir = fresh.clone();
                     lock.map(|lock| (lock, fresh))
@@ -586,9 +594,8 @@ impl State {
                     "the leader refused this process: {reason}; this process stops reporting"
                 );
                 shared
-                    .role
-                    .disable(format!("refused by the leader: {reason}"));
-                crate::recorder::set_recording(false);
+                    .owner
+                    .refused(format!("refused by the leader: {reason}"));
                 self.disabled = true;
                 if !self.pending.is_empty() {
                     let entries: usize = self.pending.iter().map(Batch::entries).sum();
