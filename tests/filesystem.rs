@@ -2,7 +2,8 @@
 //! every path the agent uses are never followed or chmodded and move the agent to the per-user
 //! fallback directory (which keeps delivering, exactly); a directory of another user; the modes of
 //! everything in both permission modes, bit by bit; a process of another uid refused at connect in
-//! owner-only mode; the push key and OTLP header values in no log, file, diagnose or stderr.
+//! owner-only mode; the push key and OTLP header values (both exporters on) in no log, file
+//! (cached OTLP requests included), diagnose or stderr.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -431,14 +432,18 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
     drop(closed);
     // Accepted pushes, pushes refused with 401 (the receiver expects another key), and pushes to
     // nothing (connection refused): each with the log at trace level.
+    // Both exporters at once: the OTLP requests go to nothing, so they stay in payloads/ (the
+    // resource of an OTLP request names the push key when it is sent; the cached one must not).
     let wrong_key_receiver = Receiver::start("another-key", None).unwrap();
     for endpoint in [
         None,
         Some(wrong_key_receiver.url.clone()),
-        Some(unreachable),
+        Some(unreachable.clone()),
     ] {
         let mut setup = setup_with_tmpdir(200)
             .with("_APPSIGNAL_LOG_LEVEL", "trace")
+            .with("_APPSIGNAL_EXPORTER", "push,otlp")
+            .with("_APPSIGNAL_OTLP_ENDPOINT", &unreachable)
             .with(
                 "_APPSIGNAL_OTLP_HEADERS",
                 &format!("x-api-key={OTLP_SECRET}"),
@@ -475,8 +480,9 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
                 ["sent push payload", "not sent", "dropped:"]
                     .iter()
                     .any(|m| log.contains(m))
+                    && log.contains("OTLP metrics export to")
             }),
-            "no push was attempted (endpoint {endpoint:?})"
+            "no push and OTLP export were attempted (endpoint {endpoint:?})"
         );
         for w in workers.iter_mut() {
             seen.push_str(&w.diagnose().unwrap().to_string());
@@ -485,6 +491,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
         // Everything on disk under the test's directory: log, journal, payloads, lock, stderr.
         let mut files = vec![setup.tmp.path().to_path_buf()];
         let mut read = 0;
+        let mut otlp_cached = 0;
         while let Some(path) = files.pop() {
             if path.starts_with(setup.tmp.path().join("received")) {
                 continue; // what the receiver stored: the payload bodies it was sent
@@ -494,7 +501,7 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
                 files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
             } else if meta.is_file() {
                 let bytes = std::fs::read(&path).unwrap();
-                seen.push_str(&String::from_utf8_lossy(&bytes));
+                let mut text = String::from_utf8_lossy(&bytes).into_owned();
                 // Cached payloads are gzip: look inside too.
                 let mut inflated = Vec::new();
                 if std::io::Read::read_to_end(
@@ -503,21 +510,32 @@ fn the_push_key_and_otlp_header_values_appear_nowhere() {
                 )
                 .is_ok()
                 {
-                    seen.push_str(&String::from_utf8_lossy(&inflated));
+                    text.push_str(&String::from_utf8_lossy(&inflated));
                 }
+                for (secret, what) in [(KEY, "the push key"), (OTLP_SECRET, "an OTLP header value")]
+                {
+                    assert!(
+                        !text.contains(secret),
+                        "{} holds {what} (endpoint {endpoint:?})",
+                        path.display()
+                    );
+                }
+                seen.push_str(&text);
                 read += 1;
+                otlp_cached += usize::from(path.to_string_lossy().ends_with(".otlp.gz"));
             }
         }
         assert!(read >= 4, "read {read} files");
+        assert!(otlp_cached >= 1, "no cached OTLP request was read");
         // What was read is what the agent wrote: the app name is in the log and diagnose.
         assert!(seen.contains("demo-app"), "nothing was read");
         assert!(
             !seen.contains(KEY),
-            "the push key leaked (endpoint {endpoint:?})"
+            "the push key leaked in diagnose (endpoint {endpoint:?})"
         );
         assert!(
             !seen.contains(OTLP_SECRET),
-            "an OTLP header value leaked (endpoint {endpoint:?})"
+            "an OTLP header value leaked in diagnose (endpoint {endpoint:?})"
         );
     }
 }

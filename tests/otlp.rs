@@ -298,6 +298,19 @@ fn otlp_chaos(push: bool) {
     stop_all(&mut workers);
     assert_eq!((run.leader_kills, run.client_kills), (10, 0));
     setup.assert_otlp_totals(&run.expected);
+    // The push key (set with both exporters) is put in every request when it is sent.
+    let summary = setup.otlp().summary();
+    let resources = summary["resources"].as_array().unwrap();
+    assert!(!resources.is_empty());
+    for r in resources {
+        let expected = push.then_some(PUSH_KEY);
+        assert_eq!(
+            r.get("appsignal.config.push_api_key")
+                .and_then(Value::as_str),
+            expected,
+            "{r}"
+        );
+    }
     if let Some(push) = &setup.push {
         let rows = fleet::await_totals(&run.expected, || push.summary(), Duration::from_secs(30));
         let wrong: Vec<_> = rows

@@ -34,6 +34,8 @@ use crate::sketch::Sketch;
 pub const SCOPE_NAME: &str = "appsignal-agent";
 /// Scope attribute (and HTTP header, `X-AppSignal-Export-Id`) that carries the request's stable id.
 pub const EXPORT_ID_ATTRIBUTE: &str = "appsignal.export.id";
+/// Resource attribute that carries the push key to AppSignal's collector: added at send time only.
+pub const PUSH_API_KEY_ATTRIBUTE: &str = "appsignal.config.push_api_key";
 
 /// The requests of one window.
 #[derive(Debug, Default)]
@@ -95,6 +97,8 @@ fn nanos_from_ms(ms: f64) -> u64 {
 
 /// The resource of a configuration: AppSignal's attributes (what its collector reads), the
 /// OpenTelemetry ones a generic backend needs, then the process's own (`OTEL_RESOURCE_ATTRIBUTES`).
+/// Not the push key: requests are cached on disk, so [`PUSH_API_KEY_ATTRIBUTE`] is put in when a
+/// request is sent (`transmit::otlp`).
 pub fn resource(config: &ExportConfig) -> Resource {
     let extra: &[(String, ResourceValue)] =
         config.otlp.as_ref().map_or(&[], |s| s.resource.as_slice());
@@ -129,12 +133,6 @@ pub fn resource(config: &ExportConfig) -> Resource {
     ];
     if !config.revision.is_empty() {
         attributes.push(kv_str("service.version", &config.revision));
-    }
-    if !config.push_api_key.is_empty() {
-        attributes.push(kv_str(
-            "appsignal.config.push_api_key",
-            &config.push_api_key,
-        ));
     }
     for (key, value) in extra {
         if attributes.iter().any(|a| a.key == *key) {
@@ -1112,7 +1110,7 @@ mod tests {
     }
 
     #[test]
-    fn the_resource_names_the_app_and_carries_the_key_only_when_set() {
+    fn the_resource_names_the_app_and_never_carries_the_key() {
         let mut config = window().config;
         let r = resource(&config);
         assert_eq!(attr(&r.attributes, "service.name"), Some(&s("app")));
@@ -1120,15 +1118,11 @@ mod tests {
             attr(&r.attributes, "appsignal.config.revision"),
             Some(&s("unknown"))
         );
-        assert_eq!(
-            attr(&r.attributes, "appsignal.config.push_api_key"),
-            Some(&s("key"))
-        );
+        // The key is added when the request is sent, never cached with it.
+        assert_eq!(attr(&r.attributes, PUSH_API_KEY_ATTRIBUTE), None);
         assert_eq!(attr(&r.attributes, "service.version"), None);
-        config.push_api_key.clear();
         config.revision = "abc".into();
         let r = resource(&config);
-        assert_eq!(attr(&r.attributes, "appsignal.config.push_api_key"), None);
         assert_eq!(attr(&r.attributes, "service.version"), Some(&s("abc")));
     }
 }

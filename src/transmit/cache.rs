@@ -3,9 +3,10 @@
 //! Policy: a payload is written atomically (temporary file + rename) as
 //! `{created_ms}-{config_id}-{payload_id}{suffix}`, the suffix naming its exporter
 //! ([`ExportKind::suffix`]: one file per exporter and OTLP signal, so that one exporter being down
-//! never holds back another); the push key and OTLP headers are not written to disk (the
-//! config id says which configuration it belongs to, and the leader knows that configuration's key
-//! once a process with it is connected). Cached payloads are retried oldest first at the next
+//! never holds back another); the push key and OTLP header values are not written to disk: they
+//! are put in at send time (see [`super::otlp`] for the OTLP requests' key attribute). The config
+//! id says which configuration a payload belongs to, and the leader knows that configuration's
+//! secrets once a process with it is connected. Cached payloads are retried oldest first at the next
 //! transmission. The cache holds at most `max_files` files and `max_bytes` bytes: beyond that the
 //! oldest are evicted, logged and counted (the count goes out in the next payload). Files in
 //! `payloads/` that do not have our name pattern, are not regular files, or are larger than

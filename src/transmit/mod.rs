@@ -131,7 +131,15 @@ impl Pusher {
             ExportKind::Push => self.push(config, payload).await,
             ExportKind::Otlp(signal) => match &config.otlp {
                 Some(settings) => {
-                    otlp::send(&self.http, settings, signal, &payload.id, &payload.body_gz).await
+                    otlp::send(
+                        &self.http,
+                        settings,
+                        &config.push_api_key,
+                        signal,
+                        &payload.id,
+                        &payload.body_gz,
+                    )
+                    .await
                 }
                 None => Err(PushError::Rejected(format!(
                     "no OTLP settings for the {} payload {}",
