@@ -408,13 +408,10 @@ mod tests {
             start_ms: 1000,
             end_ms: 2000,
             metrics: Default::default(),
-            dropped_updates: 0,
             batches: 1,
             samples: Vec::new(),
             logs: Vec::new(),
-            dropped_samples: 0,
-            dropped_logs: 0,
-            dropped_batches: 0,
+            counts: Default::default(),
             bytes: 0,
         };
         // A metrics request as the leader caches it: no key, although its configuration has one.
