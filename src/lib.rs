@@ -27,6 +27,9 @@
 //! - `fork`: what a forked child must close, and noticing that a fork happened.
 //! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
+//! - [`cumulative`]: totals since a series' start per app and environment, continued by every
+//!   leader (the state file in the working directory).
+//! - [`prometheus`]: the cumulative view in the Prometheus and OpenMetrics text formats.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
@@ -59,6 +62,8 @@ pub mod aggregate;
 #[doc(hidden)]
 pub mod cbor;
 #[doc(hidden)]
+pub mod cumulative;
+#[doc(hidden)]
 pub mod host_metrics;
 #[doc(hidden)]
 pub mod intake;
@@ -72,6 +77,8 @@ pub mod otlp;
 pub mod payload;
 #[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
+pub mod prometheus;
 #[doc(hidden)]
 pub mod sketch;
 
