@@ -30,8 +30,9 @@
 //!   first power of two at or above the last. While the sketch's scale is ≥ 0 every power of two is
 //!   a boundary and the counts are exact; at a negative scale `s` (a sketch whose values spanned
 //!   more than its bucket budget) only every `2^-s`-th power of two is, and the buckets are that
-//!   much coarser, still exact at the bounds they show. `+Inf` holds the count. `_sum` is omitted
-//!   in OpenMetrics once a negative value was recorded (the sum is then no counter).
+//!   much coarser, still exact at the bounds they show. `+Inf` holds the count. In OpenMetrics
+//!   `_sum` and `_count` are omitted once a negative value was recorded (the sum is then no
+//!   counter, and OpenMetrics has `_count` only beside `_sum`); `+Inf` still holds the count.
 //! - **Values.** Floats in the form Prometheus' own clients write (`1.0`, `1.048576e+06`, `+Inf`,
 //!   `NaN`); no timestamps (the scrape's time is the sample's).
 
@@ -357,12 +358,12 @@ fn histogram(format: Format, base: &str, labels: &str, d: &Sketch, out: &mut Str
     }
     let count = d.count();
     let _ = writeln!(out, "{base}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    // OpenMetrics: a sum that may go down is no counter, and `_count` comes only with `_sum`.
     if format == Format::Text || d.min().map_or(true, |m| m >= 0.0) {
         let _ = write!(out, "{base}_sum{{{labels}}} ");
         format_float(d.sum(), out);
-        out.push('\n');
+        let _ = writeln!(out, "\n{base}_count{{{labels}}} {count}");
     }
-    let _ = writeln!(out, "{base}_count{{{labels}}} {count}");
 }
 
 #[cfg(test)]
@@ -632,8 +633,8 @@ mod tests {
             .contains("lat_bucket{appsignal_app=\"shop\",appsignal_env=\"prod\",le=\"1.0\"} 3\n"));
         assert!(text.contains("le=\"+Inf\"} 7\nlat_sum{appsignal_app=\"shop\",appsignal_env=\"prod\"} 1004.5\nlat_count"));
         let (om, _) = render_all(Format::OpenMetrics, series);
-        assert!(!om.contains("lat_sum"));
-        assert!(om.ends_with("lat_count{appsignal_app=\"shop\",appsignal_env=\"prod\"} 7\n# EOF\n"));
+        assert!(!om.contains("lat_sum") && !om.contains("lat_count"));
+        assert!(om.ends_with("le=\"+Inf\"} 7\n# EOF\n"));
     }
 
     #[test]
@@ -643,5 +644,210 @@ mod tests {
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
         assert_eq!(Format::from_accept(None).content_type(), CONTENT_TYPE_TEXT);
         assert_eq!(Format::OpenMetrics.content_type(), CONTENT_TYPE_OPENMETRICS);
+    }
+}
+
+/// The output read by `prometheus_client`'s own parsers (PyPI), in a virtualenv made once under
+/// `target/prometheus-venv` (a skip without Python or network, a failure in CI).
+#[cfg(test)]
+mod parsed_by_prometheus_client {
+    use super::*;
+    use crate::protocol::{GaugeValue, MetricKey};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const PACKAGE: &str = "prometheus_client==0.26.0";
+
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families as text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+out = {}
+for name, parse, path in (("text", text, sys.argv[1]), ("om", om, sys.argv[2])):
+    families = parse(open(path, encoding="utf-8").read())
+    out[name] = sorted([f.name, f.type, [[s.name, s.labels, s.value] for s in f.samples]]
+                       for f in families)
+print(json.dumps(out))
+"#;
+
+    /// The virtualenv's Python, made now if missing (into a temporary directory, then renamed,
+    /// so that concurrent runs never see half of one).
+    fn python() -> Result<PathBuf, String> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let venv = target.join("prometheus-venv");
+        let python = venv.join("bin/python");
+        if python.exists() {
+            return Ok(python);
+        }
+        let tmp = target.join(format!("prometheus-venv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+            }
+        };
+        run(Command::new("python3").arg("-m").arg("venv").arg(&tmp))?;
+        run(Command::new(tmp.join("bin/pip")).args(["install", "-q", PACKAGE]))?;
+        match std::fs::rename(&tmp, &venv) {
+            Ok(()) => Ok(python),
+            // Made by another run meanwhile.
+            Err(_) if python.exists() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(python)
+            }
+            Err(e) => Err(format!("cannot rename {}: {e}", tmp.display())),
+        }
+    }
+
+    #[test]
+    fn both_formats_parse_with_the_reference_parsers() {
+        let python = match python() {
+            Ok(p) => p,
+            Err(missing) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "no Python with {PACKAGE}: {missing}"
+                );
+                eprintln!("SKIPPED: no Python with {PACKAGE}: {missing}");
+                return;
+            }
+        };
+        let key = |name: &str, tags: &[(&str, &str)]| MetricKey {
+            name: name.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut lat = Sketch::new();
+        for v in [0.0, 0.25, 1.0, 3.0, 1500.0, 2e6, 0.003] {
+            lat.add(v);
+        }
+        let mut neg = Sketch::new();
+        neg.add(-2.0);
+        neg.add(5.0);
+        let series = [
+            (
+                key("bars.requests", &[("region", "eu"), ("le", "x\"y\\z\nw")]),
+                counter(5.0),
+            ),
+            (key("bars.requests", &[("region", "us")]), counter(1e20)),
+            (key("jobs_total", &[]), counter(2.5)),
+            (
+                key("queue.depth", &[("q", "a")]),
+                Value::Gauge(GaugeValue {
+                    value: -3.5,
+                    at_ms: 1,
+                }),
+            ),
+            (
+                key("balance", &[]),
+                Value::Counter {
+                    total: -4.0,
+                    monotonic: false,
+                },
+            ),
+            (
+                key("http.latency", &[("path", "/")]),
+                Value::Distribution(lat),
+            ),
+            (key("temps", &[]), Value::Distribution(neg)),
+            (key("empty", &[]), Value::Distribution(Sketch::new())),
+            // Kept out by the rules, so that the parsers never see a collision.
+            (
+                key("bars_requests", &[]),
+                Value::Gauge(GaugeValue {
+                    value: 1.0,
+                    at_ms: 1,
+                }),
+            ),
+            (
+                key("http.latency.count", &[]),
+                Value::Gauge(GaugeValue {
+                    value: 1.0,
+                    at_ms: 1,
+                }),
+            ),
+        ];
+        let live: Vec<LiveSeries<'_>> = series
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| LiveSeries {
+                key,
+                start_ms: i as u64,
+                value: value.clone(),
+            })
+            .collect();
+        let states = [LiveState {
+            app: "shop \"1\"",
+            env: "prod",
+            series: live,
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let (text, om) = (dir.path().join("text"), dir.path().join("om"));
+        let mut body = String::new();
+        assert_eq!(render(Format::Text, &states, &mut body).kept_out, 2);
+        std::fs::write(&text, &body).unwrap();
+        body.clear();
+        render(Format::OpenMetrics, &states, &mut body);
+        std::fs::write(&om, &body).unwrap();
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&text)
+            .arg(&om)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{body}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for format in ["text", "om"] {
+            let families: Vec<(String, String)> = parsed[format]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    (
+                        f[0].as_str().unwrap().to_owned(),
+                        f[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            let expected = [
+                ("balance", "gauge"),
+                ("bars_requests", "counter"),
+                ("empty", "histogram"),
+                ("http_latency", "histogram"),
+                ("jobs", "counter"),
+                ("queue_depth", "gauge"),
+                ("temps", "histogram"),
+            ];
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect();
+            assert_eq!(families, expected, "{format}");
+            let samples = parsed[format][1][2].as_array().unwrap();
+            let eu = samples.iter().find(|s| s[1]["region"] == "eu").unwrap();
+            assert_eq!(eu[0], "bars_requests_total");
+            assert_eq!(eu[1]["tag_le"], "x\"y\\z\nw");
+            assert_eq!(eu[1]["appsignal_app"], "shop \"1\"");
+            assert_eq!(eu[2], 5.0);
+        }
+    }
+
+    fn counter(total: f64) -> Value {
+        Value::Counter {
+            total,
+            monotonic: true,
+        }
     }
 }
