@@ -362,8 +362,8 @@ impl Cumulative {
     /// series only in open windows starts at its window's start; while a state is full, such a
     /// series is not shown (it would be refused when its window closes).
     pub fn live<'a>(&'a self, open: &[WindowRef<'a>]) -> Vec<LiveState<'a>> {
-        let mut out: BTreeMap<(&'a str, &'a str), BTreeMap<(Kind, &'a MetricKey), LiveSeries<'a>>> =
-            BTreeMap::new();
+        type Series<'a> = BTreeMap<(Kind, &'a MetricKey), LiveSeries<'a>>;
+        let mut out: BTreeMap<(&'a str, &'a str), Series<'a>> = BTreeMap::new();
         for state in self.states.values() {
             let series = state
                 .series
