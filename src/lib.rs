@@ -76,9 +76,9 @@ pub mod otlp;
 #[doc(hidden)]
 pub mod payload;
 #[doc(hidden)]
-pub mod protocol;
-#[doc(hidden)]
 pub mod prometheus;
+#[doc(hidden)]
+pub mod protocol;
 #[doc(hidden)]
 pub mod sketch;
 
