@@ -530,4 +530,91 @@ mod tests {
         assert!(c.states().next().is_none());
         assert!(!wd.path().join(file_name("app", "prod")).exists());
     }
+
+    /// The leader's order (module doc of `cumulative`), cut at every step of one window's commit,
+    /// with its payload still cached or already sent: the next leader's replay ends with every
+    /// window counted exactly once.
+    #[test]
+    fn a_leader_killed_at_any_step_of_the_commit_counts_every_window_once() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let window = |n: f64| {
+            let mut m = MetricSet::default();
+            m.counters.insert(key("c"), n);
+            m
+        };
+        let add = |c: &mut Cumulative, id: &str, m: &MetricSet| {
+            c.add_window(
+                WindowRef {
+                    app: "app",
+                    env: "prod",
+                    start_ms: 0,
+                    metrics: m,
+                },
+                id,
+                1,
+            )
+        };
+        for crash_after in 0..4 {
+            for sent in [false, true] {
+                let (_tmp, wd) = workdir();
+                let mut c = Cumulative::new(Duration::from_secs(3600));
+                let mut segments: BTreeMap<String, MetricSet> = BTreeMap::new();
+                let mut payloads: BTreeSet<String> = BTreeSet::new();
+                for i in 0..3u8 {
+                    let id = format!("{i:032x}");
+                    let m = window(f64::from(i) + 1.0);
+                    segments.insert(id.clone(), m.clone());
+                    // The last window's commit is cut after `crash_after` steps.
+                    let steps = if i == 2 { crash_after } else { 4 };
+                    if steps > 0 {
+                        payloads.insert(id.clone());
+                        if sent {
+                            payloads.remove(&id);
+                        }
+                    }
+                    if steps > 1 {
+                        add(&mut c, &id, &m);
+                    }
+                    if steps > 2 {
+                        c.save(&wd, 1).unwrap();
+                    }
+                    if steps > 3 {
+                        segments.remove(&id);
+                        c.segment_done(&id);
+                    }
+                }
+                drop(c);
+                // The next leader.
+                let (mut c, errors) = Cumulative::load(&wd, Duration::from_secs(3600));
+                assert!(errors.is_empty());
+                let mut adopted = Vec::new();
+                for (id, m) in std::mem::take(&mut segments) {
+                    if c.includes(&id) {
+                        c.segment_done(&id);
+                    } else if payloads.contains(&id) {
+                        assert_eq!(add(&mut c, &id, &m), Added::Counted);
+                        c.save(&wd, 2).unwrap();
+                        c.segment_done(&id);
+                    } else {
+                        adopted.push((id, m));
+                    }
+                }
+                // Adopted segments are counted when their windows close.
+                for (id, m) in adopted {
+                    assert_eq!(add(&mut c, &id, &m), Added::Counted);
+                    c.save(&wd, 3).unwrap();
+                    c.segment_done(&id);
+                }
+                let state = c.state("app", "prod").unwrap();
+                assert_eq!(
+                    state.series[&(Kind::Counter, key("c"))].value,
+                    Value::Counter {
+                        total: 6.0,
+                        monotonic: true
+                    },
+                    "killed after step {crash_after}, payload sent: {sent}"
+                );
+            }
+        }
+    }
 }
