@@ -267,7 +267,7 @@ pub fn render(format: Format, states: &[LiveState<'_>], out: &mut String) -> Ren
                     members: Vec::new(),
                 });
             f.start_ms = f.start_ms.min(s.start_ms);
-            if let Value::Counter { total, monotonic } = s.value {
+            if let Value::Counter { total, monotonic } = *s.value {
                 f.monotonic &= monotonic && total.is_finite() && total >= 0.0;
             }
             f.members.push((state.app, state.env, s));
@@ -328,7 +328,7 @@ pub fn render(format: Format, states: &[LiveState<'_>], out: &mut String) -> Ren
         };
         let _ = writeln!(out, "# TYPE {family} {type_name}");
         for (labels, s) in series {
-            match &s.value {
+            match &*s.value {
                 Value::Counter { total, .. } => {
                     let suffix = if *ty == Type::Counter { "_total" } else { "" };
                     let _ = write!(out, "{base}{suffix}{{{labels}}} ");
@@ -399,11 +399,7 @@ mod tests {
     fn render_all(format: Format, series: Vec<(MetricKey, u64, Value)>) -> (String, Rendered) {
         let live: Vec<LiveSeries<'_>> = series
             .iter()
-            .map(|(key, start_ms, value)| LiveSeries {
-                key,
-                start_ms: *start_ms,
-                value: value.clone(),
-            })
+            .map(|(key, start_ms, value)| LiveSeries::new(key, *start_ms, value.clone()))
             .collect();
         let states = [LiveState {
             app: "shop",
@@ -777,11 +773,7 @@ print(json.dumps(out))
         let live: Vec<LiveSeries<'_>> = series
             .iter()
             .enumerate()
-            .map(|(i, (key, value))| LiveSeries {
-                key,
-                start_ms: i as u64,
-                value: value.clone(),
-            })
+            .map(|(i, (key, value))| LiveSeries::new(key, i as u64, value.clone()))
             .collect();
         let states = [LiveState {
             app: "shop \"1\"",

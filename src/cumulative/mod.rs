@@ -45,6 +45,7 @@
 //! ([`Cumulative::take_drops`], for `agent.*`). A series not updated for the expiry (24 h by
 //! default) is dropped and counted; if it comes back it starts again from zero with a new start.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -222,12 +223,23 @@ pub struct WindowRef<'a> {
     pub metrics: &'a MetricSet,
 }
 
-/// One series as a scrape or an export shows it.
+/// One series as a scrape or an export shows it (its value borrowed from the state unless an
+/// open window changed it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveSeries<'a> {
     pub key: &'a MetricKey,
     pub start_ms: u64,
-    pub value: Value,
+    pub value: Cow<'a, Value>,
+}
+
+impl<'a> LiveSeries<'a> {
+    pub fn new(key: &'a MetricKey, start_ms: u64, value: Value) -> LiveSeries<'a> {
+        LiveSeries {
+            key,
+            start_ms,
+            value: Cow::Owned(value),
+        }
+    }
 }
 
 /// The series of one state as a scrape shows them, sorted by (kind, key).
@@ -372,7 +384,7 @@ impl Cumulative {
                     let live = LiveSeries {
                         key,
                         start_ms: s.start_ms,
-                        value: s.value.clone(),
+                        value: Cow::Borrowed(&s.value),
                     };
                     ((*kind, key), live)
                 })
@@ -385,19 +397,14 @@ impl Cumulative {
                 .is_some_and(|s| s.series.len() >= MAX_SERIES);
             let series = out.entry((w.app, w.env)).or_default();
             let m = w.metrics;
-            let values = m
+            let scalars = m
                 .counters
                 .iter()
                 .map(|(k, d)| (k, Value::counter(*d)))
-                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))))
-                .chain(
-                    m.distributions
-                        .iter()
-                        .map(|(k, s)| (k, Value::Distribution(s.clone()))),
-                );
-            for (key, value) in values {
+                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))));
+            for (key, value) in scalars {
                 match series.get_mut(&(value.kind(), key)) {
-                    Some(live) => match (&mut live.value, &value) {
+                    Some(live) => match (&*live.value, &value) {
                         // A monotonic counter's negative open delta is not shown (see the module doc).
                         (
                             Value::Counter {
@@ -405,15 +412,26 @@ impl Cumulative {
                             },
                             Value::Counter { total, .. },
                         ) if *total < 0.0 || !total.is_finite() => {}
-                        (mine, _) => mine.add(&value),
+                        _ => live.value.to_mut().add(&value),
                     },
                     None if !full => {
-                        let live = LiveSeries {
-                            key,
-                            start_ms: w.start_ms,
-                            value,
-                        };
-                        series.insert((live.value.kind(), key), live);
+                        let kind = value.kind();
+                        series.insert((kind, key), LiveSeries::new(key, w.start_ms, value));
+                    }
+                    None => {}
+                }
+            }
+            for (key, sketch) in &m.distributions {
+                match series.get_mut(&(Kind::Distribution, key)) {
+                    Some(live) => {
+                        if let Value::Distribution(mine) = live.value.to_mut() {
+                            mine.merge(sketch);
+                        }
+                    }
+                    None if !full => {
+                        let value = Value::Distribution(sketch.clone());
+                        let live = LiveSeries::new(key, w.start_ms, value);
+                        series.insert((Kind::Distribution, key), live);
                     }
                     None => {}
                 }
@@ -663,7 +681,7 @@ mod tests {
         let got: Vec<(&str, u64, &Value)> = live[0]
             .series
             .iter()
-            .map(|s| (s.key.name.as_str(), s.start_ms, &s.value))
+            .map(|s| (s.key.name.as_str(), s.start_ms, &*s.value))
             .collect();
         let counter = |total| Value::Counter {
             total,
