@@ -36,6 +36,10 @@
 //!   register, apply, `take_all`), `add_window` it, `save`, then delete the segment;
 //! - else → adopt it as today; it is added when its window closes (step 1).
 //!
+//! A scrape calls [`Cumulative::live`] with every window not yet added: the open ones and those
+//! taken from the aggregator but not yet added (being turned into payloads); otherwise a scrape
+//! between `take_closed` and `add_window` would see a counter go back.
+//!
 //! Segment ids are random, so no order among them can be relied on (a late window of an old start
 //! closes after newer ones): the state remembers the ids it includes until the leader says the
 //! segment is gone ([`Cumulative::segment_done`]), at most [`MAX_REMEMBERED_SEGMENTS`] per state.
