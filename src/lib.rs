@@ -33,6 +33,9 @@
 //! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`counts`]: the agent's counts about itself (drops, rejections) that travel with a window.
+//! - [`cumulative`]: totals since a series' start per app and environment, continued by every
+//!   leader (the state file in the working directory).
+//! - [`prometheus`]: the cumulative view in the Prometheus and OpenMetrics text formats.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
@@ -67,6 +70,8 @@ pub mod cbor;
 #[doc(hidden)]
 pub mod counts;
 #[doc(hidden)]
+pub mod cumulative;
+#[doc(hidden)]
 pub mod export_config;
 #[doc(hidden)]
 pub mod host_metrics;
@@ -80,6 +85,8 @@ pub mod metrics;
 pub mod otlp;
 #[doc(hidden)]
 pub mod payload;
+#[doc(hidden)]
+pub mod prometheus;
 #[doc(hidden)]
 pub mod protocol;
 #[doc(hidden)]

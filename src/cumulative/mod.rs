@@ -1,0 +1,705 @@
+//! The cumulative view: per configuration (app name and environment) and series (kind, metric
+//! name, tags), the totals since the series was first counted, continued by every leader. It owns
+//! the state in memory (this file) and its file in the working directory ([`file`]).
+//!
+//! Per series: a counter's running total, a gauge's last value (the one with the latest `at_ms`),
+//! a distribution's merged [`Sketch`], the series' start (the start of the first window that
+//! counted it; it never moves, so that an exporter's start time never signals a reset) and its last
+//! update (the `now_ms` of the last window that changed it, for expiry).
+//!
+//! **Identity.** A state is keyed by (app name, environment), not by the configuration id: the id
+//! hashes the push key and the revision, so a deploy would reset every counter. Those two are
+//! also the `appsignal_app` and `appsignal_env` labels, so two states never render one series.
+//!
+//! **Non-monotonic counters.** A counter series is monotonic until a window adds a negative (or
+//! non-finite) amount to it, or its total goes negative; from then on, for as long as it lives, it
+//! is exported as a gauge-like sum (Prometheus `gauge`, OTLP non-monotonic Sum). A negative
+//! increment cancelled within one window (+5 and −3 in one window add +2) is not seen, and need not
+//! be: the exported total still never decreases. The live view (see [`Cumulative::live`]) never
+//! shows a monotonic counter's negative open delta, so a scrape of a monotonic counter never goes
+//! back either; if that window closes negative, the series turns non-monotonic then.
+//!
+//! **Exactly once.** How the leader must call this module (one commit point per transmission):
+//! 1. for every closed window, after its payloads are in the payload cache:
+//!    [`Cumulative::add_window`] with the window's segment id (skips a segment already included);
+//! 2. then [`Cumulative::expire`] and [`Cumulative::save`] (one atomic file per state): the commit
+//!    point. If `save` fails, keep going (the state stays dirty, the next `save` retries) but do not
+//!    delete the segments it would have covered before a later `save` succeeds;
+//! 3. then delete the journal segments and call [`Cumulative::segment_done`] for each.
+//!
+//! Replay by a new leader, before it serves anything: [`Cumulative::load`] (a torn, foreign or
+//! unreadable file is reported and that state starts empty: the journal rebuilds what it still
+//! holds); then for every replayed segment:
+//! - [`Cumulative::includes`] its id → the state has it: treat it exactly like a segment whose
+//!   payload is in the cache (read it for its (client, seq) pairs, delete it; never adopt it);
+//! - else, its payload in the cache → aggregate its batches into a window (a scratch `Aggregator`:
+//!   register, apply, `take_all`), `add_window` it, `save`, then delete the segment;
+//! - else → adopt it as today; it is added when its window closes (step 1).
+//!
+//! A scrape calls [`Cumulative::live`] with every window not yet added: the open ones and those
+//! taken from the aggregator but not yet added (being turned into payloads); otherwise a scrape
+//! between `take_closed` and `add_window` would see a counter go back.
+//!
+//! Segment ids are random, so no order among them can be relied on (a late window of an old start
+//! closes after newer ones): the state remembers the ids it includes until the leader says the
+//! segment is gone ([`Cumulative::segment_done`]), at most [`MAX_REMEMBERED_SEGMENTS`] per state.
+//!
+//! **Bounds.** At most [`MAX_STATES`] states, [`MAX_SERIES`] series and [`MAX_STATE_BYTES`]
+//! (estimated) per state; a series that does not fit is refused and counted
+//! ([`Cumulative::take_drops`], for `agent.*`). A series not updated for the expiry (24 h by
+//! default) is dropped and counted; if it comes back it starts again from zero with a new start.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::aggregate::MetricSet;
+use crate::protocol::{GaugeValue, MetricKey};
+use crate::sketch::Sketch;
+
+pub mod file;
+
+/// Series per state, at most (as many as keys in one window).
+pub const MAX_SERIES: usize = crate::aggregate::MAX_KEYS_PER_WINDOW;
+/// Estimated bytes of one state's series, at most.
+pub const MAX_STATE_BYTES: usize = 32 * 1024 * 1024;
+/// States (app name, environment) kept at once.
+pub const MAX_STATES: usize = 16;
+/// Included segment ids a state remembers until they are reported done; beyond, the oldest go.
+pub const MAX_REMEMBERED_SEGMENTS: usize = 1024;
+/// A series not updated for this long is dropped, by default.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// What a series is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Distribution,
+}
+
+/// A series' cumulative value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Counter { total: f64, monotonic: bool },
+    Gauge(GaugeValue),
+    Distribution(Sketch),
+}
+
+impl Value {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Value::Counter { .. } => Kind::Counter,
+            Value::Gauge(_) => Kind::Gauge,
+            Value::Distribution(_) => Kind::Distribution,
+        }
+    }
+
+    /// Adds a window's `other` of the same kind (a kind mismatch is ignored).
+    fn add(&mut self, other: &Value) {
+        match (self, other) {
+            (Value::Counter { total, monotonic }, Value::Counter { total: delta, .. }) => {
+                *total += delta;
+                *monotonic &= delta.is_finite() && *delta >= 0.0 && *total >= 0.0;
+            }
+            (Value::Gauge(last), Value::Gauge(new)) if new.at_ms >= last.at_ms => *last = *new,
+            (Value::Distribution(sketch), Value::Distribution(new)) => sketch.merge(new),
+            _ => {}
+        }
+    }
+
+    fn counter(delta: f64) -> Value {
+        Value::Counter {
+            total: delta,
+            monotonic: delta.is_finite() && delta >= 0.0,
+        }
+    }
+
+    /// Estimated bytes beside the key.
+    fn cost(&self) -> usize {
+        match self {
+            Value::Distribution(s) => {
+                64 + 8 * (s.positive().counts().len() + s.negative().counts().len())
+            }
+            _ => 32,
+        }
+    }
+}
+
+/// One series' state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Start of the first window that counted it (ms since the epoch).
+    pub start_ms: u64,
+    /// When a window last changed it (ms since the epoch; for expiry).
+    pub updated_ms: u64,
+    pub value: Value,
+}
+
+fn key_cost(key: &MetricKey) -> usize {
+    96 + key.name.len()
+        + key
+            .tags
+            .iter()
+            .map(|(k, v)| 48 + k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// What a state dropped since the last [`Cumulative::take_drops`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Series refused (a cap), counted once per window that brought them.
+    pub refused: u64,
+    /// Series dropped because they were not updated for the expiry.
+    pub expired: u64,
+    /// Included segment ids forgotten before they were reported done.
+    pub forgotten_segments: u64,
+}
+
+/// The cumulative state of one (app name, environment).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub app: String,
+    pub env: String,
+    pub series: BTreeMap<(Kind, MetricKey), Series>,
+    /// Segment ids included and not yet reported done, oldest first.
+    pub segments: Vec<String>,
+    bytes: usize,
+    dirty: bool,
+    drops: Drops,
+}
+
+impl State {
+    pub fn new(app: &str, env: &str) -> State {
+        State {
+            app: app.to_owned(),
+            env: env.to_owned(),
+            ..State::default()
+        }
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Recomputes the byte estimate (after loading).
+    fn recount(&mut self) {
+        self.bytes = self
+            .series
+            .iter()
+            .map(|((_, key), s)| key_cost(key) + s.value.cost())
+            .sum();
+    }
+
+    fn add(&mut self, key: &MetricKey, value: Value, start_ms: u64, now_ms: u64) {
+        let id = (value.kind(), key.clone());
+        if let Some(series) = self.series.get_mut(&id) {
+            let before = series.value.cost();
+            series.value.add(&value);
+            series.updated_ms = now_ms;
+            self.bytes = self.bytes + series.value.cost() - before;
+            return;
+        }
+        let cost = key_cost(key) + value.cost();
+        if self.series.len() >= MAX_SERIES || self.bytes + cost > MAX_STATE_BYTES {
+            self.drops.refused += 1;
+            return;
+        }
+        self.bytes += cost;
+        self.series.insert(
+            id,
+            Series {
+                start_ms,
+                updated_ms: now_ms,
+                value,
+            },
+        );
+    }
+}
+
+/// A window (closed or open) as this module reads it.
+#[derive(Clone, Copy)]
+pub struct WindowRef<'a> {
+    pub app: &'a str,
+    pub env: &'a str,
+    pub start_ms: u64,
+    pub metrics: &'a MetricSet,
+}
+
+/// One series as a scrape or an export shows it (its value borrowed from the state unless an
+/// open window changed it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSeries<'a> {
+    pub key: &'a MetricKey,
+    pub start_ms: u64,
+    pub value: Cow<'a, Value>,
+}
+
+impl<'a> LiveSeries<'a> {
+    pub fn new(key: &'a MetricKey, start_ms: u64, value: Value) -> LiveSeries<'a> {
+        LiveSeries {
+            key,
+            start_ms,
+            value: Cow::Owned(value),
+        }
+    }
+}
+
+/// The series of one state as a scrape shows them, sorted by (kind, key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveState<'a> {
+    pub app: &'a str,
+    pub env: &'a str,
+    pub series: Vec<LiveSeries<'a>>,
+}
+
+/// Whether [`Cumulative::add_window`] counted a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Counted,
+    /// Its segment was counted before.
+    AlreadyIncluded,
+    /// [`MAX_STATES`] states are known; the window is not counted (and not remembered).
+    Refused,
+}
+
+/// Every state the leader knows.
+pub struct Cumulative {
+    expiry_ms: u64,
+    states: BTreeMap<(String, String), State>,
+    refused_windows: u64,
+}
+
+impl Cumulative {
+    pub fn new(expiry: Duration) -> Cumulative {
+        Cumulative {
+            expiry_ms: (expiry.as_millis() as u64).max(1),
+            states: BTreeMap::new(),
+            refused_windows: 0,
+        }
+    }
+
+    /// The state of (app, env), if any.
+    pub fn state(&self, app: &str, env: &str) -> Option<&State> {
+        self.states.get(&(app.to_owned(), env.to_owned()))
+    }
+
+    pub fn states(&self) -> impl Iterator<Item = &State> {
+        self.states.values()
+    }
+
+    /// Whether the window of journal segment `segment` is counted in some state.
+    pub fn includes(&self, segment: &str) -> bool {
+        self.states
+            .values()
+            .any(|s| s.segments.iter().any(|id| id == segment))
+    }
+
+    /// Counts a closed window whose journal segment is `segment`, once per segment.
+    pub fn add_window(&mut self, window: WindowRef<'_>, segment: &str, now_ms: u64) -> Added {
+        if self.includes(segment) {
+            return Added::AlreadyIncluded;
+        }
+        let id = (window.app.to_owned(), window.env.to_owned());
+        if !self.states.contains_key(&id) && self.states.len() >= MAX_STATES {
+            self.refused_windows += 1;
+            return Added::Refused;
+        }
+        let state = self
+            .states
+            .entry(id)
+            .or_insert_with(|| State::new(window.app, window.env));
+        let m = window.metrics;
+        let start = window.start_ms;
+        for (key, delta) in &m.counters {
+            state.add(key, Value::counter(*delta), start, now_ms);
+        }
+        for (key, gauge) in &m.gauges {
+            state.add(key, Value::Gauge(*gauge), start, now_ms);
+        }
+        for (key, sketch) in &m.distributions {
+            state.add(key, Value::Distribution(sketch.clone()), start, now_ms);
+        }
+        state.segments.push(segment.to_owned());
+        if state.segments.len() > MAX_REMEMBERED_SEGMENTS {
+            let extra = state.segments.len() - MAX_REMEMBERED_SEGMENTS;
+            state.segments.drain(..extra);
+            state.drops.forgotten_segments += extra as u64;
+        }
+        state.dirty = true;
+        Added::Counted
+    }
+
+    /// The journal segment `segment` is deleted: its id need not be remembered any more (the file
+    /// forgets it at the next save).
+    pub fn segment_done(&mut self, segment: &str) {
+        for state in self.states.values_mut() {
+            if let Some(at) = state.segments.iter().position(|id| id == segment) {
+                state.segments.remove(at);
+                state.dirty = true;
+            }
+        }
+    }
+
+    /// Drops the series not updated for the expiry, and states left with nothing.
+    pub fn expire(&mut self, now_ms: u64) {
+        let expiry = self.expiry_ms;
+        for state in self.states.values_mut() {
+            let before = state.series.len();
+            state
+                .series
+                .retain(|_, s| now_ms.saturating_sub(s.updated_ms) < expiry);
+            let gone = before - state.series.len();
+            if gone > 0 {
+                state.drops.expired += gone as u64;
+                state.recount();
+                state.dirty = true;
+            }
+        }
+    }
+
+    /// What each state dropped since the last call: ((app, env), drops), for `agent.*`.
+    pub fn take_drops(&mut self) -> Vec<((String, String), Drops)> {
+        self.states
+            .iter_mut()
+            .filter(|(_, s)| s.drops != Drops::default())
+            .map(|(id, s)| (id.clone(), std::mem::take(&mut s.drops)))
+            .collect()
+    }
+
+    /// Windows not counted because [`MAX_STATES`] states were known (since the last call).
+    pub fn take_refused_windows(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_windows)
+    }
+
+    /// What a scrape shows: the committed state plus the `open` windows (not yet closed), without
+    /// changing the state. Per (app, env), sorted by app and env; series sorted by (kind, key). A
+    /// series only in open windows starts at its window's start; while a state is full, such a
+    /// series is not shown (it would be refused when its window closes).
+    pub fn live<'a>(&'a self, open: &[WindowRef<'a>]) -> Vec<LiveState<'a>> {
+        type Series<'a> = BTreeMap<(Kind, &'a MetricKey), LiveSeries<'a>>;
+        let mut out: BTreeMap<(&'a str, &'a str), Series<'a>> = BTreeMap::new();
+        for state in self.states.values() {
+            let series = state
+                .series
+                .iter()
+                .map(|((kind, key), s)| {
+                    let live = LiveSeries {
+                        key,
+                        start_ms: s.start_ms,
+                        value: Cow::Borrowed(&s.value),
+                    };
+                    ((*kind, key), live)
+                })
+                .collect();
+            out.insert((&state.app, &state.env), series);
+        }
+        for w in open {
+            let full = self
+                .state(w.app, w.env)
+                .is_some_and(|s| s.series.len() >= MAX_SERIES);
+            let series = out.entry((w.app, w.env)).or_default();
+            let m = w.metrics;
+            let scalars = m
+                .counters
+                .iter()
+                .map(|(k, d)| (k, Value::counter(*d)))
+                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))));
+            for (key, value) in scalars {
+                match series.get_mut(&(value.kind(), key)) {
+                    Some(live) => match (&*live.value, &value) {
+                        // A monotonic counter's negative open delta is not shown (see the module doc).
+                        (
+                            Value::Counter {
+                                monotonic: true, ..
+                            },
+                            Value::Counter { total, .. },
+                        ) if *total < 0.0 || !total.is_finite() => {}
+                        _ => live.value.to_mut().add(&value),
+                    },
+                    None if !full => {
+                        let kind = value.kind();
+                        series.insert((kind, key), LiveSeries::new(key, w.start_ms, value));
+                    }
+                    None => {}
+                }
+            }
+            for (key, sketch) in &m.distributions {
+                match series.get_mut(&(Kind::Distribution, key)) {
+                    Some(live) => {
+                        if let Value::Distribution(mine) = live.value.to_mut() {
+                            mine.merge(sketch);
+                        }
+                    }
+                    None if !full => {
+                        let value = Value::Distribution(sketch.clone());
+                        let live = LiveSeries::new(key, w.start_ms, value);
+                        series.insert((Kind::Distribution, key), live);
+                    }
+                    None => {}
+                }
+            }
+        }
+        out.into_iter()
+            .map(|((app, env), series)| LiveState {
+                app,
+                env,
+                series: series.into_values().collect(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> MetricKey {
+        MetricKey {
+            name: name.into(),
+            tags: vec![],
+        }
+    }
+
+    fn window(m: &MetricSet, start_ms: u64) -> WindowRef<'_> {
+        WindowRef {
+            app: "app",
+            env: "prod",
+            start_ms,
+            metrics: m,
+        }
+    }
+
+    fn counters(pairs: &[(&str, f64)]) -> MetricSet {
+        let mut m = MetricSet::default();
+        for (name, v) in pairs {
+            m.counters.insert(key(name), *v);
+        }
+        m
+    }
+
+    fn seg(n: u8) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn windows_add_up_once_per_segment_and_keep_their_start() {
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        let m = counters(&[("a", 2.0)]);
+        assert_eq!(
+            c.add_window(window(&m, 1000), &seg(1), 1500),
+            Added::Counted
+        );
+        assert_eq!(
+            c.add_window(window(&m, 1000), &seg(1), 1600),
+            Added::AlreadyIncluded
+        );
+        assert_eq!(
+            c.add_window(window(&m, 2000), &seg(2), 2500),
+            Added::Counted
+        );
+        // A late window of an earlier start does not move the start.
+        assert_eq!(c.add_window(window(&m, 0), &seg(3), 2600), Added::Counted);
+        let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("a"))];
+        assert_eq!(
+            s.value,
+            Value::Counter {
+                total: 6.0,
+                monotonic: true
+            }
+        );
+        assert_eq!((s.start_ms, s.updated_ms), (1000, 2600));
+        assert!(c.includes(&seg(2)));
+        c.segment_done(&seg(2));
+        assert!(!c.includes(&seg(2)));
+        assert!(c.includes(&seg(1)));
+    }
+
+    #[test]
+    fn gauges_keep_the_latest_and_sketches_merge() {
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        let mut m = MetricSet::default();
+        m.gauges.insert(
+            key("g"),
+            GaugeValue {
+                value: 5.0,
+                at_ms: 20,
+            },
+        );
+        let mut s = Sketch::new();
+        s.add(2.0);
+        m.distributions.insert(key("d"), s.clone());
+        c.add_window(window(&m, 0), &seg(1), 30);
+        m.gauges.insert(
+            key("g"),
+            GaugeValue {
+                value: 9.0,
+                at_ms: 10,
+            },
+        );
+        c.add_window(window(&m, 0), &seg(2), 40);
+        let state = c.state("app", "prod").unwrap();
+        assert_eq!(
+            state.series[&(Kind::Gauge, key("g"))].value,
+            Value::Gauge(GaugeValue {
+                value: 5.0,
+                at_ms: 20
+            })
+        );
+        let Value::Distribution(d) = &state.series[&(Kind::Distribution, key("d"))].value else {
+            panic!("not a distribution");
+        };
+        assert_eq!((d.count(), d.sum()), (2, 4.0));
+    }
+
+    #[test]
+    fn a_negative_increment_makes_a_counter_non_monotonic_for_good() {
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        c.add_window(window(&counters(&[("a", 5.0)]), 0), &seg(1), 1);
+        c.add_window(window(&counters(&[("a", -1.0)]), 0), &seg(2), 2);
+        c.add_window(window(&counters(&[("a", 3.0)]), 0), &seg(3), 3);
+        let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("a"))];
+        assert_eq!(
+            s.value,
+            Value::Counter {
+                total: 7.0,
+                monotonic: false
+            }
+        );
+    }
+
+    #[test]
+    fn series_expire_after_the_setting_and_start_again() {
+        let mut c = Cumulative::new(Duration::from_millis(100));
+        c.add_window(
+            window(&counters(&[("old", 1.0), ("kept", 1.0)]), 0),
+            &seg(1),
+            1000,
+        );
+        c.add_window(window(&counters(&[("kept", 1.0)]), 50), &seg(2), 1050);
+        c.expire(1099);
+        assert_eq!(c.state("app", "prod").unwrap().series.len(), 2);
+        c.expire(1100);
+        let state = c.state("app", "prod").unwrap();
+        assert_eq!(state.series.len(), 1);
+        assert!(state.series.contains_key(&(Kind::Counter, key("kept"))));
+        let drops = c.take_drops();
+        assert_eq!(drops[0].1.expired, 1);
+        assert!(c.take_drops().is_empty());
+        c.add_window(window(&counters(&[("old", 4.0)]), 2000), &seg(3), 2000);
+        let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("old"))];
+        assert_eq!(
+            (s.start_ms, &s.value),
+            (
+                2000,
+                &Value::Counter {
+                    total: 4.0,
+                    monotonic: true
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn series_states_and_segment_memory_are_capped() {
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        let mut m = MetricSet::default();
+        for i in 0..MAX_SERIES + 10 {
+            m.counters.insert(key(&format!("c{i}")), 1.0);
+        }
+        c.add_window(window(&m, 0), &seg(1), 1);
+        assert_eq!(c.state("app", "prod").unwrap().series.len(), MAX_SERIES);
+        assert_eq!(c.take_drops()[0].1.refused, 10);
+        // Known series still count when the state is full.
+        c.add_window(window(&counters(&[("c0", 1.0)]), 0), &seg(2), 2);
+        let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("c0"))];
+        assert_eq!(
+            s.value,
+            Value::Counter {
+                total: 2.0,
+                monotonic: true
+            }
+        );
+        // The byte budget.
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        let mut m = MetricSet::default();
+        for i in 0..2_000 {
+            m.counters
+                .insert(key(&format!("{i}-{}", "x".repeat(32 * 1024))), 1.0);
+        }
+        c.add_window(window(&m, 0), &seg(1), 1);
+        let state = c.state("app", "prod").unwrap();
+        assert!(state.bytes() <= MAX_STATE_BYTES);
+        assert_eq!(
+            state.series.len() as u64 + c.take_drops()[0].1.refused,
+            2_000
+        );
+        // States.
+        let m = counters(&[("a", 1.0)]);
+        for i in 1..=MAX_STATES {
+            let env = format!("env{i}");
+            let w = WindowRef {
+                env: &env,
+                ..window(&m, 0)
+            };
+            let expected = if i < MAX_STATES {
+                Added::Counted
+            } else {
+                Added::Refused
+            };
+            assert_eq!(c.add_window(w, &seg(10 + i as u8), 1), expected);
+        }
+        assert_eq!(c.take_refused_windows(), 1);
+        // Segment ids.
+        for i in 0..MAX_REMEMBERED_SEGMENTS + 3 {
+            c.add_window(window(&m, 0), &format!("f{i:031x}"), 1);
+        }
+        assert_eq!(
+            c.state("app", "prod").unwrap().segments.len(),
+            MAX_REMEMBERED_SEGMENTS
+        );
+        assert!(!c.includes(&format!("f{:031x}", 0)));
+    }
+
+    #[test]
+    fn the_live_view_adds_open_windows_without_changing_the_state() {
+        let mut c = Cumulative::new(DEFAULT_EXPIRY);
+        c.add_window(
+            window(&counters(&[("a", 5.0), ("b", 1.0)]), 1000),
+            &seg(1),
+            1,
+        );
+        let before = c.state("app", "prod").unwrap().clone();
+        let open = counters(&[("a", 2.0), ("b", -1.0), ("new", 1.0)]);
+        let other = counters(&[("x", 1.0)]);
+        let live = c.live(&[
+            window(&open, 2000),
+            WindowRef {
+                app: "other",
+                ..window(&other, 3000)
+            },
+        ]);
+        assert_eq!(c.state("app", "prod").unwrap(), &before);
+        assert_eq!((live[0].app, live[1].app), ("app", "other"));
+        let got: Vec<(&str, u64, &Value)> = live[0]
+            .series
+            .iter()
+            .map(|s| (s.key.name.as_str(), s.start_ms, &*s.value))
+            .collect();
+        let counter = |total| Value::Counter {
+            total,
+            monotonic: true,
+        };
+        assert_eq!(
+            got,
+            vec![
+                ("a", 1000, &counter(7.0)),
+                // A monotonic counter's negative open delta is not shown.
+                ("b", 1000, &counter(1.0)),
+                ("new", 2000, &counter(1.0)),
+            ]
+        );
+        assert_eq!(live[1].series[0].start_ms, 3000);
+    }
+}
