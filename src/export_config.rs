@@ -5,7 +5,7 @@
 //! handshake (`protocol::Hello`), and the leader writes it into journal segment and spool headers.
 //! Pure data: this module reads no environment and does no I/O.
 //!
-//! Secrets (the push key, OTLP header values) cross the socket but never reach a disk or a log:
+//! Secrets (the push key, OTLP header values, the Prometheus bearer token) cross the socket but never reach a disk or a log:
 //! [`ExportConfig::without_secrets`] is the one function that removes them (for the journal), and
 //! `Debug` never shows them.
 //!
@@ -61,6 +61,29 @@ pub struct OtlpSettings {
     pub resource: Vec<(String, ResourceValue)>,
 }
 
+/// The leader's Prometheus endpoint as one configuration asks for it (`_APPSIGNAL_PROMETHEUS_*`,
+/// `docs/prometheus.md`): the leader serves it when any configuration it knows asks for it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
+pub struct PrometheusSettings {
+    pub port: u16,
+    /// An IP address (validated by the configuration reader, again by the leader).
+    pub bind: String,
+    /// Required on every request when set (`Authorization: Bearer …`); required for a bind beyond
+    /// loopback. A secret: emptied by [`ExportConfig::without_secrets`], never shown by `Debug`.
+    #[serde(default)]
+    pub bearer_token: String,
+}
+
+impl fmt::Debug for PrometheusSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusSettings")
+            .field("port", &self.port)
+            .field("bind", &self.bind)
+            .field("bearer_token_set", &!self.bearer_token.is_empty())
+            .finish()
+    }
+}
+
 /// What identifies one app configuration to the leader, and what its exporters need: data of
 /// different configurations sharing a working directory is kept apart and exported with its own
 /// key and settings.
@@ -84,6 +107,10 @@ pub struct ExportConfig {
     /// Set when `exporters.otlp` is.
     #[serde(default)]
     pub otlp: Option<OtlpSettings>,
+    /// The Prometheus endpoint this configuration asks the leader for (off when `None`; then not
+    /// written, so that a configuration without it is the document earlier releases wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSettings>,
     /// The secrets were removed ([`ExportConfig::without_secrets`]): this copy came from the
     /// journal and can export nothing until a process with the whole configuration connects.
     #[serde(default)]
@@ -91,7 +118,8 @@ pub struct ExportConfig {
 }
 
 impl ExportConfig {
-    /// A copy without secrets (the push key, every OTLP header value; header names stay), marked
+    /// A copy without secrets (the push key, every OTLP header value, the Prometheus bearer
+    /// token; header names stay), marked
     /// `redacted`: the only form in which a configuration is written to disk.
     pub fn without_secrets(&self) -> ExportConfig {
         ExportConfig {
@@ -103,6 +131,10 @@ impl ExportConfig {
                     .map(|(name, _)| (name.clone(), String::new()))
                     .collect(),
                 ..otlp.clone()
+            }),
+            prometheus: self.prometheus.as_ref().map(|p| PrometheusSettings {
+                bearer_token: String::new(),
+                ..p.clone()
             }),
             redacted: true,
             ..self.clone()
@@ -138,6 +170,13 @@ impl ExportConfig {
                 self.exporters.push, self.exporters.otlp
             ));
             fields.extend(self.otlp.iter().flat_map(OtlpSettings::identity_fields));
+        }
+        // Set only, likewise.
+        if let Some(p) = &self.prometheus {
+            fields.push(format!(
+                "prometheus:{}:{}:{}",
+                p.port, p.bind, p.bearer_token
+            ));
         }
         for field in &fields {
             for byte in field.bytes().chain(std::iter::once(0xff)) {
@@ -186,6 +225,7 @@ impl fmt::Debug for ExportConfig {
             )
             .field("exporters", &self.exporters)
             .field("otlp", &self.otlp)
+            .field("prometheus", &self.prometheus)
             .field("redacted", &self.redacted)
             .finish()
     }
@@ -245,6 +285,11 @@ mod tests {
                     ),
                 ],
             }),
+            prometheus: Some(PrometheusSettings {
+                port: 9464,
+                bind: "0.0.0.0".into(),
+                bearer_token: "token-secret".into(),
+            }),
             redacted: false,
         }
     }
@@ -261,10 +306,13 @@ mod tests {
                 ("x-team".into(), String::new()),
             ];
         }
+        if let Some(p) = expected.prometheus.as_mut() {
+            p.bearer_token.clear();
+        }
         expected.redacted = true;
         assert_eq!(stripped, expected);
         let written = serde_cbor::to_vec(&stripped).unwrap();
-        for secret in ["push-secret", "header-secret"] {
+        for secret in ["push-secret", "header-secret", "token-secret"] {
             assert!(
                 !written
                     .windows(secret.len())
@@ -275,6 +323,7 @@ mod tests {
         // Without OTLP settings there is only the key to remove.
         let push_only = ExportConfig {
             otlp: None,
+            prometheus: None,
             ..full()
         };
         assert_eq!(
@@ -308,6 +357,7 @@ mod tests {
                 language_integration_version: None,
                 exporters: Exporters::default(),
                 otlp: None,
+                prometheus: None,
                 ..full()
             },
         ] {
@@ -456,7 +506,14 @@ mod tests {
 
     #[test]
     fn the_previous_release_and_this_one_read_each_other() {
-        for config in [full(), full().without_secrets()] {
+        let without_prometheus = ExportConfig {
+            prometheus: None,
+            ..full()
+        };
+        for config in [
+            without_prometheus.clone(),
+            without_prometheus.without_secrets(),
+        ] {
             let old = serde_cbor::to_vec(&previous_of(&config)).unwrap();
             // A document the previous release wrote (a Hello, a segment header) reads here...
             assert_eq!(cbor::from_slice::<ExportConfig>(&old).unwrap(), config);
@@ -464,6 +521,12 @@ mod tests {
             assert_eq!(serde_cbor::to_vec(&config).unwrap(), old);
             let back: previous::PushConfig = serde_cbor::from_slice(&old).unwrap();
             assert_eq!(back.push_api_key, config.push_api_key);
+        }
+        // The Prometheus settings are a field the previous release skips.
+        for config in [full(), full().without_secrets()] {
+            let new = serde_cbor::to_vec(&config).unwrap();
+            let back: previous::PushConfig = serde_cbor::from_slice(&new).unwrap();
+            assert_eq!(back.app_name, config.app_name);
         }
         let first = previous::FirstPushConfig {
             push_api_key: "k".into(),

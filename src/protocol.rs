@@ -311,6 +311,7 @@ mod tests {
                         ),
                     ],
                 }),
+                prometheus: None,
                 redacted: false,
             },
         }

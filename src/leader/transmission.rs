@@ -6,6 +6,9 @@
 //! a window whose payloads can be neither cached nor sent is held in memory (at most
 //! [`MAX_HELD_WINDOWS`]) and tried again at the next transmission, its segment kept until then.
 //! Whether a configuration's payloads are sent at all is [`super::exports`]'s call.
+//!
+//! When every payload of a window is out (cached or sent) the window is added to the cumulative
+//! view ([`super::totals`]) and saved before its segment is deleted: one commit point for both.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 use super::counting::Counting;
 use super::exports::{ExportState, Gate};
 use super::tally::Tally;
+use super::totals::Totals;
 use crate::aggregate::Window;
 use crate::config::Config;
 use crate::counts::AgentCounts;
@@ -44,6 +48,7 @@ pub(super) struct Transmission {
     exports: Arc<ExportState>,
     counting: Arc<Counting>,
     tally: Arc<Tally>,
+    totals: Arc<Totals>,
     /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
     /// endpoint): tried again at the next transmission; their journal segments stay until then.
     held: Mutex<Vec<Window>>,
@@ -66,6 +71,7 @@ impl Transmission {
         cache: PayloadCache,
         counting: Arc<Counting>,
         tally: Arc<Tally>,
+        totals: Arc<Totals>,
     ) -> Transmission {
         Transmission {
             config: config.clone(),
@@ -75,6 +81,7 @@ impl Transmission {
             exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
             counting,
             tally,
+            totals,
             held: Mutex::new(Vec::new()),
         }
     }
@@ -273,6 +280,7 @@ impl Transmission {
                 none_cached,
             }),
             Ok((window, Err(e))) => {
+                self.totals.never_added(&window);
                 tracing::error!(
                     "cannot encode payload {}: {e:#}; it stays in the journal for the next leader",
                     window.segment
@@ -319,13 +327,35 @@ impl Transmission {
             }
         }
         if all_out {
-            self.counting.drop_segment(&window);
+            self.finish(window).await;
             return None;
         }
         if none_cached {
             self.tally.give_back(carried);
         }
         Some(window)
+    }
+
+    /// Every payload of `window` is out: adds it to the cumulative view, then deletes the
+    /// segments whose windows are saved there ([`Totals::commit`]).
+    async fn finish(&self, window: Window) {
+        if window.metrics.is_empty() {
+            self.counting.drop_segment(&window);
+            return;
+        }
+        let totals = Arc::clone(&self.totals);
+        let committed = tokio::task::spawn_blocking(move || totals.commit(&window)).await;
+        match committed {
+            Ok(segments) => {
+                for segment in segments {
+                    self.counting.drop_segment_of(&segment);
+                    self.totals.segment_gone(&segment.id);
+                }
+            }
+            Err(e) => tracing::error!(
+                "adding a window to the cumulative state failed: {e}; its journal segment stays for the next leader"
+            ),
+        }
     }
 
     /// Keeps `windows` for the next transmission: their payloads could be neither cached nor
@@ -337,6 +367,7 @@ impl Transmission {
         while held.len() > MAX_HELD_WINDOWS || (bytes > MAX_HELD_BYTES && held.len() > 1) {
             let oldest = held.remove(0);
             bytes = bytes.saturating_sub(oldest.bytes);
+            self.totals.never_added(&oldest);
             if let Some(n) = HELD_LOG.check() {
                 tracing::warn!(
                     "window {} (payload {}) no longer held in memory: too many windows wait; its journal segment stays for the next leader{}",
@@ -635,8 +666,14 @@ mod tests {
             &workdir,
             Pusher::new(&config).unwrap(),
             PayloadCache::new(workdir.clone(), 100, 1 << 20),
-            counting,
+            Arc::clone(&counting),
             Arc::clone(&tally),
+            Arc::new(Totals::new(
+                crate::cumulative::Cumulative::new(config.cumulative_expiry),
+                &workdir,
+                counting,
+                Arc::clone(&tally),
+            )),
         );
         Round {
             transmission,
