@@ -32,6 +32,7 @@ const MAX_UNSAVED: usize = 1024;
 
 static SAVE_LOG: RateLimit = RateLimit::new(60_000);
 static FORGOTTEN_LOG: RateLimit = RateLimit::new(60_000);
+static KEPT_OUT_LOG: RateLimit = RateLimit::new(3_600_000);
 
 struct Inner {
     cumulative: Cumulative,
@@ -175,7 +176,16 @@ impl Totals {
             .collect();
         let live = inner.cumulative.live(&open);
         let mut out = String::new();
-        prometheus::render(format, &live, &mut out);
+        let rendered = prometheus::render(format, &live, &mut out);
+        if rendered.kept_out > 0 {
+            if let Some(n) = KEPT_OUT_LOG.check() {
+                tracing::warn!(
+                    "Prometheus endpoint: {} series kept out of the scrape (names that collide after sanitising, or one name used as two kinds; docs/prometheus.md){}",
+                    rendered.kept_out,
+                    suppressed_note(n)
+                );
+            }
+        }
         out
     }
 }
