@@ -30,12 +30,18 @@ struct Answer {
 
 /// `GET /metrics` with `headers`; `None` when nothing listens (or the answer is cut off).
 fn get(port: u16, headers: &[(&str, &str)]) -> Option<Answer> {
+    get_path(port, "/metrics", headers, "1.1")
+}
+
+/// `GET path` with `headers`, one request per connection; `version` `1.0` for a server that would
+/// answer HTTP/1.1 in chunks (this client reads no chunks).
+fn get_path(port: u16, path: &str, headers: &[(&str, &str)], version: &str) -> Option<Answer> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     let mut request =
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_owned();
+        format!("GET {path} HTTP/{version}\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -128,6 +134,40 @@ fn scrape_monotonic(port: u16, last: &mut BTreeMap<String, f64>) -> bool {
     true
 }
 
+/// What a test's workers acknowledged, by process.
+#[derive(Default)]
+struct Acked(BTreeMap<u32, Value>);
+
+impl Acked {
+    /// Every worker records `n` and syncs; what each acknowledged is kept.
+    fn round(&mut self, workers: &mut [WorkerProcess], n: u64) {
+        for w in workers.iter_mut() {
+            w.send(&format!("record {n}")).unwrap();
+        }
+        for w in workers.iter_mut() {
+            let totals = w.sync().unwrap();
+            self.0.insert(w.pid, totals);
+        }
+    }
+
+    /// The counters acknowledged so far, as exposed.
+    fn counters(&self) -> BTreeMap<String, f64> {
+        let mut expected = Value::Null;
+        for sent in self.0.values() {
+            fleet::add_sent(&mut expected, sent);
+        }
+        expected_counters(&expected)
+    }
+}
+
+/// SIGKILLs the leader among `workers` (what it recorded is acknowledged) and removes it.
+fn kill_leader(setup: &Setup, workers: &mut Vec<WorkerProcess>) {
+    let leader = testkit::leader_index(&setup.workdir(), workers).expect("a leader");
+    workers[leader].child.kill().unwrap();
+    workers[leader].wait(Duration::from_secs(10)).unwrap();
+    workers.remove(leader);
+}
+
 #[test]
 fn scrapes_equal_what_was_recorded_and_never_go_back_across_leader_kills() {
     let port = free_port();
@@ -167,10 +207,7 @@ fn scrapes_equal_what_was_recorded_and_never_go_back_across_leader_kills() {
         );
         // SIGKILL the leader (everything it recorded is acknowledged), scrape through the
         // election, and replace it.
-        let leader = testkit::leader_index(&setup.workdir(), &workers).expect("a leader");
-        workers[leader].child.kill().unwrap();
-        workers[leader].wait(Duration::from_secs(10)).unwrap();
-        workers.remove(leader);
+        kill_leader(&setup, &mut workers);
         for _ in 0..20 {
             answered += u32::from(scrape_monotonic(port, &mut last));
             std::thread::sleep(Duration::from_millis(25));
@@ -290,4 +327,163 @@ fn the_token_is_required_when_set_and_a_bind_beyond_loopback_needs_one() {
     stop_all(&mut workers);
     let log = setup.log();
     assert!(!log.contains(TOKEN) && !log.contains(KEY));
+}
+
+/// `s` for a URL's query string.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Prometheus server (Debian's `prometheus` package) scraping `target` every second, with its
+/// data in `dir`; killed when dropped.
+struct PrometheusServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrometheusServer {
+    /// `None` (skipped) without the binary, except under `CI`, where that fails.
+    fn start(dir: &std::path::Path, target: u16) -> Option<PrometheusServer> {
+        let exe = std::path::Path::new("/usr/bin/prometheus");
+        if !exe.exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no /usr/bin/prometheus (.ci/run installs Debian's prometheus package)"
+            );
+            eprintln!("SKIPPED: no /usr/bin/prometheus (apt-get install prometheus)");
+            return None;
+        }
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: appsignal\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(exe)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = PrometheusServer { child, port };
+        assert!(
+            testkit::poll(Duration::from_secs(60), || server.query("up").is_some()),
+            "the Prometheus server never answered"
+        );
+        Some(server)
+    }
+
+    /// The instant vector of `query`: (labels, value); `None` when the server does not answer.
+    fn query(&self, query: &str) -> Option<Vec<(Value, f64)>> {
+        let path = format!("/api/v1/query?query={}", url_encode(query));
+        let answer = get_path(self.port, &path, &[], "1.0")?;
+        let v: Value = serde_json::from_str(&answer.body).ok()?;
+        if v["status"] != "success" {
+            return None;
+        }
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
+            .collect()
+    }
+
+    /// `requests_total` per series, named as the endpoint exposes it.
+    fn requests(&self) -> BTreeMap<String, f64> {
+        let Some(result) = self.query("requests_total") else {
+            return BTreeMap::new();
+        };
+        result
+            .into_iter()
+            .map(|(metric, value)| {
+                let mut labels: Vec<(String, String)> = metric
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| !["__name__", "job", "instance"].contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect();
+                labels.sort();
+                let labels: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                (format!("requests_total{{{}}}", labels.join(",")), value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_server_sees_exact_totals_and_no_reset_across_leader_kills() {
+    let port = free_port();
+    let setup = Setup::new(KEY, 500)
+        .with("_APPSIGNAL_PROMETHEUS_PORT", &port.to_string())
+        .with("_APPSIGNAL_LOG_LEVEL", "info");
+    let Some(server) = PrometheusServer::start(setup.tmp.path(), port) else {
+        return;
+    };
+    let mut next_index = 0;
+    let mut spawn = || {
+        next_index += 1;
+        setup.spawn(next_index)
+    };
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|_| spawn()).collect();
+    let mut acked = Acked::default();
+    let kills = 3;
+    for round in 0..=kills {
+        acked.round(&mut workers, 20);
+        // Prometheus has scraped this round's totals (read through its own API).
+        let expected = acked.counters();
+        let mut seen = BTreeMap::new();
+        let scraped = testkit::poll(Duration::from_secs(30), || {
+            seen = server.requests();
+            seen == expected
+        });
+        assert!(
+            scraped,
+            "round {round}: Prometheus has {seen:#?}\nexpected {expected:#?}\n--- targets ---\n{}\n--- log ---\n{}",
+            get_path(server.port, "/api/v1/targets", &[], "1.0").map_or_else(String::new, |a| a.body)
+                + &get(port, &[("Accept", "application/openmetrics-text")])
+                    .map_or_else(String::new, |a| a.body)
+                + &format!("{:?}", server.query("count by (__name__) ({job=\"appsignal\"})")),
+            testkit::setup::tail(&setup.log(), 40)
+        );
+        if round < kills {
+            kill_leader(&setup, &mut workers);
+            workers.push(spawn());
+        }
+    }
+    let expected = acked.counters();
+    assert_eq!(
+        expected.values().sum::<f64>(),
+        f64::from(3 * 20 * (kills + 1))
+    );
+    assert_eq!(server.requests(), expected);
+    // No counter reset over the whole run, by Prometheus' own reckoning.
+    let resets = server.query("resets(requests_total[1h])").unwrap();
+    assert_eq!(resets.len(), expected.len());
+    assert!(resets.iter().all(|(_, n)| *n == 0.0), "{resets:?}");
+    stop_all(&mut workers);
 }
