@@ -21,7 +21,6 @@
 //! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's, over bytes
 //! whose size was checked first.
 
-use std::convert::Infallible;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -169,26 +168,18 @@ fn report(counted: bool) {
 }
 
 async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let service = hyper::service::service_fn(move |request| {
+    let handler: super::HttpHandler = Arc::new(move |request| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(request, state).await) }
+        Box::pin(async move { handle(request, state).await })
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(io, service);
-    tokio::pin!(connection);
-    // An idle keep-alive connection holds a permit: after MAX_CONNECTION_AGE it is closed once
-    // the request in progress (if any) is answered; the sender reconnects.
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let served = super::serve_http(
+        stream,
+        handler,
+        HEADER_TIMEOUT,
+        64 * 1024,
+        MAX_CONNECTION_AGE,
+    )
+    .await;
     if let Err(e) = served {
         tracing::debug!("OTLP/HTTP intake: connection ended: {e}");
     }

@@ -13,7 +13,6 @@
 //! between requests after [`MAX_CONNECTION_AGE`]; one scrape rendered at a time, on the blocking
 //! pool, so that the sockets of the leader are never held up by a render.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -158,24 +157,18 @@ struct Shared {
 }
 
 async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let service = hyper::service::service_fn(move |request| {
+    let handler: crate::intake::HttpHandler = Arc::new(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(request, &shared).await) }
+        Box::pin(async move { handle(request, &shared).await })
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(io, service);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let served = crate::intake::serve_http(
+        stream,
+        handler,
+        HEADER_TIMEOUT,
+        MAX_HEADER_BYTES,
+        MAX_CONNECTION_AGE,
+    )
+    .await;
     if let Err(e) = served {
         tracing::debug!("Prometheus endpoint: connection ended: {e}");
     }
