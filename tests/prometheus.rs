@@ -487,3 +487,34 @@ fn a_real_prometheus_server_sees_exact_totals_and_no_reset_across_leader_kills()
     assert!(resets.iter().all(|(_, n)| *n == 0.0), "{resets:?}");
     stop_all(&mut workers);
 }
+
+#[test]
+fn a_leader_without_the_setting_serves_the_endpoint_a_connected_process_asks_for() {
+    let port = free_port();
+    let setup = Setup::new(KEY, 500);
+    let mut workers = vec![setup.spawn(0)];
+    assert_eq!(workers[0].role, "leader");
+    let mut env = setup.env.clone();
+    env.push(("_APPSIGNAL_PROMETHEUS_PORT".into(), port.to_string()));
+    let asking = WorkerProcess::spawn(&testkit::worker_exe(), &["1".into()], &env).unwrap();
+    assert_eq!(asking.role, "client");
+    workers.push(asking);
+    for w in workers.iter_mut() {
+        w.send("record 3").unwrap();
+        w.sync().unwrap();
+    }
+    let mut body = String::new();
+    assert!(
+        testkit::poll(Duration::from_secs(10), || {
+            body = get(port, &[]).map(|a| a.body).unwrap_or_default();
+            samples(&body)
+                .iter()
+                .filter(|(k, _)| k.starts_with("requests_total"))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+                == 6.0
+        }),
+        "the leader did not serve what the client asked for: {body}"
+    );
+    stop_all(&mut workers);
+}

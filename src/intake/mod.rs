@@ -174,3 +174,11 @@ pub async fn serve_http(
         }
     }
 }
+
+/// A connection task of a leader's HTTP listener, boxed: every listener spawns this one type, so
+/// that the task code around hyper's connection is in the library once.
+pub type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+pub fn boxed(task: impl std::future::Future<Output = ()> + Send + 'static) -> ConnectionTask {
+    Box::pin(task)
+}

@@ -130,10 +130,10 @@ pub async fn run(
                 match accepted {
                     Ok((stream, _)) => {
                         let state = Arc::clone(&state);
-                        connections.spawn(async move {
+                        connections.spawn(super::boxed(async move {
                             serve(stream, state).await;
                             drop(permit);
-                        });
+                        }));
                     }
                     Err(e) => {
                         tracing::debug!("OTLP/HTTP intake: accept on {addr} failed: {e}");

@@ -30,8 +30,9 @@ pub(super) struct State {
     pub(super) aggregator: Aggregator,
     pub(super) journal: Journal,
     pub(super) open: bool,
-    /// Metrics of windows taken and not yet added to the cumulative state, by segment id.
-    pending: std::collections::BTreeMap<String, Uncounted>,
+    /// Metrics of windows taken and not yet added to the cumulative state, with their segment
+    /// ids (a few: the windows of one transmission and those held back).
+    pending: Vec<(String, Uncounted)>,
 }
 
 /// A window's metrics not yet in the cumulative state (a copy, for scrapes).
@@ -88,7 +89,7 @@ impl Counting {
                 aggregator,
                 journal,
                 open: true,
-                pending: Default::default(),
+                pending: Vec::new(),
             }),
             own_config_id,
             own_config: own_config.clone(),
@@ -224,7 +225,7 @@ impl Counting {
                     start_ms: w.start_ms,
                     metrics: w.metrics.clone(),
                 };
-                state.pending.insert(w.segment.clone(), uncounted);
+                state.pending.push((w.segment.clone(), uncounted));
             }
         }
         windows
@@ -243,13 +244,14 @@ impl Counting {
                 start_ms,
                 metrics: metrics.clone(),
             });
-        open.chain(state.pending.values().cloned()).collect()
+        open.chain(state.pending.iter().map(|(_, u)| u.clone()))
+            .collect()
     }
 
     /// The taken window of `segment` is in the cumulative state now (or will never be, by this
     /// leader): scrapes no longer add it.
     pub(super) fn counted_in_totals(&self, segment: &str) {
-        self.state().pending.remove(segment);
+        self.state().pending.retain(|(id, _)| id != segment);
     }
 
     /// Drops the journal segment of `window`: its payloads are cached or sent.

@@ -23,7 +23,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use super::counting::Counting;
 use super::totals::Totals;
@@ -62,41 +62,45 @@ fn endpoint(settings: &PrometheusSettings) -> Result<Endpoint, String> {
     })
 }
 
-/// Serves the endpoint that the known configurations ask for, until `stop` fires.
+/// Serves the endpoint that the known configurations ask for, until `stop` fires. The serving
+/// runs inside this task (no task of its own): when the settings change it is dropped, which
+/// closes the listener and its connections.
 pub(super) async fn run(
     totals: Arc<Totals>,
     counting: Arc<Counting>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<PrometheusSettings> = None;
-    let mut serving: Option<(JoinHandle<()>, watch::Sender<bool>)> = None;
     loop {
         let wanted = counting.prometheus();
         if wanted != current {
-            if let Some((task, stop_serving)) = serving.take() {
-                let _ = stop_serving.send(true);
-                let _ = task.await;
-            }
-            if let Some(settings) = &wanted {
-                match endpoint(settings) {
-                    Ok(endpoint) => {
-                        let (stop_serving, stopped) = watch::channel(false);
-                        let task = tokio::spawn(serve(endpoint, Arc::clone(&totals), stopped));
-                        serving = Some((task, stop_serving));
+            current.clone_from(&wanted);
+            match wanted.as_ref().map(endpoint) {
+                None => {}
+                Some(Err(why)) => tracing::warn!("Prometheus endpoint refused: {why}"),
+                Some(Ok(endpoint)) => {
+                    let (_serving, stopped) = watch::channel(false);
+                    let changed = async {
+                        loop {
+                            tokio::time::sleep(CHECK_PERIOD).await;
+                            if counting.prometheus() != wanted {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = changed => continue,
+                        // Ended by itself (it cannot serve): wait for other settings.
+                        () = serve(endpoint, Arc::clone(&totals), stopped) => {}
                     }
-                    Err(why) => tracing::warn!("Prometheus endpoint refused: {why}"),
                 }
             }
-            current = wanted;
         }
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep(CHECK_PERIOD) => {}
         }
-    }
-    if let Some((task, stop_serving)) = serving {
-        let _ = stop_serving.send(true);
-        let _ = task.await;
     }
 }
 
@@ -132,10 +136,10 @@ async fn serve(endpoint: Endpoint, totals: Arc<Totals>, mut stop: watch::Receive
             } => match accepted {
                 Ok((stream, _)) => {
                     let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
+                    connections.spawn(crate::intake::boxed(async move {
                         connection(stream, shared).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 Err(e) => {
                     tracing::debug!("Prometheus endpoint: accept on {addr} failed: {e}");
