@@ -327,6 +327,23 @@ fn the_token_is_required_when_set_and_a_bind_beyond_loopback_needs_one() {
     stop_all(&mut workers);
     let log = setup.log();
     assert!(!log.contains(TOKEN) && !log.contains(KEY));
+    // The token travelled in the handshake only: no file of the working directory (journal
+    // headers, cached payloads, the cumulative state) holds it.
+    let mut dirs = vec![setup.workdir()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files += 1;
+                let found = bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes());
+                assert!(!found, "the token is in {}", path.display());
+            }
+        }
+    }
+    assert!(files > 0);
 }
 
 /// `s` for a URL's query string.
