@@ -56,7 +56,6 @@ pub fn random_unit() -> f64 {
 }
 
 /// The namespace the OpenTelemetry semantic conventions give for a UUID v5 `service.instance.id`.
-#[allow(dead_code)] // until the OTLP resource carries the id
 const SERVICE_INSTANCE_NAMESPACE: [u8; 16] = [
     0x4d, 0x63, 0x00, 0x9a, 0x8d, 0x0f, 0x11, 0xee, 0xaa, 0xd7, 0x4c, 0x79, 0x6e, 0xd8, 0xe3, 0x20,
 ];
@@ -66,7 +65,6 @@ const SERVICE_INSTANCE_NAMESPACE: [u8; 16] = [
 /// host name, working directory, app name and environment, each as its length in bytes, `:`, its
 /// bytes and `,` (so that no two different lists give one name). The same on every leader of one
 /// working directory, different for two apps or two working directories on one host.
-#[allow(dead_code)] // until the OTLP resource carries the id
 pub fn service_instance_id(host: &str, workdir: &std::path::Path, app: &str, env: &str) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut data = SERVICE_INSTANCE_NAMESPACE.to_vec();

@@ -23,7 +23,7 @@ use super::totals::Totals;
 use crate::aggregate::Window;
 use crate::config::Config;
 use crate::counts::AgentCounts;
-use crate::export_config::{ExportConfig, Exporters};
+use crate::export_config::{ExportConfig, Exporters, ResourceValue};
 use crate::log::{suppressed_note, RateLimit};
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
@@ -234,7 +234,8 @@ impl Transmission {
     /// Encodes the payloads of `window` and caches them, on the blocking pool (encoding and the
     /// cache's fsync must not stall the thread that serves the sockets). `None` (logged) when it
     /// cannot be encoded: its segment stays for the next leader.
-    async fn store(&self, window: Window, report: AgentReport) -> Option<Stored> {
+    async fn store(&self, mut window: Window, report: AgentReport) -> Option<Stored> {
+        with_instance_id(&mut window.config, self.workdir.path());
         let cache = Arc::clone(&self.cache);
         let stored = tokio::task::spawn_blocking(move || {
             let outgoing = match exports(&window, &report) {
@@ -426,6 +427,29 @@ fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing
         out.push(outgoing(ExportKind::Push, payload.to_gzip()?));
     }
     Ok(out)
+}
+
+/// Puts `service.instance.id` on the OTLP resource of `config` (unless its own resource attributes
+/// set it): stable across leaders, one per host, working directory, app and environment
+/// ([`crate::ids::service_instance_id`]), so that every stream has one writer.
+fn with_instance_id(config: &mut ExportConfig, workdir: &std::path::Path) {
+    const KEY: &str = "service.instance.id";
+    let missing = config
+        .otlp
+        .as_ref()
+        .is_some_and(|otlp| !otlp.resource.iter().any(|(k, _)| k == KEY));
+    if !missing {
+        return;
+    }
+    let id = crate::ids::service_instance_id(
+        &config.hostname,
+        workdir,
+        &config.app_name,
+        &config.environment,
+    );
+    if let Some(otlp) = config.otlp.as_mut() {
+        otlp.resource.push((KEY.to_owned(), ResourceValue::Str(id)));
+    }
 }
 
 /// The payload cached last for a configuration with `exporters` (see [`exports`]).
@@ -774,5 +798,65 @@ mod tests {
             cached_reports(&r.transmission)[&2000]["refused_connections"],
             1
         );
+    }
+
+    #[test]
+    fn the_otlp_resource_gets_a_stable_service_instance_id_unless_the_app_sets_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        let mut config = ExportConfig {
+            otlp: Some(crate::export_config::OtlpSettings {
+                metrics_endpoint: "http://c/v1/metrics".into(),
+                traces_endpoint: "http://c/v1/traces".into(),
+                logs_endpoint: "http://c/v1/logs".into(),
+                headers: vec![],
+                timeout_ms: 1000,
+                gzip: true,
+                resource: vec![],
+            }),
+            ..r.config.clone()
+        };
+        let instance = |c: &ExportConfig| -> Vec<ResourceValue> {
+            let otlp = c.otlp.as_ref().unwrap();
+            otlp.resource
+                .iter()
+                .filter(|(k, _)| k == "service.instance.id")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let mut again = config.clone();
+        with_instance_id(&mut config, tmp.path());
+        with_instance_id(&mut config, tmp.path());
+        with_instance_id(&mut again, tmp.path());
+        let expected = crate::ids::service_instance_id(
+            &config.hostname,
+            tmp.path(),
+            &config.app_name,
+            &config.environment,
+        );
+        assert_eq!(
+            instance(&config),
+            [ResourceValue::Str(expected)],
+            "once, the same"
+        );
+        assert_eq!(instance(&again), instance(&config));
+        let mut other_dir = again.clone();
+        other_dir.otlp.as_mut().unwrap().resource.clear();
+        with_instance_id(&mut other_dir, &tmp.path().join("other"));
+        assert_ne!(instance(&other_dir), instance(&config));
+        // Set by the app (OTEL_RESOURCE_ATTRIBUTES): kept.
+        let own = vec![(
+            "service.instance.id".to_owned(),
+            ResourceValue::Str("mine".into()),
+        )];
+        let mut set = again.clone();
+        set.otlp.as_mut().unwrap().resource = own.clone();
+        with_instance_id(&mut set, tmp.path());
+        assert_eq!(set.otlp.unwrap().resource, own);
+        // Push only: nothing to put it on.
+        let mut push = r.config.clone();
+        push.otlp = None;
+        with_instance_id(&mut push, tmp.path());
+        assert!(push.otlp.is_none());
     }
 }
