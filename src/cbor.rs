@@ -10,7 +10,7 @@
 //!
 //! Why not `serde_cbor::from_slice`: its deserializer is instantiated once per visitor type that
 //! the leader reads (about 50: every struct, its field names, every tuple and vector), which was
-//! 383 KB of `libappsignal.so`'s code (`docs/benchmarks.md`, "Size, third round"). This reader is
+//! 383 KB of `libappsignal.so`'s code (`docs/benchmarks.md`, "Size of `libappsignal.so`"). This reader is
 //! not generic over what it reads. It reads what `serde_cbor` writes: definite-length arrays,
 //! maps and strings, structs as maps with text keys, enums as a one-entry map from the variant's
 //! name to its content (unit variants as their name), `None` as null, floats as half, single or
