@@ -7,7 +7,7 @@
 //! The rules a connection must follow (anything else closes it):
 //! - it sends batches only for the client id it handshook with;
 //! - that id is not bound to another live process (the peer-credential pid of the connection that
-//!   first used it; see [`super::connections::Peers::bind`]);
+//!   first used it; see [`super::peers::Peers::bind`]);
 //! - sequence numbers follow on: the first new batch of a connection may start anywhere above the
 //!   last one counted for that client (a client may have dropped batches it could not hand over,
 //!   which it counts in its drop counts), after that each new batch is exactly the next number;
@@ -26,8 +26,8 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::connections::{Context, ProcessSlot};
 use super::counting::Counting;
+use super::peers::{Context, ProcessSlot, MAX_CONNECTIONS_PER_PROCESS};
 use super::HANDSHAKE_TIMEOUT;
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::{
@@ -56,8 +56,6 @@ pub const SMALL_FRAME_BYTES: usize = 64 * 1024;
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest time one answer may take to write (a peer that does not read its acks).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections one process may hold at once (a process needs one).
-pub const MAX_CONNECTIONS_PER_PROCESS: usize = 8;
 
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(10_000);
 static RULE_LOG: RateLimit = RateLimit::new(10_000);

@@ -58,15 +58,17 @@ mod counting;
 mod exports;
 mod host;
 mod knobs;
+mod peers;
 mod replay;
 mod tally;
 mod transmission;
 mod watchdog;
 
-use connections::{Connections, Context, Peers};
+use connections::Connections;
 use counting::Counting;
 pub use exports::{ExportState, ExportsReport};
 use knobs::Knobs;
+use peers::{Context, Peers};
 use replay::replay;
 use tally::Tally;
 use transmission::Transmission;
