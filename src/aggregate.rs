@@ -30,6 +30,7 @@ use crate::sketch::Sketch;
 
 use crate::config::PushConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
+use crate::sample::{LogLine, Sample};
 
 pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
 /// Test knob (`test-knobs` builds only): a counter of this name makes counting panic.
@@ -165,10 +166,10 @@ pub struct Window {
     /// Updates dropped in clients (too many keys) and here (window full).
     pub dropped_updates: u64,
     pub batches: u64,
-    /// Samples (JSON text), at most [`MAX_SAMPLES_PER_WINDOW`].
-    pub samples: Vec<String>,
-    /// Log lines (JSON text), at most [`MAX_LOGS_PER_WINDOW`].
-    pub logs: Vec<String>,
+    /// Samples, at most [`MAX_SAMPLES_PER_WINDOW`].
+    pub samples: Vec<Sample>,
+    /// Log lines, at most [`MAX_LOGS_PER_WINDOW`].
+    pub logs: Vec<LogLine>,
     pub dropped_samples: u64,
     pub dropped_logs: u64,
     /// Unacknowledged batches that processes dropped (their queue was full).
@@ -183,8 +184,8 @@ struct OpenWindow {
     metrics: MetricSet,
     dropped_updates: u64,
     batches: u64,
-    samples: Vec<String>,
-    logs: Vec<String>,
+    samples: Vec<Sample>,
+    logs: Vec<LogLine>,
     dropped_samples: u64,
     dropped_logs: u64,
     dropped_batches: u64,
@@ -199,7 +200,8 @@ impl OpenWindow {
         self.dropped_logs = self.dropped_logs.saturating_add(batch.dropped_logs);
         self.dropped_batches = self.dropped_batches.saturating_add(batch.dropped_batches);
         for sample in batch.samples.drain(..) {
-            let cost = sample.len() + ENTRY_OVERHEAD_BYTES;
+            // Checked when the batch was read: the size is there.
+            let cost = sample.check().unwrap_or(usize::MAX / 2) + ENTRY_OVERHEAD_BYTES;
             if self.samples.len() < MAX_SAMPLES_PER_WINDOW && cost <= *budget {
                 *budget -= cost;
                 self.samples.push(sample);
@@ -208,7 +210,7 @@ impl OpenWindow {
             }
         }
         for line in batch.logs.drain(..) {
-            let cost = line.len() + ENTRY_OVERHEAD_BYTES;
+            let cost = line.check().unwrap_or(usize::MAX / 2) + ENTRY_OVERHEAD_BYTES;
             if self.logs.len() < MAX_LOGS_PER_WINDOW && cost <= *budget {
                 *budget -= cost;
                 self.logs.push(line);

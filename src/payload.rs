@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Window;
 use crate::protocol::MetricKey;
+use crate::sample::{LogLine, Sample};
 
 /// Quantiles reported for every distribution.
 pub const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)];
@@ -36,10 +37,10 @@ pub struct Payload {
     pub distributions: Vec<DistributionEntry>,
     /// Samples of transactions and root spans (see docs/apm.md for their shape).
     #[serde(default)]
-    pub samples: Vec<serde_json::Value>,
+    pub samples: Vec<Sample>,
     /// Log lines from `appsignal_log`.
     #[serde(default)]
-    pub logs: Vec<serde_json::Value>,
+    pub logs: Vec<LogLine>,
     pub agent: AgentReport,
 }
 
@@ -183,18 +184,9 @@ impl Payload {
             counters,
             gauges,
             distributions,
-            // Stored as JSON text by the process that made them; a text that does not parse (it
-            // cannot, unless a file was tampered with) is dropped rather than failing the payload.
-            samples: window
-                .samples
-                .iter()
-                .filter_map(|s| serde_json::from_str(s).ok())
-                .collect(),
-            logs: window
-                .logs
-                .iter()
-                .filter_map(|s| serde_json::from_str(s).ok())
-                .collect(),
+            // Checked when their batch was read; their fields are the document's keys.
+            samples: window.samples.clone(),
+            logs: window.logs.clone(),
             agent: AgentReport {
                 batches: window.batches,
                 dropped_updates: window.dropped_updates,

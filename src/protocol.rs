@@ -4,24 +4,39 @@
 //! fuzzed. An incomplete frame is a normal state (`Ok(None)`); a length over [`MAX_FRAME_BYTES`] is
 //! rejected before anything is allocated for the body; a body that is not a valid message is an error.
 //!
-//! A conversation: the client sends `Hello` (protocol and library version, its id and its push
-//! config); the leader answers `Welcome`, `Refused` (an older protocol: the client disables itself)
-//! or `HandingOver` (the client runs a newer library: the leader steps down so that it leads); then
-//! the client sends numbered `Batch`es and the leader answers each with `Ack { seq }` once the batch
-//! is journaled and counted.
+//! A conversation: the client sends `Hello` (the range of protocols it speaks, its library
+//! version, its id and its push config); the leader answers `Welcome` (with the protocol both speak:
+//! the connection's dialect), `Refused` (no protocol in common: the client is too old; it spools
+//! what it holds and disables itself) or `HandingOver` (the client speaks a newer protocol or runs
+//! a newer library: the leader steps down so that it leads; see [`handshake`]); then the client
+//! sends numbered `Batch`es and the leader answers each with `Ack { seq }` once the batch is
+//! journaled and counted.
+//!
+//! Protocol 2 and 3 differ only in a batch's samples and log lines: protocol 3 writes them as
+//! structures ([`crate::sample`]), protocol 2 as their JSON text. [`Batch`]'s reader takes either
+//! form per entry (a leader of protocol 3 serves clients of protocol 2, and replays their journal
+//! segments and spool files); [`encode_batch`] writes a batch in the dialect of a connection.
+//! A `Hello`'s `protocol_version` is the oldest protocol the client speaks, so that a leader of
+//! protocol 2 (which refuses any other value, and ignores unknown fields) reads it and goes on to
+//! compare library versions.
 //!
 //! `serde_cbor` encodes; [`crate::cbor`] decodes (each message type below implements
 //! [`FromCbor`]). The `Deserialize` derives are not used by the library: they are the reference
 //! decoder that the tests and the `frame` fuzz target compare [`decode`] with.
 
 use crate::cbor::{self, required, FromCbor, Reader};
+use crate::sample::{LogLine, Sample};
 use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PushConfig;
 
-/// Bumped on any incompatible change of the messages below (2: distributions as [`Sketch`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The newest protocol this library speaks; bumped on any incompatible change of the messages
+/// below (2: distributions as [`Sketch`]; 3: samples and log lines as structures).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest protocol this library speaks (as a client and as a leader).
+pub const OLDEST_PROTOCOL: u32 = 2;
 
 /// Hard limit of one frame body. A client splits larger batches; a leader closes a connection that sends more.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -57,13 +72,14 @@ pub struct Batch {
     pub distributions: Vec<(MetricKey, Sketch)>,
     /// Metric updates the client had to drop (too many distinct keys) since its previous batch.
     pub dropped_updates: u64,
-    /// Finished samples (JSON text) of transactions and root spans.
+    /// Finished samples of transactions and root spans.
     #[serde(default)]
-    pub samples: Vec<String>,
-    /// Log lines (JSON text) from `appsignal_log`.
+    pub samples: Vec<Sample>,
+    /// Log lines from `appsignal_log`.
     #[serde(default)]
-    pub logs: Vec<String>,
-    /// Samples and log lines the client had to drop since its previous batch.
+    pub logs: Vec<LogLine>,
+    /// Samples and log lines the client had to drop since its previous batch (the reader adds
+    /// those it refuses).
     #[serde(default)]
     pub dropped_samples: u64,
     #[serde(default)]
@@ -131,7 +147,11 @@ pub fn journal_id(client_id: u64) -> u64 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
+    /// The oldest protocol the client speaks (the only version a leader of protocol 2 reads).
     pub protocol_version: u32,
+    /// The newest protocol the client speaks; absent (protocol 2) means `protocol_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
     pub library_version: String,
     pub client_id: u64,
     pub pid: u32,
@@ -149,6 +169,8 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaderMessage {
     Welcome {
+        /// The connection's dialect: the newest protocol both sides speak (a leader of
+        /// protocol 2 always says 2).
         protocol_version: u32,
         library_version: String,
         leader_pid: u32,
@@ -229,6 +251,98 @@ pub fn decode<T: FromCbor>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameError>
     Ok(Some((message, HEADER_BYTES + len)))
 }
 
+/// What a leader answers a `Hello`, decided from the versions alone (see [`handshake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Serve the client, speaking this protocol on the connection.
+    Welcome(u32),
+    /// The client speaks a newer protocol or runs a newer library: the leader steps down.
+    HandOver,
+    /// The client speaks only protocols older than the leader's oldest.
+    Refuse,
+}
+
+/// The handshake decision of a leader speaking `ours` (oldest, newest) for a client speaking
+/// `client` (oldest, newest) whose library is newer than the leader's or not. The protocol is
+/// looked at first, so that a client too old to be served is refused whatever its library
+/// says; a newer client, by protocol or by library, is handed the lead.
+pub fn handshake(client: (u32, u32), ours: (u32, u32), client_library_newer: bool) -> Handshake {
+    let (client_oldest, client_newest) = (client.0, client.1.max(client.0));
+    let (our_oldest, our_newest) = ours;
+    if client_newest < our_oldest {
+        Handshake::Refuse
+    } else if client_newest > our_newest || client_library_newer {
+        Handshake::HandOver
+    } else if client_oldest > our_newest {
+        // Unreachable with client_newest <= our_newest; kept so the rule reads whole.
+        Handshake::HandOver
+    } else {
+        Handshake::Welcome(client_newest.min(our_newest))
+    }
+}
+
+/// A batch as protocol 2 writes it: samples and log lines as JSON text.
+#[derive(Serialize)]
+struct BatchV2<'a> {
+    client_id: u64,
+    seq: u64,
+    created_ms: u64,
+    counters: &'a [(MetricKey, f64)],
+    gauges: &'a [(MetricKey, GaugeValue)],
+    distributions: &'a [(MetricKey, Sketch)],
+    dropped_updates: u64,
+    samples: Vec<String>,
+    logs: Vec<String>,
+    dropped_samples: u64,
+    dropped_logs: u64,
+    dropped_batches: u64,
+}
+
+impl<'a> BatchV2<'a> {
+    fn of(batch: &'a Batch) -> BatchV2<'a> {
+        BatchV2 {
+            client_id: batch.client_id,
+            seq: batch.seq,
+            created_ms: batch.created_ms,
+            counters: &batch.counters,
+            gauges: &batch.gauges,
+            distributions: &batch.distributions,
+            dropped_updates: batch.dropped_updates,
+            samples: batch.samples.iter().map(Sample::to_json).collect(),
+            logs: batch.logs.iter().map(LogLine::to_json).collect(),
+            dropped_samples: batch.dropped_samples,
+            dropped_logs: batch.dropped_logs,
+            dropped_batches: batch.dropped_batches,
+        }
+    }
+}
+
+#[derive(Serialize)]
+enum ClientMessageV2<'a> {
+    Batch(BatchV2<'a>),
+}
+
+/// A batch as a client frame in the connection's `dialect` (protocol 2: samples and log lines
+/// as JSON text; otherwise as structures).
+pub fn encode_batch(batch: &Batch, dialect: u32) -> Result<Vec<u8>, FrameError> {
+    #[derive(Serialize)]
+    enum Message<'a> {
+        Batch(&'a Batch),
+    }
+    if dialect <= 2 {
+        encode(&ClientMessageV2::Batch(BatchV2::of(batch)))
+    } else {
+        encode(&Message::Batch(batch))
+    }
+}
+
+/// A batch as a bare frame (journal segments, spool files) in protocol 2's format: for tests of
+/// what a leader of protocol 2 left behind.
+#[cfg(test)]
+pub fn encode_batch_v2_bare(batch: &Batch) -> Vec<u8> {
+    encode(&BatchV2::of(batch)).unwrap_or_default()
+}
+
 impl FromCbor for MetricKey {
     #[inline(never)]
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
@@ -287,10 +401,17 @@ impl FromCbor for Batch {
             "distributions" => r.field(&mut distributions, key, |r| {
                 r.vec(|r| r.pair(MetricKey::read, Sketch::read))
             }),
-            "samples" => r.field(&mut samples, key, |r| r.vec(Reader::string)),
-            "logs" => r.field(&mut logs, key, |r| r.vec(Reader::string)),
+            "samples" => r.field(&mut samples, key, |r| {
+                crate::sample::read_entries(r, Sample::from_json)
+            }),
+            "logs" => r.field(&mut logs, key, |r| {
+                crate::sample::read_entries(r, LogLine::from_json)
+            }),
             _ => Ok(false),
         })?;
+        // Entries that are not valid samples or lines are dropped here and counted as dropped.
+        let (samples, refused_samples) = samples.unwrap_or_default();
+        let (logs, refused_logs) = logs.unwrap_or_default();
         Ok(Batch {
             client_id: required(r, client_id, "Batch", "client_id")?,
             seq: required(r, seq, "Batch", "seq")?,
@@ -299,10 +420,14 @@ impl FromCbor for Batch {
             gauges: required(r, gauges, "Batch", "gauges")?,
             distributions: required(r, distributions, "Batch", "distributions")?,
             dropped_updates: required(r, dropped_updates, "Batch", "dropped_updates")?,
-            samples: samples.unwrap_or_default(),
-            logs: logs.unwrap_or_default(),
-            dropped_samples: dropped_samples.unwrap_or_default(),
-            dropped_logs: dropped_logs.unwrap_or_default(),
+            samples,
+            logs,
+            dropped_samples: dropped_samples
+                .unwrap_or_default()
+                .saturating_add(refused_samples),
+            dropped_logs: dropped_logs
+                .unwrap_or_default()
+                .saturating_add(refused_logs),
             dropped_batches: dropped_batches.unwrap_or_default(),
         })
     }
@@ -311,9 +436,10 @@ impl FromCbor for Batch {
 impl FromCbor for Hello {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
-        let (mut pid, mut config) = (None, None);
+        let (mut pid, mut config, mut protocol) = (None, None, None);
         r.fields(|r, key| match key {
             "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
+            "protocol" => r.field(&mut protocol, key, |r| r.option(Reader::u32)),
             "library_version" => r.field(&mut library_version, key, Reader::string),
             "client_id" => r.field(&mut client_id, key, Reader::u64),
             "pid" => r.field(&mut pid, key, Reader::u32),
@@ -322,6 +448,7 @@ impl FromCbor for Hello {
         })?;
         Ok(Hello {
             protocol_version: required(r, protocol_version, "Hello", "protocol_version")?,
+            protocol: protocol.flatten(),
             library_version: required(r, library_version, "Hello", "library_version")?,
             client_id: required(r, client_id, "Hello", "client_id")?,
             pid: required(r, pid, "Hello", "pid")?,

@@ -324,7 +324,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
     let segments: Vec<_> = std::fs::read_dir(setup.workdir().join("journal"))
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg3"))
         .collect();
     assert!(
         segments.is_empty(),

@@ -1,5 +1,5 @@
 //! Log lines from `appsignal_log`: severity and format checked, the message parsed into attributes
-//! when its format says so, and the line handed to the agent as JSON.
+//! when its format says so, and the line handed to the agent as a [`LogLine`].
 //!
 //! Severity: 2 debug, 3 info, 5 warn, 6 error, 7 fatal. Other values are clamped (below 2 →
 //! debug, 4 → info, above 7 → fatal) with a (rate-limited) log line. Format: 0 plaintext,
@@ -12,10 +12,11 @@
 
 use std::sync::atomic::AtomicI64;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::apm::{config, now_ns, truncate, warn_limited, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
+use crate::sample::{data_from_json, LogLine};
 
 pub const FORMAT_PLAINTEXT: i32 = 0;
 pub const FORMAT_LOGFMT: i32 = 1;
@@ -146,7 +147,7 @@ pub fn build_line(
     format: i32,
     message: &str,
     attributes: Option<&Data>,
-) -> Value {
+) -> LogLine {
     let (severity_name, severity_number, valid) = severity(severity_value);
     if !valid {
         warn_limited(
@@ -176,16 +177,19 @@ pub fn build_line(
         ),
         None => {}
     }
-    json!({
-        "timestamp": now_ns() / 1_000_000,
-        "group": truncate(group.to_string(), MAX_TEXT),
-        "severity": severity_name,
-        "severity_number": severity_number,
-        "format": format_name,
-        "message": message,
-        "attributes": parsed,
-        "hostname": config().hostname,
-    })
+    LogLine {
+        attributes: parsed
+            .iter()
+            .map(|(k, v)| (k.clone(), data_from_json(v)))
+            .collect(),
+        format: format_name.to_owned(),
+        group: truncate(group.to_string(), MAX_TEXT),
+        hostname: config().hostname.clone(),
+        message,
+        severity: severity_name.to_owned(),
+        severity_number,
+        timestamp: now_ns() / 1_000_000,
+    }
 }
 
 /// Builds the line and hands it to the agent.
@@ -196,6 +200,19 @@ pub fn log(group: &str, severity: i32, format: i32, message: &str, attributes: O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The line as the JSON it is sent as.
+    fn build_line(
+        group: &str,
+        severity: i32,
+        format: i32,
+        message: &str,
+        attributes: Option<&Data>,
+    ) -> Value {
+        serde_json::to_value(super::build_line(group, severity, format, message, attributes))
+            .unwrap()
+    }
 
     #[test]
     fn severities_are_clamped() {

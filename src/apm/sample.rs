@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::apm::{filter, misc, ns_to_ms, sql, truncate, ApmConfig, MAX_BODY};
 use crate::data::Data;
+use crate::sample::{Sample, SampleError, SampleEvent, SampleKind};
 
 /// Which document a state is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +64,12 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// The sample's error: `class`, `message`, `backtrace` as given (an array).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "class": self.class,
-            "message": self.message,
-            "backtrace": self.backtrace.to_json_value(),
-        })
+    pub fn to_sample(&self) -> SampleError {
+        SampleError {
+            backtrace: self.backtrace.clone(),
+            class: self.class.clone(),
+            message: self.message.clone(),
+        }
     }
 
     /// The error as the language packages read it back: `name`, `message`, and the backtrace as a
@@ -185,6 +186,24 @@ impl Event {
         event
     }
 
+    /// The event and its children as they leave the process: the body sanitised (format 1).
+    pub fn to_sample(&self) -> SampleEvent {
+        SampleEvent {
+            attributes: self.attributes.clone(),
+            body: self.body.sanitized(self.body_format),
+            body_format: self.body_format,
+            children: self.children.iter().map(Event::to_sample).collect(),
+            duration: ns_to_ms(self.duration_ns),
+            gc_duration: self.gc_duration_ms,
+            group: self.group().to_owned(),
+            name: self.name.clone(),
+            span_id: None,
+            span_kind: None,
+            start: ns_to_ms(self.start_ns),
+            title: self.title.clone(),
+        }
+    }
+
     /// This event and all its descendants.
     pub fn count(&self) -> usize {
         1 + self.children.iter().map(Event::count).sum::<usize>()
@@ -292,9 +311,52 @@ impl SampleView<'_> {
         (queue_start > 0 && queue_start <= start_ms).then(|| (start_ms - queue_start) as f64)
     }
 
+    /// The sample as it leaves the process (docs/apm.md, "Sample JSON"). Sample data is
+    /// filtered here, so nothing unfiltered leaves through a sample.
+    pub fn to_sample(&self, config: &ApmConfig) -> Sample {
+        Sample {
+            action: self.action.map(str::to_owned),
+            allocation_count: self.allocation_count,
+            attributes: None,
+            dropped_events: self.dropped_events,
+            duration: self.duration_ns().map(ns_to_ms),
+            end: self.end_ns.map(|e| e / 1_000_000),
+            environment_metadata: misc::environment_metadata().into_iter().collect(),
+            error: self.error.map(ErrorInfo::to_sample),
+            // The sample keeps the tree (the Push API and the OTLP span tree read it).
+            events: self.events.iter().map(Event::to_sample).collect(),
+            gc_duration: self.gc_duration_ms,
+            hostname: config.hostname.clone(),
+            id: self.id.to_owned(),
+            kind: if self.kind == "span" {
+                SampleKind::Span
+            } else {
+                SampleKind::Transaction
+            },
+            metadata: self.metadata.clone(),
+            name: None,
+            namespace: self.namespace.to_owned(),
+            parent_span_id: None,
+            queue_start: self.queue_start_ms,
+            queue_time: self.queue_time_ms(),
+            revision: config.revision.clone(),
+            sample_data: self
+                .sample_data
+                .iter()
+                .map(|(k, v)| (k.clone(), filter::filter_sample_data(k, v, config)))
+                .collect(),
+            span_kind: None,
+            start: self.start_ns / 1_000_000,
+            trace_id: None,
+        }
+    }
+
     /// The JSON document in the given shape (both documented in docs/apm.md). Sample data is
-    /// filtered here, so nothing unfiltered leaves through a sample or a `*_to_json`.
+    /// filtered here, so nothing unfiltered leaves through a `*_to_json`.
     pub fn render(&self, config: &ApmConfig, shape: Shape) -> Value {
+        if shape == Shape::Sample {
+            return serde_json::to_value(self.to_sample(config)).unwrap_or(Value::Null);
+        }
         let sample_data: Map<String, Value> = self
             .sample_data
             .iter()
@@ -325,16 +387,9 @@ impl SampleView<'_> {
             "queue_start": self.queue_start_ms,
             "queue_time": self.queue_time_ms(),
             "gc_duration": self.gc_duration_ms,
-            "error": self.error.map(|e| match shape {
-                Shape::Sample => e.to_json(),
-                Shape::View => e.view_json("backtrace"),
-            }),
-            // The sample keeps the tree (the Push API and the OTLP span tree read it); the view
-            // lists every event at the top, where the packages look events up.
-            "events": match shape {
-                Shape::Sample => self.events.iter().map(|e| e.to_json(shape)).collect::<Vec<_>>(),
-                Shape::View => flat_view(self.events),
-            },
+            "error": self.error.map(|e| e.view_json("backtrace")),
+            // The view lists every event at the top, where the packages look events up.
+            "events": flat_view(self.events),
             "dropped_events": self.dropped_events,
             "sample_data": sample_data,
             "metadata": metadata,

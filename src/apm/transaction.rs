@@ -186,7 +186,7 @@ impl crate::metrics::Record for Mutex<State> {
             let mut view = s.view(&texts);
             view.error = error;
             // The SQL sanitiser runs here, on the sender thread, as the sample is built.
-            view.render(&config, Shape::Sample)
+            view.to_sample(&config)
         });
         let view = s.view(&texts);
         report_action(

@@ -352,7 +352,7 @@ impl State {
             }
         }
         if !self.pending.is_empty() && !self.disabled {
-            self.spool(shared);
+            self.spool(shared, "stop: the stop deadline came first");
         }
         if matches!(self.link, Link::None) && !self.disabled && Instant::now() < deadline {
             // Our leader went away while we were stopping (it may have handed over to us). If
@@ -391,8 +391,9 @@ impl State {
         self.next_attempt = Instant::now();
     }
 
-    /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
-    fn spool(&mut self, shared: &Shared) {
+    /// Leaves the batches no leader took in a spool file for the next one (at the stop deadline,
+    /// or when a leader refuses this process); `why` starts the log line.
+    fn spool(&mut self, shared: &Shared, why: &str) {
         let entries: usize = self.pending.iter().map(Batch::entries).sum();
         let count = self.pending.len();
         let workdir = &self.workdir;
@@ -408,7 +409,7 @@ impl State {
         match Journal::write_spool(workdir, push.id(), push, &batches) {
             Ok(_) => {
                 tracing::warn!(
-                    "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
+                    "{why}: {count} batches ({entries} metric entries) could not be handed to a leader; left in {} for the next leader",
                     workdir.journal_dir().display()
                 );
                 self.pending.clear();
@@ -416,7 +417,7 @@ impl State {
                 progress.pending_batches = 0;
             }
             Err(e) => tracing::error!(
-                "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline, nor written to a spool file: {e:#}"
+                "{why}: {count} batches ({entries} metric entries) could not be handed to a leader, nor written to a spool file: {e:#}"
             ),
         }
     }
@@ -563,7 +564,8 @@ impl State {
             return;
         }
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: crate::protocol::OLDEST_PROTOCOL,
+            protocol: Some(PROTOCOL_VERSION),
             library_version: shared.config.library_version.clone(),
             client_id: shared.client_id,
             pid: std::process::id(),
@@ -590,6 +592,12 @@ impl State {
                     .disable(format!("refused by the leader: {reason}"));
                 crate::recorder::set_recording(false);
                 self.disabled = true;
+                // What this process recorded goes to a spool file that a leader (of a newer
+                // protocol, the one that refused it) counts; only if that fails is it dropped.
+                self.collect(shared);
+                if !self.pending.is_empty() {
+                    self.spool(shared, "refused by the leader");
+                }
                 if !self.pending.is_empty() {
                     let entries: usize = self.pending.iter().map(Batch::entries).sum();
                     tracing::warn!(

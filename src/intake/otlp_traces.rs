@@ -26,9 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
-use serde_json::Value;
 
-use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
+use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView};
+use crate::sample::{Sample, SampleEvent};
 use crate::apm::transaction::{BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{bounded_insert, filter, sql, ApmConfig, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
@@ -53,8 +53,8 @@ const SQL_ATTRIBUTES: [&str; 2] = ["db.query.text", "db.statement"];
 /// What one request gave.
 #[derive(Debug, Default)]
 pub struct Mapped {
-    /// Each sample's JSON and the number of spans in it.
-    pub samples: Vec<(String, u64)>,
+    /// Each sample and the number of spans in it.
+    pub samples: Vec<(Sample, u64)>,
     /// Spans rejected for what they are (ids, cycles, limits).
     pub rejected: u64,
     /// Why the first rejected span was rejected.
@@ -209,7 +209,7 @@ fn map_trace(
         let received = &spans[root];
         let service = services.get(received.service).and_then(Option::as_deref);
         match root_sample(received, service, events, dropped, config) {
-            Some(json) => mapped.samples.push((json, span_count - dropped)),
+            Some(sample) => mapped.samples.push((sample, span_count - dropped)),
             None => mapped.ignored = mapped.ignored.saturating_add(span_count - dropped),
         }
     }
@@ -237,7 +237,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The events of `i`'s children; `depth` is `i`'s depth below the root (0 for the root).
-    fn children_of(&mut self, i: usize, depth: usize) -> Vec<Value> {
+    fn children_of(&mut self, i: usize, depth: usize) -> Vec<SampleEvent> {
         if depth + 1 < MAX_DEPTH {
             let kids = self.kids(i);
             kids.iter()
@@ -253,9 +253,7 @@ impl<'a> Builder<'a> {
                     self.dropped += 1;
                 } else {
                     self.events += 1;
-                    let mut json = self.event_json(c);
-                    json["children"] = Value::Array(Vec::new());
-                    out.push(json);
+                    out.push(self.event_json(c));
                 }
                 stack.extend(self.kids(c).iter().rev().copied());
             }
@@ -265,7 +263,7 @@ impl<'a> Builder<'a> {
 
     /// The event of span `i` with its children, or `None` when the sample is full (then `i` and
     /// its descendants are counted as dropped).
-    fn event(&mut self, i: usize, depth: usize) -> Option<Value> {
+    fn event(&mut self, i: usize, depth: usize) -> Option<SampleEvent> {
         if self.events >= MAX_EVENTS {
             let mut stack = vec![i];
             while let Some(c) = stack.pop() {
@@ -277,13 +275,13 @@ impl<'a> Builder<'a> {
         }
         self.reached += 1;
         self.events += 1;
-        let mut json = self.event_json(i);
-        json["children"] = Value::Array(self.children_of(i, depth));
-        Some(json)
+        let mut event = self.event_json(i);
+        event.children = self.children_of(i, depth);
+        Some(event)
     }
 
     /// The event of span `i` without its children.
-    fn event_json(&self, i: usize) -> Value {
+    fn event_json(&self, i: usize) -> SampleEvent {
         let received = &self.spans[i];
         let span = &received.span;
         let mut attributes = attributes(&span.attributes);
@@ -314,10 +312,10 @@ impl<'a> Builder<'a> {
             attributes,
             children: Vec::new(),
         };
-        let mut json = event.to_json(Shape::Sample);
-        json["span_id"] = hex(&received.span_id.to_be_bytes()).into();
-        json["span_kind"] = kind_name(span.kind).into();
-        json
+        let mut event = event.to_sample();
+        event.span_id = Some(hex(&received.span_id.to_be_bytes()));
+        event.span_kind = Some(kind_name(span.kind).to_owned());
+        event
     }
 }
 
@@ -325,10 +323,10 @@ impl<'a> Builder<'a> {
 fn root_sample(
     received: &Received,
     service: Option<&str>,
-    events: Vec<Value>,
+    events: Vec<SampleEvent>,
     dropped: u64,
     config: &ApmConfig,
-) -> Option<String> {
+) -> Option<Sample> {
     let span = &received.span;
     let mut attributes = attributes(&span.attributes);
     let text_attribute =
@@ -391,20 +389,16 @@ fn root_sample(
         metadata: &metadata,
         allocation_count: None,
     };
-    let mut json = view.render(config, Shape::Sample);
-    json["events"] = Value::Array(events);
+    let mut sample = view.to_sample(config);
+    sample.events = events;
     // The leader's own process metadata says nothing about the process that sent the trace.
-    json["environment_metadata"] = Value::Object(serde_json::Map::new());
-    json["trace_id"] = hex(&received.trace_id).into();
-    json["parent_span_id"] = received
-        .parent
-        .map_or(Value::Null, |p| hex(&p.to_be_bytes()).into());
-    json["name"] = name(span).into();
-    json["span_kind"] = kind_name(span.kind).into();
-    json["attributes"] = sample::data_map_json(&attributes);
-    // serde_json's writer, not `Display` (which goes through `fmt::Write` token by token); writing
-    // a `Value` into a `String` cannot fail.
-    Some(serde_json::to_string(&json).unwrap_or_else(|_| json.to_string()))
+    sample.environment_metadata = BTreeMap::new();
+    sample.trace_id = Some(hex(&received.trace_id));
+    sample.parent_span_id = Some(received.parent.map(|p| hex(&p.to_be_bytes())));
+    sample.name = Some(Some(name(span)));
+    sample.span_kind = Some(kind_name(span.kind).to_owned());
+    sample.attributes = Some(attributes);
+    Some(sample)
 }
 
 /// The span's error: its first `exception` event (`exception.type`, `exception.message`,
@@ -547,6 +541,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
@@ -624,7 +619,7 @@ mod tests {
         let parsed = mapped
             .samples
             .iter()
-            .map(|(json, _)| serde_json::from_str(json).unwrap())
+            .map(|(sample, _)| serde_json::to_value(sample).unwrap())
             .collect();
         (mapped, parsed)
     }
@@ -986,8 +981,7 @@ mod tests {
                 bytes[i] ^= flip;
                 for cut in [&bytes[..], &bytes[..i]] {
                     if let Ok(r) = ExportTraceServiceRequest::decode(cut) {
-                        for (json, _) in samples(r, &ApmConfig::default()).samples {
-                            let sample: Value = serde_json::from_str(&json).unwrap();
+                        for (sample, _) in samples(r, &ApmConfig::default()).samples {
                             crate::otlp::mapping::sample_spans(&sample);
                         }
                     }
@@ -1009,7 +1003,7 @@ mod tests {
             let parsed: Vec<Value> = mapped
                 .samples
                 .iter()
-                .map(|(j, _)| serde_json::from_str(j).unwrap())
+                .map(|(sample, _)| serde_json::to_value(sample).unwrap())
                 .collect();
             (mapped, parsed)
         };

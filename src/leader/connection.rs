@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::{
-    self, ClientMessage, FrameError, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
+    self, ClientMessage, FrameError, Handshake, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
 };
 
 /// A peer's pid or uid as log lines name it: the number, or `unknown` when the socket's peer
@@ -346,30 +346,44 @@ pub(super) async fn serve(
             return Peer::Left;
         }
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol {} is not supported by this leader (library {}, protocol {PROTOCOL_VERSION})",
-            hello.protocol_version,
-            crate::VERSION
-        );
-        tracing::warn!(
-            "refused pid {} (library {}): {reason}",
-            hello.pid,
-            hello.library_version
-        );
-        let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
-        return Peer::Left;
-    }
-    if super::is_newer(&hello.library_version, &shared.config.library_version) {
-        let reason = format!(
-            "pid {} runs library {}, newer than this leader's {}: handing over",
-            hello.pid, hello.library_version, shared.config.library_version
-        );
-        tracing::info!("{reason}");
-        let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
-        shared.handover.notify_one();
-        return Peer::Left;
-    }
+    // The versions decide first (they are read the same way in every protocol); see
+    // `protocol::handshake`.
+    let client_newer = super::is_newer(&hello.library_version, &shared.config.library_version);
+    let dialect = match protocol::handshake(
+        (hello.protocol_version, hello.protocol.unwrap_or(hello.protocol_version)),
+        (protocol::OLDEST_PROTOCOL, PROTOCOL_VERSION),
+        client_newer,
+    ) {
+        Handshake::Welcome(dialect) => dialect,
+        Handshake::Refuse => {
+            let reason = format!(
+                "protocol {} is not supported by this leader (library {}, protocols {}-{PROTOCOL_VERSION})",
+                hello.protocol.unwrap_or(hello.protocol_version),
+                crate::VERSION,
+                protocol::OLDEST_PROTOCOL
+            );
+            tracing::warn!(
+                "refused pid {} (library {}): {reason}",
+                hello.pid,
+                hello.library_version
+            );
+            let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
+            return Peer::Left;
+        }
+        Handshake::HandOver => {
+            let reason = format!(
+                "pid {} runs library {} (protocol {}), newer than this leader's {} (protocol {PROTOCOL_VERSION}): handing over",
+                hello.pid,
+                hello.library_version,
+                hello.protocol.unwrap_or(hello.protocol_version),
+                shared.config.library_version
+            );
+            tracing::info!("{reason}");
+            let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
+            shared.handover.notify_one();
+            return Peer::Left;
+        }
+    };
     let client = protocol::journal_id(hello.client_id);
     if let Err(holder) = shared.bind(client, peer_pid) {
         refuse(
@@ -397,7 +411,7 @@ pub(super) async fn serve(
     if write_message(
         &mut writer,
         &LeaderMessage::Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: dialect,
             library_version: shared.config.library_version.clone(),
             leader_pid: std::process::id(),
         },
