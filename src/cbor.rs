@@ -527,7 +527,10 @@ impl<'a> Reader<'a> {
         let start = self.at;
         let text = self.str()?;
         if text.len() > max {
-            return Err(self.error_at(start, format!("text of {} bytes, at most {max} allowed", text.len())));
+            return Err(self.error_at(
+                start,
+                format!("text of {} bytes, at most {max} allowed", text.len()),
+            ));
         }
         Ok(text.to_owned())
     }

@@ -377,8 +377,7 @@ impl Journal {
         file.write_all(&bytes)
             .and_then(|()| file.sync_data())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot rename to {}", path.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot rename to {}", path.display()))?;
         let _ = fs::remove_file(&replayed.path);
         replayed.path = path;
         replayed.good_len = bytes.len() as u64;

@@ -248,7 +248,10 @@ mod tests {
             metrics,
             dropped_updates: 2,
             batches: 5,
-            samples: vec![r#"{"action":"home"}"#.into()],
+            samples: vec![crate::sample::Sample {
+                action: Some("home".into()),
+                ..crate::sample::test_sample(2)
+            }],
             logs: vec![],
             dropped_samples: 1,
             dropped_logs: 0,

@@ -221,7 +221,9 @@ impl Check {
 
     fn nested(&self, depth: usize, items: usize) -> Result<(), Invalid> {
         if depth >= MAX_DATA_DEPTH {
-            return Err(Invalid(format!("a value nested deeper than {MAX_DATA_DEPTH}")));
+            return Err(Invalid(format!(
+                "a value nested deeper than {MAX_DATA_DEPTH}"
+            )));
         }
         if items > MAX_ITEMS {
             return Err(Invalid(format!("{items} items, at most {MAX_ITEMS}")));
@@ -253,7 +255,9 @@ impl Check {
             return Err(Invalid(format!("more than {MAX_EVENTS} events")));
         }
         if depth > MAX_EVENT_DEPTH {
-            return Err(Invalid(format!("events nested deeper than {MAX_EVENT_DEPTH}")));
+            return Err(Invalid(format!(
+                "events nested deeper than {MAX_EVENT_DEPTH}"
+            )));
         }
         self.bytes += 12 * (HEAD + 12);
         self.data_map(&event.attributes)?;
@@ -665,21 +669,26 @@ impl FromCbor for Sample {
             dropped_events: required(r, dropped_events, "Sample", "dropped_events")?,
             duration: duration.flatten(),
             end: end.flatten(),
-            environment_metadata: environment_metadata.unwrap_or_default(),
+            environment_metadata: required(
+                r,
+                environment_metadata,
+                "Sample",
+                "environment_metadata",
+            )?,
             error: error.flatten(),
             events: required(r, events_, "Sample", "events")?,
             gc_duration: gc_duration.flatten(),
             hostname: required(r, hostname, "Sample", "hostname")?,
             id: required(r, id, "Sample", "id")?,
             kind: required(r, kind, "Sample", "kind")?,
-            metadata: metadata.unwrap_or_default(),
+            metadata: required(r, metadata, "Sample", "metadata")?,
             name,
             namespace: required(r, namespace, "Sample", "namespace")?,
             parent_span_id,
             queue_start: queue_start.flatten(),
             queue_time: queue_time.flatten(),
             revision: required(r, revision, "Sample", "revision")?,
-            sample_data: sample_data.unwrap_or_default(),
+            sample_data: required(r, sample_data, "Sample", "sample_data")?,
             span_kind: span_kind.flatten(),
             start: required(r, start, "Sample", "start")?,
             trace_id: trace_id.flatten(),
@@ -704,7 +713,7 @@ impl FromCbor for LogLine {
             _ => Ok(false),
         })?;
         Ok(LogLine {
-            attributes: attributes.unwrap_or_default(),
+            attributes: required(r, attributes, "LogLine", "attributes")?,
             format: required(r, format, "LogLine", "format")?,
             group: required(r, group, "LogLine", "group")?,
             hostname: required(r, hostname, "LogLine", "hostname")?,
@@ -752,7 +761,6 @@ pub fn read_entries<T: FromCbor>(
         .collect();
     Ok((kept, dropped))
 }
-
 
 /// A transaction sample whose id has `id_bytes` bytes (for tests of size bounds).
 #[cfg(test)]

@@ -210,8 +210,10 @@ mod tests {
         message: &str,
         attributes: Option<&Data>,
     ) -> Value {
-        serde_json::to_value(super::build_line(group, severity, format, message, attributes))
-            .unwrap()
+        serde_json::to_value(super::build_line(
+            group, severity, format, message, attributes,
+        ))
+        .unwrap()
     }
 
     #[test]

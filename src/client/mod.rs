@@ -678,7 +678,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::batching::MAX_ENTRY_BYTES;
-    use super::link::{connect, ClientMessageRef};
+    use super::link::connect;
     use super::*;
     use crate::metrics::Taken;
     use crate::protocol::MetricKey;
@@ -723,7 +723,7 @@ mod tests {
         let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
         assert_eq!(seqs, (5..5 + batches.len() as u64).collect::<Vec<_>>());
         for b in &batches {
-            let frame = protocol::encode(&ClientMessageRef::Batch(b)).unwrap();
+            let frame = protocol::encode_batch(b, PROTOCOL_VERSION).unwrap();
             assert!(frame.len() < protocol::MAX_FRAME_BYTES);
         }
     }

@@ -28,10 +28,10 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
 use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView};
-use crate::sample::{Sample, SampleEvent};
 use crate::apm::transaction::{BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{bounded_insert, filter, sql, ApmConfig, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
+use crate::sample::{Sample, SampleEvent};
 
 /// Spans read from one request; the others are rejected.
 pub const MAX_SPANS_PER_REQUEST: usize = 10_000;
@@ -541,11 +541,11 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
     use serde_json::json;
+    use serde_json::Value;
 
     const T0: u64 = 1_767_225_600_000_000_000;
 
@@ -877,7 +877,10 @@ mod tests {
             node = &node["children"][0];
         }
         assert_eq!(node["children"].as_array().unwrap().len(), 200 - MAX_DEPTH);
-        assert_eq!(crate::otlp::mapping::sample_spans(&samples[0]).len(), 200);
+        assert_eq!(
+            crate::otlp::mapping::sample_spans(&mapped.samples[0].0).len(),
+            200
+        );
 
         // More events than a sample holds.
         let mut wide: Vec<Span> = (2..=MAX_EVENTS as u64 + 11)
@@ -947,8 +950,8 @@ mod tests {
 
     #[test]
     fn the_otlp_export_gives_back_the_ids_parents_kinds_and_error() {
-        let (_, samples) = map(checkout());
-        let spans = crate::otlp::mapping::sample_spans(&samples[0]);
+        let (mapped, _) = map(checkout());
+        let spans = crate::otlp::mapping::sample_spans(&mapped.samples[0].0);
         assert_eq!(spans.len(), 4);
         let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
         let root = by_name("GET /checkout");

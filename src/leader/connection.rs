@@ -350,7 +350,10 @@ pub(super) async fn serve(
     // `protocol::handshake`.
     let client_newer = super::is_newer(&hello.library_version, &shared.config.library_version);
     let dialect = match protocol::handshake(
-        (hello.protocol_version, hello.protocol.unwrap_or(hello.protocol_version)),
+        (
+            hello.protocol_version,
+            hello.protocol.unwrap_or(hello.protocol_version),
+        ),
         (protocol::OLDEST_PROTOCOL, PROTOCOL_VERSION),
         client_newer,
     ) {

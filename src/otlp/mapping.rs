@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::data::Data;
+use crate::sample::{LogLine, Sample, SampleEvent, SampleKind};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -22,8 +24,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
-use crate::data::Data;
-use crate::sample::{LogLine, Sample, SampleEvent, SampleKind};
 
 use super::settings::ResourceValue;
 use crate::aggregate::Window;
@@ -170,16 +170,8 @@ pub(crate) fn scope(export_id: &str) -> Option<InstrumentationScope> {
 pub fn requests(window: &Window, export_id: &str, report: &AgentReport) -> Requests {
     let resource = resource(&window.config);
     let metrics = metrics(window, report);
-    let spans: Vec<Span> = window
-        .samples
-        .iter()
-        .flat_map(sample_spans)
-        .collect();
-    let logs: Vec<LogRecord> = window
-        .logs
-        .iter()
-        .map(log_record)
-        .collect();
+    let spans: Vec<Span> = window.samples.iter().flat_map(sample_spans).collect();
+    let logs: Vec<LogRecord> = window.logs.iter().map(log_record).collect();
     Requests {
         metrics: (!metrics.is_empty()).then(|| ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -882,7 +874,36 @@ mod tests {
     use super::*;
     use crate::aggregate::MetricSet;
     use crate::protocol::GaugeValue;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// A sample from a test's JSON, the fields it leaves out filled with empty values.
+    fn sample_of(mut v: Value) -> Sample {
+        fn fill(v: &mut Value, defaults: &Value) {
+            if let (Value::Object(map), Value::Object(defaults)) = (v, defaults) {
+                for (k, d) in defaults {
+                    map.entry(k.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+        fn fill_events(events: &mut Value) {
+            for event in events.as_array_mut().into_iter().flatten() {
+                fill(
+                    event,
+                    &json!({"body": "", "body_format": 0, "children": [], "duration": 0.0,
+                            "gc_duration": 0, "group": "", "name": "", "start": 0.0, "title": ""}),
+                );
+                fill_events(&mut event["children"]);
+            }
+        }
+        fill(
+            &mut v,
+            &json!({"dropped_events": 0, "events": [], "hostname": "", "id": "",
+                    "kind": "transaction", "namespace": "", "revision": "", "start": 0,
+                    "environment_metadata": {}, "metadata": {}, "sample_data": {}}),
+        );
+        fill_events(&mut v["events"]);
+        serde_json::from_value(v).unwrap()
+    }
 
     fn key(name: &str, tags: &[(&str, &str)]) -> MetricKey {
         MetricKey {
@@ -944,11 +965,13 @@ mod tests {
             metrics,
             dropped_updates: 0,
             batches: 1,
-            samples: vec![sample.to_string()],
-            logs: vec![json!({"timestamp": 1200, "group": "g", "severity": "error",
-                              "severity_number": 6, "message": "bad",
-                              "attributes": {"n": 1}})
-            .to_string()],
+            samples: vec![sample_of(sample)],
+            logs: vec![
+                serde_json::from_value(json!({"timestamp": 1200, "group": "g",
+                "severity": "error", "severity_number": 6, "message": "bad",
+                "attributes": {"n": 1}, "format": "plaintext", "hostname": "h"}))
+                .unwrap(),
+            ],
             dropped_samples: 0,
             dropped_logs: 0,
             dropped_batches: 0,
@@ -1101,7 +1124,7 @@ mod tests {
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "parent_span_id": "b7ad6b7169203331",
             "namespace": "web", "action": "GET /", "start": 5, "duration": 1.0,
             "attributes": {"http.route": "/"}, "events": []});
-        let spans = sample_spans(&sample);
+        let spans = sample_spans(&sample_of(sample));
         assert_eq!(
             spans[0].span_id,
             vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
