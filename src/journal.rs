@@ -823,4 +823,33 @@ mod tests {
         let mode = fs::metadata(&spooled[0].path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "owner-only");
     }
+
+    #[test]
+    fn a_segment_of_protocol_2_replays_and_is_rewritten_in_this_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(tmp.path(), true).unwrap();
+        let journal = Journal::new(wd.clone());
+        let id = "ab".repeat(16);
+        let mut b = batch(1);
+        b.samples = vec![crate::sample::test_sample(2)];
+        let header = SegmentHeader {
+            window_start: 60_000,
+            config_id: 7,
+            config: config().without_secrets(),
+        };
+        let mut bytes = protocol::encode(&header).unwrap();
+        bytes.extend_from_slice(&protocol::encode_batch_v2_bare(&b));
+        let legacy = wd
+            .journal_dir()
+            .join(format!("{:013}-{:016x}-{id}.seg", 60_000, 7));
+        fs::write(&legacy, &bytes).unwrap();
+        let replayed = journal.replay();
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(replayed[0].batches[0].samples, b.samples);
+        assert!(!legacy.exists());
+        assert!(replayed[0].path.to_string_lossy().ends_with(".seg3"));
+        // Read again from the rewritten file: the same.
+        let again = journal.replay();
+        assert_eq!(again[0].batches[0].samples, b.samples);
+    }
 }

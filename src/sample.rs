@@ -807,3 +807,133 @@ pub(crate) fn test_line(message: &str) -> LogLine {
         timestamp: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, Batch, Handshake};
+
+    #[test]
+    fn a_sample_reads_back_from_its_json_text_and_its_cbor() {
+        let mut sample = test_sample(4);
+        sample.kind = SampleKind::Span;
+        sample.parent_span_id = Some(None);
+        sample.name = Some(Some("GET /".into()));
+        sample.attributes = Some(BTreeMap::new());
+        sample.sample_data.insert(
+            "params".into(),
+            Data::Map(BTreeMap::from([("a".into(), Data::Float(1.0))])),
+        );
+        let text = sample.to_json();
+        assert!(text.contains(r#""parent_span_id":null"#), "{text}");
+        assert!(!text.contains("trace_id"), "{text}");
+        assert_eq!(Sample::from_json(&text).unwrap(), sample);
+        let bytes = serde_cbor::to_vec(&sample).unwrap();
+        assert_eq!(cbor::from_slice::<Sample>(&bytes).unwrap(), sample);
+        let line = test_line("m");
+        assert_eq!(LogLine::from_json(&line.to_json()).unwrap(), line);
+        assert!(Sample::from_json(r#"{"kind":"other"}"#).is_err());
+    }
+
+    #[test]
+    fn the_handshake_hands_over_to_newer_refuses_older_and_speaks_the_common_protocol() {
+        let ours = (2, 3);
+        assert_eq!(
+            protocol::handshake((2, 3), ours, false),
+            Handshake::Welcome(3)
+        );
+        // A client of protocol 2 (no `protocol` field: newest = oldest).
+        assert_eq!(
+            protocol::handshake((2, 2), ours, false),
+            Handshake::Welcome(2)
+        );
+        assert_eq!(protocol::handshake((2, 2), ours, true), Handshake::HandOver);
+        assert_eq!(
+            protocol::handshake((2, 4), ours, false),
+            Handshake::HandOver
+        );
+        assert_eq!(protocol::handshake((1, 1), ours, true), Handshake::Refuse);
+        // What a leader of protocol 2 decides about us: it reads only `protocol_version` (2).
+        assert_eq!(
+            protocol::handshake((2, 2), (2, 2), true),
+            Handshake::HandOver
+        );
+        assert_eq!(
+            protocol::handshake((2, 2), (2, 2), false),
+            Handshake::Welcome(2)
+        );
+    }
+
+    #[test]
+    fn a_batch_takes_json_text_and_structures_and_drops_and_counts_invalid_entries() {
+        #[derive(Serialize)]
+        struct Mixed {
+            client_id: u64,
+            seq: u64,
+            created_ms: u64,
+            counters: Vec<u8>,
+            gauges: Vec<u8>,
+            distributions: Vec<u8>,
+            dropped_updates: u64,
+            samples: (String, Sample, String, u64),
+            logs: (String, LogLine, String),
+            dropped_samples: u64,
+        }
+        let sample = test_sample(3);
+        let line = test_line("l");
+        let body = serde_cbor::to_vec(&Mixed {
+            client_id: 1,
+            seq: 2,
+            created_ms: 3,
+            counters: vec![],
+            gauges: vec![],
+            distributions: vec![],
+            dropped_updates: 0,
+            samples: (sample.to_json(), sample.clone(), "{not json".into(), 7),
+            logs: (line.to_json(), line.clone(), r#"{"a":1}"#.into()),
+            dropped_samples: 1,
+        })
+        .unwrap();
+        let batch: Batch = cbor::from_slice(&body).unwrap();
+        assert_eq!(batch.samples, vec![sample.clone(), sample]);
+        assert_eq!(batch.logs, vec![line.clone(), line]);
+        assert_eq!((batch.dropped_samples, batch.dropped_logs), (3, 1));
+        // Structural damage still fails the whole body.
+        assert!(cbor::from_slice::<Batch>(&body[..body.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn a_batch_written_in_the_v2_dialect_reads_back_typed() {
+        let batch = Batch {
+            client_id: 5,
+            seq: 9,
+            samples: vec![test_sample(2)],
+            logs: vec![test_line("x")],
+            ..Batch::default()
+        };
+        let frame = protocol::encode_batch(&batch, 2).unwrap();
+        let (message, _) = protocol::decode::<protocol::ClientMessage>(&frame)
+            .unwrap()
+            .unwrap();
+        let protocol::ClientMessage::Batch(read) = message else {
+            panic!("not a batch")
+        };
+        assert_eq!(read.samples, batch.samples);
+        assert_eq!(read.logs, batch.logs);
+        let v2 = protocol::encode_batch_v2_bare(&batch);
+        assert!(v2.windows(8).any(|w| w == b"{\"action"));
+    }
+
+    #[test]
+    fn too_deep_values_are_refused_where_made_and_where_read() {
+        let mut deep = Data::Null;
+        for _ in 0..MAX_DATA_DEPTH + 1 {
+            deep = Data::Array(vec![deep]);
+        }
+        let mut sample = test_sample(1);
+        sample.sample_data.insert("params".into(), deep);
+        assert!(sample.check().is_err());
+        let bytes = serde_cbor::to_vec(&sample).unwrap();
+        assert!(cbor::from_slice::<Sample>(&bytes).is_err());
+    }
+}
