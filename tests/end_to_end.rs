@@ -757,6 +757,7 @@ fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
         .unwrap();
     let hello = ClientMessage::Hello(Hello {
         protocol_version: 0,
+        protocol: None,
         library_version: "0.0.1".into(),
         client_id: 1,
         pid: std::process::id(),

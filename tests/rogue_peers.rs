@@ -432,6 +432,7 @@ fn a_thousand_idle_connections_leave_room_for_a_process_starting_meanwhile() {
             if i % 2 == 0 {
                 let hello = ClientMessage::Hello(protocol::Hello {
                     protocol_version: protocol::PROTOCOL_VERSION,
+                    protocol: None,
                     library_version: "0.0.1".into(),
                     client_id: 100_000 + i,
                     pid: std::process::id(),
