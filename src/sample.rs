@@ -366,20 +366,20 @@ impl LogLine {
 
 /// A JSON value as dynamic data: integers that fit in 64 signed bits stay integers, other
 /// numbers become floats; nesting beyond [`MAX_DATA_DEPTH`] is refused by [`Sample::check`].
-pub fn data_from_json(value: &serde_json::Value) -> Data {
+pub fn data_from_json(value: serde_json::Value) -> Data {
     use serde_json::Value;
     match value {
         Value::Null => Data::Null,
-        Value::Bool(b) => Data::Bool(*b),
+        Value::Bool(b) => Data::Bool(b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => Data::Integer(i),
             None => Data::Float(n.as_f64().unwrap_or(0.0)),
         },
-        Value::String(s) => Data::String(s.clone()),
-        Value::Array(items) => Data::Array(items.iter().map(data_from_json).collect()),
+        Value::String(s) => Data::String(s),
+        Value::Array(items) => Data::Array(items.into_iter().map(data_from_json).collect()),
         Value::Object(map) => Data::Map(
-            map.iter()
-                .map(|(k, v)| (k.clone(), data_from_json(v)))
+            map.into_iter()
+                .map(|(k, v)| (k, data_from_json(v)))
                 .collect(),
         ),
     }

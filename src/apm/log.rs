@@ -10,6 +10,7 @@
 //! picks JSON when the message is a JSON object, logfmt when every token is a `key=value` pair,
 //! else plaintext. The caller's `attributes` win over parsed ones; the message is kept as given.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 
 use serde_json::{Map, Value};
@@ -162,12 +163,16 @@ pub fn build_line(
         );
     }
     let message = truncate(message.to_string(), MAX_BODY);
-    let (format_name, mut parsed) = parse_message(format, &message);
+    let (format_name, parsed) = parse_message(format, &message);
+    let mut parsed: BTreeMap<String, Data> = parsed
+        .into_iter()
+        .map(|(k, v)| (k, data_from_json(v)))
+        .collect();
     match attributes {
         Some(Data::Map(map)) => {
             for (k, v) in map {
                 if parsed.len() < MAX_KEYS || parsed.contains_key(k) {
-                    parsed.insert(k.clone(), v.to_json_value());
+                    parsed.insert(k.clone(), v.clone());
                 }
             }
         }
@@ -178,10 +183,7 @@ pub fn build_line(
         None => {}
     }
     LogLine {
-        attributes: parsed
-            .iter()
-            .map(|(k, v)| (k.clone(), data_from_json(v)))
-            .collect(),
+        attributes: parsed,
         format: format_name.to_owned(),
         group: truncate(group.to_string(), MAX_TEXT),
         hostname: config().hostname.clone(),
