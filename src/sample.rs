@@ -836,6 +836,56 @@ mod tests {
     }
 
     #[test]
+    fn the_json_is_what_a_parsed_and_rewritten_document_was() {
+        // The payload used to parse each sample's text into a `serde_json::Value` (keys sorted)
+        // and write that: the typed sample must write the same bytes.
+        let event = SampleEvent {
+            attributes: BTreeMap::from([("db.system.name".into(), Data::String("pg".into()))]),
+            body: "SELECT ?".into(),
+            body_format: 1,
+            children: vec![],
+            duration: 1.25,
+            gc_duration: 0,
+            group: "active_record".into(),
+            name: "sql.active_record".into(),
+            span_id: Some("00f067aa0ba902b7".into()),
+            span_kind: Some("client".into()),
+            start: 0.5,
+            title: "Load".into(),
+        };
+        let mut span = test_sample(5);
+        span.kind = SampleKind::Span;
+        span.attributes = Some(BTreeMap::from([("n".into(), Data::Float(f64::NAN))]));
+        span.name = Some(None);
+        span.parent_span_id = Some(Some("b7ad6b7169203331".into()));
+        span.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        span.span_kind = Some("server".into());
+        span.events = vec![SampleEvent {
+            children: vec![event.clone()],
+            attributes: BTreeMap::new(),
+            span_id: None,
+            span_kind: None,
+            ..event
+        }];
+        span.error = Some(SampleError {
+            backtrace: Data::Array(vec![Data::String("a.rb:1".into())]),
+            class: "E".into(),
+            message: "m".into(),
+        });
+        span.queue_time = Some(3.0);
+        span.metadata.insert("path".into(), "/".into());
+        for sample in [test_sample(2), span] {
+            let typed = serde_json::to_string(&sample).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&typed).unwrap();
+            assert_eq!(typed, serde_json::to_string(&value).unwrap());
+        }
+        let line = test_line("m");
+        let typed = serde_json::to_string(&line).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&typed).unwrap();
+        assert_eq!(typed, serde_json::to_string(&value).unwrap());
+    }
+
+    #[test]
     fn the_handshake_hands_over_to_newer_refuses_older_and_speaks_the_common_protocol() {
         let ours = (2, 3);
         assert_eq!(
