@@ -38,6 +38,38 @@ pub const MAX_EVENT_DEPTH: usize = 50;
 /// Events in one sample, all levels together (the APM keeps at most 2,000).
 pub const MAX_EVENTS: usize = 10_000;
 
+/// Longest tag value kept, in characters; a longer one is cut and ends in `...`.
+pub const MAX_TAG_VALUE_CHARS: usize = 10_000;
+
+/// Cuts every string value of a `tags` map longer than [`MAX_TAG_VALUE_CHARS`] characters to its
+/// first 10,000 characters followed by `...`. Keys are kept whole; other data is left alone.
+pub fn cut_tag_values(tags: &mut Data) {
+    let Data::Map(map) = tags else { return };
+    for value in map.values_mut() {
+        if let Data::String(text) = value {
+            if let Some((cut, _)) = text.char_indices().nth(MAX_TAG_VALUE_CHARS) {
+                text.truncate(cut);
+                text.push_str("...");
+            }
+        }
+    }
+}
+
+/// The event group: what follows the first dot of the name (`sql.active_record` →
+/// `active_record`); a name without a dot (or ending in its only dot) is its own group.
+pub fn event_group(name: &str) -> &str {
+    // A byte search: `split_once` costs more than the rest of the grouping on short names.
+    match name.bytes().position(|b| b == b'.') {
+        Some(dot) if dot + 1 < name.len() => &name[dot + 1..],
+        _ => name,
+    }
+}
+
+/// Nanoseconds as the fractional milliseconds a sample shows.
+pub fn ns_to_ms(ns: i64) -> f64 {
+    ns as f64 / 1_000_000.0
+}
+
 /// What kind of unit of work a sample is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -28,22 +28,7 @@ pub enum Shape {
     View,
 }
 
-/// Longest tag value kept, in characters; a longer one is cut and ends in `...`.
-pub const MAX_TAG_VALUE_CHARS: usize = 10_000;
-
-/// Cuts every string value of a `tags` map longer than [`MAX_TAG_VALUE_CHARS`] characters to its
-/// first 10,000 characters followed by `...`. Keys are kept whole; other data is left alone.
-pub fn cut_tag_values(tags: &mut Data) {
-    let Data::Map(map) = tags else { return };
-    for value in map.values_mut() {
-        if let Data::String(text) = value {
-            if let Some((cut, _)) = text.char_indices().nth(MAX_TAG_VALUE_CHARS) {
-                text.truncate(cut);
-                text.push_str("...");
-            }
-        }
-    }
-}
+pub use crate::sample::{cut_tag_values, event_group, MAX_TAG_VALUE_CHARS};
 
 /// At or above this duration a transaction is slow and always sampled: 1 s.
 pub const SLOW_THRESHOLD_NS: i64 = 1_000_000_000;
@@ -248,14 +233,6 @@ pub fn flat_view(events: &[Event]) -> Vec<Value> {
         );
     }
     flat
-}
-
-pub fn event_group(name: &str) -> &str {
-    // A byte search: `split_once` costs more than the rest of the grouping on short names.
-    match name.bytes().position(|b| b == b'.') {
-        Some(dot) if dot + 1 < name.len() => &name[dot + 1..],
-        _ => name,
-    }
 }
 
 /// Total duration (ns) per event group over a whole tree. Nested events of the same group both

@@ -27,11 +27,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView};
 use crate::apm::transaction::{BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{bounded_insert, filter, sql, ApmConfig, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
-use crate::sample::{Sample, SampleEvent};
+use crate::sample::{
+    cut_tag_values, event_group, ns_to_ms, Sample, SampleError, SampleEvent, SampleKind,
+};
 
 /// Spans read from one request; the others are rejected.
 pub const MAX_SPANS_PER_REQUEST: usize = 10_000;
@@ -299,23 +300,26 @@ impl<'a> Builder<'a> {
             attributes.insert("error".into(), e);
         }
         let start_ns = nanos(span.start_time_unix_nano);
-        let event = Event {
-            name: name(span),
-            title: String::new(),
-            body_format: if body.is_some() { BODY_FORMAT_SQL } else { 0 },
-            body: EventBody::Sanitized(body.unwrap_or_default()),
-            start_ns: start_ns.saturating_sub(self.root_start_ns).max(0),
-            duration_ns: nanos(span.end_time_unix_nano)
-                .saturating_sub(start_ns)
-                .max(0),
-            gc_duration_ms: 0,
+        let name = name(span);
+        SampleEvent {
             attributes,
+            // Sanitised already (see `attributes`).
+            body_format: if body.is_some() { BODY_FORMAT_SQL } else { 0 },
+            body: body.unwrap_or_default(),
             children: Vec::new(),
-        };
-        let mut event = event.to_sample();
-        event.span_id = Some(hex(&received.span_id.to_be_bytes()));
-        event.span_kind = Some(kind_name(span.kind).to_owned());
-        event
+            duration: ns_to_ms(
+                nanos(span.end_time_unix_nano)
+                    .saturating_sub(start_ns)
+                    .max(0),
+            ),
+            gc_duration: 0,
+            group: event_group(&name).to_owned(),
+            span_id: Some(hex(&received.span_id.to_be_bytes())),
+            span_kind: Some(kind_name(span.kind).to_owned()),
+            start: ns_to_ms(start_ns.saturating_sub(self.root_start_ns).max(0)),
+            title: String::new(),
+            name,
+        }
     }
 }
 
@@ -367,44 +371,47 @@ fn root_sample(
     let mut sample_data = BTreeMap::new();
     if !tags.is_empty() {
         let mut tags = Data::Map(tags);
-        sample::cut_tag_values(&mut tags);
-        sample_data.insert("tags".to_owned(), tags);
+        cut_tag_values(&mut tags);
+        sample_data.insert(
+            "tags".to_owned(),
+            filter::filter_sample_data("tags", &tags, config),
+        );
     }
-    let id = hex(&received.span_id.to_be_bytes());
     let start_ns = nanos(span.start_time_unix_nano);
-    let metadata = BTreeMap::new();
-    let view = SampleView {
-        kind: "span",
-        id: &id,
-        namespace: &namespace,
-        action: Some(&action),
-        start_ns,
-        end_ns: Some(nanos(span.end_time_unix_nano).max(start_ns)),
-        queue_start_ms: None,
-        gc_duration_ms: None,
-        error: error.as_ref(),
-        events: &[],
-        dropped_events: dropped,
-        sample_data: &sample_data,
-        metadata: &metadata,
+    let end_ns = nanos(span.end_time_unix_nano).max(start_ns);
+    Some(Sample {
+        action: Some(action),
         allocation_count: None,
-    };
-    let mut sample = view.to_sample(config);
-    sample.events = events;
-    // The leader's own process metadata says nothing about the process that sent the trace.
-    sample.environment_metadata = BTreeMap::new();
-    sample.trace_id = Some(hex(&received.trace_id));
-    sample.parent_span_id = Some(received.parent.map(|p| hex(&p.to_be_bytes())));
-    sample.name = Some(Some(name(span)));
-    sample.span_kind = Some(kind_name(span.kind).to_owned());
-    sample.attributes = Some(attributes);
-    Some(sample)
+        attributes: Some(attributes),
+        dropped_events: dropped,
+        duration: Some(ns_to_ms(end_ns.saturating_sub(start_ns).max(0))),
+        end: Some(end_ns / 1_000_000),
+        // The leader's own process metadata says nothing about the process that sent the trace.
+        environment_metadata: BTreeMap::new(),
+        error,
+        events,
+        gc_duration: None,
+        hostname: config.hostname.clone(),
+        id: hex(&received.span_id.to_be_bytes()),
+        kind: SampleKind::Span,
+        metadata: BTreeMap::new(),
+        name: Some(Some(name(span))),
+        namespace,
+        parent_span_id: Some(received.parent.map(|p| hex(&p.to_be_bytes()))),
+        queue_start: None,
+        queue_time: None,
+        revision: config.revision.clone(),
+        sample_data,
+        span_kind: Some(kind_name(span.kind).to_owned()),
+        start: start_ns / 1_000_000,
+        trace_id: Some(hex(&received.trace_id)),
+    })
 }
 
 /// The span's error: its first `exception` event (`exception.type`, `exception.message`,
 /// `exception.stacktrace` as backtrace lines), else status ERROR (the status message). The class
 /// falls back to the span's `error.type` attribute, then `Error`.
-fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<ErrorInfo> {
+fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<SampleError> {
     let fallback_class = || match attributes.get("error.type") {
         Some(Data::String(s)) if !s.is_empty() => s.clone(),
         _ => "Error".to_owned(),
@@ -429,14 +436,14 @@ fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<ErrorInfo> 
             .lines()
             .map(|l| Data::String(l.to_owned()))
             .collect();
-        return Some(ErrorInfo {
+        return Some(SampleError {
             class,
             message: text("exception.message", MAX_BODY),
             backtrace: Data::Array(backtrace),
         });
     }
     let status = span.status.as_ref()?;
-    (status.code == StatusCode::Error as i32).then(|| ErrorInfo {
+    (status.code == StatusCode::Error as i32).then(|| SampleError {
         class: fallback_class(),
         message: cut(&status.message, MAX_BODY),
         backtrace: Data::Array(Vec::new()),
