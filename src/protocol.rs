@@ -164,6 +164,9 @@ pub struct Hello {
 pub enum ClientMessage {
     Hello(Hello),
     Batch(Batch),
+    /// Read, never written: a `Hello` of which only the versions could be read.
+    #[serde(skip)]
+    HelloVersions(HelloVersions),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -433,34 +436,76 @@ impl FromCbor for Batch {
     }
 }
 
+/// A `Hello` whose version fields were read but whose other fields this library cannot read (a
+/// newer protocol may change them): enough for the handshake to hand over or refuse.
+#[derive(Debug, Clone)]
+pub struct HelloVersions {
+    pub protocol_version: u32,
+    pub protocol: Option<u32>,
+    pub library_version: String,
+    pub pid: u32,
+    /// Why the rest of the `Hello` could not be read.
+    pub reason: String,
+}
+
+/// A `Hello`, or only its versions (see [`HelloVersions`]). The version fields are read the
+/// same way in every protocol; the configuration is read on its own, so that a configuration
+/// this library does not understand still leaves the versions to decide by.
+fn read_hello(r: &mut Reader<'_>) -> cbor::Result<ClientMessage> {
+    let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
+    let (mut pid, mut config, mut protocol) = (None, None, None);
+    r.fields(|r, key| match key {
+        "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
+        "protocol" => r.field(&mut protocol, key, |r| r.option(Reader::u32)),
+        "library_version" => r.field(&mut library_version, key, Reader::string),
+        "client_id" => r.field(&mut client_id, key, Reader::u64),
+        "pid" => r.field(&mut pid, key, Reader::u32),
+        "config" => r.field(&mut config, key, |r| r.entry(PushConfig::read)),
+        _ => Ok(false),
+    })?;
+    let protocol_version = required(r, protocol_version, "Hello", "protocol_version")?;
+    let library_version = required(r, library_version, "Hello", "library_version")?;
+    let pid = required(r, pid, "Hello", "pid")?;
+    let protocol = protocol.flatten();
+    let rest = match (client_id, config) {
+        (Some(client_id), Some(Ok(config))) => Ok((client_id, config)),
+        (None, _) => Err("Hello: missing field `client_id`".to_owned()),
+        (_, None) => Err("Hello: missing field `config`".to_owned()),
+        (_, Some(Err(e))) => Err(format!("Hello: config: {e}")),
+    };
+    Ok(match rest {
+        Ok((client_id, config)) => ClientMessage::Hello(Hello {
+            protocol_version,
+            protocol,
+            library_version,
+            client_id,
+            pid,
+            config,
+        }),
+        Err(reason) => ClientMessage::HelloVersions(HelloVersions {
+            protocol_version,
+            protocol,
+            library_version,
+            pid,
+            reason,
+        }),
+    })
+}
+
 impl FromCbor for Hello {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut protocol_version, mut library_version, mut client_id) = (None, None, None);
-        let (mut pid, mut config, mut protocol) = (None, None, None);
-        r.fields(|r, key| match key {
-            "protocol_version" => r.field(&mut protocol_version, key, Reader::u32),
-            "protocol" => r.field(&mut protocol, key, |r| r.option(Reader::u32)),
-            "library_version" => r.field(&mut library_version, key, Reader::string),
-            "client_id" => r.field(&mut client_id, key, Reader::u64),
-            "pid" => r.field(&mut pid, key, Reader::u32),
-            "config" => r.field(&mut config, key, PushConfig::read),
-            _ => Ok(false),
-        })?;
-        Ok(Hello {
-            protocol_version: required(r, protocol_version, "Hello", "protocol_version")?,
-            protocol: protocol.flatten(),
-            library_version: required(r, library_version, "Hello", "library_version")?,
-            client_id: required(r, client_id, "Hello", "client_id")?,
-            pid: required(r, pid, "Hello", "pid")?,
-            config: required(r, config, "Hello", "config")?,
-        })
+        match read_hello(r)? {
+            ClientMessage::Hello(hello) => Ok(hello),
+            ClientMessage::HelloVersions(v) => Err(r.error(v.reason)),
+            ClientMessage::Batch(_) => Err(r.error("not a Hello")),
+        }
     }
 }
 
 impl FromCbor for ClientMessage {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
         r.variant("client message", |r, name| match name {
-            "Hello" => Hello::read(r).map(|m| Some(ClientMessage::Hello(m))),
+            "Hello" => read_hello(r).map(Some),
             "Batch" => Batch::read(r).map(|m| Some(ClientMessage::Batch(m))),
             _ => Ok(None),
         })
@@ -648,6 +693,11 @@ mod tests {
         let Ok(ours) = cbor::from_slice::<T>(body) else {
             return false;
         };
+        // Only the versions of a Hello: the leader answers (hands over, refuses) or closes.
+        let any: &dyn std::any::Any = &ours;
+        if let Some(ClientMessage::HelloVersions(_)) = any.downcast_ref::<ClientMessage>() {
+            return false;
+        }
         let reference: T = match serde_cbor::from_slice(body) {
             Ok(reference) => reference,
             Err(e) => {

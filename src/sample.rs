@@ -947,6 +947,42 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_whose_config_cannot_be_read_still_gives_its_versions() {
+        #[derive(Serialize)]
+        struct Newer {
+            protocol_version: u32,
+            protocol: u32,
+            library_version: &'static str,
+            client_id: u64,
+            pid: u32,
+            config: (u8, u8),
+        }
+        #[derive(Serialize)]
+        enum Message {
+            Hello(Newer),
+        }
+        let body = serde_cbor::to_vec(&Message::Hello(Newer {
+            protocol_version: 3,
+            protocol: 4,
+            library_version: "9.0.0",
+            client_id: 1,
+            pid: 7,
+            config: (1, 2),
+        }))
+        .unwrap();
+        let protocol::ClientMessage::HelloVersions(v) = cbor::from_slice(&body).unwrap() else {
+            panic!("not read as versions only")
+        };
+        assert_eq!((v.protocol_version, v.protocol, v.pid), (3, Some(4), 7));
+        assert_eq!(
+            protocol::handshake((3, 4), (2, 3), true),
+            Handshake::HandOver
+        );
+        // Damage to the structure still fails the frame.
+        assert!(cbor::from_slice::<protocol::ClientMessage>(&body[..body.len() - 1]).is_err());
+    }
+
+    #[test]
     fn a_batch_takes_json_text_and_structures_and_drops_and_counts_invalid_entries() {
         #[derive(Serialize)]
         struct Mixed {

@@ -329,6 +329,22 @@ pub(super) async fn serve(
     let mut frames = FrameReader::new(&shared.frame_bytes);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.read(&mut reader)).await {
         Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+        Ok(Ok(Some(ClientMessage::HelloVersions(v)))) => {
+            // Only the versions are readable: enough to hand over to a newer client or refuse
+            // an older one; a client this leader would serve must send a readable `Hello`.
+            let newest = v.protocol.unwrap_or(v.protocol_version);
+            match versions_decide(
+                shared,
+                v.protocol_version,
+                newest,
+                &v.library_version,
+                v.pid,
+            ) {
+                Ok(_) => reject(shared, peer_pid, &v.reason),
+                Err(answer) => answer_and_leave(shared, &mut writer, answer).await,
+            }
+            return Peer::Left;
+        }
         Ok(Ok(None)) => return Peer::Left,
         Ok(Ok(Some(ClientMessage::Batch(_)))) => {
             reject(shared, peer_pid, "a batch before the handshake");
@@ -346,44 +362,17 @@ pub(super) async fn serve(
             return Peer::Left;
         }
     };
-    // The versions decide first (they are read the same way in every protocol); see
-    // `protocol::handshake`.
-    let client_newer = super::is_newer(&hello.library_version, &shared.config.library_version);
-    let dialect = match protocol::handshake(
-        (
-            hello.protocol_version,
-            hello.protocol.unwrap_or(hello.protocol_version),
-        ),
-        (protocol::OLDEST_PROTOCOL, PROTOCOL_VERSION),
-        client_newer,
+    let newest = hello.protocol.unwrap_or(hello.protocol_version);
+    let dialect = match versions_decide(
+        shared,
+        hello.protocol_version,
+        newest,
+        &hello.library_version,
+        hello.pid,
     ) {
-        Handshake::Welcome(dialect) => dialect,
-        Handshake::Refuse => {
-            let reason = format!(
-                "protocol {} is not supported by this leader (library {}, protocols {}-{PROTOCOL_VERSION})",
-                hello.protocol.unwrap_or(hello.protocol_version),
-                crate::VERSION,
-                protocol::OLDEST_PROTOCOL
-            );
-            tracing::warn!(
-                "refused pid {} (library {}): {reason}",
-                hello.pid,
-                hello.library_version
-            );
-            let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
-            return Peer::Left;
-        }
-        Handshake::HandOver => {
-            let reason = format!(
-                "pid {} runs library {} (protocol {}), newer than this leader's {} (protocol {PROTOCOL_VERSION}): handing over",
-                hello.pid,
-                hello.library_version,
-                hello.protocol.unwrap_or(hello.protocol_version),
-                shared.config.library_version
-            );
-            tracing::info!("{reason}");
-            let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
-            shared.handover.notify_one();
+        Ok(dialect) => dialect,
+        Err(answer) => {
+            answer_and_leave(shared, &mut writer, answer).await;
             return Peer::Left;
         }
     };
@@ -481,7 +470,7 @@ pub(super) async fn serve(
                     break;
                 }
             }
-            Ok(Some(ClientMessage::Hello(_))) => {
+            Ok(Some(ClientMessage::Hello(_) | ClientMessage::HelloVersions(_))) => {
                 reject(shared, peer_pid, "a second handshake");
                 break;
             }
@@ -494,6 +483,51 @@ pub(super) async fn serve(
     }
     tracing::debug!("client pid {} disconnected", hello.pid);
     Peer::Left
+}
+
+/// The handshake decided by versions alone ([`protocol::handshake`]; they are read the same way
+/// in every protocol): `Ok` with the protocol to speak, or the answer that ends the connection
+/// (logged here).
+fn versions_decide(
+    shared: &Shared,
+    oldest: u32,
+    newest: u32,
+    library_version: &str,
+    pid: u32,
+) -> Result<u32, LeaderMessage> {
+    let ours = &shared.config.library_version;
+    match protocol::handshake(
+        (oldest, newest),
+        (protocol::OLDEST_PROTOCOL, PROTOCOL_VERSION),
+        super::is_newer(library_version, ours),
+    ) {
+        Handshake::Welcome(dialect) => Ok(dialect),
+        Handshake::Refuse => {
+            let reason = format!(
+                "protocol {newest} is not supported by this leader (library {}, protocols {}-{PROTOCOL_VERSION})",
+                crate::VERSION,
+                protocol::OLDEST_PROTOCOL
+            );
+            tracing::warn!("refused pid {pid} (library {library_version}): {reason}");
+            Err(LeaderMessage::Refused { reason })
+        }
+        Handshake::HandOver => {
+            let reason = format!(
+                "pid {pid} runs library {library_version} (protocol {newest}), newer than this leader's {ours} (protocol {PROTOCOL_VERSION}): handing over"
+            );
+            tracing::info!("{reason}");
+            Err(LeaderMessage::HandingOver { reason })
+        }
+    }
+}
+
+/// Writes a `Refused` or `HandingOver`; after a hand-over the leader steps down.
+async fn answer_and_leave(shared: &Shared, writer: &mut &Stream, answer: LeaderMessage) {
+    let handing_over = matches!(answer, LeaderMessage::HandingOver { .. });
+    let _ = write_message(writer, &answer).await;
+    if handing_over {
+        shared.handover.notify_one();
+    }
 }
 
 fn read_failed(shared: &Shared, peer_pid: Option<i32>, e: &ReadError) {
