@@ -53,7 +53,7 @@ use crate::journal::Journal;
 use crate::leader::{ExportState, ExportsReport, Leader};
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Wake};
-use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
+use crate::protocol::{self, Batch, Hello};
 use crate::role::{Role, RoleCell};
 use crate::workdir::WorkDir;
 
@@ -564,8 +564,9 @@ impl State {
             return;
         }
         let hello = Hello {
-            protocol_version: crate::protocol::OLDEST_PROTOCOL,
-            protocol: Some(PROTOCOL_VERSION),
+            protocol_version: shared.config.protocols.0,
+            // Protocol 2 had no such field.
+            protocol: (shared.config.protocols.1 > 2).then_some(shared.config.protocols.1),
             library_version: shared.config.library_version.clone(),
             client_id: shared.client_id,
             pid: std::process::id(),
@@ -723,7 +724,7 @@ mod tests {
         let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
         assert_eq!(seqs, (5..5 + batches.len() as u64).collect::<Vec<_>>());
         for b in &batches {
-            let frame = protocol::encode_batch(b, PROTOCOL_VERSION).unwrap();
+            let frame = protocol::encode_batch(b, protocol::PROTOCOL_VERSION).unwrap();
             assert!(frame.len() < protocol::MAX_FRAME_BYTES);
         }
     }

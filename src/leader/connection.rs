@@ -28,9 +28,7 @@ use tokio::sync::watch;
 
 use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::log::{suppressed_note, RateLimit};
-use crate::protocol::{
-    self, ClientMessage, FrameError, Handshake, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
-};
+use crate::protocol::{self, ClientMessage, FrameError, Handshake, LeaderMessage, HEADER_BYTES};
 
 /// A peer's pid or uid as log lines name it: the number, or `unknown` when the socket's peer
 /// credentials did not say (`pid 21840`, `pid unknown`; never Rust's `Some(21840)`).
@@ -414,7 +412,7 @@ pub(super) async fn serve(
         return Peer::Left;
     }
     tracing::debug!(
-        "client pid {} (library {}) connected",
+        "client pid {} (library {}) connected, speaking protocol {dialect}",
         hello.pid,
         hello.library_version
     );
@@ -498,22 +496,23 @@ fn versions_decide(
     let ours = &shared.config.library_version;
     match protocol::handshake(
         (oldest, newest),
-        (protocol::OLDEST_PROTOCOL, PROTOCOL_VERSION),
+        shared.config.protocols,
         super::is_newer(library_version, ours),
     ) {
         Handshake::Welcome(dialect) => Ok(dialect),
         Handshake::Refuse => {
+            let (our_oldest, our_newest) = shared.config.protocols;
             let reason = format!(
-                "protocol {newest} is not supported by this leader (library {}, protocols {}-{PROTOCOL_VERSION})",
+                "protocol {newest} is not supported by this leader (library {}, protocols {our_oldest}-{our_newest})",
                 crate::VERSION,
-                protocol::OLDEST_PROTOCOL
             );
             tracing::warn!("refused pid {pid} (library {library_version}): {reason}");
             Err(LeaderMessage::Refused { reason })
         }
         Handshake::HandOver => {
             let reason = format!(
-                "pid {pid} runs library {library_version} (protocol {newest}), newer than this leader's {ours} (protocol {PROTOCOL_VERSION}): handing over"
+                "pid {pid} runs library {library_version} (protocol {newest}), newer than this leader's {ours} (protocol {}): handing over",
+                shared.config.protocols.1
             );
             tracing::info!("{reason}");
             Err(LeaderMessage::HandingOver { reason })
