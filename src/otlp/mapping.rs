@@ -572,8 +572,10 @@ fn backtrace_lines(v: Option<&Data>) -> Vec<String> {
                 other => other.to_json(),
             })
             .collect(),
-        Some(Data::String(s)) => match serde_json::from_str::<Data>(s) {
-            Ok(parsed @ Data::Array(_)) => backtrace_lines(Some(&parsed)),
+        Some(Data::String(s)) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(parsed @ serde_json::Value::Array(_)) => {
+                backtrace_lines(Some(&crate::sample::data_from_json(parsed)))
+            }
             _ => s.lines().map(str::to_owned).collect(),
         },
         _ => Vec::new(),
