@@ -294,11 +294,26 @@ struct BatchV2<'a> {
     gauges: &'a [(MetricKey, GaugeValue)],
     distributions: &'a [(MetricKey, Sketch)],
     dropped_updates: u64,
-    samples: Vec<String>,
-    logs: Vec<String>,
+    samples: AsJsonText<'a, Sample>,
+    logs: AsJsonText<'a, LogLine>,
     dropped_samples: u64,
     dropped_logs: u64,
     dropped_batches: u64,
+}
+
+/// Writes each item as a text string holding its JSON (protocol 2's form), one at a time.
+struct AsJsonText<'a, T>(&'a [T]);
+
+impl<T: Serialize> Serialize for AsJsonText<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            let text = serde_json::to_string(item).map_err(S::Error::custom)?;
+            seq.serialize_element(&text)?;
+        }
+        seq.end()
+    }
 }
 
 impl<'a> BatchV2<'a> {
@@ -311,8 +326,8 @@ impl<'a> BatchV2<'a> {
             gauges: &batch.gauges,
             distributions: &batch.distributions,
             dropped_updates: batch.dropped_updates,
-            samples: batch.samples.iter().map(Sample::to_json).collect(),
-            logs: batch.logs.iter().map(LogLine::to_json).collect(),
+            samples: AsJsonText(&batch.samples),
+            logs: AsJsonText(&batch.logs),
             dropped_samples: batch.dropped_samples,
             dropped_logs: batch.dropped_logs,
             dropped_batches: batch.dropped_batches,
