@@ -328,12 +328,10 @@ impl SampleView<'_> {
         }
     }
 
-    /// The JSON document in the given shape (both documented in docs/apm.md). Sample data is
-    /// filtered here, so nothing unfiltered leaves through a `*_to_json`.
-    pub fn render(&self, config: &ApmConfig, shape: Shape) -> Value {
-        if shape == Shape::Sample {
-            return serde_json::to_value(self.to_sample(config)).unwrap_or(Value::Null);
-        }
+    /// The view (`appsignal_transaction_to_json`, documented in docs/apm.md; the sample is
+    /// [`SampleView::to_sample`]). Sample data is filtered here, so nothing unfiltered leaves
+    /// through a `*_to_json`.
+    pub fn render_view(&self, config: &ApmConfig) -> Value {
         let sample_data: Map<String, Value> = self
             .sample_data
             .iter()
@@ -535,7 +533,7 @@ mod tests {
             metadata: &metadata,
             allocation_count: Some(7),
         };
-        let json = view.render(&config, Shape::Sample);
+        let json = serde_json::to_value(view.to_sample(&config)).unwrap();
         assert_eq!(json["duration"], 500.0);
         assert_eq!(json["queue_time"], 100.0);
         assert_eq!(json["start"], 10_000);
