@@ -628,109 +628,153 @@ fn events(r: &mut Reader<'_>, depth: usize, count: &mut usize) -> cbor::Result<V
     })
 }
 
+/// Fields of one kind, read into slots by name: one reading site per kind, not per field (the
+/// readers below are most of this module's code in the library otherwise).
+struct Slots<T, const N: usize> {
+    names: [&'static str; N],
+    values: [Option<T>; N],
+}
+
+impl<T, const N: usize> Slots<T, N> {
+    fn new(names: [&'static str; N]) -> Self {
+        Slots {
+            names,
+            values: std::array::from_fn(|_| None),
+        }
+    }
+
+    /// Reads `key`'s value with `read` when it is one of these fields.
+    fn read(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+        read: impl FnOnce(&mut Reader<'_>) -> cbor::Result<T>,
+    ) -> Option<cbor::Result<bool>> {
+        let i = self.names.iter().position(|name| *name == key)?;
+        Some(r.field(&mut self.values[i], key, read))
+    }
+
+    fn take(&mut self, i: usize) -> Option<T> {
+        self.values[i].take()
+    }
+
+    fn required(&mut self, r: &Reader<'_>, what: &str, i: usize) -> cbor::Result<T> {
+        required(r, self.values[i].take(), what, self.names[i])
+    }
+}
+
 fn event(r: &mut Reader<'_>, depth: usize, count: &mut usize) -> cbor::Result<SampleEvent> {
-    let (mut attributes, mut body, mut body_format, mut children) = (None, None, None, None);
-    let (mut duration, mut gc_duration, mut group, mut name) = (None, None, None, None);
-    let (mut span_id, mut span_kind, mut start, mut title) = (None, None, None, None);
-    r.fields(|r, key| match key {
-        "attributes" => r.field(&mut attributes, key, data_map),
-        "body" => r.field(&mut body, key, text),
-        "body_format" => r.field(&mut body_format, key, Reader::i32),
-        "children" => r.field(&mut children, key, |r| events(r, depth + 1, count)),
-        "duration" => r.field(&mut duration, key, Reader::f64),
-        "gc_duration" => r.field(&mut gc_duration, key, Reader::i64),
-        "group" => r.field(&mut group, key, text),
-        "name" => r.field(&mut name, key, text),
-        "span_id" => r.field(&mut span_id, key, optional_text),
-        "span_kind" => r.field(&mut span_kind, key, optional_text),
-        "start" => r.field(&mut start, key, Reader::f64),
-        "title" => r.field(&mut title, key, text),
-        _ => Ok(false),
+    let mut texts = Slots::new(["body", "group", "name", "title"]);
+    let mut optional_texts = Slots::new(["span_id", "span_kind"]);
+    let mut floats = Slots::new(["duration", "start"]);
+    let (mut attributes, mut body_format, mut children, mut gc_duration) = (None, None, None, None);
+    r.fields(|r, key| {
+        if let Some(done) = texts.read(r, key, text) {
+            return done;
+        }
+        if let Some(done) = optional_texts.read(r, key, optional_text) {
+            return done;
+        }
+        if let Some(done) = floats.read(r, key, |r| r.f64()) {
+            return done;
+        }
+        match key {
+            "attributes" => r.field(&mut attributes, key, data_map),
+            "body_format" => r.field(&mut body_format, key, Reader::i32),
+            "children" => r.field(&mut children, key, |r| events(r, depth + 1, count)),
+            "gc_duration" => r.field(&mut gc_duration, key, Reader::i64),
+            _ => Ok(false),
+        }
     })?;
+    const WHAT: &str = "SampleEvent";
     Ok(SampleEvent {
         attributes: attributes.unwrap_or_default(),
-        body: required(r, body, "SampleEvent", "body")?,
-        body_format: required(r, body_format, "SampleEvent", "body_format")?,
-        children: required(r, children, "SampleEvent", "children")?,
-        duration: required(r, duration, "SampleEvent", "duration")?,
-        gc_duration: required(r, gc_duration, "SampleEvent", "gc_duration")?,
-        group: required(r, group, "SampleEvent", "group")?,
-        name: required(r, name, "SampleEvent", "name")?,
-        span_id: span_id.flatten(),
-        span_kind: span_kind.flatten(),
-        start: required(r, start, "SampleEvent", "start")?,
-        title: required(r, title, "SampleEvent", "title")?,
+        body: texts.required(r, WHAT, 0)?,
+        body_format: required(r, body_format, WHAT, "body_format")?,
+        children: required(r, children, WHAT, "children")?,
+        duration: floats.required(r, WHAT, 0)?,
+        gc_duration: required(r, gc_duration, WHAT, "gc_duration")?,
+        group: texts.required(r, WHAT, 1)?,
+        name: texts.required(r, WHAT, 2)?,
+        span_id: optional_texts.take(0).flatten(),
+        span_kind: optional_texts.take(1).flatten(),
+        start: floats.required(r, WHAT, 1)?,
+        title: texts.required(r, WHAT, 3)?,
     })
 }
 
 impl FromCbor for Sample {
     fn read(r: &mut Reader<'_>) -> cbor::Result<Self> {
-        let (mut action, mut allocation_count, mut attributes) = (None, None, None);
-        let (mut dropped_events, mut duration, mut end) = (None, None, None);
-        let (mut environment_metadata, mut error, mut events_) = (None, None, None);
-        let (mut gc_duration, mut hostname, mut id, mut kind) = (None, None, None, None);
-        let (mut metadata, mut name, mut namespace) = (None, None, None);
-        let (mut parent_span_id, mut queue_start, mut queue_time) = (None, None, None);
-        let (mut revision, mut sample_data, mut span_kind) = (None, None, None);
-        let (mut start, mut trace_id) = (None, None);
+        let mut texts = Slots::new(["hostname", "id", "namespace", "revision"]);
+        let mut optional_texts =
+            Slots::new(["action", "name", "parent_span_id", "span_kind", "trace_id"]);
+        let mut integers = Slots::new(["end", "gc_duration", "queue_start"]);
+        let mut floats = Slots::new(["duration", "queue_time"]);
+        let mut text_maps = Slots::new(["environment_metadata", "metadata"]);
+        let mut data_maps = Slots::new(["attributes", "sample_data"]);
+        let (mut allocation_count, mut dropped_events, mut error) = (None, None, None);
+        let (mut events_, mut kind, mut start) = (None, None, None);
         let mut count = 0;
-        r.fields(|r, key| match key {
-            "action" => r.field(&mut action, key, optional_text),
-            "allocation_count" => r.field(&mut allocation_count, key, |r| r.option(Reader::u64)),
-            "attributes" => r.field(&mut attributes, key, |r| r.option(data_map)),
-            "dropped_events" => r.field(&mut dropped_events, key, Reader::u64),
-            "duration" => r.field(&mut duration, key, |r| r.option(Reader::f64)),
-            "end" => r.field(&mut end, key, |r| r.option(Reader::i64)),
-            "environment_metadata" => r.field(&mut environment_metadata, key, text_map),
-            "error" => r.field(&mut error, key, |r| r.option(SampleError::read)),
-            "events" => r.field(&mut events_, key, |r| events(r, 1, &mut count)),
-            "gc_duration" => r.field(&mut gc_duration, key, |r| r.option(Reader::i64)),
-            "hostname" => r.field(&mut hostname, key, text),
-            "id" => r.field(&mut id, key, text),
-            "kind" => r.field(&mut kind, key, SampleKind::read),
-            "metadata" => r.field(&mut metadata, key, text_map),
-            "name" => r.field(&mut name, key, optional_text),
-            "namespace" => r.field(&mut namespace, key, text),
-            "parent_span_id" => r.field(&mut parent_span_id, key, optional_text),
-            "queue_start" => r.field(&mut queue_start, key, |r| r.option(Reader::i64)),
-            "queue_time" => r.field(&mut queue_time, key, |r| r.option(Reader::f64)),
-            "revision" => r.field(&mut revision, key, text),
-            "sample_data" => r.field(&mut sample_data, key, data_map),
-            "span_kind" => r.field(&mut span_kind, key, optional_text),
-            "start" => r.field(&mut start, key, Reader::i64),
-            "trace_id" => r.field(&mut trace_id, key, optional_text),
-            _ => Ok(false),
+        r.fields(|r, key| {
+            if let Some(done) = texts.read(r, key, text) {
+                return done;
+            }
+            if let Some(done) = optional_texts.read(r, key, optional_text) {
+                return done;
+            }
+            if let Some(done) = integers.read(r, key, |r| r.option(Reader::i64)) {
+                return done;
+            }
+            if let Some(done) = floats.read(r, key, |r| r.option(Reader::f64)) {
+                return done;
+            }
+            if let Some(done) = text_maps.read(r, key, text_map) {
+                return done;
+            }
+            if let Some(done) = data_maps.read(r, key, |r| r.option(data_map)) {
+                return done;
+            }
+            match key {
+                "allocation_count" => {
+                    r.field(&mut allocation_count, key, |r| r.option(Reader::u64))
+                }
+                "dropped_events" => r.field(&mut dropped_events, key, Reader::u64),
+                "error" => r.field(&mut error, key, |r| r.option(SampleError::read)),
+                "events" => r.field(&mut events_, key, |r| events(r, 1, &mut count)),
+                "kind" => r.field(&mut kind, key, SampleKind::read),
+                "start" => r.field(&mut start, key, Reader::i64),
+                _ => Ok(false),
+            }
         })?;
+        const WHAT: &str = "Sample";
+        let sample_data = data_maps.required(r, WHAT, 1)?;
         Ok(Sample {
-            action: action.flatten(),
+            action: optional_texts.take(0).flatten(),
             allocation_count: allocation_count.flatten(),
-            attributes: attributes.flatten(),
-            dropped_events: required(r, dropped_events, "Sample", "dropped_events")?,
-            duration: duration.flatten(),
-            end: end.flatten(),
-            environment_metadata: required(
-                r,
-                environment_metadata,
-                "Sample",
-                "environment_metadata",
-            )?,
+            attributes: data_maps.take(0).flatten(),
+            dropped_events: required(r, dropped_events, WHAT, "dropped_events")?,
+            duration: floats.take(0).flatten(),
+            end: integers.take(0).flatten(),
+            environment_metadata: text_maps.required(r, WHAT, 0)?,
             error: error.flatten(),
-            events: required(r, events_, "Sample", "events")?,
-            gc_duration: gc_duration.flatten(),
-            hostname: required(r, hostname, "Sample", "hostname")?,
-            id: required(r, id, "Sample", "id")?,
-            kind: required(r, kind, "Sample", "kind")?,
-            metadata: required(r, metadata, "Sample", "metadata")?,
-            name,
-            namespace: required(r, namespace, "Sample", "namespace")?,
-            parent_span_id,
-            queue_start: queue_start.flatten(),
-            queue_time: queue_time.flatten(),
-            revision: required(r, revision, "Sample", "revision")?,
-            sample_data: required(r, sample_data, "Sample", "sample_data")?,
-            span_kind: span_kind.flatten(),
-            start: required(r, start, "Sample", "start")?,
-            trace_id: trace_id.flatten(),
+            events: required(r, events_, WHAT, "events")?,
+            gc_duration: integers.take(1).flatten(),
+            hostname: texts.required(r, WHAT, 0)?,
+            id: texts.required(r, WHAT, 1)?,
+            kind: required(r, kind, WHAT, "kind")?,
+            metadata: text_maps.required(r, WHAT, 1)?,
+            // Present as null (`Some(None)`) or absent (`None`): both are kept.
+            name: optional_texts.take(1),
+            namespace: texts.required(r, WHAT, 2)?,
+            parent_span_id: optional_texts.take(2),
+            queue_start: integers.take(2).flatten(),
+            queue_time: floats.take(1).flatten(),
+            revision: texts.required(r, WHAT, 3)?,
+            // A null is refused: the field is always a map.
+            sample_data: sample_data.ok_or_else(|| r.error("Sample: sample_data is null"))?,
+            span_kind: optional_texts.take(3).flatten(),
+            start: required(r, start, WHAT, "start")?,
+            trace_id: optional_texts.take(4).flatten(),
         })
     }
 }
