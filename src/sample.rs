@@ -416,11 +416,14 @@ pub fn data_from_json(value: serde_json::Value) -> Data {
         },
         Value::String(s) => Data::String(s),
         Value::Array(items) => Data::Array(items.into_iter().map(data_from_json).collect()),
-        Value::Object(map) => Data::Map(
-            map.into_iter()
-                .map(|(k, v)| (k, data_from_json(v)))
-                .collect(),
-        ),
+        // Inserted one by one: `collect` into a map would add a copy of the sort algorithm.
+        Value::Object(map) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in map {
+                out.insert(k, data_from_json(v));
+            }
+            Data::Map(out)
+        }
     }
 }
 

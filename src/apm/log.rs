@@ -164,10 +164,10 @@ pub fn build_line(
     }
     let message = truncate(message.to_string(), MAX_BODY);
     let (format_name, parsed) = parse_message(format, &message);
-    let mut parsed: BTreeMap<String, Data> = parsed
-        .into_iter()
-        .map(|(k, v)| (k, data_from_json(v)))
-        .collect();
+    let mut parsed = match data_from_json(Value::Object(parsed)) {
+        Data::Map(map) => map,
+        _ => BTreeMap::new(),
+    };
     match attributes {
         Some(Data::Map(map)) => {
             for (k, v) in map {

@@ -298,7 +298,7 @@ impl SampleView<'_> {
             dropped_events: self.dropped_events,
             duration: self.duration_ns().map(ns_to_ms),
             end: self.end_ns.map(|e| e / 1_000_000),
-            environment_metadata: misc::environment_metadata().into_iter().collect(),
+            environment_metadata: misc::environment_metadata(),
             error: self.error.map(ErrorInfo::to_sample),
             // The sample keeps the tree (the Push API and the OTLP span tree read it).
             events: self.events.iter().map(Event::to_sample).collect(),
@@ -317,11 +317,14 @@ impl SampleView<'_> {
             queue_start: self.queue_start_ms,
             queue_time: self.queue_time_ms(),
             revision: config.revision.clone(),
-            sample_data: self
-                .sample_data
-                .iter()
-                .map(|(k, v)| (k.clone(), filter::filter_sample_data(k, v, config)))
-                .collect(),
+            sample_data: {
+                // Inserted one by one: `collect` into a map would add a copy of the sort algorithm.
+                let mut filtered = BTreeMap::new();
+                for (k, v) in self.sample_data {
+                    filtered.insert(k.clone(), filter::filter_sample_data(k, v, config));
+                }
+                filtered
+            },
             span_kind: None,
             start: self.start_ns / 1_000_000,
             trace_id: None,
