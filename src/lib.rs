@@ -83,6 +83,8 @@ pub mod payload;
 #[doc(hidden)]
 pub mod protocol;
 #[doc(hidden)]
+pub mod sample;
+#[doc(hidden)]
 pub mod sketch;
 
 pub(crate) mod client;

@@ -30,7 +30,8 @@ fn push_config() -> ExportConfig {
 
 fn hello(client_id: u64) -> ClientMessage {
     ClientMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: appsignal_agent::protocol::OLDEST_PROTOCOL,
+        protocol: Some(PROTOCOL_VERSION),
         library_version: appsignal_agent::VERSION.into(),
         client_id,
         pid: 4242,
@@ -68,14 +69,20 @@ fn batch(client_id: u64, seq: u64, scale: usize) -> ClientMessage {
             Some(&attributes),
         );
         // A fixed time, so that the committed seeds are reproducible.
-        line["timestamp"] = serde_json::json!(1_700_000_000_000u64);
-        metrics.submit_log(line.to_string());
+        line.timestamp = 1_700_000_000_000;
+        metrics.submit_log(line);
+        let sample = serde_json::json!({
+            "kind": "transaction", "id": "txn-1", "namespace": "web", "action": "GET /checkout",
+            "start": 1_700_000_000_000u64, "end": 1_700_000_000_012u64, "duration": 12.5,
+            "dropped_events": 0, "hostname": "web-1", "revision": "abc123",
+            "environment_metadata": {}, "metadata": {}, "sample_data": {},
+            "events": [{"name": "sql.active_record", "group": "active_record", "title": "",
+                        "body": "SELECT ?", "body_format": 1, "start": 0.5, "duration": 3.0,
+                        "gc_duration": 0, "children": []}]
+        });
         metrics.submit_sample(
-            serde_json::json!({
-                "id": "txn-1", "namespace": "web", "action": "GET /checkout",
-                "duration_ms": 12.5, "events": [{"name": "sql.active_record", "body": "SELECT ?"}]
-            })
-            .to_string(),
+            appsignal_agent::sample::Sample::from_json(&sample.to_string())
+                .expect("a valid sample"),
         );
     }
     let taken = metrics.take();
@@ -100,8 +107,8 @@ fn batch(client_id: u64, seq: u64, scale: usize) -> ClientMessage {
             .collect(),
         distributions: taken.distributions,
         dropped_updates: taken.dropped_updates,
-        samples: taken.samples,
-        logs: taken.logs,
+        samples: taken.samples.into_iter().map(|(s, _)| s).collect(),
+        logs: taken.logs.into_iter().map(|(l, _)| l).collect(),
         dropped_samples: taken.dropped_samples,
         dropped_logs: taken.dropped_logs,
         dropped_batches: 0,

@@ -110,6 +110,8 @@ pub(super) struct Context {
     pub(super) status: Arc<Status>,
     /// This leader's library version, compared with a client's.
     pub(super) library_version: String,
+    /// The protocols this leader speaks (oldest, newest), for the handshake.
+    pub(super) protocols: (u32, u32),
     /// Owner-only mode (the working directory is not world-accessible): only our uid may connect.
     pub(super) owner_only: bool,
 }
