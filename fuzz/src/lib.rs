@@ -393,7 +393,7 @@ pub fn otlp_traces(data: &[u8]) {
     let config = ApmConfig::default();
     let requests = [
         ExportTraceServiceRequest::decode(data).ok(),
-        serde_json::from_slice::<ExportTraceServiceRequest>(data).ok(),
+        appsignal_agent::intake::otlp_json::trace_request(data).ok(),
     ];
     for request in requests.into_iter().flatten() {
         let spans: usize = request

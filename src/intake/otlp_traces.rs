@@ -1007,7 +1007,7 @@ mod tests {
             "name": "GET /", "kind": 2, "startTimeUnixNano": "1767225600000000000",
             "endTimeUnixNano": "1767225600100000000", "status": {"code": 2, "message": "m"}
         }]}]}]});
-        let request: ExportTraceServiceRequest = serde_json::from_value(body).unwrap();
+        let request = crate::intake::otlp_json::trace_request(body.to_string().as_bytes()).unwrap();
         let (mapped, samples) = {
             let mapped = samples(request, &ApmConfig::default());
             let parsed: Vec<Value> = mapped
