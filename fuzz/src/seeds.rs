@@ -206,6 +206,58 @@ fn checkout_traces() -> ExportTraceServiceRequest {
     ])
 }
 
+/// `request` in OTLP/JSON as SDKs write it (camelCase, 64-bit integers as strings, ids as hex),
+/// for what the seeds hold: string attributes, spans with events and a status.
+fn otlp_json(request: &ExportTraceServiceRequest) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let attributes = |kvs: &[KeyValue]| -> Value {
+        kvs.iter()
+            .map(|kv| {
+                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => json!({"stringValue": s}),
+                    _ => json!({}),
+                };
+                json!({"key": kv.key, "value": value})
+            })
+            .collect()
+    };
+    let span = |s: &Span| -> Value {
+        let events: Value = s
+            .events
+            .iter()
+            .map(|e| {
+                json!({"timeUnixNano": e.time_unix_nano.to_string(), "name": e.name,
+                       "attributes": attributes(&e.attributes)})
+            })
+            .collect();
+        json!({
+            "traceId": hex(&s.trace_id), "spanId": hex(&s.span_id),
+            "parentSpanId": hex(&s.parent_span_id), "name": s.name, "kind": s.kind,
+            "startTimeUnixNano": s.start_time_unix_nano.to_string(),
+            "endTimeUnixNano": s.end_time_unix_nano.to_string(),
+            "attributes": attributes(&s.attributes), "events": events,
+            "status": s.status.as_ref().map(|st| json!({"code": st.code, "message": st.message})),
+        })
+    };
+    let resource_spans: Value = request
+        .resource_spans
+        .iter()
+        .map(|r| {
+            let scope_spans: Value = r
+                .scope_spans
+                .iter()
+                .map(|ss| json!({"spans": ss.spans.iter().map(span).collect::<Value>()}))
+                .collect();
+            json!({
+                "resource": r.resource.as_ref().map(|res| json!({"attributes": attributes(&res.attributes)})),
+                "scopeSpans": scope_spans,
+            })
+        })
+        .collect();
+    json!({ "resourceSpans": resource_spans })
+}
+
 /// (target, file name, bytes) of every seed.
 pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
@@ -328,7 +380,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     add(
         "otlp_traces",
         "checkout.json",
-        serde_json::to_vec(&checkout).unwrap_or_default(),
+        otlp_json(&checkout).to_string().into_bytes(),
     );
     let tangled = traces(vec![
         otlp_span(3, 1, 2, "cycle a", span::SpanKind::Internal),
@@ -345,4 +397,17 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     );
     add("otlp_traces", "chain.pb", chain.encode_to_vec());
     seeds
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_json_seed_decodes_to_the_protobuf_seed() {
+        let checkout = super::checkout_traces();
+        let json = super::otlp_json(&checkout).to_string();
+        assert_eq!(
+            appsignal_agent::intake::otlp_json::trace_request(json.as_bytes()).unwrap(),
+            checkout
+        );
+    }
 }
