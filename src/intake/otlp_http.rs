@@ -18,8 +18,8 @@
 //! Bounds: at most [`MAX_CONNECTIONS`] connections (a permit is taken before `accept`), each
 //! closed between requests after [`MAX_CONNECTION_AGE`]; headers within [`HEADER_TIMEOUT`], a body
 //! within [`BODY_TIMEOUT`]; converted points go into the bounded
-//! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's, over bytes
-//! whose size was checked first.
+//! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's (protobuf)
+//! or [`super::otlp_json`]'s (JSON), over bytes whose size was checked first.
 
 use std::convert::Infallible;
 use std::io::Read;
