@@ -46,22 +46,27 @@ fn window() -> Window {
     }
     let events: Vec<_> = (0..10)
         .map(|e| json!({"name": "sql.active_record", "title": "Load", "body": "SELECT * FROM t WHERE id = ?",
-                        "body_format": 1, "start": e as f64, "duration": 1.0, "children": []}))
+                        "body_format": 1, "start": e as f64, "duration": 1.0, "children": [],
+                        "group": "active_record", "gc_duration": 0}))
         .collect();
     let samples = (0..50)
         .map(|i| {
             json!({"kind": "transaction", "id": format!("req-{i}"), "namespace": "http_request",
                    "action": "Users#show", "start": 1_000, "duration": 25.0, "events": events,
-                   "sample_data": {"params": {"id": "1"}}, "metadata": {"path": "/users/1"}})
+                   "sample_data": {"params": {"id": "1"}}, "metadata": {"path": "/users/1"},
+                   "dropped_events": 0, "hostname": "h", "revision": "", "environment_metadata": {}})
             .to_string()
         })
+        .map(|text| appsignal_agent::sample::Sample::from_json(&text).unwrap())
         .collect();
     let logs = (0..500)
         .map(|i| {
             json!({"timestamp": 1_200, "group": "app", "severity": "info", "severity_number": 3,
-                   "message": format!("line {i}"), "attributes": {"n": i}})
+                   "message": format!("line {i}"), "attributes": {"n": i},
+                   "format": "plaintext", "hostname": "h"})
             .to_string()
         })
+        .map(|text| appsignal_agent::sample::LogLine::from_json(&text).unwrap())
         .collect();
     Window {
         config: ExportConfig {

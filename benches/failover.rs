@@ -66,6 +66,7 @@ fn main() {
     let socket = workdir.join("agent.socket");
     let hello = ClientMessage::Hello(Hello {
         protocol_version: protocol::PROTOCOL_VERSION,
+        protocol: None,
         library_version: appsignal_agent::VERSION.into(),
         client_id: 1,
         pid: std::process::id(),

@@ -31,6 +31,7 @@ use crate::sketch::Sketch;
 use crate::counts::AgentCounts;
 use crate::export_config::ExportConfig;
 use crate::protocol::{Batch, GaugeValue, MetricKey};
+use crate::sample::{LogLine, Sample};
 
 pub const MAX_KEYS_PER_WINDOW: usize = 200_000;
 /// Test knob (`test-knobs` builds only): a counter of this name makes counting panic.
@@ -164,13 +165,13 @@ pub struct Window {
     pub end_ms: u64,
     pub metrics: MetricSet,
     pub batches: u64,
-    /// Samples (JSON text), at most [`MAX_SAMPLES_PER_WINDOW`].
-    pub samples: Vec<String>,
-    /// Log lines (JSON text), at most [`MAX_LOGS_PER_WINDOW`].
-    pub logs: Vec<String>,
+    /// Samples, at most [`MAX_SAMPLES_PER_WINDOW`].
+    pub samples: Vec<Sample>,
+    /// Log lines, at most [`MAX_LOGS_PER_WINDOW`].
+    pub logs: Vec<LogLine>,
     /// What its batches dropped: updates dropped in clients (too many keys) and here (window
-    /// full), samples and log lines over the caps, unacknowledged batches that processes dropped
-    /// (their queue was full).
+    /// full), samples and log lines over the caps or invalid, unacknowledged batches that
+    /// processes dropped (their queue was full).
     pub counts: AgentCounts,
     /// Estimated bytes of its keys, samples and log lines (what it held of its configuration's
     /// budget while open).
@@ -181,8 +182,8 @@ pub struct Window {
 struct OpenWindow {
     metrics: MetricSet,
     batches: u64,
-    samples: Vec<String>,
-    logs: Vec<String>,
+    samples: Vec<Sample>,
+    logs: Vec<LogLine>,
     counts: AgentCounts,
     /// Estimated bytes this window holds (charged to its configuration's budget).
     bytes: usize,
@@ -198,7 +199,8 @@ impl OpenWindow {
             ..AgentCounts::default()
         });
         for sample in batch.samples.drain(..) {
-            let cost = sample.len() + ENTRY_OVERHEAD_BYTES;
+            // Checked when the batch was read: the size is there.
+            let cost = sample.check().unwrap_or(usize::MAX / 2) + ENTRY_OVERHEAD_BYTES;
             if self.samples.len() < MAX_SAMPLES_PER_WINDOW && cost <= *budget {
                 *budget -= cost;
                 self.samples.push(sample);
@@ -207,7 +209,7 @@ impl OpenWindow {
             }
         }
         for line in batch.logs.drain(..) {
-            let cost = line.len() + ENTRY_OVERHEAD_BYTES;
+            let cost = line.check().unwrap_or(usize::MAX / 2) + ENTRY_OVERHEAD_BYTES;
             if self.logs.len() < MAX_LOGS_PER_WINDOW && cost <= *budget {
                 *budget -= cost;
                 self.logs.push(line);

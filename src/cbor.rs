@@ -10,7 +10,7 @@
 //!
 //! Why not `serde_cbor::from_slice`: its deserializer is instantiated once per visitor type that
 //! the leader reads (about 50: every struct, its field names, every tuple and vector), which was
-//! 383 KB of `libappsignal.so`'s code (`docs/benchmarks.md`, "Size, third round"). This reader is
+//! 383 KB of `libappsignal.so`'s code (`docs/benchmarks.md`, "Size of `libappsignal.so`"). This reader is
 //! not generic over what it reads. It reads what `serde_cbor` writes: definite-length arrays,
 //! maps and strings, structs as maps with text keys, enums as a one-entry map from the variant's
 //! name to its content (unit variants as their name), `None` as null, floats as half, single or
@@ -572,6 +572,85 @@ leaf! {
     bool => Reader::bool,
     String => Reader::string,
     () => Reader::unit,
+}
+
+/// What kind of item comes next, for readers of dynamic values (see [`Reader::next_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Unsigned,
+    Negative,
+    Bytes,
+    Text,
+    Array,
+    Map,
+    /// false, true, null, undefined or a float.
+    Simple,
+    Tag,
+}
+
+impl<'a> Reader<'a> {
+    /// The kind of the next item, without consuming it; `None` at the end of the body.
+    pub fn next_kind(&self) -> Option<Kind> {
+        Some(match self.bytes.get(self.at)? >> 5 {
+            UNSIGNED => Kind::Unsigned,
+            NEGATIVE => Kind::Negative,
+            BYTES => Kind::Bytes,
+            TEXT => Kind::Text,
+            ARRAY => Kind::Array,
+            MAP => Kind::Map,
+            TAG => Kind::Tag,
+            _ => Kind::Simple,
+        })
+    }
+
+    /// A boolean (consumed) or anything else (left in place, `None`).
+    pub fn boolean(&mut self) -> Option<bool> {
+        let value = match self.bytes.get(self.at) {
+            Some(&b) if b == SIMPLE << 5 | FALSE as u8 => false,
+            Some(&b) if b == SIMPLE << 5 | TRUE as u8 => true,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(value)
+    }
+
+    /// A text string of at most `max` bytes.
+    pub fn string_at_most(&mut self, max: usize) -> Result<String> {
+        let start = self.at;
+        let text = self.str()?;
+        if text.len() > max {
+            return Err(self.error_at(
+                start,
+                format!("text of {} bytes, at most {max} allowed", text.len()),
+            ));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// One item read by `read` that may be refused on its own: the item is first skipped, so
+    /// that damage to its structure (what [`Reader::skip`] refuses) fails the whole body as
+    /// usual, then read from its own bytes. `Ok(Err(_))`: the item is well-formed CBOR but not
+    /// what `read` accepts; the reader is past it either way.
+    pub fn entry<T>(
+        &mut self,
+        read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+    ) -> Result<std::result::Result<T, CborError>> {
+        let start = self.at;
+        self.skip()?;
+        let end = self.at;
+        let mut item = Reader {
+            bytes: &self.bytes[..end],
+            at: start,
+            depth: self.depth,
+        };
+        Ok(read(&mut item).and_then(|value| {
+            if item.at == end {
+                Ok(value)
+            } else {
+                Err(item.error("the item has bytes its reader left unread"))
+            }
+        }))
+    }
 }
 
 impl<T: FromCbor> FromCbor for Option<T> {

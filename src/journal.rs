@@ -2,7 +2,7 @@
 //! window before the leader acknowledges it, so that a leader killed at any instant leaves behind
 //! everything it acknowledged.
 //!
-//! One segment per (window, configuration) at a time: `{start}-{config_id}-{segment_id}.seg`, a
+//! One segment per (window, configuration) at a time: `{start}-{config_id}-{segment_id}.seg3`, a
 //! header frame (the window and the configuration without its secrets) followed by batch frames
 //! (the protocol's frames: length + CBOR). The segment id is also the id of the payload the window
 //! becomes. The order that keeps "exactly once":
@@ -27,7 +27,14 @@
 //! is closed (and reopened when its window gets another batch), so windows never cost the host app
 //! file descriptors beyond that.
 //!
-//! Spool files (`spool-*.spool`, same format as a segment): a stopping process that could not hand
+//! File names carry the format of their batches: `.seg3`/`.spool3` for this library's (samples
+//! and log lines as structures), `.seg`/`.spool` for protocol 2's (as JSON text), which a leader of
+//! protocol 2 also reads. Both are read here; a `.seg` segment is rewritten as `.seg3` when it is
+//! replayed. A leader of protocol 2 lists neither `.seg3` nor `.spool3` files, so it leaves them
+//! for the next leader of this protocol (it hands over to the first process of this library that
+//! connects) instead of cutting or moving aside what it cannot read.
+//!
+//! Spool files (`spool-*.spool3`, same format as a segment): a stopping process that could not hand
 //! its last batches to a leader before its deadline (a frozen leader, a leader stuck in its push)
 //! leaves them here, written atomically. The leader picks spool files up when it starts and at every
 //! transmission, journals their batches (skipping (client, seq) pairs already counted) and deletes
@@ -98,12 +105,32 @@ pub struct Spooled {
     pub batches: Vec<Batch>,
 }
 
+/// Extension of the segments this library writes. Protocol 2 wrote `.seg` and reads only that:
+/// a leader of protocol 2 would cut a segment back to its last batch it can read (and so lose the
+/// rest), so segments whose batches it cannot read carry another name that it does not list.
+const SEGMENT_EXTENSION: &str = ".seg3";
+/// Extension of the segments protocol 2 wrote: read, and rewritten as [`SEGMENT_EXTENSION`].
+const LEGACY_SEGMENT_EXTENSION: &str = ".seg";
+/// Extension of the spool files this library writes; protocol 2 wrote (and reads) `.spool` and
+/// moves a spool file it cannot read aside, so ours carry another name.
+const SPOOL_EXTENSION: &str = ".spool3";
+const LEGACY_SPOOL_EXTENSION: &str = ".spool";
+
 fn segment_name(start: u64, config_id: u64, id: &str) -> String {
-    format!("{start:013}-{config_id:016x}-{id}.seg")
+    format!("{start:013}-{config_id:016x}-{id}{SEGMENT_EXTENSION}")
 }
 
-fn parse_name(name: &str) -> Option<(u64, u64, String)> {
-    let stem = name.strip_suffix(".seg")?;
+/// (window start, config id, segment id, written by protocol 2) of a segment's file name.
+fn parse_name(name: &str) -> Option<(u64, u64, String, bool)> {
+    let (stem, legacy) = match name.strip_suffix(SEGMENT_EXTENSION) {
+        Some(stem) => (stem, false),
+        None => (name.strip_suffix(LEGACY_SEGMENT_EXTENSION)?, true),
+    };
+    let (start, config_id, id) = parse_stem(stem)?;
+    Some((start, config_id, id, legacy))
+}
+
+fn parse_stem(stem: &str) -> Option<(u64, u64, String)> {
     let mut parts = stem.splitn(3, '-');
     let start = parts.next()?.parse().ok()?;
     let config_id = u64::from_str_radix(parts.next()?, 16).ok()?;
@@ -268,21 +295,36 @@ impl Journal {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let Some((start, config_id, id)) = parse_name(&name) else {
+            let Some((start, config_id, id, legacy)) = parse_name(&name) else {
                 continue;
             };
             let path = entry.path();
+            if legacy && self.path(start, config_id, &id).exists() {
+                // Left by a rewrite that was cut short after its new file was complete.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             match read_segment(&path, MAX_SEGMENT_BYTES) {
                 Ok((header, batches, good_len))
                     if header.window_start == start && header.config_id == config_id =>
                 {
-                    out.push(Replayed {
+                    let mut replayed = Replayed {
                         id,
                         header,
                         batches,
                         path,
                         good_len,
-                    })
+                    };
+                    if legacy {
+                        if let Err(e) = self.rewrite_legacy(&mut replayed) {
+                            tracing::warn!(
+                                "journal segment {} of protocol 2 cannot be rewritten: {e:#}; ignored for now",
+                                replayed.path.display()
+                            );
+                            continue;
+                        }
+                    }
+                    out.push(replayed)
                 }
                 Ok(_) => tracing::warn!(
                     "journal segment {} does not match its name; ignored",
@@ -298,6 +340,31 @@ impl Journal {
             (a.header.window_start, &a.id).cmp(&(b.header.window_start, &b.id))
         });
         out
+    }
+
+    /// Rewrites a segment of protocol 2 (`.seg`) in this library's format under its own name
+    /// (atomically), then removes the old file, so that it is appended to in one format only and
+    /// a leader of protocol 2 never cuts batches it cannot read out of it.
+    fn rewrite_legacy(&self, replayed: &mut Replayed) -> Result<()> {
+        let mut bytes = protocol::encode(&replayed.header)?;
+        for batch in &replayed.batches {
+            bytes.extend_from_slice(&protocol::encode(batch)?);
+        }
+        let (start, config_id) = (replayed.header.window_start, replayed.header.config_id);
+        let path = self.path(start, config_id, &replayed.id);
+        let tmp = self.dir().join(format!(".rewrite-{}", replayed.id));
+        let mut file = self.workdir.open_file(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot rename to {}", path.display()))?;
+        let _ = fs::remove_file(&replayed.path);
+        replayed.path = path;
+        replayed.good_len = bytes.len() as u64;
+        Ok(())
     }
 
     /// Continues a replayed segment: cuts a torn tail and appends to it from now on.
@@ -402,7 +469,10 @@ impl Journal {
             rest = &rest[taken..];
             let id = crate::ids::new_payload_id();
             let tmp = dir.join(format!(".spool-tmp-{id}"));
-            let path = dir.join(format!("spool-{}-{id}.spool", std::process::id()));
+            let path = dir.join(format!(
+                "spool-{}-{id}{SPOOL_EXTENSION}",
+                std::process::id()
+            ));
             let mut file =
                 workdir.open_file(&tmp, OpenOptions::new().write(true).create_new(true))?;
             if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
@@ -430,7 +500,10 @@ impl Journal {
             }
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if !name.starts_with("spool-") || !name.ends_with(".spool") {
+            // Ours and those of protocol 2 (the batch reader takes both formats).
+            if !name.starts_with("spool-")
+                || !(name.ends_with(SPOOL_EXTENSION) || name.ends_with(LEGACY_SPOOL_EXTENSION))
+            {
                 continue;
             }
             let path = entry.path();
@@ -740,5 +813,34 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&spooled[0].path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "owner-only");
+    }
+
+    #[test]
+    fn a_segment_of_protocol_2_replays_and_is_rewritten_in_this_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::prepare(tmp.path(), true).unwrap();
+        let journal = Journal::new(wd.clone());
+        let id = "ab".repeat(16);
+        let mut b = batch(1);
+        b.samples = vec![crate::sample::test_sample(2)];
+        let header = SegmentHeader {
+            window_start: 60_000,
+            config_id: 7,
+            config: config().without_secrets(),
+        };
+        let mut bytes = protocol::encode(&header).unwrap();
+        bytes.extend_from_slice(&protocol::encode_batch_v2_bare(&b));
+        let legacy = wd
+            .journal_dir()
+            .join(format!("{:013}-{:016x}-{id}.seg", 60_000, 7));
+        fs::write(&legacy, &bytes).unwrap();
+        let replayed = journal.replay();
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(replayed[0].batches[0].samples, b.samples);
+        assert!(!legacy.exists());
+        assert!(replayed[0].path.to_string_lossy().ends_with(".seg3"));
+        // Read again from the rewritten file: the same.
+        let again = journal.replay();
+        assert_eq!(again[0].batches[0].samples, b.samples);
     }
 }

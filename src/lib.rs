@@ -90,6 +90,8 @@ pub mod prometheus;
 #[doc(hidden)]
 pub mod protocol;
 #[doc(hidden)]
+pub mod sample;
+#[doc(hidden)]
 pub mod sketch;
 
 pub(crate) mod client;

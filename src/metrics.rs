@@ -23,6 +23,7 @@ use crate::sketch::Sketch;
 
 use crate::data::{bytes_eq, hash_bytes, hash_word, DataBuf, TagsRef};
 use crate::protocol::MetricKey;
+use crate::sample::{LogLine, Sample};
 
 /// Distinct keys (per kind and name and tags) one process keeps per flush period.
 pub const MAX_KEYS: usize = 10_000;
@@ -30,7 +31,7 @@ pub const MAX_KEYS: usize = 10_000;
 pub const MAX_SAMPLES: usize = 100;
 /// Log lines one process keeps per flush period; more are dropped and counted.
 pub const MAX_LOGS: usize = 10_000;
-/// A sample or log line whose JSON is larger than this is dropped and counted.
+/// A sample or log line larger than this (estimated CBOR bytes) is dropped and counted.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Finished transactions and spans waiting for the sender thread; more are dropped and counted.
 pub const MAX_RECORDS: usize = 10_000;
@@ -112,8 +113,8 @@ struct Period {
     index: HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
     slots: Vec<Slot>,
     dropped_updates: u64,
-    samples: Vec<String>,
-    logs: Vec<String>,
+    samples: Vec<(Sample, usize)>,
+    logs: Vec<(LogLine, usize)>,
     dropped_samples: u64,
     dropped_logs: u64,
 }
@@ -168,10 +169,10 @@ pub struct Taken {
     pub gauges: Vec<(MetricKey, f64)>,
     pub distributions: Vec<(MetricKey, Sketch)>,
     pub dropped_updates: u64,
-    /// Finished samples (JSON), from transactions and root spans.
-    pub samples: Vec<String>,
-    /// Log lines (JSON) from `appsignal_log`.
-    pub logs: Vec<String>,
+    /// Finished samples, from transactions and root spans, with their estimated size.
+    pub samples: Vec<(Sample, usize)>,
+    /// Log lines from `appsignal_log`, with their estimated size.
+    pub logs: Vec<(LogLine, usize)>,
     pub dropped_samples: u64,
     pub dropped_logs: u64,
 }
@@ -304,32 +305,37 @@ impl LocalMetrics {
         release_and_wake(local);
     }
 
-    /// Keeps a finished sample (JSON) for the next flush, within [`MAX_SAMPLES`] per flush period.
-    pub fn submit_sample(&self, json: String) {
-        self.keep(json, MAX_SAMPLES, |p| {
+    /// Keeps a finished sample for the next flush, within [`MAX_SAMPLES`] per flush period; one
+    /// out of [`crate::sample`]'s bounds or over [`MAX_RECORD_BYTES`] is dropped and counted.
+    pub fn submit_sample(&self, sample: Sample) {
+        let size = sample.check().ok();
+        self.keep(sample, size, MAX_SAMPLES, |p| {
             (&mut p.samples, &mut p.dropped_samples)
         });
     }
 
-    /// Keeps a log line (JSON) for the next flush, within [`MAX_LOGS`] per flush period.
-    pub fn submit_log(&self, json: String) {
-        self.keep(json, MAX_LOGS, |p| (&mut p.logs, &mut p.dropped_logs));
+    /// Keeps a log line for the next flush, within [`MAX_LOGS`] per flush period, like
+    /// [`LocalMetrics::submit_sample`].
+    pub fn submit_log(&self, line: LogLine) {
+        let size = line.check().ok();
+        self.keep(line, size, MAX_LOGS, |p| (&mut p.logs, &mut p.dropped_logs));
     }
 
-    /// Adds `json` to the period's list that `pick` names, or counts it in that list's drop count
-    /// when the list holds `max` already or `json` is over [`MAX_RECORD_BYTES`].
-    fn keep(
+    /// Adds `item` to the period's list that `pick` names, or counts it in that list's drop count
+    /// when the list holds `max` already or its `size` is unknown (invalid) or over
+    /// [`MAX_RECORD_BYTES`].
+    fn keep<T>(
         &self,
-        json: String,
+        item: T,
+        size: Option<usize>,
         max: usize,
-        pick: impl FnOnce(&mut Period) -> (&mut Vec<String>, &mut u64),
+        pick: impl FnOnce(&mut Period) -> (&mut Vec<(T, usize)>, &mut u64),
     ) {
         let mut local = self.lock();
         let (list, dropped) = pick(&mut local.period);
-        if list.len() >= max || json.len() > MAX_RECORD_BYTES {
-            *dropped = dropped.saturating_add(1);
-        } else {
-            list.push(json);
+        match size {
+            Some(size) if list.len() < max && size <= MAX_RECORD_BYTES => list.push((item, size)),
+            _ => *dropped = dropped.saturating_add(1),
         }
         release_and_wake(local);
     }
@@ -530,7 +536,7 @@ mod tests {
         assert!(!m.sleep_if_empty(), "something waits: no sleep");
         m.take();
         assert!(m.sleep_if_empty());
-        m.submit_log("{}".into());
+        m.submit_log(crate::sample::test_line("x"));
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         m.take();
         assert!(m.sleep_if_empty());

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Window;
 use crate::counts::AgentCounts;
 use crate::protocol::MetricKey;
+use crate::sample::{LogLine, Sample};
 
 /// Quantiles reported for every distribution.
 pub const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)];
@@ -37,10 +38,10 @@ pub struct Payload {
     pub distributions: Vec<DistributionEntry>,
     /// Samples of transactions and root spans (see docs/apm.md for their shape).
     #[serde(default)]
-    pub samples: Vec<serde_json::Value>,
+    pub samples: Vec<Sample>,
     /// Log lines from `appsignal_log`.
     #[serde(default)]
-    pub logs: Vec<serde_json::Value>,
+    pub logs: Vec<LogLine>,
     pub agent: AgentReport,
 }
 
@@ -165,18 +166,9 @@ impl Payload {
             counters,
             gauges,
             distributions,
-            // Stored as JSON text by the process that made them; a text that does not parse (it
-            // cannot, unless a file was tampered with) is dropped rather than failing the payload.
-            samples: window
-                .samples
-                .iter()
-                .filter_map(|s| serde_json::from_str(s).ok())
-                .collect(),
-            logs: window
-                .logs
-                .iter()
-                .filter_map(|s| serde_json::from_str(s).ok())
-                .collect(),
+            // Checked when their batch was read; their fields are the document's keys.
+            samples: window.samples.clone(),
+            logs: window.logs.clone(),
             agent,
         }
     }
@@ -230,7 +222,10 @@ mod tests {
             end_ms: 1000,
             metrics,
             batches: 5,
-            samples: vec![r#"{"action":"home"}"#.into()],
+            samples: vec![crate::sample::Sample {
+                action: Some("home".into()),
+                ..crate::sample::test_sample(2)
+            }],
             logs: vec![],
             counts: AgentCounts {
                 dropped_updates: 2,

@@ -190,12 +190,14 @@ pub fn add_distribution_value(name: &[u8], value: f64, tags: Option<&DataBuf>) {
 
 /// Hands a finished sample (a transaction's or root span's) to the agent: kept with this
 /// process's pre-aggregate and flushed to the leader, within the per-flush and per-window caps.
-pub fn submit_sample(sample: serde_json::Value) {
+pub fn submit_sample(sample: crate::sample::Sample) {
     check_fork();
     #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Sample(sample.clone()));
+    test_recorder::record(test_recorder::Recorded::Sample(
+        serde_json::to_value(&sample).unwrap_or_default(),
+    ));
     if recording() {
-        metrics().submit_sample(sample.to_string());
+        metrics().submit_sample(sample);
     }
 }
 
@@ -212,12 +214,14 @@ pub fn submit_record(record: std::sync::Arc<dyn crate::metrics::Record>) {
 }
 
 /// Hands a log line (from `appsignal_log`) to the agent, like [`submit_sample`].
-pub fn submit_log(line: serde_json::Value) {
+pub fn submit_log(line: crate::sample::LogLine) {
     check_fork();
     #[cfg(test)]
-    test_recorder::record(test_recorder::Recorded::Log(line.clone()));
+    test_recorder::record(test_recorder::Recorded::Log(
+        serde_json::to_value(&line).unwrap_or_default(),
+    ));
     if PROCESS.is_recording() {
-        metrics().submit_log(line.to_string());
+        metrics().submit_log(line);
     }
 }
 

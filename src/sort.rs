@@ -2,7 +2,7 @@
 //!
 //! Each call of the standard library's `sort*` with its own element type or comparison is a
 //! separate copy of a few kilobytes of sorting code; the library's sorts were ~150 KB of
-//! `libappsignal.so` (`docs/benchmarks.md`, "Size, third round"). Here the algorithm runs once,
+//! `libappsignal.so` (`docs/benchmarks.md`, "Size of `libappsignal.so`"). Here the algorithm runs once,
 //! on indices, through a `dyn` comparison; each caller only adds its comparison and a small
 //! permutation step. Sorts here are stable. None of them is on an app thread: the comparison is
 //! an indirect call, which is fine for windows, payloads and host metrics.

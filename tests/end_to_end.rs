@@ -322,7 +322,7 @@ fn a_push_api_answering_500_gets_the_payload_later() {
     let segments: Vec<_> = std::fs::read_dir(setup.workdir().join("journal"))
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg3"))
         .collect();
     assert!(
         segments.is_empty(),
@@ -756,6 +756,7 @@ fn a_client_of_an_older_protocol_gets_a_clear_refusal() {
         .unwrap();
     let hello = ClientMessage::Hello(Hello {
         protocol_version: 0,
+        protocol: None,
         library_version: "0.0.1".into(),
         client_id: 1,
         pid: std::process::id(),
@@ -996,4 +997,64 @@ fn host_metrics_continue_after_the_leader_is_killed() {
     );
     workers.remove(first);
     stop_all(&mut workers);
+}
+
+/// A process that speaks protocol 2 only (as the previous release did; the test knob) and one of
+/// this library share a directory in either order of start: the one of protocol 2 is served in
+/// protocol 2 (its samples and log lines travel as JSON text), a leader of protocol 2 hands over
+/// to the newer one, and every metric, sample and log line is counted once.
+#[test]
+fn processes_of_protocol_2_and_3_count_everything_in_either_order() {
+    for old_first in [true, false] {
+        let setup = Setup::new(KEY, 300);
+        let old_env: Vec<(String, String)> = setup
+            .env
+            .iter()
+            .cloned()
+            .chain([("_APPSIGNAL_TEST_PROTOCOLS".to_owned(), "2".to_owned())])
+            .collect();
+        let spawn_old = |i: u32| {
+            WorkerProcess::spawn(&testkit::worker_exe(), &[i.to_string()], &old_env).unwrap()
+        };
+        let mut workers = if old_first {
+            let old = spawn_old(0);
+            vec![old, setup.spawn(1)]
+        } else {
+            let new = setup.spawn(0);
+            vec![new, spawn_old(1)]
+        };
+        let new = if old_first { 1 } else { 0 };
+        assert!(
+            testkit::poll(Duration::from_secs(10), || leader_index(&setup, &workers)
+                == Some(new)),
+            "the process of protocol 3 does not lead (old first: {old_first}):\n{}",
+            setup.log()
+        );
+        let mut expected = Value::Null;
+        for (i, w) in workers.iter_mut().enumerate() {
+            w.send("txn 100").unwrap();
+            w.expect("sent", Duration::from_secs(60)).unwrap();
+            w.send(&format!("showcase order-{i}")).unwrap();
+            fleet::add_sent(
+                &mut expected,
+                &w.expect("sent", Duration::from_secs(60)).unwrap(),
+            );
+        }
+        stop_all(&mut workers);
+        setup.assert_totals(&expected);
+        let summary = setup.receiver.summary();
+        // Every fifth transaction has an error and is sampled, and so is each showcase.
+        assert_eq!(
+            summary["samples"].as_u64().unwrap() + summary["dropped_samples"].as_u64().unwrap(),
+            2 * 20 + 2,
+            "old first: {old_first}: {summary}"
+        );
+        assert_eq!(summary["logs"].as_u64().unwrap(), 2, "{summary}");
+        let log = setup.log();
+        assert!(
+            log.contains("handing over") == old_first
+                && log.contains("connected, speaking protocol 2"),
+            "old first: {old_first}:\n{log}"
+        );
+    }
 }

@@ -318,6 +318,7 @@ fn a_working_directory_of_another_user() {
 fn hello_frame() -> Vec<u8> {
     let hello = appsignal_agent::protocol::ClientMessage::Hello(appsignal_agent::protocol::Hello {
         protocol_version: appsignal_agent::protocol::PROTOCOL_VERSION,
+        protocol: None,
         library_version: appsignal_agent::VERSION.into(),
         client_id: 0x5eed,
         pid: std::process::id(),

@@ -159,7 +159,7 @@ fn journal_segments(workdir: &Path) -> Vec<String> {
         .map(|d| {
             d.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".seg"))
+                .filter(|n| n.ends_with(".seg3"))
                 .collect()
         })
         .unwrap_or_default()
@@ -569,7 +569,7 @@ fn a_full_disk_in_the_leader_keeps_the_journal_and_the_batches_until_a_leader_wi
     let not_cached = lines_with(&leader, "cannot cache push payload");
     assert_eq!(not_cached.len(), 1, "{:#?}", leader.output());
     for name in &open_segments {
-        let id = name.split('-').nth(2).unwrap().trim_end_matches(".seg");
+        let id = name.split('-').nth(2).unwrap().trim_end_matches(".seg3");
         assert!(
             not_cached[0].contains(id),
             "{not_cached:?} {open_segments:?}"

@@ -131,7 +131,7 @@ fn ids_in_journal(workdir: &Path) -> Vec<u64> {
             if let Ok(Some((counted, _))) = protocol::decode::<Vec<(u64, u64)>>(&bytes) {
                 ids.extend(counted.into_iter().map(|(c, _)| c));
             }
-        } else if name.ends_with(".seg") {
+        } else if name.ends_with(".seg3") {
             let Ok(Some((_, mut used))) =
                 protocol::decode::<appsignal_agent::journal::SegmentHeader>(&bytes)
             else {
@@ -430,6 +430,7 @@ fn a_thousand_idle_connections_leave_room_for_a_process_starting_meanwhile() {
             if i % 2 == 0 {
                 let hello = ClientMessage::Hello(protocol::Hello {
                     protocol_version: protocol::PROTOCOL_VERSION,
+                    protocol: None,
                     library_version: "0.0.1".into(),
                     client_id: 100_000 + i,
                     pid: std::process::id(),
@@ -650,7 +651,7 @@ fn a_leader_frozen_for_good_loses_nothing_once_a_new_process_leads() {
     let spools = std::fs::read_dir(setup.workdir().join("journal"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool3"))
         .count();
     assert!(
         spools >= 1,

@@ -30,7 +30,8 @@ fn push_config() -> ExportConfig {
 
 fn hello(client_id: u64) -> ClientMessage {
     ClientMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: appsignal_agent::protocol::OLDEST_PROTOCOL,
+        protocol: Some(PROTOCOL_VERSION),
         library_version: appsignal_agent::VERSION.into(),
         client_id,
         pid: 4242,
@@ -68,14 +69,20 @@ fn batch(client_id: u64, seq: u64, scale: usize) -> ClientMessage {
             Some(&attributes),
         );
         // A fixed time, so that the committed seeds are reproducible.
-        line["timestamp"] = serde_json::json!(1_700_000_000_000u64);
-        metrics.submit_log(line.to_string());
+        line.timestamp = 1_700_000_000_000;
+        metrics.submit_log(line);
+        let sample = serde_json::json!({
+            "kind": "transaction", "id": "txn-1", "namespace": "web", "action": "GET /checkout",
+            "start": 1_700_000_000_000u64, "end": 1_700_000_000_012u64, "duration": 12.5,
+            "dropped_events": 0, "hostname": "web-1", "revision": "abc123",
+            "environment_metadata": {}, "metadata": {}, "sample_data": {},
+            "events": [{"name": "sql.active_record", "group": "active_record", "title": "",
+                        "body": "SELECT ?", "body_format": 1, "start": 0.5, "duration": 3.0,
+                        "gc_duration": 0, "children": []}]
+        });
         metrics.submit_sample(
-            serde_json::json!({
-                "id": "txn-1", "namespace": "web", "action": "GET /checkout",
-                "duration_ms": 12.5, "events": [{"name": "sql.active_record", "body": "SELECT ?"}]
-            })
-            .to_string(),
+            appsignal_agent::sample::Sample::from_json(&sample.to_string())
+                .expect("a valid sample"),
         );
     }
     let taken = metrics.take();
@@ -100,8 +107,8 @@ fn batch(client_id: u64, seq: u64, scale: usize) -> ClientMessage {
             .collect(),
         distributions: taken.distributions,
         dropped_updates: taken.dropped_updates,
-        samples: taken.samples,
-        logs: taken.logs,
+        samples: taken.samples.into_iter().map(|(s, _)| s).collect(),
+        logs: taken.logs.into_iter().map(|(l, _)| l).collect(),
         dropped_samples: taken.dropped_samples,
         dropped_logs: taken.dropped_logs,
         dropped_batches: 0,
@@ -197,6 +204,58 @@ fn checkout_traces() -> ExportTraceServiceRequest {
         root,
         otlp_span(2, 9, 8, "late child", span::SpanKind::Consumer),
     ])
+}
+
+/// `request` in OTLP/JSON as SDKs write it (camelCase, 64-bit integers as strings, ids as hex),
+/// for what the seeds hold: string attributes, spans with events and a status.
+fn otlp_json(request: &ExportTraceServiceRequest) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let attributes = |kvs: &[KeyValue]| -> Value {
+        kvs.iter()
+            .map(|kv| {
+                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => json!({"stringValue": s}),
+                    _ => json!({}),
+                };
+                json!({"key": kv.key, "value": value})
+            })
+            .collect()
+    };
+    let span = |s: &Span| -> Value {
+        let events: Value = s
+            .events
+            .iter()
+            .map(|e| {
+                json!({"timeUnixNano": e.time_unix_nano.to_string(), "name": e.name,
+                       "attributes": attributes(&e.attributes)})
+            })
+            .collect();
+        json!({
+            "traceId": hex(&s.trace_id), "spanId": hex(&s.span_id),
+            "parentSpanId": hex(&s.parent_span_id), "name": s.name, "kind": s.kind,
+            "startTimeUnixNano": s.start_time_unix_nano.to_string(),
+            "endTimeUnixNano": s.end_time_unix_nano.to_string(),
+            "attributes": attributes(&s.attributes), "events": events,
+            "status": s.status.as_ref().map(|st| json!({"code": st.code, "message": st.message})),
+        })
+    };
+    let resource_spans: Value = request
+        .resource_spans
+        .iter()
+        .map(|r| {
+            let scope_spans: Value = r
+                .scope_spans
+                .iter()
+                .map(|ss| json!({"spans": ss.spans.iter().map(span).collect::<Value>()}))
+                .collect();
+            json!({
+                "resource": r.resource.as_ref().map(|res| json!({"attributes": attributes(&res.attributes)})),
+                "scopeSpans": scope_spans,
+            })
+        })
+        .collect();
+    json!({ "resourceSpans": resource_spans })
 }
 
 /// (target, file name, bytes) of every seed.
@@ -321,7 +380,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     add(
         "otlp_traces",
         "checkout.json",
-        serde_json::to_vec(&checkout).unwrap_or_default(),
+        otlp_json(&checkout).to_string().into_bytes(),
     );
     let tangled = traces(vec![
         otlp_span(3, 1, 2, "cycle a", span::SpanKind::Internal),
@@ -338,4 +397,17 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     );
     add("otlp_traces", "chain.pb", chain.encode_to_vec());
     seeds
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_json_seed_decodes_to_the_protobuf_seed() {
+        let checkout = super::checkout_traces();
+        let json = super::otlp_json(&checkout).to_string();
+        assert_eq!(
+            appsignal_agent::intake::otlp_json::trace_request(json.as_bytes()).unwrap(),
+            checkout
+        );
+    }
 }

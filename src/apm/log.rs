@@ -1,5 +1,5 @@
 //! Log lines from `appsignal_log`: severity and format checked, the message parsed into attributes
-//! when its format says so, and the line handed to the agent as JSON.
+//! when its format says so, and the line handed to the agent as a [`LogLine`].
 //!
 //! Severity: 2 debug, 3 info, 5 warn, 6 error, 7 fatal. Other values are clamped (below 2 →
 //! debug, 4 → info, above 7 → fatal) with a (rate-limited) log line. Format: 0 plaintext,
@@ -10,12 +10,14 @@
 //! picks JSON when the message is a JSON object, logfmt when every token is a `key=value` pair,
 //! else plaintext. The caller's `attributes` win over parsed ones; the message is kept as given.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::apm::{config, now_ns, truncate, warn_limited, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
+use crate::sample::{data_from_json, LogLine};
 
 pub const FORMAT_PLAINTEXT: i32 = 0;
 pub const FORMAT_LOGFMT: i32 = 1;
@@ -146,7 +148,7 @@ pub fn build_line(
     format: i32,
     message: &str,
     attributes: Option<&Data>,
-) -> Value {
+) -> LogLine {
     let (severity_name, severity_number, valid) = severity(severity_value);
     if !valid {
         warn_limited(
@@ -161,12 +163,16 @@ pub fn build_line(
         );
     }
     let message = truncate(message.to_string(), MAX_BODY);
-    let (format_name, mut parsed) = parse_message(format, &message);
+    let (format_name, parsed) = parse_message(format, &message);
+    let mut parsed = match data_from_json(Value::Object(parsed)) {
+        Data::Map(map) => map,
+        _ => BTreeMap::new(),
+    };
     match attributes {
         Some(Data::Map(map)) => {
             for (k, v) in map {
                 if parsed.len() < MAX_KEYS || parsed.contains_key(k) {
-                    parsed.insert(k.clone(), v.to_json_value());
+                    parsed.insert(k.clone(), v.clone());
                 }
             }
         }
@@ -176,16 +182,16 @@ pub fn build_line(
         ),
         None => {}
     }
-    json!({
-        "timestamp": now_ns() / 1_000_000,
-        "group": truncate(group.to_string(), MAX_TEXT),
-        "severity": severity_name,
-        "severity_number": severity_number,
-        "format": format_name,
-        "message": message,
-        "attributes": parsed,
-        "hostname": config().hostname,
-    })
+    LogLine {
+        attributes: parsed,
+        format: format_name.to_owned(),
+        group: truncate(group.to_string(), MAX_TEXT),
+        hostname: config().hostname.clone(),
+        message,
+        severity: severity_name.to_owned(),
+        severity_number,
+        timestamp: now_ns() / 1_000_000,
+    }
 }
 
 /// Builds the line and hands it to the agent.
@@ -196,6 +202,21 @@ pub fn log(group: &str, severity: i32, format: i32, message: &str, attributes: O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The line as the JSON it is sent as.
+    fn build_line(
+        group: &str,
+        severity: i32,
+        format: i32,
+        message: &str,
+        attributes: Option<&Data>,
+    ) -> Value {
+        serde_json::to_value(super::build_line(
+            group, severity, format, message, attributes,
+        ))
+        .unwrap()
+    }
 
     #[test]
     fn severities_are_clamped() {

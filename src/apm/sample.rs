@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::apm::{filter, misc, ns_to_ms, sql, truncate, ApmConfig, MAX_BODY};
 use crate::data::Data;
+use crate::sample::{Sample, SampleError, SampleEvent, SampleKind};
 
 /// Which document a state is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,22 +28,7 @@ pub enum Shape {
     View,
 }
 
-/// Longest tag value kept, in characters; a longer one is cut and ends in `...`.
-pub const MAX_TAG_VALUE_CHARS: usize = 10_000;
-
-/// Cuts every string value of a `tags` map longer than [`MAX_TAG_VALUE_CHARS`] characters to its
-/// first 10,000 characters followed by `...`. Keys are kept whole; other data is left alone.
-pub fn cut_tag_values(tags: &mut Data) {
-    let Data::Map(map) = tags else { return };
-    for value in map.values_mut() {
-        if let Data::String(text) = value {
-            if let Some((cut, _)) = text.char_indices().nth(MAX_TAG_VALUE_CHARS) {
-                text.truncate(cut);
-                text.push_str("...");
-            }
-        }
-    }
-}
+pub use crate::sample::{cut_tag_values, event_group, MAX_TAG_VALUE_CHARS};
 
 /// At or above this duration a transaction is slow and always sampled: 1 s.
 pub const SLOW_THRESHOLD_NS: i64 = 1_000_000_000;
@@ -63,12 +49,12 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// The sample's error: `class`, `message`, `backtrace` as given (an array).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "class": self.class,
-            "message": self.message,
-            "backtrace": self.backtrace.to_json_value(),
-        })
+    pub fn to_sample(&self) -> SampleError {
+        SampleError {
+            backtrace: self.backtrace.clone(),
+            class: self.class.clone(),
+            message: self.message.clone(),
+        }
     }
 
     /// The error as the language packages read it back: `name`, `message`, and the backtrace as a
@@ -185,6 +171,24 @@ impl Event {
         event
     }
 
+    /// The event and its children as they leave the process: the body sanitised (format 1).
+    pub fn to_sample(&self) -> SampleEvent {
+        SampleEvent {
+            attributes: self.attributes.clone(),
+            body: self.body.sanitized(self.body_format),
+            body_format: self.body_format,
+            children: self.children.iter().map(Event::to_sample).collect(),
+            duration: ns_to_ms(self.duration_ns),
+            gc_duration: self.gc_duration_ms,
+            group: self.group().to_owned(),
+            name: self.name.clone(),
+            span_id: None,
+            span_kind: None,
+            start: ns_to_ms(self.start_ns),
+            title: self.title.clone(),
+        }
+    }
+
     /// This event and all its descendants.
     pub fn count(&self) -> usize {
         1 + self.children.iter().map(Event::count).sum::<usize>()
@@ -229,14 +233,6 @@ pub fn flat_view(events: &[Event]) -> Vec<Value> {
         );
     }
     flat
-}
-
-pub fn event_group(name: &str) -> &str {
-    // A byte search: `split_once` costs more than the rest of the grouping on short names.
-    match name.bytes().position(|b| b == b'.') {
-        Some(dot) if dot + 1 < name.len() => &name[dot + 1..],
-        _ => name,
-    }
 }
 
 /// Total duration (ns) per event group over a whole tree. Nested events of the same group both
@@ -292,9 +288,53 @@ impl SampleView<'_> {
         (queue_start > 0 && queue_start <= start_ms).then(|| (start_ms - queue_start) as f64)
     }
 
-    /// The JSON document in the given shape (both documented in docs/apm.md). Sample data is
-    /// filtered here, so nothing unfiltered leaves through a sample or a `*_to_json`.
-    pub fn render(&self, config: &ApmConfig, shape: Shape) -> Value {
+    /// The sample as it leaves the process (docs/apm.md, "Sample JSON"). Sample data is
+    /// filtered here, so nothing unfiltered leaves through a sample.
+    pub fn to_sample(&self, config: &ApmConfig) -> Sample {
+        Sample {
+            action: self.action.map(str::to_owned),
+            allocation_count: self.allocation_count,
+            attributes: None,
+            dropped_events: self.dropped_events,
+            duration: self.duration_ns().map(ns_to_ms),
+            end: self.end_ns.map(|e| e / 1_000_000),
+            environment_metadata: misc::environment_metadata(),
+            error: self.error.map(ErrorInfo::to_sample),
+            // The sample keeps the tree (the Push API and the OTLP span tree read it).
+            events: self.events.iter().map(Event::to_sample).collect(),
+            gc_duration: self.gc_duration_ms,
+            hostname: config.hostname.clone(),
+            id: self.id.to_owned(),
+            kind: if self.kind == "span" {
+                SampleKind::Span
+            } else {
+                SampleKind::Transaction
+            },
+            metadata: self.metadata.clone(),
+            name: None,
+            namespace: self.namespace.to_owned(),
+            parent_span_id: None,
+            queue_start: self.queue_start_ms,
+            queue_time: self.queue_time_ms(),
+            revision: config.revision.clone(),
+            sample_data: {
+                // Inserted one by one: `collect` into a map would add a copy of the sort algorithm.
+                let mut filtered = BTreeMap::new();
+                for (k, v) in self.sample_data {
+                    filtered.insert(k.clone(), filter::filter_sample_data(k, v, config));
+                }
+                filtered
+            },
+            span_kind: None,
+            start: self.start_ns / 1_000_000,
+            trace_id: None,
+        }
+    }
+
+    /// The view (`appsignal_transaction_to_json`, documented in docs/apm.md; the sample is
+    /// [`SampleView::to_sample`]). Sample data is filtered here, so nothing unfiltered leaves
+    /// through a `*_to_json`.
+    pub fn render_view(&self, config: &ApmConfig) -> Value {
         let sample_data: Map<String, Value> = self
             .sample_data
             .iter()
@@ -325,16 +365,9 @@ impl SampleView<'_> {
             "queue_start": self.queue_start_ms,
             "queue_time": self.queue_time_ms(),
             "gc_duration": self.gc_duration_ms,
-            "error": self.error.map(|e| match shape {
-                Shape::Sample => e.to_json(),
-                Shape::View => e.view_json("backtrace"),
-            }),
-            // The sample keeps the tree (the Push API and the OTLP span tree read it); the view
-            // lists every event at the top, where the packages look events up.
-            "events": match shape {
-                Shape::Sample => self.events.iter().map(|e| e.to_json(shape)).collect::<Vec<_>>(),
-                Shape::View => flat_view(self.events),
-            },
+            "error": self.error.map(|e| e.view_json("backtrace")),
+            // The view lists every event at the top, where the packages look events up.
+            "events": flat_view(self.events),
             "dropped_events": self.dropped_events,
             "sample_data": sample_data,
             "metadata": metadata,
@@ -503,7 +536,7 @@ mod tests {
             metadata: &metadata,
             allocation_count: Some(7),
         };
-        let json = view.render(&config, Shape::Sample);
+        let json = serde_json::to_value(view.to_sample(&config)).unwrap();
         assert_eq!(json["duration"], 500.0);
         assert_eq!(json["queue_time"], 100.0);
         assert_eq!(json["start"], 10_000);

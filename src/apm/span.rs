@@ -413,7 +413,7 @@ impl Span {
         i64,
         bool,
         Vec<Event>,
-        Option<serde_json::Value>,
+        Option<crate::sample::Sample>,
     )> {
         let config = config();
         let action = s.name.clone().unwrap_or_else(|| "unknown".to_string());
@@ -437,9 +437,9 @@ impl Span {
             let mut view = self.view(s, &collected.events, collected.dropped);
             view.error = error;
             view.action = Some(&action);
-            let mut json = view.render(&config, Shape::Sample);
-            add_span_fields(&mut json, s, &self.root.trace_id);
-            json
+            let mut sample = view.to_sample(&config);
+            add_span_fields(&mut sample, s, &self.root.trace_id);
+            sample
         });
         Some((
             s.namespace.clone(),
@@ -543,11 +543,11 @@ fn sample_data_value(key: &str, data: Option<&Data>) -> Option<Data> {
 
 static EMPTY_METADATA: BTreeMap<String, String> = BTreeMap::new();
 
-fn add_span_fields(json: &mut serde_json::Value, s: &State, trace_id: &str) {
-    json["trace_id"] = trace_id.into();
-    json["parent_span_id"] = s.parent_span_id.clone().into();
-    json["name"] = s.name.clone().into();
-    json["attributes"] = sample::data_map_json(&s.attributes);
+fn add_span_fields(sample: &mut crate::sample::Sample, s: &State, trace_id: &str) {
+    sample.trace_id = Some(trace_id.to_owned());
+    sample.parent_span_id = Some(s.parent_span_id.clone());
+    sample.name = Some(s.name.clone());
+    sample.attributes = Some(s.attributes.clone());
 }
 
 /// A closed child span as an event of its root.

@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use crate::apm::events::{Field, Recording};
-use crate::apm::sample::{self, ErrorInfo, Event, SampleView, Shape};
+use crate::apm::sample::{self, ErrorInfo, Event, SampleView};
 use crate::apm::{
     bounded_insert, config, filter, misc, monotonic_ns, now_ns, ns_to_ms, tags, truncate,
     warn_limited, MAX_BODY, MAX_TEXT,
@@ -186,7 +186,7 @@ impl crate::metrics::Record for Mutex<State> {
             let mut view = s.view(&texts);
             view.error = error;
             // The SQL sanitiser runs here, on the sender thread, as the sample is built.
-            view.render(&config, Shape::Sample)
+            view.to_sample(&config)
         });
         let view = s.view(&texts);
         report_action(
@@ -432,7 +432,7 @@ impl Transaction {
         let config = config();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let texts = state.texts(true);
-        let mut json = state.view(&texts).render(&config, Shape::View);
+        let mut json = state.view(&texts).render_view(&config);
         json["finished"] = state.end_ns.is_some().into();
         json["sampled"] = state.sampled.into();
         json["completed"] = state.completed.into();

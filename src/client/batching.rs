@@ -87,14 +87,14 @@ pub(super) fn split(
             None => dropped += 1,
         }
     }
-    // Samples and logs were size-checked when submitted (metrics::MAX_RECORD_BYTES).
-    for sample in taken.samples {
-        if let Some(batch) = splitter.room(sample.len(), crate::metrics::MAX_RECORD_BYTES) {
+    // Samples and logs were checked and sized when submitted (metrics::MAX_RECORD_BYTES).
+    for (sample, size) in taken.samples {
+        if let Some(batch) = splitter.room(size, crate::metrics::MAX_RECORD_BYTES) {
             batch.samples.push(sample);
         }
     }
-    for line in taken.logs {
-        if let Some(batch) = splitter.room(line.len(), crate::metrics::MAX_RECORD_BYTES) {
+    for (line, size) in taken.logs {
+        if let Some(batch) = splitter.room(size, crate::metrics::MAX_RECORD_BYTES) {
             batch.logs.push(line);
         }
     }

@@ -17,7 +17,6 @@ use crate::workdir::WorkDir;
 #[derive(Serialize)]
 pub(super) enum ClientMessageRef<'a> {
     Hello(&'a Hello),
-    Batch(&'a Batch),
 }
 
 /// A connection to the leader of another process.
@@ -27,6 +26,8 @@ pub(super) struct Connection {
     stream: UnixStream,
     buf: Vec<u8>,
     pub(super) leader_pid: u32,
+    /// The protocol the leader's `Welcome` named: batches are written in it.
+    pub(super) dialect: u32,
 }
 
 /// Why connecting failed.
@@ -59,13 +60,26 @@ impl Connection {
             stream,
             buf: Vec::new(),
             leader_pid: 0,
+            dialect: protocol::OLDEST_PROTOCOL,
         };
         conn._fork_guard = conn.raw_fd().map(crate::fork::Registered::new);
         conn.write(&ClientMessageRef::Hello(hello))
             .map_err(ConnectError::Other)?;
         match conn.read().map_err(ConnectError::Other)? {
-            LeaderMessage::Welcome { leader_pid, .. } => {
+            LeaderMessage::Welcome {
+                leader_pid,
+                protocol_version,
+                ..
+            } => {
+                if !(protocol::OLDEST_PROTOCOL..=protocol::PROTOCOL_VERSION)
+                    .contains(&protocol_version)
+                {
+                    return Err(ConnectError::Other(anyhow!(
+                        "the leader welcomed us in protocol {protocol_version}, which this library does not speak"
+                    )));
+                }
                 conn.leader_pid = leader_pid;
+                conn.dialect = protocol_version;
                 Ok(conn)
             }
             LeaderMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
@@ -128,7 +142,10 @@ impl Connection {
 
     /// Sends a batch and waits for its acknowledgement.
     pub(super) fn send(&mut self, batch: &Batch) -> Result<()> {
-        self.write(&ClientMessageRef::Batch(batch))?;
+        let frame = protocol::encode_batch(batch, self.dialect)?;
+        self.stream
+            .write_all(&frame)
+            .context("cannot write to the leader")?;
         loop {
             match self.read()? {
                 LeaderMessage::Ack { seq } if seq == batch.seq => return Ok(()),

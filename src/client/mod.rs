@@ -53,7 +53,7 @@ use crate::journal::Journal;
 use crate::leader::{ExportState, ExportsReport, Leader};
 use crate::log::{suppressed_note, RateLimit};
 use crate::metrics::{LocalMetrics, Wake};
-use crate::protocol::{self, Batch, Hello, PROTOCOL_VERSION};
+use crate::protocol::{self, Batch, Hello};
 use crate::role::{Role, StartRole};
 use crate::workdir::WorkDir;
 
@@ -360,7 +360,7 @@ impl State {
             }
         }
         if !self.pending.is_empty() && !self.disabled {
-            self.spool(shared);
+            self.spool(shared, "stop: the stop deadline came first");
         }
         if matches!(self.link, Link::None) && !self.disabled && Instant::now() < deadline {
             // Our leader went away while we were stopping (it may have handed over to us). If
@@ -399,8 +399,9 @@ impl State {
         self.next_attempt = Instant::now();
     }
 
-    /// Leaves the batches no leader took before the stop deadline in a spool file for the next one.
-    fn spool(&mut self, shared: &Shared) {
+    /// Leaves the batches no leader took in a spool file for the next one (at the stop deadline,
+    /// or when a leader refuses this process); `why` starts the log line.
+    fn spool(&mut self, shared: &Shared, why: &str) {
         let entries: usize = self.pending.iter().map(Batch::entries).sum();
         let count = self.pending.len();
         let workdir = &self.workdir;
@@ -416,7 +417,7 @@ impl State {
         match Journal::write_spool(workdir, own_config.id(), &own_config, &batches) {
             Ok(_) => {
                 tracing::warn!(
-                    "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline; left in {} for the next leader",
+                    "{why}: {count} batches ({entries} metric entries) could not be handed to a leader; left in {} for the next leader",
                     workdir.journal_dir().display()
                 );
                 self.pending.clear();
@@ -424,7 +425,7 @@ impl State {
                 progress.pending_batches = 0;
             }
             Err(e) => tracing::error!(
-                "stop: {count} batches ({entries} metric entries) could not be handed to a leader before the stop deadline, nor written to a spool file: {e:#}"
+                "{why}: {count} batches ({entries} metric entries) could not be handed to a leader, nor written to a spool file: {e:#}"
             ),
         }
     }
@@ -571,7 +572,9 @@ impl State {
             return;
         }
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: shared.config.protocols.0,
+            // Protocol 2 had no such field.
+            protocol: (shared.config.protocols.1 > 2).then_some(shared.config.protocols.1),
             library_version: shared.config.library_version.clone(),
             client_id: shared.client_id,
             pid: std::process::id(),
@@ -597,6 +600,12 @@ impl State {
                     .owner
                     .refused(format!("refused by the leader: {reason}"));
                 self.disabled = true;
+                // What this process recorded goes to a spool file that a leader (of a newer
+                // protocol, the one that refused it) counts; only if that fails is it dropped.
+                self.collect(shared);
+                if !self.pending.is_empty() {
+                    self.spool(shared, "refused by the leader");
+                }
                 if !self.pending.is_empty() {
                     let entries: usize = self.pending.iter().map(Batch::entries).sum();
                     tracing::warn!(
@@ -677,7 +686,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::batching::MAX_ENTRY_BYTES;
-    use super::link::{connect, ClientMessageRef};
+    use super::link::connect;
     use super::*;
     use crate::metrics::Taken;
     use crate::protocol::MetricKey;
@@ -722,7 +731,7 @@ mod tests {
         let seqs: Vec<u64> = batches.iter().map(|b| b.seq).collect();
         assert_eq!(seqs, (5..5 + batches.len() as u64).collect::<Vec<_>>());
         for b in &batches {
-            let frame = protocol::encode(&ClientMessageRef::Batch(b)).unwrap();
+            let frame = protocol::encode_batch(b, protocol::PROTOCOL_VERSION).unwrap();
             assert!(frame.len() < protocol::MAX_FRAME_BYTES);
         }
     }

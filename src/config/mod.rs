@@ -133,6 +133,9 @@ pub struct Config {
     /// The library version this process announces (the build's, unless a test build overrides
     /// it: `test_library_version`).
     pub library_version: String,
+    /// The oldest and newest protocol this process speaks (the build's, unless a test build
+    /// overrides them: `test_protocols`).
+    pub protocols: (u32, u32),
 }
 
 impl fmt::Debug for Config {
@@ -435,6 +438,25 @@ fn test_library_version(_: &Reader<'_>) -> Option<String> {
     None
 }
 
+/// `_APPSIGNAL_TEST_PROTOCOLS=oldest-newest` (or one number): the protocols this process speaks,
+/// within those the build speaks, so that a test can run a process that speaks protocol 2 only
+/// (as the previous release did) next to others. Honoured only with the `test-knobs` feature.
+#[cfg(any(test, feature = "test-knobs"))]
+fn test_protocols(r: &Reader<'_>) -> Option<(u32, u32)> {
+    use crate::protocol::{OLDEST_PROTOCOL, PROTOCOL_VERSION};
+    let text = r.string("_APPSIGNAL_TEST_PROTOCOLS")?;
+    let (oldest, newest) = text.split_once('-').unwrap_or((&text, &text));
+    let (oldest, newest) = (oldest.trim().parse().ok()?, newest.trim().parse().ok()?);
+    let known = OLDEST_PROTOCOL..=PROTOCOL_VERSION;
+    (known.contains(&oldest) && known.contains(&newest) && oldest <= newest)
+        .then_some((oldest, newest))
+}
+
+#[cfg(not(any(test, feature = "test-knobs")))]
+fn test_protocols(_: &Reader<'_>) -> Option<(u32, u32)> {
+    None
+}
+
 impl Config {
     /// Reads the configuration from the library table and the process environment.
     pub fn load() -> Loaded {
@@ -531,6 +553,10 @@ impl Config {
                 31 * 86_400_000,
             ),
             library_version: test_library_version(&r).unwrap_or_else(|| crate::VERSION.to_owned()),
+            protocols: test_protocols(&r).unwrap_or((
+                crate::protocol::OLDEST_PROTOCOL,
+                crate::protocol::PROTOCOL_VERSION,
+            )),
             host_metrics_interval: r.millis(
                 "_APPSIGNAL_HOST_METRICS_INTERVAL_MS",
                 60_000,

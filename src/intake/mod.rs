@@ -10,6 +10,7 @@
 //! input is counted, reported in the next payload (`AgentReport`) and logged at most once a minute.
 
 pub mod otlp_http;
+pub mod otlp_json;
 pub mod otlp_metrics;
 pub mod otlp_traces;
 pub mod pending;

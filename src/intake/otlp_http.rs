@@ -18,8 +18,8 @@
 //! Bounds: at most [`MAX_CONNECTIONS`] connections (a permit is taken before `accept`), each
 //! closed between requests after [`MAX_CONNECTION_AGE`]; headers within [`HEADER_TIMEOUT`], a body
 //! within [`BODY_TIMEOUT`]; converted points go into the bounded
-//! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's, over bytes
-//! whose size was checked first.
+//! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's (protobuf)
+//! or [`super::otlp_json`]'s (JSON), over bytes whose size was checked first.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -382,7 +382,7 @@ fn metrics(
                 format!("not an ExportMetricsServiceRequest: {e}"),
             )
         })?,
-        Encoding::Json => serde_json::from_slice(&decoded).map_err(|e| {
+        Encoding::Json => super::otlp_json::metrics_request(&decoded).map_err(|e| {
             (
                 StatusCode::BAD_REQUEST,
                 format!("not an ExportMetricsServiceRequest in OTLP/JSON: {e}"),
@@ -405,8 +405,14 @@ fn metrics(
             error_message: message,
         }
     });
-    let response = ExportMetricsServiceResponse { partial_success };
-    Ok(ok(&response, encoding))
+    let body = match encoding {
+        Encoding::Protobuf => ExportMetricsServiceResponse { partial_success }.encode_to_vec(),
+        Encoding::Json => json_response(
+            "rejectedDataPoints",
+            partial_success.map(|p| (p.rejected_data_points, p.error_message)),
+        ),
+    };
+    Ok(ok(body, encoding))
 }
 
 /// Decodes an `ExportTraceServiceRequest`, turns its spans into samples and adds them to the
@@ -424,7 +430,7 @@ fn traces(
                 format!("not an ExportTraceServiceRequest: {e}"),
             )
         })?,
-        Encoding::Json => serde_json::from_slice(&decoded).map_err(|e| {
+        Encoding::Json => super::otlp_json::trace_request(&decoded).map_err(|e| {
             (
                 StatusCode::BAD_REQUEST,
                 format!("not an ExportTraceServiceRequest in OTLP/JSON: {e}"),
@@ -465,19 +471,33 @@ fn traces(
             error_message: message,
         }
     });
-    Ok(ok(
-        &ExportTraceServiceResponse { partial_success },
-        encoding,
-    ))
+    let body = match encoding {
+        Encoding::Protobuf => ExportTraceServiceResponse { partial_success }.encode_to_vec(),
+        Encoding::Json => json_response(
+            "rejectedSpans",
+            partial_success.map(|p| (p.rejected_spans, p.error_message)),
+        ),
+    };
+    Ok(ok(body, encoding))
 }
 
-/// A 200 answer with `response` in the request's encoding.
-fn ok<M: Message + serde::Serialize>(response: &M, encoding: Encoding) -> Answer {
-    let body = match encoding {
-        Encoding::Protobuf => response.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec()),
-    };
+/// A 200 answer with `body`, an export response in the request's encoding.
+fn ok(body: Vec<u8>, encoding: Encoding) -> Answer {
     (StatusCode::OK, encoding.content_type(), body)
+}
+
+/// An export response in OTLP/JSON: `{}` when nothing was rejected, else its `partialSuccess`
+/// with the count (under `rejected`, its field's name; a 64-bit integer, so a string) and why.
+fn json_response(rejected: &str, partial_success: Option<(i64, String)>) -> Vec<u8> {
+    let Some((count, message)) = partial_success else {
+        return b"{}".to_vec();
+    };
+    let mut partial = serde_json::Map::new();
+    partial.insert(rejected.to_owned(), count.to_string().into());
+    partial.insert("errorMessage".to_owned(), message.into());
+    serde_json::json!({ "partialSuccess": partial })
+        .to_string()
+        .into_bytes()
 }
 
 fn too_large(limit: usize) -> (StatusCode, String) {

@@ -26,12 +26,13 @@ use std::collections::{BTreeMap, HashMap};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
-use serde_json::Value;
 
-use crate::apm::sample::{self, ErrorInfo, Event, EventBody, SampleView, Shape};
 use crate::apm::transaction::{BODY_FORMAT_SQL, MAX_EVENTS};
 use crate::apm::{bounded_insert, filter, sql, ApmConfig, MAX_BODY, MAX_KEYS, MAX_TEXT};
 use crate::data::Data;
+use crate::sample::{
+    cut_tag_values, event_group, ns_to_ms, Sample, SampleError, SampleEvent, SampleKind,
+};
 
 /// Spans read from one request; the others are rejected.
 pub const MAX_SPANS_PER_REQUEST: usize = 10_000;
@@ -53,8 +54,8 @@ const SQL_ATTRIBUTES: [&str; 2] = ["db.query.text", "db.statement"];
 /// What one request gave.
 #[derive(Debug, Default)]
 pub struct Mapped {
-    /// Each sample's JSON and the number of spans in it.
-    pub samples: Vec<(String, u64)>,
+    /// Each sample and the number of spans in it.
+    pub samples: Vec<(Sample, u64)>,
     /// Spans rejected for what they are (ids, cycles, limits).
     pub rejected: u64,
     /// Why the first rejected span was rejected.
@@ -209,7 +210,7 @@ fn map_trace(
         let received = &spans[root];
         let service = services.get(received.service).and_then(Option::as_deref);
         match root_sample(received, service, events, dropped, config) {
-            Some(json) => mapped.samples.push((json, span_count - dropped)),
+            Some(sample) => mapped.samples.push((sample, span_count - dropped)),
             None => mapped.ignored = mapped.ignored.saturating_add(span_count - dropped),
         }
     }
@@ -237,7 +238,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The events of `i`'s children; `depth` is `i`'s depth below the root (0 for the root).
-    fn children_of(&mut self, i: usize, depth: usize) -> Vec<Value> {
+    fn children_of(&mut self, i: usize, depth: usize) -> Vec<SampleEvent> {
         if depth + 1 < MAX_DEPTH {
             let kids = self.kids(i);
             kids.iter()
@@ -253,9 +254,7 @@ impl<'a> Builder<'a> {
                     self.dropped += 1;
                 } else {
                     self.events += 1;
-                    let mut json = self.event_json(c);
-                    json["children"] = Value::Array(Vec::new());
-                    out.push(json);
+                    out.push(self.event_json(c));
                 }
                 stack.extend(self.kids(c).iter().rev().copied());
             }
@@ -265,7 +264,7 @@ impl<'a> Builder<'a> {
 
     /// The event of span `i` with its children, or `None` when the sample is full (then `i` and
     /// its descendants are counted as dropped).
-    fn event(&mut self, i: usize, depth: usize) -> Option<Value> {
+    fn event(&mut self, i: usize, depth: usize) -> Option<SampleEvent> {
         if self.events >= MAX_EVENTS {
             let mut stack = vec![i];
             while let Some(c) = stack.pop() {
@@ -277,13 +276,13 @@ impl<'a> Builder<'a> {
         }
         self.reached += 1;
         self.events += 1;
-        let mut json = self.event_json(i);
-        json["children"] = Value::Array(self.children_of(i, depth));
-        Some(json)
+        let mut event = self.event_json(i);
+        event.children = self.children_of(i, depth);
+        Some(event)
     }
 
     /// The event of span `i` without its children.
-    fn event_json(&self, i: usize) -> Value {
+    fn event_json(&self, i: usize) -> SampleEvent {
         let received = &self.spans[i];
         let span = &received.span;
         let mut attributes = attributes(&span.attributes);
@@ -301,23 +300,26 @@ impl<'a> Builder<'a> {
             attributes.insert("error".into(), e);
         }
         let start_ns = nanos(span.start_time_unix_nano);
-        let event = Event {
-            name: name(span),
-            title: String::new(),
-            body_format: if body.is_some() { BODY_FORMAT_SQL } else { 0 },
-            body: EventBody::Sanitized(body.unwrap_or_default()),
-            start_ns: start_ns.saturating_sub(self.root_start_ns).max(0),
-            duration_ns: nanos(span.end_time_unix_nano)
-                .saturating_sub(start_ns)
-                .max(0),
-            gc_duration_ms: 0,
+        let name = name(span);
+        SampleEvent {
             attributes,
+            // Sanitised already (see `attributes`).
+            body_format: if body.is_some() { BODY_FORMAT_SQL } else { 0 },
+            body: body.unwrap_or_default(),
             children: Vec::new(),
-        };
-        let mut json = event.to_json(Shape::Sample);
-        json["span_id"] = hex(&received.span_id.to_be_bytes()).into();
-        json["span_kind"] = kind_name(span.kind).into();
-        json
+            duration: ns_to_ms(
+                nanos(span.end_time_unix_nano)
+                    .saturating_sub(start_ns)
+                    .max(0),
+            ),
+            gc_duration: 0,
+            group: event_group(&name).to_owned(),
+            span_id: Some(hex(&received.span_id.to_be_bytes())),
+            span_kind: Some(kind_name(span.kind).to_owned()),
+            start: ns_to_ms(start_ns.saturating_sub(self.root_start_ns).max(0)),
+            title: String::new(),
+            name,
+        }
     }
 }
 
@@ -325,10 +327,10 @@ impl<'a> Builder<'a> {
 fn root_sample(
     received: &Received,
     service: Option<&str>,
-    events: Vec<Value>,
+    events: Vec<SampleEvent>,
     dropped: u64,
     config: &ApmConfig,
-) -> Option<String> {
+) -> Option<Sample> {
     let span = &received.span;
     let mut attributes = attributes(&span.attributes);
     let text_attribute =
@@ -369,48 +371,47 @@ fn root_sample(
     let mut sample_data = BTreeMap::new();
     if !tags.is_empty() {
         let mut tags = Data::Map(tags);
-        sample::cut_tag_values(&mut tags);
-        sample_data.insert("tags".to_owned(), tags);
+        cut_tag_values(&mut tags);
+        sample_data.insert(
+            "tags".to_owned(),
+            filter::filter_sample_data("tags", &tags, config),
+        );
     }
-    let id = hex(&received.span_id.to_be_bytes());
     let start_ns = nanos(span.start_time_unix_nano);
-    let metadata = BTreeMap::new();
-    let view = SampleView {
-        kind: "span",
-        id: &id,
-        namespace: &namespace,
-        action: Some(&action),
-        start_ns,
-        end_ns: Some(nanos(span.end_time_unix_nano).max(start_ns)),
-        queue_start_ms: None,
-        gc_duration_ms: None,
-        error: error.as_ref(),
-        events: &[],
-        dropped_events: dropped,
-        sample_data: &sample_data,
-        metadata: &metadata,
+    let end_ns = nanos(span.end_time_unix_nano).max(start_ns);
+    Some(Sample {
+        action: Some(action),
         allocation_count: None,
-    };
-    let mut json = view.render(config, Shape::Sample);
-    json["events"] = Value::Array(events);
-    // The leader's own process metadata says nothing about the process that sent the trace.
-    json["environment_metadata"] = Value::Object(serde_json::Map::new());
-    json["trace_id"] = hex(&received.trace_id).into();
-    json["parent_span_id"] = received
-        .parent
-        .map_or(Value::Null, |p| hex(&p.to_be_bytes()).into());
-    json["name"] = name(span).into();
-    json["span_kind"] = kind_name(span.kind).into();
-    json["attributes"] = sample::data_map_json(&attributes);
-    // serde_json's writer, not `Display` (which goes through `fmt::Write` token by token); writing
-    // a `Value` into a `String` cannot fail.
-    Some(serde_json::to_string(&json).unwrap_or_else(|_| json.to_string()))
+        attributes: Some(attributes),
+        dropped_events: dropped,
+        duration: Some(ns_to_ms(end_ns.saturating_sub(start_ns).max(0))),
+        end: Some(end_ns / 1_000_000),
+        // The leader's own process metadata says nothing about the process that sent the trace.
+        environment_metadata: BTreeMap::new(),
+        error,
+        events,
+        gc_duration: None,
+        hostname: config.hostname.clone(),
+        id: hex(&received.span_id.to_be_bytes()),
+        kind: SampleKind::Span,
+        metadata: BTreeMap::new(),
+        name: Some(Some(name(span))),
+        namespace,
+        parent_span_id: Some(received.parent.map(|p| hex(&p.to_be_bytes()))),
+        queue_start: None,
+        queue_time: None,
+        revision: config.revision.clone(),
+        sample_data,
+        span_kind: Some(kind_name(span.kind).to_owned()),
+        start: start_ns / 1_000_000,
+        trace_id: Some(hex(&received.trace_id)),
+    })
 }
 
 /// The span's error: its first `exception` event (`exception.type`, `exception.message`,
 /// `exception.stacktrace` as backtrace lines), else status ERROR (the status message). The class
 /// falls back to the span's `error.type` attribute, then `Error`.
-fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<ErrorInfo> {
+fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<SampleError> {
     let fallback_class = || match attributes.get("error.type") {
         Some(Data::String(s)) if !s.is_empty() => s.clone(),
         _ => "Error".to_owned(),
@@ -435,14 +436,14 @@ fn error(span: &Span, attributes: &BTreeMap<String, Data>) -> Option<ErrorInfo> 
             .lines()
             .map(|l| Data::String(l.to_owned()))
             .collect();
-        return Some(ErrorInfo {
+        return Some(SampleError {
             class,
             message: text("exception.message", MAX_BODY),
             backtrace: Data::Array(backtrace),
         });
     }
     let status = span.status.as_ref()?;
-    (status.code == StatusCode::Error as i32).then(|| ErrorInfo {
+    (status.code == StatusCode::Error as i32).then(|| SampleError {
         class: fallback_class(),
         message: cut(&status.message, MAX_BODY),
         backtrace: Data::Array(Vec::new()),
@@ -551,6 +552,7 @@ mod tests {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
     use serde_json::json;
+    use serde_json::Value;
 
     const T0: u64 = 1_767_225_600_000_000_000;
 
@@ -624,7 +626,7 @@ mod tests {
         let parsed = mapped
             .samples
             .iter()
-            .map(|(json, _)| serde_json::from_str(json).unwrap())
+            .map(|(sample, _)| serde_json::to_value(sample).unwrap())
             .collect();
         (mapped, parsed)
     }
@@ -882,7 +884,10 @@ mod tests {
             node = &node["children"][0];
         }
         assert_eq!(node["children"].as_array().unwrap().len(), 200 - MAX_DEPTH);
-        assert_eq!(crate::otlp::mapping::sample_spans(&samples[0]).len(), 200);
+        assert_eq!(
+            crate::otlp::mapping::sample_spans(&mapped.samples[0].0).len(),
+            200
+        );
 
         // More events than a sample holds.
         let mut wide: Vec<Span> = (2..=MAX_EVENTS as u64 + 11)
@@ -952,8 +957,8 @@ mod tests {
 
     #[test]
     fn the_otlp_export_gives_back_the_ids_parents_kinds_and_error() {
-        let (_, samples) = map(checkout());
-        let spans = crate::otlp::mapping::sample_spans(&samples[0]);
+        let (mapped, _) = map(checkout());
+        let spans = crate::otlp::mapping::sample_spans(&mapped.samples[0].0);
         assert_eq!(spans.len(), 4);
         let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
         let root = by_name("GET /checkout");
@@ -986,8 +991,7 @@ mod tests {
                 bytes[i] ^= flip;
                 for cut in [&bytes[..], &bytes[..i]] {
                     if let Ok(r) = ExportTraceServiceRequest::decode(cut) {
-                        for (json, _) in samples(r, &ApmConfig::default()).samples {
-                            let sample: Value = serde_json::from_str(&json).unwrap();
+                        for (sample, _) in samples(r, &ApmConfig::default()).samples {
                             crate::otlp::mapping::sample_spans(&sample);
                         }
                     }
@@ -1003,13 +1007,13 @@ mod tests {
             "name": "GET /", "kind": 2, "startTimeUnixNano": "1767225600000000000",
             "endTimeUnixNano": "1767225600100000000", "status": {"code": 2, "message": "m"}
         }]}]}]});
-        let request: ExportTraceServiceRequest = serde_json::from_value(body).unwrap();
+        let request = crate::intake::otlp_json::trace_request(body.to_string().as_bytes()).unwrap();
         let (mapped, samples) = {
             let mapped = samples(request, &ApmConfig::default());
             let parsed: Vec<Value> = mapped
                 .samples
                 .iter()
-                .map(|(j, _)| serde_json::from_str(j).unwrap())
+                .map(|(sample, _)| serde_json::to_value(sample).unwrap())
                 .collect();
             (mapped, parsed)
         };

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::protocol::{Batch, GaugeValue, MetricKey};
+use crate::sample::Sample;
 use crate::sketch::Sketch;
 
 /// Distinct keys a listener holds between two flushes (~100 ms).
@@ -16,7 +17,7 @@ pub const MAX_PENDING_KEYS: usize = 10_000;
 pub const MAX_REMEMBERED_GAUGES: usize = 10_000;
 /// Samples a listener holds between two flushes: as many as one process may hand over.
 pub const MAX_PENDING_SAMPLES: usize = crate::metrics::MAX_SAMPLES;
-/// Bytes of sample JSON a listener holds between two flushes, so that a batch stays far below the
+/// Bytes of samples (estimated CBOR) a listener holds between two flushes, so that a batch stays far below the
 /// protocol's frame limit (the journal writes it as one frame).
 pub const MAX_PENDING_SAMPLE_BYTES: usize = 2 * 1024 * 1024;
 /// Largest sample kept, as for a process's own samples.
@@ -30,7 +31,7 @@ pub struct Pending {
     /// Last value of each gauge across flushes, for relative updates.
     last_gauges: HashMap<MetricKey, f64>,
     dropped: u64,
-    samples: Vec<String>,
+    samples: Vec<Sample>,
     sample_bytes: usize,
     dropped_samples: u64,
 }
@@ -97,19 +98,20 @@ impl Pending {
         self.dropped = self.dropped.saturating_add(n);
     }
 
-    /// Keeps a finished sample (JSON) for the next flush; `false` when it is dropped (over
-    /// [`MAX_SAMPLE_BYTES`], or the flush already holds [`MAX_PENDING_SAMPLES`] or
-    /// [`MAX_PENDING_SAMPLE_BYTES`]) and counted in `dropped_samples`.
-    pub fn add_sample(&mut self, json: String) -> bool {
-        if json.len() > MAX_SAMPLE_BYTES
+    /// Keeps a finished sample for the next flush; `false` when it is dropped (out of
+    /// [`crate::sample`]'s bounds, over [`MAX_SAMPLE_BYTES`], or the flush already holds
+    /// [`MAX_PENDING_SAMPLES`] or [`MAX_PENDING_SAMPLE_BYTES`]) and counted in `dropped_samples`.
+    pub fn add_sample(&mut self, sample: Sample) -> bool {
+        let size = sample.check().unwrap_or(usize::MAX);
+        if size > MAX_SAMPLE_BYTES
             || self.samples.len() >= MAX_PENDING_SAMPLES
-            || self.sample_bytes + json.len() > MAX_PENDING_SAMPLE_BYTES
+            || self.sample_bytes + size > MAX_PENDING_SAMPLE_BYTES
         {
             self.dropped_samples = self.dropped_samples.saturating_add(1);
             return false;
         }
-        self.sample_bytes += json.len();
-        self.samples.push(json);
+        self.sample_bytes += size;
+        self.samples.push(sample);
         true
     }
 
@@ -169,20 +171,21 @@ mod tests {
     #[test]
     fn samples_beyond_the_count_or_byte_budget_are_dropped_and_counted() {
         let mut p = Pending::default();
-        assert!(!p.add_sample("x".repeat(MAX_SAMPLE_BYTES + 1)));
+        use crate::sample::test_sample;
+        assert!(!p.add_sample(test_sample(MAX_SAMPLE_BYTES + 1)));
         for _ in 0..MAX_PENDING_SAMPLES {
-            assert!(p.add_sample("{}".into()));
+            assert!(p.add_sample(test_sample(1)));
         }
-        assert!(!p.add_sample("{}".into()));
+        assert!(!p.add_sample(test_sample(1)));
         let b = p.take_batch(1, 1, 0).unwrap();
         assert_eq!(
             (b.samples.len(), b.dropped_samples),
             (MAX_PENDING_SAMPLES, 2)
         );
         // The byte budget: two samples of half of it fit, a third does not (until the flush).
-        let half = "y".repeat(MAX_PENDING_SAMPLE_BYTES / 2);
+        let half = test_sample(MAX_PENDING_SAMPLE_BYTES / 2 - 4096);
         assert!(p.add_sample(half.clone()) && p.add_sample(half.clone()));
-        assert!(!p.add_sample("{}".into()));
+        assert!(!p.add_sample(test_sample(10_000)));
         assert_eq!(p.take_batch(1, 2, 0).unwrap().samples.len(), 2);
         assert!(p.add_sample(half));
         assert!(p.take_batch(1, 3, 0).is_some());

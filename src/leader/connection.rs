@@ -7,7 +7,7 @@
 //! The rules a connection must follow (anything else closes it):
 //! - it sends batches only for the client id it handshook with;
 //! - that id is not bound to another live process (the peer-credential pid of the connection that
-//!   first used it; see [`super::connections::Peers::bind`]);
+//!   first used it; see [`super::peers::Peers::bind`]);
 //! - sequence numbers follow on: the first new batch of a connection may start anywhere above the
 //!   last one counted for that client (a client may have dropped batches it could not hand over,
 //!   which it counts in its drop counts), after that each new batch is exactly the next number;
@@ -26,12 +26,12 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::connections::{Context, ProcessSlot};
 use super::counting::Counting;
+use super::peers::{Context, ProcessSlot, MAX_CONNECTIONS_PER_PROCESS};
 use super::HANDSHAKE_TIMEOUT;
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::{
-    self, Batch, ClientMessage, FrameError, Hello, LeaderMessage, HEADER_BYTES, PROTOCOL_VERSION,
+    self, Batch, ClientMessage, FrameError, Handshake, Hello, LeaderMessage, HEADER_BYTES,
 };
 
 /// A peer's pid or uid as log lines name it: the number, or `unknown` when the socket's peer
@@ -56,8 +56,6 @@ pub const SMALL_FRAME_BYTES: usize = 64 * 1024;
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest time one answer may take to write (a peer that does not read its acks).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections one process may hold at once (a process needs one).
-pub const MAX_CONNECTIONS_PER_PROCESS: usize = 8;
 
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(10_000);
 static RULE_LOG: RateLimit = RateLimit::new(10_000);
@@ -285,10 +283,12 @@ pub(super) async fn serve(stream: Stream, ctx: &Arc<Context>, stop: watch::Recei
     // `&Stream` reads and writes; no split needed.
     let (mut reader, mut writer) = (&stream, &stream);
     let mut frames = FrameReader::new(ctx.peers.frame_budget());
-    let Some(hello) = handshake(ctx, &mut frames, &mut reader, &mut writer, peer_pid).await else {
+    let Some((hello, dialect)) =
+        handshake(ctx, &mut frames, &mut reader, &mut writer, peer_pid).await
+    else {
         return Peer::Left;
     };
-    let Some(admitted) = admit(ctx, &hello, &mut writer, peer_pid).await else {
+    let Some(admitted) = admit(ctx, &hello, dialect, &mut writer, peer_pid).await else {
         return Peer::Left;
     };
     receive_batches(ctx, &admitted, &mut frames, &mut reader, &mut writer, stop).await
@@ -345,11 +345,21 @@ async fn handshake(
     ctx: &Context,
     frames: &mut FrameReader<'_>,
     mut reader: &mut &Stream,
-    mut writer: &mut &Stream,
+    writer: &mut &Stream,
     peer_pid: Option<i32>,
-) -> Option<Hello> {
+) -> Option<(Hello, u32)> {
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.read(&mut reader)).await {
         Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+        Ok(Ok(Some(ClientMessage::HelloVersions(v)))) => {
+            // Only the versions are readable: enough to hand over to a newer client or refuse
+            // an older one; a client this leader would serve must send a readable `Hello`.
+            let newest = v.protocol.unwrap_or(v.protocol_version);
+            match versions_decide(ctx, v.protocol_version, newest, &v.library_version, v.pid) {
+                Ok(_) => reject(ctx, peer_pid, &v.reason),
+                Err(answer) => answer_and_leave(ctx, writer, answer).await,
+            }
+            return None;
+        }
         Ok(Ok(None)) => return None,
         Ok(Ok(Some(ClientMessage::Batch(_)))) => {
             reject(ctx, peer_pid, "a batch before the handshake");
@@ -367,31 +377,20 @@ async fn handshake(
             return None;
         }
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol {} is not supported by this leader (library {}, protocol {PROTOCOL_VERSION})",
-            hello.protocol_version,
-            crate::VERSION
-        );
-        tracing::warn!(
-            "refused pid {} (library {}): {reason}",
-            hello.pid,
-            hello.library_version
-        );
-        let _ = write_message(&mut writer, &LeaderMessage::Refused { reason }).await;
-        return None;
+    let newest = hello.protocol.unwrap_or(hello.protocol_version);
+    match versions_decide(
+        ctx,
+        hello.protocol_version,
+        newest,
+        &hello.library_version,
+        hello.pid,
+    ) {
+        Ok(dialect) => Some((hello, dialect)),
+        Err(answer) => {
+            answer_and_leave(ctx, writer, answer).await;
+            None
+        }
     }
-    if super::is_newer(&hello.library_version, &ctx.library_version) {
-        let reason = format!(
-            "pid {} runs library {}, newer than this leader's {}: handing over",
-            hello.pid, hello.library_version, ctx.library_version
-        );
-        tracing::info!("{reason}");
-        let _ = write_message(&mut writer, &LeaderMessage::HandingOver { reason }).await;
-        ctx.status.request_handover();
-        return None;
-    }
-    Some(hello)
 }
 
 /// A connection past its handshake: whose batches it may send, under which configuration.
@@ -410,6 +409,7 @@ struct Admitted<'a> {
 async fn admit<'a>(
     ctx: &'a Context,
     hello: &Hello,
+    dialect: u32,
     mut writer: &mut &Stream,
     peer_pid: Option<i32>,
 ) -> Option<Admitted<'a>> {
@@ -440,7 +440,7 @@ async fn admit<'a>(
     write_message(
         &mut writer,
         &LeaderMessage::Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: dialect,
             library_version: ctx.library_version.clone(),
             leader_pid: std::process::id(),
         },
@@ -448,7 +448,7 @@ async fn admit<'a>(
     .await
     .ok()?;
     tracing::debug!(
-        "client pid {} (library {}) connected",
+        "client pid {} (library {}) connected, speaking protocol {dialect}",
         hello.pid,
         hello.library_version
     );
@@ -503,7 +503,7 @@ async fn receive_batches(
                     Next::StillThere => return Peer::StillThere,
                 }
             }
-            Ok(Some(ClientMessage::Hello(_))) => {
+            Ok(Some(ClientMessage::Hello(_) | ClientMessage::HelloVersions(_))) => {
                 reject(ctx, peer_pid, "a second handshake");
                 break;
             }
@@ -563,6 +563,52 @@ async fn receive_batch(
         return Next::Close;
     }
     Next::Read
+}
+
+/// The handshake decided by versions alone ([`protocol::handshake`]; they are read the same way
+/// in every protocol): `Ok` with the protocol to speak, or the answer that ends the connection
+/// (logged here).
+fn versions_decide(
+    ctx: &Context,
+    oldest: u32,
+    newest: u32,
+    library_version: &str,
+    pid: u32,
+) -> Result<u32, LeaderMessage> {
+    let ours = &ctx.library_version;
+    match protocol::handshake(
+        (oldest, newest),
+        ctx.protocols,
+        super::is_newer(library_version, ours),
+    ) {
+        Handshake::Welcome(dialect) => Ok(dialect),
+        Handshake::Refuse => {
+            let (our_oldest, our_newest) = ctx.protocols;
+            let reason = format!(
+                "protocol {newest} is not supported by this leader (library {}, protocols {our_oldest}-{our_newest})",
+                crate::VERSION,
+            );
+            tracing::warn!("refused pid {pid} (library {library_version}): {reason}");
+            Err(LeaderMessage::Refused { reason })
+        }
+        Handshake::HandOver => {
+            let reason = format!(
+                "pid {pid} runs library {library_version} (protocol {newest}), newer than this leader's {ours} (protocol {}): handing over",
+                ctx.protocols.1
+            );
+            tracing::info!("{reason}");
+            Err(LeaderMessage::HandingOver { reason })
+        }
+    }
+}
+
+/// Writes a `Refused` or `HandingOver`; after a hand-over the leader steps down.
+async fn answer_and_leave(ctx: &Context, writer: &mut &Stream, answer: LeaderMessage) {
+    let handing_over = matches!(answer, LeaderMessage::HandingOver { .. });
+    let _ = write_message(writer, &answer).await;
+    if handing_over {
+        ctx.status.request_handover();
+    }
 }
 
 fn read_failed(ctx: &Context, peer_pid: Option<i32>, e: &ReadError) {

@@ -62,6 +62,7 @@ mod counting;
 mod exports;
 mod host;
 mod knobs;
+mod peers;
 mod replay;
 mod scrape;
 mod tally;
@@ -69,10 +70,11 @@ mod totals;
 mod transmission;
 mod watchdog;
 
-use connections::{Connections, Context, Peers};
+use connections::Connections;
 use counting::Counting;
 pub use exports::{ExportState, ExportsReport};
 use knobs::Knobs;
+use peers::{Context, Peers};
 use replay::replay;
 use tally::Tally;
 use totals::Totals;
@@ -432,6 +434,7 @@ impl Parts {
             tally: Arc::clone(&tally),
             status: Arc::clone(&status),
             library_version: config.library_version.clone(),
+            protocols: config.protocols,
             owner_only: !workdir.world_accessible(),
         });
         Parts {
@@ -1104,6 +1107,37 @@ mod tests {
         }
         let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
         assert_eq!(replayed, (1, 2, 0), "one segment, continued");
+        assert_eq!(totals(&aggregator.take_all()), [(base, 6.0)].into());
+    }
+
+    #[test]
+    fn a_clients_batches_in_two_segments_of_one_window_count_whatever_order_they_are_listed_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        let config_id = {
+            // This protocol's segment holds seq 1 (the leader was killed).
+            let killed = shared(tmp.path());
+            assert!(killed.counting.count_own(batch(1, 1, base + 10, 2.0)));
+            killed.counting.own_config_id()
+        };
+        // A leader of protocol 2 came next (it does not list `.seg3`) and journaled seq 2 in
+        // its own segment of the same window, under an id that is listed first.
+        let header = crate::journal::SegmentHeader {
+            window_start: base,
+            config_id,
+            config: config(tmp.path()).export_config().without_secrets(),
+        };
+        let mut bytes = crate::protocol::encode(&header).unwrap();
+        bytes.extend_from_slice(&crate::protocol::encode_batch_v2_bare(&batch(
+            1,
+            2,
+            base + 20,
+            4.0,
+        )));
+        let name = format!("{base:013}-{config_id:016x}-{}.seg", "0".repeat(32));
+        std::fs::write(tmp.path().join("journal").join(name), bytes).unwrap();
+        let (mut aggregator, _journal, replayed) = next_leader(tmp.path());
+        assert_eq!(replayed, (2, 2, 0));
         assert_eq!(totals(&aggregator.take_all()), [(base, 6.0)].into());
     }
 

@@ -39,6 +39,7 @@ pub(super) fn replay(
     let (mut segments, mut batches, mut poisoned) = (0, 0, 0);
     // Cached segments added to the cumulative state: deleted once it is saved.
     let mut to_save: Vec<Replayed> = Vec::new();
+    let mut pending = Vec::new();
     for mut replayed in journal.replay() {
         let header = &replayed.header;
         let config = if header.config_id == own_config_id {
@@ -62,35 +63,61 @@ pub(super) fn replay(
             continue;
         }
         segments += 1;
-        let (config_id, window_start) = (header.config_id, header.window_start);
-        let mut index = 0;
-        while let Some(batch) = replayed.batches.get(index).cloned() {
-            batches += 1;
-            let (client, seq) = (batch.client_id, batch.seq);
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                aggregator.apply(config_id, window_start, &replayed.id, batch, now)
-            }));
-            if applied.is_ok() {
-                index += 1;
-                continue;
-            }
+        pending.push(replayed);
+    }
+    // Batches in the order of their (client, seq), whatever segment holds them: a client's
+    // batches of one window may be in two segments (one left by a leader of the previous
+    // protocol, which does not list this protocol's segments), and counting a later seq first
+    // would make the earlier one look counted already.
+    let mut order: Vec<(u64, u64, usize, usize)> = pending
+        .iter()
+        .enumerate()
+        .flat_map(|(s, r)| {
+            r.batches
+                .iter()
+                .enumerate()
+                .map(move |(b, batch)| (batch.client_id, batch.seq, s, b))
+        })
+        .collect();
+    crate::sort::sort_by_key(&mut order, |&(client, seq, s, b)| (client, seq, s, b));
+    let mut panicked: Vec<(usize, usize)> = Vec::new();
+    for (client, seq, s, b) in order {
+        let replayed = &pending[s];
+        let Some(batch) = replayed.batches.get(b).cloned() else {
+            continue;
+        };
+        batches += 1;
+        let (config_id, window_start) = (replayed.header.config_id, replayed.header.window_start);
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            aggregator.apply(config_id, window_start, &replayed.id, batch, now)
+        }));
+        if applied.is_err() {
             poisoned += 1;
             aggregator.mark_counted(client, seq, now);
-            match journal.quarantine(&mut replayed, index) {
-                Ok(()) => tracing::error!(
-                    "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal): moved aside into a quarantine file",
-                    replayed.id
-                ),
-                Err(e) => {
-                    tracing::error!(
-                        "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal), and it cannot be moved aside: {e:#}",
-                        replayed.id
-                    );
-                    index += 1;
-                }
-            }
+            panicked.push((s, b));
         }
-        if let Err(e) = journal.adopt(&replayed) {
+    }
+    // Later batches first, so that taking one out does not move the others.
+    crate::sort::sort_by(&mut panicked, |a, b| b.cmp(a));
+    for (s, index) in panicked {
+        let replayed = &mut pending[s];
+        let (client, seq) = (
+            replayed.batches[index].client_id,
+            replayed.batches[index].seq,
+        );
+        match journal.quarantine(replayed, index) {
+            Ok(()) => tracing::error!(
+                "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal): moved aside into a quarantine file",
+                replayed.id
+            ),
+            Err(e) => tracing::error!(
+                "replaying batch {seq} of client {client:016x} in journal segment {} panicked (a bug in libappsignal), and it cannot be moved aside: {e:#}",
+                replayed.id
+            ),
+        }
+    }
+    for replayed in &pending {
+        if let Err(e) = journal.adopt(replayed) {
             tracing::warn!("cannot continue journal segment {}: {e:#}", replayed.id);
         }
     }

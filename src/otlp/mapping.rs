@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::data::Data;
+use crate::sample::{LogLine, Sample, SampleEvent, SampleKind};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -22,7 +24,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
-use serde_json::Value;
 
 use crate::aggregate::Window;
 use crate::export_config::{ExportConfig, ResourceValue};
@@ -65,23 +66,23 @@ fn kv_str(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
     kv(key, string(value))
 }
 
-/// A JSON value as an OTLP value, types kept (integers stay integers).
-fn json_value(v: &Value) -> Option<AnyValue> {
+/// A dynamic value as an OTLP value, types kept (integers stay integers); null, and floats that
+/// have no JSON form, are no value.
+fn data_value(v: &Data) -> Option<AnyValue> {
     match v {
-        Value::Null => None,
-        Value::Bool(b) => any(any_value::Value::BoolValue(*b)),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => any(any_value::Value::IntValue(i)),
-            None => any(any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0))),
-        },
-        Value::String(s) => string(s.clone()),
-        Value::Array(items) => any(any_value::Value::ArrayValue(ArrayValue {
-            values: items.iter().filter_map(json_value).collect(),
+        Data::Null => None,
+        Data::Bool(b) => any(any_value::Value::BoolValue(*b)),
+        Data::Integer(i) => any(any_value::Value::IntValue(*i)),
+        Data::Float(f) if f.is_finite() => any(any_value::Value::DoubleValue(*f)),
+        Data::Float(_) => None,
+        Data::String(s) => string(s.clone()),
+        Data::Array(items) => any(any_value::Value::ArrayValue(ArrayValue {
+            values: items.iter().filter_map(data_value).collect(),
         })),
-        Value::Object(map) => any(any_value::Value::KvlistValue(KeyValueList {
+        Data::Map(map) => any(any_value::Value::KvlistValue(KeyValueList {
             values: map
                 .iter()
-                .map(|(k, v)| kv(k.clone(), json_value(v)))
+                .map(|(k, v)| kv(k.clone(), data_value(v)))
                 .collect(),
         })),
     }
@@ -166,18 +167,8 @@ pub(crate) fn scope(export_id: &str) -> Option<InstrumentationScope> {
 pub fn requests(window: &Window, export_id: &str, report: &AgentReport) -> Requests {
     let resource = resource(&window.config);
     let metrics = metrics(window, report);
-    let spans: Vec<Span> = window
-        .samples
-        .iter()
-        .filter_map(|s| serde_json::from_str::<Value>(s).ok())
-        .flat_map(|sample| sample_spans(&sample))
-        .collect();
-    let logs: Vec<LogRecord> = window
-        .logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|l| log_record(&l))
-        .collect();
+    let spans: Vec<Span> = window.samples.iter().flat_map(sample_spans).collect();
+    let logs: Vec<LogRecord> = window.logs.iter().map(log_record).collect();
     Requests {
         metrics: (!metrics.is_empty()).then(|| ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -525,8 +516,8 @@ fn hex_id(text: Option<&str>, bytes: usize) -> Option<Vec<u8>> {
 
 /// The kind a sample or event names in `span_kind` (samples of the OTLP intake keep the kind
 /// they were received with).
-fn span_kind(v: &Value) -> Option<span::SpanKind> {
-    Some(match v.get("span_kind")?.as_str()? {
+fn span_kind(kind: Option<&str>) -> Option<span::SpanKind> {
+    Some(match kind? {
         "server" => span::SpanKind::Server,
         "client" => span::SpanKind::Client,
         "producer" => span::SpanKind::Producer,
@@ -536,50 +527,50 @@ fn span_kind(v: &Value) -> Option<span::SpanKind> {
     })
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn number(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+/// The text under `key` of a map value, `""` when it is not there or not text.
+fn entry_text<'a>(map: &'a BTreeMap<String, Data>, key: &str) -> &'a str {
+    match map.get(key) {
+        Some(Data::String(s)) => s,
+        _ => "",
+    }
 }
 
 /// Backtrace lines: an array of strings, or a string holding one (JSON-encoded or plain lines).
-fn backtrace_lines(v: Option<&Value>) -> Vec<String> {
+fn backtrace_lines(v: Option<&Data>) -> Vec<String> {
     match v {
-        Some(Value::Array(lines)) => lines
+        Some(Data::Array(lines)) => lines
             .iter()
-            .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_owned))
+            .map(|l| match l {
+                Data::String(s) => s.clone(),
+                other => other.to_json(),
+            })
             .collect(),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(parsed @ Value::Array(_)) => backtrace_lines(Some(&parsed)),
+        Some(Data::String(s)) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(parsed @ serde_json::Value::Array(_)) => {
+                backtrace_lines(Some(&crate::sample::data_from_json(parsed)))
+            }
             _ => s.lines().map(str::to_owned).collect(),
         },
         _ => Vec::new(),
     }
 }
 
-/// The `exception` event of an error object (`class` or `name`, `message`, `backtrace`).
-fn exception_event(error: &Value, time_ns: u64) -> (span::Event, String) {
-    let class = match text(error, "class") {
-        "" => text(error, "name"),
-        c => c,
-    }
-    .to_owned();
+/// The `exception` event of an error: its class, message and backtrace.
+fn exception_event(
+    class: &str,
+    message: &str,
+    backtrace: Option<&Data>,
+    time_ns: u64,
+) -> (span::Event, String) {
     let event = span::Event {
         time_unix_nano: time_ns,
         name: "exception".to_owned(),
         attributes: vec![
-            kv_str("exception.type", class.clone()),
-            kv_str("exception.message", text(error, "message")),
+            kv_str("exception.type", class),
+            kv_str("exception.message", message),
             kv_str(
                 "exception.stacktrace",
-                backtrace_lines(
-                    error
-                        .get("backtrace")
-                        .or_else(|| error.get("backtrace_json")),
-                )
-                .join("\n"),
+                backtrace_lines(backtrace).join("\n"),
             ),
             kv(
                 "appsignal.alert_this_error",
@@ -588,7 +579,20 @@ fn exception_event(error: &Value, time_ns: u64) -> (span::Event, String) {
         ],
         ..Default::default()
     };
-    (event, class)
+    (event, class.to_owned())
+}
+
+/// The `exception` event of an error kept as a map (a child span's `error` attribute: `class`
+/// or `name`, `message`, `backtrace` or `backtrace_json`).
+fn map_exception_event(error: &BTreeMap<String, Data>, time_ns: u64) -> (span::Event, String) {
+    let class = match entry_text(error, "class") {
+        "" => entry_text(error, "name"),
+        c => c,
+    };
+    let backtrace = error
+        .get("backtrace")
+        .or_else(|| error.get("backtrace_json"));
+    exception_event(class, entry_text(error, "message"), backtrace, time_ns)
 }
 
 /// The attribute name of a sample-data key, as AppSignal's collector reads it.
@@ -605,65 +609,65 @@ fn sample_data_attribute(key: &str) -> String {
 
 /// `error_causes` of the sample data as AppSignal's collector reads them: one JSON array of
 /// `{"name", "message", "lines"}`.
-fn error_causes(causes: &Value) -> String {
-    let list: Vec<Value> = causes
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|c| {
-                    let name = match text(c, "name") {
-                        "" => text(c, "class"),
-                        n => n,
-                    };
-                    serde_json::json!({
-                        "name": name,
-                        "message": text(c, "message"),
-                        "lines": backtrace_lines(c.get("lines").or_else(|| c.get("backtrace"))),
-                    })
+fn error_causes(causes: &Data) -> String {
+    let list: Vec<serde_json::Value> = match causes {
+        Data::Array(items) => items
+            .iter()
+            .map(|c| {
+                let empty = BTreeMap::new();
+                let c = match c {
+                    Data::Map(map) => map,
+                    _ => &empty,
+                };
+                let name = match entry_text(c, "name") {
+                    "" => entry_text(c, "class"),
+                    n => n,
+                };
+                serde_json::json!({
+                    "name": name,
+                    "message": entry_text(c, "message"),
+                    "lines": backtrace_lines(c.get("lines").or_else(|| c.get("backtrace"))),
                 })
-                .collect()
-        })
-        .unwrap_or_default();
-    Value::Array(list).to_string()
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    serde_json::Value::Array(list).to_string()
 }
 
-fn root_attributes(sample: &Value) -> Vec<KeyValue> {
+fn root_attributes(sample: &Sample) -> Vec<KeyValue> {
     let mut attributes = vec![
-        kv_str("appsignal.namespace", text(sample, "namespace")),
-        kv_str("appsignal.action_name", text(sample, "action")),
+        kv_str("appsignal.namespace", sample.namespace.as_str()),
+        kv_str(
+            "appsignal.action_name",
+            sample.action.as_deref().unwrap_or(""),
+        ),
     ];
-    if let Some(Value::Object(data)) = sample.get("sample_data") {
-        for (key, value) in data {
-            match (key.as_str(), value) {
-                ("tags", Value::Object(tags)) => {
-                    for (tag, v) in tags {
-                        attributes.push(kv(format!("appsignal.tag.{tag}"), json_value(v)));
-                    }
+    for (key, value) in &sample.sample_data {
+        match (key.as_str(), value) {
+            ("tags", Data::Map(tags)) => {
+                for (tag, v) in tags {
+                    attributes.push(kv(format!("appsignal.tag.{tag}"), data_value(v)));
                 }
-                ("error_causes", causes) => {
-                    attributes.push(kv_str("appsignal.error_causes", error_causes(causes)));
-                }
-                (key, value) => {
-                    // Sample data is kept as JSON text (the sample's own shape) or as a value: a JSON string either way.
-                    let json = match value {
-                        Value::String(s) => s.clone(),
-                        v => v.to_string(),
-                    };
-                    attributes.push(kv_str(sample_data_attribute(key), json));
-                }
+            }
+            ("error_causes", causes) => {
+                attributes.push(kv_str("appsignal.error_causes", error_causes(causes)));
+            }
+            (key, value) => {
+                // Sample data is kept as JSON text (the sample's own shape) or as a value: a JSON string either way.
+                let json = match value {
+                    Data::String(s) => s.clone(),
+                    v => v.to_json(),
+                };
+                attributes.push(kv_str(sample_data_attribute(key), json));
             }
         }
     }
-    if let Some(Value::Object(metadata)) = sample.get("metadata") {
-        for (key, value) in metadata {
-            attributes.push(kv(format!("appsignal.metadata.{key}"), json_value(value)));
-        }
+    for (key, value) in &sample.metadata {
+        attributes.push(kv_str(format!("appsignal.metadata.{key}"), value.as_str()));
     }
-    if let Some(Value::Object(attrs)) = sample.get("attributes") {
-        for (key, value) in attrs {
-            attributes.push(kv(key.clone(), json_value(value)));
-        }
+    for (key, value) in sample.attributes.iter().flatten() {
+        attributes.push(kv(key.clone(), data_value(value)));
     }
     attributes
 }
@@ -676,50 +680,43 @@ struct TraceContext {
 
 fn event_spans(
     ctx: &TraceContext,
-    events: &[Value],
+    events: &[SampleEvent],
     parent: &[u8],
     path: &str,
     spans: &mut Vec<Span>,
 ) {
     for (n, event) in events.iter().enumerate() {
         let path = format!("{path}.{n}");
-        let span_id = hex_id(event.get("span_id").and_then(Value::as_str), 8)
+        let span_id = hex_id(event.span_id.as_deref(), 8)
             .unwrap_or_else(|| hash64(2, &[&ctx.sample_key, &path]).to_be_bytes().to_vec());
-        let name = text(event, "name");
-        let title = text(event, "title");
+        let (name, title) = (event.name.as_str(), event.title.as_str());
         let display = if !title.is_empty() && title != name {
             format!("{name} ({title})")
         } else {
             name.to_owned()
         };
-        let start_ns = ctx.sample_start_ns + nanos_from_ms(number(event, "start"));
-        let end_ns = start_ns + nanos_from_ms(number(event, "duration"));
+        let start_ns = ctx.sample_start_ns + nanos_from_ms(event.start);
+        let end_ns = start_ns + nanos_from_ms(event.duration);
         let mut attributes = Vec::new();
-        let event_attrs = event.get("attributes").and_then(Value::as_object);
-        let body = text(event, "body");
-        let is_sql = event.get("body_format").and_then(Value::as_i64) == Some(1);
+        let body = event.body.as_str();
+        let is_sql = event.body_format == 1;
         if is_sql {
             attributes.push(kv_str("db.query.text", body));
-            if !event_attrs.is_some_and(|a| a.contains_key("db.system.name")) {
+            if !event.attributes.contains_key("db.system.name") {
                 attributes.push(kv_str("db.system.name", "other_sql"));
             }
         } else if !body.is_empty() {
             attributes.push(kv_str("appsignal.body", body));
         }
-        if let Some(attrs) = event_attrs {
-            for (k, v) in attrs {
-                if k != "error" {
-                    attributes.push(kv(k.clone(), json_value(v)));
-                }
+        for (k, v) in &event.attributes {
+            if k != "error" {
+                attributes.push(kv(k.clone(), data_value(v)));
             }
         }
         let mut otlp_events = Vec::new();
         let mut status = None;
-        if let Some(error) = event_attrs
-            .and_then(|a| a.get("error"))
-            .filter(|e| e.is_object())
-        {
-            let (exception, class) = exception_event(error, end_ns);
+        if let Some(Data::Map(error)) = event.attributes.get("error") {
+            let (exception, class) = map_exception_event(error, end_ns);
             otlp_events.push(exception);
             attributes.push(kv_str("error.type", class));
             status = Some(Status {
@@ -732,7 +729,7 @@ fn event_spans(
             span_id: span_id.clone(),
             parent_span_id: parent.to_vec(),
             name: display,
-            kind: span_kind(event).unwrap_or(if is_sql {
+            kind: span_kind(event.span_kind.as_deref()).unwrap_or(if is_sql {
                 span::SpanKind::Client
             } else {
                 span::SpanKind::Internal
@@ -744,42 +741,35 @@ fn event_spans(
             status,
             ..Default::default()
         });
-        if let Some(Value::Array(children)) = event.get("children") {
-            event_spans(ctx, children, &span_id, &path, spans);
-        }
+        event_spans(ctx, &event.children, &span_id, &path, spans);
     }
 }
 
 /// The spans of one sample: its root (the transaction or root span) and one child per event,
 /// nested as recorded.
-pub fn sample_spans(sample: &Value) -> Vec<Span> {
-    let start_ms = number(sample, "start");
+pub fn sample_spans(sample: &Sample) -> Vec<Span> {
+    let start_ms = sample.start as f64;
     let start_ns = nanos_from_ms(start_ms);
-    let end_ns = match number(sample, "duration") {
+    let end_ns = match sample.duration.unwrap_or(0.0) {
         d if d > 0.0 => start_ns + nanos_from_ms(d),
-        _ => nanos_from_ms(number(sample, "end")).max(start_ns),
+        _ => nanos_from_ms(sample.end.unwrap_or(0) as f64).max(start_ns),
     };
-    let sample_key = format!(
-        "{}|{}|{}",
-        text(sample, "kind"),
-        text(sample, "id"),
-        start_ms
-    );
-    let trace_id =
-        hex_id(sample.get("trace_id").and_then(Value::as_str), 16).unwrap_or_else(|| {
-            let mut id = hash64(0, &[&sample_key]).to_be_bytes().to_vec();
-            id.extend_from_slice(&hash64(1, &[&sample_key]).to_be_bytes());
-            id
-        });
-    let is_span = text(sample, "kind") == "span";
+    let kind = sample.kind.as_str();
+    let sample_key = format!("{kind}|{}|{start_ms}", sample.id);
+    let trace_id = hex_id(sample.trace_id.as_deref(), 16).unwrap_or_else(|| {
+        let mut id = hash64(0, &[&sample_key]).to_be_bytes().to_vec();
+        id.extend_from_slice(&hash64(1, &[&sample_key]).to_be_bytes());
+        id
+    });
+    let is_span = sample.kind == SampleKind::Span;
     let span_id = is_span
-        .then(|| hex_id(sample.get("id").and_then(Value::as_str), 8))
+        .then(|| hex_id(Some(&sample.id), 8))
         .flatten()
         .unwrap_or_else(|| hash64(2, &[&sample_key, "root"]).to_be_bytes().to_vec());
-    let parent =
-        hex_id(sample.get("parent_span_id").and_then(Value::as_str), 8).unwrap_or_default();
-    let namespace = text(sample, "namespace");
-    let name = match (text(sample, "action"), text(sample, "name")) {
+    let parent = hex_id(sample.parent_span_id.clone().flatten().as_deref(), 8).unwrap_or_default();
+    let namespace = sample.namespace.as_str();
+    let span_name = sample.name.clone().flatten().unwrap_or_default();
+    let name = match (sample.action.as_deref().unwrap_or(""), span_name.as_str()) {
         ("", "") => "unknown",
         ("", name) => name,
         (action, _) => action,
@@ -787,8 +777,9 @@ pub fn sample_spans(sample: &Value) -> Vec<Span> {
     let mut attributes = root_attributes(sample);
     let mut events = Vec::new();
     let mut status = None;
-    if let Some(error) = sample.get("error").filter(|e| e.is_object()) {
-        let (exception, class) = exception_event(error, end_ns);
+    if let Some(error) = &sample.error {
+        let (exception, class) =
+            exception_event(&error.class, &error.message, Some(&error.backtrace), end_ns);
         events.push(exception);
         attributes.push(kv_str("error.type", class));
         status = Some(Status {
@@ -801,7 +792,7 @@ pub fn sample_spans(sample: &Value) -> Vec<Span> {
         span_id: span_id.clone(),
         parent_span_id: parent,
         name: name.to_owned(),
-        kind: span_kind(sample).unwrap_or(if namespace == "http_request" {
+        kind: span_kind(sample.span_kind.as_deref()).unwrap_or(if namespace == "http_request" {
             span::SpanKind::Server
         } else {
             span::SpanKind::Internal
@@ -813,14 +804,12 @@ pub fn sample_spans(sample: &Value) -> Vec<Span> {
         status,
         ..Default::default()
     }];
-    if let Some(Value::Array(sample_events)) = sample.get("events") {
-        let ctx = TraceContext {
-            trace_id,
-            sample_key,
-            sample_start_ns: start_ns,
-        };
-        event_spans(&ctx, sample_events, &span_id, "e", &mut spans);
-    }
+    let ctx = TraceContext {
+        trace_id,
+        sample_key,
+        sample_start_ns: start_ns,
+    };
+    event_spans(&ctx, &sample.events, &span_id, "e", &mut spans);
     spans
 }
 
@@ -838,27 +827,19 @@ fn severity_number(ours: i64) -> i32 {
     }
 }
 
-pub fn log_record(line: &Value) -> LogRecord {
-    let time_ns = nanos_from_ms(number(line, "timestamp"));
-    let mut attributes = vec![kv_str("appsignal.group", text(line, "group"))];
-    if let Some(Value::Object(attrs)) = line.get("attributes") {
-        for (k, v) in attrs {
-            attributes.push(kv(k.clone(), json_value(v)));
-        }
+pub fn log_record(line: &LogLine) -> LogRecord {
+    let time_ns = nanos_from_ms(line.timestamp as f64);
+    let mut attributes = vec![kv_str("appsignal.group", line.group.as_str())];
+    for (k, v) in &line.attributes {
+        attributes.push(kv(k.clone(), data_value(v)));
     }
     LogRecord {
         time_unix_nano: time_ns,
         observed_time_unix_nano: time_ns,
-        severity_number: severity_number(
-            line.get("severity_number")
-                .and_then(Value::as_i64)
-                .unwrap_or(3),
-        ),
-        severity_text: text(line, "severity").to_owned(),
-        body: string(text(line, "message")),
+        severity_number: severity_number(i64::from(line.severity_number)),
+        severity_text: line.severity.clone(),
+        body: string(line.message.as_str()),
         attributes,
-        trace_id: hex_id(line.get("trace_id").and_then(Value::as_str), 16).unwrap_or_default(),
-        span_id: hex_id(line.get("span_id").and_then(Value::as_str), 8).unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -868,7 +849,36 @@ mod tests {
     use super::*;
     use crate::aggregate::MetricSet;
     use crate::protocol::GaugeValue;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// A sample from a test's JSON, the fields it leaves out filled with empty values.
+    fn sample_of(mut v: Value) -> Sample {
+        fn fill(v: &mut Value, defaults: &Value) {
+            if let (Value::Object(map), Value::Object(defaults)) = (v, defaults) {
+                for (k, d) in defaults {
+                    map.entry(k.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+        fn fill_events(events: &mut Value) {
+            for event in events.as_array_mut().into_iter().flatten() {
+                fill(
+                    event,
+                    &json!({"body": "", "body_format": 0, "children": [], "duration": 0.0,
+                            "gc_duration": 0, "group": "", "name": "", "start": 0.0, "title": ""}),
+                );
+                fill_events(&mut event["children"]);
+            }
+        }
+        fill(
+            &mut v,
+            &json!({"dropped_events": 0, "events": [], "hostname": "", "id": "",
+                    "kind": "transaction", "namespace": "", "revision": "", "start": 0,
+                    "environment_metadata": {}, "metadata": {}, "sample_data": {}}),
+        );
+        fill_events(&mut v["events"]);
+        serde_json::from_value(v).unwrap()
+    }
 
     fn key(name: &str, tags: &[(&str, &str)]) -> MetricKey {
         MetricKey {
@@ -929,11 +939,13 @@ mod tests {
             end_ms: 2000,
             metrics,
             batches: 1,
-            samples: vec![sample.to_string()],
-            logs: vec![json!({"timestamp": 1200, "group": "g", "severity": "error",
-                              "severity_number": 6, "message": "bad",
-                              "attributes": {"n": 1}})
-            .to_string()],
+            samples: vec![sample_of(sample)],
+            logs: vec![
+                serde_json::from_value(json!({"timestamp": 1200, "group": "g",
+                "severity": "error", "severity_number": 6, "message": "bad",
+                "attributes": {"n": 1}, "format": "plaintext", "hostname": "h"}))
+                .unwrap(),
+            ],
             counts: Default::default(),
             bytes: 0,
         }
@@ -1087,7 +1099,7 @@ mod tests {
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "parent_span_id": "b7ad6b7169203331",
             "namespace": "web", "action": "GET /", "start": 5, "duration": 1.0,
             "attributes": {"http.route": "/"}, "events": []});
-        let spans = sample_spans(&sample);
+        let spans = sample_spans(&sample_of(sample));
         assert_eq!(
             spans[0].span_id,
             vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]

@@ -3,7 +3,7 @@
 //!
 //! - Cipher suites: AES-GCM only, TLS 1.3 and 1.2, in the order of rustls's defaults. Every
 //!   TLS 1.3 server must offer `TLS_AES_128_GCM_SHA256`; the ChaCha20-Poly1305 suites are left out,
-//!   and with them ~51 KB of *ring*'s assembly (`docs/benchmarks.md`, "Size, third round").
+//!   and with them ~51 KB of *ring*'s assembly (`docs/benchmarks.md`, "Size of `libappsignal.so`").
 //! - Key exchange and certificate signatures: all that rustls's *ring* provider verifies.
 //! - No client certificates: the exporters never present one, so no private key is ever loaded.
 //!

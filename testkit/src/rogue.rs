@@ -102,6 +102,7 @@ impl Rogue {
     ) -> Option<LeaderMessage> {
         let hello = ClientMessage::Hello(Hello {
             protocol_version,
+            protocol: None,
             library_version: "0.0.1".into(),
             client_id,
             pid: std::process::id(),
