@@ -36,7 +36,7 @@
 //! - **Values.** Floats in the form Prometheus' own clients write (`1.0`, `1.048576e+06`, `+Inf`,
 //!   `NaN`); no timestamps (the scrape's time is the sample's).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
 use crate::cumulative::{Kind, LiveSeries, LiveState, Value};
@@ -253,32 +253,45 @@ pub fn buckets(s: &Sketch) -> Vec<(f64, u64)> {
 
 /// Renders `states` in `format` into `out`.
 pub fn render(format: Format, states: &[LiveState<'_>], out: &mut String) -> Rendered {
-    let mut families: BTreeMap<(&str, Kind), Family<'_>> = BTreeMap::new();
-    for state in states {
-        for s in &state.series {
-            let kind = s.value.kind();
-            let f = families
-                .entry((s.key.name.as_str(), kind))
-                .or_insert_with(|| Family {
-                    name: &s.key.name,
-                    kind,
-                    start_ms: s.start_ms,
-                    monotonic: true,
-                    members: Vec::new(),
-                });
-            f.start_ms = f.start_ms.min(s.start_ms);
-            if let Value::Counter { total, monotonic } = *s.value {
-                f.monotonic &= monotonic && total.is_finite() && total >= 0.0;
-            }
-            f.members.push((state.app, state.env, s));
+    // Every series by (name, kind), stably: each run of one (name, kind) is a family, its members
+    // in the order of the states. (A sort, not a map: a map of this key would be another copy of
+    // a map's code in the library.)
+    let mut all: Vec<(&str, &str, &LiveSeries<'_>)> = states
+        .iter()
+        .flat_map(|state| state.series.iter().map(|s| (state.app, state.env, s)))
+        .collect();
+    crate::sort::sort_by(&mut all, |a, b| {
+        (a.2.key.name.as_str(), a.2.value.kind()).cmp(&(b.2.key.name.as_str(), b.2.value.kind()))
+    });
+    let mut order: Vec<Family<'_>> = Vec::new();
+    for (app, env, s) in all {
+        let kind = s.value.kind();
+        if !order
+            .last()
+            .is_some_and(|f| f.name == s.key.name && f.kind == kind)
+        {
+            order.push(Family {
+                name: &s.key.name,
+                kind,
+                start_ms: s.start_ms,
+                monotonic: true,
+                members: Vec::new(),
+            });
         }
+        let Some(f) = order.last_mut() else {
+            continue;
+        };
+        f.start_ms = f.start_ms.min(s.start_ms);
+        if let Value::Counter { total, monotonic } = *s.value {
+            f.monotonic &= monotonic && total.is_finite() && total >= 0.0;
+        }
+        f.members.push((app, env, s));
     }
-    let mut order: Vec<Family<'_>> = families.into_values().collect();
     crate::sort::sort_by(&mut order, |a, b| {
         (a.start_ms, a.name, a.kind).cmp(&(b.start_ms, b.name, b.kind))
     });
     let mut rendered = Rendered::default();
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut taken: HashSet<String> = HashSet::new();
     let mut kept: Vec<(String, Type, Family<'_>)> = Vec::new();
     for f in order {
         let mut base = metric_name(f.name);

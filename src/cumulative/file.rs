@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use super::{
-    Cumulative, Kind, Series, State, Value, MAX_REMEMBERED_SEGMENTS, MAX_SERIES, MAX_STATES,
+    Cumulative, Kind, Series, SeriesMap, State, Value, MAX_REMEMBERED_SEGMENTS, MAX_SERIES, MAX_STATES,
 };
 use crate::cbor::{self, required, FromCbor, Reader};
 use crate::protocol::{GaugeValue, MetricKey};
@@ -210,11 +210,8 @@ impl FromCbor for StateBody {
             &required(r, env, "State", "env")?,
         );
         state.segments = required(r, segments, "State", "segments")?;
-        for (id, s) in required(r, series, "State", "series")? {
-            if state.series.insert(id, s).is_some() {
-                return Err(r.error("a series appears twice"));
-            }
-        }
+        state.series = SeriesMap::from_unsorted(required(r, series, "State", "series")?)
+            .ok_or_else(|| r.error("a series appears twice"))?;
         Ok(StateBody(state))
     }
 }
@@ -300,10 +297,7 @@ impl Cumulative {
                     Ok(state)
                 });
             match loaded {
-                Ok(state) => {
-                    out.states
-                        .insert((state.app.clone(), state.env.clone()), state);
-                }
+                Ok(state) => out.insert(state),
                 Err(e) => errors.push(e.context(format!(
                     "cumulative state {} unusable; rebuilt from the journal",
                     path.display()
@@ -318,13 +312,12 @@ impl Cumulative {
     /// not written stay changed, and the next call tries again.
     pub fn save(&mut self, workdir: &WorkDir, now_ms: u64) -> Result<()> {
         let mut first_error = None;
-        let mut gone = Vec::new();
-        for (id, state) in self.states.iter_mut().filter(|(_, s)| s.dirty) {
+        for state in self.states.iter_mut().filter(|s| s.dirty) {
             let path = workdir.path().join(file_name(&state.app, &state.env));
             if state.series.is_empty() && state.segments.is_empty() {
                 match fs::remove_file(&path) {
-                    Ok(()) => gone.push(id.clone()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(id.clone()),
+                    Ok(()) => state.dirty = false,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => state.dirty = false,
                     Err(e) => {
                         first_error.get_or_insert(anyhow!("cannot remove {}: {e}", path.display()));
                     }
@@ -338,9 +331,9 @@ impl Cumulative {
                 }
             }
         }
-        for id in gone {
-            self.states.remove(&id);
-        }
+        // Forgotten: the states left empty whose file is gone.
+        self.states
+            .retain(|s| s.dirty || !s.series.is_empty() || !s.segments.is_empty());
         first_error.map_or(Ok(()), Err)
     }
 }

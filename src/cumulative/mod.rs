@@ -50,7 +50,7 @@
 //! default) is dropped and counted; if it comes back it starts again from zero with a new start.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::time::Duration;
 
 use crate::aggregate::MetricSet;
@@ -145,6 +145,91 @@ fn key_cost(key: &MetricKey) -> usize {
             .sum::<usize>()
 }
 
+/// A series' identity within a state.
+pub type SeriesId = (Kind, MetricKey);
+
+fn order(a: (Kind, &MetricKey), b: (Kind, &MetricKey)) -> Ordering {
+    a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1))
+}
+
+/// The order of a state's series (one function for both of its sorts).
+fn by_id(a: &(SeriesId, Series), b: &(SeriesId, Series)) -> Ordering {
+    order((a.0 .0, &a.0 .1), (b.0 .0, &b.0 .1))
+}
+
+/// A state's series sorted by (kind, key), searched by bisection. Not a `BTreeMap`: each map of
+/// a new key type is its own copy of the tree's code in the library; this is one small copy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesMap {
+    items: Vec<(SeriesId, Series)>,
+}
+
+impl SeriesMap {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Sorted by (kind, key).
+    pub fn iter(&self) -> std::slice::Iter<'_, (SeriesId, Series)> {
+        self.items.iter()
+    }
+
+    fn find(&self, kind: Kind, key: &MetricKey) -> Result<usize, usize> {
+        self.items
+            .binary_search_by(|((k, other), _)| order((*k, other), (kind, key)))
+    }
+
+    pub fn get(&self, kind: Kind, key: &MetricKey) -> Option<&Series> {
+        self.find(kind, key).ok().map(|at| &self.items[at].1)
+    }
+
+    fn get_mut(&mut self, kind: Kind, key: &MetricKey) -> Option<&mut Series> {
+        self.find(kind, key).ok().map(|at| &mut self.items[at].1)
+    }
+
+    pub fn contains_key(&self, id: &SeriesId) -> bool {
+        self.find(id.0, &id.1).is_ok()
+    }
+
+    /// The series of `items` (any order); `None` when one id appears twice.
+    fn from_unsorted(mut items: Vec<(SeriesId, Series)>) -> Option<SeriesMap> {
+        crate::sort::sort_by(&mut items, by_id);
+        if items.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        Some(SeriesMap { items })
+    }
+
+    /// Adds series whose ids are not in the map (nor twice in `new`).
+    fn extend_new(&mut self, new: Vec<(SeriesId, Series)>) {
+        if new.is_empty() {
+            return;
+        }
+        self.items.extend(new);
+        crate::sort::sort_by(&mut self.items, by_id);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Series) -> bool) {
+        self.items.retain(|(_, s)| keep(s));
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&SeriesId> for SeriesMap {
+    type Output = Series;
+
+    fn index(&self, id: &SeriesId) -> &Series {
+        match self.get(id.0, &id.1) {
+            Some(s) => s,
+            None => panic!("no series {id:?}"),
+        }
+    }
+}
+
 /// What a state dropped since the last [`Cumulative::take_drops`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drops {
@@ -161,7 +246,7 @@ pub struct Drops {
 pub struct State {
     pub app: String,
     pub env: String,
-    pub series: BTreeMap<(Kind, MetricKey), Series>,
+    pub series: SeriesMap,
     /// Segment ids included and not yet reported done, oldest first.
     pub segments: Vec<String>,
     bytes: usize,
@@ -192,9 +277,16 @@ impl State {
             .sum();
     }
 
-    fn add(&mut self, key: &MetricKey, value: Value, start_ms: u64, now_ms: u64) {
-        let id = (value.kind(), key.clone());
-        if let Some(series) = self.series.get_mut(&id) {
+    /// Adds `value` to its series; a series not in the state yet goes to `new` (one window's
+    /// new series are added at once, so that a window of many is not one shift of the state each).
+    fn add(
+        &mut self,
+        key: &MetricKey,
+        value: Value,
+        (start_ms, now_ms): (u64, u64),
+        new: &mut Vec<(SeriesId, Series)>,
+    ) {
+        if let Some(series) = self.series.get_mut(value.kind(), key) {
             let before = series.value.cost();
             series.value.add(&value);
             series.updated_ms = now_ms;
@@ -202,19 +294,17 @@ impl State {
             return;
         }
         let cost = key_cost(key) + value.cost();
-        if self.series.len() >= MAX_SERIES || self.bytes + cost > MAX_STATE_BYTES {
+        if self.series.len() + new.len() >= MAX_SERIES || self.bytes + cost > MAX_STATE_BYTES {
             self.drops.refused += 1;
             return;
         }
         self.bytes += cost;
-        self.series.insert(
-            id,
-            Series {
-                start_ms,
-                updated_ms: now_ms,
-                value,
-            },
-        );
+        let series = Series {
+            start_ms,
+            updated_ms: now_ms,
+            value,
+        };
+        new.push(((series.value.kind(), key.clone()), series));
     }
 }
 
@@ -267,7 +357,8 @@ pub enum Added {
 /// Every state the leader knows.
 pub struct Cumulative {
     expiry_ms: u64,
-    states: BTreeMap<(String, String), State>,
+    /// Sorted by (app, env).
+    states: Vec<State>,
     refused_windows: u64,
 }
 
@@ -275,24 +366,37 @@ impl Cumulative {
     pub fn new(expiry: Duration) -> Cumulative {
         Cumulative {
             expiry_ms: (expiry.as_millis() as u64).max(1),
-            states: BTreeMap::new(),
+            states: Vec::new(),
             refused_windows: 0,
         }
     }
 
     /// The state of (app, env), if any.
     pub fn state(&self, app: &str, env: &str) -> Option<&State> {
-        self.states.get(&(app.to_owned(), env.to_owned()))
+        self.find(app, env).ok().map(|at| &self.states[at])
+    }
+
+    /// Where the state of (app, env) is, or would be.
+    fn find(&self, app: &str, env: &str) -> Result<usize, usize> {
+        self.states
+            .binary_search_by(|s| (s.app.as_str(), s.env.as_str()).cmp(&(app, env)))
+    }
+
+    /// Adds a loaded state (the caller checked that it is not known yet).
+    fn insert(&mut self, state: State) {
+        if let Err(at) = self.find(&state.app, &state.env) {
+            self.states.insert(at, state);
+        }
     }
 
     pub fn states(&self) -> impl Iterator<Item = &State> {
-        self.states.values()
+        self.states.iter()
     }
 
     /// Whether the window of journal segment `segment` is counted in some state.
     pub fn includes(&self, segment: &str) -> bool {
         self.states
-            .values()
+            .iter()
             .any(|s| s.segments.iter().any(|id| id == segment))
     }
 
@@ -301,26 +405,31 @@ impl Cumulative {
         if self.includes(segment) {
             return Added::AlreadyIncluded;
         }
-        let id = (window.app.to_owned(), window.env.to_owned());
-        if !self.states.contains_key(&id) && self.states.len() >= MAX_STATES {
-            self.refused_windows += 1;
-            return Added::Refused;
-        }
-        let state = self
-            .states
-            .entry(id)
-            .or_insert_with(|| State::new(window.app, window.env));
+        let at = match self.find(window.app, window.env) {
+            Ok(at) => at,
+            Err(_) if self.states.len() >= MAX_STATES => {
+                self.refused_windows += 1;
+                return Added::Refused;
+            }
+            Err(at) => {
+                self.states.insert(at, State::new(window.app, window.env));
+                at
+            }
+        };
+        let state = &mut self.states[at];
         let m = window.metrics;
-        let start = window.start_ms;
+        let times = (window.start_ms, now_ms);
+        let mut new = Vec::new();
         for (key, delta) in &m.counters {
-            state.add(key, Value::counter(*delta), start, now_ms);
+            state.add(key, Value::counter(*delta), times, &mut new);
         }
         for (key, gauge) in &m.gauges {
-            state.add(key, Value::Gauge(*gauge), start, now_ms);
+            state.add(key, Value::Gauge(*gauge), times, &mut new);
         }
         for (key, sketch) in &m.distributions {
-            state.add(key, Value::Distribution(sketch.clone()), start, now_ms);
+            state.add(key, Value::Distribution(sketch.clone()), times, &mut new);
         }
+        state.series.extend_new(new);
         state.segments.push(segment.to_owned());
         if state.segments.len() > MAX_REMEMBERED_SEGMENTS {
             let extra = state.segments.len() - MAX_REMEMBERED_SEGMENTS;
@@ -334,7 +443,7 @@ impl Cumulative {
     /// The journal segment `segment` is deleted: its id need not be remembered any more (the file
     /// forgets it at the next save).
     pub fn segment_done(&mut self, segment: &str) {
-        for state in self.states.values_mut() {
+        for state in self.states.iter_mut() {
             if let Some(at) = state.segments.iter().position(|id| id == segment) {
                 state.segments.remove(at);
                 state.dirty = true;
@@ -345,11 +454,11 @@ impl Cumulative {
     /// Drops the series not updated for the expiry, and states left with nothing.
     pub fn expire(&mut self, now_ms: u64) {
         let expiry = self.expiry_ms;
-        for state in self.states.values_mut() {
+        for state in self.states.iter_mut() {
             let before = state.series.len();
             state
                 .series
-                .retain(|_, s| now_ms.saturating_sub(s.updated_ms) < expiry);
+                .retain(|s| now_ms.saturating_sub(s.updated_ms) < expiry);
             let gone = before - state.series.len();
             if gone > 0 {
                 state.drops.expired += gone as u64;
@@ -363,8 +472,8 @@ impl Cumulative {
     pub fn take_drops(&mut self) -> Vec<((String, String), Drops)> {
         self.states
             .iter_mut()
-            .filter(|(_, s)| s.drops != Drops::default())
-            .map(|(id, s)| (id.clone(), std::mem::take(&mut s.drops)))
+            .filter(|s| s.drops != Drops::default())
+            .map(|s| ((s.app.clone(), s.env.clone()), std::mem::take(&mut s.drops)))
             .collect()
     }
 
@@ -378,37 +487,56 @@ impl Cumulative {
     /// series only in open windows starts at its window's start; while a state is full, such a
     /// series is not shown (it would be refused when its window closes).
     pub fn live<'a>(&'a self, open: &[WindowRef<'a>]) -> Vec<LiveState<'a>> {
-        type Series<'a> = BTreeMap<(Kind, &'a MetricKey), LiveSeries<'a>>;
-        let mut out: BTreeMap<(&'a str, &'a str), Series<'a>> = BTreeMap::new();
-        for state in self.states.values() {
-            let series = state
-                .series
-                .iter()
-                .map(|((kind, key), s)| {
-                    let live = LiveSeries {
+        let mut out: Vec<LiveState<'a>> = self
+            .states
+            .iter()
+            .map(|state| LiveState {
+                app: &state.app,
+                env: &state.env,
+                series: state
+                    .series
+                    .iter()
+                    .map(|((_, key), s)| LiveSeries {
                         key,
                         start_ms: s.start_ms,
                         value: Cow::Borrowed(&s.value),
-                    };
-                    ((*kind, key), live)
-                })
-                .collect();
-            out.insert((&state.app, &state.env), series);
-        }
+                    })
+                    .collect(),
+            })
+            .collect();
         for w in open {
             let full = self
                 .state(w.app, w.env)
                 .is_some_and(|s| s.series.len() >= MAX_SERIES);
-            let series = out.entry((w.app, w.env)).or_default();
+            let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
+                Some(at) => at,
+                None => {
+                    out.push(LiveState {
+                        app: w.app,
+                        env: w.env,
+                        series: Vec::new(),
+                    });
+                    out.len() - 1
+                }
+            };
+            let series = &mut out[at].series;
+            let mut new = Vec::new();
             let m = w.metrics;
-            let scalars = m
+            let values = m
                 .counters
                 .iter()
                 .map(|(k, d)| (k, Value::counter(*d)))
-                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))));
-            for (key, value) in scalars {
-                match series.get_mut(&(value.kind(), key)) {
-                    Some(live) => match (&*live.value, &value) {
+                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))))
+                .chain(
+                    m.distributions
+                        .iter()
+                        .map(|(k, s)| (k, Value::Distribution(s.clone()))),
+                );
+            for (key, value) in values {
+                let found = series
+                    .binary_search_by(|l| order((l.value.kind(), l.key), (value.kind(), key)));
+                match found {
+                    Ok(i) => match (&*series[i].value, &value) {
                         // A monotonic counter's negative open delta is not shown (see the module doc).
                         (
                             Value::Counter {
@@ -416,38 +544,21 @@ impl Cumulative {
                             },
                             Value::Counter { total, .. },
                         ) if *total < 0.0 || !total.is_finite() => {}
-                        _ => live.value.to_mut().add(&value),
+                        _ => series[i].value.to_mut().add(&value),
                     },
-                    None if !full => {
-                        let kind = value.kind();
-                        series.insert((kind, key), LiveSeries::new(key, w.start_ms, value));
-                    }
-                    None => {}
+                    Err(_) if !full => new.push(LiveSeries::new(key, w.start_ms, value)),
+                    Err(_) => {}
                 }
             }
-            for (key, sketch) in &m.distributions {
-                match series.get_mut(&(Kind::Distribution, key)) {
-                    Some(live) => {
-                        if let Value::Distribution(mine) = live.value.to_mut() {
-                            mine.merge(sketch);
-                        }
-                    }
-                    None if !full => {
-                        let value = Value::Distribution(sketch.clone());
-                        let live = LiveSeries::new(key, w.start_ms, value);
-                        series.insert((Kind::Distribution, key), live);
-                    }
-                    None => {}
-                }
+            if !new.is_empty() {
+                series.extend(new);
+                crate::sort::sort_by(series, |a, b| {
+                    order((a.value.kind(), a.key), (b.value.kind(), b.key))
+                });
             }
         }
-        out.into_iter()
-            .map(|((app, env), series)| LiveState {
-                app,
-                env,
-                series: series.into_values().collect(),
-            })
-            .collect()
+        crate::sort::sort_by(&mut out, |a, b| (a.app, a.env).cmp(&(b.app, b.env)));
+        out
     }
 }
 
