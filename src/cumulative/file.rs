@@ -4,8 +4,9 @@
 //! permissions, through [`WorkDir::open_file`] (no link followed, regular files only).
 //!
 //! Layout: [`MAGIC`] (8 bytes), [`FORMAT_VERSION`] (u32, little-endian), the body's length (u64,
-//! little-endian), the SHA-256 of the body (32 bytes), the body. The body is CBOR (written by
-//! `serde_cbor`, read by [`crate::cbor`]'s reader, so the sketches and metric keys are read and
+//! little-endian), the SHA-256 of the body (32 bytes), the body. The body is CBOR (written by a
+//! small writer here, as `serde_cbor` would write it but with every float in 64 bits; read by
+//! [`crate::cbor`]'s reader, so the sketches and metric keys are read and
 //! validated by the same code as on the socket and in the journal, and no generic deserializer is
 //! instantiated): `{app, env, saved_ms, segments: [id], series: [{key, start, updated, and one of
 //! total + monotonic | gauge | sketch}]}`.
@@ -23,14 +24,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
 
 use super::{
-    Cumulative, Kind, Series, SeriesMap, State, Value, MAX_REMEMBERED_SEGMENTS, MAX_SERIES, MAX_STATES,
+    Cumulative, Kind, Series, SeriesMap, State, Value, MAX_REMEMBERED_SEGMENTS, MAX_SERIES,
+    MAX_STATES,
 };
 use crate::cbor::{self, required, FromCbor, Reader};
 use crate::protocol::{GaugeValue, MetricKey};
-use crate::sketch::Sketch;
+use crate::sketch::{Sketch, SketchWire};
 use crate::workdir::WorkDir;
 
 pub const MAGIC: [u8; 8] = *b"ASCUMUL\n";
@@ -48,64 +49,161 @@ pub fn file_name(app: &str, env: &str) -> String {
     format!("cumulative-{:016x}.state", u64::from_be_bytes(id))
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    app: &'a str,
-    env: &'a str,
-    saved_ms: u64,
-    segments: &'a [String],
-    series: Vec<Record<'a>>,
-}
+/// The few CBOR items the body is made of, written as `serde_cbor` would read them: integers
+/// in their shortest head, floats always in 64 bits, definite lengths, text keys. (Not
+/// `serde_cbor`'s derived encoder: that was another copy of its writer in the library.)
+struct Writer(Vec<u8>);
 
-#[derive(Serialize)]
-struct Record<'a> {
-    key: &'a MetricKey,
-    start: u64,
-    updated: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    monotonic: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gauge: Option<&'a GaugeValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sketch: Option<&'a Sketch>,
+impl Writer {
+    fn head(&mut self, major: u8, n: u64) {
+        let major = major << 5;
+        if n < 24 {
+            self.0.push(major | n as u8);
+        } else if n <= 0xff {
+            self.0.extend_from_slice(&[major | 24, n as u8]);
+        } else if n <= 0xffff {
+            self.0.push(major | 25);
+            self.0.extend_from_slice(&(n as u16).to_be_bytes());
+        } else if n <= 0xffff_ffff {
+            self.0.push(major | 26);
+            self.0.extend_from_slice(&(n as u32).to_be_bytes());
+        } else {
+            self.0.push(major | 27);
+            self.0.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+
+    fn uint(&mut self, n: u64) {
+        self.head(0, n);
+    }
+
+    fn int(&mut self, n: i64) {
+        if n >= 0 {
+            self.head(0, n as u64);
+        } else {
+            // CBOR's negative integers hold -1 - n, which is !n in two's complement.
+            self.head(1, !(n as u64));
+        }
+    }
+
+    fn text(&mut self, s: &str) {
+        self.head(3, s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn float(&mut self, v: f64) {
+        self.0.push(0xfb);
+        self.0.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+
+    fn array(&mut self, len: usize) {
+        self.head(4, len as u64);
+    }
+
+    /// A map of `len` fields; each field is then its name (see [`Writer::field`]) and its value.
+    fn map(&mut self, len: usize) {
+        self.head(5, len as u64);
+    }
+
+    fn field(&mut self, name: &str) {
+        self.text(name);
+    }
+
+    fn key(&mut self, key: &MetricKey) {
+        self.map(2);
+        self.field("name");
+        self.text(&key.name);
+        self.field("tags");
+        self.array(key.tags.len());
+        for (name, value) in &key.tags {
+            self.array(2);
+            self.text(name);
+            self.text(value);
+        }
+    }
+
+    fn sketch(&mut self, sketch: &Sketch) {
+        let w = SketchWire::from(sketch.clone());
+        self.map(10);
+        for (name, n) in [("scale", w.scale), ("positive_offset", w.positive_offset)] {
+            self.field(name);
+            self.int(i64::from(n));
+        }
+        self.field("negative_offset");
+        self.int(i64::from(w.negative_offset));
+        for (name, counts) in [("positive", &w.positive), ("negative", &w.negative)] {
+            self.field(name);
+            self.array(counts.len());
+            for n in counts {
+                self.uint(*n);
+            }
+        }
+        for (name, n) in [("zero_count", w.zero_count), ("count", w.count)] {
+            self.field(name);
+            self.uint(n);
+        }
+        for (name, v) in [("sum", w.sum), ("min", w.min), ("max", w.max)] {
+            self.field(name);
+            self.float(v);
+        }
+    }
+
+    fn series(&mut self, key: &MetricKey, s: &Series) {
+        self.map(if matches!(s.value, Value::Counter { .. }) {
+            5
+        } else {
+            4
+        });
+        self.field("key");
+        self.key(key);
+        self.field("start");
+        self.uint(s.start_ms);
+        self.field("updated");
+        self.uint(s.updated_ms);
+        match &s.value {
+            Value::Counter { total, monotonic } => {
+                self.field("total");
+                self.float(*total);
+                self.field("monotonic");
+                self.0.push(if *monotonic { 0xf5 } else { 0xf4 });
+            }
+            Value::Gauge(g) => {
+                self.field("gauge");
+                self.map(2);
+                self.field("value");
+                self.float(g.value);
+                self.field("at_ms");
+                self.uint(g.at_ms);
+            }
+            Value::Distribution(d) => {
+                self.field("sketch");
+                self.sketch(d);
+            }
+        }
+    }
 }
 
 /// The whole file of `state`: header and body.
 pub fn encode(state: &State, saved_ms: u64) -> Result<Vec<u8>> {
-    let series = state
-        .series
-        .iter()
-        .map(|((_, key), s)| {
-            let mut r = Record {
-                key,
-                start: s.start_ms,
-                updated: s.updated_ms,
-                total: None,
-                monotonic: None,
-                gauge: None,
-                sketch: None,
-            };
-            match &s.value {
-                Value::Counter { total, monotonic } => {
-                    r.total = Some(*total);
-                    r.monotonic = Some(*monotonic);
-                }
-                Value::Gauge(g) => r.gauge = Some(g),
-                Value::Distribution(d) => r.sketch = Some(d),
-            }
-            r
-        })
-        .collect();
-    let body = serde_cbor::to_vec(&Body {
-        app: &state.app,
-        env: &state.env,
-        saved_ms,
-        segments: &state.segments,
-        series,
-    })
-    .context("cannot encode the cumulative state")?;
+    let mut w = Writer(Vec::new());
+    w.map(5);
+    w.field("app");
+    w.text(&state.app);
+    w.field("env");
+    w.text(&state.env);
+    w.field("saved_ms");
+    w.uint(saved_ms);
+    w.field("segments");
+    w.array(state.segments.len());
+    for id in &state.segments {
+        w.text(id);
+    }
+    w.field("series");
+    w.array(state.series.len());
+    for ((_, key), s) in state.series.iter() {
+        w.series(key, s);
+    }
+    let body = w.0;
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -383,6 +481,89 @@ mod tests {
             (&b.app, &b.env, &b.series, &b.segments)
         );
         assert_eq!(a.bytes(), b.bytes());
+    }
+
+    /// The body as `serde_cbor`'s derive wrote it before the writer here.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        app: &'a str,
+        env: &'a str,
+        saved_ms: u64,
+        segments: &'a [String],
+        series: Vec<Record<'a>>,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        key: &'a MetricKey,
+        start: u64,
+        updated: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        monotonic: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gauge: Option<&'a GaugeValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sketch: Option<&'a Sketch>,
+    }
+
+    #[test]
+    fn the_writer_writes_what_serde_cbor_wrote() {
+        let mut c = sample();
+        let mut m = MetricSet::default();
+        m.counters.insert(key("negative"), -2.5e300);
+        let mut s = Sketch::new();
+        for v in [-3.0, 0.0, 1e-9, 70_000.0, 5e9] {
+            s.add(v);
+        }
+        m.distributions.insert(key("wide"), s);
+        let w = WindowRef {
+            app: "app",
+            env: "prod",
+            start_ms: u64::from(u32::MAX) + 7,
+            metrics: &m,
+        };
+        c.add_window(w, &"b".repeat(32), 300);
+        let state = c.state("app", "prod").unwrap();
+        let series = state
+            .series
+            .iter()
+            .map(|((_, key), s)| {
+                let (mut total, mut monotonic, mut gauge, mut sketch) = (None, None, None, None);
+                match &s.value {
+                    Value::Counter {
+                        total: t,
+                        monotonic: m,
+                    } => {
+                        (total, monotonic) = (Some(*t), Some(*m));
+                    }
+                    Value::Gauge(g) => gauge = Some(g),
+                    Value::Distribution(d) => sketch = Some(d),
+                }
+                Record {
+                    key,
+                    start: s.start_ms,
+                    updated: s.updated_ms,
+                    total,
+                    monotonic,
+                    gauge,
+                    sketch,
+                }
+            })
+            .collect();
+        let theirs = serde_cbor::value::to_value(Body {
+            app: &state.app,
+            env: &state.env,
+            saved_ms: 70_000,
+            segments: &state.segments,
+            series,
+        })
+        .unwrap();
+        let bytes = encode(state, 70_000).unwrap();
+        let ours: serde_cbor::Value = serde_cbor::from_slice(&bytes[HEADER_BYTES..]).unwrap();
+        assert_eq!(ours, theirs);
+        same(&decode(&bytes).unwrap(), state);
     }
 
     fn workdir() -> (tempfile::TempDir, WorkDir) {
