@@ -176,8 +176,8 @@ pub async fn serve_http(
     }
 }
 
-/// A connection task of a leader's HTTP listener, boxed: every listener spawns this one type, so
-/// that the task code around hyper's connection is in the library once.
+/// A task of the leader, boxed: the HTTP listeners' connections and the leader's loops are all
+/// spawned as this one type, so that the runtime's code around a task is in the library once.
 pub type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub fn boxed(task: impl std::future::Future<Output = ()> + Send + 'static) -> ConnectionTask {

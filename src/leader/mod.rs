@@ -560,9 +560,11 @@ struct Background {
 impl Background {
     fn start(parts: &Parts) -> Background {
         let (stop, stopped) = watch::channel(false);
-        let transmitter = tokio::spawn(Arc::clone(&parts.transmission).run(stopped.clone()));
+        // Every task here is spawned boxed, as the listeners' connection tasks are: one type of
+        // task, so the runtime's code around a task is in the library once, not once per loop.
+        let transmitter = spawn(Arc::clone(&parts.transmission).run(stopped.clone()));
         let host_metrics = parts.config.enable_host_metrics.then(|| {
-            tokio::spawn(host::host_metrics_loop(
+            spawn(host::host_metrics_loop(
                 Arc::clone(&parts.counting),
                 parts.config.hostname.clone(),
                 parts.config.host_metrics_interval,
@@ -570,7 +572,7 @@ impl Background {
             ))
         });
         let mut listeners = spawn_listeners(parts, &stopped);
-        listeners.push(tokio::spawn(scrape::run(
+        listeners.push(spawn(scrape::run(
             Arc::clone(&parts.totals),
             Arc::clone(&parts.counting),
             stopped.clone(),
@@ -597,6 +599,11 @@ impl Background {
     }
 }
 
+/// Spawns `task` boxed (see [`Background::start`]).
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(crate::intake::boxed(task))
+}
+
 /// Starts the StatsD and OTLP/HTTP listeners that are configured ([`crate::intake`]); their data
 /// counts as the leader's own configuration's. They end when `background` fires.
 fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
@@ -605,7 +612,7 @@ fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<Joi
     let sink: crate::intake::Sink = Arc::new(move |batch| counting.count_own(batch));
     let mut tasks = Vec::new();
     if let Some(addr) = listeners.statsd {
-        tasks.push(tokio::spawn(crate::intake::udp::run(
+        tasks.push(spawn(crate::intake::udp::run(
             addr,
             Arc::clone(&sink),
             parts.tally.intake(),
@@ -613,7 +620,7 @@ fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<Joi
         )));
     }
     if let Some(addr) = listeners.otlp_http {
-        tasks.push(tokio::spawn(crate::intake::otlp_http::run(
+        tasks.push(spawn(crate::intake::otlp_http::run(
             addr,
             Arc::clone(&sink),
             parts.tally.intake(),
