@@ -46,6 +46,8 @@
 //! - `role`: what this process is (the roles, and one writing handle per start).
 //! - `ids`: random ids.
 //! - `sort`: stable sorting with one copy of the algorithm for the whole crate.
+//! - `blocking`: work moved off the leader's runtime thread, with one copy of the blocking-task
+//!   code for the whole crate.
 //! - `log`: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
@@ -58,6 +60,7 @@
 
 pub mod agent;
 pub mod apm;
+mod blocking;
 pub mod config;
 pub mod data;
 pub mod diagnose;

@@ -104,7 +104,7 @@ pub async fn run(
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(FLUSH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flushing: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut flushing: Option<crate::blocking::Started<bool>> = None;
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
@@ -114,13 +114,13 @@ pub async fn run(
                     continue;
                 }
                 if let Some(done) = flushing.take() {
-                    report(done.await.unwrap_or(false));
+                    report(done.join().await.unwrap_or(false));
                 }
                 let batch = state.converter().pending.take_batch(client_id, seq + 1, crate::now_ms());
                 if let Some(batch) = batch {
                     seq += 1;
                     let sink = Arc::clone(&sink);
-                    flushing = Some(tokio::task::spawn_blocking(move || sink(batch)));
+                    flushing = Some(crate::blocking::start(move || sink(batch)));
                 }
             }
             (permit, accepted) = async {
@@ -148,7 +148,7 @@ pub async fn run(
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     if let Some(done) = flushing.take() {
-        report(done.await.unwrap_or(false));
+        report(done.join().await.unwrap_or(false));
     }
     let batch = state
         .converter()
@@ -156,7 +156,7 @@ pub async fn run(
         .take_batch(client_id, seq + 1, crate::now_ms());
     if let Some(batch) = batch {
         report(
-            tokio::task::spawn_blocking(move || sink(batch))
+            crate::blocking::run(move || sink(batch))
                 .await
                 .unwrap_or(false),
         );
@@ -334,7 +334,7 @@ async fn answer(
         .await
         .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "stopping".to_owned()))?;
     let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let _permit = permit;
         let decoded = gunzip(bytes, gzip)?;
         match signal {

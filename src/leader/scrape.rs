@@ -210,7 +210,7 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         let format = Format::from_accept(accept);
         let _rendering = shared.rendering.acquire().await;
         let totals = Arc::clone(&shared.totals);
-        match tokio::task::spawn_blocking(move || totals.scrape(format)).await {
+        match crate::blocking::run(move || totals.scrape(format)).await {
             Ok(text) => (StatusCode::OK, format.content_type(), text),
             Err(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -105,7 +105,7 @@ impl Transmission {
             }
             // Batches that stopping processes could not hand over count before the windows close.
             let spools = Arc::clone(&self.counting);
-            if tokio::task::spawn_blocking(move || spools.ingest_spools())
+            if crate::blocking::run(move || spools.ingest_spools())
                 .await
                 .is_err()
             {
@@ -189,7 +189,7 @@ impl Transmission {
         // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
         let counted = self.counting.counted_snapshot();
         let workdir = self.workdir.clone();
-        let written = tokio::task::spawn_blocking(move || {
+        let written = crate::blocking::run(move || {
             crate::journal::Journal::write_counted(&workdir, &counted)
         })
         .await
@@ -237,7 +237,7 @@ impl Transmission {
     async fn store(&self, mut window: Window, report: AgentReport) -> Option<Stored> {
         with_instance_id(&mut window.config, self.workdir.path());
         let cache = Arc::clone(&self.cache);
-        let stored = tokio::task::spawn_blocking(move || {
+        let stored = crate::blocking::run(move || {
             let outgoing = match exports(&window, &report) {
                 Ok(o) => o,
                 Err(e) => return (window, Err(e)),
@@ -345,7 +345,7 @@ impl Transmission {
             return;
         }
         let totals = Arc::clone(&self.totals);
-        let committed = tokio::task::spawn_blocking(move || totals.commit(&window)).await;
+        let committed = crate::blocking::run(move || totals.commit(&window)).await;
         match committed {
             Ok(segments) => {
                 for segment in segments {

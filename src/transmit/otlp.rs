@@ -265,7 +265,7 @@ pub async fn send(
     // Decoding and encoding a large request runs on the blocking pool, not on the thread that
     // serves the sockets.
     let (cached, key, compress) = (body_gz.to_vec(), push_api_key.to_owned(), settings.gzip);
-    let body = tokio::task::spawn_blocking(move || request_body(signal, &cached, &key, compress))
+    let body = crate::blocking::run(move || request_body(signal, &cached, &key, compress))
         .await
         .map_err(|e| {
             PushError::Retryable(format!(
