@@ -36,7 +36,7 @@
 //! - **Values.** Floats in the form Prometheus' own clients write (`1.0`, `1.048576e+06`, `+Inf`,
 //!   `NaN`); no timestamps (the scrape's time is the sample's).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write;
 
 use crate::cumulative::{Kind, LiveSeries, LiveState, Value};
@@ -140,17 +140,20 @@ fn escape(value: &str, out: &mut String) {
 
 /// The labels of one series, without braces: `appsignal_app="…",appsignal_env="…",tag="…"`.
 fn labels(app: &str, env: &str, tags: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = tags.iter().collect();
-    crate::sort::sort_by(&mut sorted, |a, b| a.0.cmp(&b.0));
-    let mut joined: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in sorted {
-        joined
-            .entry(label_name(name))
-            .and_modify(|v| {
-                v.push(';');
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.clone());
+    // By label name, then by the original name: the values of tags that become one label are
+    // neighbours, joined in the order of their names.
+    let mut sorted: Vec<(String, &(String, String))> =
+        tags.iter().map(|t| (label_name(&t.0), t)).collect();
+    crate::sort::sort_by(&mut sorted, |a, b| (&a.0, &a.1 .0).cmp(&(&b.0, &b.1 .0)));
+    let mut joined: Vec<(String, String)> = Vec::with_capacity(sorted.len());
+    for (label, (_, value)) in sorted {
+        match joined.last_mut() {
+            Some((last, joined_value)) if *last == label => {
+                joined_value.push(';');
+                joined_value.push_str(value);
+            }
+            _ => joined.push((label, value.clone())),
+        }
     }
     let mut out = String::from("appsignal_app=\"");
     escape(app, &mut out);
@@ -177,14 +180,20 @@ pub fn format_float(v: f64, out: &mut String) {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
         return;
     }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
+    // The shortest digits that read back as `v`, and the decimal exponent of the first, from
+    // `Display` (which writes them without an exponent): `{:e}` would link the standard
+    // library's exponent formatting, with its fixed-precision paths, only for this.
+    let sign = if v.is_sign_negative() { "-" } else { "" };
+    let plain = v.abs().to_string();
+    let (int, frac) = plain.split_once('.').unwrap_or((&plain, ""));
+    let all = format!("{int}{frac}");
+    let lead = all.bytes().take_while(|b| *b == b'0').count();
+    let digits = all[lead..].trim_end_matches('0');
+    let (digits, exp) = if digits.is_empty() {
+        ("0", 0)
+    } else {
+        (digits, int.len() as i32 - 1 - lead as i32)
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     out.push_str(sign);
     if !(-4..16).contains(&exp) {
         let (first, rest) = digits.split_at(1);
