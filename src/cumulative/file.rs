@@ -52,9 +52,11 @@ pub fn file_name(app: &str, env: &str) -> String {
 /// The few CBOR items the body is made of, written as `serde_cbor` would read them: integers
 /// in their shortest head, floats always in 64 bits, definite lengths, text keys. (Not
 /// `serde_cbor`'s derived encoder: that was another copy of its writer in the library.)
+/// Its items are not inlined: each inlined copy would grow the `Vec` on its own.
 struct Writer(Vec<u8>);
 
 impl Writer {
+    #[inline(never)]
     fn head(&mut self, major: u8, n: u64) {
         let major = major << 5;
         if n < 24 {
@@ -86,11 +88,13 @@ impl Writer {
         }
     }
 
+    #[inline(never)]
     fn text(&mut self, s: &str) {
         self.head(3, s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    #[inline(never)]
     fn float(&mut self, v: f64) {
         self.0.push(0xfb);
         self.0.extend_from_slice(&v.to_bits().to_be_bytes());
@@ -109,6 +113,7 @@ impl Writer {
         self.text(name);
     }
 
+    #[inline(never)]
     fn key(&mut self, key: &MetricKey) {
         self.map(2);
         self.field("name");
@@ -122,6 +127,7 @@ impl Writer {
         }
     }
 
+    #[inline(never)]
     fn sketch(&mut self, sketch: &Sketch) {
         let w = SketchWire::from(sketch.clone());
         self.map(10);
@@ -148,6 +154,7 @@ impl Writer {
         }
     }
 
+    #[inline(never)]
     fn series(&mut self, key: &MetricKey, s: &Series) {
         self.map(if matches!(s.value, Value::Counter { .. }) {
             5
