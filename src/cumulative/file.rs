@@ -31,7 +31,7 @@ use super::{
 };
 use crate::cbor::{self, required, FromCbor, Reader};
 use crate::protocol::{GaugeValue, MetricKey};
-use crate::sketch::{Sketch, SketchWire};
+use crate::sketch::Sketch;
 use crate::workdir::WorkDir;
 
 pub const MAGIC: [u8; 8] = *b"ASCUMUL\n";
@@ -129,26 +129,34 @@ impl Writer {
 
     #[inline(never)]
     fn sketch(&mut self, sketch: &Sketch) {
-        let w = SketchWire::from(sketch.clone());
+        // The fields of `SketchWire`, from the sketch itself (no copy of its buckets).
+        let (min, max) = sketch.min_max_held();
+        let (positive, negative) = (sketch.positive(), sketch.negative());
         self.map(10);
-        for (name, n) in [("scale", w.scale), ("positive_offset", w.positive_offset)] {
+        let ints = [
+            ("scale", sketch.scale()),
+            ("positive_offset", positive.offset()),
+            ("negative_offset", negative.offset()),
+        ];
+        for (name, n) in ints {
             self.field(name);
             self.int(i64::from(n));
         }
-        self.field("negative_offset");
-        self.int(i64::from(w.negative_offset));
-        for (name, counts) in [("positive", &w.positive), ("negative", &w.negative)] {
+        for (name, counts) in [("positive", positive), ("negative", negative)] {
             self.field(name);
-            self.array(counts.len());
-            for n in counts {
+            self.array(counts.counts().len());
+            for n in counts.counts() {
                 self.uint(*n);
             }
         }
-        for (name, n) in [("zero_count", w.zero_count), ("count", w.count)] {
+        for (name, n) in [
+            ("zero_count", sketch.zero_count()),
+            ("count", sketch.count()),
+        ] {
             self.field(name);
             self.uint(n);
         }
-        for (name, v) in [("sum", w.sum), ("min", w.min), ("max", w.max)] {
+        for (name, v) in [("sum", sketch.sum()), ("min", min), ("max", max)] {
             self.field(name);
             self.float(v);
         }

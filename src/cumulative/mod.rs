@@ -468,13 +468,17 @@ impl Cumulative {
         }
     }
 
-    /// What each state dropped since the last call: ((app, env), drops), for `agent.*`.
-    pub fn take_drops(&mut self) -> Vec<((String, String), Drops)> {
-        self.states
-            .iter_mut()
-            .filter(|s| s.drops != Drops::default())
-            .map(|s| ((s.app.clone(), s.env.clone()), std::mem::take(&mut s.drops)))
-            .collect()
+    /// What the states dropped since the last call, added up (for `agent.*`, which counts them
+    /// for the leader as a whole).
+    pub fn take_drops(&mut self) -> Drops {
+        let mut sum = Drops::default();
+        for state in &mut self.states {
+            let d = std::mem::take(&mut state.drops);
+            sum.refused += d.refused;
+            sum.expired += d.expired;
+            sum.forgotten_segments += d.forgotten_segments;
+        }
+        sum
     }
 
     /// Windows not counted because [`MAX_STATES`] states were known (since the last call).
@@ -696,8 +700,8 @@ mod tests {
         assert_eq!(state.series.len(), 1);
         assert!(state.series.contains_key(&(Kind::Counter, key("kept"))));
         let drops = c.take_drops();
-        assert_eq!(drops[0].1.expired, 1);
-        assert!(c.take_drops().is_empty());
+        assert_eq!(drops.expired, 1);
+        assert_eq!(c.take_drops(), Drops::default());
         c.add_window(window(&counters(&[("old", 4.0)]), 2000), &seg(3), 2000);
         let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("old"))];
         assert_eq!(
@@ -721,7 +725,7 @@ mod tests {
         }
         c.add_window(window(&m, 0), &seg(1), 1);
         assert_eq!(c.state("app", "prod").unwrap().series.len(), MAX_SERIES);
-        assert_eq!(c.take_drops()[0].1.refused, 10);
+        assert_eq!(c.take_drops().refused, 10);
         // Known series still count when the state is full.
         c.add_window(window(&counters(&[("c0", 1.0)]), 0), &seg(2), 2);
         let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("c0"))];
@@ -742,10 +746,7 @@ mod tests {
         c.add_window(window(&m, 0), &seg(1), 1);
         let state = c.state("app", "prod").unwrap();
         assert!(state.bytes() <= MAX_STATE_BYTES);
-        assert_eq!(
-            state.series.len() as u64 + c.take_drops()[0].1.refused,
-            2_000
-        );
+        assert_eq!(state.series.len() as u64 + c.take_drops().refused, 2_000);
         // States.
         let m = counters(&[("a", 1.0)]);
         for i in 1..=MAX_STATES {

@@ -141,12 +141,10 @@ impl Totals {
             cumulative_refused_series: cumulative.take_refused_windows(),
             ..AgentCounts::default()
         };
-        let mut forgotten = 0;
-        for (_, drops) in cumulative.take_drops() {
-            counts.cumulative_refused_series += drops.refused;
-            counts.cumulative_expired_series += drops.expired;
-            forgotten += drops.forgotten_segments;
-        }
+        let drops = cumulative.take_drops();
+        counts.cumulative_refused_series += drops.refused;
+        counts.cumulative_expired_series += drops.expired;
+        let forgotten = drops.forgotten_segments;
         if !counts.is_zero() {
             self.tally.give_back(&counts);
         }
