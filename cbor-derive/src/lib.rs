@@ -8,7 +8,7 @@
 //! attributes. The generated code refers to `crate::cbor::{FromCbor, Reader, …}`: it is meant for
 //! types of the `appsignal-agent` crate. Adding a message is
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Serialize, Deserialize, FromCbor)]
 //! pub struct Ack { pub seq: u64, #[serde(default)] pub note: Option<String> }
 //! ```
