@@ -100,6 +100,7 @@ pub mod sketch;
 pub(crate) mod client;
 pub(crate) mod election;
 pub(crate) mod fork;
+pub(crate) mod gzip;
 pub(crate) mod ids;
 pub(crate) mod leader;
 pub(crate) mod log;

@@ -21,7 +21,6 @@
 //! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's (protobuf)
 //! or [`super::otlp_json`]'s (JSON), over bytes whose size was checked first.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -354,16 +353,13 @@ async fn answer(
 /// The body as sent, or gunzipped within [`MAX_DECODED_BYTES`].
 fn gunzip(bytes: Bytes, gzip: bool) -> Result<Bytes, (StatusCode, String)> {
     Ok(if gzip {
-        let mut out = Vec::new();
-        let mut reader =
-            flate2::read::GzDecoder::new(&bytes[..]).take(MAX_DECODED_BYTES as u64 + 1);
-        reader
-            .read_to_end(&mut out)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
-        if out.len() > MAX_DECODED_BYTES {
-            return Err(too_large(MAX_DECODED_BYTES));
+        match crate::gzip::decompress(&bytes, MAX_DECODED_BYTES) {
+            Ok(out) => Bytes::from(out),
+            Err(crate::gzip::DecompressError::TooLarge) => {
+                return Err(too_large(MAX_DECODED_BYTES))
+            }
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("bad gzip body: {e}"))),
         }
-        Bytes::from(out)
     } else {
         bytes
     })

@@ -6,10 +6,7 @@
 
 pub mod mapping;
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
-use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use crate::aggregate::Window;
@@ -44,13 +41,7 @@ impl Signal {
 }
 
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        Compression::fast(),
-    );
-    gz.write_all(bytes)
-        .context("cannot compress an OTLP request")?;
-    gz.finish().context("cannot compress an OTLP request")
+    crate::gzip::compress(bytes).context("cannot compress an OTLP request")
 }
 
 /// A metrics request with no metrics (resource and scope only): it completes a window's set of
