@@ -1289,8 +1289,11 @@ mod tests {
         r.resource_metrics[0].scope_metrics[0].metrics.clone()
     }
 
-    /// (temporality, monotonic, points as (tag value or "", start ms, time ms, value)).
-    fn sum_of(metrics: &[Metric], name: &str) -> Option<(i32, bool, Vec<(String, u64, u64, f64)>)> {
+    /// A point as (first tag's value or "", start ms, time ms, value).
+    type SumPoint = (String, u64, u64, f64);
+
+    /// (temporality, monotonic, points).
+    fn sum_of(metrics: &[Metric], name: &str) -> Option<(i32, bool, Vec<SumPoint>)> {
         let m = metrics.iter().find(|m| m.name == name)?;
         let Some(metric::Data::Sum(sum)) = &m.data else {
             panic!("{name} is not a sum: {m:?}")
@@ -1352,7 +1355,7 @@ mod tests {
     const DELTA: i32 = AggregationTemporality::Delta as i32;
     const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 
-    fn p(tag: &str, start_ms: u64, time_ms: u64, value: f64) -> (String, u64, u64, f64) {
+    fn p(tag: &str, start_ms: u64, time_ms: u64, value: f64) -> SumPoint {
         (tag.to_owned(), start_ms, time_ms, value)
     }
 
