@@ -913,7 +913,7 @@ mod tests {
         );
         let own = s.config.export_config();
         let live = |totals: &Totals| {
-            totals.with_live_of(&own.app_name, &own.environment, |series| {
+            totals.with_live_of(&own.app_name, &own.environment, true, |series| {
                 series
                     .iter()
                     .map(|l| (l.start_ms, (*l.value).clone()))
@@ -929,9 +929,18 @@ mod tests {
         totals.commit(&taken[0]);
         assert_eq!(live(&totals), vec![(base, counter(9.0))]);
         assert_eq!(
-            totals.with_live_of("another app", &own.environment, |series| series.len()),
+            totals.with_live_of("another app", &own.environment, true, |series| series.len()),
             0
         );
+        // Without the open windows: the committed totals only.
+        assert!(counting.count_own(batch(1, 3, base + INTERVAL_MS + 6, 1.0)));
+        let committed = totals.with_live_of(&own.app_name, &own.environment, false, |series| {
+            series
+                .iter()
+                .map(|l| (l.start_ms, (*l.value).clone()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(committed, vec![(base, counter(2.0))]);
     }
 
     #[test]

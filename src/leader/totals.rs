@@ -161,18 +161,25 @@ impl Totals {
         }
     }
 
-    /// `f` over the live series of (`app`, `env`): the committed totals plus every window not yet
-    /// added, exactly as a scrape shows them (an OTLP request under a cumulative temporality),
-    /// under the state's lock. Blocking (O(series), and it waits for a save in progress): call it
-    /// off the runtime thread, and keep `f` short (scrapes and commits wait for it).
+    /// `f` over the live series of (`app`, `env`): the committed totals plus, with `open`, every
+    /// window not yet added, exactly as a scrape shows them (an OTLP request under a cumulative
+    /// temporality); without, the committed totals only (enough to tell which counters are
+    /// monotonic, without copying the open windows). Under the state's lock. Blocking (O(series),
+    /// and it waits for a save in progress): call it off the runtime thread, and keep `f` short
+    /// (scrapes and commits wait for it).
     pub(super) fn with_live_of<R>(
         &self,
         app: &str,
         env: &str,
+        open: bool,
         f: impl FnOnce(&[LiveSeries<'_>]) -> R,
     ) -> R {
         let inner = self.inner();
-        let uncounted = self.counting.uncounted();
+        let uncounted = if open {
+            self.counting.uncounted()
+        } else {
+            Vec::new()
+        };
         let open = open_windows(&uncounted);
         f(&inner.cumulative.live_of(app, env, &open))
     }

@@ -421,8 +421,8 @@ async fn push_until(
 /// The payloads of `window`, one per exporter and OTLP signal, in the order they are cached. The
 /// last one is always there ([`last_kind`]): once it is in the cache, all of them are. OTLP
 /// metrics take the live view of the window's app and environment from `totals` (under its
-/// lock; blocking) unless they are delta for a window without counters; cumulative points carry
-/// `built_ms`.
+/// lock; blocking), or under delta its committed totals (for the monotonic flags, and only for a
+/// window with counters); cumulative points carry `built_ms`.
 fn exports(
     window: &Window,
     report: &AgentReport,
@@ -452,15 +452,13 @@ fn exports(
             };
             crate::otlp::mapping::requests(window, &window.segment, report, &live)
         };
-        // Under delta the view only tells which counters are monotonic.
-        let requests = if temporality == Temporality::Delta && window.metrics.counters.is_empty() {
+        // Under delta the committed totals only tell which counters are monotonic.
+        let delta = temporality == Temporality::Delta;
+        let requests = if delta && window.metrics.counters.is_empty() {
             requests(&[])
         } else {
-            totals.with_live_of(
-                &window.config.app_name,
-                &window.config.environment,
-                requests,
-            )
+            let (app, env) = (&window.config.app_name, &window.config.environment);
+            totals.with_live_of(app, env, !delta, requests)
         };
         let mut bodies = crate::otlp::encode(requests)?;
         // Metrics last, and always (an empty request if need be): it marks the set complete.
