@@ -238,6 +238,7 @@ fn leader_election(
                 "headers": o.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
                 "timeout_ms": o.timeout_ms,
                 "compression": if o.gzip { "gzip" } else { "none" },
+                "metrics_temporality": o.temporality().name(),
             })),
             "hostname": c.hostname,
             "revision": c.revision,
