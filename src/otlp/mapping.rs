@@ -535,18 +535,17 @@ fn metrics(window: &Window, report: &AgentReport, live: &LiveView<'_>) -> Vec<Me
     }
     // The cumulative view is sorted by (kind, key): its points come out in a stable order too.
     for s in live.series {
-        let attributes = tag_attributes(&s.key.tags);
         let series_start_ns = s.start_ms.saturating_mul(1_000_000);
         match &*s.value {
             Value::Counter { total, .. } if cumulative_counter(&s.key.name) => builder.sum(
                 &s.key.name,
-                number_point(attributes, series_start_ns, now_ns, *total),
+                number_point(tag_attributes(&s.key.tags), series_start_ns, now_ns, *total),
                 Cumulative,
                 monotonic(&s.key.name),
             ),
             Value::Distribution(sketch) if cumulative_distributions => builder.histogram(
                 &s.key.name,
-                histogram_point(attributes, series_start_ns, now_ns, sketch),
+                histogram_point(tag_attributes(&s.key.tags), series_start_ns, now_ns, sketch),
                 Cumulative,
             ),
             _ => {}
