@@ -275,6 +275,7 @@ fn leader_election(
                 ),
                 ("timeout_ms", o.timeout_ms.into()),
                 ("compression", text(if o.gzip { "gzip" } else { "none" })),
+                ("metrics_temporality", text(o.temporality().name())),
             ])
         });
         object(vec![

@@ -59,6 +59,47 @@ pub struct OtlpSettings {
     /// `OTEL_RESOURCE_ATTRIBUTES`, the `appsignal.config.*` lists); the leader adds the ones it
     /// derives from the rest of the [`ExportConfig`] when it builds a request.
     pub resource: Vec<(String, ResourceValue)>,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: [`Temporality::name`] of a preference
+    /// other than delta; empty for delta (the default, then not written, so that a configuration
+    /// without it is the document earlier releases wrote, and what they read as delta). Text
+    /// rather than a typed field: read back with [`OtlpSettings::temporality`], where anything
+    /// unknown is delta.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub temporality: String,
+}
+
+/// Which OTLP temporality a configuration asks for (`docs/otlp.md`, Temporality).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Temporality {
+    /// Every sum and histogram a delta of its window (AppSignal's collector).
+    #[default]
+    Delta,
+    /// Counters and distributions as cumulative totals since each series' start.
+    Cumulative,
+    /// The specification's `lowmemory`: delta, except non-monotonic counters, cumulative.
+    LowMemory,
+}
+
+impl Temporality {
+    /// The specification's value (lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            Temporality::Delta => "delta",
+            Temporality::Cumulative => "cumulative",
+            Temporality::LowMemory => "lowmemory",
+        }
+    }
+
+    /// The preference named `text` (any case); `None` when it is none of the three.
+    pub fn parse(text: &str) -> Option<Temporality> {
+        [
+            Temporality::Delta,
+            Temporality::Cumulative,
+            Temporality::LowMemory,
+        ]
+        .into_iter()
+        .find(|t| text.eq_ignore_ascii_case(t.name()))
+    }
 }
 
 /// The leader's Prometheus endpoint as one configuration asks for it (`_APPSIGNAL_PROMETHEUS_*`,
@@ -189,6 +230,11 @@ impl ExportConfig {
 }
 
 impl OtlpSettings {
+    /// The temporality asked for: delta unless the field names another one.
+    pub fn temporality(&self) -> Temporality {
+        Temporality::parse(&self.temporality).unwrap_or_default()
+    }
+
     /// Every field, for the configuration's id (the same in every process with these settings).
     fn identity_fields(&self) -> Vec<String> {
         let mut fields = vec![
@@ -203,6 +249,10 @@ impl OtlpSettings {
         }
         for (k, v) in &self.resource {
             fields.push(format!("r:{k}={v:?}"));
+        }
+        // Set only: a delta configuration keeps the id it had before the preference existed.
+        if !self.temporality.is_empty() {
+            fields.push(format!("temporality:{}", self.temporality));
         }
         fields
     }
@@ -243,6 +293,7 @@ impl fmt::Debug for OtlpSettings {
             .field("timeout_ms", &self.timeout_ms)
             .field("gzip", &self.gzip)
             .field("resource", &self.resource)
+            .field("temporality", &self.temporality)
             .finish()
     }
 }
@@ -284,6 +335,7 @@ mod tests {
                         ResourceValue::List(vec!["a".into(), "b".into()]),
                     ),
                 ],
+                temporality: "cumulative".into(),
             }),
             prometheus: Some(PrometheusSettings {
                 port: 9464,
@@ -383,6 +435,18 @@ mod tests {
             ..config.clone()
         };
         assert_ne!(other_header.id(), config.id());
+        let with_temporality = |temporality: &str| ExportConfig {
+            otlp: config.otlp.clone().map(|o| OtlpSettings {
+                temporality: temporality.into(),
+                ..o
+            }),
+            ..config.clone()
+        };
+        assert_ne!(with_temporality("").id(), config.id());
+        assert_ne!(
+            with_temporality("").id(),
+            with_temporality("lowmemory").id()
+        );
         // A push-only configuration without the optional fields keeps the id earlier releases gave it.
         let plain = ExportConfig {
             push_api_key: "k".into(),
@@ -396,6 +460,22 @@ mod tests {
             }
         }
         assert_eq!(plain.id(), hash);
+    }
+
+    #[test]
+    fn the_temporality_reads_back_delta_unless_it_names_another() {
+        let with = |text: &str| {
+            OtlpSettings {
+                temporality: text.into(),
+                ..full().otlp.unwrap()
+            }
+            .temporality()
+        };
+        assert_eq!(with(""), Temporality::Delta);
+        assert_eq!(with("delta"), Temporality::Delta);
+        assert_eq!(with("cumulative"), Temporality::Cumulative);
+        assert_eq!(with("LowMemory"), Temporality::LowMemory);
+        assert_eq!(with("sometimes"), Temporality::Delta);
     }
 
     /// The previous release's declaration of this struct (then `config::PushConfig`) and of the
@@ -506,8 +586,13 @@ mod tests {
 
     #[test]
     fn the_previous_release_and_this_one_read_each_other() {
+        // Delta (the default) is not written: the document is the one earlier releases wrote.
         let without_prometheus = ExportConfig {
             prometheus: None,
+            otlp: full().otlp.map(|o| OtlpSettings {
+                temporality: String::new(),
+                ..o
+            }),
             ..full()
         };
         for config in [
@@ -522,11 +607,15 @@ mod tests {
             let back: previous::PushConfig = serde_cbor::from_slice(&old).unwrap();
             assert_eq!(back.push_api_key, config.push_api_key);
         }
-        // The Prometheus settings are a field the previous release skips.
+        // The Prometheus settings and the temporality are fields the previous release skips.
         for config in [full(), full().without_secrets()] {
             let new = serde_cbor::to_vec(&config).unwrap();
             let back: previous::PushConfig = serde_cbor::from_slice(&new).unwrap();
             assert_eq!(back.app_name, config.app_name);
+            assert_eq!(
+                back.otlp.map(|o| o.metrics_endpoint),
+                config.otlp.map(|o| o.metrics_endpoint)
+            );
         }
         let first = previous::FirstPushConfig {
             push_api_key: "k".into(),

@@ -578,6 +578,7 @@ mod tests {
                             ResourceValue::List(vec!["a".into(), "b".into()]),
                         ),
                     ],
+                    temporality: "lowmemory".into(),
                 }),
                 prometheus: None,
                 redacted: false,

@@ -1,7 +1,10 @@
 //! The leader's Prometheus endpoint, with real processes: worker processes record through the C
 //! interface while leaders are SIGKILLed and others take over, and a plain HTTP client scrapes
 //! the endpoint. Counters equal exactly what was acknowledged and never go back; the bearer token
-//! and the loopback rule hold; the format follows `Accept`.
+//! and the loopback rule hold; the format follows `Accept`. The run with a real Prometheus
+//! server also exports OTLP with the cumulative temporality to the Python receiver (the official
+//! `opentelemetry-proto` classes decode it): the last point of every series is what was recorded,
+//! from one start time and one `service.instance.id`, and no series goes back.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testkit::fleet::{self, WorkerProcess};
+use testkit::otlp_receiver::OtlpReceiver;
 use testkit::setup::{stop_all, Setup};
 
 const KEY: &str = "prometheus-test-secret-key";
@@ -150,13 +154,19 @@ impl Acked {
         }
     }
 
-    /// The counters acknowledged so far, as exposed.
-    fn counters(&self) -> BTreeMap<String, f64> {
+    /// Everything acknowledged so far (`counters`, `distributions`, … keyed like the workers'
+    /// series).
+    fn sent(&self) -> Value {
         let mut expected = Value::Null;
         for sent in self.0.values() {
             fleet::add_sent(&mut expected, sent);
         }
-        expected_counters(&expected)
+        expected
+    }
+
+    /// The counters acknowledged so far, as exposed.
+    fn counters(&self) -> BTreeMap<String, f64> {
+        expected_counters(&self.sent())
     }
 }
 
@@ -452,12 +462,131 @@ impl Drop for PrometheusServer {
     }
 }
 
+/// One series' cumulative OTLP points as the receiver lists them: (time, start, value), in the
+/// order of their time.
+type Points = Vec<(u64, u64, f64)>;
+
+/// The cumulative points of `kind` (`cumulative_sums`, `cumulative_histograms`: the value is the
+/// histogram's count) per series, each sorted by time; checks that every sum is monotonic.
+fn cumulative_points(summary: &Value, kind: &str) -> BTreeMap<String, Points> {
+    let Some(all) = summary[kind].as_object() else {
+        return BTreeMap::new();
+    };
+    all.iter()
+        .map(|(series, points)| {
+            let mut points: Points = points
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    if kind == "cumulative_sums" {
+                        assert_eq!(p[3], true, "{series}: a counter is a monotonic sum: {p}");
+                    }
+                    (
+                        p[0].as_u64().unwrap(),
+                        p[1].as_u64().unwrap(),
+                        p[2].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            points.sort_by_key(|p| p.0);
+            (series.clone(), points)
+        })
+        .collect()
+}
+
+/// The value of the latest point of every series of `points`.
+fn latest(points: &BTreeMap<String, Points>) -> BTreeMap<String, f64> {
+    points
+        .iter()
+        .filter_map(|(series, p)| Some((series.clone(), p.last()?.2)))
+        .collect()
+}
+
+/// What the cumulative OTLP export of the whole run must show, once its last point of every series
+/// is what was recorded (`expected`: the workers' acknowledged totals).
+fn assert_cumulative_otlp(otlp: &OtlpReceiver, expected: &Value, log: impl Fn() -> String) {
+    let want: BTreeMap<String, f64> = expected["counters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+        .collect();
+    let want_counts: BTreeMap<String, f64> = expected["distributions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["count"].as_f64().unwrap()))
+        .collect();
+    // The transmissions after the last round carry every total: the latest points are the totals.
+    let mut summary = Value::Null;
+    let arrived = testkit::poll(Duration::from_secs(30), || {
+        summary = otlp.summary();
+        latest(&cumulative_points(&summary, "cumulative_sums")) == want
+            && latest(&cumulative_points(&summary, "cumulative_histograms")) == want_counts
+    });
+    let sums = cumulative_points(&summary, "cumulative_sums");
+    let histograms = cumulative_points(&summary, "cumulative_histograms");
+    assert!(
+        arrived,
+        "latest cumulative points {:#?} {:#?}\nexpected {want:#?} {want_counts:#?}\n--- log ---\n{}",
+        latest(&sums),
+        latest(&histograms),
+        log()
+    );
+    // Every request carries every series, also those whose totals stopped growing: the first
+    // workers' series have points from several leaders.
+    assert!(sums.values().any(|p| p.len() > 2), "{sums:?}");
+    for (series, points) in sums.iter().chain(&histograms) {
+        // One start per series, whichever leader built the point: a leader change is no reset.
+        let starts: std::collections::BTreeSet<u64> = points.iter().map(|p| p.1).collect();
+        assert_eq!(starts.len(), 1, "{series}: starts {starts:?} in {points:?}");
+        // In time order, a total never goes back.
+        for pair in points.windows(2) {
+            assert!(
+                pair[1].2 >= pair[0].2,
+                "{series} went back from {:?} to {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert!(points.iter().all(|p| p.0 >= p.1), "{series}: {points:?}");
+    }
+    // Every sum and histogram was cumulative (the agent's own counts are gauges then).
+    let temporalities = summary["temporalities"].as_array().unwrap();
+    assert!(!temporalities.is_empty());
+    for t in temporalities {
+        assert_eq!(t[1], 2, "a delta point arrived: {temporalities:?}");
+    }
+    // One `service.instance.id`, in every request, from every leader.
+    let ids = summary["metrics_instance_ids"].as_array().unwrap();
+    assert!(ids.len() > 1);
+    let first = &ids[0];
+    assert_eq!(first.as_array().map(Vec::len), Some(1), "{first}");
+    assert!(ids.iter().all(|id| id == first), "{ids:?}");
+    assert!(summary["bad_requests"] == 0, "{summary}");
+}
+
 #[test]
 fn a_real_prometheus_server_sees_exact_totals_and_no_reset_across_leader_kills() {
+    const TEST: &str =
+        "a_real_prometheus_server_sees_exact_totals_and_no_reset_across_leader_kills";
     let port = free_port();
-    let setup = Setup::new(KEY, 500)
+    // The same run exports OTLP, cumulative, when a Python with the official classes is there.
+    let otlp =
+        testkit::otlp_python_or_skip(TEST).map(|python| OtlpReceiver::start(&python).unwrap());
+    let mut setup = Setup::new(KEY, 500)
         .with("_APPSIGNAL_PROMETHEUS_PORT", &port.to_string())
         .with("_APPSIGNAL_LOG_LEVEL", "info");
+    if let Some(otlp) = &otlp {
+        setup = setup
+            .with("_APPSIGNAL_EXPORTER", "push,otlp")
+            .with("_APPSIGNAL_OTLP_ENDPOINT", &otlp.url)
+            .with(
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "Cumulative",
+            );
+    }
     let Some(server) = PrometheusServer::start(setup.tmp.path(), port) else {
         return;
     };
@@ -502,6 +631,11 @@ fn a_real_prometheus_server_sees_exact_totals_and_no_reset_across_leader_kills()
     let resets = server.query("resets(requests_total[1h])").unwrap();
     assert_eq!(resets.len(), expected.len());
     assert!(resets.iter().all(|(_, n)| *n == 0.0), "{resets:?}");
+    if let Some(otlp) = &otlp {
+        assert_cumulative_otlp(otlp, &acked.sent(), || {
+            testkit::setup::tail(&setup.log(), 40)
+        });
+    }
     stop_all(&mut workers);
 }
 

@@ -497,21 +497,10 @@ impl Cumulative {
             .map(|state| LiveState {
                 app: &state.app,
                 env: &state.env,
-                series: state
-                    .series
-                    .iter()
-                    .map(|((_, key), s)| LiveSeries {
-                        key,
-                        start_ms: s.start_ms,
-                        value: Cow::Borrowed(&s.value),
-                    })
-                    .collect(),
+                series: committed(state),
             })
             .collect();
         for w in open {
-            let full = self
-                .state(w.app, w.env)
-                .is_some_and(|s| s.series.len() >= MAX_SERIES);
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
                 None => {
@@ -523,47 +512,82 @@ impl Cumulative {
                     out.len() - 1
                 }
             };
-            let series = &mut out[at].series;
-            let mut new = Vec::new();
-            let m = w.metrics;
-            let values = m
-                .counters
-                .iter()
-                .map(|(k, d)| (k, Value::counter(*d)))
-                .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))))
-                .chain(
-                    m.distributions
-                        .iter()
-                        .map(|(k, s)| (k, Value::Distribution(s.clone()))),
-                );
-            for (key, value) in values {
-                let found = series
-                    .binary_search_by(|l| order((l.value.kind(), l.key), (value.kind(), key)));
-                match found {
-                    Ok(i) => match (&*series[i].value, &value) {
-                        // A monotonic counter's negative open delta is not shown (see the module doc).
-                        (
-                            Value::Counter {
-                                monotonic: true, ..
-                            },
-                            Value::Counter { total, .. },
-                        ) if *total < 0.0 || !total.is_finite() => {}
-                        _ => series[i].value.to_mut().add(&value),
-                    },
-                    Err(_) if !full => new.push(LiveSeries::new(key, w.start_ms, value)),
-                    Err(_) => {}
-                }
-            }
-            if !new.is_empty() {
-                series.extend(new);
-                crate::sort::sort_by(series, |a, b| {
-                    order((a.value.kind(), a.key), (b.value.kind(), b.key))
-                });
-            }
+            self.add_open(&mut out[at].series, w);
         }
         crate::sort::sort_by(&mut out, |a, b| (a.app, a.env).cmp(&(b.app, b.env)));
         out
     }
+
+    /// The series of (app, env) as [`Cumulative::live`] shows them: for an exporter, which needs
+    /// one state, without the cost of the others.
+    pub fn live_of<'a>(
+        &'a self,
+        app: &str,
+        env: &str,
+        open: &[WindowRef<'a>],
+    ) -> Vec<LiveSeries<'a>> {
+        let mut series = self.state(app, env).map(committed).unwrap_or_default();
+        for w in open.iter().filter(|w| (w.app, w.env) == (app, env)) {
+            self.add_open(&mut series, w);
+        }
+        series
+    }
+
+    /// Adds the open window `w` to `series`, the live series of its state (see [`Cumulative::live`]).
+    fn add_open<'a>(&self, series: &mut Vec<LiveSeries<'a>>, w: &WindowRef<'a>) {
+        let full = self
+            .state(w.app, w.env)
+            .is_some_and(|s| s.series.len() >= MAX_SERIES);
+        let mut new = Vec::new();
+        let m = w.metrics;
+        let values = m
+            .counters
+            .iter()
+            .map(|(k, d)| (k, Value::counter(*d)))
+            .chain(m.gauges.iter().map(|(k, g)| (k, Value::Gauge(*g))))
+            .chain(
+                m.distributions
+                    .iter()
+                    .map(|(k, s)| (k, Value::Distribution(s.clone()))),
+            );
+        for (key, value) in values {
+            let found =
+                series.binary_search_by(|l| order((l.value.kind(), l.key), (value.kind(), key)));
+            match found {
+                Ok(i) => match (&*series[i].value, &value) {
+                    // A monotonic counter's negative open delta is not shown (see the module doc).
+                    (
+                        Value::Counter {
+                            monotonic: true, ..
+                        },
+                        Value::Counter { total, .. },
+                    ) if *total < 0.0 || !total.is_finite() => {}
+                    _ => series[i].value.to_mut().add(&value),
+                },
+                Err(_) if !full => new.push(LiveSeries::new(key, w.start_ms, value)),
+                Err(_) => {}
+            }
+        }
+        if !new.is_empty() {
+            series.extend(new);
+            crate::sort::sort_by(series, |a, b| {
+                order((a.value.kind(), a.key), (b.value.kind(), b.key))
+            });
+        }
+    }
+}
+
+/// The committed series of `state`, borrowed, as the live view starts from them.
+fn committed(state: &State) -> Vec<LiveSeries<'_>> {
+    state
+        .series
+        .iter()
+        .map(|((_, key), s)| LiveSeries {
+            key,
+            start_ms: s.start_ms,
+            value: Cow::Borrowed(&s.value),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -813,5 +837,16 @@ mod tests {
             ]
         );
         assert_eq!(live[1].series[0].start_ms, 3000);
+        // One state's view is that state's part of the whole.
+        let windows = [
+            window(&open, 2000),
+            WindowRef {
+                app: "other",
+                ..window(&other, 3000)
+            },
+        ];
+        assert_eq!(c.live_of("app", "prod", &windows), live[0].series);
+        assert_eq!(c.live_of("other", "prod", &windows), live[1].series);
+        assert_eq!(c.live_of("none", "prod", &windows), vec![]);
     }
 }

@@ -231,8 +231,10 @@ impl Counting {
         windows
     }
 
-    /// The metrics not yet in the cumulative state: the open windows' and the taken windows'
-    /// (copies, so that a scrape renders without this lock).
+    /// The metrics not yet in the cumulative state: the taken windows' and the open windows'
+    /// (copies, so that a scrape renders without this lock). In the order they will be added (the
+    /// taken ones as taken, then the open ones oldest first, as they close): a series new in two
+    /// of them shows the start of the one that will add it first, the start the state then keeps.
     pub(super) fn uncounted(&self) -> Vec<Uncounted> {
         let state = self.state();
         let open = state
@@ -244,7 +246,11 @@ impl Counting {
                 start_ms,
                 metrics: metrics.clone(),
             });
-        open.chain(state.pending.iter().map(|(_, u)| u.clone()))
+        state
+            .pending
+            .iter()
+            .map(|(_, u)| u.clone())
+            .chain(open)
             .collect()
     }
 

@@ -895,6 +895,55 @@ mod tests {
     }
 
     #[test]
+    fn the_live_view_shows_a_new_series_from_the_start_the_state_will_keep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shared(tmp.path());
+        let base = base();
+        let counting = Arc::new(s.counting);
+        // A series new in a taken window (being turned into payloads) and in the open one after it.
+        assert!(counting.count_own(batch(1, 1, base + 10, 2.0)));
+        let taken = counting.take_windows(Some(base + INTERVAL_MS));
+        assert_eq!(taken.len(), 1);
+        assert!(counting.count_own(batch(1, 2, base + INTERVAL_MS + 5, 7.0)));
+        let totals = Totals::new(
+            totals::load(&s.workdir, s.config.cumulative_expiry),
+            &s.workdir,
+            Arc::clone(&counting),
+            Arc::default(),
+        );
+        let own = s.config.export_config();
+        let live = |totals: &Totals| {
+            totals.with_live_of(&own.app_name, &own.environment, true, |series| {
+                series
+                    .iter()
+                    .map(|l| (l.start_ms, (*l.value).clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let counter = |total| crate::cumulative::Value::Counter {
+            total,
+            monotonic: true,
+        };
+        // The taken window is added first: its start is the series' start, before and after.
+        assert_eq!(live(&totals), vec![(base, counter(9.0))]);
+        totals.commit(&taken[0]);
+        assert_eq!(live(&totals), vec![(base, counter(9.0))]);
+        assert_eq!(
+            totals.with_live_of("another app", &own.environment, true, |series| series.len()),
+            0
+        );
+        // Without the open windows: the committed totals only.
+        assert!(counting.count_own(batch(1, 3, base + INTERVAL_MS + 6, 1.0)));
+        let committed = totals.with_live_of(&own.app_name, &own.environment, false, |series| {
+            series
+                .iter()
+                .map(|l| (l.start_ms, (*l.value).clone()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(committed, vec![(base, counter(2.0))]);
+    }
+
+    #[test]
     fn the_cumulative_state_continues_across_leaders_and_counts_each_window_once() {
         let tmp = tempfile::tempdir().unwrap();
         let base = base();

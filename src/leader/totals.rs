@@ -9,6 +9,9 @@
 //! payloads are held back is not added: its segment stays, and a kill then leaves it to the next
 //! leader's replay, which adds it once.
 //!
+//! OTLP requests under a cumulative temporality read the same live view as a scrape, for one app
+//! and environment ([`Totals::with_live_of`]).
+//!
 //! Locks: the state's lock is taken before the counting lock, never after it. A scrape holds the
 //! state's lock while it copies what counting holds (the open windows, the windows taken and not
 //! yet added), and a commit adds a window and tells counting so under the same lock: so a scrape
@@ -21,7 +24,7 @@ use super::counting::{Counting, SegmentRef};
 use super::tally::Tally;
 use crate::aggregate::Window;
 use crate::counts::AgentCounts;
-use crate::cumulative::{Cumulative, WindowRef};
+use crate::cumulative::{Cumulative, LiveSeries, WindowRef};
 use crate::log::{suppressed_note, RateLimit};
 use crate::prometheus::{self, Format};
 use crate::workdir::WorkDir;
@@ -158,20 +161,35 @@ impl Totals {
         }
     }
 
+    /// `f` over the live series of (`app`, `env`): the committed totals plus, with `open`, every
+    /// window not yet added, exactly as a scrape shows them (an OTLP request under a cumulative
+    /// temporality); without, the committed totals only (enough to tell which counters are
+    /// monotonic, without copying the open windows). Under the state's lock. Blocking (O(series),
+    /// and it waits for a save in progress): call it off the runtime thread, and keep `f` short
+    /// (scrapes and commits wait for it).
+    pub(super) fn with_live_of<R>(
+        &self,
+        app: &str,
+        env: &str,
+        open: bool,
+        f: impl FnOnce(&[LiveSeries<'_>]) -> R,
+    ) -> R {
+        let inner = self.inner();
+        let uncounted = if open {
+            self.counting.uncounted()
+        } else {
+            Vec::new()
+        };
+        let open = open_windows(&uncounted);
+        f(&inner.cumulative.live_of(app, env, &open))
+    }
+
     /// One scrape: the committed totals plus every window not yet added, in `format`. Blocking
     /// (it renders every series): call it off the runtime thread.
     pub(super) fn scrape(&self, format: Format) -> String {
         let inner = self.inner();
         let uncounted = self.counting.uncounted();
-        let open: Vec<WindowRef<'_>> = uncounted
-            .iter()
-            .map(|u| WindowRef {
-                app: &u.app,
-                env: &u.env,
-                start_ms: u.start_ms,
-                metrics: &u.metrics,
-            })
-            .collect();
+        let open = open_windows(&uncounted);
         let live = inner.cumulative.live(&open);
         let mut out = String::new();
         let rendered = prometheus::render(format, &live, &mut out);
@@ -186,4 +204,17 @@ impl Totals {
         }
         out
     }
+}
+
+/// What counting holds and the state does not, as the state reads windows.
+fn open_windows(uncounted: &[super::counting::Uncounted]) -> Vec<WindowRef<'_>> {
+    uncounted
+        .iter()
+        .map(|u| WindowRef {
+            app: &u.app,
+            env: &u.env,
+            start_ms: u.start_ms,
+            metrics: &u.metrics,
+        })
+        .collect()
 }

@@ -9,8 +9,11 @@
 //!
 //! When every payload of a window is out (cached or sent) the window is added to the cumulative
 //! view ([`super::totals`]) and saved before its segment is deleted: one commit point for both.
+//! OTLP metrics under a cumulative temporality are read from that view when a window's requests
+//! are built ([`exports`]), at a build time that never repeats on one leader.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +26,9 @@ use super::totals::Totals;
 use crate::aggregate::Window;
 use crate::config::Config;
 use crate::counts::AgentCounts;
-use crate::export_config::{ExportConfig, Exporters, ResourceValue};
+use crate::export_config::{ExportConfig, Exporters, ResourceValue, Temporality};
 use crate::log::{suppressed_note, RateLimit};
+use crate::otlp::mapping::LiveView;
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
 use crate::transmit::{ExportKind, Outgoing, PayloadCache, PushError, Pusher};
@@ -52,6 +56,9 @@ pub(super) struct Transmission {
     /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
     /// endpoint): tried again at the next transmission; their journal segments stay until then.
     held: Mutex<Vec<Window>>,
+    /// The build time of the last window's requests (ms since the epoch): the next one is later,
+    /// so that two cumulative points of one series never share a timestamp with different values.
+    last_built_ms: AtomicU64,
 }
 
 /// Where a window's payloads are after [`Transmission::store`].
@@ -83,6 +90,20 @@ impl Transmission {
             tally,
             totals,
             held: Mutex::new(Vec::new()),
+            last_built_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Now, or just after the previous build time if the clock has not moved past it.
+    fn build_time(&self) -> u64 {
+        let now = crate::now_ms();
+        let next = |last: u64| now.max(last.saturating_add(1));
+        match self
+            .last_built_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next(last))
+            }) {
+            Ok(last) | Err(last) => next(last),
         }
     }
 
@@ -237,8 +258,10 @@ impl Transmission {
     async fn store(&self, mut window: Window, report: AgentReport) -> Option<Stored> {
         with_instance_id(&mut window.config, self.workdir.path());
         let cache = Arc::clone(&self.cache);
+        let totals = Arc::clone(&self.totals);
+        let built_ms = self.build_time();
         let stored = crate::blocking::run(move || {
-            let outgoing = match exports(&window, &report) {
+            let outgoing = match exports(&window, &report, &totals, built_ms) {
                 Ok(o) => o,
                 Err(e) => return (window, Err(e)),
             };
@@ -396,8 +419,16 @@ async fn push_until(
 }
 
 /// The payloads of `window`, one per exporter and OTLP signal, in the order they are cached. The
-/// last one is always there ([`last_kind`]): once it is in the cache, all of them are.
-fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing>> {
+/// last one is always there ([`last_kind`]): once it is in the cache, all of them are. OTLP
+/// metrics take the live view of the window's app and environment from `totals` (under its
+/// lock; blocking), or under delta its committed totals (for the monotonic flags, and only for a
+/// window with counters); cumulative points carry `built_ms`.
+fn exports(
+    window: &Window,
+    report: &AgentReport,
+    totals: &Totals,
+    built_ms: u64,
+) -> anyhow::Result<Vec<Outgoing>> {
     let mut out = Vec::new();
     let outgoing = |kind, body_gz| Outgoing {
         id: window.segment.clone(),
@@ -408,7 +439,28 @@ fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing
     };
     let exporters = window.config.exporters;
     if exporters.otlp {
-        let mut bodies = crate::otlp::encode(window, &window.segment, report)?;
+        let temporality = window
+            .config
+            .otlp
+            .as_ref()
+            .map_or(Temporality::Delta, |o| o.temporality());
+        let requests = |series: &[crate::cumulative::LiveSeries<'_>]| {
+            let live = LiveView {
+                temporality,
+                series,
+                now_ms: built_ms,
+            };
+            crate::otlp::mapping::requests(window, &window.segment, report, &live)
+        };
+        // Under delta the committed totals only tell which counters are monotonic.
+        let delta = temporality == Temporality::Delta;
+        let requests = if delta && window.metrics.counters.is_empty() {
+            requests(&[])
+        } else {
+            let (app, env) = (&window.config.app_name, &window.config.environment);
+            totals.with_live_of(app, env, !delta, requests)
+        };
+        let mut bodies = crate::otlp::encode(requests)?;
         // Metrics last, and always (an empty request if need be): it marks the set complete.
         if !bodies.iter().any(|(signal, _)| *signal == Signal::Metrics) {
             let empty = crate::otlp::encode_empty_metrics(window, &window.segment)?;
@@ -813,6 +865,7 @@ mod tests {
                 timeout_ms: 1000,
                 gzip: true,
                 resource: vec![],
+                temporality: String::new(),
             }),
             ..r.config.clone()
         };

@@ -11,7 +11,6 @@ use prost::Message;
 
 use crate::aggregate::Window;
 use crate::export_config::OtlpSettings;
-use crate::payload::AgentReport;
 
 /// One of the three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,13 +61,9 @@ pub fn encode_empty_metrics(window: &Window, export_id: &str) -> Result<Vec<u8>>
     gzip(&request.encode_to_vec())
 }
 
-/// The requests of `window` as gzip-compressed protobuf bodies, one per signal that has data.
-pub fn encode(
-    window: &Window,
-    export_id: &str,
-    report: &AgentReport,
-) -> Result<Vec<(Signal, Vec<u8>)>> {
-    let requests = mapping::requests(window, export_id, report);
+/// The requests of a window ([`mapping::requests`]) as gzip-compressed protobuf bodies, one per
+/// signal that has data.
+pub fn encode(requests: mapping::Requests) -> Result<Vec<(Signal, Vec<u8>)>> {
     let mut bodies = Vec::new();
     if let Some(r) = requests.metrics {
         bodies.push((Signal::Metrics, gzip(&r.encode_to_vec())?));
