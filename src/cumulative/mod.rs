@@ -294,7 +294,9 @@ impl State {
             return;
         }
         let cost = key_cost(key) + value.cost();
-        if self.series.len() + new.len() >= MAX_SERIES || self.bytes + cost > MAX_STATE_BYTES {
+        if self.series.len() + new.len() >= crate::test_knobs::cumulative_max_series()
+            || self.bytes + cost > MAX_STATE_BYTES
+        {
             self.drops.refused += 1;
             return;
         }
@@ -511,7 +513,7 @@ impl Cumulative {
         for w in open {
             let full = self
                 .state(w.app, w.env)
-                .is_some_and(|s| s.series.len() >= MAX_SERIES);
+                .is_some_and(|s| s.series.len() >= crate::test_knobs::cumulative_max_series());
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
                 None => {
