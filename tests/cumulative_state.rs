@@ -80,6 +80,7 @@ fn samples(body: &str) -> BTreeMap<String, f64> {
 }
 
 /// The samples whose name is `name` (`requests_total`, `response_time_count`, …).
+#[allow(dead_code)]
 fn family(body: &str, name: &str) -> BTreeMap<String, f64> {
     let prefix = format!("{name}{{");
     samples(body)
@@ -129,7 +130,7 @@ impl Expected {
             .as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, _)| name.is_none_or(|n| k.starts_with(&format!("{n}{{"))))
+            .filter(|(k, _)| name.map_or(true, |n| k.starts_with(&format!("{n}{{"))))
             .map(|(k, v)| {
                 let name = k.split('{').next().unwrap();
                 (exposed(k, &format!("{name}_total")), v.as_f64().unwrap())
@@ -487,4 +488,348 @@ fn damaged(damage: Damage) {
     );
     // The Push API is not concerned: it got every round once.
     setup.assert_totals(&Expected::of(&[&round1, &round2, &round3]).0);
+}
+
+/// `count NAME FROM TO` in `worker`: what it has sent so far.
+fn count(worker: &mut WorkerProcess, name: &str, from: u64, to: u64) -> Value {
+    worker.send(&format!("count {name} {from} {to}")).unwrap();
+    worker.expect("sent", Duration::from_secs(30)).unwrap()
+}
+
+/// The start (ms) of every counter series `name` in the state file of `wd`, by its tag `i`.
+fn starts(wd: &Path, name: &str) -> BTreeMap<String, u64> {
+    let Some(path) = state_files(wd).pop() else {
+        return BTreeMap::new();
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return BTreeMap::new();
+    };
+    let Ok(state) = appsignal_agent::cumulative::file::decode(&bytes) else {
+        return BTreeMap::new();
+    };
+    state
+        .series
+        .iter()
+        .filter(|((_, key), _)| key.name == name)
+        .map(|((_, key), s)| (key.tags[0].1.clone(), s.start_ms))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_fails_the_saves_keeps_the_segments_and_loses_nothing_once_freed() {
+    /// Larger than a journal segment, a payload or the `counted` record of the small windows
+    /// below; smaller than the state file of the 3,000 series recorded first.
+    const FSIZE: u64 = 64 * 1024;
+    let port = free_port();
+    let setup = setup(port);
+    let wd = setup.workdir();
+    // The leader logs to its stdout (a pipe, which RLIMIT_FSIZE does not limit).
+    let mut leader = spawn_with(&setup, 0, &[("_APPSIGNAL_LOG", "stdout")]);
+    assert_eq!(leader.role, "leader");
+    let mut client = setup.spawn(1);
+    let mut scraper = Scraper::new(port);
+    let mut acked: BTreeMap<u32, Value> = BTreeMap::new();
+    count(&mut client, "wide", 0, 3000);
+    acked.insert(client.pid, client.sync().unwrap());
+    assert!(
+        testkit::poll(Duration::from_secs(30), || {
+            scraper.scrape();
+            state_files(&wd)
+                .first()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .is_some_and(|m| m.len() > 2 * FSIZE)
+        }),
+        "the state file never held the wide series"
+    );
+    // The leader's disk is full from now on (for the files it grows).
+    leader.send(&format!("fsize {FSIZE}")).unwrap();
+    assert_eq!(
+        leader.expect("fsize", Duration::from_secs(10)).unwrap()["ok"],
+        true
+    );
+    // Everyone records, window after window, until saves have failed and closed windows'
+    // segments are kept.
+    let kept = testkit::poll(Duration::from_secs(30), || {
+        for w in [&mut leader, &mut client] {
+            w.send("record 5").unwrap();
+            acked.insert(w.pid, w.sync().unwrap());
+        }
+        scraper.scrape();
+        !leader
+            .output()
+            .iter()
+            .all(|l| !l.contains("cannot save the cumulative state"))
+            && journal_segments(&wd).len() >= 3
+    });
+    assert!(
+        kept,
+        "segments {:?}\n{}",
+        journal_segments(&wd),
+        leader.output().join("\n")
+    );
+    let line = leader
+        .output()
+        .into_iter()
+        .find(|l| l.contains("cannot save the cumulative state"))
+        .unwrap();
+    assert!(
+        line.contains("journal segments stay until it can"),
+        "{line}"
+    );
+    // Counting went on: the scrape shows everything acknowledged (from memory).
+    let expected = Expected::of(&acked.values().collect::<Vec<_>>());
+    scraper.await_equal(&expected, || leader.output().join("\n"));
+
+    // Space returns: the next save succeeds, the kept segments go.
+    leader.send(&format!("fsize {}", u64::MAX)).unwrap();
+    assert_eq!(
+        leader.expect("fsize", Duration::from_secs(10)).unwrap()["ok"],
+        true
+    );
+    for w in [&mut leader, &mut client] {
+        w.send("record 5").unwrap();
+        acked.insert(w.pid, w.sync().unwrap());
+    }
+    let expected = Expected::of(&acked.values().collect::<Vec<_>>());
+    scraper.await_equal(&expected, || leader.output().join("\n"));
+    assert!(
+        testkit::poll(Duration::from_secs(30), || journal_segments(&wd).len() <= 1),
+        "segments kept after space returned: {:?}",
+        journal_segments(&wd)
+    );
+    // The file is whole again: a fresh leader reads exactly the totals.
+    let mut all = vec![leader, client];
+    stop_all(&mut all);
+    let mut fresh = setup.spawn(2);
+    assert_eq!(fresh.role, "leader");
+    scraper.await_equal(&expected, || tail(&setup.log(), 40));
+    stop_all(std::slice::from_mut(&mut fresh));
+    setup.assert_totals(&expected.0);
+}
+
+#[test]
+fn a_deleted_working_directory_does_not_crash_and_the_totals_start_again_from_what_is_left() {
+    let outside = tempfile::tempdir().unwrap();
+    let log_path = outside.path().join("appsignal.log");
+    let port = free_port();
+    // The log lives outside the directory that gets deleted, so that it tells what happened.
+    let setup = setup(port).with("_APPSIGNAL_LOG_FILE_PATH", log_path.to_str().unwrap());
+    let wd = setup.workdir();
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| setup.spawn(i)).collect();
+    let mut before = BTreeMap::new();
+    for w in workers.iter_mut() {
+        w.record(20).unwrap();
+        before.insert(w.pid, w.sync().unwrap());
+    }
+    let mut scraper = Scraper::new(port);
+    scraper.await_equal(&Expected::of(&before.values().collect::<Vec<_>>()), || {
+        setup.log()
+    });
+    assert!(
+        testkit::poll(Duration::from_secs(30), || !state_files(&wd).is_empty()),
+        "no state file"
+    );
+    std::fs::remove_dir_all(&wd).unwrap();
+    // The leader notices, stops leading, and a new election runs in a fresh directory.
+    assert!(
+        testkit::poll(Duration::from_secs(15), || {
+            let log = setup.log();
+            log.find("was deleted or replaced: stopping as leader")
+                .is_some_and(|at| log[at..].contains("leading: listening on"))
+                && testkit::leader_index(&wd, &workers).is_some()
+        }),
+        "no new election:\n{}",
+        setup.log()
+    );
+    let mut after = BTreeMap::new();
+    for w in workers.iter_mut() {
+        w.record(10).unwrap();
+        after.insert(w.pid, w.sync().unwrap());
+    }
+    // The state file went with the directory. What the scrape shows afterwards is at least what
+    // the processes recorded since, plus whatever the old leader still held in memory and saved
+    // into the fresh directory when it stopped: never more than was recorded in all.
+    // (A worker's acknowledged totals are its own since it started.)
+    let all = Expected::of(&after.values().collect::<Vec<_>>());
+    let hi = all.counters(None);
+    let earlier = Expected::of(&before.values().collect::<Vec<_>>()).counters(None);
+    let lo: BTreeMap<String, f64> = hi
+        .iter()
+        .map(|(k, v)| (k.clone(), v - earlier.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    let mut scraper = Scraper::new(port);
+    scraper.series_may_go = true;
+    let mut seen = BTreeMap::new();
+    let within = testkit::poll(Duration::from_secs(30), || {
+        seen = scraper.scrape().unwrap_or_default();
+        hi.iter()
+            .all(|(k, max)| seen.get(k).is_some_and(|v| *v <= *max && *v >= lo[k]))
+    });
+    assert!(
+        within,
+        "scraped {seen:#?}\nsince {lo:#?}\nall {hi:#?}\n{}",
+        setup.log()
+    );
+    let requests = |m: &BTreeMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("requests_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    eprintln!(
+        "after the directory was deleted: scraped {} of {} recorded ({} since)",
+        requests(&seen),
+        requests(&hi),
+        requests(&lo)
+    );
+    // Every process is still there and answers; the Push API lost nothing.
+    for w in workers.iter_mut() {
+        assert!(w.diagnose().is_ok());
+    }
+    stop_all(&mut workers);
+    setup.assert_totals(&all.0);
+}
+
+#[test]
+fn an_expired_series_leaves_the_scrape_and_comes_back_from_zero_with_a_new_start() {
+    let port = free_port();
+    let setup = setup(port).with("_APPSIGNAL_CUMULATIVE_EXPIRY_MS", "2000");
+    let wd = setup.workdir();
+    let mut w = setup.spawn(0);
+    let mut scraper = Scraper::new(port);
+    scraper.series_may_go = true;
+    count(&mut w, "gone", 0, 3);
+    count(&mut w, "kept", 0, 1);
+    w.sync().unwrap();
+    let mut first_starts = BTreeMap::new();
+    assert!(
+        testkit::poll(Duration::from_secs(30), || {
+            first_starts = starts(&wd, "gone");
+            first_starts.len() == 3
+        }),
+        "the state file never held the series"
+    );
+    // `kept` is updated in window after window; `gone` is not, and expires.
+    let mut kept = 1.0;
+    let mut seen = BTreeMap::new();
+    let expired = testkit::poll(Duration::from_secs(30), || {
+        count(&mut w, "kept", 0, 1);
+        w.sync().unwrap();
+        kept += 1.0;
+        seen = scraper.scrape().unwrap_or_default();
+        !seen.keys().any(|k| k.starts_with("gone_total"))
+            && setup.receiver.summary()["cumulative_expired_series"] == 3
+    });
+    assert!(
+        expired,
+        "scraped {seen:#?}\nreceiver {}\n{}",
+        setup.receiver.summary(),
+        tail(&setup.log(), 30)
+    );
+    assert!(starts(&wd, "gone").is_empty());
+    // `gone` comes back: from zero, with a new start; `kept` never expired.
+    let sent = count(&mut w, "gone", 0, 3);
+    w.sync().unwrap();
+    assert_eq!(
+        sent["counters"]["gone{i=0}"], 2.0,
+        "the worker sent it twice"
+    );
+    let mut want = Expected::default();
+    want.add(&serde_json::json!({"counters": {
+        "gone{i=0}": 1.0, "gone{i=1}": 1.0, "gone{i=2}": 1.0, "kept{i=0}": kept}}));
+    scraper.await_equal(&want, || tail(&setup.log(), 30));
+    let mut again = BTreeMap::new();
+    assert!(
+        testkit::poll(Duration::from_secs(30), || {
+            again = starts(&wd, "gone");
+            again.len() == 3
+        }),
+        "the state file never held the series again"
+    );
+    for (i, start) in &again {
+        assert!(
+            *start > first_starts[i],
+            "gone{{i={i}}}: start {start}, before {}",
+            first_starts[i]
+        );
+    }
+    stop_all(std::slice::from_mut(&mut w));
+    assert_eq!(setup.receiver.summary()["cumulative_expired_series"], 3);
+}
+
+#[test]
+fn series_beyond_the_cap_are_kept_out_of_the_totals_and_counted() {
+    const CAP: usize = 10;
+    let port = free_port();
+    let setup = setup(port).with("_APPSIGNAL_TEST_CUMULATIVE_MAX_SERIES", &CAP.to_string());
+    let mut w = setup.spawn(0);
+    let mut scraper = Scraper::new(port);
+    let capped = |seen: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+        seen.iter()
+            .filter(|(k, _)| k.starts_with("capped_total"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    count(&mut w, "capped", 0, 8);
+    w.sync().unwrap();
+    let first = Expected::of(&[&count(&mut w, "capped", 0, 0)]);
+    scraper.await_equal(&first, || tail(&setup.log(), 30));
+    // Committed (in the file), so that the next ones come in a later window. (Within one window,
+    // which of its new series fit is not defined.)
+    let wd = setup.workdir();
+    assert!(
+        testkit::poll(Duration::from_secs(30), || starts(&wd, "capped").len() == 8),
+        "the state file never held the first series"
+    );
+    // Twelve more: two fit. No scrape ever shows more than the cap, not even while the window
+    // that brought them is open.
+    count(&mut w, "capped", 8, 20);
+    w.sync().unwrap();
+    let mut seen = BTreeMap::new();
+    // The counts of a window's drops go out with the next payload: `i=0` (in the totals) is
+    // counted again meanwhile, so that there are payloads.
+    let mut more = 0.0;
+    let refused = testkit::poll(Duration::from_secs(30), || {
+        count(&mut w, "capped", 0, 1);
+        more += 1.0;
+        seen = capped(&scraper.scrape().unwrap_or_default());
+        assert!(seen.len() <= CAP, "{seen:#?}");
+        seen.len() == CAP && setup.receiver.summary()["cumulative_refused_series"] == 10
+    });
+    assert!(
+        refused,
+        "scraped {seen:#?}\nreceiver {}",
+        setup.receiver.summary()
+    );
+    for (k, v) in &first.counters(Some("capped")) {
+        let v = if k.contains("i=\"0\"") { v + more } else { *v };
+        assert!(
+            seen.get(k).is_some_and(|s| *s <= v && *s >= 1.0),
+            "{k}: the series counted first stay: {seen:#?}"
+        );
+    }
+    // All twenty again: the ten in the totals go on, the ten others are refused again.
+    let sent = count(&mut w, "capped", 0, 20);
+    w.sync().unwrap();
+    let mut sent = sent;
+    assert!(
+        testkit::poll(Duration::from_secs(30), || {
+            sent = count(&mut w, "capped", 0, 1);
+            more += 1.0;
+            seen = capped(&scraper.scrape().unwrap_or_default());
+            assert!(seen.len() <= CAP, "{seen:#?}");
+            seen.iter().all(|(k, v)| {
+                *v == if k.contains("i=\"0\"") {
+                    2.0 + more
+                } else {
+                    2.0
+                }
+            }) && setup.receiver.summary()["cumulative_refused_series"] == 20
+        }),
+        "scraped {seen:#?}\nreceiver {}",
+        setup.receiver.summary()
+    );
+    stop_all(std::slice::from_mut(&mut w));
+    // The delta payloads are not capped: every series arrived.
+    setup.assert_totals(&Expected::of(&[&sent]).0);
 }

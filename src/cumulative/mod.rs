@@ -490,7 +490,7 @@ impl Cumulative {
 
     /// What a scrape shows: the committed state plus the `open` windows (not yet closed), without
     /// changing the state. Per (app, env), sorted by app and env; series sorted by (kind, key). A
-    /// series only in open windows starts at its window's start; while a state is full, such a
+    /// series only in open windows starts at its window's start; beyond the series cap, such a
     /// series is not shown (it would be refused when its window closes).
     pub fn live<'a>(&'a self, open: &[WindowRef<'a>]) -> Vec<LiveState<'a>> {
         let mut out: Vec<LiveState<'a>> = self
@@ -510,10 +510,8 @@ impl Cumulative {
                     .collect(),
             })
             .collect();
+        let cap = crate::test_knobs::cumulative_max_series();
         for w in open {
-            let full = self
-                .state(w.app, w.env)
-                .is_some_and(|s| s.series.len() >= crate::test_knobs::cumulative_max_series());
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
                 None => {
@@ -552,7 +550,11 @@ impl Cumulative {
                         ) if *total < 0.0 || !total.is_finite() => {}
                         _ => series[i].value.to_mut().add(&value),
                     },
-                    Err(_) if !full => new.push(LiveSeries::new(key, w.start_ms, value)),
+                    // Within the cap, as `add_window` will count them: a series the commit
+                    // refuses never shows (it would vanish from the next scrape).
+                    Err(_) if series.len() + new.len() < cap => {
+                        new.push(LiveSeries::new(key, w.start_ms, value))
+                    }
                     Err(_) => {}
                 }
             }
@@ -728,6 +730,23 @@ mod tests {
         c.add_window(window(&m, 0), &seg(1), 1);
         assert_eq!(c.state("app", "prod").unwrap().series.len(), MAX_SERIES);
         assert_eq!(c.take_drops().refused, 10);
+        // A scrape shows no series beyond the cap; nor, in a state one short of it, more than one
+        // new series of an open window (the commit refuses the others).
+        let open = counters(&[("new1", 1.0), ("new2", 1.0)]);
+        let live = c.live(&[window(&open, 5)]);
+        assert_eq!(live[0].series.len(), MAX_SERIES);
+        let mut short = Cumulative::new(DEFAULT_EXPIRY);
+        let mut m = MetricSet::default();
+        for i in 1..MAX_SERIES {
+            m.counters.insert(key(&format!("c{i}")), 1.0);
+        }
+        short.add_window(window(&m, 0), &seg(1), 1);
+        assert_eq!(
+            short.state("app", "prod").unwrap().series.len(),
+            MAX_SERIES - 1
+        );
+        let live = short.live(&[window(&open, 5)]);
+        assert_eq!(live[0].series.len(), MAX_SERIES);
         // Known series still count when the state is full.
         c.add_window(window(&counters(&[("c0", 1.0)]), 0), &seg(2), 2);
         let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("c0"))];

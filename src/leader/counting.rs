@@ -231,8 +231,9 @@ impl Counting {
         windows
     }
 
-    /// The metrics not yet in the cumulative state: the open windows' and the taken windows'
-    /// (copies, so that a scrape renders without this lock).
+    /// The metrics not yet in the cumulative state: the taken windows' and the open windows'
+    /// (copies, so that a scrape renders without this lock), in the order they will be added: a
+    /// scrape of a full state shows the new series the commits will take, not others.
     pub(super) fn uncounted(&self) -> Vec<Uncounted> {
         let state = self.state();
         let open = state
@@ -244,8 +245,8 @@ impl Counting {
                 start_ms,
                 metrics: metrics.clone(),
             });
-        open.chain(state.pending.iter().map(|(_, u)| u.clone()))
-            .collect()
+        let taken = state.pending.iter().map(|(_, u)| u.clone());
+        taken.chain(open).collect()
     }
 
     /// The taken window of `segment` is in the cumulative state now (or will never be, by this
