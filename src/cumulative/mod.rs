@@ -514,6 +514,8 @@ impl Cumulative {
         for w in open {
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
+                // A state `add_window` would refuse: not shown either.
+                None if out.len() >= MAX_STATES => continue,
                 None => {
                     out.push(LiveState {
                         app: w.app,
@@ -784,6 +786,14 @@ mod tests {
             assert_eq!(c.add_window(w, &seg(10 + i as u8), 1), expected);
         }
         assert_eq!(c.take_refused_windows(), 1);
+        // A scrape does not show the state refused either.
+        let env = format!("env{MAX_STATES}");
+        let refused = WindowRef {
+            env: &env,
+            ..window(&m, 0)
+        };
+        assert_eq!(c.live(&[refused]).len(), MAX_STATES);
+        assert!(c.live(&[refused]).iter().all(|l| l.env != env));
         // Segment ids.
         for i in 0..MAX_REMEMBERED_SEGMENTS + 3 {
             c.add_window(window(&m, 0), &format!("f{i:031x}"), 1);
