@@ -12,9 +12,8 @@
 //! `before-segment-delete`, `after-segment-delete`). The variable is per process: a test gives it
 //! to the one process it wants to die.
 //!
-//! [`cumulative_max_series`] is the cumulative view's series cap per state,
-//! `_APPSIGNAL_TEST_CUMULATIVE_MAX_SERIES` when set (lower than the real cap, so that a test
-//! reaches it), else [`crate::cumulative::MAX_SERIES`].
+//! [`cumulative_max_series`] is the cumulative view's series cap per state: the real `cap` it is
+//! given, or `_APPSIGNAL_TEST_CUMULATIVE_MAX_SERIES` when set (lower, so that a test reaches it).
 
 #[cfg(feature = "test-knobs")]
 mod enabled {
@@ -44,14 +43,14 @@ mod enabled {
         }
     }
 
-    pub(crate) fn cumulative_max_series() -> usize {
-        static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *CAP.get_or_init(|| {
+    pub(crate) fn cumulative_max_series(cap: usize) -> usize {
+        static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let set = SET.get_or_init(|| {
             std::env::var("_APPSIGNAL_TEST_CUMULATIVE_MAX_SERIES")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(crate::cumulative::MAX_SERIES)
-        })
+        });
+        set.unwrap_or(cap)
     }
 }
 
@@ -68,9 +67,9 @@ pub(crate) fn hold(_point: &str) {}
 #[inline(always)]
 pub(crate) fn kill_at(_step: &str) {}
 
-/// The real cap in the shipped build.
+/// The real `cap` in the shipped build.
 #[cfg(not(feature = "test-knobs"))]
 #[inline(always)]
-pub(crate) fn cumulative_max_series() -> usize {
-    crate::cumulative::MAX_SERIES
+pub(crate) fn cumulative_max_series(cap: usize) -> usize {
+    cap
 }

@@ -294,7 +294,7 @@ impl State {
             return;
         }
         let cost = key_cost(key) + value.cost();
-        if self.series.len() + new.len() >= crate::test_knobs::cumulative_max_series()
+        if self.series.len() + new.len() >= crate::test_knobs::cumulative_max_series(MAX_SERIES)
             || self.bytes + cost > MAX_STATE_BYTES
         {
             self.drops.refused += 1;
@@ -510,7 +510,7 @@ impl Cumulative {
                     .collect(),
             })
             .collect();
-        let cap = crate::test_knobs::cumulative_max_series();
+        let cap = crate::test_knobs::cumulative_max_series(MAX_SERIES);
         for w in open {
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
