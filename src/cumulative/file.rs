@@ -332,6 +332,7 @@ impl FromCbor for StateBody {
 /// Writes `bytes` and flushes them to the disk (a full disk fails here).
 fn write_synced(file: &mut fs::File, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
+    crate::test_knobs::kill_at("temp-written");
     file.sync_data()
 }
 
@@ -348,10 +349,13 @@ fn write_atomically(workdir: &WorkDir, path: &Path, bytes: &[u8]) -> Result<()> 
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
+    crate::test_knobs::kill_at("temp-synced");
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display())
-    })
+    })?;
+    crate::test_knobs::kill_at("renamed");
+    Ok(())
 }
 
 fn read_bounded(workdir: &WorkDir, path: &Path) -> Result<Vec<u8>> {

@@ -294,7 +294,9 @@ impl State {
             return;
         }
         let cost = key_cost(key) + value.cost();
-        if self.series.len() + new.len() >= MAX_SERIES || self.bytes + cost > MAX_STATE_BYTES {
+        if self.series.len() + new.len() >= crate::test_knobs::cumulative_max_series(MAX_SERIES)
+            || self.bytes + cost > MAX_STATE_BYTES
+        {
             self.drops.refused += 1;
             return;
         }
@@ -488,7 +490,7 @@ impl Cumulative {
 
     /// What a scrape shows: the committed state plus the `open` windows (not yet closed), without
     /// changing the state. Per (app, env), sorted by app and env; series sorted by (kind, key). A
-    /// series only in open windows starts at its window's start; while a state is full, such a
+    /// series only in open windows starts at its window's start; beyond the series cap, such a
     /// series is not shown (it would be refused when its window closes).
     pub fn live<'a>(&'a self, open: &[WindowRef<'a>]) -> Vec<LiveState<'a>> {
         let mut out: Vec<LiveState<'a>> = self
@@ -503,6 +505,8 @@ impl Cumulative {
         for w in open {
             let at = match out.iter().position(|l| (l.app, l.env) == (w.app, w.env)) {
                 Some(at) => at,
+                // A state `add_window` would refuse: not shown either.
+                None if out.len() >= MAX_STATES => continue,
                 None => {
                     out.push(LiveState {
                         app: w.app,
@@ -526,7 +530,12 @@ impl Cumulative {
         env: &str,
         open: &[WindowRef<'a>],
     ) -> Vec<LiveSeries<'a>> {
-        let mut series = self.state(app, env).map(committed).unwrap_or_default();
+        let mut series = match self.state(app, env) {
+            Some(state) => committed(state),
+            // A state `add_window` would refuse: not shown either.
+            None if self.states.len() >= MAX_STATES => return Vec::new(),
+            None => Vec::new(),
+        };
         for w in open.iter().filter(|w| (w.app, w.env) == (app, env)) {
             self.add_open(&mut series, w);
         }
@@ -535,9 +544,7 @@ impl Cumulative {
 
     /// Adds the open window `w` to `series`, the live series of its state (see [`Cumulative::live`]).
     fn add_open<'a>(&self, series: &mut Vec<LiveSeries<'a>>, w: &WindowRef<'a>) {
-        let full = self
-            .state(w.app, w.env)
-            .is_some_and(|s| s.series.len() >= MAX_SERIES);
+        let cap = crate::test_knobs::cumulative_max_series(MAX_SERIES);
         let mut new = Vec::new();
         let m = w.metrics;
         let values = m
@@ -564,7 +571,11 @@ impl Cumulative {
                     ) if *total < 0.0 || !total.is_finite() => {}
                     _ => series[i].value.to_mut().add(&value),
                 },
-                Err(_) if !full => new.push(LiveSeries::new(key, w.start_ms, value)),
+                // Within the cap, as `add_window` will count them: a series the commit refuses
+                // never shows (it would vanish from the next scrape).
+                Err(_) if series.len() + new.len() < cap => {
+                    new.push(LiveSeries::new(key, w.start_ms, value))
+                }
                 Err(_) => {}
             }
         }
@@ -750,6 +761,23 @@ mod tests {
         c.add_window(window(&m, 0), &seg(1), 1);
         assert_eq!(c.state("app", "prod").unwrap().series.len(), MAX_SERIES);
         assert_eq!(c.take_drops().refused, 10);
+        // A scrape shows no series beyond the cap; nor, in a state one short of it, more than one
+        // new series of an open window (the commit refuses the others).
+        let open = counters(&[("new1", 1.0), ("new2", 1.0)]);
+        let live = c.live(&[window(&open, 5)]);
+        assert_eq!(live[0].series.len(), MAX_SERIES);
+        let mut short = Cumulative::new(DEFAULT_EXPIRY);
+        let mut m = MetricSet::default();
+        for i in 1..MAX_SERIES {
+            m.counters.insert(key(&format!("c{i}")), 1.0);
+        }
+        short.add_window(window(&m, 0), &seg(1), 1);
+        assert_eq!(
+            short.state("app", "prod").unwrap().series.len(),
+            MAX_SERIES - 1
+        );
+        let live = short.live(&[window(&open, 5)]);
+        assert_eq!(live[0].series.len(), MAX_SERIES);
         // Known series still count when the state is full.
         c.add_window(window(&counters(&[("c0", 1.0)]), 0), &seg(2), 2);
         let s = &c.state("app", "prod").unwrap().series[&(Kind::Counter, key("c0"))];
@@ -787,6 +815,14 @@ mod tests {
             assert_eq!(c.add_window(w, &seg(10 + i as u8), 1), expected);
         }
         assert_eq!(c.take_refused_windows(), 1);
+        // A scrape does not show the state refused either.
+        let env = format!("env{MAX_STATES}");
+        let refused = WindowRef {
+            env: &env,
+            ..window(&m, 0)
+        };
+        assert_eq!(c.live(&[refused]).len(), MAX_STATES);
+        assert!(c.live(&[refused]).iter().all(|l| l.env != env));
         // Segment ids.
         for i in 0..MAX_REMEMBERED_SEGMENTS + 3 {
             c.add_window(window(&m, 0), &format!("f{i:031x}"), 1);

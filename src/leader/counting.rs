@@ -234,7 +234,8 @@ impl Counting {
     /// The metrics not yet in the cumulative state: the taken windows' and the open windows'
     /// (copies, so that a scrape renders without this lock). In the order they will be added (the
     /// taken ones as taken, then the open ones oldest first, as they close): a series new in two
-    /// of them shows the start of the one that will add it first, the start the state then keeps.
+    /// of them shows the start of the one that will add it first, the start the state then keeps,
+    /// and a scrape of a full state shows the new series the commits will take, not others.
     pub(super) fn uncounted(&self) -> Vec<Uncounted> {
         let state = self.state();
         let open = state

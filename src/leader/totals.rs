@@ -98,6 +98,7 @@ impl Totals {
         };
         inner.cumulative.add_window(added, &window.segment, now);
         self.counting.counted_in_totals(&window.segment);
+        crate::test_knobs::kill_at("after-add");
         inner.cumulative.expire(now);
         self.tally_drops(&mut inner.cumulative);
         inner.unsaved.push(SegmentRef::of(window));

@@ -371,8 +371,10 @@ impl Transmission {
         let committed = crate::blocking::run(move || totals.commit(&window)).await;
         match committed {
             Ok(segments) => {
+                crate::test_knobs::kill_at("before-segment-delete");
                 for segment in segments {
                     self.counting.drop_segment_of(&segment);
+                    crate::test_knobs::kill_at("after-segment-delete");
                     self.totals.segment_gone(&segment.id);
                 }
             }
