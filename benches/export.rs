@@ -7,6 +7,7 @@ use std::hint::black_box;
 
 use appsignal_agent::aggregate::{MetricSet, Window};
 use appsignal_agent::export_config::ExportConfig;
+use appsignal_agent::otlp::mapping::{requests, LiveView};
 use appsignal_agent::payload::{AgentReport, Payload};
 use appsignal_agent::protocol::{GaugeValue, MetricKey};
 use appsignal_agent::sketch::Sketch;
@@ -101,14 +102,28 @@ fn export(c: &mut Criterion) {
     });
     group.bench_function("otlp_protobuf_gzip", |b| {
         b.iter(|| {
-            black_box(appsignal_agent::otlp::encode(&window, &window.segment, &report).unwrap())
+            black_box(
+                appsignal_agent::otlp::encode(requests(
+                    &window,
+                    &window.segment,
+                    &report,
+                    &LiveView::DELTA,
+                ))
+                .unwrap(),
+            )
         })
     });
     group.finish();
     let push = Payload::from_window(&window, window.segment.clone(), report.clone())
         .to_gzip()
         .unwrap();
-    let otlp = appsignal_agent::otlp::encode(&window, &window.segment, &report).unwrap();
+    let otlp = appsignal_agent::otlp::encode(requests(
+        &window,
+        &window.segment,
+        &report,
+        &LiveView::DELTA,
+    ))
+    .unwrap();
     println!(
         "bytes on the wire: push API {} B; OTLP {} B ({})",
         push.len(),

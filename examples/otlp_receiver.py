@@ -11,6 +11,10 @@ It prints `{"listening": "http://127.0.0.1:PORT"}` on its first line, then serve
   again (`duplicates`). Answers are empty protobuf responses (no partial success).
 - GET /summary: JSON with what arrived: counter totals, gauge values, histogram count/sum/min/max
   (keyed `name{k=v,...}` like the reference Push API receiver), spans, log records, resources.
+  Delta sums and histograms add up into those totals; cumulative ones are levels, not amounts:
+  their points are listed as they came, per series (`cumulative_sums`: [time, start, value,
+  monotonic]; `cumulative_histograms`: [time, start, count, sum]), and each metrics request's
+  `service.instance.id` values are in `metrics_instance_ids` (one list per request).
 - POST /control?status=503&count=2&retry_after=1: answer the next `count` export requests with
   `status` (and a `Retry-After` header when given), counted in `failed_on_purpose`.
 
@@ -29,6 +33,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 MAX_BODY = 64 * 1024 * 1024
 REQUESTS = {
@@ -83,6 +88,9 @@ class State:
         self.scopes = []
         self.export_ids = []
         self.temporalities = set()
+        self.cumulative_sums = {}
+        self.cumulative_histograms = {}
+        self.metrics_instance_ids = []
 
     def add_resource(self, resource):
         attrs = attributes(resource.attributes)
@@ -96,6 +104,10 @@ class State:
             self.scopes.append(entry)
 
     def metrics(self, request):
+        self.metrics_instance_ids.append([
+            any_value(kv.value) for rm in request.resource_metrics
+            for kv in rm.resource.attributes if kv.key == "service.instance.id"])
+        cumulative = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
         for rm in request.resource_metrics:
             self.add_resource(rm.resource)
             for sm in rm.scope_metrics:
@@ -108,7 +120,12 @@ class State:
                         for p in m.sum.data_points:
                             key = series(m.name, attributes(p.attributes))
                             value = p.as_double if p.HasField("as_double") else p.as_int
-                            self.counters[key] = self.counters.get(key, 0.0) + value
+                            if m.sum.aggregation_temporality == cumulative:
+                                self.cumulative_sums.setdefault(key, []).append(
+                                    [p.time_unix_nano, p.start_time_unix_nano, value,
+                                     m.sum.is_monotonic])
+                            else:
+                                self.counters[key] = self.counters.get(key, 0.0) + value
                     elif kind == "gauge":
                         for p in m.gauge.data_points:
                             key = series(m.name, attributes(p.attributes))
@@ -122,6 +139,10 @@ class State:
                                                 eh.aggregation_temporality, False))
                         for p in eh.data_points:
                             key = series(m.name, attributes(p.attributes))
+                            if eh.aggregation_temporality == cumulative:
+                                self.cumulative_histograms.setdefault(key, []).append(
+                                    [p.time_unix_nano, p.start_time_unix_nano, p.count, p.sum])
+                                continue
                             buckets = (sum(p.positive.bucket_counts)
                                        + sum(p.negative.bucket_counts) + p.zero_count)
                             h = self.histograms.setdefault(key, {
@@ -185,6 +206,9 @@ class State:
             "scopes": self.scopes,
             "export_ids": self.export_ids,
             "temporalities": sorted(list(t) for t in self.temporalities),
+            "cumulative_sums": self.cumulative_sums,
+            "cumulative_histograms": self.cumulative_histograms,
+            "metrics_instance_ids": self.metrics_instance_ids,
         }
 
 

@@ -454,6 +454,20 @@ impl Aggregator {
         out
     }
 
+    /// The configurations registered, with their ids.
+    pub fn registered(&self) -> impl Iterator<Item = (u64, &ExportConfig)> {
+        self.configs.iter().map(|(id, config)| (*id, config))
+    }
+
+    /// The open windows' metrics, with their configuration and start (for the cumulative view's
+    /// live totals).
+    pub fn open_metrics(&self) -> impl Iterator<Item = (&ExportConfig, u64, &MetricSet)> {
+        self.windows.iter().filter_map(|(key, open)| {
+            let config = self.configs.get(&key.config_id)?;
+            Some((config, key.start_ms, &open.metrics))
+        })
+    }
+
     /// Number of open windows (for diagnose and tests).
     pub fn open_windows(&self) -> usize {
         self.windows.len()

@@ -59,6 +59,12 @@ agent_counts! {
     /// OTLP/HTTP intake: data points rejected and requests that could not be read since the
     /// previous payload.
     otlp_intake_rejected,
+    /// Cumulative view: series not taken into a state that was full (its series cap or byte
+    /// budget), once per window that brought them, and windows not counted because too many
+    /// (app, environment) states are known.
+    cumulative_refused_series,
+    /// Cumulative view: series dropped because no window updated them for the expiry.
+    cumulative_expired_series,
 }
 
 impl AgentCounts {

@@ -5,7 +5,7 @@
 //! handshake (`protocol::Hello`), and the leader writes it into journal segment and spool headers.
 //! Pure data: this module reads no environment and does no I/O.
 //!
-//! Secrets (the push key, OTLP header values) cross the socket but never reach a disk or a log:
+//! Secrets (the push key, OTLP header values, the Prometheus bearer token) cross the socket but never reach a disk or a log:
 //! [`ExportConfig::without_secrets`] is the one function that removes them (for the journal), and
 //! `Debug` never shows them.
 //!
@@ -59,6 +59,70 @@ pub struct OtlpSettings {
     /// `OTEL_RESOURCE_ATTRIBUTES`, the `appsignal.config.*` lists); the leader adds the ones it
     /// derives from the rest of the [`ExportConfig`] when it builds a request.
     pub resource: Vec<(String, ResourceValue)>,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: [`Temporality::name`] of a preference
+    /// other than delta; empty for delta (the default, then not written, so that a configuration
+    /// without it is the document earlier releases wrote, and what they read as delta). Text
+    /// rather than a typed field: read back with [`OtlpSettings::temporality`], where anything
+    /// unknown is delta.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub temporality: String,
+}
+
+/// Which OTLP temporality a configuration asks for (`docs/otlp.md`, Temporality).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Temporality {
+    /// Every sum and histogram a delta of its window (AppSignal's collector).
+    #[default]
+    Delta,
+    /// Counters and distributions as cumulative totals since each series' start.
+    Cumulative,
+    /// The specification's `lowmemory`: delta, except non-monotonic counters, cumulative.
+    LowMemory,
+}
+
+impl Temporality {
+    /// The specification's value (lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            Temporality::Delta => "delta",
+            Temporality::Cumulative => "cumulative",
+            Temporality::LowMemory => "lowmemory",
+        }
+    }
+
+    /// The preference named `text` (any case); `None` when it is none of the three.
+    pub fn parse(text: &str) -> Option<Temporality> {
+        [
+            Temporality::Delta,
+            Temporality::Cumulative,
+            Temporality::LowMemory,
+        ]
+        .into_iter()
+        .find(|t| text.eq_ignore_ascii_case(t.name()))
+    }
+}
+
+/// The leader's Prometheus endpoint as one configuration asks for it (`_APPSIGNAL_PROMETHEUS_*`,
+/// `docs/prometheus.md`): the leader serves it when any configuration it knows asks for it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, FromCbor)]
+pub struct PrometheusSettings {
+    pub port: u16,
+    /// An IP address (validated by the configuration reader, again by the leader).
+    pub bind: String,
+    /// Required on every request when set (`Authorization: Bearer …`); required for a bind beyond
+    /// loopback. A secret: emptied by [`ExportConfig::without_secrets`], never shown by `Debug`.
+    #[serde(default)]
+    pub bearer_token: String,
+}
+
+impl fmt::Debug for PrometheusSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusSettings")
+            .field("port", &self.port)
+            .field("bind", &self.bind)
+            .field("bearer_token_set", &!self.bearer_token.is_empty())
+            .finish()
+    }
 }
 
 /// What identifies one app configuration to the leader, and what its exporters need: data of
@@ -84,6 +148,10 @@ pub struct ExportConfig {
     /// Set when `exporters.otlp` is.
     #[serde(default)]
     pub otlp: Option<OtlpSettings>,
+    /// The Prometheus endpoint this configuration asks the leader for (off when `None`; then not
+    /// written, so that a configuration without it is the document earlier releases wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSettings>,
     /// The secrets were removed ([`ExportConfig::without_secrets`]): this copy came from the
     /// journal and can export nothing until a process with the whole configuration connects.
     #[serde(default)]
@@ -91,7 +159,8 @@ pub struct ExportConfig {
 }
 
 impl ExportConfig {
-    /// A copy without secrets (the push key, every OTLP header value; header names stay), marked
+    /// A copy without secrets (the push key, every OTLP header value, the Prometheus bearer
+    /// token; header names stay), marked
     /// `redacted`: the only form in which a configuration is written to disk.
     pub fn without_secrets(&self) -> ExportConfig {
         ExportConfig {
@@ -103,6 +172,10 @@ impl ExportConfig {
                     .map(|(name, _)| (name.clone(), String::new()))
                     .collect(),
                 ..otlp.clone()
+            }),
+            prometheus: self.prometheus.as_ref().map(|p| PrometheusSettings {
+                bearer_token: String::new(),
+                ..p.clone()
             }),
             redacted: true,
             ..self.clone()
@@ -139,6 +212,13 @@ impl ExportConfig {
             ));
             fields.extend(self.otlp.iter().flat_map(OtlpSettings::identity_fields));
         }
+        // Set only, likewise.
+        if let Some(p) = &self.prometheus {
+            fields.push(format!(
+                "prometheus:{}:{}:{}",
+                p.port, p.bind, p.bearer_token
+            ));
+        }
         for field in &fields {
             for byte in field.bytes().chain(std::iter::once(0xff)) {
                 hash ^= u64::from(byte);
@@ -150,6 +230,11 @@ impl ExportConfig {
 }
 
 impl OtlpSettings {
+    /// The temporality asked for: delta unless the field names another one.
+    pub fn temporality(&self) -> Temporality {
+        Temporality::parse(&self.temporality).unwrap_or_default()
+    }
+
     /// Every field, for the configuration's id (the same in every process with these settings).
     fn identity_fields(&self) -> Vec<String> {
         let mut fields = vec![
@@ -164,6 +249,10 @@ impl OtlpSettings {
         }
         for (k, v) in &self.resource {
             fields.push(format!("r:{k}={v:?}"));
+        }
+        // Set only: a delta configuration keeps the id it had before the preference existed.
+        if !self.temporality.is_empty() {
+            fields.push(format!("temporality:{}", self.temporality));
         }
         fields
     }
@@ -186,6 +275,7 @@ impl fmt::Debug for ExportConfig {
             )
             .field("exporters", &self.exporters)
             .field("otlp", &self.otlp)
+            .field("prometheus", &self.prometheus)
             .field("redacted", &self.redacted)
             .finish()
     }
@@ -203,6 +293,7 @@ impl fmt::Debug for OtlpSettings {
             .field("timeout_ms", &self.timeout_ms)
             .field("gzip", &self.gzip)
             .field("resource", &self.resource)
+            .field("temporality", &self.temporality)
             .finish()
     }
 }
@@ -244,6 +335,12 @@ mod tests {
                         ResourceValue::List(vec!["a".into(), "b".into()]),
                     ),
                 ],
+                temporality: "cumulative".into(),
+            }),
+            prometheus: Some(PrometheusSettings {
+                port: 9464,
+                bind: "0.0.0.0".into(),
+                bearer_token: "token-secret".into(),
             }),
             redacted: false,
         }
@@ -261,10 +358,13 @@ mod tests {
                 ("x-team".into(), String::new()),
             ];
         }
+        if let Some(p) = expected.prometheus.as_mut() {
+            p.bearer_token.clear();
+        }
         expected.redacted = true;
         assert_eq!(stripped, expected);
         let written = serde_cbor::to_vec(&stripped).unwrap();
-        for secret in ["push-secret", "header-secret"] {
+        for secret in ["push-secret", "header-secret", "token-secret"] {
             assert!(
                 !written
                     .windows(secret.len())
@@ -275,6 +375,7 @@ mod tests {
         // Without OTLP settings there is only the key to remove.
         let push_only = ExportConfig {
             otlp: None,
+            prometheus: None,
             ..full()
         };
         assert_eq!(
@@ -308,6 +409,7 @@ mod tests {
                 language_integration_version: None,
                 exporters: Exporters::default(),
                 otlp: None,
+                prometheus: None,
                 ..full()
             },
         ] {
@@ -333,6 +435,18 @@ mod tests {
             ..config.clone()
         };
         assert_ne!(other_header.id(), config.id());
+        let with_temporality = |temporality: &str| ExportConfig {
+            otlp: config.otlp.clone().map(|o| OtlpSettings {
+                temporality: temporality.into(),
+                ..o
+            }),
+            ..config.clone()
+        };
+        assert_ne!(with_temporality("").id(), config.id());
+        assert_ne!(
+            with_temporality("").id(),
+            with_temporality("lowmemory").id()
+        );
         // A push-only configuration without the optional fields keeps the id earlier releases gave it.
         let plain = ExportConfig {
             push_api_key: "k".into(),
@@ -346,6 +460,22 @@ mod tests {
             }
         }
         assert_eq!(plain.id(), hash);
+    }
+
+    #[test]
+    fn the_temporality_reads_back_delta_unless_it_names_another() {
+        let with = |text: &str| {
+            OtlpSettings {
+                temporality: text.into(),
+                ..full().otlp.unwrap()
+            }
+            .temporality()
+        };
+        assert_eq!(with(""), Temporality::Delta);
+        assert_eq!(with("delta"), Temporality::Delta);
+        assert_eq!(with("cumulative"), Temporality::Cumulative);
+        assert_eq!(with("LowMemory"), Temporality::LowMemory);
+        assert_eq!(with("sometimes"), Temporality::Delta);
     }
 
     /// The previous release's declaration of this struct (then `config::PushConfig`) and of the
@@ -456,7 +586,19 @@ mod tests {
 
     #[test]
     fn the_previous_release_and_this_one_read_each_other() {
-        for config in [full(), full().without_secrets()] {
+        // Delta (the default) is not written: the document is the one earlier releases wrote.
+        let without_prometheus = ExportConfig {
+            prometheus: None,
+            otlp: full().otlp.map(|o| OtlpSettings {
+                temporality: String::new(),
+                ..o
+            }),
+            ..full()
+        };
+        for config in [
+            without_prometheus.clone(),
+            without_prometheus.without_secrets(),
+        ] {
             let old = serde_cbor::to_vec(&previous_of(&config)).unwrap();
             // A document the previous release wrote (a Hello, a segment header) reads here...
             assert_eq!(cbor::from_slice::<ExportConfig>(&old).unwrap(), config);
@@ -464,6 +606,16 @@ mod tests {
             assert_eq!(serde_cbor::to_vec(&config).unwrap(), old);
             let back: previous::PushConfig = serde_cbor::from_slice(&old).unwrap();
             assert_eq!(back.push_api_key, config.push_api_key);
+        }
+        // The Prometheus settings and the temporality are fields the previous release skips.
+        for config in [full(), full().without_secrets()] {
+            let new = serde_cbor::to_vec(&config).unwrap();
+            let back: previous::PushConfig = serde_cbor::from_slice(&new).unwrap();
+            assert_eq!(back.app_name, config.app_name);
+            assert_eq!(
+                back.otlp.map(|o| o.metrics_endpoint),
+                config.otlp.map(|o| o.metrics_endpoint)
+            );
         }
         let first = previous::FirstPushConfig {
             push_api_key: "k".into(),

@@ -625,6 +625,7 @@ mod tests {
                 timeout_ms: 1000,
                 gzip: true,
                 resource: vec![],
+                temporality: "cumulative".into(),
             }),
             ..Default::default()
         }

@@ -33,6 +33,9 @@
 //! - [`metrics`]: the per-process pre-aggregate of custom metrics.
 //! - [`aggregate`]: merging batches into windows per configuration.
 //! - [`counts`]: the agent's counts about itself (drops, rejections) that travel with a window.
+//! - [`cumulative`]: totals since a series' start per app and environment, continued by every
+//!   leader (the state file in the working directory).
+//! - [`prometheus`]: the cumulative view in the Prometheus and OpenMetrics text formats.
 //! - [`sketch`]: the mergeable distribution sketch (exponential buckets, as OTLP has them).
 //! - [`host_metrics`]: CPU, memory, disk and network of the host, collected by the leader only.
 //! - `intake`: the leader's StatsD (UDP) and OTLP/HTTP listeners for other local processes.
@@ -43,6 +46,8 @@
 //! - `role`: what this process is (the roles, and one writing handle per start).
 //! - `ids`: random ids.
 //! - `sort`: stable sorting with one copy of the algorithm for the whole crate.
+//! - `blocking`: work moved off the leader's runtime thread, with one copy of the blocking-task
+//!   code for the whole crate.
 //! - `log`: `appsignal.log` through `tracing`.
 //! - [`diagnose`]: the JSON report of `appsignal_diagnose()`.
 //! - [`data`]: the value type behind `appsignal_data_t`.
@@ -55,6 +60,7 @@
 
 pub mod agent;
 pub mod apm;
+mod blocking;
 pub mod config;
 pub mod data;
 pub mod diagnose;
@@ -66,6 +72,8 @@ pub mod aggregate;
 pub mod cbor;
 #[doc(hidden)]
 pub mod counts;
+#[doc(hidden)]
+pub mod cumulative;
 #[doc(hidden)]
 pub mod export_config;
 #[doc(hidden)]
@@ -81,6 +89,8 @@ pub mod otlp;
 #[doc(hidden)]
 pub mod payload;
 #[doc(hidden)]
+pub mod prometheus;
+#[doc(hidden)]
 pub mod protocol;
 #[doc(hidden)]
 pub mod sample;
@@ -90,6 +100,7 @@ pub mod sketch;
 pub(crate) mod client;
 pub(crate) mod election;
 pub(crate) mod fork;
+pub(crate) mod gzip;
 pub(crate) mod ids;
 pub(crate) mod leader;
 pub(crate) mod log;

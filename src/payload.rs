@@ -3,10 +3,8 @@
 //! and for the on-disk cache.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use anyhow::{Context, Result};
-use flate2::{write::GzEncoder, Compression};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Window;
@@ -176,9 +174,7 @@ impl Payload {
     /// JSON, gzip-compressed: the request body.
     pub fn to_gzip(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(self).context("cannot serialise payload")?;
-        let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4 + 64), Compression::fast());
-        gz.write_all(&json).context("cannot compress payload")?;
-        gz.finish().context("cannot compress payload")
+        crate::gzip::compress(&json).context("cannot compress payload")
     }
 }
 

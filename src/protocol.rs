@@ -578,7 +578,9 @@ mod tests {
                             ResourceValue::List(vec!["a".into(), "b".into()]),
                         ),
                     ],
+                    temporality: "lowmemory".into(),
                 }),
+                prometheus: None,
                 redacted: false,
             },
         }

@@ -291,6 +291,12 @@ impl Sketch {
         (self.count > 0).then_some(self.max)
     }
 
+    /// The smallest and largest value as held, also when empty: [`SketchWire`]'s `min` and
+    /// `max`, for writers of it that borrow the sketch.
+    pub fn min_max_held(&self) -> (f64, f64) {
+        (self.min, self.max)
+    }
+
     pub fn scale(&self) -> i32 {
         self.scale
     }

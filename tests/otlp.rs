@@ -238,6 +238,13 @@ fn three_processes_export_metrics_traces_and_logs_over_otlp_exactly() {
     );
     assert!(r["host.name"].as_str().is_some_and(|h| !h.is_empty()));
     assert!(r.get("appsignal.config.push_api_key").is_none());
+    // A UUID v5, the same from every leader of this working directory.
+    let instance = r["service.instance.id"].as_str().unwrap_or_default();
+    assert_eq!(
+        (instance.len(), instance.get(14..15)),
+        (36, Some("5")),
+        "{r}"
+    );
     // Every scope carries the request's stable id; ids are unique per signal.
     for scope in s["scopes"].as_array().unwrap() {
         assert_eq!(scope["name"], "appsignal-agent");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 
-use crate::export_config::{ExportConfig, Exporters, OtlpSettings};
+use crate::export_config::{ExportConfig, Exporters, OtlpSettings, PrometheusSettings};
 use otlp::ResourceInputs;
 
 /// The library's own environment table, filled through `appsignal_env_put`.
@@ -124,6 +124,12 @@ pub struct Config {
     pub sample_rate: f64,
     /// Listeners the leader hosts for other processes (StatsD, OTLP/HTTP); off by default.
     pub listeners: Listeners,
+    /// The Prometheus endpoint this configuration asks the leader for (`_APPSIGNAL_PROMETHEUS_*`);
+    /// off by default.
+    pub prometheus: Option<PrometheusSettings>,
+    /// A series of the cumulative view not updated for this long is dropped
+    /// (`_APPSIGNAL_CUMULATIVE_EXPIRY_MS`, 24 h by default).
+    pub cumulative_expiry: Duration,
     /// The library version this process announces (the build's, unless a test build overrides
     /// it: `test_library_version`).
     pub library_version: String,
@@ -180,6 +186,8 @@ impl fmt::Debug for Config {
             .field("host_metrics_interval", &self.host_metrics_interval)
             .field("sample_rate", &self.sample_rate)
             .field("listeners", &self.listeners)
+            .field("prometheus", &self.prometheus)
+            .field("cumulative_expiry", &self.cumulative_expiry)
             .field("library_version", &self.library_version)
             .finish()
     }
@@ -333,6 +341,23 @@ impl Reader<'_> {
             listeners.otlp_http = self.listen_addr("_APPSIGNAL_OTLP_HTTP_BIND", port);
         }
         listeners
+    }
+
+    /// `_APPSIGNAL_PROMETHEUS_PORT` (off when unset), `_APPSIGNAL_PROMETHEUS_BIND`,
+    /// `_APPSIGNAL_PROMETHEUS_BEARER_TOKEN`. Whether a bind beyond loopback has its token is the
+    /// leader's check (it logs the refusal once, where the endpoint would be).
+    fn prometheus(&mut self) -> Option<PrometheusSettings> {
+        self.string("_APPSIGNAL_PROMETHEUS_PORT")
+            .filter(|v| !v.is_empty())?;
+        let port = self.port("_APPSIGNAL_PROMETHEUS_PORT", 9464);
+        let addr = self.listen_addr("_APPSIGNAL_PROMETHEUS_BIND", port)?;
+        Some(PrometheusSettings {
+            port,
+            bind: addr.ip().to_string(),
+            bearer_token: self
+                .string("_APPSIGNAL_PROMETHEUS_BEARER_TOKEN")
+                .unwrap_or_default(),
+        })
     }
 
     fn port(&mut self, key: &str, default: u16) -> u16 {
@@ -520,6 +545,13 @@ impl Config {
             ),
             sample_rate: r.fraction("_APPSIGNAL_SAMPLE_RATE", 0.0),
             listeners: Listeners::default(),
+            prometheus: None,
+            cumulative_expiry: r.millis(
+                "_APPSIGNAL_CUMULATIVE_EXPIRY_MS",
+                86_400_000,
+                100,
+                31 * 86_400_000,
+            ),
             library_version: test_library_version(&r).unwrap_or_else(|| crate::VERSION.to_owned()),
             protocols: test_protocols(&r).unwrap_or((
                 crate::protocol::OLDEST_PROTOCOL,
@@ -533,6 +565,7 @@ impl Config {
             ),
         };
         config.listeners = r.listeners();
+        config.prometheus = r.prometheus();
         if exporters.otlp {
             let inputs = ResourceInputs {
                 language_integration_version: config.language_integration_version.as_deref(),
@@ -564,6 +597,7 @@ impl Config {
             language_integration_version: self.language_integration_version.clone(),
             exporters: self.exporters,
             otlp: self.otlp.clone(),
+            prometheus: self.prometheus.clone(),
             redacted: false,
         }
     }
@@ -683,6 +717,46 @@ mod tests {
     }
 
     #[test]
+    fn the_prometheus_endpoint_is_off_by_default_and_travels_with_the_configuration() {
+        let c = load(&[]).config;
+        assert_eq!(c.prometheus, None);
+        assert_eq!(c.cumulative_expiry, Duration::from_secs(24 * 3600));
+        let loaded = load(&[
+            ("_APPSIGNAL_PROMETHEUS_PORT", "9464"),
+            ("_APPSIGNAL_CUMULATIVE_EXPIRY_MS", "60000"),
+        ]);
+        let c = loaded.config;
+        let expected = PrometheusSettings {
+            port: 9464,
+            bind: "127.0.0.1".into(),
+            bearer_token: String::new(),
+        };
+        assert_eq!(c.prometheus.as_ref(), Some(&expected));
+        assert_eq!(c.export_config().prometheus, Some(expected));
+        assert_eq!(c.cumulative_expiry, Duration::from_secs(60));
+        let c = load(&[
+            ("_APPSIGNAL_PROMETHEUS_PORT", "9000"),
+            ("_APPSIGNAL_PROMETHEUS_BIND", "[::]"),
+            ("_APPSIGNAL_PROMETHEUS_BEARER_TOKEN", "s3cret"),
+        ])
+        .config;
+        let p = c.prometheus.unwrap();
+        assert_eq!(
+            (p.port, p.bind.as_str(), p.bearer_token.as_str()),
+            (9000, "::", "s3cret")
+        );
+        let loaded = load(&[
+            ("_APPSIGNAL_PROMETHEUS_PORT", "9000"),
+            ("_APPSIGNAL_PROMETHEUS_BIND", "localhost"),
+        ]);
+        assert_eq!(
+            loaded.config.prometheus, None,
+            "a host name is not guessed at"
+        );
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    }
+
+    #[test]
     fn invalid_values_warn_and_fall_back_to_defaults() {
         let loaded = load(&[
             ("_APPSIGNAL_ACTIVE", "maybe"),
@@ -775,6 +849,7 @@ mod tests {
                     otlp: true
                 },
                 otlp: Some(otlp),
+                prometheus: None,
                 redacted: false,
             }
         );

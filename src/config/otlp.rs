@@ -6,7 +6,7 @@
 //! [`crate::export_config::ExportConfig`]. Header values are secrets: a warning names a header's key,
 //! never its value.
 
-use crate::export_config::{OtlpSettings, ResourceValue};
+use crate::export_config::{OtlpSettings, ResourceValue, Temporality};
 
 /// Where OTLP goes when nothing says otherwise (the OpenTelemetry Collector's OTLP/HTTP port).
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
@@ -144,6 +144,18 @@ pub fn read(
             true
         }
     };
+    // Empty is unset, as the specification reads every variable.
+    let temporality = match lookup("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+        .filter(|v| !v.trim().is_empty())
+    {
+        None => Temporality::Delta,
+        Some(v) => Temporality::parse(v.trim()).unwrap_or_else(|| {
+            warnings.push(format!(
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE={v:?} is not delta, cumulative or lowmemory; using delta"
+            ));
+            Temporality::Delta
+        }),
+    };
     OtlpSettings {
         metrics_endpoint: endpoint(&per_signal[0], "metrics"),
         traces_endpoint: endpoint(&per_signal[1], "traces"),
@@ -152,6 +164,10 @@ pub fn read(
         timeout_ms,
         gzip,
         resource: resource(lookup, inputs, warnings),
+        temporality: match temporality {
+            Temporality::Delta => String::new(),
+            other => other.name().to_owned(),
+        },
     }
 }
 
@@ -283,6 +299,42 @@ mod tests {
         assert_eq!(s.metrics_endpoint, "http://localhost:4318/v1/metrics");
         assert_eq!((s.timeout_ms, s.gzip), (DEFAULT_TIMEOUT_MS, true));
         assert_eq!(w.len(), 3, "{w:?}");
+    }
+
+    #[test]
+    fn the_temporality_preference_takes_the_specifications_values_in_any_case() {
+        const VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+        let (s, w) = read(&[]);
+        assert_eq!(
+            (s.temporality(), s.temporality.as_str()),
+            (Temporality::Delta, "")
+        );
+        assert!(w.is_empty(), "{w:?}");
+        for (text, expected) in [
+            ("delta", Temporality::Delta),
+            ("DELTA", Temporality::Delta),
+            ("cumulative", Temporality::Cumulative),
+            (" Cumulative ", Temporality::Cumulative),
+            ("lowmemory", Temporality::LowMemory),
+            ("LowMemory", Temporality::LowMemory),
+        ] {
+            let (s, w) = read(&[(VAR, text)]);
+            assert_eq!(s.temporality(), expected, "{text:?}");
+            assert!(w.is_empty(), "{text:?}: {w:?}");
+        }
+        // Delta is carried as nothing (the document earlier releases wrote).
+        let (s, _) = read(&[(VAR, "Delta")]);
+        assert_eq!(s.temporality, "");
+        let (s, _) = read(&[(VAR, "CUMULATIVE")]);
+        assert_eq!(s.temporality, "cumulative");
+        let (s, w) = read(&[(VAR, " ")]);
+        assert_eq!((s.temporality(), w.len()), (Temporality::Delta, 0));
+        for unknown in ["low_memory", "cumulative,delta"] {
+            let (s, w) = read(&[(VAR, unknown)]);
+            assert_eq!(s.temporality(), Temporality::Delta, "{unknown:?}");
+            assert_eq!(w.len(), 1, "{unknown:?}: {w:?}");
+            assert!(w[0].contains(VAR), "{w:?}");
+        }
     }
 
     #[test]

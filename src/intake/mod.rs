@@ -128,3 +128,58 @@ fn report_uncounted(counted: bool, limit: &RateLimit, listener: &str, what: &str
         }
     }
 }
+
+/// What answers one HTTP request of a leader's HTTP listener.
+pub type HttpHandler = Arc<
+    dyn Fn(
+            hyper::Request<hyper::body::Incoming>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = hyper::Response<http_body_util::Full<hyper::body::Bytes>>,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
+/// Serves one HTTP/1.1 connection of a leader's HTTP listener (the OTLP/HTTP intake, the
+/// Prometheus endpoint) with `handler`: one request at a time, headers within `max_buf` bytes and
+/// `header_timeout`, closed between requests after `max_age`. One function for every listener,
+/// so that hyper's connection code is in the library once.
+pub async fn serve_http(
+    stream: tokio::net::TcpStream,
+    handler: HttpHandler,
+    header_timeout: Duration,
+    max_buf: usize,
+    max_age: Duration,
+) -> Result<(), hyper::Error> {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |request| {
+        let answer = handler(request);
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    // An idle keep-alive connection holds a permit: after `max_age` it is closed once the request
+    // in progress (if any) is answered; the client reconnects.
+    tokio::select! {
+        served = connection.as_mut() => served,
+        _ = tokio::time::sleep(max_age) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+/// A task of the leader, boxed: the HTTP listeners' connections and the leader's loops are all
+/// spawned as this one type, so that the runtime's code around a task is in the library once.
+pub type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+pub fn boxed(task: impl std::future::Future<Output = ()> + Send + 'static) -> ConnectionTask {
+    Box::pin(task)
+}

@@ -21,8 +21,6 @@
 //! [`super::pending::Pending`]. A request never panics the leader: decoding is prost's (protobuf)
 //! or [`super::otlp_json`]'s (JSON), over bytes whose size was checked first.
 
-use std::convert::Infallible;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -105,7 +103,7 @@ pub async fn run(
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(FLUSH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flushing: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut flushing: Option<crate::blocking::Started<bool>> = None;
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
@@ -115,13 +113,13 @@ pub async fn run(
                     continue;
                 }
                 if let Some(done) = flushing.take() {
-                    report(done.await.unwrap_or(false));
+                    report(done.join().await.unwrap_or(false));
                 }
                 let batch = state.converter().pending.take_batch(client_id, seq + 1, crate::now_ms());
                 if let Some(batch) = batch {
                     seq += 1;
                     let sink = Arc::clone(&sink);
-                    flushing = Some(tokio::task::spawn_blocking(move || sink(batch)));
+                    flushing = Some(crate::blocking::start(move || sink(batch)));
                 }
             }
             (permit, accepted) = async {
@@ -131,10 +129,10 @@ pub async fn run(
                 match accepted {
                     Ok((stream, _)) => {
                         let state = Arc::clone(&state);
-                        connections.spawn(async move {
+                        connections.spawn(super::boxed(async move {
                             serve(stream, state).await;
                             drop(permit);
-                        });
+                        }));
                     }
                     Err(e) => {
                         tracing::debug!("OTLP/HTTP intake: accept on {addr} failed: {e}");
@@ -149,7 +147,7 @@ pub async fn run(
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     if let Some(done) = flushing.take() {
-        report(done.await.unwrap_or(false));
+        report(done.join().await.unwrap_or(false));
     }
     let batch = state
         .converter()
@@ -157,7 +155,7 @@ pub async fn run(
         .take_batch(client_id, seq + 1, crate::now_ms());
     if let Some(batch) = batch {
         report(
-            tokio::task::spawn_blocking(move || sink(batch))
+            crate::blocking::run(move || sink(batch))
                 .await
                 .unwrap_or(false),
         );
@@ -169,26 +167,18 @@ fn report(counted: bool) {
 }
 
 async fn serve(stream: tokio::net::TcpStream, state: Arc<State>) {
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let service = hyper::service::service_fn(move |request| {
+    let handler: super::HttpHandler = Arc::new(move |request| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(request, state).await) }
+        Box::pin(async move { handle(request, state).await })
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(io, service);
-    tokio::pin!(connection);
-    // An idle keep-alive connection holds a permit: after MAX_CONNECTION_AGE it is closed once
-    // the request in progress (if any) is answered; the sender reconnects.
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let served = super::serve_http(
+        stream,
+        handler,
+        HEADER_TIMEOUT,
+        64 * 1024,
+        MAX_CONNECTION_AGE,
+    )
+    .await;
     if let Err(e) = served {
         tracing::debug!("OTLP/HTTP intake: connection ended: {e}");
     }
@@ -343,7 +333,7 @@ async fn answer(
         .await
         .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "stopping".to_owned()))?;
     let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let _permit = permit;
         let decoded = gunzip(bytes, gzip)?;
         match signal {
@@ -363,16 +353,13 @@ async fn answer(
 /// The body as sent, or gunzipped within [`MAX_DECODED_BYTES`].
 fn gunzip(bytes: Bytes, gzip: bool) -> Result<Bytes, (StatusCode, String)> {
     Ok(if gzip {
-        let mut out = Vec::new();
-        let mut reader =
-            flate2::read::GzDecoder::new(&bytes[..]).take(MAX_DECODED_BYTES as u64 + 1);
-        reader
-            .read_to_end(&mut out)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
-        if out.len() > MAX_DECODED_BYTES {
-            return Err(too_large(MAX_DECODED_BYTES));
+        match crate::gzip::decompress(&bytes, MAX_DECODED_BYTES) {
+            Ok(out) => Bytes::from(out),
+            Err(crate::gzip::DecompressError::TooLarge) => {
+                return Err(too_large(MAX_DECODED_BYTES))
+            }
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("bad gzip body: {e}"))),
         }
-        Bytes::from(out)
     } else {
         bytes
     })

@@ -101,7 +101,7 @@ pub async fn run(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tick = tokio::time::interval(FLUSH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flushing: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut flushing: Option<crate::blocking::Started<bool>> = None;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -110,13 +110,13 @@ pub async fn run(
                     continue;
                 }
                 if let Some(done) = flushing.take() {
-                    report(done.await.unwrap_or(false));
+                    report(done.join().await.unwrap_or(false));
                 }
                 let now = crate::now_ms();
                 if let Some(batch) = parser.pending.take_batch(client_id, seq + 1, now) {
                     seq += 1;
                     let sink = Arc::clone(&sink);
-                    flushing = Some(tokio::task::spawn_blocking(move || sink(batch)));
+                    flushing = Some(crate::blocking::start(move || sink(batch)));
                 }
             }
             received = socket.recv_from(&mut buf) => {
@@ -136,7 +136,7 @@ pub async fn run(
     }
     drop(socket);
     if let Some(done) = flushing.take() {
-        report(done.await.unwrap_or(false));
+        report(done.join().await.unwrap_or(false));
     }
     if let Some(batch) = parser
         .pending
@@ -144,7 +144,7 @@ pub async fn run(
     {
         let sink = Arc::clone(&sink);
         report(
-            tokio::task::spawn_blocking(move || sink(batch))
+            crate::blocking::run(move || sink(batch))
                 .await
                 .unwrap_or(false),
         );

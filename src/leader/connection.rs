@@ -548,7 +548,7 @@ async fn receive_batch(
     }
     let counting = Arc::clone(&ctx.counting);
     let config_id = admitted.config.id;
-    let counted = tokio::task::spawn_blocking(move || counting.count(config_id, batch)).await;
+    let counted = crate::blocking::run(move || counting.count(config_id, batch)).await;
     if !matches!(counted, Ok(true)) {
         return Next::StillThere;
     }

@@ -6,13 +6,17 @@
 //! host metrics count through [`Counting::count`], the transmission takes windows and drops their
 //! segments through it, and the leader closes it (under the same lock) before it lets go of the
 //! lock file.
+//!
+//! It also keeps, until [`super::totals`] has added them, a copy of the metrics of the windows it
+//! handed out (taken in the same step, under the same lock), so that a scrape sees every counted
+//! update exactly once: in an open window, in a taken window, or in the cumulative state.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::knobs::Knobs;
 use super::tally::Tally;
-use crate::aggregate::{Aggregator, Window};
-use crate::export_config::ExportConfig;
+use crate::aggregate::{Aggregator, MetricSet, Window};
+use crate::export_config::{ExportConfig, PrometheusSettings};
 use crate::journal::Journal;
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::Batch;
@@ -26,6 +30,36 @@ pub(super) struct State {
     pub(super) aggregator: Aggregator,
     pub(super) journal: Journal,
     pub(super) open: bool,
+    /// Metrics of windows taken and not yet added to the cumulative state, with their segment
+    /// ids (a few: the windows of one transmission and those held back).
+    pending: Vec<(String, Uncounted)>,
+}
+
+/// A window's metrics not yet in the cumulative state (a copy, for scrapes).
+#[derive(Clone)]
+pub(super) struct Uncounted {
+    pub(super) app: String,
+    pub(super) env: String,
+    pub(super) start_ms: u64,
+    pub(super) metrics: MetricSet,
+}
+
+/// A journal segment, as the journal names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SegmentRef {
+    pub(super) start_ms: u64,
+    pub(super) config_id: u64,
+    pub(super) id: String,
+}
+
+impl SegmentRef {
+    pub(super) fn of(window: &Window) -> SegmentRef {
+        SegmentRef {
+            start_ms: window.start_ms,
+            config_id: window.config_id,
+            id: window.segment.clone(),
+        }
+    }
 }
 
 pub(super) struct Counting {
@@ -55,6 +89,7 @@ impl Counting {
                 aggregator,
                 journal,
                 open: true,
+                pending: Vec::new(),
             }),
             own_config_id,
             own_config: own_config.clone(),
@@ -183,15 +218,59 @@ impl Counting {
         };
         for w in &windows {
             state.journal.seal(w.start_ms, w.config_id, &w.segment);
+            if !w.metrics.is_empty() {
+                let uncounted = Uncounted {
+                    app: w.config.app_name.clone(),
+                    env: w.config.environment.clone(),
+                    start_ms: w.start_ms,
+                    metrics: w.metrics.clone(),
+                };
+                state.pending.push((w.segment.clone(), uncounted));
+            }
         }
         windows
     }
 
+    /// The metrics not yet in the cumulative state: the taken windows' and the open windows'
+    /// (copies, so that a scrape renders without this lock). In the order they will be added (the
+    /// taken ones as taken, then the open ones oldest first, as they close): a series new in two
+    /// of them shows the start of the one that will add it first, the start the state then keeps,
+    /// and a scrape of a full state shows the new series the commits will take, not others.
+    pub(super) fn uncounted(&self) -> Vec<Uncounted> {
+        let state = self.state();
+        let open = state
+            .aggregator
+            .open_metrics()
+            .map(|(config, start_ms, metrics)| Uncounted {
+                app: config.app_name.clone(),
+                env: config.environment.clone(),
+                start_ms,
+                metrics: metrics.clone(),
+            });
+        state
+            .pending
+            .iter()
+            .map(|(_, u)| u.clone())
+            .chain(open)
+            .collect()
+    }
+
+    /// The taken window of `segment` is in the cumulative state now (or will never be, by this
+    /// leader): scrapes no longer add it.
+    pub(super) fn counted_in_totals(&self, segment: &str) {
+        self.state().pending.retain(|(id, _)| id != segment);
+    }
+
     /// Drops the journal segment of `window`: its payloads are cached or sent.
     pub(super) fn drop_segment(&self, window: &Window) {
+        self.drop_segment_of(&SegmentRef::of(window));
+    }
+
+    /// Drops the journal segment `segment`.
+    pub(super) fn drop_segment_of(&self, segment: &SegmentRef) {
         self.state()
             .journal
-            .remove(window.start_ms, window.config_id, &window.segment);
+            .remove(segment.start_ms, segment.config_id, &segment.id);
     }
 
     /// The (client, seq) pairs counted so far, for the `counted` record.
@@ -217,6 +296,23 @@ impl Counting {
     /// The last seq counted for `client`.
     pub(super) fn last_counted(&self, client: u64) -> Option<u64> {
         self.state().aggregator.last_counted(client)
+    }
+
+    /// The Prometheus endpoint the configurations ask for: the leader's own, else the one of the
+    /// registered configuration with the lowest id (never a copy from the journal: its token is
+    /// gone).
+    pub(super) fn prometheus(&self) -> Option<PrometheusSettings> {
+        if let Some(own) = &self.own_config.prometheus {
+            return Some(own.clone());
+        }
+        let state = self.state();
+        state
+            .aggregator
+            .registered()
+            .filter(|(_, c)| !c.redacted)
+            .filter_map(|(id, c)| Some((id, c.prometheus.as_ref()?)))
+            .min_by_key(|(id, _)| *id)
+            .map(|(_, p)| p.clone())
     }
 
     /// Whether batches are still accepted.

@@ -32,7 +32,7 @@ pub(super) async fn host_metrics_loop(
         }
         let collector = Arc::clone(&collector);
         // Reading /proc and statvfs can block: keep it off the runtime thread.
-        let gauges = match tokio::task::spawn_blocking(move || {
+        let gauges = match crate::blocking::run(move || {
             collector
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -9,7 +9,9 @@
 //! - [`counting`]: the aggregator and the journal under one lock (counting, configurations
 //!   registered, windows taken, segments dropped, closing);
 //! - [`transmission`]: the payload cache, the exporters' memory ([`exports`]), windows held back;
-//! - [`tally`]: the agent counts ([`crate::counts`]) gathered between two payloads.
+//! - [`tally`]: the agent counts ([`crate::counts`]) gathered between two payloads;
+//! - [`totals`]: the cumulative view ([`crate::cumulative`]), added to at each transmission's
+//!   commit point, read by scrapes.
 //!
 //! This module builds them, runs the serving loop ([`serve`]) and the steps of a stop ([`run`]:
 //! push while serving on `stop()`, close the socket, then [`hand_over`] or push the rest).
@@ -38,6 +40,8 @@
 //!   counts them as gauges of its own configuration.
 //! - With `_APPSIGNAL_ENABLE_STATSD` or `_APPSIGNAL_OTLP_HTTP_PORT`, the leader (and only the
 //!   leader) runs the listeners of [`crate::intake`]; their data counts as its own configuration's.
+//! - When a configuration it knows asks for it (`_APPSIGNAL_PROMETHEUS_PORT`), the leader serves
+//!   the Prometheus endpoint ([`scrape`]) over its cumulative view ([`totals`]).
 //! - Shutdown (`stop()`) pushes what was counted within the deadline while it keeps accepting and
 //!   counting the last batches of its clients, which may be stopping at the same moment; then it
 //!   stops accepting, lets connections finish the frame they are in, and turns what arrived
@@ -60,7 +64,9 @@ mod host;
 mod knobs;
 mod peers;
 mod replay;
+mod scrape;
 mod tally;
+mod totals;
 mod transmission;
 mod watchdog;
 
@@ -71,6 +77,7 @@ use knobs::Knobs;
 use peers::{Context, Peers};
 use replay::replay;
 use tally::Tally;
+use totals::Totals;
 use transmission::Transmission;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,6 +226,7 @@ struct Parts {
     status: Arc<Status>,
     counting: Arc<Counting>,
     transmission: Arc<Transmission>,
+    totals: Arc<Totals>,
     /// What every connection task works with (the counting and the status above among it).
     connection: Arc<Context>,
     tally: Arc<Tally>,
@@ -265,9 +273,17 @@ impl Leader {
             config.payload_cache_max_files,
             config.payload_cache_max_bytes,
         );
+        let mut cumulative = totals::load(workdir, config.cumulative_expiry);
         let (segments, batches, poisoned) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                replay(config, &mut aggregator, &mut journal, &cache)
+                replay(
+                    config,
+                    workdir,
+                    &mut aggregator,
+                    &mut journal,
+                    &cache,
+                    &mut cumulative,
+                )
             }))
             .map_err(|_| anyhow!("replaying the journal panicked (a bug in libappsignal)"))?;
         if segments > 0 {
@@ -278,6 +294,7 @@ impl Leader {
             workdir,
             aggregator,
             journal,
+            cumulative,
             own_config_id,
             pusher,
             cache,
@@ -374,6 +391,7 @@ impl Parts {
         workdir: &WorkDir,
         aggregator: Aggregator,
         journal: Journal,
+        cumulative: crate::cumulative::Cumulative,
         own_config_id: u64,
         pusher: Pusher,
         cache: PayloadCache,
@@ -395,6 +413,12 @@ impl Parts {
             Arc::clone(&tally),
             Arc::clone(&knobs),
         ));
+        let totals = Arc::new(Totals::new(
+            cumulative,
+            workdir,
+            Arc::clone(&counting),
+            Arc::clone(&tally),
+        ));
         let transmission = Arc::new(Transmission::new(
             config,
             workdir,
@@ -402,6 +426,7 @@ impl Parts {
             cache,
             Arc::clone(&counting),
             Arc::clone(&tally),
+            Arc::clone(&totals),
         ));
         let connection = Arc::new(Context {
             peers: Arc::default(),
@@ -418,6 +443,7 @@ impl Parts {
             status,
             counting,
             transmission,
+            totals,
             connection,
             tally,
             knobs,
@@ -534,19 +560,27 @@ struct Background {
 impl Background {
     fn start(parts: &Parts) -> Background {
         let (stop, stopped) = watch::channel(false);
-        let transmitter = tokio::spawn(Arc::clone(&parts.transmission).run(stopped.clone()));
+        // Every task here is spawned boxed, as the listeners' connection tasks are: one type of
+        // task, so the runtime's code around a task is in the library once, not once per loop.
+        let transmitter = spawn(Arc::clone(&parts.transmission).run(stopped.clone()));
         let host_metrics = parts.config.enable_host_metrics.then(|| {
-            tokio::spawn(host::host_metrics_loop(
+            spawn(host::host_metrics_loop(
                 Arc::clone(&parts.counting),
                 parts.config.hostname.clone(),
                 parts.config.host_metrics_interval,
                 stopped.clone(),
             ))
         });
+        let mut listeners = spawn_listeners(parts, &stopped);
+        listeners.push(spawn(scrape::run(
+            Arc::clone(&parts.totals),
+            Arc::clone(&parts.counting),
+            stopped.clone(),
+        )));
         Background {
             transmitter: Some(transmitter),
             host_metrics,
-            listeners: spawn_listeners(parts, &stopped),
+            listeners,
             stop,
         }
     }
@@ -565,6 +599,11 @@ impl Background {
     }
 }
 
+/// Spawns `task` boxed (see [`Background::start`]).
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(crate::intake::boxed(task))
+}
+
 /// Starts the StatsD and OTLP/HTTP listeners that are configured ([`crate::intake`]); their data
 /// counts as the leader's own configuration's. They end when `background` fires.
 fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
@@ -573,7 +612,7 @@ fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<Joi
     let sink: crate::intake::Sink = Arc::new(move |batch| counting.count_own(batch));
     let mut tasks = Vec::new();
     if let Some(addr) = listeners.statsd {
-        tasks.push(tokio::spawn(crate::intake::udp::run(
+        tasks.push(spawn(crate::intake::udp::run(
             addr,
             Arc::clone(&sink),
             parts.tally.intake(),
@@ -581,7 +620,7 @@ fn spawn_listeners(parts: &Parts, background: &watch::Receiver<bool>) -> Vec<Joi
         )));
     }
     if let Some(addr) = listeners.otlp_http {
-        tasks.push(tokio::spawn(crate::intake::otlp_http::run(
+        tasks.push(spawn(crate::intake::otlp_http::run(
             addr,
             Arc::clone(&sink),
             parts.tally.intake(),
@@ -794,14 +833,208 @@ mod tests {
 
     /// A new leader on the same directory: replays what is there. Returns it and what replay said.
     fn next_leader(dir: &std::path::Path) -> (Aggregator, Journal, (usize, usize, u64)) {
+        let (aggregator, journal, _, replayed) = next_leader_with_totals(dir);
+        (aggregator, journal, replayed)
+    }
+
+    /// [`next_leader`], with its cumulative state.
+    fn next_leader_with_totals(
+        dir: &std::path::Path,
+    ) -> (
+        Aggregator,
+        Journal,
+        crate::cumulative::Cumulative,
+        (usize, usize, u64),
+    ) {
         let config = config(dir);
         let workdir = WorkDir::prepare(dir, false).unwrap();
         let mut aggregator = Aggregator::new(config.transmission_interval);
         aggregator.register(&config.export_config());
         let mut journal = Journal::new(workdir.clone());
-        let cache = PayloadCache::new(workdir, 100, 1 << 20);
-        let replayed = replay(&config, &mut aggregator, &mut journal, &cache);
-        (aggregator, journal, replayed)
+        let cache = PayloadCache::new(workdir.clone(), 100, 1 << 20);
+        let mut cumulative = totals::load(&workdir, config.cumulative_expiry);
+        let replayed = replay(
+            &config,
+            &workdir,
+            &mut aggregator,
+            &mut journal,
+            &cache,
+            &mut cumulative,
+        );
+        (aggregator, journal, cumulative, replayed)
+    }
+
+    /// The `requests` total in the cumulative state.
+    fn cumulative_requests(cumulative: &crate::cumulative::Cumulative) -> Option<f64> {
+        let live = cumulative.live(&[]);
+        let series = live.first()?.series.first()?;
+        assert_eq!(series.key.name, "requests");
+        match *series.value {
+            crate::cumulative::Value::Counter { total, .. } => Some(total),
+            _ => None,
+        }
+    }
+
+    /// The transmission's commit point without the transmission: every window is out.
+    fn commit_all(workdir: &WorkDir, config: &Config, counting: &Arc<Counting>) {
+        let totals = Totals::new(
+            totals::load(workdir, config.cumulative_expiry),
+            workdir,
+            Arc::clone(counting),
+            Arc::default(),
+        );
+        let windows = counting.take_windows(None);
+        Journal::write_counted(workdir, &counting.counted_snapshot()).unwrap();
+        for window in windows {
+            for segment in totals.commit(&window) {
+                counting.drop_segment_of(&segment);
+                totals.segment_gone(&segment.id);
+            }
+        }
+        assert_eq!(totals.with_state(cumulative_requests), Some(12.0));
+    }
+
+    #[test]
+    fn the_live_view_shows_a_new_series_from_the_start_the_state_will_keep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shared(tmp.path());
+        let base = base();
+        let counting = Arc::new(s.counting);
+        // A series new in a taken window (being turned into payloads) and in the open one after it.
+        assert!(counting.count_own(batch(1, 1, base + 10, 2.0)));
+        let taken = counting.take_windows(Some(base + INTERVAL_MS));
+        assert_eq!(taken.len(), 1);
+        assert!(counting.count_own(batch(1, 2, base + INTERVAL_MS + 5, 7.0)));
+        let totals = Totals::new(
+            totals::load(&s.workdir, s.config.cumulative_expiry),
+            &s.workdir,
+            Arc::clone(&counting),
+            Arc::default(),
+        );
+        let own = s.config.export_config();
+        let live = |totals: &Totals| {
+            totals.with_live_of(&own.app_name, &own.environment, true, |series| {
+                series
+                    .iter()
+                    .map(|l| (l.start_ms, (*l.value).clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let counter = |total| crate::cumulative::Value::Counter {
+            total,
+            monotonic: true,
+        };
+        // The taken window is added first: its start is the series' start, before and after.
+        assert_eq!(live(&totals), vec![(base, counter(9.0))]);
+        totals.commit(&taken[0]);
+        assert_eq!(live(&totals), vec![(base, counter(9.0))]);
+        assert_eq!(
+            totals.with_live_of("another app", &own.environment, true, |series| series.len()),
+            0
+        );
+        // Without the open windows: the committed totals only.
+        assert!(counting.count_own(batch(1, 3, base + INTERVAL_MS + 6, 1.0)));
+        let committed = totals.with_live_of(&own.app_name, &own.environment, false, |series| {
+            series
+                .iter()
+                .map(|l| (l.start_ms, (*l.value).clone()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(committed, vec![(base, counter(2.0))]);
+    }
+
+    #[test]
+    fn the_cumulative_state_continues_across_leaders_and_counts_each_window_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            let s = shared(tmp.path());
+            count_two_windows(&s, base);
+            let counting = Arc::new(s.counting);
+            commit_all(&s.workdir, &s.config, &counting);
+            // Killed after the commit: the segments are gone, the state holds both windows.
+        }
+        let (mut aggregator, journal, cumulative, (segments, ..)) =
+            next_leader_with_totals(tmp.path());
+        assert_eq!(segments, 0);
+        assert!(journal.replay().is_empty());
+        assert!(aggregator.take_all().is_empty());
+        assert_eq!(cumulative_requests(&cumulative), Some(12.0));
+        // Resends of those batches are recognised (the counted record), so nothing counts twice.
+        assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
+    }
+
+    #[test]
+    fn a_cached_window_not_yet_in_the_cumulative_state_is_added_by_the_next_leader_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            // Killed after caching the first window's payload, before adding it to the state.
+            let killed = shared(tmp.path());
+            count_two_windows(&killed, base);
+            let windows = killed.counting.take_windows(None);
+            let first = windows.iter().find(|w| w.start_ms == base).unwrap();
+            killed
+                .cache
+                .store(&Outgoing {
+                    id: first.segment.clone(),
+                    config_id: first.config_id,
+                    created_ms: first.start_ms,
+                    kind: ExportKind::Push,
+                    body_gz: vec![0x1f, 0x8b],
+                })
+                .unwrap();
+        }
+        let (mut aggregator, journal, cumulative, (segments, ..)) =
+            next_leader_with_totals(tmp.path());
+        assert_eq!(segments, 1, "the uncached window is adopted");
+        assert_eq!(cumulative_requests(&cumulative), Some(5.0));
+        assert_eq!(
+            journal.replay().len(),
+            1,
+            "the added window's segment is gone"
+        );
+        assert_eq!(
+            totals(&aggregator.take_all()),
+            [(base + INTERVAL_MS, 7.0)].into()
+        );
+        // Killed again before transmitting: the next leader has the same state, adopts the same.
+        let (mut aggregator, _, cumulative, (segments, ..)) = next_leader_with_totals(tmp.path());
+        assert_eq!(segments, 1);
+        assert_eq!(cumulative_requests(&cumulative), Some(5.0));
+        assert_eq!(
+            totals(&aggregator.take_all()),
+            [(base + INTERVAL_MS, 7.0)].into()
+        );
+    }
+
+    #[test]
+    fn a_window_added_but_whose_segment_was_not_deleted_is_not_added_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base();
+        {
+            let s = shared(tmp.path());
+            count_two_windows(&s, base);
+            // Added and saved, killed before the segments were deleted.
+            let mut cumulative = totals::load(&s.workdir, s.config.cumulative_expiry);
+            for w in s.counting.take_windows(None) {
+                let added = crate::cumulative::WindowRef {
+                    app: &w.config.app_name,
+                    env: &w.config.environment,
+                    start_ms: w.start_ms,
+                    metrics: &w.metrics,
+                };
+                cumulative.add_window(added, &w.segment, crate::now_ms());
+            }
+            cumulative.save(&s.workdir, crate::now_ms()).unwrap();
+        }
+        let (mut aggregator, journal, cumulative, (segments, ..)) =
+            next_leader_with_totals(tmp.path());
+        assert_eq!(segments, 0, "both windows are in the state: done");
+        assert!(journal.replay().is_empty());
+        assert!(aggregator.take_all().is_empty());
+        assert!(aggregator.is_counted(1, 2) && aggregator.is_counted(2, 1));
+        assert_eq!(cumulative_requests(&cumulative), Some(12.0));
     }
 
     fn batch(client_id: u64, seq: u64, created_ms: u64, value: f64) -> Batch {
@@ -915,7 +1148,16 @@ mod tests {
                 journal,
                 ..
             } = &mut *state;
-            assert_eq!(replay(&s.config, aggregator, journal, &s.cache), (1, 1, 0));
+            let mut cumulative = totals::load(&s.workdir, s.config.cumulative_expiry);
+            let replayed = replay(
+                &s.config,
+                &s.workdir,
+                aggregator,
+                journal,
+                &s.cache,
+                &mut cumulative,
+            );
+            assert_eq!(replayed, (1, 1, 0));
             drop(state);
             assert!(s.counting.count_own(batch(1, 2, base + 30, 4.0)));
         }

@@ -6,8 +6,14 @@
 //! a window whose payloads can be neither cached nor sent is held in memory (at most
 //! [`MAX_HELD_WINDOWS`]) and tried again at the next transmission, its segment kept until then.
 //! Whether a configuration's payloads are sent at all is [`super::exports`]'s call.
+//!
+//! When every payload of a window is out (cached or sent) the window is added to the cumulative
+//! view ([`super::totals`]) and saved before its segment is deleted: one commit point for both.
+//! OTLP metrics under a cumulative temporality are read from that view when a window's requests
+//! are built ([`exports`]), at a build time that never repeats on one leader.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +22,13 @@ use tokio::sync::watch;
 use super::counting::Counting;
 use super::exports::{ExportState, Gate};
 use super::tally::Tally;
+use super::totals::Totals;
 use crate::aggregate::Window;
 use crate::config::Config;
 use crate::counts::AgentCounts;
-use crate::export_config::{ExportConfig, Exporters};
+use crate::export_config::{ExportConfig, Exporters, ResourceValue, Temporality};
 use crate::log::{suppressed_note, RateLimit};
+use crate::otlp::mapping::LiveView;
 use crate::otlp::Signal;
 use crate::payload::{AgentReport, Payload};
 use crate::transmit::{ExportKind, Outgoing, PayloadCache, PushError, Pusher};
@@ -44,9 +52,13 @@ pub(super) struct Transmission {
     exports: Arc<ExportState>,
     counting: Arc<Counting>,
     tally: Arc<Tally>,
+    totals: Arc<Totals>,
     /// Closed windows whose payloads could be neither cached nor sent (a full disk and a failing
     /// endpoint): tried again at the next transmission; their journal segments stay until then.
     held: Mutex<Vec<Window>>,
+    /// The build time of the last window's requests (ms since the epoch): the next one is later,
+    /// so that two cumulative points of one series never share a timestamp with different values.
+    last_built_ms: AtomicU64,
 }
 
 /// Where a window's payloads are after [`Transmission::store`].
@@ -66,6 +78,7 @@ impl Transmission {
         cache: PayloadCache,
         counting: Arc<Counting>,
         tally: Arc<Tally>,
+        totals: Arc<Totals>,
     ) -> Transmission {
         Transmission {
             config: config.clone(),
@@ -75,7 +88,22 @@ impl Transmission {
             exports: Arc::new(ExportState::new(config.refused_key_retry_interval)),
             counting,
             tally,
+            totals,
             held: Mutex::new(Vec::new()),
+            last_built_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Now, or just after the previous build time if the clock has not moved past it.
+    fn build_time(&self) -> u64 {
+        let now = crate::now_ms();
+        let next = |last: u64| now.max(last.saturating_add(1));
+        match self
+            .last_built_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next(last))
+            }) {
+            Ok(last) | Err(last) => next(last),
         }
     }
 
@@ -98,7 +126,7 @@ impl Transmission {
             }
             // Batches that stopping processes could not hand over count before the windows close.
             let spools = Arc::clone(&self.counting);
-            if tokio::task::spawn_blocking(move || spools.ingest_spools())
+            if crate::blocking::run(move || spools.ingest_spools())
                 .await
                 .is_err()
             {
@@ -182,7 +210,7 @@ impl Transmission {
         // Snapshot under the counting lock, written without it (a slow disk must not stall acks).
         let counted = self.counting.counted_snapshot();
         let workdir = self.workdir.clone();
-        let written = tokio::task::spawn_blocking(move || {
+        let written = crate::blocking::run(move || {
             crate::journal::Journal::write_counted(&workdir, &counted)
         })
         .await
@@ -227,10 +255,13 @@ impl Transmission {
     /// Encodes the payloads of `window` and caches them, on the blocking pool (encoding and the
     /// cache's fsync must not stall the thread that serves the sockets). `None` (logged) when it
     /// cannot be encoded: its segment stays for the next leader.
-    async fn store(&self, window: Window, report: AgentReport) -> Option<Stored> {
+    async fn store(&self, mut window: Window, report: AgentReport) -> Option<Stored> {
+        with_instance_id(&mut window.config, self.workdir.path());
         let cache = Arc::clone(&self.cache);
-        let stored = tokio::task::spawn_blocking(move || {
-            let outgoing = match exports(&window, &report) {
+        let totals = Arc::clone(&self.totals);
+        let built_ms = self.build_time();
+        let stored = crate::blocking::run(move || {
+            let outgoing = match exports(&window, &report, &totals, built_ms) {
                 Ok(o) => o,
                 Err(e) => return (window, Err(e)),
             };
@@ -273,6 +304,7 @@ impl Transmission {
                 none_cached,
             }),
             Ok((window, Err(e))) => {
+                self.totals.never_added(&window);
                 tracing::error!(
                     "cannot encode payload {}: {e:#}; it stays in the journal for the next leader",
                     window.segment
@@ -319,13 +351,37 @@ impl Transmission {
             }
         }
         if all_out {
-            self.counting.drop_segment(&window);
+            self.finish(window).await;
             return None;
         }
         if none_cached {
             self.tally.give_back(carried);
         }
         Some(window)
+    }
+
+    /// Every payload of `window` is out: adds it to the cumulative view, then deletes the
+    /// segments whose windows are saved there ([`Totals::commit`]).
+    async fn finish(&self, window: Window) {
+        if window.metrics.is_empty() {
+            self.counting.drop_segment(&window);
+            return;
+        }
+        let totals = Arc::clone(&self.totals);
+        let committed = crate::blocking::run(move || totals.commit(&window)).await;
+        match committed {
+            Ok(segments) => {
+                crate::test_knobs::kill_at("before-segment-delete");
+                for segment in segments {
+                    self.counting.drop_segment_of(&segment);
+                    crate::test_knobs::kill_at("after-segment-delete");
+                    self.totals.segment_gone(&segment.id);
+                }
+            }
+            Err(e) => tracing::error!(
+                "adding a window to the cumulative state failed: {e}; its journal segment stays for the next leader"
+            ),
+        }
     }
 
     /// Keeps `windows` for the next transmission: their payloads could be neither cached nor
@@ -337,6 +393,7 @@ impl Transmission {
         while held.len() > MAX_HELD_WINDOWS || (bytes > MAX_HELD_BYTES && held.len() > 1) {
             let oldest = held.remove(0);
             bytes = bytes.saturating_sub(oldest.bytes);
+            self.totals.never_added(&oldest);
             if let Some(n) = HELD_LOG.check() {
                 tracing::warn!(
                     "window {} (payload {}) no longer held in memory: too many windows wait; its journal segment stays for the next leader{}",
@@ -364,8 +421,16 @@ async fn push_until(
 }
 
 /// The payloads of `window`, one per exporter and OTLP signal, in the order they are cached. The
-/// last one is always there ([`last_kind`]): once it is in the cache, all of them are.
-fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing>> {
+/// last one is always there ([`last_kind`]): once it is in the cache, all of them are. OTLP
+/// metrics take the live view of the window's app and environment from `totals` (under its
+/// lock; blocking), or under delta its committed totals (for the monotonic flags, and only for a
+/// window with counters); cumulative points carry `built_ms`.
+fn exports(
+    window: &Window,
+    report: &AgentReport,
+    totals: &Totals,
+    built_ms: u64,
+) -> anyhow::Result<Vec<Outgoing>> {
     let mut out = Vec::new();
     let outgoing = |kind, body_gz| Outgoing {
         id: window.segment.clone(),
@@ -376,7 +441,28 @@ fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing
     };
     let exporters = window.config.exporters;
     if exporters.otlp {
-        let mut bodies = crate::otlp::encode(window, &window.segment, report)?;
+        let temporality = window
+            .config
+            .otlp
+            .as_ref()
+            .map_or(Temporality::Delta, |o| o.temporality());
+        let requests = |series: &[crate::cumulative::LiveSeries<'_>]| {
+            let live = LiveView {
+                temporality,
+                series,
+                now_ms: built_ms,
+            };
+            crate::otlp::mapping::requests(window, &window.segment, report, &live)
+        };
+        // Under delta the committed totals only tell which counters are monotonic.
+        let delta = temporality == Temporality::Delta;
+        let requests = if delta && window.metrics.counters.is_empty() {
+            requests(&[])
+        } else {
+            let (app, env) = (&window.config.app_name, &window.config.environment);
+            totals.with_live_of(app, env, !delta, requests)
+        };
+        let mut bodies = crate::otlp::encode(requests)?;
         // Metrics last, and always (an empty request if need be): it marks the set complete.
         if !bodies.iter().any(|(signal, _)| *signal == Signal::Metrics) {
             let empty = crate::otlp::encode_empty_metrics(window, &window.segment)?;
@@ -395,6 +481,29 @@ fn exports(window: &Window, report: &AgentReport) -> anyhow::Result<Vec<Outgoing
         out.push(outgoing(ExportKind::Push, payload.to_gzip()?));
     }
     Ok(out)
+}
+
+/// Puts `service.instance.id` on the OTLP resource of `config` (unless its own resource attributes
+/// set it): stable across leaders, one per host, working directory, app and environment
+/// ([`crate::ids::service_instance_id`]), so that every stream has one writer.
+fn with_instance_id(config: &mut ExportConfig, workdir: &std::path::Path) {
+    const KEY: &str = "service.instance.id";
+    let missing = config
+        .otlp
+        .as_ref()
+        .is_some_and(|otlp| !otlp.resource.iter().any(|(k, _)| k == KEY));
+    if !missing {
+        return;
+    }
+    let id = crate::ids::service_instance_id(
+        &config.hostname,
+        workdir,
+        &config.app_name,
+        &config.environment,
+    );
+    if let Some(otlp) = config.otlp.as_mut() {
+        otlp.resource.push((KEY.to_owned(), ResourceValue::Str(id)));
+    }
 }
 
 /// The payload cached last for a configuration with `exporters` (see [`exports`]).
@@ -635,8 +744,14 @@ mod tests {
             &workdir,
             Pusher::new(&config).unwrap(),
             PayloadCache::new(workdir.clone(), 100, 1 << 20),
-            counting,
+            Arc::clone(&counting),
             Arc::clone(&tally),
+            Arc::new(Totals::new(
+                crate::cumulative::Cumulative::new(config.cumulative_expiry),
+                &workdir,
+                counting,
+                Arc::clone(&tally),
+            )),
         );
         Round {
             transmission,
@@ -737,5 +852,66 @@ mod tests {
             cached_reports(&r.transmission)[&2000]["refused_connections"],
             1
         );
+    }
+
+    #[test]
+    fn the_otlp_resource_gets_a_stable_service_instance_id_unless_the_app_sets_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = round(tmp.path());
+        let mut config = ExportConfig {
+            otlp: Some(crate::export_config::OtlpSettings {
+                metrics_endpoint: "http://c/v1/metrics".into(),
+                traces_endpoint: "http://c/v1/traces".into(),
+                logs_endpoint: "http://c/v1/logs".into(),
+                headers: vec![],
+                timeout_ms: 1000,
+                gzip: true,
+                resource: vec![],
+                temporality: String::new(),
+            }),
+            ..r.config.clone()
+        };
+        let instance = |c: &ExportConfig| -> Vec<ResourceValue> {
+            let otlp = c.otlp.as_ref().unwrap();
+            otlp.resource
+                .iter()
+                .filter(|(k, _)| k == "service.instance.id")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let mut again = config.clone();
+        with_instance_id(&mut config, tmp.path());
+        with_instance_id(&mut config, tmp.path());
+        with_instance_id(&mut again, tmp.path());
+        let expected = crate::ids::service_instance_id(
+            &config.hostname,
+            tmp.path(),
+            &config.app_name,
+            &config.environment,
+        );
+        assert_eq!(
+            instance(&config),
+            [ResourceValue::Str(expected)],
+            "once, the same"
+        );
+        assert_eq!(instance(&again), instance(&config));
+        let mut other_dir = again.clone();
+        other_dir.otlp.as_mut().unwrap().resource.clear();
+        with_instance_id(&mut other_dir, &tmp.path().join("other"));
+        assert_ne!(instance(&other_dir), instance(&config));
+        // Set by the app (OTEL_RESOURCE_ATTRIBUTES): kept.
+        let own = vec![(
+            "service.instance.id".to_owned(),
+            ResourceValue::Str("mine".into()),
+        )];
+        let mut set = again.clone();
+        set.otlp.as_mut().unwrap().resource = own.clone();
+        with_instance_id(&mut set, tmp.path());
+        assert_eq!(set.otlp.unwrap().resource, own);
+        // Push only: nothing to put it on.
+        let mut push = r.config.clone();
+        push.otlp = None;
+        with_instance_id(&mut push, tmp.path());
+        assert!(push.otlp.is_none());
     }
 }

@@ -1,8 +1,17 @@
 //! A closed window in OTLP terms: one metrics, one traces and one logs request (each left out when
 //! empty), built with the `opentelemetry-proto` message types. Pure: no I/O, no clock, no
-//! randomness, so that the same window always gives the same requests (ids of spans made from
-//! transactions are derived from the sample, not drawn). The mapping is written down in
-//! `docs/otlp.md`; the attribute names are the ones AppSignal's collector reads.
+//! randomness, so that the same window and the same [`LiveView`] always give the same requests
+//! (ids of spans made from transactions are derived from the sample, not drawn). The mapping is
+//! written down in `docs/otlp.md`; the attribute names are the ones AppSignal's collector reads.
+//!
+//! **Temporality** (`docs/otlp.md`, Temporality). Delta: counters and distributions are the
+//! window's amounts. Cumulative: they are the cumulative view's totals of the configuration's app
+//! and environment as the leader sees them when it builds the request ([`LiveView`]: exactly what
+//! a Prometheus scrape shows then), every series of it in every request, each with its own start
+//! and the build time; the agent's own counts become gauges of the window's count, because
+//! cumulative-only receivers drop delta sums. Lowmemory: delta, except non-monotonic counters,
+//! cumulative. A counter name with one non-monotonic series is a non-monotonic Sum as a whole, in
+//! every temporality (as on the Prometheus endpoint). Gauges and host metrics are the window's.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +35,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 
 use crate::aggregate::Window;
-use crate::export_config::{ExportConfig, ResourceValue};
+use crate::cumulative::{LiveSeries, Value};
+use crate::export_config::{ExportConfig, ResourceValue, Temporality};
 use crate::payload::AgentReport;
 use crate::protocol::MetricKey;
 use crate::sketch::Sketch;
@@ -37,6 +47,28 @@ pub const SCOPE_NAME: &str = "appsignal-agent";
 pub const EXPORT_ID_ATTRIBUTE: &str = "appsignal.export.id";
 /// Resource attribute that carries the push key to AppSignal's collector: added at send time only.
 pub const PUSH_API_KEY_ATTRIBUTE: &str = "appsignal.config.push_api_key";
+
+/// What a request's metrics take besides the window: the temporality asked for and, unless that is
+/// delta for a window without counters, the cumulative view of the window's app and environment.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveView<'a> {
+    pub temporality: Temporality,
+    /// The live series of the window's (app name, environment), sorted by (kind, key), as
+    /// `Cumulative::live_of` gives them: the committed totals plus every window not yet added
+    /// (this one included). Under delta only their monotonic flags are read.
+    pub series: &'a [LiveSeries<'a>],
+    /// When the request is built (ms since the epoch): the time of every cumulative point.
+    pub now_ms: u64,
+}
+
+impl LiveView<'_> {
+    /// Delta, without a cumulative view (every counter name monotonic unless the window says not).
+    pub const DELTA: LiveView<'static> = LiveView {
+        temporality: Temporality::Delta,
+        series: &[],
+        now_ms: 0,
+    };
+}
 
 /// The requests of one window.
 #[derive(Debug, Default)]
@@ -163,10 +195,15 @@ pub(crate) fn scope(export_id: &str) -> Option<InstrumentationScope> {
 }
 
 /// Builds the requests of `window`; `export_id` goes on every scope, `report` becomes
-/// `appsignal.agent.*` counters.
-pub fn requests(window: &Window, export_id: &str, report: &AgentReport) -> Requests {
+/// `appsignal.agent.*` metrics, `live` says how counters and distributions are sent.
+pub fn requests(
+    window: &Window,
+    export_id: &str,
+    report: &AgentReport,
+    live: &LiveView<'_>,
+) -> Requests {
     let resource = resource(&window.config);
-    let metrics = metrics(window, report);
+    let metrics = metrics(window, report, live);
     let spans: Vec<Span> = window.samples.iter().flat_map(sample_spans).collect();
     let logs: Vec<LogRecord> = window.logs.iter().map(log_record).collect();
     Requests {
@@ -349,11 +386,19 @@ impl MetricBuilder {
             .get_or_insert(metric::Data::Gauge(Gauge::default()))
     }
 
-    fn sum(&mut self, name: &str, point: NumberDataPoint) {
+    /// A point of the Sum `name`; its temporality and monotonic flag are the name's (the same
+    /// for every point of it).
+    fn sum(
+        &mut self,
+        name: &str,
+        point: NumberDataPoint,
+        temporality: AggregationTemporality,
+        is_monotonic: bool,
+    ) {
         let empty = metric::Data::Sum(Sum {
             data_points: Vec::new(),
-            aggregation_temporality: AggregationTemporality::Delta as i32,
-            is_monotonic: true,
+            aggregation_temporality: temporality as i32,
+            is_monotonic,
         });
         if let metric::Data::Sum(sum) = self.entry(name, 0, "", empty) {
             sum.data_points.push(point);
@@ -367,10 +412,15 @@ impl MetricBuilder {
         }
     }
 
-    fn histogram(&mut self, name: &str, point: ExponentialHistogramDataPoint) {
+    fn histogram(
+        &mut self,
+        name: &str,
+        point: ExponentialHistogramDataPoint,
+        temporality: AggregationTemporality,
+    ) {
         let empty = metric::Data::ExponentialHistogram(ExponentialHistogram {
             data_points: Vec::new(),
-            aggregation_temporality: AggregationTemporality::Delta as i32,
+            aggregation_temporality: temporality as i32,
         });
         if let metric::Data::ExponentialHistogram(h) = self.entry(name, 2, "", empty) {
             h.data_points.push(point);
@@ -429,21 +479,77 @@ fn sorted<'a>(keys: impl Iterator<Item = &'a MetricKey>) -> Vec<&'a MetricKey> {
     keys
 }
 
-fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
+fn is_increment(amount: f64) -> bool {
+    amount.is_finite() && amount >= 0.0
+}
+
+fn metrics(window: &Window, report: &AgentReport, live: &LiveView<'_>) -> Vec<Metric> {
+    use AggregationTemporality::{Cumulative, Delta};
     let start_ns = window.start_ms.saturating_mul(1_000_000);
     let end_ns = window.end_ms.saturating_mul(1_000_000);
+    let now_ns = live.now_ms.saturating_mul(1_000_000);
     let mut builder = MetricBuilder::default();
+    // Counter names with a non-monotonic series (in the cumulative view, or a negative amount in
+    // this window): such a name is a non-monotonic Sum as a whole.
+    let mut non_monotonic: Vec<&str> = live
+        .series
+        .iter()
+        .filter_map(|s| match *s.value {
+            Value::Counter {
+                monotonic: false, ..
+            } => Some(s.key.name.as_str()),
+            _ => None,
+        })
+        .chain(
+            window
+                .metrics
+                .counters
+                .iter()
+                .filter(|(_, amount)| !is_increment(**amount))
+                .map(|(k, _)| k.name.as_str()),
+        )
+        .collect();
+    crate::sort::sort(&mut non_monotonic);
+    let monotonic = |name: &str| non_monotonic.binary_search(&name).is_err();
+    // Which counter names are sent from the cumulative view; the others are the window's deltas.
+    let cumulative_counter = |name: &str| match live.temporality {
+        Temporality::Delta => false,
+        Temporality::Cumulative => true,
+        Temporality::LowMemory => !monotonic(name),
+    };
+    let cumulative_distributions = live.temporality == Temporality::Cumulative;
     // Keys in order, so that points come out in a stable order: the same window always gives the
     // same bytes (a replayed window is the same request).
     let counters = sorted(window.metrics.counters.keys());
     for (key, value) in counters
         .into_iter()
         .map(|k| (k, &window.metrics.counters[k]))
+        .filter(|(k, _)| !cumulative_counter(&k.name))
     {
         builder.sum(
             &key.name,
             number_point(tag_attributes(&key.tags), start_ns, end_ns, *value),
+            Delta,
+            monotonic(&key.name),
         );
+    }
+    // The cumulative view is sorted by (kind, key): its points come out in a stable order too.
+    for s in live.series {
+        let series_start_ns = s.start_ms.saturating_mul(1_000_000);
+        match &*s.value {
+            Value::Counter { total, .. } if cumulative_counter(&s.key.name) => builder.sum(
+                &s.key.name,
+                number_point(tag_attributes(&s.key.tags), series_start_ns, now_ns, *total),
+                Cumulative,
+                monotonic(&s.key.name),
+            ),
+            Value::Distribution(sketch) if cumulative_distributions => builder.histogram(
+                &s.key.name,
+                histogram_point(tag_attributes(&s.key.tags), series_start_ns, now_ns, sketch),
+                Cumulative,
+            ),
+            _ => {}
+        }
     }
     let gauges = sorted(window.metrics.gauges.keys());
     for (key, gauge) in gauges.into_iter().map(|k| (k, &window.metrics.gauges[k])) {
@@ -461,22 +567,29 @@ fn metrics(window: &Window, report: &AgentReport) -> Vec<Metric> {
             ),
         }
     }
-    let distributions = sorted(window.metrics.distributions.keys());
-    for (key, sketch) in distributions
-        .into_iter()
-        .map(|k| (k, &window.metrics.distributions[k]))
-    {
-        builder.histogram(
-            &key.name,
-            histogram_point(tag_attributes(&key.tags), start_ns, end_ns, sketch),
-        );
+    if !cumulative_distributions {
+        let distributions = sorted(window.metrics.distributions.keys());
+        for (key, sketch) in distributions
+            .into_iter()
+            .map(|k| (k, &window.metrics.distributions[k]))
+        {
+            builder.histogram(
+                &key.name,
+                histogram_point(tag_attributes(&key.tags), start_ns, end_ns, sketch),
+                Delta,
+            );
+        }
     }
     for (name, value) in report.counts.named() {
         if value > 0 {
-            builder.sum(
-                &format!("appsignal.agent.{name}"),
-                number_point(Vec::new(), start_ns, end_ns, value as f64),
-            );
+            let name = format!("appsignal.agent.{name}");
+            let point = number_point(Vec::new(), start_ns, end_ns, value as f64);
+            // Cumulative-only receivers drop (or refuse) delta sums: the window's count as a gauge.
+            if live.temporality == Temporality::Cumulative {
+                builder.gauge(&name, "", point);
+            } else {
+                builder.sum(&name, point, Delta, true);
+            }
         }
     }
     builder.metrics.into_values().collect()
@@ -972,7 +1085,9 @@ mod tests {
             },
             ..AgentReport::default()
         };
-        let r = requests(&window(), "export-1", &report).metrics.unwrap();
+        let r = requests(&window(), "export-1", &report, &LiveView::DELTA)
+            .metrics
+            .unwrap();
         let rm = &r.resource_metrics[0];
         let scope = rm.scope_metrics[0].scope.as_ref().unwrap();
         assert_eq!(
@@ -1036,7 +1151,7 @@ mod tests {
 
     #[test]
     fn a_sample_becomes_a_tree_of_spans_with_its_error() {
-        let r = requests(&window(), "e", &AgentReport::default())
+        let r = requests(&window(), "e", &AgentReport::default(), &LiveView::DELTA)
             .traces
             .unwrap();
         let spans = &r.resource_spans[0].scope_spans[0].spans;
@@ -1087,7 +1202,7 @@ mod tests {
             Some(&s("a:1\nb:2"))
         );
         // The same window gives the same ids (a replayed window is the same request).
-        let again = requests(&window(), "e", &AgentReport::default())
+        let again = requests(&window(), "e", &AgentReport::default(), &LiveView::DELTA)
             .traces
             .unwrap();
         assert_eq!(again, r);
@@ -1107,7 +1222,7 @@ mod tests {
         assert_eq!(spans[0].trace_id[0], 0x4b);
         assert_eq!(spans[0].parent_span_id[7], 0x31);
         assert_eq!(attr(&spans[0].attributes, "http.route"), Some(&s("/")));
-        let logs = requests(&window(), "e", &AgentReport::default())
+        let logs = requests(&window(), "e", &AgentReport::default(), &LiveView::DELTA)
             .logs
             .unwrap();
         let record = &logs.resource_logs[0].scope_logs[0].log_records[0];
@@ -1136,5 +1251,219 @@ mod tests {
         config.revision = "abc".into();
         let r = resource(&config);
         assert_eq!(attr(&r.attributes, "service.version"), Some(&s("abc")));
+    }
+
+    /// The metrics of `window` under `temporality`, over a cumulative state that counted an earlier
+    /// window (start 500 ms): `jobs{queue=a}` 10, `depth` −2 (so non-monotonic), `gone` 1 (not in
+    /// `window`), `latency` one value. `window` adds `depth` +1 and `refund` −5 to [`window`]'s.
+    fn metrics_with(temporality: Temporality, report: &AgentReport) -> Vec<Metric> {
+        use crate::cumulative::{Cumulative, WindowRef, DEFAULT_EXPIRY};
+        let mut earlier = MetricSet::default();
+        earlier
+            .counters
+            .insert(key("jobs", &[("queue", "a")]), 10.0);
+        earlier.counters.insert(key("depth", &[]), -2.0);
+        earlier.counters.insert(key("gone", &[]), 1.0);
+        let mut sketch = Sketch::new();
+        sketch.add(8.0);
+        earlier.distributions.insert(key("latency", &[]), sketch);
+        let mut state = Cumulative::new(DEFAULT_EXPIRY);
+        let at = |start_ms, metrics| WindowRef {
+            app: "app",
+            env: "prod",
+            start_ms,
+            metrics,
+        };
+        state.add_window(at(500, &earlier), &"1".repeat(32), 900);
+        let mut window = window();
+        window.metrics.counters.insert(key("depth", &[]), 1.0);
+        window.metrics.counters.insert(key("refund", &[]), -5.0);
+        let series = state.live_of("app", "prod", &[at(1000, &window.metrics)]);
+        let live = LiveView {
+            temporality,
+            series: &series,
+            now_ms: 3000,
+        };
+        let r = requests(&window, "e", report, &live).metrics.unwrap();
+        r.resource_metrics[0].scope_metrics[0].metrics.clone()
+    }
+
+    /// A point as (first tag's value or "", start ms, time ms, value).
+    type SumPoint = (String, u64, u64, f64);
+
+    /// (temporality, monotonic, points).
+    fn sum_of(metrics: &[Metric], name: &str) -> Option<(i32, bool, Vec<SumPoint>)> {
+        let m = metrics.iter().find(|m| m.name == name)?;
+        let Some(metric::Data::Sum(sum)) = &m.data else {
+            panic!("{name} is not a sum: {m:?}")
+        };
+        let points = sum
+            .data_points
+            .iter()
+            .map(|p| {
+                let tag = p.attributes.first().map_or(String::new(), |a| {
+                    match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(any_value::Value::StringValue(v)) => v.clone(),
+                        _ => String::new(),
+                    }
+                });
+                let Some(number_data_point::Value::AsDouble(v)) = p.value else {
+                    panic!("a double")
+                };
+                (
+                    tag,
+                    p.start_time_unix_nano / 1_000_000,
+                    p.time_unix_nano / 1_000_000,
+                    v,
+                )
+            })
+            .collect();
+        Some((sum.aggregation_temporality, sum.is_monotonic, points))
+    }
+
+    /// (temporality, [(start ms, time ms, count)]).
+    fn histogram_of(metrics: &[Metric], name: &str) -> (i32, Vec<(u64, u64, u64)>) {
+        let m = metrics.iter().find(|m| m.name == name).unwrap();
+        let Some(metric::Data::ExponentialHistogram(h)) = &m.data else {
+            panic!("{name} is not a histogram")
+        };
+        let points = h
+            .data_points
+            .iter()
+            .map(|p| {
+                (
+                    p.start_time_unix_nano / 1_000_000,
+                    p.time_unix_nano / 1_000_000,
+                    p.count,
+                )
+            })
+            .collect();
+        (h.aggregation_temporality, points)
+    }
+
+    fn report_with_drops() -> AgentReport {
+        AgentReport {
+            counts: crate::counts::AgentCounts {
+                dropped_updates: 2,
+                ..Default::default()
+            },
+            ..AgentReport::default()
+        }
+    }
+
+    const DELTA: i32 = AggregationTemporality::Delta as i32;
+    const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
+
+    fn p(tag: &str, start_ms: u64, time_ms: u64, value: f64) -> SumPoint {
+        (tag.to_owned(), start_ms, time_ms, value)
+    }
+
+    #[test]
+    fn cumulative_sends_every_series_of_the_live_view_from_its_start_at_the_build_time() {
+        let m = metrics_with(Temporality::Cumulative, &report_with_drops());
+        // Every series of the state, not only the window's; each from its own start.
+        assert_eq!(
+            sum_of(&m, "jobs"),
+            Some((
+                CUMULATIVE,
+                true,
+                vec![p("a", 500, 3000, 13.0), p("b", 1000, 3000, 4.0)]
+            ))
+        );
+        assert_eq!(
+            sum_of(&m, "gone"),
+            Some((CUMULATIVE, true, vec![p("", 500, 3000, 1.0)]))
+        );
+        // Non-monotonic counters are non-monotonic cumulative sums (an UpDownCounter's shape).
+        assert_eq!(
+            sum_of(&m, "depth"),
+            Some((CUMULATIVE, false, vec![p("", 500, 3000, -1.0)]))
+        );
+        assert_eq!(
+            sum_of(&m, "refund"),
+            Some((CUMULATIVE, false, vec![p("", 1000, 3000, -5.0)]))
+        );
+        assert_eq!(
+            histogram_of(&m, "latency"),
+            (CUMULATIVE, vec![(500, 3000, 6)])
+        );
+        // The agent's own counts: the window's count as a gauge, which cumulative receivers keep.
+        let agent = m
+            .iter()
+            .find(|m| m.name == "appsignal.agent.dropped_updates")
+            .unwrap();
+        let Some(metric::Data::Gauge(g)) = &agent.data else {
+            panic!("a gauge: {agent:?}")
+        };
+        assert_eq!(
+            g.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(2.0))
+        );
+        assert_eq!(g.data_points[0].time_unix_nano, 2_000_000_000);
+        // Gauges stay the window's.
+        let cpu = m
+            .iter()
+            .find(|m| m.name == "system.cpu.utilization")
+            .unwrap();
+        assert!(matches!(cpu.data, Some(metric::Data::Gauge(_))));
+    }
+
+    #[test]
+    fn lowmemory_sends_monotonic_counters_and_distributions_as_deltas_and_the_others_cumulative() {
+        let m = metrics_with(Temporality::LowMemory, &report_with_drops());
+        assert_eq!(
+            sum_of(&m, "jobs"),
+            Some((
+                DELTA,
+                true,
+                vec![p("a", 1000, 2000, 3.0), p("b", 1000, 2000, 4.0)]
+            ))
+        );
+        assert_eq!(sum_of(&m, "gone"), None, "a delta has only the window's");
+        assert_eq!(
+            sum_of(&m, "depth"),
+            Some((CUMULATIVE, false, vec![p("", 500, 3000, -1.0)]))
+        );
+        assert_eq!(
+            sum_of(&m, "refund"),
+            Some((CUMULATIVE, false, vec![p("", 1000, 3000, -5.0)]))
+        );
+        assert_eq!(histogram_of(&m, "latency"), (DELTA, vec![(1000, 2000, 5)]));
+        assert_eq!(
+            sum_of(&m, "appsignal.agent.dropped_updates"),
+            Some((DELTA, true, vec![p("", 1000, 2000, 2.0)]))
+        );
+    }
+
+    #[test]
+    fn delta_sends_the_window_and_marks_non_monotonic_counters() {
+        let m = metrics_with(Temporality::Delta, &report_with_drops());
+        assert_eq!(
+            sum_of(&m, "jobs"),
+            Some((
+                DELTA,
+                true,
+                vec![p("a", 1000, 2000, 3.0), p("b", 1000, 2000, 4.0)]
+            ))
+        );
+        assert_eq!(sum_of(&m, "gone"), None);
+        // Known as non-monotonic to the state, or by a negative amount in this window.
+        assert_eq!(
+            sum_of(&m, "depth"),
+            Some((DELTA, false, vec![p("", 1000, 2000, 1.0)]))
+        );
+        assert_eq!(
+            sum_of(&m, "refund"),
+            Some((DELTA, false, vec![p("", 1000, 2000, -5.0)]))
+        );
+        assert_eq!(histogram_of(&m, "latency"), (DELTA, vec![(1000, 2000, 5)]));
+        assert_eq!(
+            sum_of(&m, "appsignal.agent.dropped_updates"),
+            Some((DELTA, true, vec![p("", 1000, 2000, 2.0)]))
+        );
+        // Without a view (a window without counters need not read one), the window decides alone.
+        let r = requests(&window(), "e", &AgentReport::default(), &LiveView::DELTA);
+        let m = &r.metrics.unwrap().resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(sum_of(m, "jobs").map(|s| (s.0, s.1)), Some((DELTA, true)));
     }
 }

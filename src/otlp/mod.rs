@@ -6,15 +6,11 @@
 
 pub mod mapping;
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
-use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use crate::aggregate::Window;
 use crate::export_config::OtlpSettings;
-use crate::payload::AgentReport;
 
 /// One of the three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,13 +40,7 @@ impl Signal {
 }
 
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        Compression::fast(),
-    );
-    gz.write_all(bytes)
-        .context("cannot compress an OTLP request")?;
-    gz.finish().context("cannot compress an OTLP request")
+    crate::gzip::compress(bytes).context("cannot compress an OTLP request")
 }
 
 /// A metrics request with no metrics (resource and scope only): it completes a window's set of
@@ -71,13 +61,9 @@ pub fn encode_empty_metrics(window: &Window, export_id: &str) -> Result<Vec<u8>>
     gzip(&request.encode_to_vec())
 }
 
-/// The requests of `window` as gzip-compressed protobuf bodies, one per signal that has data.
-pub fn encode(
-    window: &Window,
-    export_id: &str,
-    report: &AgentReport,
-) -> Result<Vec<(Signal, Vec<u8>)>> {
-    let requests = mapping::requests(window, export_id, report);
+/// The requests of a window ([`mapping::requests`]) as gzip-compressed protobuf bodies, one per
+/// signal that has data.
+pub fn encode(requests: mapping::Requests) -> Result<Vec<(Signal, Vec<u8>)>> {
     let mut bodies = Vec::new();
     if let Some(r) = requests.metrics {
         bodies.push((Signal::Metrics, gzip(&r.encode_to_vec())?));

@@ -25,6 +25,9 @@ use crate::otlp::Signal;
 pub const EXPORT_ID_HEADER: &str = "x-appsignal-export-id";
 /// Longest answer body read (a `partial_success` is a few bytes).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The most a cached request may decompress to: far above what one window's request holds, a
+/// bound against a cache file that is a gzip bomb.
+const MAX_CACHED_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 /// The longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -36,23 +39,13 @@ pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 }
 
 fn gunzip(body: &[u8]) -> Result<Vec<u8>, PushError> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
-        .read_to_end(&mut out)
-        .map_err(|e| PushError::Rejected(format!("cached OTLP request unreadable: {e}")))?;
-    Ok(out)
+    crate::gzip::decompress(body, MAX_CACHED_REQUEST_BYTES)
+        .map_err(|e| PushError::Rejected(format!("cached OTLP request unreadable: {e}")))
 }
 
 fn gzip(body: &[u8]) -> Result<Vec<u8>, PushError> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4 + 64),
-        flate2::Compression::fast(),
-    );
-    gz.write_all(body)
-        .and_then(|()| gz.finish())
-        .map_err(|e| PushError::Retryable(format!("cannot compress an OTLP request: {e}")))
+    crate::gzip::compress(body)
+        .map_err(|e| PushError::Retryable(format!("cannot compress an OTLP request: {e:#}")))
 }
 
 /// `resource` with the push key: the one [`PUSH_API_KEY_ATTRIBUTE`], whatever was there before.
@@ -265,7 +258,7 @@ pub async fn send(
     // Decoding and encoding a large request runs on the blocking pool, not on the thread that
     // serves the sockets.
     let (cached, key, compress) = (body_gz.to_vec(), push_api_key.to_owned(), settings.gzip);
-    let body = tokio::task::spawn_blocking(move || request_body(signal, &cached, &key, compress))
+    let body = crate::blocking::run(move || request_body(signal, &cached, &key, compress))
         .await
         .map_err(|e| {
             PushError::Retryable(format!(

@@ -1,11 +1,13 @@
 //! What the integration tests, the test bins, the examples and the benches share (`use testkit::…`):
 //! the test worker and the fleet that drives it, the reference Push API receiver, the OTLP
-//! receiver, the rogue peer, the set-up most tests share, what the benches share, paths of the
-//! built artifacts, and polling with deadlines.
+//! receiver, the rogue peer, the set-up most tests share, what the benches share (and the Python
+//! with `prometheus_client` they compare with), paths of the built artifacts, and polling with
+//! deadlines.
 
 pub mod bench;
 pub mod fleet;
 pub mod otlp_receiver;
+pub mod prometheus_python;
 pub mod receiver;
 pub mod rogue;
 pub mod setup;

@@ -37,6 +37,8 @@ struct Totals {
     dropped_batches: u64,
     refused_connections: u64,
     poisoned_batches: u64,
+    cumulative_refused_series: u64,
+    cumulative_expired_series: u64,
     apps: BTreeMap<String, u64>,
 }
 
@@ -240,6 +242,8 @@ fn summary(s: &State) -> Value {
         "dropped_batches": t.dropped_batches,
         "refused_connections": t.refused_connections,
         "poisoned_batches": t.poisoned_batches,
+        "cumulative_refused_series": t.cumulative_refused_series,
+        "cumulative_expired_series": t.cumulative_expired_series,
         "apps": t.apps,
     })
 }
@@ -403,5 +407,11 @@ fn collect(
         .as_u64()
         .unwrap_or(0);
     t.poisoned_batches += payload["agent"]["poisoned_batches"].as_u64().unwrap_or(0);
+    t.cumulative_refused_series += payload["agent"]["cumulative_refused_series"]
+        .as_u64()
+        .unwrap_or(0);
+    t.cumulative_expired_series += payload["agent"]["cumulative_expired_series"]
+        .as_u64()
+        .unwrap_or(0);
     (200, r#"{"status":"ok"}"#.into())
 }

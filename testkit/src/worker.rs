@@ -3,6 +3,8 @@
 //!
 //! - `record N`: N counter increments, distribution values and gauge sets with tags; prints
 //!   `{"event":"sent",...}` with the totals this process has handed to the library so far;
+//! - `count NAME FROM TO`: increments the counter NAME by 1 for each tag `i=FROM` … `i=TO-1` (that
+//!   many series of one metric); adds them to the totals and prints them like `record`;
 //! - `txn N`: completes N transactions across three actions, every fifth with an error, each with
 //!   two events; adds the per-action counts to the totals and prints them like `record`;
 //! - `showcase ID`: one erroneous `http_request` transaction `ID` with params, a nested SQL event,
@@ -534,6 +536,21 @@ pub fn run(index: u32) {
             Some("record") => {
                 let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
                 record(lib, index, n, &mut sent);
+                emit(sent.to_json());
+            }
+            Some("count") => {
+                let name = words.next().unwrap_or("series").to_owned();
+                let from: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let to: u64 = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(from + 1);
+                for i in from..to {
+                    let i = i.to_string();
+                    let tags = [("i", i.as_str())];
+                    sent.timed(|| lib.increment_counter(&name, 1.0, &tags));
+                    *sent.counters.entry(series(&name, &tags)).or_default() += 1.0;
+                }
                 emit(sent.to_json());
             }
             Some("txn") => {
