@@ -12,7 +12,10 @@
 //!   interface) starts, becomes a client, records, waits until the leader acknowledged
 //!   everything, stops and exits. Once a scrape shows every series with its exact total, criterion
 //!   times `GET /metrics` (text format 0.0.4) over one kept-alive HTTP/1.1 connection on loopback,
-//!   reading the whole body: the time a scraper waits.
+//!   reading the whole body: the time a scraper waits. Then the leader stops and a new one
+//!   starts in the same working directory (it reads the totals from the state file, so nothing
+//!   the recording processes did is in its heap), and the same scrape is timed again
+//!   (`libappsignal_new_leader`): what a scrape costs for the totals alone.
 //! - `prometheus_client` (the release [`testkit::prometheus_python::PROMETHEUS_CLIENT`], in the
 //!   virtualenv `target/prometheus-venv`): each worker is a Python process with
 //!   `PROMETHEUS_MULTIPROC_DIR` set that increments a labelled `Counter` for every series and
@@ -378,39 +381,18 @@ impl Leader {
     }
 
     fn stop(mut self) {
+        self.stop_in_place();
+    }
+
+    fn stop_in_place(&mut self) {
         let _ = writeln!(self.stdin, "stop");
         let _ = self.child.wait();
     }
 }
 
-/// libappsignal for one configuration: a leader, `processes` processes that recorded `series`
-/// series each and exited, and a connection to the endpoint.
-struct Ours {
-    leader: Leader,
-    scraper: Scraper,
-    _dir: tempfile::TempDir,
-}
-
-fn ours(receiver: &receiver::Receiver, series: usize, processes: usize) -> Ours {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let workdir = dir.path().join("wd");
-    let port = free_port();
-    let env: Vec<(&str, String)> = vec![
-        ("_APPSIGNAL_ACTIVE", "true".into()),
-        ("_APPSIGNAL_PUSH_API_KEY", KEY.into()),
-        ("_APPSIGNAL_PUSH_API_ENDPOINT", receiver.url.clone()),
-        ("_APPSIGNAL_APP_NAME", "bench".into()),
-        ("_APPSIGNAL_APP_ENV", "bench".into()),
-        (
-            "_APPSIGNAL_WORKING_DIRECTORY_PATH",
-            workdir.display().to_string(),
-        ),
-        ("_APPSIGNAL_TRANSMISSION_INTERVAL_MS", "1000".into()),
-        ("_APPSIGNAL_ENABLE_HOST_METRICS", "false".into()),
-        ("_APPSIGNAL_PROMETHEUS_PORT", port.to_string()),
-    ];
-    let exe = std::env::current_exe().expect("current exe");
-    let mut child = Command::new(&exe)
+/// A leader process with `env`, once its endpoint on `port` answers.
+fn spawn_leader(exe: &Path, env: &[(&str, String)], port: u16) -> (Leader, Scraper) {
+    let mut child = Command::new(exe)
         .arg("--leader")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
@@ -429,6 +411,66 @@ fn ours(receiver: &receiver::Receiver, series: usize, processes: usize) -> Ours 
         assert!(Instant::now() < deadline, "the endpoint did not answer");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (leader, scraper)
+}
+
+/// libappsignal for one configuration: a leader, `processes` processes that recorded `series`
+/// series each and exited, and a connection to the endpoint.
+struct Ours {
+    leader: Leader,
+    scraper: Scraper,
+    env: Vec<(&'static str, String)>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Ours {
+    /// Stops the leader and starts a new one in the same working directory: it reads the state
+    /// file, so its series are allocated anew, one after another, whatever the processes did
+    /// before. Waits until its scrape shows what the old one showed.
+    fn new_leader(&mut self) {
+        let before = self.scraper.get(false).map(|b| counted(&b));
+        let exe = std::env::current_exe().expect("current exe");
+        // The old one first: the new one leads once the lock is free.
+        self.leader.stop_in_place();
+        let (leader, scraper) = spawn_leader(&exe, &self.env, self.port);
+        self.leader = leader;
+        self.scraper = scraper;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.scraper.get(false).map(|b| counted(&b));
+            if now == before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new leader shows {now:?}, not {before:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn ours(receiver: &receiver::Receiver, series: usize, processes: usize) -> Ours {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let workdir = dir.path().join("wd");
+    let port = free_port();
+    let env: Vec<(&'static str, String)> = vec![
+        ("_APPSIGNAL_ACTIVE", "true".into()),
+        ("_APPSIGNAL_PUSH_API_KEY", KEY.into()),
+        ("_APPSIGNAL_PUSH_API_ENDPOINT", receiver.url.clone()),
+        ("_APPSIGNAL_APP_NAME", "bench".into()),
+        ("_APPSIGNAL_APP_ENV", "bench".into()),
+        (
+            "_APPSIGNAL_WORKING_DIRECTORY_PATH",
+            workdir.display().to_string(),
+        ),
+        ("_APPSIGNAL_TRANSMISSION_INTERVAL_MS", "1000".into()),
+        ("_APPSIGNAL_ENABLE_HOST_METRICS", "false".into()),
+        ("_APPSIGNAL_PROMETHEUS_PORT", port.to_string()),
+    ];
+    let exe = std::env::current_exe().expect("current exe");
+    let (mut leader, mut scraper) = spawn_leader(&exe, &env, port);
     let before = leader.mem();
 
     let started = Instant::now();
@@ -489,6 +531,8 @@ fn ours(receiver: &receiver::Receiver, series: usize, processes: usize) -> Ours 
     Ours {
         leader,
         scraper,
+        env,
+        port,
         _dir: dir,
     }
 }
@@ -661,6 +705,21 @@ fn main() {
                 })
             });
             let our_cpu = (cpu_seconds(leader_pid) - cpu0) / our_scrapes.max(1) as f64 * 1e3;
+            // The same totals served by a new leader, which read them from the state file: what
+            // the processes left in the old leader's heap is not in its.
+            ours.new_leader();
+            let mut new_leader_samples = Vec::new();
+            group.bench_function("libappsignal_new_leader", |b| {
+                b.iter_custom(|iters| {
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(ours.scraper.get(false).expect("scrape"));
+                    }
+                    let took = t0.elapsed();
+                    new_leader_samples.push(took.as_secs_f64() / iters as f64);
+                    took
+                })
+            });
             ours.leader.stop();
 
             let mut peer = peer(&python, scripts.path(), series, processes);
@@ -689,19 +748,20 @@ fn main() {
                 median_ms(&mut their_samples),
                 our_cpu,
                 their_cpu / their_scrapes.max(1) as f64 * 1e3,
+                median_ms(&mut new_leader_samples),
             ));
         }
     }
     c.final_summary();
     println!(
         "\n| series | processes | libappsignal | prometheus_client | ratio | libappsignal CPU | \
-         prometheus_client CPU | ratio |"
+         prometheus_client CPU | ratio | libappsignal, new leader |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (series, processes, ours, theirs, our_cpu, their_cpu) in rows {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (series, processes, ours, theirs, our_cpu, their_cpu, new_leader) in rows {
         println!(
             "| {series} | {processes} | {ours:.2} ms | {theirs:.1} ms | {:.0}x | {our_cpu:.2} ms | \
-             {their_cpu:.1} ms | {:.0}x |",
+             {their_cpu:.1} ms | {:.0}x | {new_leader:.2} ms |",
             theirs / ours,
             their_cpu / our_cpu
         );
