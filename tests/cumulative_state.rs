@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use testkit::exposition::{exposed, samples};
 use testkit::fleet::{self, WorkerProcess};
 use testkit::setup::{stop_all, tail, Setup};
 
@@ -68,17 +69,6 @@ fn scrape(port: u16, openmetrics: bool) -> Option<String> {
     Some(body.to_owned())
 }
 
-/// The samples of a text exposition: `name{labels}` → value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 /// The samples whose name is `name` (`requests_total`, `response_time_count`, …).
 #[allow(dead_code)]
 fn family(body: &str, name: &str) -> BTreeMap<String, f64> {
@@ -87,23 +77,6 @@ fn family(body: &str, name: &str) -> BTreeMap<String, f64> {
         .into_iter()
         .filter(|(k, _)| k.starts_with(&prefix))
         .collect()
-}
-
-/// The worker's series `name{a=x,b=y}` as the endpoint exposes it, as `exposed_name`.
-fn exposed(series: &str, exposed_name: &str) -> String {
-    let (_, tags) = series.split_once('{').unwrap();
-    let tags = tags.trim_end_matches('}');
-    let mut labels = vec![
-        ("appsignal_app".to_owned(), "demo-app".to_owned()),
-        ("appsignal_env".to_owned(), "demo".to_owned()),
-    ];
-    labels.extend(tags.split(',').filter(|t| !t.is_empty()).map(|t| {
-        let (k, v) = t.split_once('=').unwrap();
-        (k.to_owned(), v.to_owned())
-    }));
-    labels.sort();
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{exposed_name}{{{}}}", labels.join(","))
 }
 
 /// What the workers acknowledged, as the scrape must show it: every counter `name` as

@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
+use testkit::exposition::{exposed, samples};
 use testkit::fleet::{self, WorkerProcess};
 use testkit::otlp_receiver::OtlpReceiver;
 use testkit::setup::{stop_all, Setup};
@@ -77,41 +78,18 @@ fn headers_get<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<
     headers.get(name).map(String::as_str)
 }
 
-/// The samples of a text exposition: `name{labels}` → value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The series a worker's `requests{route=…,worker=…}` counter is exposed as.
-fn exposed(series: &str) -> String {
-    let (name, tags) = series.split_once('{').unwrap();
-    let tags = tags.trim_end_matches('}');
-    let mut labels = vec![
-        ("appsignal_app".to_owned(), "demo-app".to_owned()),
-        ("appsignal_env".to_owned(), "demo".to_owned()),
-    ];
-    labels.extend(tags.split(',').filter(|t| !t.is_empty()).map(|t| {
-        let (k, v) = t.split_once('=').unwrap();
-        (k.to_owned(), v.to_owned())
-    }));
-    labels.sort();
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{name}_total{{{}}}", labels.join(","))
-}
-
 /// The counters of `expected` (the workers' acknowledged totals), as exposed.
 fn expected_counters(expected: &Value) -> BTreeMap<String, f64> {
     expected["counters"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (exposed(k), v.as_f64().unwrap()))
+        .map(|(k, v)| {
+            (
+                exposed(k, &format!("{}_total", k.split('{').next().unwrap())),
+                v.as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 

@@ -5,6 +5,7 @@
 //! deadlines.
 
 pub mod bench;
+pub mod exposition;
 pub mod fleet;
 pub mod otlp_receiver;
 pub mod prometheus_python;
